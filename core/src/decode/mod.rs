@@ -1,0 +1,100 @@
+//! Decoders from changefeed objects to canonical change batches (see [`crate::batch`]).
+//!
+//! Decoders stream: NDJSON is read line by line from a (decompressing) reader and Parquet row
+//! group by row group, each yielding batches of at most [`DecodeOptions::batch_size`] rows.
+
+pub mod ndjson;
+pub mod parquet;
+pub mod resolved;
+
+use std::collections::BTreeMap;
+
+use crate::names::{Compression, DataFileName, Format};
+use crate::types::ColumnType;
+
+pub use self::ndjson::NdjsonDecoder;
+pub use self::parquet::ParquetDecoder;
+
+/// What the caller knows about the table being decoded.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// Rows per batch (memory bound).
+    pub batch_size: usize,
+    /// Column types from configuration (or learnt from earlier files of the table); they win
+    /// over what a file suggests.
+    pub columns: BTreeMap<String, ColumnType>,
+    /// Primary-key column names in index order, when known: JSON decoders then fill the key
+    /// columns of deletes and of non-primary family rows from the `key` array.
+    pub primary_key: Option<Vec<String>>,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self { batch_size: 8192, columns: BTreeMap::new(), primary_key: None }
+    }
+}
+
+/// Decoding failures, each naming the object and, where it applies, the line or row and column.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{file}: read failed: {source}")]
+    Io { file: String, source: std::io::Error },
+    #[error("{file}: line {line}: {message}")]
+    Line { file: String, line: u64, message: String },
+    /// `at` is `line N` (NDJSON) or `row N` (Parquet).
+    #[error("{file}: {at}: column `{column}`: {message}")]
+    Value { file: String, at: String, column: String, message: String },
+    #[error("{file}: column `{column}` has unknown column type {ty}")]
+    UnknownType { file: String, column: String, ty: String },
+    #[error("{file}: not a readable Parquet file: {message}")]
+    Parquet { file: String, message: String },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+impl DecodeError {
+    /// The object the error is about.
+    pub fn file(&self) -> &str {
+        match self {
+            Self::Io { file, .. }
+            | Self::Line { file, .. }
+            | Self::Value { file, .. }
+            | Self::UnknownType { file, .. }
+            | Self::Parquet { file, .. }
+            | Self::Invalid { file, .. } => file,
+        }
+    }
+}
+
+/// Opens the right decoder for a data file from its bytes.
+///
+/// `path` is the object's path relative to the changefeed root, recorded in every row.
+pub fn decode_bytes(
+    name: &DataFileName,
+    path: &str,
+    bytes: bytes::Bytes,
+    opts: &DecodeOptions,
+) -> Result<Box<dyn BatchStream>, DecodeError> {
+    match name.format {
+        Format::Parquet => Ok(Box::new(ParquetDecoder::try_new(path, bytes, opts)?)),
+        Format::Json => {
+            let reader: Box<dyn std::io::Read + Send> = match name.compression {
+                Compression::None => Box::new(std::io::Cursor::new(bytes)),
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(std::io::Cursor::new(bytes))),
+                Compression::Zstd => Box::new(
+                    zstd::stream::read::Decoder::new(std::io::Cursor::new(bytes))
+                        .map_err(|source| DecodeError::Io { file: path.to_owned(), source })?,
+                ),
+            };
+            Ok(Box::new(NdjsonDecoder::new(path, std::io::BufReader::with_capacity(1 << 16, reader), opts)))
+        }
+    }
+}
+
+/// A stream of change batches, with what the decoder learnt about the table on the way.
+pub trait BatchStream: Iterator<Item = Result<arrow_array::RecordBatch, DecodeError>> + Send {
+    /// Evidence about the primary key gathered so far.
+    fn key_evidence(&self) -> &crate::keys::KeyEvidence;
+    /// Column types used so far (configured, read from the file, or inferred from JSON).
+    fn column_types(&self) -> &BTreeMap<String, ColumnType>;
+}

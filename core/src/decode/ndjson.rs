@@ -1,0 +1,385 @@
+//! NDJSON data files (format spec §3): `wrapped` and `bare` envelopes, one message per line.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use arrow_array::RecordBatch;
+use arrow_schema::Field;
+use serde_json::value::RawValue;
+
+use super::{BatchStream, DecodeError, DecodeOptions};
+use crate::batch::{self, MetaBuilder, Op};
+use crate::column::ColumnBuilder;
+use crate::hlc::Hlc;
+use crate::keys::KeyEvidence;
+use crate::types::ColumnType;
+
+/// Streams an NDJSON changefeed file as change batches.
+pub struct NdjsonDecoder<R> {
+    file: String,
+    reader: R,
+    line_no: u64,
+    batch_size: usize,
+    primary_key: Option<Vec<String>>,
+    types: BTreeMap<String, ColumnType>,
+    configured: BTreeMap<String, ColumnType>,
+    /// Data columns in order of first appearance (JSON objects are sorted by name, §3.4).
+    order: Vec<String>,
+    evidence: KeyEvidence,
+    done: bool,
+}
+
+/// One message, borrowing from its line.
+struct Message<'a> {
+    line: u64,
+    op: Op,
+    updated: Hlc,
+    mvcc: Option<Hlc>,
+    after: BTreeMap<Cow<'a, str>, &'a RawValue>,
+    key: Vec<&'a RawValue>,
+    key_raw: Option<&'a str>,
+}
+
+impl<R: BufRead> NdjsonDecoder<R> {
+    pub fn new(file: &str, reader: R, opts: &DecodeOptions) -> Self {
+        let mut order: Vec<String> = opts.primary_key.clone().unwrap_or_default();
+        order.dedup();
+        Self {
+            file: file.to_owned(),
+            reader,
+            line_no: 0,
+            batch_size: opts.batch_size.max(1),
+            primary_key: opts.primary_key.clone(),
+            types: opts.columns.clone(),
+            configured: opts.columns.clone(),
+            order,
+            evidence: KeyEvidence::default(),
+            done: false,
+        }
+    }
+
+    fn line_error(&self, line: u64, message: impl Into<String>) -> DecodeError {
+        DecodeError::Line { file: self.file.clone(), line, message: message.into() }
+    }
+
+    fn read_lines(&mut self) -> Result<Vec<(u64, String)>, DecodeError> {
+        let mut lines = Vec::with_capacity(self.batch_size);
+        while lines.len() < self.batch_size {
+            let mut buf = String::new();
+            let n = self.reader.read_line(&mut buf).map_err(|e| {
+                let message = if e.kind() == std::io::ErrorKind::InvalidData {
+                    "not UTF-8 (or a corrupt compressed stream)".to_owned()
+                } else {
+                    e.to_string()
+                };
+                self.line_error(self.line_no + 1, message)
+            })?;
+            if n == 0 {
+                self.done = true;
+                break;
+            }
+            self.line_no += 1;
+            if buf.trim().is_empty() {
+                continue;
+            }
+            let len = buf.trim_end_matches(['\n', '\r']).len();
+            buf.truncate(len);
+            lines.push((self.line_no, buf));
+        }
+        Ok(lines)
+    }
+
+    fn parse<'a>(&self, line: u64, text: &'a str) -> Result<Message<'a>, DecodeError> {
+        let bad = |m: String| self.line_error(line, m);
+        let top: BTreeMap<Cow<'a, str>, &'a RawValue> = serde_json::from_str(text).map_err(|e| {
+            let what = if e.is_eof() { "truncated JSON message" } else { "malformed JSON message" };
+            bad(format!("{what}: {e}"))
+        })?;
+        let hlc = |v: Option<&&RawValue>, what: &str| -> Result<Option<Hlc>, DecodeError> {
+            match v.map(|r| r.get()) {
+                None | Some("null") => Ok(None),
+                Some(raw) => {
+                    let s: Cow<str> = serde_json::from_str(raw).map_err(|_| bad(format!("`{what}` is not a string")))?;
+                    Hlc::parse_decimal(&s).map(Some).map_err(|e| bad(format!("`{what}`: {e}")))
+                }
+            }
+        };
+        let (op, after, meta) = if let Some(after) = top.get("after") {
+            // Wrapped envelope.
+            let before = top.get("before").map(|b| b.get() != "null").unwrap_or(false);
+            if after.get() == "null" {
+                (Op::Delete, BTreeMap::new(), None)
+            } else {
+                let cols = serde_json::from_str(after.get()).map_err(|e| bad(format!("`after` is not an object: {e}")))?;
+                (if before { Op::Update } else { Op::Create }, cols, None)
+            }
+        } else if let Some(meta) = top.get("__crdb__") {
+            // Bare envelope: columns at top level, metadata under `__crdb__`. Deletes cannot be told
+            // from updates (format spec §3.3), so every row is an upsert.
+            let meta: BTreeMap<Cow<'a, str>, &'a RawValue> =
+                serde_json::from_str(meta.get()).map_err(|e| bad(format!("`__crdb__` is not an object: {e}")))?;
+            let cols = top.iter().filter(|(k, _)| *k != "__crdb__").map(|(k, v)| (k.clone(), *v)).collect();
+            (Op::Create, cols, Some(meta))
+        } else if top.contains_key("resolved") {
+            return Err(bad("a resolved message inside a data file".into()));
+        } else {
+            return Err(bad("neither a wrapped (`after`) nor a bare (`__crdb__`) changefeed message".into()));
+        };
+        let fields = meta.as_ref().unwrap_or(&top);
+        let updated = hlc(fields.get("updated"), "updated")?;
+        let mvcc = hlc(fields.get("mvcc_timestamp"), "mvcc_timestamp")?;
+        let updated = updated.or(mvcc).ok_or_else(|| {
+            bad("message has no `updated` timestamp: create the changefeed WITH updated, resolved".into())
+        })?;
+        let key_raw = fields.get("key").map(|k| k.get());
+        let key = match key_raw {
+            None | Some("null") => Vec::new(),
+            Some(k) => serde_json::from_str(k).map_err(|_| bad("`key` is not an array".into()))?,
+        };
+        if op == Op::Delete && key.is_empty() {
+            return Err(bad("delete without a `key`".into()));
+        }
+        Ok(Message { line, op, updated, mvcc, after, key, key_raw })
+    }
+
+    /// Learns column types from JSON values; configured types never change.
+    fn learn_types(&mut self, messages: &[Message<'_>]) {
+        for m in messages {
+            let values: Vec<(String, &RawValue)> = m
+                .after
+                .iter()
+                .map(|(k, v)| (k.as_ref(), *v))
+                .chain(key_columns(self.primary_key.as_deref(), m))
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            for (name, raw) in values {
+                let name = name.as_str();
+                if self.configured.contains_key(name) {
+                    continue;
+                }
+                let Some(seen) = infer(raw.get()) else { continue };
+                let new = match self.types.get(name) {
+                    None => seen,
+                    Some(cur) if accepts(cur, &seen, raw.get()) => continue,
+                    Some(cur) => cur.widen(&seen),
+                };
+                self.types.insert(name.to_owned(), new);
+            }
+        }
+    }
+
+    fn decode_batch(&mut self, lines: &[(u64, String)]) -> Result<RecordBatch, DecodeError> {
+        let messages = lines.iter().map(|(n, l)| self.parse(*n, l)).collect::<Result<Vec<_>, _>>()?;
+        for m in &messages {
+            for name in m.after.keys() {
+                if !self.order.iter().any(|c| c == name) {
+                    self.order.push(name.to_string());
+                }
+            }
+            if m.op != Op::Delete {
+                let after: Vec<(&str, &str)> = m.after.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+                let key: Vec<&str> = m.key.iter().map(|k| k.get()).collect();
+                self.evidence.observe_json(&after, &key);
+            }
+        }
+        self.evidence.observe_columns(&self.order);
+        self.learn_types(&messages);
+
+        let mut data = Vec::with_capacity(self.order.len());
+        for name in &self.order {
+            // A column seen only as null so far: text until a value says otherwise.
+            let ty = self.types.entry(name.clone()).or_insert(ColumnType::Text).clone();
+            let mut b = ColumnBuilder::new(&ty, messages.len());
+            let key_pos = self.primary_key.as_ref().and_then(|k| k.iter().position(|c| c == name));
+            for m in &messages {
+                let raw = m.after.get(name.as_str()).copied().or_else(|| key_pos.and_then(|i| m.key.get(i).copied()));
+                match raw {
+                    Some(raw) => b.append_json(raw.get()).map_err(|message| DecodeError::Value {
+                        file: self.file.clone(),
+                        at: format!("line {}", m.line),
+                        column: name.clone(),
+                        message,
+                    })?,
+                    None => b.append_null(),
+                }
+            }
+            data.push((Field::new(name, ty.arrow_type(), true), b.finish()));
+        }
+        let mut meta = MetaBuilder::new(messages.len());
+        for m in &messages {
+            meta.append(m.op, m.updated, m.mvcc, m.key_raw, &self.file, m.line);
+        }
+        batch::assemble(data, meta.finish()).map_err(|e| self.line_error(messages[0].line, e.to_string()))
+    }
+}
+
+impl<R: BufRead> Iterator for NdjsonDecoder<R> {
+    type Item = Result<RecordBatch, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let lines = match self.read_lines() {
+            Ok(lines) => lines,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        if lines.is_empty() {
+            return None;
+        }
+        let result = self.decode_batch(&lines);
+        if result.is_err() {
+            self.done = true;
+        }
+        Some(result)
+    }
+}
+
+impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
+    fn key_evidence(&self) -> &KeyEvidence {
+        &self.evidence
+    }
+    fn column_types(&self) -> &BTreeMap<String, ColumnType> {
+        &self.types
+    }
+}
+
+/// Key columns missing from `after`, filled from the `key` array (when the key is known).
+fn key_columns<'m>(
+    primary_key: Option<&'m [String]>,
+    m: &'m Message<'_>,
+) -> impl Iterator<Item = (&'m str, &'m RawValue)> + 'm {
+    primary_key
+        .into_iter()
+        .flatten()
+        .zip(m.key.iter())
+        .filter(|(name, _)| !m.after.contains_key(name.as_str()))
+        .map(|(name, raw)| (name.as_str(), *raw))
+}
+
+/// The type a JSON value suggests (format spec §3.6; README "Type mapping").
+fn infer(raw: &str) -> Option<ColumnType> {
+    let raw = raw.trim();
+    Some(match raw.as_bytes().first()? {
+        b'n' => return None,
+        b't' | b'f' => ColumnType::Boolean,
+        b'"' => ColumnType::Text,
+        b'{' => ColumnType::Json,
+        b'[' => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw).ok()?;
+            let mut item: Option<ColumnType> = None;
+            for i in &items {
+                if let Some(t) = infer(i.get()) {
+                    item = Some(match item {
+                        None => t,
+                        Some(cur) if accepts(&cur, &t, i.get()) => cur,
+                        Some(cur) => cur.widen(&t),
+                    });
+                }
+            }
+            match item {
+                Some(ColumnType::Json | ColumnType::List(_)) => ColumnType::Json,
+                Some(t) => ColumnType::List(Box::new(t)),
+                None => ColumnType::List(Box::new(ColumnType::Text)),
+            }
+        }
+        _ if raw.contains(['.', 'e', 'E']) => ColumnType::Float64,
+        _ if raw.parse::<i64>().is_ok() => ColumnType::Int64,
+        // Integers beyond 64 bits (DECIMAL, unconstrained): exact text.
+        _ => ColumnType::Text,
+    })
+}
+
+/// Whether a column of type `cur` can take a value that suggested `seen`.
+fn accepts(cur: &ColumnType, seen: &ColumnType, raw: &str) -> bool {
+    cur == seen
+        || matches!(cur, ColumnType::Text | ColumnType::Json)
+        || (*cur == ColumnType::Float64 && *seen == ColumnType::Int64)
+        || (matches!(cur, ColumnType::Float64 | ColumnType::Float32)
+            && matches!(raw.trim(), "\"NaN\"" | "\"Infinity\"" | "\"-Infinity\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{KEY, OP, SOURCE_ROW, UPDATED};
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Decimal128Type, Float64Type, Int64Type};
+
+    fn decode(text: &str, opts: &DecodeOptions) -> Result<Vec<RecordBatch>, DecodeError> {
+        NdjsonDecoder::new("t.ndjson", std::io::Cursor::new(text.to_owned()), opts).collect()
+    }
+
+    #[test]
+    fn wrapped_messages() {
+        let text = concat!(
+            r#"{"after": {"id": 1, "name": "Petee H", "score": 1.5}, "key": [1], "updated": "1576704616208701300.0000000000"}"#,
+            "\n",
+            r#"{"after": null, "key": [5], "updated": "1576704616208701300.0000000001"}"#,
+            "\n",
+            r#"{"after": {"id": 2, "name": null, "score": 2}, "before": {"id": 2, "name": "x", "score": 1}, "key": [2], "mvcc_timestamp": "1576704616208701300.0000000003", "updated": "1576704616208701300.0000000002"}"#,
+            "\n"
+        );
+        let opts = DecodeOptions { primary_key: Some(vec!["id".into()]), ..Default::default() };
+        let b = &decode(text, &opts).unwrap()[0];
+        let col = |n: &str| b.column_by_name(n).unwrap().clone();
+        assert_eq!(col("id").as_primitive::<Int64Type>().values(), &[1, 5, 2]);
+        assert!(col("name").is_null(1) && col("name").is_null(2));
+        assert_eq!(col("score").as_primitive::<Float64Type>().value(2), 2.0);
+        let ops: Vec<_> = col(OP).as_string::<i32>().iter().map(|v| v.unwrap().to_owned()).collect();
+        assert_eq!(ops, ["c", "d", "u"]);
+        let upd = col(UPDATED);
+        let upd = upd.as_primitive::<Decimal128Type>();
+        assert_eq!(Hlc::from_decimal_i128(upd.value(1)).unwrap(), Hlc::new(1_576_704_616_208_701_300, 1));
+        assert_eq!(col(KEY).as_string::<i32>().value(1), "[5]");
+        assert_eq!(col(SOURCE_ROW).as_primitive::<Int64Type>().values(), &[1, 2, 3]);
+    }
+
+    #[test]
+    fn bare_messages_and_key_fill_for_families() {
+        let text = concat!(
+            r#"{"__crdb__": {"key": ["washington dc", 7], "updated": "10.0000000000"}, "owner": "Ashley"}"#,
+            "\n"
+        );
+        let opts = DecodeOptions { primary_key: Some(vec!["city".into(), "id".into()]), ..Default::default() };
+        let b = &decode(text, &opts).unwrap()[0];
+        assert_eq!(b.column_by_name("city").unwrap().as_string::<i32>().value(0), "washington dc");
+        assert_eq!(b.column_by_name("id").unwrap().as_primitive::<Int64Type>().value(0), 7);
+        assert_eq!(b.column_by_name("owner").unwrap().as_string::<i32>().value(0), "Ashley");
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let ok = r#"{"after": {"id": 1}, "key": [1], "updated": "1.0000000000"}"#;
+        for (bad, needle) in [
+            (r#"{"after": {"id": 1}, "key": [1], "updated": "1.00000"#, "line 2: truncated JSON"),
+            (r#"{"after": {"id": 1}, "key": [1]}"#, "line 2: message has no `updated`"),
+            (r#"{"something": 1}"#, "line 2: neither a wrapped"),
+            (r#"{"after": {"id": "x"}, "key": [1], "updated": "1.0000000000"}"#, "line 2: column `id`"),
+            (r#"{"after": {"id": 2}, "key": [2], "updated": "yesterday"}"#, "line 2: `updated`"),
+        ] {
+            let err = decode(&format!("{ok}\n{bad}\n"), &DecodeOptions::default()).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("t.ndjson: ") && msg.contains(needle), "{msg}");
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_and_types_widen() {
+        let mut text = String::new();
+        for i in 0..10 {
+            let v = if i < 5 { format!("{i}") } else { format!("{i}.5") };
+            text += &format!(r#"{{"after": {{"k": {i}, "v": {v}}}, "key": [{i}], "updated": "{i}.0000000000"}}"#);
+            text.push('\n');
+        }
+        let opts = DecodeOptions { batch_size: 4, ..Default::default() };
+        let batches = decode(&text, &opts).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), [4, 4, 2]);
+        assert_eq!(batches[0].column_by_name("v").unwrap().data_type(), &arrow_schema::DataType::Int64);
+        assert_eq!(batches[1].column_by_name("v").unwrap().data_type(), &arrow_schema::DataType::Float64);
+    }
+}

@@ -1,0 +1,316 @@
+//! Parquet data files (format spec §4, CockroachDB 23.2+).
+//!
+//! CockroachDB writes DECIMAL as ASCII text under a DECIMAL annotation (precision up to
+//! 2147483647). A standard reader either rejects such a schema or reads the text bytes as a
+//! two's-complement integer, silently wrong. So the file's schema is rewritten before Arrow sees
+//! it: those columns become plain strings and are parsed as decimal text here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::Field;
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
+use parquet::basic::{ConvertedType, LogicalType, TimeUnit, Type as PhysicalType};
+use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataReader};
+use parquet::schema::types::{SchemaDescriptor, Type, TypePtr};
+
+use super::{BatchStream, DecodeError, DecodeOptions};
+use crate::batch::{self, MetaBuilder, Op};
+use crate::column;
+use crate::hlc::Hlc;
+use crate::keys::KeyEvidence;
+use crate::types::{ColumnType, parquet_decimal_type};
+
+const EVENT_TYPE: &str = "__crdb__event_type";
+const UPDATED: &str = "__crdb__updated";
+const MVCC: &str = "__crdb__mvcc_timestamp";
+
+/// Streams a Parquet changefeed file as change batches, one row group slice at a time.
+pub struct ParquetDecoder {
+    file: String,
+    reader: ParquetRecordBatchReader,
+    /// (index in the Arrow batch, name, canonical type) of each data column.
+    data: Vec<(usize, String, ColumnType)>,
+    op: usize,
+    updated: Option<usize>,
+    mvcc: Option<usize>,
+    rows: u64,
+    types: BTreeMap<String, ColumnType>,
+    evidence: KeyEvidence,
+    done: bool,
+}
+
+impl ParquetDecoder {
+    /// Opens a reader whose DECIMAL/ENUM text columns read as strings; also returns the file's
+    /// own metadata (with the original annotations).
+    pub(crate) fn open(
+        file: &str,
+        bytes: Bytes,
+        batch_size: usize,
+    ) -> Result<(ParquetMetaData, ParquetRecordBatchReaderBuilder<Bytes>), DecodeError> {
+        let perr = |message: String| DecodeError::Parquet { file: file.to_owned(), message };
+        let metadata = ParquetMetaDataReader::new().parse_and_finish(&bytes).map_err(|e| perr(e.to_string()))?;
+        let rewritten = Arc::new(text_decimals(&metadata).map_err(perr)?);
+        let arrow_meta =
+            ArrowReaderMetadata::try_new(rewritten, ArrowReaderOptions::new()).map_err(|e| perr(e.to_string()))?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, arrow_meta).with_batch_size(batch_size);
+        Ok((metadata, builder))
+    }
+
+    pub fn try_new(file: &str, bytes: Bytes, opts: &DecodeOptions) -> Result<Self, DecodeError> {
+        let perr = |message: String| DecodeError::Parquet { file: file.to_owned(), message };
+        let (metadata, builder) = Self::open(file, bytes, opts.batch_size.max(1))?;
+        let fields = metadata.file_metadata().schema_descr().root_schema().get_fields().to_vec();
+
+        let mut data = Vec::new();
+        let (mut op, mut updated, mut mvcc) = (None, None, None);
+        let mut types = BTreeMap::new();
+        for (i, f) in fields.iter().enumerate() {
+            let name = f.name();
+            match name {
+                EVENT_TYPE => op = Some(i),
+                UPDATED => updated = Some(i),
+                MVCC => mvcc = Some(i),
+                n if n.starts_with("__crdb__") => {}
+                _ => {
+                    let ty = match opts.columns.get(name) {
+                        Some(t) => t.clone(),
+                        None => file_column_type(f).map_err(|ty| DecodeError::UnknownType {
+                            file: file.to_owned(),
+                            column: name.to_owned(),
+                            ty,
+                        })?,
+                    };
+                    types.insert(name.to_owned(), ty.clone());
+                    data.push((i, name.to_owned(), ty));
+                }
+            }
+        }
+        let op = op.ok_or_else(|| DecodeError::Invalid {
+            file: file.to_owned(),
+            message: format!("no `{EVENT_TYPE}` column: not a CockroachDB 23.2+ Parquet changefeed file"),
+        })?;
+        if updated.is_none() && mvcc.is_none() {
+            return Err(DecodeError::Invalid {
+                file: file.to_owned(),
+                message: format!("no `{UPDATED}` column: create the changefeed WITH updated, resolved"),
+            });
+        }
+
+        let reader = builder.build().map_err(|e| perr(e.to_string()))?;
+        let mut evidence = KeyEvidence::default();
+        evidence.observe_columns(&data.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>());
+        Ok(Self { file: file.to_owned(), reader, data, op, updated, mvcc, rows: 0, types, evidence, done: false })
+    }
+
+    fn decode(&mut self, batch: RecordBatch) -> Result<RecordBatch, DecodeError> {
+        let n = batch.num_rows();
+        let value_err = |column: &str, i: usize, message: String| DecodeError::Value {
+            file: self.file.clone(),
+            at: format!("row {}", self.rows + i as u64 + 1),
+            column: column.to_owned(),
+            message,
+        };
+        let mut data = Vec::with_capacity(self.data.len());
+        for (idx, name, ty) in &self.data {
+            let array = column::convert(batch.column(*idx), ty).map_err(|(i, m)| value_err(name, i, m))?;
+            data.push((Field::new(name, ty.arrow_type(), true), array));
+        }
+        let text = |idx: Option<usize>, name: &str| -> Result<Option<ArrayRef>, DecodeError> {
+            match idx {
+                None => Ok(None),
+                Some(i) => {
+                    let a = batch.column(i);
+                    if a.data_type() != &arrow_schema::DataType::Utf8 {
+                        return Err(DecodeError::Invalid {
+                            file: self.file.clone(),
+                            message: format!("`{name}` is {} instead of a string", a.data_type()),
+                        });
+                    }
+                    Ok(Some(a.clone()))
+                }
+            }
+        };
+        let ops = text(Some(self.op), EVENT_TYPE)?.expect("event type column");
+        let ops = ops.as_string::<i32>();
+        let updated = text(self.updated, UPDATED)?;
+        let mvcc = text(self.mvcc, MVCC)?;
+        let hlc_at = |a: &Option<ArrayRef>, name: &str, i: usize| -> Result<Option<Hlc>, DecodeError> {
+            match a {
+                Some(a) if a.is_valid(i) => Hlc::parse_decimal(a.as_string::<i32>().value(i))
+                    .map(Some)
+                    .map_err(|e| value_err(name, i, e.to_string())),
+                _ => Ok(None),
+            }
+        };
+        let mut meta = MetaBuilder::new(n);
+        let mut deletes_seen = 0;
+        for i in 0..n {
+            let op = ops
+                .is_valid(i)
+                .then(|| Op::from_code(ops.value(i)))
+                .flatten()
+                .ok_or_else(|| value_err(EVENT_TYPE, i, "expected `c`, `u` or `d`".into()))?;
+            let mvcc_ts = hlc_at(&mvcc, MVCC, i)?;
+            let updated_ts = hlc_at(&updated, UPDATED, i)?
+                .or(mvcc_ts)
+                .ok_or_else(|| value_err(UPDATED, i, "missing timestamp".into()))?;
+            if op == Op::Delete && deletes_seen < 16 {
+                deletes_seen += 1;
+                let non_null = data.iter().filter(|(_, a)| a.is_valid(i)).map(|(f, _)| f.name().clone()).collect();
+                self.evidence.observe_delete(non_null);
+            }
+            meta.append(op, updated_ts, mvcc_ts, None, &self.file, self.rows + i as u64 + 1);
+        }
+        self.rows += n as u64;
+        batch::assemble(data, meta.finish()).map_err(|e| DecodeError::Invalid { file: self.file.clone(), message: e.to_string() })
+    }
+}
+
+impl Iterator for ParquetDecoder {
+    type Item = Result<RecordBatch, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let result = match self.reader.next()? {
+            Ok(b) => self.decode(b),
+            Err(e) => Err(DecodeError::Parquet { file: self.file.clone(), message: format!("after row {}: {e}", self.rows) }),
+        };
+        if result.is_err() {
+            self.done = true;
+        }
+        Some(result)
+    }
+}
+
+impl BatchStream for ParquetDecoder {
+    fn key_evidence(&self) -> &KeyEvidence {
+        &self.evidence
+    }
+    fn column_types(&self) -> &BTreeMap<String, ColumnType> {
+        &self.types
+    }
+}
+
+/// The canonical type of a Parquet column as CockroachDB writes it (format spec §4.4), or a
+/// description of the unknown type.
+pub fn file_column_type(t: &Type) -> Result<ColumnType, String> {
+    let info = t.get_basic_info();
+    if t.is_group() {
+        let is_list = matches!(info.logical_type_ref(), Some(LogicalType::List)) || info.converted_type() == ConvertedType::LIST;
+        let fields = t.get_fields();
+        if is_list && fields.len() == 1 {
+            let repeated = &fields[0];
+            let element = match repeated.is_group() {
+                true if repeated.get_fields().len() == 1 => &repeated.get_fields()[0],
+                true => return Err("LIST of tuples".into()),
+                false => repeated,
+            };
+            return Ok(ColumnType::List(Box::new(file_column_type(element)?)));
+        }
+        return Err(format!("group (tuple) with {} fields", fields.len()));
+    }
+    let physical = t.get_physical_type();
+    let logical = info.logical_type_ref();
+    let converted = info.converted_type();
+    let unknown = || format!("{physical} ({logical:?}, {converted})");
+    Ok(match physical {
+        PhysicalType::BOOLEAN => ColumnType::Boolean,
+        PhysicalType::INT32 => match logical {
+            None | Some(LogicalType::Integer(_)) => ColumnType::Int32,
+            Some(LogicalType::Date) => ColumnType::Date,
+            _ => return Err(unknown()),
+        },
+        PhysicalType::INT64 => match logical {
+            None | Some(LogicalType::Integer(_)) => ColumnType::Int64,
+            Some(LogicalType::Time(t)) if matches!(t.unit, TimeUnit::MICROS | TimeUnit::NANOS) => ColumnType::Text,
+            _ => return Err(unknown()),
+        },
+        PhysicalType::FLOAT => ColumnType::Float32,
+        PhysicalType::DOUBLE => ColumnType::Float64,
+        PhysicalType::BYTE_ARRAY => match (logical, converted) {
+            (Some(LogicalType::Decimal(d)), _) => parquet_decimal_type(d.precision, d.scale),
+            (None, ConvertedType::DECIMAL) => parquet_decimal_type(t.get_precision(), t.get_scale()),
+            (Some(LogicalType::String | LogicalType::Enum), _) | (None, ConvertedType::UTF8 | ConvertedType::ENUM) => {
+                ColumnType::Text
+            }
+            (Some(LogicalType::Json), _) | (None, ConvertedType::JSON) => ColumnType::Json,
+            (None, ConvertedType::NONE) => ColumnType::Binary,
+            _ => return Err(unknown()),
+        },
+        PhysicalType::FIXED_LEN_BYTE_ARRAY if matches!(logical, Some(LogicalType::Uuid)) && type_length(t) == 16 => {
+            ColumnType::Text
+        }
+        _ => return Err(unknown()),
+    })
+}
+
+fn type_length(t: &Type) -> i32 {
+    match t {
+        Type::PrimitiveType { type_length, .. } => *type_length,
+        Type::GroupType { .. } => -1,
+    }
+}
+
+/// A copy of the metadata whose text-carrying BYTE_ARRAY columns (DECIMAL, ENUM) are annotated
+/// as plain strings, so Arrow reads their bytes unchanged.
+fn text_decimals(metadata: &ParquetMetaData) -> Result<ParquetMetaData, String> {
+    let fm = metadata.file_metadata();
+    let root = fm.schema_descr().root_schema_ptr();
+    let new_root = rewrite(&root).map_err(|e| e.to_string())?;
+    if Arc::ptr_eq(&root, &new_root) {
+        return Ok(metadata.clone());
+    }
+    let file_metadata = FileMetaData::new(
+        fm.version(),
+        fm.num_rows(),
+        fm.created_by().map(str::to_owned),
+        fm.key_value_metadata().cloned(),
+        Arc::new(SchemaDescriptor::new(new_root)),
+        fm.column_orders().cloned(),
+    );
+    Ok(ParquetMetaData::new(file_metadata, metadata.row_groups().to_vec()))
+}
+
+fn rewrite(t: &TypePtr) -> parquet::errors::Result<TypePtr> {
+    let info = t.get_basic_info();
+    if t.is_group() {
+        let mut changed = false;
+        let mut fields = Vec::with_capacity(t.get_fields().len());
+        for f in t.get_fields() {
+            let nf = rewrite(f)?;
+            changed |= !Arc::ptr_eq(f, &nf);
+            fields.push(nf);
+        }
+        if !changed {
+            return Ok(t.clone());
+        }
+        let mut b = Type::group_type_builder(info.name())
+            .with_fields(fields)
+            .with_logical_type(info.logical_type_ref().cloned())
+            .with_converted_type(info.converted_type())
+            .with_id(info.has_id().then(|| info.id()));
+        if info.has_repetition() {
+            b = b.with_repetition(info.repetition());
+        }
+        return Ok(Arc::new(b.build()?));
+    }
+    let text = t.get_physical_type() == PhysicalType::BYTE_ARRAY
+        && (matches!(info.logical_type_ref(), Some(LogicalType::Decimal(_) | LogicalType::Enum))
+            || matches!(info.converted_type(), ConvertedType::DECIMAL | ConvertedType::ENUM));
+    if !text {
+        return Ok(t.clone());
+    }
+    let b = Type::primitive_type_builder(info.name(), PhysicalType::BYTE_ARRAY)
+        .with_repetition(info.repetition())
+        .with_logical_type(Some(LogicalType::String))
+        .with_id(info.has_id().then(|| info.id()));
+    Ok(Arc::new(b.build()?))
+}

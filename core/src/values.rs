@@ -1,0 +1,375 @@
+//! Text forms of CockroachDB values: parsing what the changefeed writes, and writing what it would.
+//!
+//! Both formats carry many types as text (Parquet: DECIMAL, DATE, TIMESTAMP[TZ]; JSON: nearly
+//! everything), so one set of parsers serves both decoders, and the simulator writes with the
+//! matching formatters.
+
+use std::fmt::Write as _;
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use serde_json::value::RawValue;
+
+const EPOCH: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(d) => d,
+    None => unreachable!(),
+};
+
+/// Parses decimal text (`3.140000000`, `-1E+2`, `4E+2`) into an unscaled `i128` at `scale`,
+/// refusing values that would lose digits or exceed `precision`. NaN and ±Infinity have no
+/// decimal representation in Delta and are refused with a message saying so.
+pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, String> {
+    let bad = || format!("`{text}` is not a decimal");
+    if matches!(text, "NaN" | "Infinity" | "-Infinity" | "+Infinity") {
+        return Err(format!(
+            "`{text}` cannot be stored in decimal({precision},{scale}); declare the column as STRING in the configuration"
+        ));
+    }
+    let (mantissa, exp) = match text.find(['e', 'E']) {
+        Some(i) => (&text[..i], text[i + 1..].parse::<i32>().map_err(|_| bad())?),
+        None => (text, 0),
+    };
+    let (neg, digits) = match mantissa.as_bytes().first() {
+        Some(b'-') => (true, &mantissa[1..]),
+        Some(b'+') => (false, &mantissa[1..]),
+        _ => (false, mantissa),
+    };
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    if int_part.is_empty() && frac_part.is_empty()
+        || !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    // value = all_digits * 10^(exp - frac_len); we want value * 10^scale.
+    let shift = exp - frac_part.len() as i32 + i32::from(scale);
+    let all = format!("{int_part}{frac_part}");
+    let all = all.trim_start_matches('0');
+    let mut unscaled: i128 = 0;
+    let too_big = || format!("`{text}` does not fit in decimal({precision},{scale})");
+    let kept_len = (all.len() as i32 + shift.min(0)).max(0) as usize;
+    if all[kept_len..].bytes().any(|b| b != b'0') {
+        return Err(format!("`{text}` has more than {scale} fractional digits"));
+    }
+    for b in all[..kept_len].bytes() {
+        unscaled = unscaled.checked_mul(10).and_then(|v| v.checked_add(i128::from(b - b'0'))).ok_or_else(too_big)?;
+    }
+    for _ in 0..shift.max(0) {
+        unscaled = unscaled.checked_mul(10).ok_or_else(too_big)?;
+    }
+    if unscaled >= 10i128.pow(u32::from(precision)) {
+        return Err(too_big());
+    }
+    Ok(if neg { -unscaled } else { unscaled })
+}
+
+/// Renders an unscaled decimal with its scale (`314, 2` → `3.14`), as Arrow and Delta print it.
+pub fn format_decimal(unscaled: i128, scale: i8) -> String {
+    let neg = unscaled < 0;
+    let digits = unscaled.unsigned_abs().to_string();
+    let scale = scale.max(0) as usize;
+    let mut out = String::with_capacity(digits.len() + 3);
+    if neg {
+        out.push('-');
+    }
+    if scale == 0 {
+        out.push_str(&digits);
+    } else if digits.len() > scale {
+        let (i, f) = digits.split_at(digits.len() - scale);
+        let _ = write!(out, "{i}.{f}");
+    } else {
+        let _ = write!(out, "0.{}{digits}", "0".repeat(scale - digits.len()));
+    }
+    out
+}
+
+/// `YYYY-MM-DD` → days since 1970-01-01.
+pub fn parse_date(text: &str) -> Result<i32, String> {
+    let d = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)"))?;
+    Ok((d - EPOCH).num_days() as i32)
+}
+
+pub fn format_date(days: i32) -> String {
+    (EPOCH + chrono::Duration::days(i64::from(days))).format("%Y-%m-%d").to_string()
+}
+
+/// Parses CockroachDB's timestamp texts into microseconds since the epoch (UTC for zoned values):
+/// JSON `2019-01-02T03:04:05.5` / `…Z`, Parquet `2019-01-02 03:04:05.5` / `…+00` / `…-07:30`.
+/// `zoned` says whether an offset is required (TIMESTAMPTZ) or forbidden (TIMESTAMP).
+pub fn parse_timestamp(text: &str, zoned: bool) -> Result<i64, String> {
+    let bad = || {
+        let kind = if zoned { "TIMESTAMPTZ" } else { "TIMESTAMP" };
+        format!("`{text}` is not a {kind} value")
+    };
+    if text.len() < 19 || !matches!(text.as_bytes()[10], b'T' | b' ') {
+        return Err(bad());
+    }
+    let (date, rest) = text.split_at(10);
+    let rest = &rest[1..];
+    let zone_at = rest[8..].find(['Z', '+', '-']).map(|i| i + 8);
+    let (clock, zone) = match zone_at {
+        Some(i) => (&rest[..i], Some(&rest[i..])),
+        None => (rest, None),
+    };
+    if zoned != zone.is_some() {
+        return Err(bad());
+    }
+    let naive = NaiveDateTime::parse_from_str(&format!("{date}T{clock}"), "%Y-%m-%dT%H:%M:%S%.f").map_err(|_| bad())?;
+    let offset_secs = match zone {
+        None | Some("Z") => 0,
+        Some(z) => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let mut secs = 0i64;
+            for (i, part) in z[1..].split(':').enumerate() {
+                let n: i64 = part.parse().map_err(|_| bad())?;
+                if part.len() != 2 || i > 2 {
+                    return Err(bad());
+                }
+                secs += n * [3600, 60, 1][i];
+            }
+            sign * secs
+        }
+    };
+    let utc = naive.and_utc().timestamp_micros() - offset_secs * 1_000_000;
+    Ok(utc)
+}
+
+/// `HH:MM:SS[.ffffff]` (trailing zeros trimmed, as CockroachDB's JSON writes TIME).
+pub fn format_time_micros(micros: i64) -> String {
+    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let mut s = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    push_fraction(&mut s, frac as u32 * 1000);
+    s
+}
+
+fn push_fraction(s: &mut String, nanos: u32) {
+    if nanos != 0 {
+        let f = format!("{nanos:09}");
+        let _ = write!(s, ".{}", f.trim_end_matches('0'));
+    }
+}
+
+/// Microseconds since the epoch, rendered as CockroachDB writes TIMESTAMP in JSON
+/// (`2019-01-02T03:04:05.5`) or, for Parquet, with a space (`2019-01-02 03:04:05.5`);
+/// zoned values get `Z` (JSON) or `+00` (Parquet).
+pub fn format_timestamp(micros: i64, zoned: bool, parquet: bool) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(micros).expect("timestamp in range").naive_utc();
+    let sep = if parquet { ' ' } else { 'T' };
+    let mut s = format!("{}{sep}{}", t.format("%Y-%m-%d"), t.format("%H:%M:%S"));
+    push_fraction(&mut s, t.nanosecond());
+    if zoned {
+        s.push_str(if parquet { "+00" } else { "Z" });
+    }
+    s
+}
+
+/// Canonical lowercase UUID text from its 16 bytes.
+pub fn format_uuid(b: &[u8]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// CockroachDB writes BYTES in JSON as `\x` + lowercase hex.
+pub fn parse_bytes_hex(text: &str) -> Result<Vec<u8>, String> {
+    let hex = text.strip_prefix("\\x").ok_or_else(|| format!("`{text}` is not a \\x-hex BYTES value"))?;
+    if hex.len() % 2 != 0 {
+        return Err(format!("`{text}` has an odd number of hex digits"));
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("`{text}` is not hex")))
+        .collect()
+}
+
+pub fn format_bytes_hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + 2 * b.len());
+    s.push_str("\\x");
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+/// Writes a JSON string exactly as CockroachDB's `json.go` does (format spec §3.2): only `"` and
+/// `\` escaped, `\n` `\r` `\t` by name, other control bytes as `\u00xx`, everything else raw.
+pub fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Re-renders raw JSON in CockroachDB's JSONB text form: keys sorted byte-wise, `", "` and
+/// `": "` separators, numbers kept digit for digit. JSONB columns read from JSON files thereby
+/// equal the text Parquet files carry for the same value.
+pub fn crdb_json_text(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len() + 8);
+    write_crdb_json(&mut out, raw.trim())?;
+    Ok(out)
+}
+
+fn write_crdb_json(out: &mut String, raw: &str) -> Result<(), String> {
+    let err = |e: serde_json::Error| format!("invalid JSON value: {e}");
+    match raw.as_bytes().first() {
+        Some(b'{') => {
+            let map: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(raw).map_err(err)?;
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_json_string(out, k);
+                out.push_str(": ");
+                write_crdb_json(out, v.get().trim())?;
+            }
+            out.push('}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(err)?;
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_crdb_json(out, v.get().trim())?;
+            }
+            out.push(']');
+        }
+        Some(b'"') => {
+            let s: String = serde_json::from_str(raw).map_err(err)?;
+            write_json_string(out, &s);
+        }
+        _ => out.push_str(raw),
+    }
+    Ok(())
+}
+
+/// Formats a float the way CockroachDB's JSON encoder does (format spec §3.6): shortest
+/// round-trip digits in General Decimal Arithmetic notation (`1.5`, `1E+2`, `1E-7`), and
+/// the strings `"NaN"`, `"Infinity"`, `"-Infinity"`.
+pub fn crdb_json_float(f: f64) -> String {
+    if f.is_nan() {
+        return "\"NaN\"".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: `d[.ddd]e[-]x`.
+    let e = format!("{f:e}");
+    let (mant, exp) = e.split_once('e').expect("exponent");
+    let exp: i32 = exp.parse().expect("exponent digits");
+    let neg = mant.starts_with('-');
+    let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
+    // GDA: coefficient = digits, exponent = exp - (len - 1).
+    let n = digits.len() as i32;
+    let exponent = exp - (n - 1);
+    let adjusted = exp;
+    let mut s = String::new();
+    if neg {
+        s.push('-');
+    }
+    if exponent <= 0 && adjusted >= -6 {
+        if exponent == 0 {
+            s.push_str(&digits);
+        } else if -exponent < n {
+            let (i, fr) = digits.split_at((n + exponent) as usize);
+            let _ = write!(s, "{i}.{fr}");
+        } else {
+            let _ = write!(s, "0.{}{}", "0".repeat((-exponent - n) as usize), digits);
+        }
+    } else {
+        let (first, rest) = digits.split_at(1);
+        s.push_str(first);
+        if !rest.is_empty() {
+            let _ = write!(s, ".{rest}");
+        }
+        let _ = write!(s, "E{}{}", if adjusted >= 0 { "+" } else { "-" }, adjusted.abs());
+    }
+    s
+}
+
+/// Parses a float from JSON number text or CockroachDB's special strings.
+pub fn parse_float(text: &str) -> Result<f64, String> {
+    match text {
+        "NaN" => Ok(f64::NAN),
+        "Infinity" | "+Infinity" => Ok(f64::INFINITY),
+        "-Infinity" => Ok(f64::NEG_INFINITY),
+        _ => text.parse::<f64>().map_err(|_| format!("`{text}` is not a number")),
+    }
+}
+
+/// A TIME value of the day as microseconds (`12:34:56.5`).
+pub fn parse_time_micros(text: &str) -> Result<i64, String> {
+    if text == "24:00:00" {
+        return Ok(86_400_000_000);
+    }
+    let t = NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| format!("`{text}` is not a TIME value"))?;
+    Ok(i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals() {
+        assert_eq!(parse_decimal("3.140000000", 18, 9), Ok(3_140_000_000));
+        assert_eq!(parse_decimal("-25.00", 10, 2), Ok(-2500));
+        assert_eq!(parse_decimal("4E+2", 10, 0), Ok(400));
+        assert_eq!(parse_decimal("1.5E-1", 10, 2), Ok(15));
+        assert_eq!(parse_decimal("0.000000000", 18, 9), Ok(0));
+        assert_eq!(parse_decimal("12345", 20, 10), Ok(123_450_000_000_000));
+        assert!(parse_decimal("1.234", 10, 2).unwrap_err().contains("fractional"));
+        assert!(parse_decimal("123456", 5, 0).unwrap_err().contains("does not fit"));
+        assert!(parse_decimal("NaN", 10, 2).unwrap_err().contains("STRING"));
+        assert!(parse_decimal("1.2.3", 10, 2).is_err());
+        assert_eq!(format_decimal(3_140_000_000, 9), "3.140000000");
+        assert_eq!(format_decimal(-5, 3), "-0.005");
+        assert_eq!(format_decimal(400, 0), "400");
+    }
+
+    #[test]
+    fn timestamps_and_dates() {
+        let us = parse_timestamp("2019-01-02T03:04:05.5", false).unwrap();
+        assert_eq!(format_timestamp(us, false, false), "2019-01-02T03:04:05.5");
+        assert_eq!(format_timestamp(us, false, true), "2019-01-02 03:04:05.5");
+        assert_eq!(parse_timestamp("2019-01-02 03:04:05.5", false).unwrap(), us);
+        let z = parse_timestamp("2023-01-02T03:04:05.123456Z", true).unwrap();
+        assert_eq!(parse_timestamp("2023-01-02 03:04:05.123456+00", true).unwrap(), z);
+        assert_eq!(parse_timestamp("2023-01-02 05:34:05.123456+02:30", true).unwrap(), z);
+        assert_eq!(parse_timestamp("2023-01-01 22:04:05.123456-05", true).unwrap(), z);
+        assert_eq!(format_timestamp(z, true, true), "2023-01-02 03:04:05.123456+00");
+        assert!(parse_timestamp("2023-01-02T03:04:05Z", false).is_err());
+        assert!(parse_timestamp("2023-01-02T03:04:05", true).is_err());
+        assert_eq!(format_date(parse_date("2023-01-02").unwrap()), "2023-01-02");
+        assert_eq!(parse_date("1969-12-31"), Ok(-1));
+        assert_eq!(format_time_micros(parse_time_micros("12:34:56.5").unwrap()), "12:34:56.5");
+        assert_eq!(format_time_micros(86_400_000_000), "24:00:00");
+    }
+
+    #[test]
+    fn json_text_forms() {
+        assert_eq!(crdb_json_text(r#"{"b":[1,2.50,null],"a":{"y":"\u00e9\n","x":true}}"#).unwrap(),
+            "{\"a\": {\"x\": true, \"y\": \"é\\n\"}, \"b\": [1, 2.50, null]}");
+        let mut s = String::new();
+        write_json_string(&mut s, "a\u{1}<\"\\");
+        assert_eq!(s, r#""a\u0001<\"\\""#);
+        for (f, text) in [(1.5, "1.5"), (0.1, "0.1"), (123456.0, "123456"), (100.0, "1E+2"), (120.0, "1.2E+2"),
+            (1e-7, "1E-7"), (0.000001, "0.000001"), (-2.25, "-2.25"), (f64::NAN, "\"NaN\"")] {
+            assert_eq!(crdb_json_float(f), text, "{f}");
+        }
+        assert_eq!(parse_bytes_hex("\\x68656c6c6f").unwrap(), b"hello");
+        assert_eq!(format_bytes_hex(b"hello"), "\\x68656c6c6f");
+        assert_eq!(format_uuid(&[0x37, 0x01, 0x17, 0xcf, 0xd7, 0x7d, 0x47, 0x78, 0xb0, 0xb9, 0x01, 0xac, 0x17, 0xc1, 0x5a, 0x06]),
+            "370117cf-d77d-4778-b0b9-01ac17c15a06");
+    }
+}
