@@ -5,11 +5,13 @@
 //! itself (the simulator). It performs no network I/O and knows nothing of Azure Functions.
 
 pub mod batch;
+pub mod canonical;
 pub mod column;
 pub mod decode;
 pub mod hlc;
 pub mod keys;
 pub mod names;
+pub mod sim;
 pub mod types;
 pub mod values;
 

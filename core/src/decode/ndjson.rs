@@ -362,7 +362,9 @@ mod tests {
             (r#"{"after": {"id": "x"}, "key": [1], "updated": "1.0000000000"}"#, "line 2: column `id`"),
             (r#"{"after": {"id": 2}, "key": [2], "updated": "yesterday"}"#, "line 2: `updated`"),
         ] {
-            let err = decode(&format!("{ok}\n{bad}\n"), &DecodeOptions::default()).unwrap_err();
+            // With a configured type a value that does not fit is an error (inference would widen).
+            let opts = DecodeOptions { columns: [("id".to_owned(), ColumnType::Int64)].into(), ..Default::default() };
+            let err = decode(&format!("{ok}\n{bad}\n"), &opts).unwrap_err();
             let msg = err.to_string();
             assert!(msg.starts_with("t.ndjson: ") && msg.contains(needle), "{msg}");
         }
