@@ -1,0 +1,170 @@
+//! Real fixtures, the Parquet DECIMAL trap, and bad inputs that must fail naming file and place.
+
+mod common;
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Decimal128Type, Int64Type};
+use bytes::Bytes;
+use crdb_delta_core::batch::Op;
+use crdb_delta_core::decode::resolved::decode_resolved;
+use crdb_delta_core::decode::{self, DecodeError, DecodeOptions, ParquetDecoder};
+use crdb_delta_core::keys;
+use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::sim::model::{ColumnDef, Datum, TableDef};
+use crdb_delta_core::sim::{Message, SimOptions};
+use crdb_delta_core::Hlc;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/cockroachdb-replicator-testdata-good");
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+#[test]
+fn replicator_fixture_decodes_and_reveals_its_key() {
+    let file = "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-mytable-2.ndjson";
+    let ObjectName::Data(name) = ObjectName::parse_file_name(file).unwrap() else { panic!() };
+    let mut stream = decode::decode_bytes(&name, file, Bytes::from(fixture(file)), &DecodeOptions::default()).unwrap();
+    let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 35);
+    let b = &batches[0];
+    assert_eq!(b.column_by_name("p").unwrap().as_primitive::<Int64Type>().value(0), 1);
+    assert_eq!(b.column_by_name("v").unwrap().as_string::<i32>().value(0), "1");
+    let upd = b.column_by_name("__crdb_updated").unwrap().as_primitive::<Decimal128Type>().value(0);
+    assert_eq!(Hlc::from_decimal_i128(upd).unwrap().to_string(), "1714751616027474000.0000000000");
+    assert!(b.column_by_name("__crdb_op").unwrap().as_string::<i32>().iter().all(|o| o == Some("c")));
+    assert_eq!(keys::primary_key("mytable", None, &[stream.key_evidence()]).unwrap(), ["p"]);
+
+    for r in ["202405031553360274740000000000000.RESOLVED", "202405031553371089960000000000000.RESOLVED"] {
+        let ObjectName::Resolved(ts) = ObjectName::parse_file_name(r).unwrap() else { panic!() };
+        assert_eq!(decode_resolved(r, Bytes::from(fixture(r)), Some(ts)).unwrap(), ts);
+    }
+}
+
+/// One Parquet file with a single DECIMAL(18,9) column holding 3.14, written as CockroachDB does.
+fn decimal_file() -> Vec<u8> {
+    let def = Arc::new(TableDef {
+        name: "t".into(),
+        columns: vec![
+            ColumnDef { name: "id".into(), sql: "INT8".parse().unwrap(), nullable: false, family: "primary".into() },
+            ColumnDef { name: "price".into(), sql: "DECIMAL(18,9)".parse().unwrap(), nullable: true, family: "primary".into() },
+        ],
+        primary_key: vec!["id".into()],
+        families: vec!["primary".into()],
+        version: 1,
+    });
+    let m = Message {
+        table: def.clone(),
+        family: "primary".into(),
+        op: Op::Create,
+        updated: Hlc::new(10, 0),
+        mvcc: Hlc::new(10, 0),
+        row: vec![Datum::Int(1), Datum::Decimal("3.140000000".into())],
+        before: None,
+        backfill: false,
+    };
+    crdb_delta_core::sim::parquet::encode(&def, &[0, 1], &[m], &SimOptions::default()).unwrap()
+}
+
+#[test]
+fn parquet_decimal_text_is_read_right_where_a_standard_reader_gets_it_wrong() {
+    let bytes = Bytes::from(decimal_file());
+    // A standard Arrow reader takes the ASCII bytes for a two's-complement integer.
+    let mut std_reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+        .unwrap()
+        .build()
+        .unwrap();
+    let b = std_reader.next().unwrap().unwrap();
+    let wrong = b.column_by_name("price").unwrap().as_primitive::<Decimal128Type>().value(0);
+    assert_ne!(wrong, 3_140_000_000, "the trap: a standard reader misreads DECIMAL text");
+
+    let mut ours = ParquetDecoder::try_new("t.parquet", bytes, &DecodeOptions::default()).unwrap();
+    let b = ours.next().unwrap().unwrap();
+    assert_eq!(b.column_by_name("price").unwrap().as_primitive::<Decimal128Type>().value(0), 3_140_000_000);
+}
+
+#[test]
+fn unconstrained_decimals_are_rejected_by_standard_readers_and_kept_exact_by_ours() {
+    let sim = common::simulate(&SimOptions {
+        format: crdb_delta_core::names::Format::Parquet,
+        tables: vec!["kitchen_sink".into()],
+        initial_rows: 50,
+        windows: 1,
+        ..SimOptions::default()
+    });
+    let (path, bytes) = sim.objects.iter().find(|(p, _)| p.ends_with(".parquet")).unwrap();
+    assert!(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes.clone())).is_err());
+    let mut d = ParquetDecoder::try_new(path, Bytes::from(bytes.clone()), &DecodeOptions::default()).unwrap();
+    let b = d.next().unwrap().unwrap();
+    // Without configuration: unconstrained DECIMAL as exact text, DECIMAL(10,0) annotated (10,10)
+    // as decimal(20,10), UUID and TIME as text, arrays as lists.
+    let ty = |c: &str| b.schema().field_with_name(c).unwrap().data_type().clone();
+    assert_eq!(ty("dec_any"), arrow_schema::DataType::Utf8);
+    assert_eq!(ty("dec0"), arrow_schema::DataType::Decimal128(20, 10));
+    assert_eq!(ty("dec"), arrow_schema::DataType::Decimal128(18, 9));
+    assert_eq!(ty("id"), arrow_schema::DataType::Utf8);
+    assert!(matches!(ty("ia"), arrow_schema::DataType::List(_)));
+}
+
+fn err_of(r: Result<Vec<arrow_array::RecordBatch>, DecodeError>) -> String {
+    r.unwrap_err().to_string()
+}
+
+#[test]
+fn truncated_and_corrupt_parquet_name_the_file() {
+    let bytes = decimal_file();
+    let path = "2024-05-03/x.parquet";
+    for cut in [bytes.len() - 3, bytes.len() / 2, 10] {
+        let r = ParquetDecoder::try_new(path, Bytes::copy_from_slice(&bytes[..cut]), &DecodeOptions::default())
+            .and_then(|d| d.collect::<Result<Vec<_>, _>>());
+        let msg = err_of(r);
+        assert!(msg.starts_with(path) && msg.contains("Parquet"), "{msg}");
+    }
+    let mut corrupt = bytes.clone();
+    for b in &mut corrupt[4..bytes.len() / 2] {
+        *b = 0xff;
+    }
+    let r = ParquetDecoder::try_new(path, Bytes::from(corrupt), &DecodeOptions::default())
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert!(err_of(r).starts_with(path));
+}
+
+#[test]
+fn unknown_column_types_name_file_and_column() {
+    use parquet::basic::{Repetition, Type as Physical};
+    use parquet::schema::types::Type;
+    let field = |name: &str, p: Physical, len: i32| {
+        Arc::new(Type::primitive_type_builder(name, p).with_repetition(Repetition::OPTIONAL).with_length(len).build().unwrap())
+    };
+    let schema = Type::group_type_builder("schema")
+        .with_fields(vec![field("legacy_ts", Physical::INT96, -1), field("__crdb__event_type", Physical::BYTE_ARRAY, -1)])
+        .build()
+        .unwrap();
+    let w = parquet::file::writer::SerializedFileWriter::new(Vec::new(), Arc::new(schema), Default::default()).unwrap();
+    let bytes = w.into_inner().unwrap();
+    let err = ParquetDecoder::try_new("f.parquet", Bytes::from(bytes), &DecodeOptions::default()).err().unwrap();
+    assert!(matches!(err, DecodeError::UnknownType { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("f.parquet") && msg.contains("`legacy_ts`") && msg.contains("unknown column type"), "{msg}");
+}
+
+#[test]
+fn bad_json_in_compressed_files_names_file_and_line() {
+    let lines = "{\"after\": {\"k\": 1}, \"key\": [1], \"updated\": \"1.0000000000\"}\n{\"after\": {\"k\": 2}, \"key\": [2], \"upd\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, lines.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let name = "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-t-2.ndjson.gz";
+    let ObjectName::Data(d) = ObjectName::parse_file_name(name).unwrap() else { panic!() };
+    let r = decode::decode_bytes(&d, name, Bytes::from(gz.clone()), &DecodeOptions::default()).unwrap().collect();
+    let msg = err_of(r);
+    assert!(msg.starts_with(name) && msg.contains("line 2"), "{msg}");
+    // A gzip stream cut short is a read error naming the file, not a panic or silent truncation.
+    let r = decode::decode_bytes(&d, name, Bytes::copy_from_slice(&gz[..gz.len() - 12]), &DecodeOptions::default())
+        .unwrap()
+        .collect();
+    assert!(err_of(r).starts_with(name));
+}
