@@ -1,1 +1,8 @@
+//! crdb-delta: CockroachDB changefeeds (cloud storage sink) into Delta Lake tables.
+//!
+//! The format, planning and merge logic lives in `crdb-delta-core`; this crate holds the I/O at
+//! the edges: storage, the command line and (later) the Azure Functions custom handler.
 
+pub mod inspect;
+pub mod simulate;
+pub mod storage;

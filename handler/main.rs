@@ -1,1 +1,223 @@
-fn main(){}
+//! The `crdb-delta` command line. `anyhow` lives here only, at the binary's edge.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use crdb_delta::inspect::inspect;
+use crdb_delta::simulate::simulate;
+use crdb_delta::storage::Location;
+use crdb_delta_core::names::{Compression, Format, PartitionFormat};
+use crdb_delta_core::sim::{Envelope, SimOptions, TruthStates};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "crdb-delta", version, about = "CockroachDB changefeeds into Delta Lake tables")]
+struct Cli {
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job on local folders: simulate a changefeed, then read and summarise it.
+    Demo {
+        /// Working folder (recreated).
+        #[arg(long, default_value = "demo")]
+        dir: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: FormatArg,
+    },
+    /// Write a deterministic simulated changefeed (and its ground truth).
+    Simulate(SimArgs),
+    /// Read a changefeed root and summarise it.
+    Inspect {
+        /// Changefeed root: a folder or an Azure URL (azure://container/prefix).
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value_t = 8192)]
+        batch_size: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Json,
+    Parquet,
+}
+
+#[derive(Parser)]
+struct SimArgs {
+    /// Changefeed root to write: a folder or an Azure URL.
+    #[arg(long)]
+    out: String,
+    /// Where the ground truth goes (default: `<out>.truth` for folders, `sim-truth` otherwise).
+    #[arg(long)]
+    truth: Option<String>,
+    #[arg(long, value_enum, default_value = "json")]
+    format: FormatArg,
+    /// none, gzip or zstd (JSON: whole file; Parquet: column codec).
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// daily, hourly or flat.
+    #[arg(long, default_value = "daily")]
+    partition: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Comma-separated: usertable, orders, kitchen_sink.
+    #[arg(long, default_value = "usertable,orders,kitchen_sink", value_delimiter = ',')]
+    tables: Vec<String>,
+    #[arg(long, default_value_t = 10)]
+    ycsb_fields: usize,
+    #[arg(long, default_value_t = 100)]
+    initial_rows: usize,
+    #[arg(long, default_value_t = 6)]
+    windows: usize,
+    #[arg(long, default_value_t = 200)]
+    events_per_window: usize,
+    /// Fractions of inserts, updates, deletes.
+    #[arg(long, default_value = "0.3,0.55,0.15", value_delimiter = ',', num_args = 3)]
+    mix: Vec<f64>,
+    /// Wall time per window (between flushes), milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    window_ms: u64,
+    /// A RESOLVED file every N windows.
+    #[arg(long, default_value_t = 1)]
+    resolved_every: usize,
+    #[arg(long, default_value_t = 2)]
+    aggregators: usize,
+    /// `file_size` in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    file_size: usize,
+    #[arg(long, default_value_t = 0.02)]
+    duplicate_rate: f64,
+    /// Window after which the job restarts (0: never).
+    #[arg(long, default_value_t = 3)]
+    restart_at: usize,
+    /// Window at which usertable gets ADD COLUMN with backfill (0: never).
+    #[arg(long, default_value_t = 4)]
+    schema_change_at: usize,
+    #[arg(long)]
+    mvcc_timestamp: bool,
+    #[arg(long)]
+    diff: bool,
+    #[arg(long)]
+    bare: bool,
+    /// all, last or none.
+    #[arg(long, default_value = "all")]
+    truth_states: String,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl SimArgs {
+    fn options(&self) -> Result<SimOptions> {
+        let d = SimOptions::default();
+        Ok(SimOptions {
+            seed: self.seed,
+            format: self.format.into(),
+            compression: match self.compression.as_str() {
+                "none" => Compression::None,
+                "gzip" => Compression::Gzip,
+                "zstd" => Compression::Zstd,
+                other => anyhow::bail!("--compression {other}: expected none, gzip or zstd"),
+            },
+            partition: self.partition.parse::<PartitionFormat>().map_err(anyhow::Error::msg)?,
+            envelope: if self.bare { Envelope::Bare } else { Envelope::Wrapped },
+            diff: self.diff,
+            mvcc_timestamp: self.mvcc_timestamp,
+            tables: self.tables.clone(),
+            ycsb_fields: self.ycsb_fields,
+            initial_rows: self.initial_rows,
+            windows: self.windows,
+            events_per_window: self.events_per_window,
+            mix: [self.mix[0], self.mix[1], self.mix[2]],
+            window_ms: self.window_ms,
+            resolved_every: self.resolved_every,
+            aggregators: self.aggregators,
+            file_size: self.file_size,
+            duplicate_rate: self.duplicate_rate,
+            reinsert_rate: d.reinsert_rate,
+            restart_at: (self.restart_at > 0).then_some(self.restart_at),
+            schema_change_at: (self.schema_change_at > 0).then_some(self.schema_change_at),
+            truth_states: match self.truth_states.as_str() {
+                "all" => TruthStates::All,
+                "last" => TruthStates::Last,
+                "none" => TruthStates::None,
+                other => anyhow::bail!("--truth-states {other}: expected all, last or none"),
+            },
+            start: d.start,
+        })
+    }
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Json => Format::Json,
+            FormatArg::Parquet => Format::Parquet,
+        }
+    }
+}
+
+async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary> {
+    let opts = args.options()?;
+    let out = Location::open(&args.out)?;
+    let truth = match &args.truth {
+        Some(t) => t.clone(),
+        None if !args.out.contains("://") => format!("{}.truth", args.out.trim_end_matches('/')),
+        None => "sim-truth".into(),
+    };
+    let truth = Location::open(&truth)?;
+    let summary = simulate(opts, &out, &truth).await.with_context(|| format!("simulating into {}", args.out))?;
+    tracing::info!(out = %args.out, truth = %truth.display, data_files = summary.data_files, messages = summary.messages, bytes = summary.bytes, "simulated");
+    Ok(summary)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("CRDB_DELTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    match cli.command {
+        Command::Simulate(args) => {
+            let summary = run_simulate(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("wrote {} data files and {} RESOLVED files ({} messages, {:.1} MB) to {}",
+                    summary.data_files, summary.resolved_files, summary.messages, summary.bytes as f64 / 1e6, args.out);
+            }
+        }
+        Command::Inspect { source, batch_size, json } => {
+            let loc = Location::open(&source)?;
+            let summary = inspect(&loc, batch_size).await.with_context(|| format!("reading {source}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.render());
+            }
+        }
+        Command::Demo { dir, format } => {
+            let _ = std::fs::remove_dir_all(&dir);
+            let out = format!("{dir}/changefeed");
+            let args = SimArgs::parse_from(["simulate", "--out", &out, "--truth", &format!("{dir}/truth"),
+                "--format", match format { FormatArg::Json => "json", FormatArg::Parquet => "parquet" }]);
+            let sim = run_simulate(&args).await?;
+            println!("simulated {} messages into {out} (ground truth in {dir}/truth)", sim.messages);
+            let summary = inspect(&Location::open(&out)?, 8192).await?;
+            print!("{}", summary.render());
+        }
+    }
+    Ok(())
+}

@@ -267,6 +267,8 @@ fn infer(raw: &str) -> Option<ColumnType> {
     Some(match raw.as_bytes().first()? {
         b'n' => return None,
         b't' | b'f' => ColumnType::Boolean,
+        // NaN/±Infinity strings are what FLOAT columns send for those values: no evidence of text.
+        b'"' if matches!(raw, "\"NaN\"" | "\"Infinity\"" | "\"-Infinity\"") => return None,
         b'"' => ColumnType::Text,
         b'{' => ColumnType::Json,
         b'[' => {
@@ -284,7 +286,8 @@ fn infer(raw: &str) -> Option<ColumnType> {
             match item {
                 Some(ColumnType::Json | ColumnType::List(_)) => ColumnType::Json,
                 Some(t) => ColumnType::List(Box::new(t)),
-                None => ColumnType::List(Box::new(ColumnType::Text)),
+                // An empty (or all-null) array says nothing about its element type.
+                None => return None,
             }
         }
         _ if raw.contains(['.', 'e', 'E']) => ColumnType::Float64,

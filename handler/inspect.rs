@@ -1,0 +1,203 @@
+//! `inspect`: reads a changefeed root and summarises it: tables, families, schema versions,
+//! files, rows per operation, HLC range, RESOLVED watermarks, derived primary keys and decode
+//! throughput. Objects that are not changefeed files are listed, never decoded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Decimal128Type;
+use crdb_delta_core::batch::{OP, UPDATED};
+use crdb_delta_core::decode::{self, DecodeError, DecodeOptions};
+use crdb_delta_core::decode::resolved::decode_resolved;
+use crdb_delta_core::keys::{self, KeyEvidence};
+use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::types::ColumnType;
+use crdb_delta_core::Hlc;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+
+use crate::storage::{Location, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("decoder task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct TableSummary {
+    pub families: BTreeSet<String>,
+    pub schema_ids: BTreeSet<u64>,
+    pub files: usize,
+    pub bytes: u64,
+    pub rows: u64,
+    pub upserts: u64,
+    pub deletes: u64,
+    pub min_updated: Option<Hlc>,
+    pub max_updated: Option<Hlc>,
+    /// Derived primary key (empty when not known, see `primary_key_error`).
+    pub primary_key: Vec<String>,
+    pub primary_key_error: Option<String>,
+    /// Column → Delta type.
+    pub columns: BTreeMap<String, String>,
+    #[serde(skip)]
+    evidence: BTreeMap<String, KeyEvidence>,
+    #[serde(skip)]
+    types: BTreeMap<String, ColumnType>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub source: String,
+    pub tables: BTreeMap<String, TableSummary>,
+    pub resolved_files: usize,
+    pub last_resolved: Option<Hlc>,
+    pub ignored: Vec<String>,
+    pub data_files: usize,
+    pub bytes: u64,
+    pub rows: u64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+    pub rows_per_s: f64,
+}
+
+/// Reads every object under `source`, one data file at a time (memory: one file + one batch).
+pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, InspectError> {
+    let started = Instant::now();
+    let metas: Vec<_> = source.store.list(Some(&source.prefix)).try_collect().await.map_err(StorageError::from)?;
+    let mut ignored = Vec::new();
+    let mut objects = Vec::new();
+    for m in metas {
+        let Some(rel) = source.relative(&m.location) else { continue };
+        match ObjectName::parse_relative(&rel) {
+            Ok((name, _)) => objects.push((name, rel, m.location)),
+            Err(e) => {
+                tracing::warn!(object = %rel, error = %e, "not a changefeed file; skipped");
+                ignored.push(e.to_string());
+            }
+        }
+    }
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut tables: BTreeMap<String, TableSummary> = BTreeMap::new();
+    let (mut resolved_files, mut last_resolved, mut data_files, mut bytes_total, mut rows_total) = (0, None, 0, 0u64, 0u64);
+    for (name, rel, path) in objects {
+        let bytes = source.store.get(&path).await.map_err(StorageError::from)?.bytes().await.map_err(StorageError::from)?;
+        match name {
+            ObjectName::Resolved(ts) => {
+                decode_resolved(&rel, bytes, Some(ts))?;
+                resolved_files += 1;
+                last_resolved = Some(ts);
+            }
+            ObjectName::Data(d) => {
+                data_files += 1;
+                bytes_total += bytes.len() as u64;
+                let table = tables.entry(d.topic.table().to_owned()).or_default();
+                let family = d.topic.family().unwrap_or("primary").to_owned();
+                table.families.insert(family.clone());
+                table.schema_ids.insert(d.schema_id);
+                table.files += 1;
+                table.bytes += bytes.len() as u64;
+                let opts = DecodeOptions { batch_size, ..DecodeOptions::default() };
+                let (stats, evidence, types) = tokio::task::spawn_blocking(move || decode_file(&d, &rel, bytes, &opts)).await??;
+                table.rows += stats.rows;
+                table.upserts += stats.upserts;
+                table.deletes += stats.deletes;
+                table.min_updated = table.min_updated.min(stats.min).or(stats.min);
+                table.max_updated = table.max_updated.max(stats.max);
+                table.evidence.entry(family).or_default().merge(&evidence);
+                for (c, t) in types {
+                    let w = table.types.get(&c).map_or(t.clone(), |cur| cur.widen(&t));
+                    table.types.insert(c, w);
+                }
+                rows_total += stats.rows;
+            }
+        }
+    }
+    for (name, t) in &mut tables {
+        let ev: Vec<&KeyEvidence> = t.evidence.values().collect();
+        match keys::primary_key(name, None, &ev) {
+            Ok(k) => t.primary_key = k,
+            Err(e) => t.primary_key_error = Some(e.to_string()),
+        }
+        t.columns = t.types.iter().map(|(c, ty)| (c.clone(), ty.delta_type())).collect();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Summary {
+        source: source.display.clone(),
+        tables,
+        resolved_files,
+        last_resolved,
+        ignored,
+        data_files,
+        bytes: bytes_total,
+        rows: rows_total,
+        seconds,
+        mb_per_s: bytes_total as f64 / 1e6 / seconds.max(1e-9),
+        rows_per_s: rows_total as f64 / seconds.max(1e-9),
+    })
+}
+
+#[derive(Default)]
+struct FileStats {
+    rows: u64,
+    upserts: u64,
+    deletes: u64,
+    min: Option<Hlc>,
+    max: Option<Hlc>,
+}
+
+fn decode_file(
+    d: &crdb_delta_core::DataFileName,
+    rel: &str,
+    bytes: bytes::Bytes,
+    opts: &DecodeOptions,
+) -> Result<(FileStats, KeyEvidence, BTreeMap<String, ColumnType>), DecodeError> {
+    let mut stream = decode::decode_bytes(d, rel, bytes, opts)?;
+    let mut s = FileStats::default();
+    for batch in stream.by_ref() {
+        let batch = batch?;
+        s.rows += batch.num_rows() as u64;
+        let ops = batch.column_by_name(OP).expect("meta column").as_string::<i32>();
+        let deletes = ops.iter().filter(|o| *o == Some("d")).count() as u64;
+        s.deletes += deletes;
+        s.upserts += batch.num_rows() as u64 - deletes;
+        let upd = batch.column_by_name(UPDATED).expect("meta column").as_primitive::<Decimal128Type>();
+        for v in upd.values() {
+            let h = Hlc::from_decimal_i128(*v);
+            s.min = s.min.min(h).or(h);
+            s.max = s.max.max(h);
+        }
+    }
+    Ok((s, stream.key_evidence().clone(), stream.column_types().clone()))
+}
+
+impl Summary {
+    /// A compact human-readable report.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "changefeed {}: {} data files, {} RESOLVED (last {}), {:.1} MB, {} rows",
+            self.source, self.data_files, self.resolved_files,
+            self.last_resolved.map_or("none".into(), |h| h.to_string()), self.bytes as f64 / 1e6, self.rows);
+        for (name, t) in &self.tables {
+            let key = match &t.primary_key_error { None => t.primary_key.join(", "), Some(e) => format!("unknown: {e}") };
+            let _ = writeln!(s, "  {name}: families [{}], schema ids {:?}, {} files, {} rows ({} upserts, {} deletes), key ({key})",
+                t.families.iter().cloned().collect::<Vec<_>>().join(", "), t.schema_ids, t.files, t.rows, t.upserts, t.deletes);
+            let _ = writeln!(s, "    updated {} .. {}", t.min_updated.map_or("-".into(), |h| h.to_string()), t.max_updated.map_or("-".into(), |h| h.to_string()));
+            let cols: Vec<String> = t.columns.iter().map(|(c, ty)| format!("{c} {ty}")).collect();
+            let _ = writeln!(s, "    columns: {}", cols.join(", "));
+        }
+        for i in &self.ignored {
+            let _ = writeln!(s, "  ignored: {i}");
+        }
+        let _ = writeln!(s, "decoded in {:.2} s: {:.1} MB/s, {:.0} rows/s", self.seconds, self.mb_per_s, self.rows_per_s);
+        s
+    }
+}

@@ -1,0 +1,38 @@
+//! `simulate`: writes a simulated changefeed (and its ground truth) to any [`Location`].
+
+use crdb_delta_core::sim::{self, Destination, SimOptions, SimSummary};
+use object_store::{ObjectStoreExt, PutPayload};
+use tokio::sync::mpsc;
+
+use crate::storage::{Location, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error("simulation failed: {0}")]
+    Sim(#[from] std::io::Error),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("simulator task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs the simulator on a blocking thread and uploads its objects as they are produced, through
+/// a small bounded channel: memory stays at a few files whatever the size of the feed.
+pub async fn simulate(opts: SimOptions, out: &Location, truth: &Location) -> Result<SimSummary, SimulateError> {
+    let (tx, mut rx) = mpsc::channel::<(Destination, String, Vec<u8>)>(8);
+    let task = tokio::task::spawn_blocking(move || {
+        sim::run(&opts, &mut |dest, path, bytes| {
+            tx.blocking_send((dest, path.to_owned(), bytes)).map_err(|_| std::io::Error::other("uploader stopped"))
+        })
+    });
+    while let Some((dest, path, bytes)) = rx.recv().await {
+        let loc = match dest {
+            Destination::Changefeed => out,
+            Destination::Truth => truth,
+        };
+        let p = loc.child(&path)?;
+        loc.store.put(&p, PutPayload::from(bytes)).await.map_err(StorageError::from)?;
+        tracing::debug!(object = %p, "written");
+    }
+    Ok(task.await??)
+}

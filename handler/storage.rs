@@ -1,0 +1,79 @@
+//! One storage client for everything: `object_store`, the crate delta-rs itself uses, for local
+//! folders and Azure Blob / ADLS Gen2 (Azurite locally) alike.
+//!
+//! Azure credentials come from the environment as `object_store` reads it (`AZURE_*`): managed
+//! identity / workload identity / Azure CLI in Azure, `AZURE_STORAGE_USE_EMULATOR=true` (+
+//! `AZURITE_BLOB_STORAGE_URL`) for Azurite. No key is ever taken from a command line or logged.
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{location}: {message}")]
+    Location { location: String, message: String },
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+}
+
+/// A root inside a store: a local folder or a container prefix.
+#[derive(Clone)]
+pub struct Location {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: Path,
+    /// For messages: the location as given (URLs never carry keys here).
+    pub display: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+const AZURE_SCHEMES: [&str; 6] = ["azure://", "az://", "abfs://", "abfss://", "adl://", "https://"];
+
+impl Location {
+    /// Opens `azure://container/prefix`, `abfss://container@account.dfs.core.windows.net/prefix`,
+    /// `https://account.blob.core.windows.net/container/prefix`, or a local folder (created).
+    pub fn open(location: &str) -> Result<Self, StorageError> {
+        let bad = |message: String| StorageError::Location { location: location.to_owned(), message };
+        if location.contains('?') {
+            return Err(bad("query strings (SAS tokens, keys) are not accepted in locations; use AZURE_* settings".into()));
+        }
+        if AZURE_SCHEMES.iter().any(|s| location.starts_with(s)) {
+            let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
+            let store = MicrosoftAzureBuilder::from_env().with_url(location).build().map_err(|e| bad(e.to_string()))?;
+            let mut segments: Vec<&str> = url.path_segments().map(|s| s.filter(|p| !p.is_empty()).collect()).unwrap_or_default();
+            if url.scheme() == "https" && !segments.is_empty() {
+                segments.remove(0); // the container
+            }
+            let prefix = Path::parse(segments.join("/")).map_err(|e| bad(e.to_string()))?;
+            return Ok(Self { store: Arc::new(store), prefix, display: location.to_owned() });
+        }
+        if location.contains("://") {
+            return Err(bad("unsupported scheme (use a local folder or an Azure URL)".into()));
+        }
+        std::fs::create_dir_all(location).map_err(|e| bad(e.to_string()))?;
+        let fs = LocalFileSystem::new_with_prefix(location).map_err(|e| bad(e.to_string()))?;
+        Ok(Self { store: Arc::new(fs), prefix: Path::default(), display: location.to_owned() })
+    }
+
+    /// The store path of a path relative to this location.
+    pub fn child(&self, relative: &str) -> Result<Path, StorageError> {
+        let rel = Path::parse(relative).map_err(|e| StorageError::Location {
+            location: format!("{}/{relative}", self.display),
+            message: e.to_string(),
+        })?;
+        Ok(self.prefix.parts().chain(rel.parts()).collect())
+    }
+
+    /// The path relative to this location, or None for objects outside it.
+    pub fn relative<'a>(&self, path: &'a Path) -> Option<String> {
+        path.prefix_match(&self.prefix).map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"))
+    }
+}
