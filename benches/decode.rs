@@ -17,10 +17,17 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    let mb: usize = args.windows(2).find(|w| w[0] == "--mb").map_or(100, |w| w[1].parse().expect("--mb N"));
+    let mb: usize = args
+        .windows(2)
+        .find(|w| w[0] == "--mb")
+        .map_or(100, |w| w[1].parse().expect("--mb N"));
     println!("| format | files | MB | rows | seconds | MB/s | rows/s |");
     println!("|---|---|---|---|---|---|---|");
-    for (format, compression) in [(Format::Json, Compression::None), (Format::Json, Compression::Gzip), (Format::Parquet, Compression::None)] {
+    for (format, compression) in [
+        (Format::Json, Compression::None),
+        (Format::Json, Compression::Gzip),
+        (Format::Parquet, Compression::None),
+    ] {
         // usertable rows are ~1.1 kB of JSON (10 × 100-byte fields, as YCSB writes them).
         let rows = mb * 1000;
         let opts = SimOptions {
@@ -47,7 +54,9 @@ fn main() {
         let (mut n_files, mut bytes, mut decoded_rows) = (0, 0usize, 0usize);
         let start = Instant::now();
         for (path, data) in &files {
-            let Ok((ObjectName::Data(name), _)) = ObjectName::parse_relative(path) else { continue };
+            let Ok((ObjectName::Data(name), _)) = ObjectName::parse_relative(path) else {
+                continue;
+            };
             n_files += 1;
             bytes += data.len();
             for b in decode::decode_bytes(&name, path, data.clone(), &decode_opts).expect("open") {

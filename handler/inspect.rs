@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Decimal128Type;
+use crdb_delta_core::Hlc;
 use crdb_delta_core::batch::{OP, UPDATED};
-use crdb_delta_core::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::decode::resolved::decode_resolved;
+use crdb_delta_core::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::keys::{self, KeyEvidence};
 use crdb_delta_core::names::ObjectName;
 use crdb_delta_core::types::ColumnType;
-use crdb_delta_core::Hlc;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
@@ -70,11 +70,18 @@ pub struct Summary {
 /// Reads every object under `source`, one data file at a time (memory: one file + one batch).
 pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, InspectError> {
     let started = Instant::now();
-    let metas: Vec<_> = source.store.list(Some(&source.prefix)).try_collect().await.map_err(StorageError::from)?;
+    let metas: Vec<_> = source
+        .store
+        .list(Some(&source.prefix))
+        .try_collect()
+        .await
+        .map_err(StorageError::from)?;
     let mut ignored = Vec::new();
     let mut objects = Vec::new();
     for m in metas {
-        let Some(rel) = source.relative(&m.location) else { continue };
+        let Some(rel) = source.relative(&m.location) else {
+            continue;
+        };
         match ObjectName::parse_relative(&rel) {
             Ok((name, _)) => objects.push((name, rel, m.location)),
             Err(e) => {
@@ -86,9 +93,17 @@ pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, In
     objects.sort_by(|a, b| a.0.cmp(&b.0));
 
     let mut tables: BTreeMap<String, TableSummary> = BTreeMap::new();
-    let (mut resolved_files, mut last_resolved, mut data_files, mut bytes_total, mut rows_total) = (0, None, 0, 0u64, 0u64);
+    let (mut resolved_files, mut last_resolved, mut data_files, mut bytes_total, mut rows_total) =
+        (0, None, 0, 0u64, 0u64);
     for (name, rel, path) in objects {
-        let bytes = source.store.get(&path).await.map_err(StorageError::from)?.bytes().await.map_err(StorageError::from)?;
+        let bytes = source
+            .store
+            .get(&path)
+            .await
+            .map_err(StorageError::from)?
+            .bytes()
+            .await
+            .map_err(StorageError::from)?;
         match name {
             ObjectName::Resolved(ts) => {
                 decode_resolved(&rel, bytes, Some(ts))?;
@@ -104,8 +119,13 @@ pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, In
                 table.schema_ids.insert(d.schema_id);
                 table.files += 1;
                 table.bytes += bytes.len() as u64;
-                let opts = DecodeOptions { batch_size, ..DecodeOptions::default() };
-                let (stats, evidence, types) = tokio::task::spawn_blocking(move || decode_file(&d, &rel, bytes, &opts)).await??;
+                let opts = DecodeOptions {
+                    batch_size,
+                    ..DecodeOptions::default()
+                };
+                let (stats, evidence, types) =
+                    tokio::task::spawn_blocking(move || decode_file(&d, &rel, bytes, &opts))
+                        .await??;
                 table.rows += stats.rows;
                 table.upserts += stats.upserts;
                 table.deletes += stats.deletes;
@@ -126,7 +146,11 @@ pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, In
             Ok(k) => t.primary_key = k,
             Err(e) => t.primary_key_error = Some(e.to_string()),
         }
-        t.columns = t.types.iter().map(|(c, ty)| (c.clone(), ty.delta_type())).collect();
+        t.columns = t
+            .types
+            .iter()
+            .map(|(c, ty)| (c.clone(), ty.delta_type()))
+            .collect();
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Summary {
@@ -164,18 +188,28 @@ fn decode_file(
     for batch in stream.by_ref() {
         let batch = batch?;
         s.rows += batch.num_rows() as u64;
-        let ops = batch.column_by_name(OP).expect("meta column").as_string::<i32>();
+        let ops = batch
+            .column_by_name(OP)
+            .expect("meta column")
+            .as_string::<i32>();
         let deletes = ops.iter().filter(|o| *o == Some("d")).count() as u64;
         s.deletes += deletes;
         s.upserts += batch.num_rows() as u64 - deletes;
-        let upd = batch.column_by_name(UPDATED).expect("meta column").as_primitive::<Decimal128Type>();
+        let upd = batch
+            .column_by_name(UPDATED)
+            .expect("meta column")
+            .as_primitive::<Decimal128Type>();
         for v in upd.values() {
             let h = Hlc::from_decimal_i128(*v);
             s.min = s.min.min(h).or(h);
             s.max = s.max.max(h);
         }
     }
-    Ok((s, stream.key_evidence().clone(), stream.column_types().clone()))
+    Ok((
+        s,
+        stream.key_evidence().clone(),
+        stream.column_types().clone(),
+    ))
 }
 
 impl Summary {
@@ -183,21 +217,52 @@ impl Summary {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "changefeed {}: {} data files, {} RESOLVED (last {}), {:.1} MB, {} rows",
-            self.source, self.data_files, self.resolved_files,
-            self.last_resolved.map_or("none".into(), |h| h.to_string()), self.bytes as f64 / 1e6, self.rows);
+        let _ = writeln!(
+            s,
+            "changefeed {}: {} data files, {} RESOLVED (last {}), {:.1} MB, {} rows",
+            self.source,
+            self.data_files,
+            self.resolved_files,
+            self.last_resolved.map_or("none".into(), |h| h.to_string()),
+            self.bytes as f64 / 1e6,
+            self.rows
+        );
         for (name, t) in &self.tables {
-            let key = match &t.primary_key_error { None => t.primary_key.join(", "), Some(e) => format!("unknown: {e}") };
-            let _ = writeln!(s, "  {name}: families [{}], schema ids {:?}, {} files, {} rows ({} upserts, {} deletes), key ({key})",
-                t.families.iter().cloned().collect::<Vec<_>>().join(", "), t.schema_ids, t.files, t.rows, t.upserts, t.deletes);
-            let _ = writeln!(s, "    updated {} .. {}", t.min_updated.map_or("-".into(), |h| h.to_string()), t.max_updated.map_or("-".into(), |h| h.to_string()));
-            let cols: Vec<String> = t.columns.iter().map(|(c, ty)| format!("{c} {ty}")).collect();
+            let key = match &t.primary_key_error {
+                None => t.primary_key.join(", "),
+                Some(e) => format!("unknown: {e}"),
+            };
+            let _ = writeln!(
+                s,
+                "  {name}: families [{}], schema ids {:?}, {} files, {} rows ({} upserts, {} deletes), key ({key})",
+                t.families.iter().cloned().collect::<Vec<_>>().join(", "),
+                t.schema_ids,
+                t.files,
+                t.rows,
+                t.upserts,
+                t.deletes
+            );
+            let _ = writeln!(
+                s,
+                "    updated {} .. {}",
+                t.min_updated.map_or("-".into(), |h| h.to_string()),
+                t.max_updated.map_or("-".into(), |h| h.to_string())
+            );
+            let cols: Vec<String> = t
+                .columns
+                .iter()
+                .map(|(c, ty)| format!("{c} {ty}"))
+                .collect();
             let _ = writeln!(s, "    columns: {}", cols.join(", "));
         }
         for i in &self.ignored {
             let _ = writeln!(s, "  ignored: {i}");
         }
-        let _ = writeln!(s, "decoded in {:.2} s: {:.1} MB/s, {:.0} rows/s", self.seconds, self.mb_per_s, self.rows_per_s);
+        let _ = writeln!(
+            s,
+            "decoded in {:.2} s: {:.1} MB/s, {:.0} rows/s",
+            self.seconds, self.mb_per_s, self.rows_per_s
+        );
         s
     }
 }

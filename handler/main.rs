@@ -10,7 +10,11 @@ use crdb_delta_core::sim::{Envelope, SimOptions, TruthStates};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "crdb-delta", version, about = "CockroachDB changefeeds into Delta Lake tables")]
+#[command(
+    name = "crdb-delta",
+    version,
+    about = "CockroachDB changefeeds into Delta Lake tables"
+)]
 struct Cli {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, global = true)]
@@ -69,7 +73,11 @@ struct SimArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Comma-separated: usertable, orders, kitchen_sink.
-    #[arg(long, default_value = "usertable,orders,kitchen_sink", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "usertable,orders,kitchen_sink",
+        value_delimiter = ','
+    )]
     tables: Vec<String>,
     #[arg(long, default_value_t = 10)]
     ycsb_fields: usize,
@@ -80,7 +88,12 @@ struct SimArgs {
     #[arg(long, default_value_t = 200)]
     events_per_window: usize,
     /// Fractions of inserts, updates, deletes.
-    #[arg(long, default_value = "0.3,0.55,0.15", value_delimiter = ',', num_args = 3)]
+    #[arg(
+        long,
+        default_value = "0.3,0.55,0.15",
+        value_delimiter = ',',
+        num_args = 3
+    )]
     mix: Vec<f64>,
     /// Wall time per window (between flushes), milliseconds.
     #[arg(long, default_value_t = 10_000)]
@@ -127,8 +140,15 @@ impl SimArgs {
                 "zstd" => Compression::Zstd,
                 other => anyhow::bail!("--compression {other}: expected none, gzip or zstd"),
             },
-            partition: self.partition.parse::<PartitionFormat>().map_err(anyhow::Error::msg)?,
-            envelope: if self.bare { Envelope::Bare } else { Envelope::Wrapped },
+            partition: self
+                .partition
+                .parse::<PartitionFormat>()
+                .map_err(anyhow::Error::msg)?,
+            envelope: if self.bare {
+                Envelope::Bare
+            } else {
+                Envelope::Wrapped
+            },
             diff: self.diff,
             mvcc_timestamp: self.mvcc_timestamp,
             tables: self.tables.clone(),
@@ -174,7 +194,9 @@ async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary
         None => "sim-truth".into(),
     };
     let truth = Location::open(&truth)?;
-    let summary = simulate(opts, &out, &truth).await.with_context(|| format!("simulating into {}", args.out))?;
+    let summary = simulate(opts, &out, &truth)
+        .await
+        .with_context(|| format!("simulating into {}", args.out))?;
     tracing::info!(out = %args.out, truth = %truth.display, data_files = summary.data_files, messages = summary.messages, bytes = summary.bytes, "simulated");
     Ok(summary)
 }
@@ -182,8 +204,11 @@ async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("CRDB_DELTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("CRDB_DELTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_json {
         subscriber.json().init();
     } else {
@@ -195,13 +220,25 @@ async fn main() -> Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
-                println!("wrote {} data files and {} RESOLVED files ({} messages, {:.1} MB) to {}",
-                    summary.data_files, summary.resolved_files, summary.messages, summary.bytes as f64 / 1e6, args.out);
+                println!(
+                    "wrote {} data files and {} RESOLVED files ({} messages, {:.1} MB) to {}",
+                    summary.data_files,
+                    summary.resolved_files,
+                    summary.messages,
+                    summary.bytes as f64 / 1e6,
+                    args.out
+                );
             }
         }
-        Command::Inspect { source, batch_size, json } => {
+        Command::Inspect {
+            source,
+            batch_size,
+            json,
+        } => {
             let loc = Location::open(&source)?;
-            let summary = inspect(&loc, batch_size).await.with_context(|| format!("reading {source}"))?;
+            let summary = inspect(&loc, batch_size)
+                .await
+                .with_context(|| format!("reading {source}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -211,10 +248,23 @@ async fn main() -> Result<()> {
         Command::Demo { dir, format } => {
             let _ = std::fs::remove_dir_all(&dir);
             let out = format!("{dir}/changefeed");
-            let args = SimArgs::parse_from(["simulate", "--out", &out, "--truth", &format!("{dir}/truth"),
-                "--format", match format { FormatArg::Json => "json", FormatArg::Parquet => "parquet" }]);
+            let args = SimArgs::parse_from([
+                "simulate",
+                "--out",
+                &out,
+                "--truth",
+                &format!("{dir}/truth"),
+                "--format",
+                match format {
+                    FormatArg::Json => "json",
+                    FormatArg::Parquet => "parquet",
+                },
+            ]);
             let sim = run_simulate(&args).await?;
-            println!("simulated {} messages into {out} (ground truth in {dir}/truth)", sim.messages);
+            println!(
+                "simulated {} messages into {out} (ground truth in {dir}/truth)",
+                sim.messages
+            );
             let summary = inspect(&Location::open(&out)?, 8192).await?;
             print!("{}", summary.render());
         }

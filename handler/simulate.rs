@@ -18,11 +18,16 @@ pub enum SimulateError {
 
 /// Runs the simulator on a blocking thread and uploads its objects as they are produced, through
 /// a small bounded channel: memory stays at a few files whatever the size of the feed.
-pub async fn simulate(opts: SimOptions, out: &Location, truth: &Location) -> Result<SimSummary, SimulateError> {
+pub async fn simulate(
+    opts: SimOptions,
+    out: &Location,
+    truth: &Location,
+) -> Result<SimSummary, SimulateError> {
     let (tx, mut rx) = mpsc::channel::<(Destination, String, Vec<u8>)>(8);
     let task = tokio::task::spawn_blocking(move || {
         sim::run(&opts, &mut |dest, path, bytes| {
-            tx.blocking_send((dest, path.to_owned(), bytes)).map_err(|_| std::io::Error::other("uploader stopped"))
+            tx.blocking_send((dest, path.to_owned(), bytes))
+                .map_err(|_| std::io::Error::other("uploader stopped"))
         })
     });
     while let Some((dest, path, bytes)) = rx.recv().await {
@@ -31,7 +36,10 @@ pub async fn simulate(opts: SimOptions, out: &Location, truth: &Location) -> Res
             Destination::Truth => truth,
         };
         let p = loc.child(&path)?;
-        loc.store.put(&p, PutPayload::from(bytes)).await.map_err(StorageError::from)?;
+        loc.store
+            .put(&p, PutPayload::from(bytes))
+            .await
+            .map_err(StorageError::from)?;
         tracing::debug!(object = %p, "written");
     }
     Ok(task.await??)

@@ -35,32 +35,53 @@ impl std::fmt::Debug for Location {
     }
 }
 
-const AZURE_SCHEMES: [&str; 6] = ["azure://", "az://", "abfs://", "abfss://", "adl://", "https://"];
+const AZURE_SCHEMES: [&str; 6] = [
+    "azure://", "az://", "abfs://", "abfss://", "adl://", "https://",
+];
 
 impl Location {
     /// Opens `azure://container/prefix`, `abfss://container@account.dfs.core.windows.net/prefix`,
     /// `https://account.blob.core.windows.net/container/prefix`, or a local folder (created).
     pub fn open(location: &str) -> Result<Self, StorageError> {
-        let bad = |message: String| StorageError::Location { location: location.to_owned(), message };
+        let bad = |message: String| StorageError::Location {
+            location: location.to_owned(),
+            message,
+        };
         if location.contains('?') {
             return Err(bad("query strings (SAS tokens, keys) are not accepted in locations; use AZURE_* settings".into()));
         }
         if AZURE_SCHEMES.iter().any(|s| location.starts_with(s)) {
             let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
-            let store = MicrosoftAzureBuilder::from_env().with_url(location).build().map_err(|e| bad(e.to_string()))?;
-            let mut segments: Vec<&str> = url.path_segments().map(|s| s.filter(|p| !p.is_empty()).collect()).unwrap_or_default();
+            let store = MicrosoftAzureBuilder::from_env()
+                .with_url(location)
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            let mut segments: Vec<&str> = url
+                .path_segments()
+                .map(|s| s.filter(|p| !p.is_empty()).collect())
+                .unwrap_or_default();
             if url.scheme() == "https" && !segments.is_empty() {
                 segments.remove(0); // the container
             }
             let prefix = Path::parse(segments.join("/")).map_err(|e| bad(e.to_string()))?;
-            return Ok(Self { store: Arc::new(store), prefix, display: location.to_owned() });
+            return Ok(Self {
+                store: Arc::new(store),
+                prefix,
+                display: location.to_owned(),
+            });
         }
         if location.contains("://") {
-            return Err(bad("unsupported scheme (use a local folder or an Azure URL)".into()));
+            return Err(bad(
+                "unsupported scheme (use a local folder or an Azure URL)".into(),
+            ));
         }
         std::fs::create_dir_all(location).map_err(|e| bad(e.to_string()))?;
         let fs = LocalFileSystem::new_with_prefix(location).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { store: Arc::new(fs), prefix: Path::default(), display: location.to_owned() })
+        Ok(Self {
+            store: Arc::new(fs),
+            prefix: Path::default(),
+            display: location.to_owned(),
+        })
     }
 
     /// The store path of a path relative to this location.
@@ -74,6 +95,11 @@ impl Location {
 
     /// The path relative to this location, or None for objects outside it.
     pub fn relative<'a>(&self, path: &'a Path) -> Option<String> {
-        path.prefix_match(&self.prefix).map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"))
+        path.prefix_match(&self.prefix).map(|parts| {
+            parts
+                .map(|p| p.as_ref().to_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
     }
 }

@@ -10,25 +10,38 @@ use base64::engine::general_purpose::STANDARD;
 
 const ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's published well-known development key (not a secret).
-const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// `http://127.0.0.1:<port>` of the Azurite that `scripts/test` started, or None outside it.
 fn azurite() -> Option<String> {
     match std::env::var("AZURITE_BLOB_ENDPOINT") {
-        Ok(e) => Some(e.trim_end_matches('/').trim_end_matches(ACCOUNT).trim_end_matches('/').to_owned()),
-        Err(_) if std::env::var("CI").is_ok() => panic!("AZURITE_BLOB_ENDPOINT is not set: run tests with scripts/test"),
+        Ok(e) => Some(
+            e.trim_end_matches('/')
+                .trim_end_matches(ACCOUNT)
+                .trim_end_matches('/')
+                .to_owned(),
+        ),
+        Err(_) if std::env::var("CI").is_ok() => {
+            panic!("AZURITE_BLOB_ENDPOINT is not set: run tests with scripts/test")
+        }
         Err(_) => None,
     }
 }
 
 /// Creates a container with a Shared Key signed request (object_store cannot create containers).
 fn create_container(base: &str, container: &str) {
-    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let date = chrono::Utc::now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
     let version = "2021-08-06";
     let to_sign = format!(
         "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{container}\nrestype:container"
     );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &STANDARD.decode(AZURITE_KEY).unwrap());
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &STANDARD.decode(AZURITE_KEY).unwrap(),
+    );
     let sig = STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
     let host = base.trim_start_matches("http://");
     let mut s = TcpStream::connect(host).unwrap();
@@ -39,17 +52,25 @@ fn create_container(base: &str, container: &str) {
     .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 201"), "create container failed: {resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 201"),
+        "create container failed: {resp}"
+    );
 }
 
 fn run(base: Option<&str>, args: &[&str]) -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crdb-delta"));
     cmd.args(args).env("CRDB_DELTA_LOG", "warn");
     if let Some(base) = base {
-        cmd.env("AZURE_STORAGE_USE_EMULATOR", "true").env("AZURITE_BLOB_STORAGE_URL", base);
+        cmd.env("AZURE_STORAGE_USE_EMULATOR", "true")
+            .env("AZURITE_BLOB_STORAGE_URL", base);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -64,10 +85,36 @@ fn simulate_and_inspect_through_azurite_equal_local_folders() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("feed").to_string_lossy().into_owned();
     let remote = format!("azure://{container}/changefeeds/demo");
-    let sim = ["--format", "parquet", "--compression", "zstd", "--windows", "4", "--events-per-window", "150", "--file-size", "20000", "--json"];
+    let sim = [
+        "--format",
+        "parquet",
+        "--compression",
+        "zstd",
+        "--windows",
+        "4",
+        "--events-per-window",
+        "150",
+        "--file-size",
+        "20000",
+        "--json",
+    ];
     let truth = dir.path().join("truth").to_string_lossy().into_owned();
-    let a = run(None, &[&["simulate", "--out", &local, "--truth", &truth][..], &sim[..]].concat());
-    let b = run(Some(&base), &[&["simulate", "--out", &remote, "--truth", &truth][..], &sim[..]].concat());
+    let a = run(
+        None,
+        &[
+            &["simulate", "--out", &local, "--truth", &truth][..],
+            &sim[..],
+        ]
+        .concat(),
+    );
+    let b = run(
+        Some(&base),
+        &[
+            &["simulate", "--out", &remote, "--truth", &truth][..],
+            &sim[..],
+        ]
+        .concat(),
+    );
     assert_eq!(a, b);
     assert!(a["data_files"].as_u64().unwrap() > 10);
 
@@ -81,5 +128,8 @@ fn simulate_and_inspect_through_azurite_equal_local_folders() {
     }
     assert_eq!(l, r);
     assert_eq!(l["rows"].as_u64(), Some(a["messages"].as_u64().unwrap()));
-    assert_eq!(l["tables"]["orders"]["primary_key"], serde_json::json!(["id"]));
+    assert_eq!(
+        l["tables"]["orders"]["primary_key"],
+        serde_json::json!(["id"])
+    );
 }

@@ -34,7 +34,9 @@ pub fn is_meta(name: &str) -> bool {
 }
 
 /// The kind of change, as CockroachDB reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Op {
     #[serde(rename = "c")]
     Create,
@@ -101,7 +103,15 @@ impl MetaBuilder {
         }
     }
 
-    pub fn append(&mut self, op: Op, updated: Hlc, mvcc: Option<Hlc>, key: Option<&str>, file: &str, row: u64) {
+    pub fn append(
+        &mut self,
+        op: Op,
+        updated: Hlc,
+        mvcc: Option<Hlc>,
+        key: Option<&str>,
+        file: &str,
+        row: u64,
+    ) {
         self.op.append_value(op.code());
         self.updated.append_value(updated.to_decimal_i128());
         self.mvcc.append_option(mvcc.map(Hlc::to_decimal_i128));
@@ -123,7 +133,10 @@ impl MetaBuilder {
 }
 
 /// Assembles a change batch from data columns and finished metadata columns.
-pub fn assemble(data: Vec<(Field, ArrayRef)>, meta: Vec<ArrayRef>) -> Result<RecordBatch, arrow_schema::ArrowError> {
+pub fn assemble(
+    data: Vec<(Field, ArrayRef)>,
+    meta: Vec<ArrayRef>,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let (mut fields, mut columns): (Vec<Field>, Vec<ArrayRef>) = data.into_iter().unzip();
     fields.extend(meta_fields());
     columns.extend(meta);

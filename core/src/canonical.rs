@@ -7,7 +7,8 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type,
+    TimestampMicrosecondType,
 };
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
@@ -41,12 +42,20 @@ pub fn value(array: &dyn Array, i: usize) -> Value {
         DataType::Int64 => json!(array.as_primitive::<Int64Type>().value(i)),
         DataType::Float32 => float_json(f64::from(array.as_primitive::<Float32Type>().value(i))),
         DataType::Float64 => float_json(array.as_primitive::<Float64Type>().value(i)),
-        DataType::Decimal128(_, s) => json!(values::format_decimal(array.as_primitive::<Decimal128Type>().value(i), *s)),
+        DataType::Decimal128(_, s) => json!(values::format_decimal(
+            array.as_primitive::<Decimal128Type>().value(i),
+            *s
+        )),
         DataType::Utf8 => json!(array.as_string::<i32>().value(i)),
         DataType::Binary => json!(values::format_bytes_hex(array.as_binary::<i32>().value(i))),
-        DataType::Date32 => json!(values::format_date(array.as_primitive::<Date32Type>().value(i))),
+        DataType::Date32 => json!(values::format_date(
+            array.as_primitive::<Date32Type>().value(i)
+        )),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {
-            json!(timestamp(array.as_primitive::<TimestampMicrosecondType>().value(i), tz.is_some()))
+            json!(timestamp(
+                array.as_primitive::<TimestampMicrosecondType>().value(i),
+                tz.is_some()
+            ))
         }
         DataType::List(_) => {
             let items = array.as_list::<i32>().value(i);
@@ -60,10 +69,23 @@ pub fn value(array: &dyn Array, i: usize) -> Value {
 pub fn rows(batch: &RecordBatch, columns: Option<&[String]>) -> Vec<Map<String, Value>> {
     let schema = batch.schema();
     let picked: Vec<usize> = match columns {
-        Some(cols) => cols.iter().filter_map(|c| schema.index_of(c).ok()).collect(),
+        Some(cols) => cols
+            .iter()
+            .filter_map(|c| schema.index_of(c).ok())
+            .collect(),
         None => (0..schema.fields().len()).collect(),
     };
     (0..batch.num_rows())
-        .map(|r| picked.iter().map(|&c| (schema.field(c).name().clone(), value(batch.column(c).as_ref(), r))).collect())
+        .map(|r| {
+            picked
+                .iter()
+                .map(|&c| {
+                    (
+                        schema.field(c).name().clone(),
+                        value(batch.column(c).as_ref(), r),
+                    )
+                })
+                .collect()
+        })
         .collect()
 }

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder, Int32Builder,
-    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+    Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Time64MicrosecondType, Time64NanosecondType};
@@ -37,7 +37,12 @@ pub enum ColumnBuilder {
     Date(Date32Builder),
     Timestamp(TimestampMicrosecondBuilder),
     TimestampTz(TimestampMicrosecondBuilder),
-    List { offsets: Vec<i32>, nulls: NullBufferBuilder, child: Box<ColumnBuilder>, item: ColumnType },
+    List {
+        offsets: Vec<i32>,
+        nulls: NullBufferBuilder,
+        child: Box<ColumnBuilder>,
+        item: ColumnType,
+    },
 }
 
 impl ColumnBuilder {
@@ -49,17 +54,23 @@ impl ColumnBuilder {
             ColumnType::Float32 => Self::Float32(Float32Builder::with_capacity(capacity)),
             ColumnType::Float64 => Self::Float64(Float64Builder::with_capacity(capacity)),
             ColumnType::Decimal(p, s) => Self::Decimal(
-                Decimal128Builder::with_capacity(capacity).with_data_type(DataType::Decimal128(*p, *s)),
+                Decimal128Builder::with_capacity(capacity)
+                    .with_data_type(DataType::Decimal128(*p, *s)),
                 *p,
                 *s,
             ),
             ColumnType::Text => Self::Text(StringBuilder::with_capacity(capacity, capacity * 16)),
             ColumnType::Json => Self::Json(StringBuilder::with_capacity(capacity, capacity * 32)),
-            ColumnType::Binary => Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16)),
+            ColumnType::Binary => {
+                Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16))
+            }
             ColumnType::Date => Self::Date(Date32Builder::with_capacity(capacity)),
-            ColumnType::Timestamp => Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity)),
+            ColumnType::Timestamp => {
+                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity))
+            }
             ColumnType::TimestampTz => Self::TimestampTz(
-                TimestampMicrosecondBuilder::with_capacity(capacity).with_data_type(ColumnType::TimestampTz.arrow_type()),
+                TimestampMicrosecondBuilder::with_capacity(capacity)
+                    .with_data_type(ColumnType::TimestampTz.arrow_type()),
             ),
             ColumnType::List(item) => Self::List {
                 offsets: vec![0],
@@ -97,8 +108,14 @@ impl ColumnBuilder {
                 "false" | "f" => false,
                 _ => return Err(format!("`{text}` is not a BOOL")),
             }),
-            Self::Int32(b) => b.append_value(text.parse().map_err(|_| format!("`{text}` is not a 32-bit integer"))?),
-            Self::Int64(b) => b.append_value(text.parse().map_err(|_| format!("`{text}` is not a 64-bit integer"))?),
+            Self::Int32(b) => b.append_value(
+                text.parse()
+                    .map_err(|_| format!("`{text}` is not a 32-bit integer"))?,
+            ),
+            Self::Int64(b) => b.append_value(
+                text.parse()
+                    .map_err(|_| format!("`{text}` is not a 64-bit integer"))?,
+            ),
             Self::Float32(b) => b.append_value(values::parse_float(text)? as f32),
             Self::Float64(b) => b.append_value(values::parse_float(text)?),
             Self::Decimal(b, p, s) => b.append_value(values::parse_decimal(text, *p, *s)?),
@@ -128,11 +145,17 @@ impl ColumnBuilder {
                 b'{' | b'[' => b.append_value(values::crdb_json_text(raw)?),
                 _ => b.append_value(raw),
             },
-            Self::List { offsets, nulls, child, .. } => {
+            Self::List {
+                offsets,
+                nulls,
+                child,
+                ..
+            } => {
                 if first != b'[' {
                     return Err(format!("`{raw}` is not an array"));
                 }
-                let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(|e| format!("invalid array: {e}"))?;
+                let items: Vec<&RawValue> =
+                    serde_json::from_str(raw).map_err(|e| format!("invalid array: {e}"))?;
                 for item in &items {
                     child.append_json(item.get())?;
                 }
@@ -158,7 +181,12 @@ impl ColumnBuilder {
             Self::Binary(b) => Arc::new(b.finish()),
             Self::Date(b) => Arc::new(b.finish()),
             Self::Timestamp(b) | Self::TimestampTz(b) => Arc::new(b.finish()),
-            Self::List { offsets, nulls, child, item } => {
+            Self::List {
+                offsets,
+                nulls,
+                child,
+                item,
+            } => {
                 let values = child.finish();
                 let offsets = OffsetBuffer::new(std::mem::replace(offsets, vec![0]).into());
                 let field = Arc::new(Field::new("element", item.arrow_type(), true));
@@ -197,7 +225,9 @@ pub fn convert(array: &ArrayRef, target: &ColumnType) -> Result<ArrayRef, (usize
         }
         (DataType::Binary, ColumnType::Text | ColumnType::Json) => {
             let a = array.as_binary::<i32>();
-            per_value(&|i, b| b.append_text(std::str::from_utf8(a.value(i)).map_err(|_| "not UTF-8".to_string())?))
+            per_value(&|i, b| {
+                b.append_text(std::str::from_utf8(a.value(i)).map_err(|_| "not UTF-8".to_string())?)
+            })
         }
         (DataType::FixedSizeBinary(16), ColumnType::Text) => {
             let a = array.as_fixed_size_binary();
@@ -215,12 +245,23 @@ pub fn convert(array: &ArrayRef, target: &ColumnType) -> Result<ArrayRef, (usize
             let list = array.as_list::<i32>();
             let values = convert(list.values(), item)?;
             let field = Arc::new(Field::new("element", item.arrow_type(), true));
-            Ok(Arc::new(ListArray::new(field, list.offsets().clone(), values, list.nulls().cloned())))
+            Ok(Arc::new(ListArray::new(
+                field,
+                list.offsets().clone(),
+                values,
+                list.nulls().cloned(),
+            )))
         }
-        (from, _) if arrow_cast::can_cast_types(from, &target.arrow_type()) && lossless_cast(from, target) => {
+        (from, _)
+            if arrow_cast::can_cast_types(from, &target.arrow_type())
+                && lossless_cast(from, target) =>
+        {
             arrow_cast::cast(array, &target.arrow_type()).map_err(|e| (0, e.to_string()))
         }
-        (from, _) => Err((0, format!("cannot read a {from} column as {}", target.delta_type()))),
+        (from, _) => Err((
+            0,
+            format!("cannot read a {from} column as {}", target.delta_type()),
+        )),
     }
 }
 
@@ -228,8 +269,10 @@ pub fn convert(array: &ArrayRef, target: &ColumnType) -> Result<ArrayRef, (usize
 fn lossless_cast(from: &DataType, to: &ColumnType) -> bool {
     matches!(
         (from, to),
-        (DataType::Int32, ColumnType::Int64 | ColumnType::Float64 | ColumnType::Text)
-            | (DataType::Int64, ColumnType::Text)
+        (
+            DataType::Int32,
+            ColumnType::Int64 | ColumnType::Float64 | ColumnType::Text
+        ) | (DataType::Int64, ColumnType::Text)
             | (DataType::Float32, ColumnType::Float64)
             | (DataType::Boolean, ColumnType::Text)
     )
@@ -262,10 +305,14 @@ mod tests {
         assert!(l.is_null(1) && !l.is_null(2) && l.value(2).is_empty());
 
         let mut b = ColumnBuilder::new(&ColumnType::Json, 2);
-        b.append_json(r#"{"color":"red","brand":"Schwinn"}"#).unwrap();
+        b.append_json(r#"{"color":"red","brand":"Schwinn"}"#)
+            .unwrap();
         b.append_json(r#""just text""#).unwrap();
         let a = b.finish();
-        assert_eq!(a.as_string::<i32>().value(0), r#"{"brand": "Schwinn", "color": "red"}"#);
+        assert_eq!(
+            a.as_string::<i32>().value(0),
+            r#"{"brand": "Schwinn", "color": "red"}"#
+        );
         assert_eq!(a.as_string::<i32>().value(1), r#""just text""#);
 
         let mut b = ColumnBuilder::new(&ColumnType::Binary, 1);

@@ -81,13 +81,18 @@ impl Hlc {
             return Err(err());
         }
         let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().map_err(|_| err());
-        let date = chrono::NaiveDate::from_ymd_opt(n(0..4)? as i32, n(4..6)?, n(6..8)?).ok_or_else(err)?;
-        let time = chrono::NaiveTime::from_hms_opt(n(8..10)?, n(10..12)?, n(12..14)?).ok_or_else(err)?;
+        let date =
+            chrono::NaiveDate::from_ymd_opt(n(0..4)? as i32, n(4..6)?, n(6..8)?).ok_or_else(err)?;
+        let time =
+            chrono::NaiveTime::from_hms_opt(n(8..10)?, n(10..12)?, n(12..14)?).ok_or_else(err)?;
         let secs = date.and_time(time).and_utc().timestamp();
         let nanos = i64::from(n(14..23)?);
         let logical = s[23..33].parse::<u64>().map_err(|_| err())?;
         let logical = u32::try_from(logical).map_err(|_| err())?;
-        let wall = secs.checked_mul(1_000_000_000).and_then(|w| w.checked_add(nanos)).ok_or_else(err)?;
+        let wall = secs
+            .checked_mul(1_000_000_000)
+            .and_then(|w| w.checked_add(nanos))
+            .ok_or_else(err)?;
         Ok(Self::new(wall, logical))
     }
 
@@ -179,7 +184,10 @@ mod tests {
         let h = Hlc::parse_decimal("1714751616027474000.0000000000").unwrap();
         assert_eq!(h, Hlc::new(1_714_751_616_027_474_000, 0));
         assert_eq!(h.ts33(), "202405031553360274740000000000000");
-        assert_eq!(Hlc::parse_ts33("202405031553360274740000000000000").unwrap(), h);
+        assert_eq!(
+            Hlc::parse_ts33("202405031553360274740000000000000").unwrap(),
+            h
+        );
         assert_eq!(h.to_string(), "1714751616027474000.0000000000");
         // The golden test of the sink: wall = 5ns.
         assert_eq!(Hlc::new(5, 0).ts33(), "197001010000000000000050000000000");
@@ -189,13 +197,28 @@ mod tests {
     #[test]
     fn logical_is_a_fixed_width_field() {
         assert_eq!(Hlc::parse_decimal("7.0000000001").unwrap(), Hlc::new(7, 1));
-        assert_eq!(Hlc::parse_decimal("7.1").unwrap(), Hlc::new(7, 1_000_000_000));
+        assert_eq!(
+            Hlc::parse_decimal("7.1").unwrap(),
+            Hlc::new(7, 1_000_000_000)
+        );
         assert_eq!(Hlc::parse_decimal("7").unwrap(), Hlc::new(7, 0));
         assert_eq!(Hlc::parse_decimal("7.0000000002?").unwrap(), Hlc::new(7, 2));
-        for bad in ["", ".1", "a.1", "1.x", "1.00000000001", "-1.0", "1.9999999999"] {
+        for bad in [
+            "",
+            ".1",
+            "a.1",
+            "1.x",
+            "1.00000000001",
+            "-1.0",
+            "1.9999999999",
+        ] {
             assert!(Hlc::parse_decimal(bad).is_err(), "{bad}");
         }
-        for bad in ["2024", "20240503155336027474000000000000x", "202413031553360274740000000000000"] {
+        for bad in [
+            "2024",
+            "20240503155336027474000000000000x",
+            "202413031553360274740000000000000",
+        ] {
             assert!(Hlc::parse_ts33(bad).is_err(), "{bad}");
         }
     }

@@ -34,7 +34,13 @@ impl KeyEvidence {
     pub fn observe_json(&mut self, after: &[(&str, &str)], key: &[&str]) {
         let candidates: Vec<BTreeSet<String>> = key
             .iter()
-            .map(|k| after.iter().filter(|(_, v)| v.trim() == k.trim()).map(|(n, _)| (*n).to_owned()).collect())
+            .map(|k| {
+                after
+                    .iter()
+                    .filter(|(_, v)| v.trim() == k.trim())
+                    .map(|(n, _)| (*n).to_owned())
+                    .collect()
+            })
             .collect();
         // A row of a family without the key columns says nothing: skip it rather than erase.
         if candidates.iter().any(BTreeSet::is_empty) {
@@ -42,9 +48,11 @@ impl KeyEvidence {
         }
         self.json_positions = Some(match self.json_positions.take() {
             None => candidates,
-            Some(prev) if prev.len() == candidates.len() => {
-                prev.iter().zip(&candidates).map(|(a, b)| a.intersection(b).cloned().collect()).collect()
-            }
+            Some(prev) if prev.len() == candidates.len() => prev
+                .iter()
+                .zip(&candidates)
+                .map(|(a, b)| a.intersection(b).cloned().collect())
+                .collect(),
             Some(prev) => prev,
         });
     }
@@ -88,7 +96,11 @@ impl KeyEvidence {
     /// The key this stream alone proves, if any.
     fn json_key(&self) -> Option<Vec<String>> {
         let pos = self.json_positions.as_ref()?;
-        let key: Vec<String> = pos.iter().filter(|s| s.len() == 1).filter_map(|s| s.first().cloned()).collect();
+        let key: Vec<String> = pos
+            .iter()
+            .filter(|s| s.len() == 1)
+            .filter_map(|s| s.first().cloned())
+            .collect();
         let distinct: BTreeSet<&String> = key.iter().collect();
         (key.len() == pos.len() && distinct.len() == key.len() && !key.is_empty()).then_some(key)
     }
@@ -106,17 +118,31 @@ pub fn primary_key(
     if let Some(k) = families.iter().find_map(|e| e.json_key()) {
         return Ok(k);
     }
-    let deletes: Vec<&Vec<String>> = families.iter().filter_map(|e| e.delete_columns.as_ref()).collect();
+    let deletes: Vec<&Vec<String>> = families
+        .iter()
+        .filter_map(|e| e.delete_columns.as_ref())
+        .collect();
     if let Some(first) = deletes.first() {
-        let key: Vec<String> = first.iter().filter(|c| deletes.iter().all(|d| d.contains(c))).cloned().collect();
+        let key: Vec<String> = first
+            .iter()
+            .filter(|c| deletes.iter().all(|d| d.contains(c)))
+            .cloned()
+            .collect();
         if !key.is_empty() {
             return Ok(key);
         }
     }
-    let with_columns: Vec<&Vec<String>> = families.iter().map(|e| &e.columns).filter(|c| !c.is_empty()).collect();
+    let with_columns: Vec<&Vec<String>> = families
+        .iter()
+        .map(|e| &e.columns)
+        .filter(|c| !c.is_empty())
+        .collect();
     if with_columns.len() >= 2 {
-        let key: Vec<String> =
-            with_columns[0].iter().filter(|c| with_columns.iter().all(|cols| cols.contains(c))).cloned().collect();
+        let key: Vec<String> = with_columns[0]
+            .iter()
+            .filter(|c| with_columns.iter().all(|cols| cols.contains(c)))
+            .cloned()
+            .collect();
         if !key.is_empty() {
             return Ok(key);
         }
@@ -124,11 +150,17 @@ pub fn primary_key(
     let reason = match families.iter().find_map(|e| e.json_positions.as_ref()) {
         Some(pos) => format!(
             "the `key` values match more than one column: {}",
-            pos.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+            pos.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         None => "no JSON key arrays, no delete rows and fewer than two column families seen".into(),
     };
-    Err(KeyError { table: table.to_owned(), reason })
+    Err(KeyError {
+        table: table.to_owned(),
+        reason,
+    })
 }
 
 #[cfg(test)]
@@ -169,6 +201,9 @@ mod tests {
         assert_eq!(primary_key("t", None, &[&f1, &f2]).unwrap(), ["id"]);
         let err = primary_key("t", None, &[&f1]).unwrap_err();
         assert!(err.to_string().contains("primary_key"), "{err}");
-        assert_eq!(primary_key("t", Some(&["a".into()]), &[&f1]).unwrap(), ["a"]);
+        assert_eq!(
+            primary_key("t", Some(&["a".into()]), &[&f1]).unwrap(),
+            ["a"]
+        );
     }
 }

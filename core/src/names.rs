@@ -22,12 +22,20 @@ pub enum NameError {
          create the changefeed with format=json or format=parquet"
     )]
     Csv { path: String },
-    #[error("{path}: partition folder `{folder}` does not match the file timestamp (expected `{expected}`)")]
-    Partition { path: String, folder: String, expected: String },
+    #[error(
+        "{path}: partition folder `{folder}` does not match the file timestamp (expected `{expected}`)"
+    )]
+    Partition {
+        path: String,
+        folder: String,
+        expected: String,
+    },
 }
 
 /// The data encoding, taken from the file extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Json,
@@ -35,7 +43,9 @@ pub enum Format {
 }
 
 /// Whole-file compression of NDJSON files (Parquet compresses inside the file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
@@ -44,7 +54,9 @@ pub enum Compression {
 }
 
 /// The folder layout chosen by the sink URI's `partition_format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionFormat {
     #[default]
@@ -68,13 +80,21 @@ impl PartitionFormat {
     fn detect(folder: &str) -> Option<Self> {
         let is_date = |s: &str| {
             s.len() == 10
-                && s.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() })
+                && s.bytes().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
         };
         let parts: Vec<&str> = folder.split('/').filter(|s| !s.is_empty()).collect();
         match parts.as_slice() {
             [] => Some(Self::Flat),
             [d] if is_date(d) => Some(Self::Daily),
-            [d, h] if is_date(d) && h.len() == 2 && h.bytes().all(|b| b.is_ascii_digit()) => Some(Self::Hourly),
+            [d, h] if is_date(d) && h.len() == 2 && h.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(Self::Hourly)
+            }
             _ => None,
         }
     }
@@ -168,7 +188,10 @@ impl DataFileName {
 
     /// `<session>-<node>-<sink>-<file id>`: what the docs call the uniquer.
     pub fn uniquer(&self) -> String {
-        format!("{}-{}-{}-{:08x}", self.session, self.node, self.sink, self.file_id)
+        format!(
+            "{}-{}-{}-{:08x}",
+            self.session, self.node, self.sink, self.file_id
+        )
     }
 }
 
@@ -245,14 +268,21 @@ impl ObjectName {
         })?;
         let expected = partition.folder(name.ts());
         if folder.trim_start_matches('/') != expected {
-            return Err(NameError::Partition { path: path.to_owned(), folder: folder.to_owned(), expected });
+            return Err(NameError::Partition {
+                path: path.to_owned(),
+                folder: folder.to_owned(),
+                expected,
+            });
         }
         Ok((name, partition))
     }
 
     /// Parses a bare file name.
     pub fn parse_file_name(file: &str) -> Result<Self, NameError> {
-        let invalid = |reason: &str| NameError::Invalid { path: file.to_owned(), reason: reason.to_owned() };
+        let invalid = |reason: &str| NameError::Invalid {
+            path: file.to_owned(),
+            reason: reason.to_owned(),
+        };
         if let Some(ts) = file.strip_suffix(".RESOLVED") {
             let ts = Hlc::parse_ts33(ts).map_err(|e| invalid(&e.to_string()))?;
             return Ok(Self::Resolved(ts));
@@ -269,13 +299,20 @@ impl ObjectName {
         let (stem, kind) = EXTENSIONS
             .iter()
             .find_map(|(ext, kind)| file.strip_suffix(ext).map(|stem| (stem, *kind)))
-            .ok_or_else(|| invalid("unknown extension (expected .ndjson[.gz|.zst], .parquet or .RESOLVED)"))?;
-        let (format, compression) = kind.ok_or_else(|| NameError::Csv { path: file.to_owned() })?;
+            .ok_or_else(|| {
+                invalid("unknown extension (expected .ndjson[.gz|.zst], .parquet or .RESOLVED)")
+            })?;
+        let (format, compression) = kind.ok_or_else(|| NameError::Csv {
+            path: file.to_owned(),
+        })?;
 
         // Five leading `-`-terminated groups, then a greedy topic, then `-<schema id>`.
         let mut parts = stem.splitn(6, '-');
         let mut next = |what: &str| {
-            parts.next().filter(|s| !s.is_empty()).ok_or_else(|| invalid(&format!("missing {what}")))
+            parts
+                .next()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| invalid(&format!("missing {what}")))
         };
         let ts = next("timestamp")?;
         let session = next("session id")?;
@@ -283,7 +320,9 @@ impl ObjectName {
         let sink = next("sink id")?;
         let file_id = next("file id")?;
         let rest = next("topic")?;
-        let (topic, schema) = rest.rsplit_once('-').ok_or_else(|| invalid("missing schema id"))?;
+        let (topic, schema) = rest
+            .rsplit_once('-')
+            .ok_or_else(|| invalid("missing schema id"))?;
         if topic.is_empty() {
             return Err(invalid("empty topic"));
         }
@@ -292,17 +331,28 @@ impl ObjectName {
             return Err(invalid(&format!("session id `{session}` is not hex")));
         }
         let decimal = |s: &str, what: &str| {
-            if s.bytes().all(|b| b.is_ascii_digit()) { s.parse::<u64>().ok() } else { None }
-                .ok_or_else(|| invalid(&format!("{what} `{s}` is not a decimal number")))
+            if s.bytes().all(|b| b.is_ascii_digit()) {
+                s.parse::<u64>().ok()
+            } else {
+                None
+            }
+            .ok_or_else(|| invalid(&format!("{what} `{s}` is not a decimal number")))
         };
-        let node = u32::try_from(decimal(node, "node id")?).map_err(|_| invalid("node id out of range"))?;
+        let node = u32::try_from(decimal(node, "node id")?)
+            .map_err(|_| invalid("node id out of range"))?;
         let sink = decimal(sink, "sink id")?;
         let hex = |s: &str, what: &str| {
-            if s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) { u64::from_str_radix(s, 16).ok() } else { None }
-                .ok_or_else(|| invalid(&format!("{what} `{s}` is not lowercase hex")))
+            if s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                u64::from_str_radix(s, 16).ok()
+            } else {
+                None
+            }
+            .ok_or_else(|| invalid(&format!("{what} `{s}` is not lowercase hex")))
         };
         if file_id.len() < 8 {
-            return Err(invalid(&format!("file id `{file_id}` is not zero-padded to 8 hex digits")));
+            return Err(invalid(&format!(
+                "file id `{file_id}` is not zero-padded to 8 hex digits"
+            )));
         }
         let file_id = hex(file_id, "file id")?;
         let schema_id = hex(schema, "schema id")?;
@@ -320,7 +370,9 @@ impl ObjectName {
         // Reject spellings we would not render back identically (leading zeros and such):
         // two spellings of one file would break the total order.
         if name.to_string() != file {
-            return Err(invalid("not in canonical form (leading zeros or upper-case hex)"));
+            return Err(invalid(
+                "not in canonical form (leading zeros or upper-case hex)",
+            ));
         }
         Ok(Self::Data(name))
     }
@@ -328,8 +380,13 @@ impl ObjectName {
 
 fn with_path(e: NameError, path: &str) -> NameError {
     match e {
-        NameError::Invalid { reason, .. } => NameError::Invalid { path: path.to_owned(), reason },
-        NameError::Csv { .. } => NameError::Csv { path: path.to_owned() },
+        NameError::Invalid { reason, .. } => NameError::Invalid {
+            path: path.to_owned(),
+            reason,
+        },
+        NameError::Csv { .. } => NameError::Csv {
+            path: path.to_owned(),
+        },
         other => other,
     }
 }
@@ -351,7 +408,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const FIXTURE: &str = "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-mytable-2.ndjson";
+    const FIXTURE: &str =
+        "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-mytable-2.ndjson";
 
     fn data(name: &ObjectName) -> &DataFileName {
         match name {
@@ -365,8 +423,14 @@ mod tests {
         let n = ObjectName::parse_file_name(FIXTURE).unwrap();
         let d = data(&n);
         assert_eq!(d.ts, Hlc::new(1_714_751_616_027_474_000, 0));
-        assert_eq!((d.session.as_str(), d.node, d.sink, d.file_id), ("08779498965a12e2", 1, 2, 0));
-        assert_eq!((d.topic.table(), d.topic.family(), d.schema_id), ("mytable", None, 2));
+        assert_eq!(
+            (d.session.as_str(), d.node, d.sink, d.file_id),
+            ("08779498965a12e2", 1, 2, 0)
+        );
+        assert_eq!(
+            (d.topic.table(), d.topic.family(), d.schema_id),
+            ("mytable", None, 2)
+        );
         assert_eq!((d.format, d.compression), (Format::Json, Compression::None));
         assert_eq!(n.file_name(), FIXTURE);
 
@@ -377,9 +441,14 @@ mod tests {
         assert_eq!(p, PartitionFormat::Daily);
         assert_eq!(data(&n).sink, 72);
 
-        let (n, p) = ObjectName::parse_relative("2020-04-04/202004042351304139680000000000000.RESOLVED").unwrap();
+        let (n, p) =
+            ObjectName::parse_relative("2020-04-04/202004042351304139680000000000000.RESOLVED")
+                .unwrap();
         assert_eq!(p, PartitionFormat::Daily);
-        assert_eq!(n, ObjectName::Resolved(Hlc::parse_ts33("202004042351304139680000000000000").unwrap()));
+        assert_eq!(
+            n,
+            ObjectName::Resolved(Hlc::parse_ts33("202004042351304139680000000000000").unwrap())
+        );
     }
 
     #[test]
@@ -389,17 +458,30 @@ mod tests {
         let d = data(&n);
         assert_eq!(d.topic.table(), "my-db.public.\"Office+Dogs\"");
         assert_eq!(d.topic.family(), Some("fam_1_a_b"));
-        assert_eq!((d.file_id, d.schema_id, d.compression), (26, 31, Compression::Zstd));
+        assert_eq!(
+            (d.file_id, d.schema_id, d.compression),
+            (26, 31, Compression::Zstd)
+        );
         assert_eq!(n.file_name(), name);
     }
 
     #[test]
     fn hourly_and_flat_partitions() {
         let n = ObjectName::parse_file_name(FIXTURE).unwrap();
-        assert_eq!(n.render(PartitionFormat::Hourly), format!("2024-05-03/15/{FIXTURE}"));
+        assert_eq!(
+            n.render(PartitionFormat::Hourly),
+            format!("2024-05-03/15/{FIXTURE}")
+        );
         assert_eq!(n.render(PartitionFormat::Flat), FIXTURE);
-        for p in [PartitionFormat::Daily, PartitionFormat::Hourly, PartitionFormat::Flat] {
-            assert_eq!(ObjectName::parse_relative(&n.render(p)).unwrap(), (n.clone(), p));
+        for p in [
+            PartitionFormat::Daily,
+            PartitionFormat::Hourly,
+            PartitionFormat::Flat,
+        ] {
+            assert_eq!(
+                ObjectName::parse_relative(&n.render(p)).unwrap(),
+                (n.clone(), p)
+            );
         }
         let err = ObjectName::parse_relative(&format!("2024-05-04/{FIXTURE}")).unwrap_err();
         assert!(matches!(err, NameError::Partition { .. }), "{err}");
@@ -445,19 +527,31 @@ mod tests {
                 Just((Format::Parquet, Compression::None)),
             ],
         )
-            .prop_map(|(wall, logical, session, node, sink, file_id, topic, schema_id, (format, compression))| {
-                DataFileName {
-                    ts: Hlc::new(wall, logical),
+            .prop_map(
+                |(
+                    wall,
+                    logical,
                     session,
                     node,
                     sink,
                     file_id,
-                    topic: Topic(topic),
+                    topic,
                     schema_id,
-                    format,
-                    compression,
-                }
-            })
+                    (format, compression),
+                )| {
+                    DataFileName {
+                        ts: Hlc::new(wall, logical),
+                        session,
+                        node,
+                        sink,
+                        file_id,
+                        topic: Topic(topic),
+                        schema_id,
+                        format,
+                        compression,
+                    }
+                },
+            )
     }
 
     proptest! {

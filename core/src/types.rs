@@ -22,7 +22,10 @@ pub enum SqlType {
     Float4,
     Float8,
     /// `DECIMAL`, `DECIMAL(p)` or `DECIMAL(p,s)`; `None` precision = unconstrained.
-    Decimal { precision: Option<u32>, scale: u32 },
+    Decimal {
+        precision: Option<u32>,
+        scale: u32,
+    },
     String,
     Bytes,
     Uuid,
@@ -68,16 +71,30 @@ impl FromStr for SqlType {
             "DECIMAL" | "NUMERIC" | "DEC" => {
                 let nums: Vec<u32> = match args {
                     None => vec![],
-                    Some(a) => a.split(',').map(|n| n.trim().parse().map_err(|_| unknown())).collect::<Result<_, _>>()?,
+                    Some(a) => a
+                        .split(',')
+                        .map(|n| n.trim().parse().map_err(|_| unknown()))
+                        .collect::<Result<_, _>>()?,
                 };
                 match nums.as_slice() {
-                    [] => Self::Decimal { precision: None, scale: 0 },
-                    [p] => Self::Decimal { precision: Some(*p), scale: 0 },
-                    [p, s] if s <= p => Self::Decimal { precision: Some(*p), scale: *s },
+                    [] => Self::Decimal {
+                        precision: None,
+                        scale: 0,
+                    },
+                    [p] => Self::Decimal {
+                        precision: Some(*p),
+                        scale: 0,
+                    },
+                    [p, s] if s <= p => Self::Decimal {
+                        precision: Some(*p),
+                        scale: *s,
+                    },
                     _ => return Err(unknown()),
                 }
             }
-            "STRING" | "TEXT" | "VARCHAR" | "CHAR" | "CHARACTER" | "CHARACTER VARYING" | "NAME" => Self::String,
+            "STRING" | "TEXT" | "VARCHAR" | "CHAR" | "CHARACTER" | "CHARACTER VARYING" | "NAME" => {
+                Self::String
+            }
             "BYTES" | "BYTEA" | "BLOB" => Self::Bytes,
             "UUID" => Self::Uuid,
             "DATE" => Self::Date,
@@ -110,8 +127,13 @@ impl fmt::Display for SqlType {
             Self::Int8 => f.write_str("INT8"),
             Self::Float4 => f.write_str("FLOAT4"),
             Self::Float8 => f.write_str("FLOAT8"),
-            Self::Decimal { precision: None, .. } => f.write_str("DECIMAL"),
-            Self::Decimal { precision: Some(p), scale } => write!(f, "DECIMAL({p},{scale})"),
+            Self::Decimal {
+                precision: None, ..
+            } => f.write_str("DECIMAL"),
+            Self::Decimal {
+                precision: Some(p),
+                scale,
+            } => write!(f, "DECIMAL({p},{scale})"),
             Self::String => f.write_str("STRING"),
             Self::Bytes => f.write_str("BYTES"),
             Self::Uuid => f.write_str("UUID"),
@@ -139,7 +161,9 @@ impl serde::Serialize for SqlType {
 
 impl<'de> serde::Deserialize<'de> for SqlType {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -152,7 +176,10 @@ impl SqlType {
             Self::Int8 | Self::Oid => ColumnType::Int64,
             Self::Float4 => ColumnType::Float32,
             Self::Float8 => ColumnType::Float64,
-            Self::Decimal { precision: Some(p), scale } if *p <= 38 => ColumnType::Decimal(*p as u8, *scale as i8),
+            Self::Decimal {
+                precision: Some(p),
+                scale,
+            } if *p <= 38 => ColumnType::Decimal(*p as u8, *scale as i8),
             // Unconstrained or wider than Delta's 38 digits (and NaN/±Infinity): exact text.
             Self::Decimal { .. } => ColumnType::Text,
             Self::String
@@ -294,17 +321,47 @@ mod tests {
     #[test]
     fn sql_type_names_round_trip() {
         for s in [
-            "BOOL", "INT2", "INT4", "INT8", "FLOAT4", "FLOAT8", "DECIMAL", "DECIMAL(18,9)", "STRING", "BYTES",
-            "UUID", "DATE", "TIME", "TIMETZ", "TIMESTAMP", "TIMESTAMPTZ", "INTERVAL", "INET", "JSONB", "VARBIT",
-            "ENUM", "OID", "INT8[]", "STRING[]",
+            "BOOL",
+            "INT2",
+            "INT4",
+            "INT8",
+            "FLOAT4",
+            "FLOAT8",
+            "DECIMAL",
+            "DECIMAL(18,9)",
+            "STRING",
+            "BYTES",
+            "UUID",
+            "DATE",
+            "TIME",
+            "TIMETZ",
+            "TIMESTAMP",
+            "TIMESTAMPTZ",
+            "INTERVAL",
+            "INET",
+            "JSONB",
+            "VARBIT",
+            "ENUM",
+            "OID",
+            "INT8[]",
+            "STRING[]",
         ] {
             let t: SqlType = s.parse().unwrap();
             assert_eq!(t.to_string(), s);
         }
-        assert_eq!("numeric(10)".parse::<SqlType>().unwrap(), SqlType::Decimal { precision: Some(10), scale: 0 });
+        assert_eq!(
+            "numeric(10)".parse::<SqlType>().unwrap(),
+            SqlType::Decimal {
+                precision: Some(10),
+                scale: 0
+            }
+        );
         assert_eq!("varchar(20)".parse::<SqlType>().unwrap(), SqlType::String);
         for bad in ["GEOMETRY", "DECIMAL(2,3)", "INT8(3)", "DECIMAL(x)", "MONEY"] {
-            assert_eq!(bad.parse::<SqlType>().unwrap_err(), UnknownType(bad.to_owned()));
+            assert_eq!(
+                bad.parse::<SqlType>().unwrap_err(),
+                UnknownType(bad.to_owned())
+            );
         }
     }
 
@@ -312,17 +369,27 @@ mod tests {
     fn decimal_annotations() {
         assert_eq!(parquet_decimal_type(18, 9), ColumnType::Decimal(18, 9));
         assert_eq!(parquet_decimal_type(10, 10), ColumnType::Decimal(20, 10));
-        assert_eq!(parquet_decimal_type(2_147_483_647, 2_147_483_647), ColumnType::Text);
+        assert_eq!(
+            parquet_decimal_type(2_147_483_647, 2_147_483_647),
+            ColumnType::Text
+        );
         assert_eq!(parquet_decimal_type(2_147_483_647, 0), ColumnType::Text);
         assert_eq!(parquet_decimal_type(30, 30), ColumnType::Text);
     }
 
     #[test]
     fn delta_types() {
-        let t = SqlType::Array(Box::new(SqlType::Decimal { precision: Some(12), scale: 2 })).column_type();
+        let t = SqlType::Array(Box::new(SqlType::Decimal {
+            precision: Some(12),
+            scale: 2,
+        }))
+        .column_type();
         assert_eq!(t.delta_type(), "array<decimal(12,2)>");
         assert_eq!(ColumnType::from_arrow(&t.arrow_type()), Some(t));
-        assert_eq!(ColumnType::Int64.widen(&ColumnType::Float64), ColumnType::Float64);
+        assert_eq!(
+            ColumnType::Int64.widen(&ColumnType::Float64),
+            ColumnType::Float64
+        );
         assert_eq!(ColumnType::Int64.widen(&ColumnType::Text), ColumnType::Text);
     }
 }

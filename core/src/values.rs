@@ -35,7 +35,10 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
     };
     let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
     if int_part.is_empty() && frac_part.is_empty()
-        || !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit())
+        || !int_part
+            .bytes()
+            .chain(frac_part.bytes())
+            .all(|b| b.is_ascii_digit())
     {
         return Err(bad());
     }
@@ -50,7 +53,10 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
         return Err(format!("`{text}` has more than {scale} fractional digits"));
     }
     for b in all[..kept_len].bytes() {
-        unscaled = unscaled.checked_mul(10).and_then(|v| v.checked_add(i128::from(b - b'0'))).ok_or_else(too_big)?;
+        unscaled = unscaled
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i128::from(b - b'0')))
+            .ok_or_else(too_big)?;
     }
     for _ in 0..shift.max(0) {
         unscaled = unscaled.checked_mul(10).ok_or_else(too_big)?;
@@ -83,12 +89,15 @@ pub fn format_decimal(unscaled: i128, scale: i8) -> String {
 
 /// `YYYY-MM-DD` → days since 1970-01-01.
 pub fn parse_date(text: &str) -> Result<i32, String> {
-    let d = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)"))?;
+    let d = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)"))?;
     Ok((d - EPOCH).num_days() as i32)
 }
 
 pub fn format_date(days: i32) -> String {
-    (EPOCH + chrono::Duration::days(i64::from(days))).format("%Y-%m-%d").to_string()
+    (EPOCH + chrono::Duration::days(i64::from(days)))
+        .format("%Y-%m-%d")
+        .to_string()
 }
 
 /// Parses CockroachDB's timestamp texts into microseconds since the epoch (UTC for zoned values):
@@ -112,7 +121,8 @@ pub fn parse_timestamp(text: &str, zoned: bool) -> Result<i64, String> {
     if zoned != zone.is_some() {
         return Err(bad());
     }
-    let naive = NaiveDateTime::parse_from_str(&format!("{date}T{clock}"), "%Y-%m-%dT%H:%M:%S%.f").map_err(|_| bad())?;
+    let naive = NaiveDateTime::parse_from_str(&format!("{date}T{clock}"), "%Y-%m-%dT%H:%M:%S%.f")
+        .map_err(|_| bad())?;
     let offset_secs = match zone {
         None | Some("Z") => 0,
         Some(z) => {
@@ -151,7 +161,9 @@ fn push_fraction(s: &mut String, nanos: u32) {
 /// (`2019-01-02T03:04:05.5`) or, for Parquet, with a space (`2019-01-02 03:04:05.5`);
 /// zoned values get `Z` (JSON) or `+00` (Parquet).
 pub fn format_timestamp(micros: i64, zoned: bool, parquet: bool) -> String {
-    let t = chrono::DateTime::from_timestamp_micros(micros).expect("timestamp in range").naive_utc();
+    let t = chrono::DateTime::from_timestamp_micros(micros)
+        .expect("timestamp in range")
+        .naive_utc();
     let sep = if parquet { ' ' } else { 'T' };
     let mut s = format!("{}{sep}{}", t.format("%Y-%m-%d"), t.format("%H:%M:%S"));
     push_fraction(&mut s, t.nanosecond());
@@ -164,12 +176,21 @@ pub fn format_timestamp(micros: i64, zoned: bool, parquet: bool) -> String {
 /// Canonical lowercase UUID text from its 16 bytes.
 pub fn format_uuid(b: &[u8]) -> String {
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// CockroachDB writes BYTES in JSON as `\x` + lowercase hex.
 pub fn parse_bytes_hex(text: &str) -> Result<Vec<u8>, String> {
-    let hex = text.strip_prefix("\\x").ok_or_else(|| format!("`{text}` is not a \\x-hex BYTES value"))?;
+    let hex = text
+        .strip_prefix("\\x")
+        .ok_or_else(|| format!("`{text}` is not a \\x-hex BYTES value"))?;
     if hex.len() % 2 != 0 {
         return Err(format!("`{text}` has an odd number of hex digits"));
     }
@@ -221,7 +242,8 @@ fn write_crdb_json(out: &mut String, raw: &str) -> Result<(), String> {
     let err = |e: serde_json::Error| format!("invalid JSON value: {e}");
     match raw.as_bytes().first() {
         Some(b'{') => {
-            let map: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(raw).map_err(err)?;
+            let map: std::collections::BTreeMap<String, &RawValue> =
+                serde_json::from_str(raw).map_err(err)?;
             out.push('{');
             for (i, (k, v)) in map.iter().enumerate() {
                 if i > 0 {
@@ -261,7 +283,12 @@ pub fn crdb_json_float(f: f64) -> String {
         return "\"NaN\"".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" }.into();
+        return if f > 0.0 {
+            "\"Infinity\""
+        } else {
+            "\"-Infinity\""
+        }
+        .into();
     }
     // Rust's `{:e}` gives the shortest round-trip digits: `d[.ddd]e[-]x`.
     let e = format!("{f:e}");
@@ -292,7 +319,12 @@ pub fn crdb_json_float(f: f64) -> String {
         if !rest.is_empty() {
             let _ = write!(s, ".{rest}");
         }
-        let _ = write!(s, "E{}{}", if adjusted >= 0 { "+" } else { "-" }, adjusted.abs());
+        let _ = write!(
+            s,
+            "E{}{}",
+            if adjusted >= 0 { "+" } else { "-" },
+            adjusted.abs()
+        );
     }
     s
 }
@@ -303,7 +335,9 @@ pub fn parse_float(text: &str) -> Result<f64, String> {
         "NaN" => Ok(f64::NAN),
         "Infinity" | "+Infinity" => Ok(f64::INFINITY),
         "-Infinity" => Ok(f64::NEG_INFINITY),
-        _ => text.parse::<f64>().map_err(|_| format!("`{text}` is not a number")),
+        _ => text
+            .parse::<f64>()
+            .map_err(|_| format!("`{text}` is not a number")),
     }
 }
 
@@ -312,7 +346,8 @@ pub fn parse_time_micros(text: &str) -> Result<i64, String> {
     if text == "24:00:00" {
         return Ok(86_400_000_000);
     }
-    let t = NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| format!("`{text}` is not a TIME value"))?;
+    let t = NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
+        .map_err(|_| format!("`{text}` is not a TIME value"))?;
     Ok(i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000))
 }
 
@@ -328,8 +363,16 @@ mod tests {
         assert_eq!(parse_decimal("1.5E-1", 10, 2), Ok(15));
         assert_eq!(parse_decimal("0.000000000", 18, 9), Ok(0));
         assert_eq!(parse_decimal("12345", 20, 10), Ok(123_450_000_000_000));
-        assert!(parse_decimal("1.234", 10, 2).unwrap_err().contains("fractional"));
-        assert!(parse_decimal("123456", 5, 0).unwrap_err().contains("does not fit"));
+        assert!(
+            parse_decimal("1.234", 10, 2)
+                .unwrap_err()
+                .contains("fractional")
+        );
+        assert!(
+            parse_decimal("123456", 5, 0)
+                .unwrap_err()
+                .contains("does not fit")
+        );
         assert!(parse_decimal("NaN", 10, 2).unwrap_err().contains("STRING"));
         assert!(parse_decimal("1.2.3", 10, 2).is_err());
         assert_eq!(format_decimal(3_140_000_000, 9), "3.140000000");
@@ -344,32 +387,63 @@ mod tests {
         assert_eq!(format_timestamp(us, false, true), "2019-01-02 03:04:05.5");
         assert_eq!(parse_timestamp("2019-01-02 03:04:05.5", false).unwrap(), us);
         let z = parse_timestamp("2023-01-02T03:04:05.123456Z", true).unwrap();
-        assert_eq!(parse_timestamp("2023-01-02 03:04:05.123456+00", true).unwrap(), z);
-        assert_eq!(parse_timestamp("2023-01-02 05:34:05.123456+02:30", true).unwrap(), z);
-        assert_eq!(parse_timestamp("2023-01-01 22:04:05.123456-05", true).unwrap(), z);
-        assert_eq!(format_timestamp(z, true, true), "2023-01-02 03:04:05.123456+00");
+        assert_eq!(
+            parse_timestamp("2023-01-02 03:04:05.123456+00", true).unwrap(),
+            z
+        );
+        assert_eq!(
+            parse_timestamp("2023-01-02 05:34:05.123456+02:30", true).unwrap(),
+            z
+        );
+        assert_eq!(
+            parse_timestamp("2023-01-01 22:04:05.123456-05", true).unwrap(),
+            z
+        );
+        assert_eq!(
+            format_timestamp(z, true, true),
+            "2023-01-02 03:04:05.123456+00"
+        );
         assert!(parse_timestamp("2023-01-02T03:04:05Z", false).is_err());
         assert!(parse_timestamp("2023-01-02T03:04:05", true).is_err());
         assert_eq!(format_date(parse_date("2023-01-02").unwrap()), "2023-01-02");
         assert_eq!(parse_date("1969-12-31"), Ok(-1));
-        assert_eq!(format_time_micros(parse_time_micros("12:34:56.5").unwrap()), "12:34:56.5");
+        assert_eq!(
+            format_time_micros(parse_time_micros("12:34:56.5").unwrap()),
+            "12:34:56.5"
+        );
         assert_eq!(format_time_micros(86_400_000_000), "24:00:00");
     }
 
     #[test]
     fn json_text_forms() {
-        assert_eq!(crdb_json_text(r#"{"b":[1,2.50,null],"a":{"y":"\u00e9\n","x":true}}"#).unwrap(),
-            "{\"a\": {\"x\": true, \"y\": \"é\\n\"}, \"b\": [1, 2.50, null]}");
+        assert_eq!(
+            crdb_json_text(r#"{"b":[1,2.50,null],"a":{"y":"\u00e9\n","x":true}}"#).unwrap(),
+            "{\"a\": {\"x\": true, \"y\": \"é\\n\"}, \"b\": [1, 2.50, null]}"
+        );
         let mut s = String::new();
         write_json_string(&mut s, "a\u{1}<\"\\");
         assert_eq!(s, r#""a\u0001<\"\\""#);
-        for (f, text) in [(1.5, "1.5"), (0.1, "0.1"), (123456.0, "123456"), (100.0, "1E+2"), (120.0, "1.2E+2"),
-            (1e-7, "1E-7"), (0.000001, "0.000001"), (-2.25, "-2.25"), (f64::NAN, "\"NaN\"")] {
+        for (f, text) in [
+            (1.5, "1.5"),
+            (0.1, "0.1"),
+            (123456.0, "123456"),
+            (100.0, "1E+2"),
+            (120.0, "1.2E+2"),
+            (1e-7, "1E-7"),
+            (0.000001, "0.000001"),
+            (-2.25, "-2.25"),
+            (f64::NAN, "\"NaN\""),
+        ] {
             assert_eq!(crdb_json_float(f), text, "{f}");
         }
         assert_eq!(parse_bytes_hex("\\x68656c6c6f").unwrap(), b"hello");
         assert_eq!(format_bytes_hex(b"hello"), "\\x68656c6c6f");
-        assert_eq!(format_uuid(&[0x37, 0x01, 0x17, 0xcf, 0xd7, 0x7d, 0x47, 0x78, 0xb0, 0xb9, 0x01, 0xac, 0x17, 0xc1, 0x5a, 0x06]),
-            "370117cf-d77d-4778-b0b9-01ac17c15a06");
+        assert_eq!(
+            format_uuid(&[
+                0x37, 0x01, 0x17, 0xcf, 0xd7, 0x7d, 0x47, 0x78, 0xb0, 0xb9, 0x01, 0xac, 0x17, 0xc1,
+                0x5a, 0x06
+            ]),
+            "370117cf-d77d-4778-b0b9-01ac17c15a06"
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Decimal128Type, Int64Type};
 use bytes::Bytes;
+use crdb_delta_core::Hlc;
 use crdb_delta_core::batch::Op;
 use crdb_delta_core::decode::resolved::decode_resolved;
 use crdb_delta_core::decode::{self, DecodeError, DecodeOptions, ParquetDecoder};
@@ -14,9 +15,11 @@ use crdb_delta_core::keys;
 use crdb_delta_core::names::ObjectName;
 use crdb_delta_core::sim::model::{ColumnDef, Datum, TableDef};
 use crdb_delta_core::sim::{Message, SimOptions};
-use crdb_delta_core::Hlc;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/cockroachdb-replicator-testdata-good");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/cockroachdb-replicator-testdata-good"
+);
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
@@ -25,22 +28,63 @@ fn fixture(name: &str) -> Vec<u8> {
 #[test]
 fn replicator_fixture_decodes_and_reveals_its_key() {
     let file = "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-mytable-2.ndjson";
-    let ObjectName::Data(name) = ObjectName::parse_file_name(file).unwrap() else { panic!() };
-    let mut stream = decode::decode_bytes(&name, file, Bytes::from(fixture(file)), &DecodeOptions::default()).unwrap();
+    let ObjectName::Data(name) = ObjectName::parse_file_name(file).unwrap() else {
+        panic!()
+    };
+    let mut stream = decode::decode_bytes(
+        &name,
+        file,
+        Bytes::from(fixture(file)),
+        &DecodeOptions::default(),
+    )
+    .unwrap();
     let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 35);
     let b = &batches[0];
-    assert_eq!(b.column_by_name("p").unwrap().as_primitive::<Int64Type>().value(0), 1);
-    assert_eq!(b.column_by_name("v").unwrap().as_string::<i32>().value(0), "1");
-    let upd = b.column_by_name("__crdb_updated").unwrap().as_primitive::<Decimal128Type>().value(0);
-    assert_eq!(Hlc::from_decimal_i128(upd).unwrap().to_string(), "1714751616027474000.0000000000");
-    assert!(b.column_by_name("__crdb_op").unwrap().as_string::<i32>().iter().all(|o| o == Some("c")));
-    assert_eq!(keys::primary_key("mytable", None, &[stream.key_evidence()]).unwrap(), ["p"]);
+    assert_eq!(
+        b.column_by_name("p")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0),
+        1
+    );
+    assert_eq!(
+        b.column_by_name("v").unwrap().as_string::<i32>().value(0),
+        "1"
+    );
+    let upd = b
+        .column_by_name("__crdb_updated")
+        .unwrap()
+        .as_primitive::<Decimal128Type>()
+        .value(0);
+    assert_eq!(
+        Hlc::from_decimal_i128(upd).unwrap().to_string(),
+        "1714751616027474000.0000000000"
+    );
+    assert!(
+        b.column_by_name("__crdb_op")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .all(|o| o == Some("c"))
+    );
+    assert_eq!(
+        keys::primary_key("mytable", None, &[stream.key_evidence()]).unwrap(),
+        ["p"]
+    );
 
-    for r in ["202405031553360274740000000000000.RESOLVED", "202405031553371089960000000000000.RESOLVED"] {
-        let ObjectName::Resolved(ts) = ObjectName::parse_file_name(r).unwrap() else { panic!() };
-        assert_eq!(decode_resolved(r, Bytes::from(fixture(r)), Some(ts)).unwrap(), ts);
+    for r in [
+        "202405031553360274740000000000000.RESOLVED",
+        "202405031553371089960000000000000.RESOLVED",
+    ] {
+        let ObjectName::Resolved(ts) = ObjectName::parse_file_name(r).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            decode_resolved(r, Bytes::from(fixture(r)), Some(ts)).unwrap(),
+            ts
+        );
     }
 }
 
@@ -49,8 +93,18 @@ fn decimal_file() -> Vec<u8> {
     let def = Arc::new(TableDef {
         name: "t".into(),
         columns: vec![
-            ColumnDef { name: "id".into(), sql: "INT8".parse().unwrap(), nullable: false, family: "primary".into() },
-            ColumnDef { name: "price".into(), sql: "DECIMAL(18,9)".parse().unwrap(), nullable: true, family: "primary".into() },
+            ColumnDef {
+                name: "id".into(),
+                sql: "INT8".parse().unwrap(),
+                nullable: false,
+                family: "primary".into(),
+            },
+            ColumnDef {
+                name: "price".into(),
+                sql: "DECIMAL(18,9)".parse().unwrap(),
+                nullable: true,
+                family: "primary".into(),
+            },
         ],
         primary_key: vec!["id".into()],
         families: vec!["primary".into()],
@@ -73,17 +127,31 @@ fn decimal_file() -> Vec<u8> {
 fn parquet_decimal_text_is_read_right_where_a_standard_reader_gets_it_wrong() {
     let bytes = Bytes::from(decimal_file());
     // A standard Arrow reader takes the ASCII bytes for a two's-complement integer.
-    let mut std_reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
-        .unwrap()
-        .build()
-        .unwrap();
+    let mut std_reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+            .unwrap()
+            .build()
+            .unwrap();
     let b = std_reader.next().unwrap().unwrap();
-    let wrong = b.column_by_name("price").unwrap().as_primitive::<Decimal128Type>().value(0);
-    assert_ne!(wrong, 3_140_000_000, "the trap: a standard reader misreads DECIMAL text");
+    let wrong = b
+        .column_by_name("price")
+        .unwrap()
+        .as_primitive::<Decimal128Type>()
+        .value(0);
+    assert_ne!(
+        wrong, 3_140_000_000,
+        "the trap: a standard reader misreads DECIMAL text"
+    );
 
     let mut ours = ParquetDecoder::try_new("t.parquet", bytes, &DecodeOptions::default()).unwrap();
     let b = ours.next().unwrap().unwrap();
-    assert_eq!(b.column_by_name("price").unwrap().as_primitive::<Decimal128Type>().value(0), 3_140_000_000);
+    assert_eq!(
+        b.column_by_name("price")
+            .unwrap()
+            .as_primitive::<Decimal128Type>()
+            .value(0),
+        3_140_000_000
+    );
 }
 
 #[test]
@@ -95,9 +163,20 @@ fn unconstrained_decimals_are_rejected_by_standard_readers_and_kept_exact_by_our
         windows: 1,
         ..SimOptions::default()
     });
-    let (path, bytes) = sim.objects.iter().find(|(p, _)| p.ends_with(".parquet")).unwrap();
-    assert!(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes.clone())).is_err());
-    let mut d = ParquetDecoder::try_new(path, Bytes::from(bytes.clone()), &DecodeOptions::default()).unwrap();
+    let (path, bytes) = sim
+        .objects
+        .iter()
+        .find(|(p, _)| p.ends_with(".parquet"))
+        .unwrap();
+    assert!(
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(Bytes::from(
+            bytes.clone()
+        ))
+        .is_err()
+    );
+    let mut d =
+        ParquetDecoder::try_new(path, Bytes::from(bytes.clone()), &DecodeOptions::default())
+            .unwrap();
     let b = d.next().unwrap().unwrap();
     // Without configuration: unconstrained DECIMAL as exact text, DECIMAL(10,0) annotated (10,10)
     // as decimal(20,10), UUID and TIME as text, arrays as lists.
@@ -118,8 +197,12 @@ fn truncated_and_corrupt_parquet_name_the_file() {
     let bytes = decimal_file();
     let path = "2024-05-03/x.parquet";
     for cut in [bytes.len() - 3, bytes.len() / 2, 10] {
-        let r = ParquetDecoder::try_new(path, Bytes::copy_from_slice(&bytes[..cut]), &DecodeOptions::default())
-            .and_then(|d| d.collect::<Result<Vec<_>, _>>());
+        let r = ParquetDecoder::try_new(
+            path,
+            Bytes::copy_from_slice(&bytes[..cut]),
+            &DecodeOptions::default(),
+        )
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>());
         let msg = err_of(r);
         assert!(msg.starts_with(path) && msg.contains("Parquet"), "{msg}");
     }
@@ -137,18 +220,39 @@ fn unknown_column_types_name_file_and_column() {
     use parquet::basic::{Repetition, Type as Physical};
     use parquet::schema::types::Type;
     let field = |name: &str, p: Physical, len: i32| {
-        Arc::new(Type::primitive_type_builder(name, p).with_repetition(Repetition::OPTIONAL).with_length(len).build().unwrap())
+        Arc::new(
+            Type::primitive_type_builder(name, p)
+                .with_repetition(Repetition::OPTIONAL)
+                .with_length(len)
+                .build()
+                .unwrap(),
+        )
     };
     let schema = Type::group_type_builder("schema")
-        .with_fields(vec![field("legacy_ts", Physical::INT96, -1), field("__crdb__event_type", Physical::BYTE_ARRAY, -1)])
+        .with_fields(vec![
+            field("legacy_ts", Physical::INT96, -1),
+            field("__crdb__event_type", Physical::BYTE_ARRAY, -1),
+        ])
         .build()
         .unwrap();
-    let w = parquet::file::writer::SerializedFileWriter::new(Vec::new(), Arc::new(schema), Default::default()).unwrap();
+    let w = parquet::file::writer::SerializedFileWriter::new(
+        Vec::new(),
+        Arc::new(schema),
+        Default::default(),
+    )
+    .unwrap();
     let bytes = w.into_inner().unwrap();
-    let err = ParquetDecoder::try_new("f.parquet", Bytes::from(bytes), &DecodeOptions::default()).err().unwrap();
+    let err = ParquetDecoder::try_new("f.parquet", Bytes::from(bytes), &DecodeOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, DecodeError::UnknownType { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("f.parquet") && msg.contains("`legacy_ts`") && msg.contains("unknown column type"), "{msg}");
+    assert!(
+        msg.contains("f.parquet")
+            && msg.contains("`legacy_ts`")
+            && msg.contains("unknown column type"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -158,13 +262,22 @@ fn bad_json_in_compressed_files_names_file_and_line() {
     std::io::Write::write_all(&mut gz, lines.as_bytes()).unwrap();
     let gz = gz.finish().unwrap();
     let name = "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-t-2.ndjson.gz";
-    let ObjectName::Data(d) = ObjectName::parse_file_name(name).unwrap() else { panic!() };
-    let r = decode::decode_bytes(&d, name, Bytes::from(gz.clone()), &DecodeOptions::default()).unwrap().collect();
+    let ObjectName::Data(d) = ObjectName::parse_file_name(name).unwrap() else {
+        panic!()
+    };
+    let r = decode::decode_bytes(&d, name, Bytes::from(gz.clone()), &DecodeOptions::default())
+        .unwrap()
+        .collect();
     let msg = err_of(r);
     assert!(msg.starts_with(name) && msg.contains("line 2"), "{msg}");
     // A gzip stream cut short is a read error naming the file, not a panic or silent truncation.
-    let r = decode::decode_bytes(&d, name, Bytes::copy_from_slice(&gz[..gz.len() - 12]), &DecodeOptions::default())
-        .unwrap()
-        .collect();
+    let r = decode::decode_bytes(
+        &d,
+        name,
+        Bytes::copy_from_slice(&gz[..gz.len() - 12]),
+        &DecodeOptions::default(),
+    )
+    .unwrap()
+    .collect();
     assert!(err_of(r).starts_with(name));
 }

@@ -30,7 +30,11 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self { batch_size: 8192, columns: BTreeMap::new(), primary_key: None }
+        Self {
+            batch_size: 8192,
+            columns: BTreeMap::new(),
+            primary_key: None,
+        }
     }
 }
 
@@ -38,14 +42,30 @@ impl Default for DecodeOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("{file}: read failed: {source}")]
-    Io { file: String, source: std::io::Error },
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: line {line}: {message}")]
-    Line { file: String, line: u64, message: String },
+    Line {
+        file: String,
+        line: u64,
+        message: String,
+    },
     /// `at` is `line N` (NDJSON) or `row N` (Parquet).
     #[error("{file}: {at}: column `{column}`: {message}")]
-    Value { file: String, at: String, column: String, message: String },
+    Value {
+        file: String,
+        at: String,
+        column: String,
+        message: String,
+    },
     #[error("{file}: column `{column}` has unknown column type {ty}")]
-    UnknownType { file: String, column: String, ty: String },
+    UnknownType {
+        file: String,
+        column: String,
+        ty: String,
+    },
     #[error("{file}: not a readable Parquet file: {message}")]
     Parquet { file: String, message: String },
     #[error("{file}: {message}")]
@@ -80,19 +100,31 @@ pub fn decode_bytes(
         Format::Json => {
             let reader: Box<dyn std::io::Read + Send> = match name.compression {
                 Compression::None => Box::new(std::io::Cursor::new(bytes)),
-                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(std::io::Cursor::new(bytes))),
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+                    std::io::Cursor::new(bytes),
+                )),
                 Compression::Zstd => Box::new(
-                    zstd::stream::read::Decoder::new(std::io::Cursor::new(bytes))
-                        .map_err(|source| DecodeError::Io { file: path.to_owned(), source })?,
+                    zstd::stream::read::Decoder::new(std::io::Cursor::new(bytes)).map_err(
+                        |source| DecodeError::Io {
+                            file: path.to_owned(),
+                            source,
+                        },
+                    )?,
                 ),
             };
-            Ok(Box::new(NdjsonDecoder::new(path, std::io::BufReader::with_capacity(1 << 16, reader), opts)))
+            Ok(Box::new(NdjsonDecoder::new(
+                path,
+                std::io::BufReader::with_capacity(1 << 16, reader),
+                opts,
+            )))
         }
     }
 }
 
 /// A stream of change batches, with what the decoder learnt about the table on the way.
-pub trait BatchStream: Iterator<Item = Result<arrow_array::RecordBatch, DecodeError>> + Send {
+pub trait BatchStream:
+    Iterator<Item = Result<arrow_array::RecordBatch, DecodeError>> + Send
+{
     /// Evidence about the primary key gathered so far.
     fn key_evidence(&self) -> &crate::keys::KeyEvidence;
     /// Column types used so far (configured, read from the file, or inferred from JSON).

@@ -60,7 +60,11 @@ impl<R: BufRead> NdjsonDecoder<R> {
     }
 
     fn line_error(&self, line: u64, message: impl Into<String>) -> DecodeError {
-        DecodeError::Line { file: self.file.clone(), line, message: message.into() }
+        DecodeError::Line {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+        }
     }
 
     fn read_lines(&mut self) -> Result<Vec<(u64, String)>, DecodeError> {
@@ -92,45 +96,66 @@ impl<R: BufRead> NdjsonDecoder<R> {
 
     fn parse<'a>(&self, line: u64, text: &'a str) -> Result<Message<'a>, DecodeError> {
         let bad = |m: String| self.line_error(line, m);
-        let top: BTreeMap<Cow<'a, str>, &'a RawValue> = serde_json::from_str(text).map_err(|e| {
-            let what = if e.is_eof() { "truncated JSON message" } else { "malformed JSON message" };
-            bad(format!("{what}: {e}"))
-        })?;
+        let top: BTreeMap<Cow<'a, str>, &'a RawValue> =
+            serde_json::from_str(text).map_err(|e| {
+                let what = if e.is_eof() {
+                    "truncated JSON message"
+                } else {
+                    "malformed JSON message"
+                };
+                bad(format!("{what}: {e}"))
+            })?;
         let hlc = |v: Option<&&RawValue>, what: &str| -> Result<Option<Hlc>, DecodeError> {
             match v.map(|r| r.get()) {
                 None | Some("null") => Ok(None),
                 Some(raw) => {
-                    let s: Cow<str> = serde_json::from_str(raw).map_err(|_| bad(format!("`{what}` is not a string")))?;
-                    Hlc::parse_decimal(&s).map(Some).map_err(|e| bad(format!("`{what}`: {e}")))
+                    let s: Cow<str> = serde_json::from_str(raw)
+                        .map_err(|_| bad(format!("`{what}` is not a string")))?;
+                    Hlc::parse_decimal(&s)
+                        .map(Some)
+                        .map_err(|e| bad(format!("`{what}`: {e}")))
                 }
             }
         };
         let (op, after, meta) = if let Some(after) = top.get("after") {
             // Wrapped envelope.
-            let before = top.get("before").map(|b| b.get() != "null").unwrap_or(false);
+            let before = top
+                .get("before")
+                .map(|b| b.get() != "null")
+                .unwrap_or(false);
             if after.get() == "null" {
                 (Op::Delete, BTreeMap::new(), None)
             } else {
-                let cols = serde_json::from_str(after.get()).map_err(|e| bad(format!("`after` is not an object: {e}")))?;
+                let cols = serde_json::from_str(after.get())
+                    .map_err(|e| bad(format!("`after` is not an object: {e}")))?;
                 (if before { Op::Update } else { Op::Create }, cols, None)
             }
         } else if let Some(meta) = top.get("__crdb__") {
             // Bare envelope: columns at top level, metadata under `__crdb__`. Deletes cannot be told
             // from updates (format spec §3.3), so every row is an upsert.
-            let meta: BTreeMap<Cow<'a, str>, &'a RawValue> =
-                serde_json::from_str(meta.get()).map_err(|e| bad(format!("`__crdb__` is not an object: {e}")))?;
-            let cols = top.iter().filter(|(k, _)| *k != "__crdb__").map(|(k, v)| (k.clone(), *v)).collect();
+            let meta: BTreeMap<Cow<'a, str>, &'a RawValue> = serde_json::from_str(meta.get())
+                .map_err(|e| bad(format!("`__crdb__` is not an object: {e}")))?;
+            let cols = top
+                .iter()
+                .filter(|(k, _)| *k != "__crdb__")
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
             (Op::Create, cols, Some(meta))
         } else if top.contains_key("resolved") {
             return Err(bad("a resolved message inside a data file".into()));
         } else {
-            return Err(bad("neither a wrapped (`after`) nor a bare (`__crdb__`) changefeed message".into()));
+            return Err(bad(
+                "neither a wrapped (`after`) nor a bare (`__crdb__`) changefeed message".into(),
+            ));
         };
         let fields = meta.as_ref().unwrap_or(&top);
         let updated = hlc(fields.get("updated"), "updated")?;
         let mvcc = hlc(fields.get("mvcc_timestamp"), "mvcc_timestamp")?;
         let updated = updated.or(mvcc).ok_or_else(|| {
-            bad("message has no `updated` timestamp: create the changefeed WITH updated, resolved".into())
+            bad(
+                "message has no `updated` timestamp: create the changefeed WITH updated, resolved"
+                    .into(),
+            )
         })?;
         let key_raw = fields.get("key").map(|k| k.get());
         let key = match key_raw {
@@ -140,7 +165,15 @@ impl<R: BufRead> NdjsonDecoder<R> {
         if op == Op::Delete && key.is_empty() {
             return Err(bad("delete without a `key`".into()));
         }
-        Ok(Message { line, op, updated, mvcc, after, key, key_raw })
+        Ok(Message {
+            line,
+            op,
+            updated,
+            mvcc,
+            after,
+            key,
+            key_raw,
+        })
     }
 
     /// Learns column types from JSON values; configured types never change.
@@ -158,7 +191,9 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 if self.configured.contains_key(name) {
                     continue;
                 }
-                let Some(seen) = infer(raw.get()) else { continue };
+                let Some(seen) = infer(raw.get()) else {
+                    continue;
+                };
                 let new = match self.types.get(name) {
                     None => seen,
                     Some(cur) if accepts(cur, &seen, raw.get()) => continue,
@@ -170,7 +205,10 @@ impl<R: BufRead> NdjsonDecoder<R> {
     }
 
     fn decode_batch(&mut self, lines: &[(u64, String)]) -> Result<RecordBatch, DecodeError> {
-        let messages = lines.iter().map(|(n, l)| self.parse(*n, l)).collect::<Result<Vec<_>, _>>()?;
+        let messages = lines
+            .iter()
+            .map(|(n, l)| self.parse(*n, l))
+            .collect::<Result<Vec<_>, _>>()?;
         for m in &messages {
             for name in m.after.keys() {
                 if !self.order.iter().any(|c| c == name) {
@@ -178,7 +216,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 }
             }
             if m.op != Op::Delete {
-                let after: Vec<(&str, &str)> = m.after.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+                let after: Vec<(&str, &str)> =
+                    m.after.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
                 let key: Vec<&str> = m.key.iter().map(|k| k.get()).collect();
                 self.evidence.observe_json(&after, &key);
             }
@@ -189,18 +228,32 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let mut data = Vec::with_capacity(self.order.len());
         for name in &self.order {
             // A column seen only as null so far: text until a value says otherwise.
-            let ty = self.types.entry(name.clone()).or_insert(ColumnType::Text).clone();
+            let ty = self
+                .types
+                .entry(name.clone())
+                .or_insert(ColumnType::Text)
+                .clone();
             let mut b = ColumnBuilder::new(&ty, messages.len());
-            let key_pos = self.primary_key.as_ref().and_then(|k| k.iter().position(|c| c == name));
+            let key_pos = self
+                .primary_key
+                .as_ref()
+                .and_then(|k| k.iter().position(|c| c == name));
             for m in &messages {
-                let raw = m.after.get(name.as_str()).copied().or_else(|| key_pos.and_then(|i| m.key.get(i).copied()));
+                let raw = m
+                    .after
+                    .get(name.as_str())
+                    .copied()
+                    .or_else(|| key_pos.and_then(|i| m.key.get(i).copied()));
                 match raw {
-                    Some(raw) => b.append_json(raw.get()).map_err(|message| DecodeError::Value {
-                        file: self.file.clone(),
-                        at: format!("line {}", m.line),
-                        column: name.clone(),
-                        message,
-                    })?,
+                    Some(raw) => {
+                        b.append_json(raw.get())
+                            .map_err(|message| DecodeError::Value {
+                                file: self.file.clone(),
+                                at: format!("line {}", m.line),
+                                column: name.clone(),
+                                message,
+                            })?
+                    }
                     None => b.append_null(),
                 }
             }
@@ -210,7 +263,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
         for m in &messages {
             meta.append(m.op, m.updated, m.mvcc, m.key_raw, &self.file, m.line);
         }
-        batch::assemble(data, meta.finish()).map_err(|e| self.line_error(messages[0].line, e.to_string()))
+        batch::assemble(data, meta.finish())
+            .map_err(|e| self.line_error(messages[0].line, e.to_string()))
     }
 }
 
@@ -327,19 +381,32 @@ mod tests {
             r#"{"after": {"id": 2, "name": null, "score": 2}, "before": {"id": 2, "name": "x", "score": 1}, "key": [2], "mvcc_timestamp": "1576704616208701300.0000000003", "updated": "1576704616208701300.0000000002"}"#,
             "\n"
         );
-        let opts = DecodeOptions { primary_key: Some(vec!["id".into()]), ..Default::default() };
+        let opts = DecodeOptions {
+            primary_key: Some(vec!["id".into()]),
+            ..Default::default()
+        };
         let b = &decode(text, &opts).unwrap()[0];
         let col = |n: &str| b.column_by_name(n).unwrap().clone();
         assert_eq!(col("id").as_primitive::<Int64Type>().values(), &[1, 5, 2]);
         assert!(col("name").is_null(1) && col("name").is_null(2));
         assert_eq!(col("score").as_primitive::<Float64Type>().value(2), 2.0);
-        let ops: Vec<_> = col(OP).as_string::<i32>().iter().map(|v| v.unwrap().to_owned()).collect();
+        let ops: Vec<_> = col(OP)
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.unwrap().to_owned())
+            .collect();
         assert_eq!(ops, ["c", "d", "u"]);
         let upd = col(UPDATED);
         let upd = upd.as_primitive::<Decimal128Type>();
-        assert_eq!(Hlc::from_decimal_i128(upd.value(1)).unwrap(), Hlc::new(1_576_704_616_208_701_300, 1));
+        assert_eq!(
+            Hlc::from_decimal_i128(upd.value(1)).unwrap(),
+            Hlc::new(1_576_704_616_208_701_300, 1)
+        );
         assert_eq!(col(KEY).as_string::<i32>().value(1), "[5]");
-        assert_eq!(col(SOURCE_ROW).as_primitive::<Int64Type>().values(), &[1, 2, 3]);
+        assert_eq!(
+            col(SOURCE_ROW).as_primitive::<Int64Type>().values(),
+            &[1, 2, 3]
+        );
     }
 
     #[test]
@@ -348,28 +415,67 @@ mod tests {
             r#"{"__crdb__": {"key": ["washington dc", 7], "updated": "10.0000000000"}, "owner": "Ashley"}"#,
             "\n"
         );
-        let opts = DecodeOptions { primary_key: Some(vec!["city".into(), "id".into()]), ..Default::default() };
+        let opts = DecodeOptions {
+            primary_key: Some(vec!["city".into(), "id".into()]),
+            ..Default::default()
+        };
         let b = &decode(text, &opts).unwrap()[0];
-        assert_eq!(b.column_by_name("city").unwrap().as_string::<i32>().value(0), "washington dc");
-        assert_eq!(b.column_by_name("id").unwrap().as_primitive::<Int64Type>().value(0), 7);
-        assert_eq!(b.column_by_name("owner").unwrap().as_string::<i32>().value(0), "Ashley");
+        assert_eq!(
+            b.column_by_name("city")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "washington dc"
+        );
+        assert_eq!(
+            b.column_by_name("id")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0),
+            7
+        );
+        assert_eq!(
+            b.column_by_name("owner")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "Ashley"
+        );
     }
 
     #[test]
     fn bad_lines_name_file_and_line() {
         let ok = r#"{"after": {"id": 1}, "key": [1], "updated": "1.0000000000"}"#;
         for (bad, needle) in [
-            (r#"{"after": {"id": 1}, "key": [1], "updated": "1.00000"#, "line 2: truncated JSON"),
-            (r#"{"after": {"id": 1}, "key": [1]}"#, "line 2: message has no `updated`"),
+            (
+                r#"{"after": {"id": 1}, "key": [1], "updated": "1.00000"#,
+                "line 2: truncated JSON",
+            ),
+            (
+                r#"{"after": {"id": 1}, "key": [1]}"#,
+                "line 2: message has no `updated`",
+            ),
             (r#"{"something": 1}"#, "line 2: neither a wrapped"),
-            (r#"{"after": {"id": "x"}, "key": [1], "updated": "1.0000000000"}"#, "line 2: column `id`"),
-            (r#"{"after": {"id": 2}, "key": [2], "updated": "yesterday"}"#, "line 2: `updated`"),
+            (
+                r#"{"after": {"id": "x"}, "key": [1], "updated": "1.0000000000"}"#,
+                "line 2: column `id`",
+            ),
+            (
+                r#"{"after": {"id": 2}, "key": [2], "updated": "yesterday"}"#,
+                "line 2: `updated`",
+            ),
         ] {
             // With a configured type a value that does not fit is an error (inference would widen).
-            let opts = DecodeOptions { columns: [("id".to_owned(), ColumnType::Int64)].into(), ..Default::default() };
+            let opts = DecodeOptions {
+                columns: [("id".to_owned(), ColumnType::Int64)].into(),
+                ..Default::default()
+            };
             let err = decode(&format!("{ok}\n{bad}\n"), &opts).unwrap_err();
             let msg = err.to_string();
-            assert!(msg.starts_with("t.ndjson: ") && msg.contains(needle), "{msg}");
+            assert!(
+                msg.starts_with("t.ndjson: ") && msg.contains(needle),
+                "{msg}"
+            );
         }
     }
 
@@ -377,14 +483,32 @@ mod tests {
     fn batches_are_bounded_and_types_widen() {
         let mut text = String::new();
         for i in 0..10 {
-            let v = if i < 5 { format!("{i}") } else { format!("{i}.5") };
-            text += &format!(r#"{{"after": {{"k": {i}, "v": {v}}}, "key": [{i}], "updated": "{i}.0000000000"}}"#);
+            let v = if i < 5 {
+                format!("{i}")
+            } else {
+                format!("{i}.5")
+            };
+            text += &format!(
+                r#"{{"after": {{"k": {i}, "v": {v}}}, "key": [{i}], "updated": "{i}.0000000000"}}"#
+            );
             text.push('\n');
         }
-        let opts = DecodeOptions { batch_size: 4, ..Default::default() };
+        let opts = DecodeOptions {
+            batch_size: 4,
+            ..Default::default()
+        };
         let batches = decode(&text, &opts).unwrap();
-        assert_eq!(batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), [4, 4, 2]);
-        assert_eq!(batches[0].column_by_name("v").unwrap().data_type(), &arrow_schema::DataType::Int64);
-        assert_eq!(batches[1].column_by_name("v").unwrap().data_type(), &arrow_schema::DataType::Float64);
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
+        assert_eq!(
+            batches[0].column_by_name("v").unwrap().data_type(),
+            &arrow_schema::DataType::Int64
+        );
+        assert_eq!(
+            batches[1].column_by_name("v").unwrap().data_type(),
+            &arrow_schema::DataType::Float64
+        );
     }
 }

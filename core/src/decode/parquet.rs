@@ -13,7 +13,8 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::Field;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use parquet::basic::{ConvertedType, LogicalType, TimeUnit, Type as PhysicalType};
 use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataReader};
@@ -53,19 +54,33 @@ impl ParquetDecoder {
         bytes: Bytes,
         batch_size: usize,
     ) -> Result<(ParquetMetaData, ParquetRecordBatchReaderBuilder<Bytes>), DecodeError> {
-        let perr = |message: String| DecodeError::Parquet { file: file.to_owned(), message };
-        let metadata = ParquetMetaDataReader::new().parse_and_finish(&bytes).map_err(|e| perr(e.to_string()))?;
+        let perr = |message: String| DecodeError::Parquet {
+            file: file.to_owned(),
+            message,
+        };
+        let metadata = ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes)
+            .map_err(|e| perr(e.to_string()))?;
         let rewritten = Arc::new(text_decimals(&metadata).map_err(perr)?);
-        let arrow_meta =
-            ArrowReaderMetadata::try_new(rewritten, ArrowReaderOptions::new()).map_err(|e| perr(e.to_string()))?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, arrow_meta).with_batch_size(batch_size);
+        let arrow_meta = ArrowReaderMetadata::try_new(rewritten, ArrowReaderOptions::new())
+            .map_err(|e| perr(e.to_string()))?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, arrow_meta)
+            .with_batch_size(batch_size);
         Ok((metadata, builder))
     }
 
     pub fn try_new(file: &str, bytes: Bytes, opts: &DecodeOptions) -> Result<Self, DecodeError> {
-        let perr = |message: String| DecodeError::Parquet { file: file.to_owned(), message };
+        let perr = |message: String| DecodeError::Parquet {
+            file: file.to_owned(),
+            message,
+        };
         let (metadata, builder) = Self::open(file, bytes, opts.batch_size.max(1))?;
-        let fields = metadata.file_metadata().schema_descr().root_schema().get_fields().to_vec();
+        let fields = metadata
+            .file_metadata()
+            .schema_descr()
+            .root_schema()
+            .get_fields()
+            .to_vec();
 
         let mut data = Vec::new();
         let (mut op, mut updated, mut mvcc) = (None, None, None);
@@ -93,19 +108,34 @@ impl ParquetDecoder {
         }
         let op = op.ok_or_else(|| DecodeError::Invalid {
             file: file.to_owned(),
-            message: format!("no `{EVENT_TYPE}` column: not a CockroachDB 23.2+ Parquet changefeed file"),
+            message: format!(
+                "no `{EVENT_TYPE}` column: not a CockroachDB 23.2+ Parquet changefeed file"
+            ),
         })?;
         if updated.is_none() && mvcc.is_none() {
             return Err(DecodeError::Invalid {
                 file: file.to_owned(),
-                message: format!("no `{UPDATED}` column: create the changefeed WITH updated, resolved"),
+                message: format!(
+                    "no `{UPDATED}` column: create the changefeed WITH updated, resolved"
+                ),
             });
         }
 
         let reader = builder.build().map_err(|e| perr(e.to_string()))?;
         let mut evidence = KeyEvidence::default();
         evidence.observe_columns(&data.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>());
-        Ok(Self { file: file.to_owned(), reader, data, op, updated, mvcc, rows: 0, types, evidence, done: false })
+        Ok(Self {
+            file: file.to_owned(),
+            reader,
+            data,
+            op,
+            updated,
+            mvcc,
+            rows: 0,
+            types,
+            evidence,
+            done: false,
+        })
     }
 
     fn decode(&mut self, batch: RecordBatch) -> Result<RecordBatch, DecodeError> {
@@ -118,7 +148,8 @@ impl ParquetDecoder {
         };
         let mut data = Vec::with_capacity(self.data.len());
         for (idx, name, ty) in &self.data {
-            let array = column::convert(batch.column(*idx), ty).map_err(|(i, m)| value_err(name, i, m))?;
+            let array =
+                column::convert(batch.column(*idx), ty).map_err(|(i, m)| value_err(name, i, m))?;
             data.push((Field::new(name, ty.arrow_type(), true), array));
         }
         let text = |idx: Option<usize>, name: &str| -> Result<Option<ArrayRef>, DecodeError> {
@@ -140,14 +171,15 @@ impl ParquetDecoder {
         let ops = ops.as_string::<i32>();
         let updated = text(self.updated, UPDATED)?;
         let mvcc = text(self.mvcc, MVCC)?;
-        let hlc_at = |a: &Option<ArrayRef>, name: &str, i: usize| -> Result<Option<Hlc>, DecodeError> {
-            match a {
-                Some(a) if a.is_valid(i) => Hlc::parse_decimal(a.as_string::<i32>().value(i))
-                    .map(Some)
-                    .map_err(|e| value_err(name, i, e.to_string())),
-                _ => Ok(None),
-            }
-        };
+        let hlc_at =
+            |a: &Option<ArrayRef>, name: &str, i: usize| -> Result<Option<Hlc>, DecodeError> {
+                match a {
+                    Some(a) if a.is_valid(i) => Hlc::parse_decimal(a.as_string::<i32>().value(i))
+                        .map(Some)
+                        .map_err(|e| value_err(name, i, e.to_string())),
+                    _ => Ok(None),
+                }
+            };
         let mut meta = MetaBuilder::new(n);
         let mut deletes_seen = 0;
         for i in 0..n {
@@ -162,13 +194,27 @@ impl ParquetDecoder {
                 .ok_or_else(|| value_err(UPDATED, i, "missing timestamp".into()))?;
             if op == Op::Delete && deletes_seen < 16 {
                 deletes_seen += 1;
-                let non_null = data.iter().filter(|(_, a)| a.is_valid(i)).map(|(f, _)| f.name().clone()).collect();
+                let non_null = data
+                    .iter()
+                    .filter(|(_, a)| a.is_valid(i))
+                    .map(|(f, _)| f.name().clone())
+                    .collect();
                 self.evidence.observe_delete(non_null);
             }
-            meta.append(op, updated_ts, mvcc_ts, None, &self.file, self.rows + i as u64 + 1);
+            meta.append(
+                op,
+                updated_ts,
+                mvcc_ts,
+                None,
+                &self.file,
+                self.rows + i as u64 + 1,
+            );
         }
         self.rows += n as u64;
-        batch::assemble(data, meta.finish()).map_err(|e| DecodeError::Invalid { file: self.file.clone(), message: e.to_string() })
+        batch::assemble(data, meta.finish()).map_err(|e| DecodeError::Invalid {
+            file: self.file.clone(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -181,7 +227,10 @@ impl Iterator for ParquetDecoder {
         }
         let result = match self.reader.next()? {
             Ok(b) => self.decode(b),
-            Err(e) => Err(DecodeError::Parquet { file: self.file.clone(), message: format!("after row {}: {e}", self.rows) }),
+            Err(e) => Err(DecodeError::Parquet {
+                file: self.file.clone(),
+                message: format!("after row {}: {e}", self.rows),
+            }),
         };
         if result.is_err() {
             self.done = true;
@@ -204,7 +253,8 @@ impl BatchStream for ParquetDecoder {
 pub fn file_column_type(t: &Type) -> Result<ColumnType, String> {
     let info = t.get_basic_info();
     if t.is_group() {
-        let is_list = matches!(info.logical_type_ref(), Some(LogicalType::List)) || info.converted_type() == ConvertedType::LIST;
+        let is_list = matches!(info.logical_type_ref(), Some(LogicalType::List))
+            || info.converted_type() == ConvertedType::LIST;
         let fields = t.get_fields();
         if is_list && fields.len() == 1 {
             let repeated = &fields[0];
@@ -230,22 +280,27 @@ pub fn file_column_type(t: &Type) -> Result<ColumnType, String> {
         },
         PhysicalType::INT64 => match logical {
             None | Some(LogicalType::Integer(_)) => ColumnType::Int64,
-            Some(LogicalType::Time(t)) if matches!(t.unit, TimeUnit::MICROS | TimeUnit::NANOS) => ColumnType::Text,
+            Some(LogicalType::Time(t)) if matches!(t.unit, TimeUnit::MICROS | TimeUnit::NANOS) => {
+                ColumnType::Text
+            }
             _ => return Err(unknown()),
         },
         PhysicalType::FLOAT => ColumnType::Float32,
         PhysicalType::DOUBLE => ColumnType::Float64,
         PhysicalType::BYTE_ARRAY => match (logical, converted) {
             (Some(LogicalType::Decimal(d)), _) => parquet_decimal_type(d.precision, d.scale),
-            (None, ConvertedType::DECIMAL) => parquet_decimal_type(t.get_precision(), t.get_scale()),
-            (Some(LogicalType::String | LogicalType::Enum), _) | (None, ConvertedType::UTF8 | ConvertedType::ENUM) => {
-                ColumnType::Text
+            (None, ConvertedType::DECIMAL) => {
+                parquet_decimal_type(t.get_precision(), t.get_scale())
             }
+            (Some(LogicalType::String | LogicalType::Enum), _)
+            | (None, ConvertedType::UTF8 | ConvertedType::ENUM) => ColumnType::Text,
             (Some(LogicalType::Json), _) | (None, ConvertedType::JSON) => ColumnType::Json,
             (None, ConvertedType::NONE) => ColumnType::Binary,
             _ => return Err(unknown()),
         },
-        PhysicalType::FIXED_LEN_BYTE_ARRAY if matches!(logical, Some(LogicalType::Uuid)) && type_length(t) == 16 => {
+        PhysicalType::FIXED_LEN_BYTE_ARRAY
+            if matches!(logical, Some(LogicalType::Uuid)) && type_length(t) == 16 =>
+        {
             ColumnType::Text
         }
         _ => return Err(unknown()),
@@ -276,7 +331,10 @@ fn text_decimals(metadata: &ParquetMetaData) -> Result<ParquetMetaData, String> 
         Arc::new(SchemaDescriptor::new(new_root)),
         fm.column_orders().cloned(),
     );
-    Ok(ParquetMetaData::new(file_metadata, metadata.row_groups().to_vec()))
+    Ok(ParquetMetaData::new(
+        file_metadata,
+        metadata.row_groups().to_vec(),
+    ))
 }
 
 fn rewrite(t: &TypePtr) -> parquet::errors::Result<TypePtr> {
@@ -303,8 +361,13 @@ fn rewrite(t: &TypePtr) -> parquet::errors::Result<TypePtr> {
         return Ok(Arc::new(b.build()?));
     }
     let text = t.get_physical_type() == PhysicalType::BYTE_ARRAY
-        && (matches!(info.logical_type_ref(), Some(LogicalType::Decimal(_) | LogicalType::Enum))
-            || matches!(info.converted_type(), ConvertedType::DECIMAL | ConvertedType::ENUM));
+        && (matches!(
+            info.logical_type_ref(),
+            Some(LogicalType::Decimal(_) | LogicalType::Enum)
+        ) || matches!(
+            info.converted_type(),
+            ConvertedType::DECIMAL | ConvertedType::ENUM
+        ));
     if !text {
         return Ok(t.clone());
     }

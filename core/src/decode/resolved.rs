@@ -11,8 +11,15 @@ const PARQUET_MAGIC: &[u8] = b"PAR1";
 
 /// Reads the watermark from a `.RESOLVED` object's contents. `expected` is the timestamp in the
 /// object's name: a file whose content disagrees with its name is refused.
-pub fn decode_resolved(file: &str, bytes: Bytes, expected: Option<Hlc>) -> Result<Hlc, DecodeError> {
-    let invalid = |message: String| DecodeError::Invalid { file: file.to_owned(), message };
+pub fn decode_resolved(
+    file: &str,
+    bytes: Bytes,
+    expected: Option<Hlc>,
+) -> Result<Hlc, DecodeError> {
+    let invalid = |message: String| DecodeError::Invalid {
+        file: file.to_owned(),
+        message,
+    };
     let ts = if bytes.starts_with(PARQUET_MAGIC) {
         parquet_resolved(file, bytes)?
     } else {
@@ -22,7 +29,8 @@ pub fn decode_resolved(file: &str, bytes: Bytes, expected: Option<Hlc>) -> Resul
             #[serde(rename = "__crdb__")]
             crdb: Option<Box<Json>>,
         }
-        let j: Json = serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a RESOLVED message: {e}")))?;
+        let j: Json = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(format!("not a RESOLVED message: {e}")))?;
         let s = j
             .resolved
             .or_else(|| j.crdb.and_then(|c| c.resolved))
@@ -31,7 +39,9 @@ pub fn decode_resolved(file: &str, bytes: Bytes, expected: Option<Hlc>) -> Resul
     };
     if let Some(name_ts) = expected {
         if name_ts != ts {
-            return Err(invalid(format!("contains {ts} but its name says {name_ts}")));
+            return Err(invalid(format!(
+                "contains {ts} but its name says {name_ts}"
+            )));
         }
     }
     Ok(ts)
@@ -40,7 +50,10 @@ pub fn decode_resolved(file: &str, bytes: Bytes, expected: Option<Hlc>) -> Resul
 fn parquet_resolved(file: &str, bytes: Bytes) -> Result<Hlc, DecodeError> {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
-    let invalid = |message: String| DecodeError::Invalid { file: file.to_owned(), message };
+    let invalid = |message: String| DecodeError::Invalid {
+        file: file.to_owned(),
+        message,
+    };
     // Same DECIMAL-as-text rewrite as data files; the column is not a data column, so read the
     // rewritten file directly.
     let (_, builder) = ParquetDecoder::open(file, bytes, 16)?;
@@ -52,9 +65,13 @@ fn parquet_resolved(file: &str, bytes: Bytes) -> Result<Hlc, DecodeError> {
     let col = batch
         .column_by_name("__crdb__resolved")
         .ok_or_else(|| invalid("no `__crdb__resolved` column".into()))?;
-    let col = col.as_string_opt::<i32>().ok_or_else(|| invalid("`__crdb__resolved` is not DECIMAL text".into()))?;
+    let col = col
+        .as_string_opt::<i32>()
+        .ok_or_else(|| invalid("`__crdb__resolved` is not DECIMAL text".into()))?;
     if batch.num_rows() != 1 || !col.is_valid(0) {
-        return Err(invalid("expected exactly one non-null `__crdb__resolved` value".into()));
+        return Err(invalid(
+            "expected exactly one non-null `__crdb__resolved` value".into(),
+        ));
     }
     Hlc::parse_decimal(col.value(0)).map_err(|e| invalid(e.to_string()))
 }

@@ -134,10 +134,14 @@ impl Message {
     }
 
     pub fn approx_bytes(&self) -> usize {
-        self.row.iter().map(|d| match d {
-            Datum::Text(s) | Datum::Decimal(s) | Datum::Json(s) => s.len() + 4,
-            _ => 10,
-        }).sum::<usize>() + 60
+        self.row
+            .iter()
+            .map(|d| match d {
+                Datum::Text(s) | Datum::Decimal(s) | Datum::Json(s) => s.len() + 4,
+                _ => 10,
+            })
+            .sum::<usize>()
+            + 60
     }
 
     /// The NDJSON line, byte for byte as CockroachDB writes it (format spec §3).
@@ -180,10 +184,19 @@ impl Message {
         let mut top: Vec<(&str, String)> = Vec::new();
         match opts.envelope {
             Envelope::Wrapped => {
-                let after = if self.op == Op::Delete { "null".to_owned() } else { render(&object(&self.row)) };
+                let after = if self.op == Op::Delete {
+                    "null".to_owned()
+                } else {
+                    render(&object(&self.row))
+                };
                 top.push(("after", after));
                 if opts.diff {
-                    top.push(("before", self.before.as_ref().map_or("null".to_owned(), |b| render(&object(b)))));
+                    top.push((
+                        "before",
+                        self.before
+                            .as_ref()
+                            .map_or("null".to_owned(), |b| render(&object(b))),
+                    ));
                 }
                 top.push(("key", key));
                 if opts.mvcc_timestamp {
@@ -195,7 +208,17 @@ impl Message {
                 // Deletes in bare: key columns set, every other column null (format spec §3.3).
                 let row: Vec<Datum> = if self.op == Op::Delete {
                     let keys = t.key_indices();
-                    self.row.iter().enumerate().map(|(i, d)| if keys.contains(&i) { d.clone() } else { Datum::Null }).collect()
+                    self.row
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            if keys.contains(&i) {
+                                d.clone()
+                            } else {
+                                Datum::Null
+                            }
+                        })
+                        .collect()
                 } else {
                     self.row.clone()
                 };
@@ -224,11 +247,18 @@ impl Message {
         } else {
             let mut m = Map::new();
             for c in t.family_columns(&self.family, true) {
-                m.insert(t.columns[c].name.clone(), self.row[c].canonical_json(&t.columns[c].sql.column_type()));
+                m.insert(
+                    t.columns[c].name.clone(),
+                    self.row[c].canonical_json(&t.columns[c].sql.column_type()),
+                );
             }
             Value::Object(m)
         };
-        let key: Vec<Value> = t.key_indices().iter().map(|&k| self.row[k].canonical_json(&t.columns[k].sql.column_type())).collect();
+        let key: Vec<Value> = t
+            .key_indices()
+            .iter()
+            .map(|&k| self.row[k].canonical_json(&t.columns[k].sql.column_type()))
+            .collect();
         json!({
             "topic": t.topic(&self.family),
             "family": self.family,
@@ -306,7 +336,11 @@ struct TableState {
 
 impl TableState {
     fn key_text(def: &TableDef, row: &[Datum]) -> String {
-        let key: Vec<Value> = def.key_indices().iter().map(|&k| row[k].canonical_json(&def.columns[k].sql.column_type())).collect();
+        let key: Vec<Value> = def
+            .key_indices()
+            .iter()
+            .map(|&k| row[k].canonical_json(&def.columns[k].sql.column_type()))
+            .collect();
         Value::Array(key).to_string()
     }
 }
@@ -319,9 +353,19 @@ pub fn run(opts: &SimOptions, sink: &mut Sink<'_>) -> io::Result<SimSummary> {
             "usertable" => TableDef::usertable(opts.ycsb_fields),
             "orders" => TableDef::orders(),
             "kitchen_sink" => TableDef::kitchen_sink(),
-            other => return Err(io::Error::other(format!("unknown simulated table `{other}` (usertable, orders, kitchen_sink)"))),
+            other => {
+                return Err(io::Error::other(format!(
+                    "unknown simulated table `{other}` (usertable, orders, kitchen_sink)"
+                )));
+            }
         };
-        tables.push(TableState { def: Arc::new(def), rows: BTreeMap::new(), deleted: vec![], next_id: 1, events: vec![] });
+        tables.push(TableState {
+            def: Arc::new(def),
+            rows: BTreeMap::new(),
+            deleted: vec![],
+            next_id: 1,
+            events: vec![],
+        });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let aggs = (0..opts.aggregators.max(1))
@@ -380,7 +424,9 @@ impl Sim<'_> {
             if self.opts.schema_change_at == Some(w) {
                 self.add_column_with_backfill(Hlc::new(lo + 1, 0))?;
             }
-            let mut walls: Vec<i64> = (0..self.opts.events_per_window).map(|_| self.rng.random_range(lo + 2..=hi.wall)).collect();
+            let mut walls: Vec<i64> = (0..self.opts.events_per_window)
+                .map(|_| self.rng.random_range(lo + 2..=hi.wall))
+                .collect();
             walls.sort_unstable();
             walls.dedup();
             for wall in walls {
@@ -434,7 +480,9 @@ impl Sim<'_> {
 
     fn aggregator_for(&self, def: &TableDef, row: &[Datum]) -> usize {
         let key = TableState::key_text(def, row);
-        let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
         (h % self.aggs.len() as u64) as usize
     }
 
@@ -448,12 +496,21 @@ impl Sim<'_> {
             return self.apply_insert(t, row, ts, ts);
         }
         let idx = self.rng.random_range(0..live);
-        let (key, (old, _)) = self.tables[t].rows.iter().nth(idx).map(|(k, v)| (k.clone(), v.clone())).expect("live row");
+        let (key, (old, _)) = self.tables[t]
+            .rows
+            .iter()
+            .nth(idx)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .expect("live row");
         let def = self.tables[t].def.clone();
         if roll < ins + upd {
             // Update some families (often one); unchanged families keep their values.
             let fams: Vec<String> = if def.has_families() {
-                let n = if self.rng.random_bool(0.7) { 1 } else { self.rng.random_range(1..=def.families.len()) };
+                let n = if self.rng.random_bool(0.7) {
+                    1
+                } else {
+                    self.rng.random_range(1..=def.families.len())
+                };
                 let mut f = def.families.clone();
                 while f.len() > n {
                     let i = self.rng.random_range(0..f.len());
@@ -471,16 +528,38 @@ impl Sim<'_> {
                 }
             }
             self.tables[t].rows.insert(key, (row.clone(), ts));
-            let op = if self.opts.diff { Op::Update } else { Op::Create };
+            let op = if self.opts.diff {
+                Op::Update
+            } else {
+                Op::Create
+            };
             for f in fams {
-                let m = Message { table: def.clone(), family: f, op, updated: ts, mvcc: ts, row: row.clone(), before: Some(old.clone()), backfill: false };
+                let m = Message {
+                    table: def.clone(),
+                    family: f,
+                    op,
+                    updated: ts,
+                    mvcc: ts,
+                    row: row.clone(),
+                    before: Some(old.clone()),
+                    backfill: false,
+                };
                 self.record_and_emit(t, m)?;
             }
         } else {
             self.tables[t].rows.remove(&key);
             self.tables[t].deleted.push(old.clone());
             for f in def.families.clone() {
-                let m = Message { table: def.clone(), family: f, op: Op::Delete, updated: ts, mvcc: ts, row: old.clone(), before: Some(old.clone()), backfill: false };
+                let m = Message {
+                    table: def.clone(),
+                    family: f,
+                    op: Op::Delete,
+                    updated: ts,
+                    mvcc: ts,
+                    row: old.clone(),
+                    before: Some(old.clone()),
+                    backfill: false,
+                };
                 self.record_and_emit(t, m)?;
             }
         }
@@ -492,7 +571,16 @@ impl Sim<'_> {
         let key = TableState::key_text(&def, &row);
         self.tables[t].rows.insert(key, (row.clone(), mvcc));
         for f in def.families.clone() {
-            let m = Message { table: def.clone(), family: f, op: Op::Create, updated: ts, mvcc, row: row.clone(), before: None, backfill: false };
+            let m = Message {
+                table: def.clone(),
+                family: f,
+                op: Op::Create,
+                updated: ts,
+                mvcc,
+                row: row.clone(),
+                before: None,
+                backfill: false,
+            };
             self.record_and_emit(t, m)?;
         }
         Ok(())
@@ -552,14 +640,19 @@ impl Sim<'_> {
             topic: Topic(buf.table.topic(&buf.family)),
             schema_id: buf.table.version,
             format: self.opts.format,
-            compression: if self.opts.format == Format::Json { self.opts.compression } else { Compression::None },
+            compression: if self.opts.format == Format::Json {
+                self.opts.compression
+            } else {
+                Compression::None
+            },
         };
         a.file_id += 1;
         let bytes = match self.opts.format {
             Format::Json => compress(buf.json.into_bytes(), self.opts.compression)?,
             Format::Parquet => {
                 let cols = buf.table.family_columns(&buf.family, true);
-                parquet::encode(&buf.table, &cols, &buf.messages, &self.opts).map_err(io::Error::other)?
+                parquet::encode(&buf.table, &cols, &buf.messages, &self.opts)
+                    .map_err(io::Error::other)?
             }
         };
         self.summary.data_files += 1;
@@ -587,7 +680,9 @@ impl Sim<'_> {
 
     fn resolve(&mut self, ts: Hlc) -> io::Result<()> {
         let bytes = match self.opts.format {
-            Format::Json if self.opts.envelope == Envelope::Bare => format!("{{\"__crdb__\":{{\"resolved\":\"{ts}\"}}}}").into_bytes(),
+            Format::Json if self.opts.envelope == Envelope::Bare => {
+                format!("{{\"__crdb__\":{{\"resolved\":\"{ts}\"}}}}").into_bytes()
+            }
             Format::Json => format!("{{\"resolved\":\"{ts}\"}}").into_bytes(),
             Format::Parquet => parquet::encode_resolved(ts).map_err(io::Error::other)?,
         };
@@ -621,17 +716,35 @@ impl Sim<'_> {
     /// `ALTER TABLE usertable ADD COLUMN field_added STRING DEFAULT 'x'`: a new descriptor version
     /// and every live row re-emitted at the backfill time (format spec §6).
     fn add_column_with_backfill(&mut self, at: Hlc) -> io::Result<()> {
-        let Some(t) = self.tables.iter().position(|s| s.def.name == "usertable") else { return Ok(()) };
+        let Some(t) = self.tables.iter().position(|s| s.def.name == "usertable") else {
+            return Ok(());
+        };
         let mut def = (*self.tables[t].def).clone();
-        def.columns.push(ColumnDef { name: "field_added".into(), sql: crate::types::SqlType::String, nullable: true, family: "primary".into() });
+        def.columns.push(ColumnDef {
+            name: "field_added".into(),
+            sql: crate::types::SqlType::String,
+            nullable: true,
+            family: "primary".into(),
+        });
         def.version += 2;
         let def = Arc::new(def);
         self.tables[t].def = def.clone();
-        let rows: Vec<(String, (Vec<Datum>, Hlc))> = std::mem::take(&mut self.tables[t].rows).into_iter().collect();
+        let rows: Vec<(String, (Vec<Datum>, Hlc))> = std::mem::take(&mut self.tables[t].rows)
+            .into_iter()
+            .collect();
         for (key, (mut row, mvcc)) in rows {
             row.push(Datum::Text("x".into()));
             self.tables[t].rows.insert(key, (row.clone(), mvcc));
-            let m = Message { table: def.clone(), family: "primary".into(), op: Op::Create, updated: at, mvcc, row, before: None, backfill: true };
+            let m = Message {
+                table: def.clone(),
+                family: "primary".into(),
+                op: Op::Create,
+                updated: at,
+                mvcc,
+                row,
+                before: None,
+                backfill: true,
+            };
             self.record_and_emit(t, m)?;
         }
         for d in &mut self.tables[t].deleted {
@@ -652,7 +765,11 @@ impl Sim<'_> {
                 out.push_str(&Value::Object(m).to_string());
                 out.push('\n');
             }
-            (self.sink)(Destination::Truth, &format!("{}/state/{}.ndjson", def.name, ts.ts33()), out.into_bytes())?;
+            (self.sink)(
+                Destination::Truth,
+                &format!("{}/state/{}.ndjson", def.name, ts.ts33()),
+                out.into_bytes(),
+            )?;
         }
         Ok(())
     }
@@ -668,7 +785,11 @@ impl Sim<'_> {
             let def = self.tables[t].def.clone();
             let mut events = std::mem::take(&mut self.tables[t].events).join("\n");
             events.push('\n');
-            (self.sink)(Destination::Truth, &format!("{}/events.ndjson", def.name), events.into_bytes())?;
+            (self.sink)(
+                Destination::Truth,
+                &format!("{}/events.ndjson", def.name),
+                events.into_bytes(),
+            )?;
             tables.push(serde_json::to_value(&*def).map_err(io::Error::other)?);
         }
         let manifest = json!({"options": self.opts, "summary": self.summary, "tables": tables});

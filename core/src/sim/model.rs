@@ -7,7 +7,10 @@ use rand::seq::IndexedRandom;
 use serde_json::json;
 
 use crate::types::{ColumnType, SqlType};
-use crate::values::{self, crdb_json_float, format_bytes_hex, format_date, format_time_micros, format_timestamp, format_uuid};
+use crate::values::{
+    self, crdb_json_float, format_bytes_hex, format_date, format_time_micros, format_timestamp,
+    format_uuid,
+};
 
 /// One SQL value.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,11 +64,17 @@ impl TableDef {
     }
 
     pub fn column_index(&self, name: &str) -> usize {
-        self.columns.iter().position(|c| c.name == name).expect("column exists")
+        self.columns
+            .iter()
+            .position(|c| c.name == name)
+            .expect("column exists")
     }
 
     pub fn key_indices(&self) -> Vec<usize> {
-        self.primary_key.iter().map(|k| self.column_index(k)).collect()
+        self.primary_key
+            .iter()
+            .map(|k| self.column_index(k))
+            .collect()
     }
 
     /// Columns a family's messages carry: JSON `after` has the family's own columns; Parquet adds
@@ -73,14 +82,19 @@ impl TableDef {
     pub fn family_columns(&self, family: &str, with_key: bool) -> Vec<usize> {
         (0..self.columns.len())
             .filter(|&i| {
-                self.columns[i].family == family || (with_key && self.primary_key.contains(&self.columns[i].name))
+                self.columns[i].family == family
+                    || (with_key && self.primary_key.contains(&self.columns[i].name))
             })
             .collect()
     }
 
     /// The topic of a family's files.
     pub fn topic(&self, family: &str) -> String {
-        if self.has_families() { format!("{}+{}", self.name, family) } else { self.name.clone() }
+        if self.has_families() {
+            format!("{}+{}", self.name, family)
+        } else {
+            self.name.clone()
+        }
     }
 
     /// The YCSB `usertable`: `ycsb_key INT8` key and `field0..fieldN STRING`.
@@ -89,7 +103,13 @@ impl TableDef {
         for i in 0..fields {
             columns.push(col(&format!("field{i}"), "STRING", true, "primary"));
         }
-        Self { name: "usertable".into(), columns, primary_key: vec!["ycsb_key".into()], families: vec!["primary".into()], version: 1 }
+        Self {
+            name: "usertable".into(),
+            columns,
+            primary_key: vec!["ycsb_key".into()],
+            families: vec!["primary".into()],
+            version: 1,
+        }
     }
 
     /// A table with three column families; every family has a NOT NULL column, so each change to a
@@ -140,13 +160,27 @@ impl TableDef {
             ("ia", "INT8[]"),
             ("sa", "STRING[]"),
         ];
-        let columns = spec.iter().map(|(n, t)| col(n, t, *n != "id", "primary")).collect();
-        Self { name: "kitchen_sink".into(), columns, primary_key: vec!["id".into()], families: vec!["primary".into()], version: 2 }
+        let columns = spec
+            .iter()
+            .map(|(n, t)| col(n, t, *n != "id", "primary"))
+            .collect();
+        Self {
+            name: "kitchen_sink".into(),
+            columns,
+            primary_key: vec!["id".into()],
+            families: vec!["primary".into()],
+            version: 2,
+        }
     }
 }
 
 fn col(name: &str, sql: &str, nullable: bool, family: &str) -> ColumnDef {
-    ColumnDef { name: name.into(), sql: sql.parse().expect("valid type"), nullable, family: family.into() }
+    ColumnDef {
+        name: name.into(),
+        sql: sql.parse().expect("valid type"),
+        nullable,
+        family: family.into(),
+    }
 }
 
 /// A random value of a SQL type.
@@ -158,7 +192,11 @@ pub fn random_datum(rng: &mut impl Rng, sql: &SqlType, nullable: bool) -> Datum 
         SqlType::Bool => Datum::Bool(rng.random()),
         SqlType::Int2 => Datum::Int(rng.random::<i16>().into()),
         SqlType::Int4 => Datum::Int(rng.random::<i32>().into()),
-        SqlType::Int8 | SqlType::Oid => Datum::Int(if rng.random_bool(0.2) { rng.random() } else { rng.random_range(-1000..1000) }),
+        SqlType::Int8 | SqlType::Oid => Datum::Int(if rng.random_bool(0.2) {
+            rng.random()
+        } else {
+            rng.random_range(-1000..1000)
+        }),
         // Quarters are exact in binary, so both formats print them identically.
         SqlType::Float4 => Datum::Float(f64::from(rng.random_range(-4000i32..4000)) / 4.0),
         SqlType::Float8 => Datum::Float(match rng.random_range(0..20) {
@@ -168,12 +206,27 @@ pub fn random_datum(rng: &mut impl Rng, sql: &SqlType, nullable: bool) -> Datum 
             3 => 1e-7,
             _ => rng.random_range(-1e6..1e6),
         }),
-        SqlType::Decimal { precision: Some(p), scale } => {
+        SqlType::Decimal {
+            precision: Some(p),
+            scale,
+        } => {
             let max = 10i128.pow((*p).min(18)) - 1;
-            Datum::Decimal(values::format_decimal(rng.random_range(-max..=max), *scale as i8))
+            Datum::Decimal(values::format_decimal(
+                rng.random_range(-max..=max),
+                *scale as i8,
+            ))
         }
-        SqlType::Decimal { precision: None, .. } => {
-            let pick = ["NaN", "Infinity", "-Infinity", "4E+2", "0.000000000", "123456789012345678901234567890.5"];
+        SqlType::Decimal {
+            precision: None, ..
+        } => {
+            let pick = [
+                "NaN",
+                "Infinity",
+                "-Infinity",
+                "4E+2",
+                "0.000000000",
+                "123456789012345678901234567890.5",
+            ];
             Datum::Decimal(if rng.random_bool(0.3) {
                 (*pick.choose(rng).expect("non-empty")).to_owned()
             } else {
@@ -185,36 +238,79 @@ pub fn random_datum(rng: &mut impl Rng, sql: &SqlType, nullable: bool) -> Datum 
         SqlType::Uuid => Datum::Uuid(rng.random()),
         SqlType::Date => Datum::Date(rng.random_range(-20_000..30_000)),
         SqlType::Time => Datum::Time(rng.random_range(0..86_400_000_000)),
-        SqlType::Timestamp | SqlType::TimestampTz => {
-            Datum::Timestamp(rng.random_range(0i64..4_000_000_000) * 1_000_000 + rng.random_range(0..1_000_000))
-        }
-        SqlType::Interval => Datum::Text(
-            (*["00:00:00", "1 day 02:03:04", "1 year 2 mons 3 days 04:05:06.789", "-00:00:01.5"].choose(rng).expect("non-empty")).to_owned(),
+        SqlType::Timestamp | SqlType::TimestampTz => Datum::Timestamp(
+            rng.random_range(0i64..4_000_000_000) * 1_000_000 + rng.random_range(0..1_000_000),
         ),
-        SqlType::Inet => Datum::Text(format!("10.{}.{}.{}", rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>())),
+        SqlType::Interval => Datum::Text(
+            (*[
+                "00:00:00",
+                "1 day 02:03:04",
+                "1 year 2 mons 3 days 04:05:06.789",
+                "-00:00:01.5",
+            ]
+            .choose(rng)
+            .expect("non-empty"))
+            .to_owned(),
+        ),
+        SqlType::Inet => Datum::Text(format!(
+            "10.{}.{}.{}",
+            rng.random::<u8>(),
+            rng.random::<u8>(),
+            rng.random::<u8>()
+        )),
         SqlType::Jsonb => {
             let v = json!({"n": rng.random_range(0..100), "s": random_text(rng), "tags": ["a", "b"], "z": null});
             Datum::Json(values::crdb_json_text(&v.to_string()).expect("valid JSON"))
         }
-        SqlType::Bit => Datum::Text((0..8).map(|_| if rng.random() { '1' } else { '0' }).collect()),
-        SqlType::Enum => Datum::Text((*["open", "closed", "pending"].choose(rng).expect("non-empty")).to_owned()),
+        SqlType::Bit => Datum::Text(
+            (0..8)
+                .map(|_| if rng.random() { '1' } else { '0' })
+                .collect(),
+        ),
+        SqlType::Enum => Datum::Text(
+            (*["open", "closed", "pending"]
+                .choose(rng)
+                .expect("non-empty"))
+            .to_owned(),
+        ),
         SqlType::TimeTz => Datum::Text("12:34:56+00".into()),
-        SqlType::Array(item) => {
-            Datum::Array((0..rng.random_range(0..4)).map(|_| random_datum(rng, item, true)).collect())
-        }
+        SqlType::Array(item) => Datum::Array(
+            (0..rng.random_range(0..4))
+                .map(|_| random_datum(rng, item, true))
+                .collect(),
+        ),
     }
 }
 
 fn random_text(rng: &mut impl Rng) -> String {
-    const WORDS: [&str; 12] =
-        ["alpha", "beta", "gamma", "delta", "quote\"d", "back\\slash", "new\nline", "tab\t", "café", "雪", "<&>", "x"];
+    const WORDS: [&str; 12] = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "quote\"d",
+        "back\\slash",
+        "new\nline",
+        "tab\t",
+        "café",
+        "雪",
+        "<&>",
+        "x",
+    ];
     let n = rng.random_range(1..4);
-    (0..n).map(|_| *WORDS.choose(rng).expect("non-empty")).collect::<Vec<_>>().join(" ")
+    (0..n)
+        .map(|_| *WORDS.choose(rng).expect("non-empty"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A YCSB-style field value: 100 bytes of printable text (the YCSB default field length).
 pub fn ycsb_field(rng: &mut impl Rng) -> Datum {
-    Datum::Text((0..100).map(|_| rng.random_range(b'!'..=b'~') as char).collect())
+    Datum::Text(
+        (0..100)
+            .map(|_| rng.random_range(b'!'..=b'~') as char)
+            .collect(),
+    )
 }
 
 impl Datum {
@@ -239,9 +335,10 @@ impl Datum {
             Datum::Uuid(u) => values::write_json_string(out, &format_uuid(u)),
             Datum::Date(d) => values::write_json_string(out, &format_date(*d)),
             Datum::Time(t) => values::write_json_string(out, &format_time_micros(*t)),
-            Datum::Timestamp(ts) => {
-                values::write_json_string(out, &format_timestamp(*ts, matches!(sql, SqlType::TimestampTz), false))
-            }
+            Datum::Timestamp(ts) => values::write_json_string(
+                out,
+                &format_timestamp(*ts, matches!(sql, SqlType::TimestampTz), false),
+            ),
             Datum::Json(j) => out.push_str(j),
             Datum::Array(items) => {
                 let item_sql = match sql {
@@ -266,7 +363,9 @@ impl Datum {
             Datum::Decimal(d) => d.clone(),
             Datum::Text(s) | Datum::Json(s) => s.clone(),
             Datum::Date(d) => format_date(*d),
-            Datum::Timestamp(ts) => format_timestamp(*ts, matches!(sql, SqlType::TimestampTz), true),
+            Datum::Timestamp(ts) => {
+                format_timestamp(*ts, matches!(sql, SqlType::TimestampTz), true)
+            }
             other => {
                 let mut s = String::new();
                 other.write_crdb_json(sql, &mut s);
@@ -284,21 +383,28 @@ impl Datum {
             (Datum::Bool(b), _) => Value::Bool(*b),
             (Datum::Int(i), _) => json!(i),
             (Datum::Float(f), _) => crate::canonical::float_json(*f),
-            (Datum::Decimal(d), ColumnType::Decimal(p, s)) => {
-                Value::String(values::format_decimal(values::parse_decimal(d, *p, *s).expect("decimal fits"), *s))
-            }
+            (Datum::Decimal(d), ColumnType::Decimal(p, s)) => Value::String(
+                values::format_decimal(values::parse_decimal(d, *p, *s).expect("decimal fits"), *s),
+            ),
             (Datum::Decimal(d), _) => Value::String(d.clone()),
             (Datum::Text(s), _) | (Datum::Json(s), _) => Value::String(s.clone()),
             (Datum::Bytes(b), _) => Value::String(format_bytes_hex(b)),
             (Datum::Uuid(u), _) => Value::String(format_uuid(u)),
             (Datum::Date(d), _) => Value::String(format_date(*d)),
             (Datum::Time(t), _) => Value::String(format_time_micros(*t)),
-            (Datum::Timestamp(ts), ColumnType::TimestampTz) => Value::String(crate::canonical::timestamp(*ts, true)),
+            (Datum::Timestamp(ts), ColumnType::TimestampTz) => {
+                Value::String(crate::canonical::timestamp(*ts, true))
+            }
             (Datum::Timestamp(ts), _) => Value::String(crate::canonical::timestamp(*ts, false)),
             (Datum::Array(items), ColumnType::List(item)) => {
                 Value::Array(items.iter().map(|d| d.canonical_json(item)).collect())
             }
-            (Datum::Array(items), _) => Value::Array(items.iter().map(|d| d.canonical_json(&ColumnType::Text)).collect()),
+            (Datum::Array(items), _) => Value::Array(
+                items
+                    .iter()
+                    .map(|d| d.canonical_json(&ColumnType::Text))
+                    .collect(),
+            ),
         }
     }
 }

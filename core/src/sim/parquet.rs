@@ -5,8 +5,14 @@
 
 use std::sync::Arc;
 
-use parquet::basic::{Compression as PqCompression, GzipLevel, LogicalType, Repetition, TimeUnit, Type as PhysicalType, ZstdLevel};
-use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, FixedLenByteArray, FixedLenByteArrayType, FloatType, Int32Type, Int64Type};
+use parquet::basic::{
+    Compression as PqCompression, GzipLevel, LogicalType, Repetition, TimeUnit,
+    Type as PhysicalType, ZstdLevel,
+};
+use parquet::data_type::{
+    BoolType, ByteArray, ByteArrayType, DoubleType, FixedLenByteArray, FixedLenByteArrayType,
+    FloatType, Int32Type, Int64Type,
+};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::{Type, TypePtr};
@@ -23,7 +29,11 @@ fn leaf(name: &str, sql: &SqlType, repetition: Repetition) -> parquet::errors::R
     let (physical, logical, length) = match sql {
         SqlType::Bool => (PhysicalType::BOOLEAN, None, -1),
         SqlType::Int2 | SqlType::Int4 | SqlType::Oid => (PhysicalType::INT32, None, -1),
-        SqlType::Int8 => (PhysicalType::INT64, Some(LogicalType::integer(64, true)), -1),
+        SqlType::Int8 => (
+            PhysicalType::INT64,
+            Some(LogicalType::integer(64, true)),
+            -1,
+        ),
         SqlType::Float4 => (PhysicalType::FLOAT, None, -1),
         SqlType::Float8 => (PhysicalType::DOUBLE, None, -1),
         SqlType::Decimal { precision, scale } => {
@@ -41,9 +51,17 @@ fn leaf(name: &str, sql: &SqlType, repetition: Repetition) -> parquet::errors::R
             return Ok(Arc::new(t));
         }
         SqlType::Enum => (PhysicalType::BYTE_ARRAY, Some(LogicalType::Enum), -1),
-        SqlType::Uuid => (PhysicalType::FIXED_LEN_BYTE_ARRAY, Some(LogicalType::Uuid), 16),
+        SqlType::Uuid => (
+            PhysicalType::FIXED_LEN_BYTE_ARRAY,
+            Some(LogicalType::Uuid),
+            16,
+        ),
         SqlType::Bytes | SqlType::Bit => (PhysicalType::BYTE_ARRAY, None, -1),
-        SqlType::Time => (PhysicalType::INT64, Some(LogicalType::time(true, TimeUnit::MICROS)), -1),
+        SqlType::Time => (
+            PhysicalType::INT64,
+            Some(LogicalType::time(true, TimeUnit::MICROS)),
+            -1,
+        ),
         SqlType::Jsonb => (PhysicalType::BYTE_ARRAY, Some(LogicalType::Json), -1),
         SqlType::String
         | SqlType::Date
@@ -54,7 +72,10 @@ fn leaf(name: &str, sql: &SqlType, repetition: Repetition) -> parquet::errors::R
         | SqlType::TimeTz => (PhysicalType::BYTE_ARRAY, Some(LogicalType::String), -1),
         SqlType::Array(item) => {
             let element = leaf("element", item, Repetition::OPTIONAL)?;
-            let list = Type::group_type_builder("list").with_repetition(Repetition::REPEATED).with_fields(vec![element]).build()?;
+            let list = Type::group_type_builder("list")
+                .with_repetition(Repetition::REPEATED)
+                .with_fields(vec![element])
+                .build()?;
             let group = Type::group_type_builder(name)
                 .with_repetition(repetition)
                 .with_logical_type(Some(LogicalType::List))
@@ -63,7 +84,9 @@ fn leaf(name: &str, sql: &SqlType, repetition: Repetition) -> parquet::errors::R
             return Ok(Arc::new(group));
         }
     };
-    let mut b = Type::primitive_type_builder(name, physical).with_repetition(repetition).with_logical_type(logical);
+    let mut b = Type::primitive_type_builder(name, physical)
+        .with_repetition(repetition)
+        .with_logical_type(logical);
     if length > 0 {
         b = b.with_length(length);
     }
@@ -143,7 +166,11 @@ fn column_data(sql: &SqlType, cells: impl Iterator<Item = Datum>) -> LeafData {
                     }
                 }
             }
-            LeafData { values, def, rep: Some(rep) }
+            LeafData {
+                values,
+                def,
+                rep: Some(rep),
+            }
         }
         _ => {
             for cell in cells {
@@ -154,17 +181,30 @@ fn column_data(sql: &SqlType, cells: impl Iterator<Item = Datum>) -> LeafData {
                     push(&mut values, &cell, sql);
                 }
             }
-            LeafData { values, def, rep: None }
+            LeafData {
+                values,
+                def,
+                rep: None,
+            }
         }
     }
 }
 
 /// Encodes one Parquet data file of a topic: the key columns plus the family's columns (all
 /// columns for a table without families), then the `__crdb__` metadata columns.
-pub fn encode(table: &TableDef, columns: &[usize], messages: &[Message], opts: &SimOptions) -> parquet::errors::Result<Vec<u8>> {
+pub fn encode(
+    table: &TableDef,
+    columns: &[usize],
+    messages: &[Message],
+    opts: &SimOptions,
+) -> parquet::errors::Result<Vec<u8>> {
     let mut fields = Vec::new();
     for &c in columns {
-        fields.push(leaf(&table.columns[c].name, &table.columns[c].sql, Repetition::OPTIONAL)?);
+        fields.push(leaf(
+            &table.columns[c].name,
+            &table.columns[c].sql,
+            Repetition::OPTIONAL,
+        )?);
     }
     let text = SqlType::String;
     fields.push(leaf("__crdb__event_type", &text, Repetition::OPTIONAL)?);
@@ -172,7 +212,11 @@ pub fn encode(table: &TableDef, columns: &[usize], messages: &[Message], opts: &
     if opts.mvcc_timestamp {
         fields.push(leaf("__crdb__mvcc_timestamp", &text, Repetition::OPTIONAL)?);
     }
-    let schema = Arc::new(Type::group_type_builder("schema").with_fields(fields).build()?);
+    let schema = Arc::new(
+        Type::group_type_builder("schema")
+            .with_fields(fields)
+            .build()?,
+    );
     let compression = match opts.compression {
         Compression::None => PqCompression::UNCOMPRESSED,
         Compression::Gzip => PqCompression::GZIP(GzipLevel::default()),
@@ -186,7 +230,11 @@ pub fn encode(table: &TableDef, columns: &[usize], messages: &[Message], opts: &
     let mut writer = SerializedFileWriter::new(Vec::new(), schema, Arc::new(props))?;
 
     // The sink starts a new row group whenever ~1 MiB is buffered (format spec §4.5).
-    let row_bytes = messages.first().map(|m| m.approx_bytes()).unwrap_or(64).max(16);
+    let row_bytes = messages
+        .first()
+        .map(|m| m.approx_bytes())
+        .unwrap_or(64)
+        .max(16);
     let per_group = ((1usize << 20) / row_bytes).max(1);
     for group in messages.chunks(per_group) {
         let mut rg = writer.next_row_group()?;
@@ -194,11 +242,24 @@ pub fn encode(table: &TableDef, columns: &[usize], messages: &[Message], opts: &
             .iter()
             .map(|&c| {
                 let sql = &table.columns[c].sql;
-                let deleted_non_key = |m: &Message| m.op_is_delete() && !table.primary_key.contains(&table.columns[c].name);
-                column_data(sql, group.iter().map(|m| if deleted_non_key(m) { Datum::Null } else { m.row[c].clone() }))
+                let deleted_non_key = |m: &Message| {
+                    m.op_is_delete() && !table.primary_key.contains(&table.columns[c].name)
+                };
+                column_data(
+                    sql,
+                    group.iter().map(|m| {
+                        if deleted_non_key(m) {
+                            Datum::Null
+                        } else {
+                            m.row[c].clone()
+                        }
+                    }),
+                )
             })
             .collect();
-        let meta = |f: &dyn Fn(&Message) -> String| column_data(&text, group.iter().map(|m| Datum::Text(f(m))));
+        let meta = |f: &dyn Fn(&Message) -> String| {
+            column_data(&text, group.iter().map(|m| Datum::Text(f(m))))
+        };
         leaves.push(meta(&|m| m.op_code().to_owned()));
         leaves.push(meta(&|m| m.updated.to_string()));
         if opts.mvcc_timestamp {
@@ -214,7 +275,9 @@ pub fn encode(table: &TableDef, columns: &[usize], messages: &[Message], opts: &
                 Leaf::F32(v) => col.typed::<FloatType>().write_batch(v, def, rep)?,
                 Leaf::F64(v) => col.typed::<DoubleType>().write_batch(v, def, rep)?,
                 Leaf::Bytes(v) => col.typed::<ByteArrayType>().write_batch(v, def, rep)?,
-                Leaf::Fixed(v) => col.typed::<FixedLenByteArrayType>().write_batch(v, def, rep)?,
+                Leaf::Fixed(v) => col
+                    .typed::<FixedLenByteArrayType>()
+                    .write_batch(v, def, rep)?,
             };
             col.close()?;
         }
@@ -225,13 +288,30 @@ pub fn encode(table: &TableDef, columns: &[usize], messages: &[Message], opts: &
 
 /// A Parquet `.RESOLVED` file: one row, one `__crdb__resolved` DECIMAL-as-text column.
 pub fn encode_resolved(ts: crate::Hlc) -> parquet::errors::Result<Vec<u8>> {
-    let field = leaf("__crdb__resolved", &SqlType::Decimal { precision: None, scale: 0 }, Repetition::OPTIONAL)?;
-    let schema = Arc::new(Type::group_type_builder("schema").with_fields(vec![field]).build()?);
-    let props = WriterProperties::builder().set_created_by("cockroachdb".into()).build();
+    let field = leaf(
+        "__crdb__resolved",
+        &SqlType::Decimal {
+            precision: None,
+            scale: 0,
+        },
+        Repetition::OPTIONAL,
+    )?;
+    let schema = Arc::new(
+        Type::group_type_builder("schema")
+            .with_fields(vec![field])
+            .build()?,
+    );
+    let props = WriterProperties::builder()
+        .set_created_by("cockroachdb".into())
+        .build();
     let mut writer = SerializedFileWriter::new(Vec::new(), schema, Arc::new(props))?;
     let mut rg = writer.next_row_group()?;
     let mut col = rg.next_column()?.expect("one column");
-    col.typed::<ByteArrayType>().write_batch(&[ByteArray::from(ts.to_string().into_bytes())], Some(&[1]), None)?;
+    col.typed::<ByteArrayType>().write_batch(
+        &[ByteArray::from(ts.to_string().into_bytes())],
+        Some(&[1]),
+        None,
+    )?;
     col.close()?;
     rg.close()?;
     writer.into_inner()

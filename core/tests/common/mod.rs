@@ -20,7 +20,10 @@ pub fn simulate(opts: &SimOptions) -> Simulated {
     let mut truth = BTreeMap::new();
     sim::run(opts, &mut |dest, path, bytes| {
         match dest {
-            Destination::Changefeed => assert!(objects.insert(path.to_owned(), bytes).is_none(), "{path} written twice"),
+            Destination::Changefeed => assert!(
+                objects.insert(path.to_owned(), bytes).is_none(),
+                "{path} written twice"
+            ),
             Destination::Truth => {
                 truth.insert(path.to_owned(), bytes);
             }
@@ -30,14 +33,22 @@ pub fn simulate(opts: &SimOptions) -> Simulated {
     .unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&truth["manifest.json"]).unwrap();
     let tables = serde_json::from_value(manifest["tables"].clone()).unwrap();
-    Simulated { objects, truth, tables }
+    Simulated {
+        objects,
+        truth,
+        tables,
+    }
 }
 
 /// Decode options for a table from its definition (types from configuration, as a user would).
 pub fn options_for(def: &TableDef) -> DecodeOptions {
     DecodeOptions {
         batch_size: 1000,
-        columns: def.columns.iter().map(|c| (c.name.clone(), c.sql.column_type())).collect(),
+        columns: def
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.sql.column_type()))
+            .collect(),
         primary_key: Some(def.primary_key.clone()),
     }
 }
@@ -52,8 +63,15 @@ pub fn ordered(objects: &BTreeMap<String, Vec<u8>>) -> Vec<(ObjectName, String, 
     v
 }
 
-pub fn decode_all(name: &ObjectName, path: &str, bytes: &[u8], opts: &DecodeOptions) -> Vec<arrow_array::RecordBatch> {
-    let ObjectName::Data(d) = name else { panic!("not a data file") };
+pub fn decode_all(
+    name: &ObjectName,
+    path: &str,
+    bytes: &[u8],
+    opts: &DecodeOptions,
+) -> Vec<arrow_array::RecordBatch> {
+    let ObjectName::Data(d) = name else {
+        panic!("not a data file")
+    };
     decode::decode_bytes(d, path, bytes::Bytes::copy_from_slice(bytes), opts)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
