@@ -34,7 +34,7 @@ enum Command {
         format: FormatArg,
     },
     /// Write a deterministic simulated changefeed (and its ground truth).
-    Simulate(SimArgs),
+    Simulate(Box<SimArgs>),
     /// Read a changefeed root and summarise it.
     Inspect {
         /// Changefeed root: a folder or an Azure URL (azure://container/prefix).

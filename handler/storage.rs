@@ -94,7 +94,7 @@ impl Location {
     }
 
     /// The path relative to this location, or None for objects outside it.
-    pub fn relative<'a>(&self, path: &'a Path) -> Option<String> {
+    pub fn relative(&self, path: &Path) -> Option<String> {
         path.prefix_match(&self.prefix).map(|parts| {
             parts
                 .map(|p| p.as_ref().to_owned())

@@ -37,12 +37,12 @@ pub fn decode_resolved(
             .ok_or_else(|| invalid("no `resolved` field".into()))?;
         Hlc::parse_decimal(&s).map_err(|e| invalid(e.to_string()))?
     };
-    if let Some(name_ts) = expected {
-        if name_ts != ts {
-            return Err(invalid(format!(
-                "contains {ts} but its name says {name_ts}"
-            )));
-        }
+    if let Some(name_ts) = expected
+        && name_ts != ts
+    {
+        return Err(invalid(format!(
+            "contains {ts} but its name says {name_ts}"
+        )));
     }
     Ok(ts)
 }

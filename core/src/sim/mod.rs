@@ -775,10 +775,10 @@ impl Sim<'_> {
     }
 
     fn write_truth(&mut self) -> io::Result<()> {
-        if self.opts.truth_states == TruthStates::Last {
-            if let Some(ts) = self.summary.last_resolved {
-                self.write_states(ts)?;
-            }
+        if self.opts.truth_states == TruthStates::Last
+            && let Some(ts) = self.summary.last_resolved
+        {
+            self.write_states(ts)?;
         }
         let mut tables = Vec::new();
         for t in 0..self.tables.len() {
