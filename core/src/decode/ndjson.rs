@@ -178,28 +178,31 @@ impl<R: BufRead> NdjsonDecoder<R> {
 
     /// Learns column types from JSON values; configured types never change.
     fn learn_types(&mut self, messages: &[Message<'_>]) {
+        // Disjoint field borrows: no per-value copies of column names on this hot path.
+        let (primary_key, configured, types) = (
+            self.primary_key.as_deref(),
+            &self.configured,
+            &mut self.types,
+        );
         for m in messages {
-            let values: Vec<(String, &RawValue)> = m
+            let values = m
                 .after
                 .iter()
                 .map(|(k, v)| (k.as_ref(), *v))
-                .chain(key_columns(self.primary_key.as_deref(), m))
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
+                .chain(key_columns(primary_key, m));
             for (name, raw) in values {
-                let name = name.as_str();
-                if self.configured.contains_key(name) {
+                if configured.contains_key(name) {
                     continue;
                 }
                 let Some(seen) = infer(raw.get()) else {
                     continue;
                 };
-                let new = match self.types.get(name) {
+                let new = match types.get(name) {
                     None => seen,
                     Some(cur) if accepts(cur, &seen, raw.get()) => continue,
                     Some(cur) => cur.widen(&seen),
                 };
-                self.types.insert(name.to_owned(), new);
+                types.insert(name.to_owned(), new);
             }
         }
     }
