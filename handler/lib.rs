@@ -3,6 +3,9 @@
 //! The format, planning and merge logic lives in `crdb-delta-core`; this crate holds the I/O at
 //! the edges: storage, the command line and (later) the Azure Functions custom handler.
 
+pub mod config;
+pub mod delta;
 pub mod inspect;
 pub mod simulate;
 pub mod storage;
+pub mod sync;

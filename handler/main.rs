@@ -4,7 +4,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use crdb_delta::inspect::inspect;
 use crdb_delta::simulate::simulate;
+use crdb_delta::config::Config;
 use crdb_delta::storage::Location;
+use crdb_delta::sync::{SyncOptions, sync};
+use crdb_delta_core::Hlc;
+use crdb_delta_core::changes::Mode;
 use crdb_delta_core::names::{Compression, Format, PartitionFormat};
 use crdb_delta_core::sim::{Envelope, SimOptions, TruthStates};
 use tracing_subscriber::EnvFilter;
@@ -25,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The main job on local folders: simulate a changefeed, then read and summarise it.
+    /// The main job on local folders: simulate a changefeed, then apply it to Delta tables.
     Demo {
         /// Working folder (recreated).
         #[arg(long, default_value = "demo")]
@@ -35,6 +39,8 @@ enum Command {
     },
     /// Write a deterministic simulated changefeed (and its ground truth).
     Simulate(Box<SimArgs>),
+    /// Apply a changefeed root to Delta tables, up to its newest RESOLVED, exactly once.
+    Sync(Box<SyncArgs>),
     /// Read a changefeed root and summarise it.
     Inspect {
         /// Changefeed root: a folder or an Azure URL (azure://container/prefix).
@@ -46,6 +52,74 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Parser)]
+struct SyncArgs {
+    /// Changefeed root: a folder or an Azure URL (azure://container/prefix).
+    #[arg(long)]
+    source: String,
+    /// Target root: a folder or an Azure URL; each table goes to `<target>/<table>`.
+    #[arg(long)]
+    target: String,
+    /// update_delete, append_only or scd2 (default update_delete; the config may set it per table).
+    #[arg(long)]
+    mode: Option<Mode>,
+    /// JSON configuration (tables' targets, keys, SQL types, modes).
+    #[arg(long)]
+    config: Option<String>,
+    /// Take keys and exact SQL types from a simulator manifest (`<truth>/manifest.json`).
+    #[arg(long)]
+    manifest: Option<String>,
+    /// Input bytes per commit: a larger backlog is applied in several commits.
+    #[arg(long)]
+    max_window_bytes: Option<u64>,
+    #[arg(long, default_value_t = 8192)]
+    batch_size: usize,
+    /// Target Parquet file size written, bytes.
+    #[arg(long)]
+    target_file_size: Option<u64>,
+    /// Apply at most up to this RESOLVED (`<wall>.<logical>`).
+    #[arg(long)]
+    until: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl SyncArgs {
+    fn options(&self) -> Result<SyncOptions> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(m) = &self.manifest {
+            let text = std::fs::read_to_string(m).with_context(|| format!("reading {m}"))?;
+            let from = Config::from_manifest(&serde_json::from_str(&text)?);
+            for (t, c) in from.tables {
+                config.tables.entry(t).or_insert(c);
+            }
+        }
+        let d = SyncOptions::default();
+        Ok(SyncOptions {
+            mode: self.mode,
+            max_window_bytes: self
+                .max_window_bytes
+                .or(config.max_window_bytes)
+                .unwrap_or(d.max_window_bytes),
+            target_file_size: self
+                .target_file_size
+                .or(config.target_file_size)
+                .unwrap_or(d.target_file_size),
+            batch_size: self.batch_size,
+            until: self
+                .until
+                .as_deref()
+                .map(Hlc::parse_decimal)
+                .transpose()?,
+            config,
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -230,6 +304,19 @@ async fn main() -> Result<()> {
                 );
             }
         }
+        Command::Sync(args) => {
+            let opts = args.options()?;
+            let source = Location::open(&args.source)?;
+            let target = Location::open(&args.target)?;
+            let report = sync(&source, &target, &opts)
+                .await
+                .with_context(|| format!("syncing {} into {}", args.source, args.target))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
         Command::Inspect {
             source,
             batch_size,
@@ -265,8 +352,24 @@ async fn main() -> Result<()> {
                 "simulated {} messages into {out} (ground truth in {dir}/truth)",
                 sim.messages
             );
-            let summary = inspect(&Location::open(&out)?, 8192).await?;
-            print!("{}", summary.render());
+            let target = format!("{dir}/delta");
+            let args = SyncArgs::parse_from([
+                "sync",
+                "--source",
+                &out,
+                "--target",
+                &target,
+                "--manifest",
+                &format!("{dir}/truth/manifest.json"),
+            ]);
+            let report = sync(
+                &Location::open(&out)?,
+                &Location::open(&target)?,
+                &args.options()?,
+            )
+            .await?;
+            print!("{}", report.render());
+            println!("Delta tables in {target}; per-RESOLVED versions in {target}/_crdb_delta_resolved");
         }
     }
     Ok(())

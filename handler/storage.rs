@@ -27,6 +27,11 @@ pub struct Location {
     pub prefix: Path,
     /// For messages: the location as given (URLs never carry keys here).
     pub display: String,
+    /// The same store seen from its root, and the URL of this location in it: what delta-rs
+    /// needs to open a table here through our client (`file:///abs/path` or
+    /// `az://container/prefix`).
+    pub root: Arc<dyn ObjectStore>,
+    pub url: url::Url,
 }
 
 impl std::fmt::Debug for Location {
@@ -63,11 +68,26 @@ impl Location {
             if url.scheme() == "https" && !segments.is_empty() {
                 segments.remove(0); // the container
             }
+            let container = match url.scheme() {
+                "https" => url
+                    .path_segments()
+                    .and_then(|mut s| s.next())
+                    .unwrap_or_default()
+                    .to_owned(),
+                // abfss://container@account.dfs.core.windows.net/..., az://container/...
+                _ if !url.username().is_empty() => url.username().to_owned(),
+                _ => url.host_str().unwrap_or_default().to_owned(),
+            };
             let prefix = Path::parse(segments.join("/")).map_err(|e| bad(e.to_string()))?;
+            let delta_url = url::Url::parse(&format!("az://{container}/{prefix}"))
+                .map_err(|e| bad(e.to_string()))?;
+            let store: Arc<dyn ObjectStore> = Arc::new(store);
             return Ok(Self {
-                store: Arc::new(store),
+                store: store.clone(),
                 prefix,
                 display: location.to_owned(),
+                root: store,
+                url: delta_url,
             });
         }
         if location.contains("://") {
@@ -76,11 +96,16 @@ impl Location {
             ));
         }
         std::fs::create_dir_all(location).map_err(|e| bad(e.to_string()))?;
-        let fs = LocalFileSystem::new_with_prefix(location).map_err(|e| bad(e.to_string()))?;
+        let abs = std::fs::canonicalize(location).map_err(|e| bad(e.to_string()))?;
+        let fs = LocalFileSystem::new_with_prefix(&abs).map_err(|e| bad(e.to_string()))?;
+        let url = url::Url::from_directory_path(&abs)
+            .map_err(|()| bad("not an absolute folder".into()))?;
         Ok(Self {
             store: Arc::new(fs),
             prefix: Path::default(),
             display: location.to_owned(),
+            root: Arc::new(LocalFileSystem::new()),
+            url,
         })
     }
 
@@ -100,6 +125,21 @@ impl Location {
                 .map(|p| p.as_ref().to_owned())
                 .collect::<Vec<_>>()
                 .join("/")
+        })
+    }
+}
+
+impl Location {
+    /// The URL of a folder below this location (for delta-rs), e.g. a table's root.
+    pub fn child_url(&self, relative: &str) -> Result<url::Url, StorageError> {
+        let mut base = self.url.as_str().trim_end_matches('/').to_owned();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            base.push('/');
+            base.push_str(part);
+        }
+        url::Url::parse(&base).map_err(|e| StorageError::Location {
+            location: format!("{}/{relative}", self.display),
+            message: e.to_string(),
         })
     }
 }

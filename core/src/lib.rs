@@ -6,11 +6,15 @@
 
 pub mod batch;
 pub mod canonical;
+pub mod changes;
 pub mod column;
 pub mod decode;
+pub mod events;
 pub mod hlc;
+pub mod host;
 pub mod keys;
 pub mod names;
+pub mod plan;
 pub mod sim;
 pub mod types;
 pub mod values;

@@ -1,0 +1,1159 @@
+//! From a window of change rows to what a Delta table mode writes.
+//!
+//! A [`Window`] collects every change row of one table with `lo < updated ≤ hi` (one RESOLVED
+//! step). [`Window::finish`] merges the column-family fragments of one (key, HLC) into one change,
+//! drops duplicates and orders each key's changes by HLC. The resulting [`Changes`] then produce
+//! what the mode writes:
+//!
+//! * `append_only`: one row per change ([`Changes::append_rows`]);
+//! * `update_delete`: a copy-on-write merge with the current table: [`Changes::merge_target`] on
+//!   every target batch that may hold a changed key, then [`Changes::inserts`];
+//! * `scd2`: [`Changes::close_target`] ends the open versions of changed keys, then
+//!   [`Changes::versions`] writes one row per new version with its validity interval.
+//!
+//! Everything here is pure: batches in, batches out. Values are never copied one by one; output
+//! columns are gathered with Arrow's `interleave` from (source, row) pairs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Decimal128Type;
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_select::filter::filter_record_batch;
+use arrow_select::interleave::interleave;
+use serde_json::Value;
+
+use crate::batch::{self, Op};
+use crate::canonical;
+use crate::column;
+use crate::hlc::Hlc;
+use crate::types::ColumnType;
+
+/// How change events become Delta rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// SCD type 1: one row per key with its current state; deletes remove the row.
+    UpdateDelete,
+    /// Every distinct change as a row: the full history.
+    AppendOnly,
+    /// SCD type 2: one row per version with its validity interval.
+    Scd2,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "update_delete" => Ok(Self::UpdateDelete),
+            "append_only" => Ok(Self::AppendOnly),
+            "scd2" => Ok(Self::Scd2),
+            other => Err(format!(
+                "unknown mode `{other}` (update_delete, append_only, scd2)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::UpdateDelete => "update_delete",
+            Self::AppendOnly => "append_only",
+            Self::Scd2 => "scd2",
+        })
+    }
+}
+
+/// The HLC of the change that produced the row, as CockroachDB prints it (`<wall>.<logical>`).
+pub const HLC: &str = "__crdb_hlc";
+/// The change's commit time (the HLC's wall time), UTC.
+pub const COMMIT_TS: &str = "__crdb_commit_ts";
+/// `c`, `u` or `d` (append_only).
+pub const OP: &str = "__crdb_op";
+/// The changefeed object the change came from (append_only).
+pub const SOURCE_FILE: &str = "__crdb_source_file";
+/// Families carried by the change, comma-separated (append_only, split tables): columns of the
+/// other families are NULL in that row because the change did not touch them.
+pub const FAMILIES: &str = "__crdb_families";
+/// Validity interval of an SCD2 version: HLCs and their wall times; the end is NULL while the
+/// version is current.
+pub const START_HLC: &str = "__crdb_start_hlc";
+pub const END_HLC: &str = "__crdb_end_hlc";
+pub const START_AT: &str = "__crdb_start_at";
+pub const END_AT: &str = "__crdb_end_at";
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")))
+}
+
+/// The mode's metadata fields, appended after the data columns.
+pub fn meta_fields(mode: Mode, split_families: bool) -> Vec<Field> {
+    match mode {
+        Mode::UpdateDelete => vec![
+            Field::new(HLC, DataType::Utf8, true),
+            Field::new(COMMIT_TS, ts_type(), true),
+        ],
+        Mode::AppendOnly => {
+            let mut f = vec![
+                Field::new(OP, DataType::Utf8, true),
+                Field::new(HLC, DataType::Utf8, true),
+                Field::new(COMMIT_TS, ts_type(), true),
+                Field::new(SOURCE_FILE, DataType::Utf8, true),
+            ];
+            if split_families {
+                f.push(Field::new(FAMILIES, DataType::Utf8, true));
+            }
+            f
+        }
+        Mode::Scd2 => vec![
+            Field::new(START_HLC, DataType::Utf8, true),
+            Field::new(END_HLC, DataType::Utf8, true),
+            Field::new(START_AT, ts_type(), true),
+            Field::new(END_AT, ts_type(), true),
+        ],
+    }
+}
+
+/// Why a window could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{file}: row {row}: primary-key column `{column}` is missing or NULL")]
+    MissingKey {
+        file: String,
+        row: usize,
+        column: String,
+    },
+    #[error(
+        "{file}: column `{column}`, row {row}: {message} (the Delta table's column type cannot change; configure the column's SQL type or recreate the table)"
+    )]
+    Convert {
+        file: String,
+        column: String,
+        row: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+/// The data layout of one Delta table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// Data columns in Delta order (key columns included).
+    pub columns: Vec<(String, ColumnType)>,
+    /// Primary-key columns in index order.
+    pub key: Vec<String>,
+    /// Whether the changefeed splits column families (`table+family` topics).
+    pub split_families: bool,
+    /// Column family → its non-key data columns, learnt from the files.
+    pub families: BTreeMap<String, Vec<String>>,
+    /// The family whose delete deletes the row (CockroachDB's family 0 always has a KV); when
+    /// unknown, a row is deleted only when every known family reports a delete.
+    pub primary_family: Option<String>,
+}
+
+impl Layout {
+    pub fn new(key: Vec<String>, split_families: bool) -> Self {
+        Self {
+            columns: Vec::new(),
+            key,
+            split_families,
+            families: BTreeMap::new(),
+            primary_family: None,
+        }
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|(n, _)| n == name)
+    }
+
+    pub fn data_fields(&self) -> Vec<Field> {
+        self.columns
+            .iter()
+            .map(|(n, t)| Field::new(n, t.arrow_type(), !self.key.contains(n)))
+            .collect()
+    }
+
+    /// The Delta table's Arrow schema under `mode`.
+    pub fn output_schema(&self, mode: Mode) -> SchemaRef {
+        let mut f = self.data_fields();
+        f.extend(meta_fields(mode, self.split_families));
+        Arc::new(Schema::new(f))
+    }
+}
+
+/// One decoded batch kept for the window, with its columns aligned to the layout.
+struct Stored {
+    batch: RecordBatch,
+    file: Arc<str>,
+    /// Layout column → batch column.
+    cols: Vec<Option<usize>>,
+    /// Layout columns finally cast to the layout type (filled by `finish`).
+    arrays: Vec<Option<ArrayRef>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frag {
+    key: u32,
+    updated: i128,
+    family: u16,
+    op: Op,
+    batch: u32,
+    row: u32,
+}
+
+/// Rows of one table with `lo < updated ≤ hi`, gathered file by file.
+pub struct Window {
+    layout: Layout,
+    /// Columns `[0, fixed)` exist in the Delta table: their types cannot change.
+    fixed: usize,
+    lo: Option<Hlc>,
+    hi: Hlc,
+    family_names: Vec<String>,
+    stored: Vec<Stored>,
+    frags: Vec<Frag>,
+    keys: HashMap<String, u32>,
+    key_texts: Vec<String>,
+    rows_read: u64,
+}
+
+/// What a pushed batch held relative to the window.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Rows inside the window.
+    pub taken: usize,
+    /// Rows newer than the window: their file must be read again for a later RESOLVED.
+    pub later: usize,
+}
+
+impl Window {
+    /// A window over `(lo, hi]` for a table whose existing columns are `layout.columns`.
+    pub fn new(layout: Layout, lo: Option<Hlc>, hi: Hlc) -> Self {
+        let fixed = layout.columns.len();
+        let mut family_names: Vec<String> = layout.families.keys().cloned().collect();
+        if family_names.is_empty() {
+            family_names.push(String::new());
+        }
+        Self {
+            layout,
+            fixed,
+            lo,
+            hi,
+            family_names,
+            stored: Vec::new(),
+            frags: Vec::new(),
+            keys: HashMap::new(),
+            key_texts: Vec::new(),
+            rows_read: 0,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read
+    }
+
+    fn family_id(&mut self, family: &str) -> u16 {
+        match self.family_names.iter().position(|f| f == family) {
+            Some(i) => i as u16,
+            None => {
+                self.family_names.push(family.to_owned());
+                (self.family_names.len() - 1) as u16
+            }
+        }
+    }
+
+    /// Adds a change batch (canonical layout, see [`crate::batch`]) of `family` (`None` for a
+    /// table without split families) read from `file`.
+    pub fn push(
+        &mut self,
+        batch: RecordBatch,
+        family: Option<&str>,
+        file: &str,
+    ) -> Result<PushOutcome, ChangeError> {
+        self.rows_read += batch.num_rows() as u64;
+        let invalid = |message: String| ChangeError::Invalid {
+            file: file.to_owned(),
+            message,
+        };
+        let updated = batch
+            .column_by_name(batch::UPDATED)
+            .ok_or_else(|| invalid("no `updated` column".into()))?
+            .as_primitive_opt::<Decimal128Type>()
+            .ok_or_else(|| invalid("`updated` is not a decimal".into()))?
+            .clone();
+        let lo = self.lo.map(Hlc::to_decimal_i128);
+        let hi = self.hi.to_decimal_i128();
+        let mut out = PushOutcome::default();
+        let mask: BooleanArray = updated
+            .iter()
+            .map(|u| {
+                let u = u.unwrap_or(i128::MIN);
+                if u > hi {
+                    out.later += 1;
+                }
+                Some(lo.is_none_or(|lo| u > lo) && u <= hi)
+            })
+            .collect();
+        out.taken = mask.true_count();
+        if out.taken == 0 {
+            return Ok(out);
+        }
+        let batch = if out.taken == batch.num_rows() {
+            batch
+        } else {
+            filter_record_batch(&batch, &mask)?
+        };
+
+        let fam_name = family.unwrap_or("");
+        let family = self.family_id(fam_name);
+        let schema = batch.schema();
+        // Learn the columns: new ones are appended; types of existing Delta columns are fixed.
+        for field in schema.fields() {
+            let name = field.name();
+            if batch::is_meta(name) {
+                continue;
+            }
+            let Some(ty) = ColumnType::from_arrow(field.data_type()) else {
+                return Err(invalid(format!(
+                    "column `{name}` has unsupported type {}",
+                    field.data_type()
+                )));
+            };
+            match self.layout.index_of(name) {
+                None => self.layout.columns.push((name.clone(), ty)),
+                Some(i) if self.layout.columns[i].1.arrow_type() != ty.arrow_type() => {
+                    // Columns the Delta table has keep their type: `finish` converts the values
+                    // (and names the file and row when one does not fit). New columns widen.
+                    if i >= self.fixed {
+                        let w = self.layout.columns[i].1.widen(&ty);
+                        self.layout.columns[i].1 = w;
+                    }
+                }
+                Some(_) => {}
+            }
+            if !self.layout.key.contains(name) {
+                let cols = self.layout.families.entry(fam_name.to_owned()).or_default();
+                if !cols.contains(name) {
+                    cols.push(name.clone());
+                }
+            }
+        }
+        let cols: Vec<Option<usize>> = self
+            .layout
+            .columns
+            .iter()
+            .map(|(n, _)| schema.index_of(n).ok())
+            .collect();
+        let key_cols: Vec<usize> = self
+            .layout
+            .key
+            .iter()
+            .map(|k| {
+                schema.index_of(k).map_err(|_| ChangeError::MissingKey {
+                    file: file.to_owned(),
+                    row: 0,
+                    column: k.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let ops = batch
+            .column_by_name(batch::OP)
+            .ok_or_else(|| invalid("no operation column".into()))?
+            .as_string::<i32>()
+            .clone();
+        let updated = batch
+            .column_by_name(batch::UPDATED)
+            .expect("checked above")
+            .as_primitive::<Decimal128Type>()
+            .clone();
+        let rows_col = batch.column_by_name(batch::SOURCE_ROW).and_then(|c| {
+            c.as_primitive_opt::<arrow_array::types::Int64Type>()
+                .cloned()
+        });
+        let batch_id = self.stored.len() as u32;
+        for row in 0..batch.num_rows() {
+            let file_row = rows_col.as_ref().map_or(row, |r| r.value(row) as usize);
+            let key = key_text(&batch, &key_cols, row).map_err(|i| ChangeError::MissingKey {
+                file: file.to_owned(),
+                row: file_row,
+                column: self.layout.key[i].clone(),
+            })?;
+            let next = self.key_texts.len() as u32;
+            let id = *self.keys.entry(key).or_insert_with_key(|k| {
+                self.key_texts.push(k.clone());
+                next
+            });
+            let op = Op::from_code(ops.value(row)).ok_or_else(|| {
+                invalid(format!(
+                    "row {file_row}: unknown operation `{}`",
+                    ops.value(row)
+                ))
+            })?;
+            self.frags.push(Frag {
+                key: id,
+                updated: updated.value(row),
+                family,
+                op,
+                batch: batch_id,
+                row: row as u32,
+            });
+        }
+        self.stored.push(Stored {
+            batch,
+            file: Arc::from(file),
+            cols,
+            arrays: Vec::new(),
+        });
+        Ok(out)
+    }
+
+    /// Merges fragments into changes: per key, in HLC order, duplicates dropped.
+    pub fn finish(mut self) -> Result<Changes, ChangeError> {
+        // Align every stored batch with the final layout (types may have widened).
+        for s in &mut self.stored {
+            let mut arrays = Vec::with_capacity(self.layout.columns.len());
+            for (i, (name, ty)) in self.layout.columns.iter().enumerate() {
+                let Some(c) = s.cols.get(i).copied().flatten() else {
+                    arrays.push(None);
+                    continue;
+                };
+                let a = s.batch.column(c);
+                let a = if a.data_type() == &ty.arrow_type() {
+                    a.clone()
+                } else {
+                    column::convert(a, ty).map_err(|(row, e)| ChangeError::Convert {
+                        file: s.file.to_string(),
+                        column: name.clone(),
+                        row: row + 1,
+                        message: e.to_string(),
+                    })?
+                };
+                arrays.push(Some(a));
+            }
+            s.arrays = arrays;
+        }
+        let key_texts = &self.key_texts;
+        self.frags.sort_by(|a, b| {
+            (
+                key_texts[a.key as usize].as_str(),
+                a.updated,
+                a.family,
+                a.batch,
+                a.row,
+            )
+                .cmp(&(
+                    key_texts[b.key as usize].as_str(),
+                    b.updated,
+                    b.family,
+                    b.batch,
+                    b.row,
+                ))
+        });
+        let before = self.frags.len();
+        self.frags
+            .dedup_by(|b, a| a.key == b.key && a.updated == b.updated && a.family == b.family);
+        let duplicates = before - self.frags.len();
+
+        let mut changes = Vec::new();
+        let mut i = 0;
+        while i < self.frags.len() {
+            let mut j = i + 1;
+            while j < self.frags.len()
+                && self.frags[j].key == self.frags[i].key
+                && self.frags[j].updated == self.frags[i].updated
+            {
+                j += 1;
+            }
+            changes.push(Change {
+                key: self.frags[i].key,
+                updated: self.frags[i].updated,
+                parts: i as u32..j as u32,
+            });
+            i = j;
+        }
+        let primary = self
+            .layout
+            .primary_family
+            .as_ref()
+            .and_then(|p| self.family_names.iter().position(|f| f == p))
+            .map(|p| p as u16);
+        let families_known: Vec<u16> = self
+            .layout
+            .families
+            .keys()
+            .filter_map(|f| self.family_names.iter().position(|n| n == f))
+            .map(|p| p as u16)
+            .collect();
+        let null_arrays = self
+            .layout
+            .columns
+            .iter()
+            .map(|(_, t)| new_null_array(&t.arrow_type(), 1))
+            .collect();
+        let key_cols = self
+            .layout
+            .key
+            .iter()
+            .map(|k| {
+                self.layout
+                    .index_of(k)
+                    .expect("key columns are data columns")
+            })
+            .collect();
+        let family_cols = self
+            .family_names
+            .iter()
+            .map(|f| {
+                let names: Vec<&String> = match self.layout.families.get(f) {
+                    Some(cols) if self.layout.split_families => cols.iter().collect(),
+                    // Without split families every non-key column belongs to the one family.
+                    _ => self
+                        .layout
+                        .columns
+                        .iter()
+                        .map(|(n, _)| n)
+                        .filter(|n| !self.layout.key.contains(n))
+                        .collect(),
+                };
+                names
+                    .into_iter()
+                    .filter_map(|n| self.layout.index_of(n))
+                    .collect()
+            })
+            .collect();
+        Ok(Changes {
+            layout: self.layout,
+            family_names: self.family_names,
+            family_cols,
+            key_cols,
+            stored: self.stored,
+            frags: self.frags,
+            changes,
+            keys: self.keys,
+            key_texts: self.key_texts,
+            primary,
+            families_known,
+            null_arrays,
+            duplicates,
+            rows_read: self.rows_read,
+            finals: HashMap::new(),
+            matched: Vec::new(),
+            bases: Vec::new(),
+            base_of: HashMap::new(),
+            counts: Counts::default(),
+        })
+    }
+}
+
+/// The canonical key text of a row (JSON array of the key values), or the index of a missing
+/// key column.
+fn key_text(batch: &RecordBatch, key_cols: &[usize], row: usize) -> Result<String, usize> {
+    let mut values = Vec::with_capacity(key_cols.len());
+    for (i, &c) in key_cols.iter().enumerate() {
+        let a = batch.column(c);
+        if a.is_null(row) {
+            return Err(i);
+        }
+        values.push(canonical::value(a.as_ref(), row));
+    }
+    Ok(Value::Array(values).to_string())
+}
+
+/// One change: the fragments of one (key, HLC).
+#[derive(Debug, Clone)]
+struct Change {
+    key: u32,
+    updated: i128,
+    parts: std::ops::Range<u32>,
+}
+
+/// Where an output value comes from: `(source, row)` for `interleave`. Source 0 is a one-row
+/// NULL array, `1 + i` is stored batch `i`, higher sources are target or base batches.
+type Slot = (usize, usize);
+const NULL: Slot = (0, 0);
+
+/// The net effect of a window on one key (update_delete).
+#[derive(Debug, Clone)]
+enum Final {
+    Delete,
+    /// Column → new value; `None` keeps the table's current value.
+    Image {
+        image: Vec<Option<Slot>>,
+        updated: i128,
+    },
+}
+
+/// Rows written, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+/// The merged changes of a window, ready to be written in one of the modes.
+pub struct Changes {
+    layout: Layout,
+    family_names: Vec<String>,
+    /// Family id → layout columns it sets.
+    family_cols: Vec<Vec<usize>>,
+    key_cols: Vec<usize>,
+    stored: Vec<Stored>,
+    frags: Vec<Frag>,
+    changes: Vec<Change>,
+    keys: HashMap<String, u32>,
+    key_texts: Vec<String>,
+    primary: Option<u16>,
+    families_known: Vec<u16>,
+    null_arrays: Vec<ArrayRef>,
+    duplicates: usize,
+    rows_read: u64,
+    finals: HashMap<u32, Final>,
+    matched: Vec<bool>,
+    bases: Vec<RecordBatch>,
+    /// Key → (base batch, row): the version that was open in the table (scd2).
+    base_of: HashMap<u32, (usize, usize)>,
+    counts: Counts,
+}
+
+impl Changes {
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Distinct changes (after merging families and dropping duplicates).
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Fragments dropped as duplicates of an identical (key, HLC, family).
+    pub fn duplicates(&self) -> usize {
+        self.duplicates
+    }
+
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    fn parts(&self, c: &Change) -> &[Frag] {
+        &self.frags[c.parts.start as usize..c.parts.end as usize]
+    }
+
+    fn is_row_delete(&self, c: &Change) -> bool {
+        let parts = self.parts(c);
+        if !self.layout.split_families {
+            return parts[0].op == Op::Delete;
+        }
+        if let Some(p) = self.primary {
+            return parts.iter().any(|f| f.family == p && f.op == Op::Delete);
+        }
+        parts.iter().all(|f| f.op == Op::Delete)
+            && self
+                .families_known
+                .iter()
+                .all(|k| parts.iter().any(|f| f.family == *k))
+    }
+
+    /// Sets the columns the change carries: its families' columns (NULL for a family-level
+    /// delete or a column the file no longer has) and the key.
+    fn apply(&self, c: &Change, image: &mut [Option<Slot>]) {
+        let parts = self.parts(c);
+        for f in parts {
+            let s = &self.stored[f.batch as usize];
+            for &col in &self.family_cols[f.family as usize] {
+                image[col] = Some(match (&s.arrays[col], f.op) {
+                    (Some(_), Op::Create | Op::Update) => (1 + f.batch as usize, f.row as usize),
+                    _ => NULL,
+                });
+            }
+        }
+        let f = parts[0];
+        for &col in &self.key_cols {
+            image[col] = Some((1 + f.batch as usize, f.row as usize));
+        }
+    }
+
+    fn ranges_by_key(&self) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.changes.len() {
+            let mut j = i + 1;
+            while j < self.changes.len() && self.changes[j].key == self.changes[i].key {
+                j += 1;
+            }
+            out.push(i..j);
+            i = j;
+        }
+        out
+    }
+
+    /// Gathers data columns for `rows` (one slot per column per row) from the stored batches and
+    /// `extra` sources (target or base batches whose columns follow the layout by name).
+    fn gather(
+        &self,
+        rows: &[Vec<Slot>],
+        extra: &[&RecordBatch],
+    ) -> Result<Vec<ArrayRef>, ChangeError> {
+        let mut out = Vec::with_capacity(self.layout.columns.len());
+        for (c, (name, ty)) in self.layout.columns.iter().enumerate() {
+            let null = &self.null_arrays[c];
+            let mut sources: Vec<&dyn Array> = Vec::with_capacity(1 + self.stored.len());
+            sources.push(null.as_ref());
+            for s in &self.stored {
+                sources.push(s.arrays[c].as_deref().unwrap_or(null.as_ref()));
+            }
+            let mut casted: Vec<ArrayRef> = Vec::new();
+            for b in extra {
+                match b.column_by_name(name) {
+                    Some(a) if a.data_type() == &ty.arrow_type() => casted.push(a.clone()),
+                    Some(a) => casted.push(arrow_cast::cast(a, &ty.arrow_type())?),
+                    None => casted.push(new_null_array(&ty.arrow_type(), b.num_rows())),
+                }
+            }
+            for a in &casted {
+                sources.push(a.as_ref());
+            }
+            let idx: Vec<Slot> = rows.iter().map(|r| r[c]).collect();
+            out.push(interleave(&sources, &idx)?);
+        }
+        Ok(out)
+    }
+
+    fn op_code(&self, c: &Change) -> &'static str {
+        if self.is_row_delete(c) {
+            return "d";
+        }
+        let parts = self.parts(c);
+        parts
+            .iter()
+            .find(|f| f.op != Op::Delete)
+            .map_or("u", |f| f.op.code())
+    }
+
+    /// append_only: one row per change, at most `batch_rows` rows per batch.
+    pub fn append_rows(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>, ChangeError> {
+        let schema = self.layout.output_schema(Mode::AppendOnly);
+        let mut out = Vec::new();
+        let mut order: Vec<usize> = (0..self.changes.len()).collect();
+        // History reads naturally in commit order.
+        order.sort_by_key(|&i| (self.changes[i].updated, self.changes[i].key));
+        for chunk in order.chunks(batch_rows.max(1)) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            let mut op = StringBuilder::new();
+            let mut hlc = StringBuilder::new();
+            let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+            let mut file = StringBuilder::new();
+            let mut fams = StringBuilder::new();
+            for &i in chunk {
+                let c = &self.changes[i];
+                let mut image = vec![Some(NULL); self.layout.columns.len()];
+                if self.is_row_delete(c) {
+                    // A delete carries the key only.
+                    let f = self.parts(c)[0];
+                    for &col in &self.key_cols {
+                        image[col] = Some((1 + f.batch as usize, f.row as usize));
+                    }
+                } else {
+                    self.apply(c, &mut image);
+                }
+                rows.push(image.into_iter().map(|s| s.unwrap_or(NULL)).collect());
+                let h = Hlc::from_decimal_i128(c.updated).unwrap_or_default();
+                op.append_value(self.op_code(c));
+                hlc.append_value(h.to_string());
+                ts.append_value(h.wall_micros());
+                let parts = self.parts(c);
+                file.append_value(&*self.stored[parts[0].batch as usize].file);
+                let names: Vec<&str> = parts
+                    .iter()
+                    .map(|f| self.family_names[f.family as usize].as_str())
+                    .collect();
+                fams.append_value(names.join(","));
+            }
+            let mut cols = self.gather(&rows, &[])?;
+            cols.push(Arc::new(op.finish()));
+            cols.push(Arc::new(hlc.finish()));
+            cols.push(Arc::new(ts.finish()));
+            cols.push(Arc::new(file.finish()));
+            if self.layout.split_families {
+                cols.push(Arc::new(fams.finish()));
+            }
+            self.counts.inserted += chunk.len() as u64;
+            out.push(RecordBatch::try_new(schema.clone(), cols)?);
+        }
+        Ok(out)
+    }
+
+    /// update_delete: computes each key's net effect (once, before the first target batch).
+    fn ensure_finals(&mut self) {
+        if !self.finals.is_empty() || self.changes.is_empty() {
+            return;
+        }
+        let ncols = self.layout.columns.len();
+        for r in self.ranges_by_key() {
+            let mut fin: Option<Final> = None;
+            for c in &self.changes[r.clone()] {
+                if self.is_row_delete(c) {
+                    fin = Some(Final::Delete);
+                    continue;
+                }
+                let mut image = match fin.take() {
+                    // Re-inserted after a delete: nothing of the old row survives.
+                    Some(Final::Delete) => vec![Some(NULL); ncols],
+                    Some(Final::Image { image, .. }) => image,
+                    None => vec![None; ncols],
+                };
+                self.apply(c, &mut image);
+                fin = Some(Final::Image {
+                    image,
+                    updated: c.updated,
+                });
+            }
+            if let Some(f) = fin {
+                self.finals.insert(self.changes[r.start].key, f);
+            }
+        }
+        self.matched = vec![false; self.key_texts.len()];
+    }
+
+    /// Keys of the window, as canonical key text (for pruning target files).
+    pub fn key_texts(&self) -> impl Iterator<Item = &str> {
+        self.key_texts.iter().map(String::as_str)
+    }
+
+    /// The first key column's values as canonical JSON, for min/max file pruning.
+    pub fn first_key_values(&self) -> Vec<Value> {
+        self.key_texts
+            .iter()
+            .filter_map(|k| match serde_json::from_str::<Value>(k) {
+                Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn target_keys(&self, target: &RecordBatch) -> Result<Vec<Option<u32>>, ChangeError> {
+        let key_cols: Vec<usize> = self
+            .layout
+            .key
+            .iter()
+            .map(|k| {
+                target
+                    .schema()
+                    .index_of(k)
+                    .map_err(|_| ChangeError::Invalid {
+                        file: "target".into(),
+                        message: format!("the Delta table has no key column `{k}`"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((0..target.num_rows())
+            .map(|r| {
+                key_text(target, &key_cols, r)
+                    .ok()
+                    .and_then(|k| self.keys.get(&k).copied())
+            })
+            .collect())
+    }
+
+    /// update_delete: the target batch with the window applied, or `None` when no row of it
+    /// changes (its file stays as is) unless `always` (another batch of its file changed, so the
+    /// file is rewritten in the current schema).
+    pub fn merge_target(
+        &mut self,
+        target: &RecordBatch,
+        always: bool,
+    ) -> Result<Option<RecordBatch>, ChangeError> {
+        self.ensure_finals();
+        let keys = self.target_keys(target)?;
+        if !always
+            && keys
+                .iter()
+                .all(|k| k.is_none_or(|k| !self.finals.contains_key(&k)))
+        {
+            return Ok(None);
+        }
+        let t = 1 + self.stored.len();
+        let mut rows = Vec::new();
+        let mut meta_rows: Vec<(usize, Option<i128>)> = Vec::new();
+        for (r, k) in keys.iter().enumerate() {
+            let fin = k.and_then(|k| self.finals.get(&k).map(|f| (k, f)));
+            match fin {
+                None => {
+                    rows.push(vec![(t, r); self.layout.columns.len()]);
+                    meta_rows.push((r, None));
+                }
+                Some((k, Final::Delete)) => {
+                    self.matched[k as usize] = true;
+                    self.counts.deleted += 1;
+                }
+                Some((k, Final::Image { image, updated })) => {
+                    self.matched[k as usize] = true;
+                    self.counts.updated += 1;
+                    rows.push(image.iter().map(|s| s.unwrap_or((t, r))).collect());
+                    meta_rows.push((r, Some(*updated)));
+                }
+            }
+        }
+        let mut cols = self.gather(&rows, &[target])?;
+        // Metadata: kept from the table for untouched rows, new for changed ones.
+        let old_hlc = target
+            .column_by_name(HLC)
+            .map(|a| a.as_string::<i32>().clone());
+        let old_ts = target.column_by_name(COMMIT_TS).and_then(|a| {
+            a.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+                .cloned()
+        });
+        let mut hlc = StringBuilder::new();
+        let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        for (r, upd) in meta_rows {
+            match upd {
+                Some(u) => {
+                    let h = Hlc::from_decimal_i128(u).unwrap_or_default();
+                    hlc.append_value(h.to_string());
+                    ts.append_value(h.wall_micros());
+                }
+                None => {
+                    hlc.append_option(
+                        old_hlc
+                            .as_ref()
+                            .and_then(|a| a.is_valid(r).then(|| a.value(r))),
+                    );
+                    ts.append_option(
+                        old_ts
+                            .as_ref()
+                            .and_then(|a| a.is_valid(r).then(|| a.value(r))),
+                    );
+                }
+            }
+        }
+        cols.push(Arc::new(hlc.finish()));
+        cols.push(Arc::new(ts.finish()));
+        Ok(Some(RecordBatch::try_new(
+            self.layout.output_schema(Mode::UpdateDelete),
+            cols,
+        )?))
+    }
+
+    /// update_delete: rows for keys the table did not have (after every target batch was merged).
+    pub fn inserts(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>, ChangeError> {
+        self.ensure_finals();
+        let mut pending: Vec<(&String, &Vec<Option<Slot>>, i128)> = self
+            .finals
+            .iter()
+            .filter(|(k, _)| !self.matched[**k as usize])
+            .filter_map(|(k, f)| match f {
+                Final::Image { image, updated } => {
+                    Some((&self.key_texts[*k as usize], image, *updated))
+                }
+                Final::Delete => None,
+            })
+            .collect();
+        pending.sort_by(|a, b| a.0.cmp(b.0));
+        let rows_all: Vec<(Vec<Slot>, i128)> = pending
+            .into_iter()
+            .map(|(_, image, u)| (image.iter().map(|s| s.unwrap_or(NULL)).collect(), u))
+            .collect();
+        let schema = self.layout.output_schema(Mode::UpdateDelete);
+        let mut out = Vec::new();
+        for chunk in rows_all.chunks(batch_rows.max(1)) {
+            let rows: Vec<Vec<Slot>> = chunk.iter().map(|(r, _)| r.clone()).collect();
+            let mut cols = self.gather(&rows, &[])?;
+            let mut hlc = StringBuilder::new();
+            let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+            for (_, u) in chunk {
+                let h = Hlc::from_decimal_i128(*u).unwrap_or_default();
+                hlc.append_value(h.to_string());
+                ts.append_value(h.wall_micros());
+            }
+            cols.push(Arc::new(hlc.finish()));
+            cols.push(Arc::new(ts.finish()));
+            self.counts.inserted += chunk.len() as u64;
+            out.push(RecordBatch::try_new(schema.clone(), cols)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether a target batch may need rewriting: some key of the window appears in it.
+    pub fn touches(&self, target: &RecordBatch) -> Result<bool, ChangeError> {
+        Ok(self.target_keys(target)?.iter().any(Option::is_some))
+    }
+
+    /// scd2: the target batch with the open versions of changed keys ended at the key's first
+    /// change, or `None` when it holds none (and not `always`). Those versions become the base
+    /// of the new ones.
+    pub fn close_target(
+        &mut self,
+        target: &RecordBatch,
+        always: bool,
+    ) -> Result<Option<RecordBatch>, ChangeError> {
+        let keys = self.target_keys(target)?;
+        let end = target
+            .column_by_name(END_HLC)
+            .map(|a| a.as_string::<i32>().clone());
+        let open = |r: usize| end.as_ref().is_none_or(|e| e.is_null(r));
+        let hits: Vec<(usize, u32)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(r, k)| k.filter(|_| open(r)).map(|k| (r, k)))
+            .collect();
+        if hits.is_empty() && !always {
+            return Ok(None);
+        }
+        let first_change: HashMap<u32, i128> = {
+            let mut m = HashMap::new();
+            for c in &self.changes {
+                m.entry(c.key).or_insert(c.updated);
+            }
+            m
+        };
+        let base_idx = self.bases.len();
+        if !hits.is_empty() {
+            let take_idx = arrow_array::UInt32Array::from(
+                hits.iter().map(|(r, _)| *r as u32).collect::<Vec<_>>(),
+            );
+            let base = arrow_select::take::take_record_batch(target, &take_idx)?;
+            self.bases.push(base);
+        }
+        let mut end_at: HashMap<usize, i128> = HashMap::new();
+        for (i, (r, k)) in hits.iter().enumerate() {
+            self.base_of.insert(*k, (base_idx, i));
+            end_at.insert(*r, first_change[k]);
+            self.counts.updated += 1;
+        }
+        let schema = self.layout.output_schema(Mode::Scd2);
+        let t = 1 + self.stored.len();
+        let rows: Vec<Vec<Slot>> = (0..target.num_rows())
+            .map(|r| vec![(t, r); self.layout.columns.len()])
+            .collect();
+        let mut cols = self.gather(&rows, &[target])?;
+        let start_hlc = target
+            .column_by_name(START_HLC)
+            .map(|a| a.as_string::<i32>().clone());
+        let start_at = target.column_by_name(START_AT).and_then(|a| {
+            a.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+                .cloned()
+        });
+        let end_at_old = target.column_by_name(END_AT).and_then(|a| {
+            a.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+                .cloned()
+        });
+        let mut sh = StringBuilder::new();
+        let mut eh = StringBuilder::new();
+        let mut sa = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let mut ea = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        for r in 0..target.num_rows() {
+            let s = |a: &Option<arrow_array::StringArray>| {
+                a.as_ref()
+                    .and_then(|a| a.is_valid(r).then(|| a.value(r).to_owned()))
+            };
+            let t = |a: &Option<arrow_array::TimestampMicrosecondArray>| {
+                a.as_ref().and_then(|a| a.is_valid(r).then(|| a.value(r)))
+            };
+            sh.append_option(s(&start_hlc));
+            sa.append_option(t(&start_at));
+            match end_at.get(&r) {
+                Some(u) => {
+                    let h = Hlc::from_decimal_i128(*u).unwrap_or_default();
+                    eh.append_value(h.to_string());
+                    ea.append_value(h.wall_micros());
+                }
+                None => {
+                    eh.append_option(s(&end));
+                    ea.append_option(t(&end_at_old));
+                }
+            }
+        }
+        cols.push(Arc::new(sh.finish()));
+        cols.push(Arc::new(eh.finish()));
+        cols.push(Arc::new(sa.finish()));
+        cols.push(Arc::new(ea.finish()));
+        Ok(Some(RecordBatch::try_new(schema, cols)?))
+    }
+
+    /// scd2: one row per new version (after every target batch was closed).
+    pub fn versions(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>, ChangeError> {
+        let ncols = self.layout.columns.len();
+        let base0 = 1 + self.stored.len();
+        // (image, start, end)
+        let mut versions: Vec<(Vec<Slot>, i128, Option<i128>)> = Vec::new();
+        for r in self.ranges_by_key() {
+            let key = self.changes[r.start].key;
+            let mut image: Option<Vec<Option<Slot>>> = self
+                .base_of
+                .get(&key)
+                .map(|&(b, row)| vec![Some((base0 + b, row)); ncols]);
+            let mut open: Option<usize> = None;
+            for c in &self.changes[r.clone()] {
+                if let Some(v) = open.take() {
+                    versions[v].2 = Some(c.updated);
+                }
+                if self.is_row_delete(c) {
+                    image = None;
+                    self.counts.deleted += 1;
+                    continue;
+                }
+                let mut img = image.take().unwrap_or_else(|| vec![Some(NULL); ncols]);
+                self.apply(c, &mut img);
+                versions.push((
+                    img.iter().map(|s| s.unwrap_or(NULL)).collect(),
+                    c.updated,
+                    None,
+                ));
+                open = Some(versions.len() - 1);
+                image = Some(img);
+            }
+        }
+        let schema = self.layout.output_schema(Mode::Scd2);
+        let bases: Vec<RecordBatch> = self.bases.clone();
+        let base_refs: Vec<&RecordBatch> = bases.iter().collect();
+        let mut out = Vec::new();
+        for chunk in versions.chunks(batch_rows.max(1)) {
+            let rows: Vec<Vec<Slot>> = chunk.iter().map(|v| v.0.clone()).collect();
+            let mut cols = self.gather(&rows, &base_refs)?;
+            let mut sh = StringBuilder::new();
+            let mut eh = StringBuilder::new();
+            let mut sa = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+            let mut ea = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+            for (_, start, end) in chunk {
+                let s = Hlc::from_decimal_i128(*start).unwrap_or_default();
+                sh.append_value(s.to_string());
+                sa.append_value(s.wall_micros());
+                match end.and_then(Hlc::from_decimal_i128) {
+                    Some(e) => {
+                        eh.append_value(e.to_string());
+                        ea.append_value(e.wall_micros());
+                    }
+                    None => {
+                        eh.append_null();
+                        ea.append_null();
+                    }
+                }
+            }
+            cols.push(Arc::new(sh.finish()));
+            cols.push(Arc::new(eh.finish()));
+            cols.push(Arc::new(sa.finish()));
+            cols.push(Arc::new(ea.finish()));
+            self.counts.inserted += chunk.len() as u64;
+            out.push(RecordBatch::try_new(schema.clone(), cols)?);
+        }
+        Ok(out)
+    }
+}

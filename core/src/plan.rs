@@ -1,0 +1,277 @@
+//! Planning: which RESOLVED to apply next and which files each table reads for it.
+//!
+//! A file named with timestamp `ts` holds rows with `updated ≥ ts` (format spec §1.5, §2.6), and
+//! every file that can hold a row `≤ R` exists once `R.RESOLVED` exists (§1.5, §2.4). So the
+//! files for a step to `R` are the table's files with `ts ≤ R` (a scan file can carry `ts == R`
+//! and sort *after* `R.RESOLVED`; comparing timestamps, not names, keeps it) that may still hold
+//! unapplied rows: `ts > applied`, or at or after the table's first file that still had rows
+//! newer than what was applied (`pending_from`). Rows are then filtered to `(applied, R]`.
+//!
+//! Progress is per table and lives in the Delta log; the plan only reads it.
+
+use std::collections::BTreeMap;
+
+use crate::hlc::Hlc;
+use crate::names::{DataFileName, ObjectName};
+
+/// One changefeed object, as listed.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub name: ObjectName,
+    /// Path relative to the changefeed root.
+    pub path: String,
+    pub size: u64,
+}
+
+/// What a table has applied, as recorded with its last commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// The RESOLVED timestamp applied last.
+    pub applied: Option<Hlc>,
+    /// Path (relative to the changefeed root) of the first file, in name order, that still held
+    /// rows newer than `applied`; `None` when every file with `ts ≤ applied` was used up.
+    pub pending_from: Option<String>,
+}
+
+/// `pending_from` value meaning "every file may still hold newer rows": used when the exact
+/// resume point is not known (our commitInfo is no longer in the log).
+pub const PENDING_ALL: &str = "*";
+
+/// One step: every table advances to `resolved`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub resolved: Hlc,
+    /// Table → indices into the object list, in name order. Tables already at or past
+    /// `resolved` are absent.
+    pub tables: BTreeMap<String, Vec<usize>>,
+    /// Bytes of all files the step reads.
+    pub bytes: u64,
+}
+
+/// The tables that appear in a listing.
+pub fn tables(objects: &[Object]) -> Vec<String> {
+    let mut t: Vec<String> = objects
+        .iter()
+        .filter_map(|o| match &o.name {
+            ObjectName::Data(d) => Some(d.topic.table().to_owned()),
+            ObjectName::Resolved(_) => None,
+        })
+        .collect();
+    t.sort();
+    t.dedup();
+    t
+}
+
+fn pending_name(p: &Progress) -> Option<ObjectName> {
+    p.pending_from
+        .as_deref()
+        .and_then(|s| ObjectName::parse_relative(s).ok())
+        .map(|(n, _)| n)
+}
+
+fn eligible(
+    d: &DataFileName,
+    name: &ObjectName,
+    p: &Progress,
+    pending: Option<&ObjectName>,
+) -> bool {
+    match p.applied {
+        None => true,
+        Some(_) if p.pending_from.as_deref() == Some(PENDING_ALL) => true,
+        Some(a) => d.ts > a || pending.is_some_and(|pn| name >= pn),
+    }
+}
+
+/// Plans the next step: the newest RESOLVED (at most `until`) whose files fit in `max_bytes`,
+/// or the oldest pending RESOLVED when even that one does not fit (a RESOLVED step cannot be
+/// split). `objects` must be sorted by name. `None` when every table is up to date.
+pub fn next_step(
+    objects: &[Object],
+    progress: &BTreeMap<String, Progress>,
+    max_bytes: u64,
+    until: Option<Hlc>,
+) -> Option<Step> {
+    let tables = tables(objects);
+    let none = Progress::default();
+    let prog = |t: &str| progress.get(t).unwrap_or(&none);
+    let min_applied = tables.iter().map(|t| prog(t).applied).min().flatten();
+    let candidates: Vec<Hlc> = objects
+        .iter()
+        .filter_map(|o| match o.name {
+            ObjectName::Resolved(r) => Some(r),
+            ObjectName::Data(_) => None,
+        })
+        .filter(|r| min_applied.is_none_or(|a| *r > a) && until.is_none_or(|u| *r <= u))
+        .collect();
+    if candidates.is_empty() || tables.is_empty() {
+        return None;
+    }
+    // Per table: eligible files as (ts, size, index).
+    let mut files: BTreeMap<&str, Vec<(Hlc, u64, usize)>> = BTreeMap::new();
+    let pendings: BTreeMap<&str, Option<ObjectName>> = tables
+        .iter()
+        .map(|t| (t.as_str(), pending_name(prog(t))))
+        .collect();
+    for (i, o) in objects.iter().enumerate() {
+        if let ObjectName::Data(d) = &o.name {
+            let t = d.topic.table();
+            let p = prog(t);
+            if eligible(d, &o.name, p, pendings[t].as_ref()) {
+                files.entry(t).or_default().push((d.ts, o.size, i));
+            }
+        }
+    }
+    let bytes_for = |r: Hlc| -> u64 {
+        tables
+            .iter()
+            .filter(|t| prog(t).applied.is_none_or(|a| a < r))
+            .map(|t| {
+                files
+                    .get(t.as_str())
+                    .map_or(0, |f| f.iter().filter(|x| x.0 <= r).map(|x| x.1).sum())
+            })
+            .sum()
+    };
+    let mut chosen = candidates[0];
+    for &r in &candidates {
+        if bytes_for(r) <= max_bytes {
+            chosen = r;
+        } else {
+            break;
+        }
+    }
+    let mut step = Step {
+        resolved: chosen,
+        tables: BTreeMap::new(),
+        bytes: 0,
+    };
+    for t in &tables {
+        if prog(t).applied.is_some_and(|a| a >= chosen) {
+            continue;
+        }
+        let mut idx: Vec<usize> = files
+            .get(t.as_str())
+            .map(|f| f.iter().filter(|x| x.0 <= chosen).map(|x| x.2).collect())
+            .unwrap_or_default();
+        idx.sort_unstable();
+        step.bytes += idx.iter().map(|&i| objects[i].size).sum::<u64>();
+        step.tables.insert(t.clone(), idx);
+    }
+    Some(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{Compression, Format, PartitionFormat, Topic};
+
+    fn data(table: &str, ts: Hlc, id: u64, size: u64) -> Object {
+        let name = ObjectName::Data(DataFileName {
+            ts,
+            session: "0123456789abcdef".into(),
+            node: 1,
+            sink: 1,
+            file_id: id,
+            topic: Topic(table.into()),
+            schema_id: 1,
+            format: Format::Json,
+            compression: Compression::None,
+        });
+        let path = name.render(PartitionFormat::Flat);
+        Object { name, path, size }
+    }
+
+    fn resolved(ts: Hlc) -> Object {
+        let name = ObjectName::Resolved(ts);
+        let path = name.render(PartitionFormat::Flat);
+        Object {
+            name,
+            path,
+            size: 45,
+        }
+    }
+
+    fn sorted(mut v: Vec<Object>) -> Vec<Object> {
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    const S: i64 = 1_700_000_000_000_000_000;
+
+    fn h(s: i64) -> Hlc {
+        Hlc::new(S + s * 1_000_000_000, 0)
+    }
+
+    #[test]
+    fn scan_file_named_with_the_resolved_ts_belongs_to_that_step() {
+        let objs = sorted(vec![data("t", h(0), 0, 10), resolved(h(0))]);
+        let step = next_step(&objs, &BTreeMap::new(), u64::MAX, None).unwrap();
+        assert_eq!(step.resolved, h(0));
+        assert_eq!(step.tables["t"].len(), 1);
+    }
+
+    #[test]
+    fn budget_picks_an_intermediate_resolved_and_progress_skips_used_files() {
+        let objs = sorted(vec![
+            data("t", h(0), 0, 100),
+            resolved(h(1)),
+            data("t", h(1).next(), 1, 100),
+            resolved(h(2)),
+            data("t", h(2).next(), 2, 100),
+            resolved(h(3)),
+            data("u", h(3).next(), 0, 100),
+        ]);
+        let step = next_step(&objs, &BTreeMap::new(), 250, None).unwrap();
+        assert_eq!(step.resolved, h(2));
+        assert_eq!(step.bytes, 200);
+        // Too small for even one step: the first RESOLVED anyway.
+        assert_eq!(
+            next_step(&objs, &BTreeMap::new(), 1, None)
+                .unwrap()
+                .resolved,
+            h(1)
+        );
+        let mut progress = BTreeMap::new();
+        progress.insert(
+            "t".to_owned(),
+            Progress {
+                applied: Some(h(2)),
+                pending_from: None,
+            },
+        );
+        progress.insert("u".to_owned(), progress["t"].clone());
+        let step = next_step(&objs, &progress, u64::MAX, None).unwrap();
+        assert_eq!(step.resolved, h(3));
+        assert_eq!(step.tables["t"].len(), 1, "only the file after h(2)");
+        assert!(step.tables["u"].is_empty(), "u's file is newer than h(3)");
+        progress.get_mut("t").unwrap().applied = Some(h(3));
+        progress.get_mut("u").unwrap().applied = Some(h(3));
+        assert_eq!(next_step(&objs, &progress, u64::MAX, None), None);
+    }
+
+    #[test]
+    fn pending_file_is_read_again_and_lagging_tables_catch_up() {
+        let objs = sorted(vec![
+            data("t", h(0), 0, 10),
+            data("u", h(0), 1, 10),
+            resolved(h(1)),
+            resolved(h(2)),
+        ]);
+        let mut progress = BTreeMap::new();
+        progress.insert(
+            "t".to_owned(),
+            Progress {
+                applied: Some(h(1)),
+                pending_from: Some(objs[0].path.clone()),
+            },
+        );
+        let step = next_step(&objs, &progress, u64::MAX, None).unwrap();
+        assert_eq!(step.resolved, h(2));
+        assert_eq!(step.tables["t"], vec![0], "still holds rows after h(1)");
+        assert_eq!(step.tables["u"], vec![1], "u has applied nothing yet");
+        let until = next_step(&objs, &progress, u64::MAX, Some(h(1))).unwrap();
+        assert_eq!(until.resolved, h(1));
+        assert!(!until.tables.contains_key("t"), "t is already at h(1)");
+    }
+}

@@ -1,0 +1,168 @@
+//! Sync configuration: the mode, per-table overrides (target path, key, SQL types, mode) and
+//! limits. Read from a JSON file; every field is optional.
+//!
+//! ```json
+//! { "mode": "update_delete",
+//!   "max_window_bytes": 536870912,
+//!   "tables": { "orders": { "target": "sales/orders", "mode": "scd2",
+//!                           "primary_key": ["id"], "primary_family": "primary",
+//!                           "columns": { "amount": "DECIMAL(12,2)" } } } }
+//! ```
+
+use std::collections::BTreeMap;
+
+use crdb_delta_core::changes::Mode;
+use crdb_delta_core::types::{ColumnType, SqlType};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("table `{table}`: {message}")]
+    Table { table: String, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mode: Option<Mode>,
+    /// Input bytes one commit may read; a larger backlog is applied in several commits, each up
+    /// to an intermediate RESOLVED.
+    pub max_window_bytes: Option<u64>,
+    /// Target size of the Parquet files written.
+    pub target_file_size: Option<u64>,
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Delta table path relative to the target root (default: the table name).
+    pub target: Option<String>,
+    pub mode: Option<Mode>,
+    pub primary_key: Option<Vec<String>>,
+    pub primary_family: Option<String>,
+    /// Column → CockroachDB SQL type, for exact types where the files lose them.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+impl Config {
+    pub fn load(path: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError::File {
+            file: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+    }
+
+    pub fn table(&self, name: &str) -> TableConfig {
+        self.tables.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The Delta path of a table, validated: it becomes a storage path.
+    pub fn target_path(&self, table: &str) -> Result<String, ConfigError> {
+        let path = self
+            .tables
+            .get(table)
+            .and_then(|t| t.target.clone())
+            .unwrap_or_else(|| table.to_owned());
+        validate_path(&path).map_err(|message| ConfigError::Table {
+            table: table.to_owned(),
+            message: format!("{message} (map it with `tables.{table}.target` in the config)"),
+        })?;
+        Ok(path)
+    }
+}
+
+impl Config {
+    /// The configuration a simulator manifest implies: each table's key and exact SQL types,
+    /// as a user would configure them for a real changefeed.
+    pub fn from_manifest(manifest: &serde_json::Value) -> Self {
+        let mut c = Self::default();
+        for t in manifest["tables"].as_array().into_iter().flatten() {
+            let Some(name) = t["name"].as_str() else {
+                continue;
+            };
+            let key = t["primary_key"].as_array().map(|k| {
+                k.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            });
+            let columns = t["columns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|col| Some((col["name"].as_str()?.to_owned(), col["type"].as_str()?.to_owned())))
+                .collect();
+            c.tables.insert(
+                name.to_owned(),
+                TableConfig {
+                    primary_key: key,
+                    columns,
+                    ..TableConfig::default()
+                },
+            );
+        }
+        c
+    }
+}
+
+impl TableConfig {
+    pub fn column_types(&self, table: &str) -> Result<BTreeMap<String, ColumnType>, ConfigError> {
+        self.columns
+            .iter()
+            .map(|(c, sql)| {
+                sql.parse::<SqlType>()
+                    .map(|t| (c.clone(), t.column_type()))
+                    .map_err(|e| ConfigError::Table {
+                        table: table.to_owned(),
+                        message: format!("column `{c}`: {e}"),
+                    })
+            })
+            .collect()
+    }
+}
+
+/// A relative table path: segments of letters, digits, `_`, `-` and `.`, none starting with `.`
+/// or `_` (reserved for `_delta_log` and our own `_crdb_delta_resolved`).
+pub fn validate_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > 512 {
+        return Err(format!("`{path}` is not a usable table path"));
+    }
+    for seg in path.split('/') {
+        let ok = !seg.is_empty()
+            && !seg.starts_with('.')
+            && !seg.starts_with('_')
+            && seg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            return Err(format!(
+                "`{path}` is not a safe table path (segments of letters, digits, `_`, `-`, `.`; none empty or starting with `.` or `_`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_validated() {
+        for ok in ["orders", "sales/orders", "a-b.c_d"] {
+            validate_path(ok).unwrap();
+        }
+        for bad in ["", "../x", "a//b", "_delta_log", "a/.hidden", "\"db\".t", "a b", "x\\y"] {
+            assert!(validate_path(bad).is_err(), "{bad}");
+        }
+        let c = Config::default();
+        let e = c.target_path("\"quoted\"").unwrap_err().to_string();
+        assert!(e.contains("tables.\"quoted\".target"), "{e}");
+    }
+}

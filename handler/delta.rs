@@ -1,0 +1,443 @@
+//! Delta tables through delta-rs, on our own `object_store` client.
+//!
+//! Progress lives in the Delta log itself: every commit carries an app transaction
+//! (`txn`, app id [`APP_ID`], version = the applied RESOLVED's wall nanoseconds) and, in its
+//! commitInfo, the exact RESOLVED HLC and the first file that still held newer rows
+//! ([`Progress`]). Readers of the table need nothing else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Schema, SchemaRef};
+use crdb_delta_core::Hlc;
+use crdb_delta_core::changes::{self, Layout, Mode};
+use crdb_delta_core::plan::Progress;
+use crdb_delta_core::types::ColumnType;
+use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake_core::kernel::{Action, Add, MetadataExt as _, Remove, StructType, Transaction};
+use deltalake_core::logstore::{
+    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
+    logstore_factories,
+};
+use deltalake_core::operations::create::CreateBuilder;
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
+use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::storage::Location;
+
+/// App id of our `txn` actions.
+pub const APP_ID: &str = "crdb-delta";
+/// commitInfo key holding our [`Progress`] and figures.
+pub const COMMIT_KEY: &str = "crdbDelta";
+/// Table properties we keep (Databricks shows them with `SHOW TBLPROPERTIES`).
+pub const PROP_KEY: &str = "crdb_delta.primaryKey";
+pub const PROP_MODE: &str = "crdb_delta.mode";
+pub const PROP_FAMILIES: &str = "crdb_delta.columnFamilies";
+pub const PROP_SPLIT: &str = "crdb_delta.splitColumnFamilies";
+/// How far back the log is searched for our last commitInfo (other writers, e.g. OPTIMIZE, may
+/// have committed since).
+const HISTORY_LOOKBACK: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("Delta table {table}: {source}")]
+    Delta {
+        table: String,
+        #[source]
+        source: DeltaTableError,
+    },
+    #[error("Delta table {table}: {message}")]
+    Table { table: String, message: String },
+}
+
+/// The `az` scheme is not known to delta-rs without its Azure crate; we bring our own store, so
+/// a plain log store over it is all it needs (Azure's conditional put makes commits atomic).
+struct OwnStoreLogStores;
+
+impl LogStoreFactory for OwnStoreLogStores {
+    fn with_options(
+        &self,
+        prefixed_store: ObjectStoreRef,
+        root_store: ObjectStoreRef,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> deltalake_core::DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+fn register_schemes() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let f: Arc<dyn LogStoreFactory> = Arc::new(OwnStoreLogStores);
+        logstore_factories().insert(Url::parse("az://").expect("static url"), f);
+    });
+}
+
+/// A Delta table location below a target root.
+pub struct Target {
+    pub path: String,
+    pub url: Url,
+    pub root: Arc<dyn object_store::ObjectStore>,
+}
+
+impl Target {
+    pub fn new(target: &Location, path: &str) -> Result<Self, DeltaError> {
+        register_schemes();
+        let url = target.child_url(path).map_err(|e| DeltaError::Table {
+            table: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            url,
+            root: target.root.clone(),
+        })
+    }
+
+    fn err(&self) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
+        |source| DeltaError::Delta {
+            table: self.path.clone(),
+            source,
+        }
+    }
+
+    fn builder(&self) -> Result<DeltaTableBuilder, DeltaError> {
+        Ok(DeltaTableBuilder::from_url(self.url.clone())
+            .map_err(self.err())?
+            .with_storage_backend(self.root.clone(), self.url.clone()))
+    }
+
+    /// The table, or `None` when it does not exist yet.
+    pub async fn open(&self) -> Result<Option<DeltaTable>, DeltaError> {
+        let mut table = self.builder()?.build().map_err(self.err())?;
+        // No `_delta_log` entry at all: not created yet (delta-rs reports a missing folder and
+        // an empty log differently per store).
+        let log = Path::from("_delta_log");
+        let store = table.log_store().object_store(None);
+        let mut entries = store.list(Some(&log));
+        if entries.next().await.transpose().map_err(|e| self.err()(e.into()))?.is_none() {
+            return Ok(None);
+        }
+        table.load().await.map_err(self.err())?;
+        Ok(Some(table))
+    }
+
+    /// Creates the table (version 0, no data) with the layout's schema and our properties.
+    pub async fn create(&self, layout: &Layout, mode: Mode) -> Result<DeltaTable, DeltaError> {
+        self.create_with(&layout.output_schema(mode), properties(layout, mode))
+            .await
+    }
+
+    /// Creates a table (version 0, no data). A concurrent creator wins silently (`Ignore`).
+    pub async fn create_with(
+        &self,
+        schema: &Schema,
+        properties: Vec<(String, String)>,
+    ) -> Result<DeltaTable, DeltaError> {
+        let kernel: StructType = schema.try_into_kernel().map_err(|e| DeltaError::Table {
+            table: self.path.clone(),
+            message: format!("schema not representable in Delta: {e}"),
+        })?;
+        let log_store = self.builder()?.build_storage().map_err(self.err())?;
+        let table = CreateBuilder::new()
+            .with_log_store(log_store)
+            .with_table_name(self.path.replace('/', "_"))
+            .with_comment("CockroachDB changefeed applied by crdb-delta")
+            .with_columns(kernel.fields().cloned())
+            .with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v))))
+            .with_raise_if_key_not_exists(false)
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(self.err())?;
+        Ok(table)
+    }
+}
+
+/// Our table properties for a layout.
+pub fn properties(layout: &Layout, mode: Mode) -> Vec<(String, String)> {
+    vec![
+        (PROP_KEY.into(), json!(layout.key).to_string()),
+        (PROP_MODE.into(), mode.to_string()),
+        (PROP_SPLIT.into(), layout.split_families.to_string()),
+        (PROP_FAMILIES.into(), json!(layout.families).to_string()),
+    ]
+}
+
+/// The layout recorded in an existing table: data columns from its schema, the rest from our
+/// properties.
+pub fn layout_of(table: &DeltaTable, name: &str) -> Result<(Layout, Option<Mode>), DeltaError> {
+    let bad = |message: String| DeltaError::Table {
+        table: name.to_owned(),
+        message,
+    };
+    let snap = table.snapshot().map_err(|e| bad(e.to_string()))?;
+    let conf = snap.metadata().configuration().clone();
+    let key: Vec<String> = conf
+        .get(PROP_KEY)
+        .and_then(|k| serde_json::from_str(k).ok())
+        .ok_or_else(|| bad(format!("not created by crdb-delta (no `{PROP_KEY}` property)")))?;
+    let split = conf.get(PROP_SPLIT).is_some_and(|s| s == "true");
+    let families = conf
+        .get(PROP_FAMILIES)
+        .and_then(|f| serde_json::from_str(f).ok())
+        .unwrap_or_default();
+    let mode = conf.get(PROP_MODE).and_then(|m| m.parse().ok());
+    let schema = snap.snapshot().arrow_schema();
+    let mut layout = Layout::new(key, split);
+    layout.families = families;
+    for f in schema.fields() {
+        if f.name().starts_with("__crdb_") {
+            continue;
+        }
+        let ty = ColumnType::from_arrow(f.data_type()).ok_or_else(|| {
+            bad(format!(
+                "column `{}` has type {} which crdb-delta does not write",
+                f.name(),
+                f.data_type()
+            ))
+        })?;
+        layout.columns.push((f.name().clone(), ty));
+    }
+    Ok((layout, mode))
+}
+
+/// The table's progress: the `txn` version says which RESOLVED was applied (the log's own
+/// record, updated atomically with the data); our commitInfo adds its exact HLC and where to
+/// resume reading.
+pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaError> {
+    let err = |source| DeltaError::Delta {
+        table: name.to_owned(),
+        source,
+    };
+    let snap = table.snapshot().map_err(err)?;
+    let Some(version) = snap
+        .transaction_version(table.log_store().as_ref(), APP_ID)
+        .await
+        .map_err(err)?
+    else {
+        return Ok(Progress::default());
+    };
+    let mut history = table.history(Some(HISTORY_LOOKBACK));
+    while let Some(info) = history.next().await {
+        let info = info.map_err(err)?;
+        if let Some(p) = info.info.get(COMMIT_KEY).and_then(|v| v.get("progress")) {
+            if let Ok(p) = serde_json::from_value::<Progress>(p.clone())
+                && p.applied.is_some_and(|a| a.wall == version)
+            {
+                return Ok(p);
+            }
+        }
+    }
+    tracing::warn!(
+        table = name,
+        version,
+        "no crdb-delta commitInfo in the recent log: re-reading every file up to the applied RESOLVED"
+    );
+    Ok(Progress {
+        applied: Some(Hlc::new(version, 0)),
+        pending_from: Some(crdb_delta_core::plan::PENDING_ALL.into()),
+    })
+}
+
+/// A file of the table, with what pruning needs.
+pub struct FileEntry {
+    pub path: String,
+    pub size: i64,
+    pub remove: Remove,
+    /// `(min, max)` of the first key column from the file statistics, when present.
+    pub key_range: Option<(Value, Value)>,
+}
+
+pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>, DeltaTableError> {
+    let snap = table.snapshot()?;
+    let views: Vec<_> = snap
+        .snapshot()
+        .file_views(table.log_store().as_ref(), None)
+        .try_collect()
+        .await?;
+    Ok(views
+        .into_iter()
+        .map(|v| {
+            let key_range = v.stats().and_then(|s| {
+                let s: Value = serde_json::from_str(&s).ok()?;
+                Some((
+                    s.get("minValues")?.get(first_key)?.clone(),
+                    s.get("maxValues")?.get(first_key)?.clone(),
+                ))
+            });
+            FileEntry {
+                path: v.path().to_string(),
+                size: v.size(),
+                remove: v.remove_action(true),
+                key_range,
+            }
+        })
+        .collect())
+}
+
+/// Reads one data file of the table.
+pub async fn read_file(
+    table: &DeltaTable,
+    path: &str,
+    batch_size: usize,
+) -> Result<Vec<RecordBatch>, DeltaError> {
+    let bad = |message: String| DeltaError::Table {
+        table: table.table_url().to_string(),
+        message: format!("{path}: {message}"),
+    };
+    let location = Path::parse(path).map_err(|e| bad(e.to_string()))?;
+    let bytes = table
+        .object_store()
+        .get(&location)
+        .await
+        .map_err(|e| bad(e.to_string()))?
+        .bytes()
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    tokio::task::spawn_blocking(move || {
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .map_err(|e| e.to_string())?
+                .with_batch_size(batch_size)
+                .build()
+                .map_err(|e| e.to_string())?;
+        reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| bad(e.to_string()))?
+    .map_err(bad)
+}
+
+/// Streams batches into new Parquet files of the table.
+pub struct Writer {
+    inner: RecordBatchWriter,
+    schema: SchemaRef,
+    rows: u64,
+}
+
+impl Writer {
+    pub fn new(table: &DeltaTable, target_file_size: u64) -> Result<Self, DeltaTableError> {
+        let inner = RecordBatchWriter::for_table(table)?.with_target_file_size(target_file_size);
+        let schema = inner.arrow_schema();
+        Ok(Self {
+            inner,
+            schema,
+            rows: 0,
+        })
+    }
+
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), DeltaTableError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows() as u64;
+        let mode = if batch.schema().fields().len() > self.schema.fields().len() {
+            WriteMode::MergeSchema
+        } else {
+            WriteMode::Default
+        };
+        self.inner.write_with_mode(batch, mode).await
+    }
+
+    /// Finishes the files (uploaded, not yet in the log).
+    pub async fn finish(mut self) -> Result<Vec<Add>, DeltaTableError> {
+        self.inner.flush().await
+    }
+}
+
+/// What one commit applies.
+pub struct Commit {
+    pub adds: Vec<Add>,
+    pub removes: Vec<Remove>,
+    /// New schema/properties, when the layout grew.
+    pub layout: Option<(Layout, Mode)>,
+    pub progress: Progress,
+    pub resolved: Hlc,
+    pub figures: Value,
+    pub mode: Mode,
+}
+
+/// Commits atomically: data files, removals, schema change, and the `txn` that records the
+/// RESOLVED. Returns the new version.
+pub async fn commit(table: &mut DeltaTable, name: &str, c: Commit) -> Result<u64, DeltaError> {
+    let err = |source| DeltaError::Delta {
+        table: name.to_owned(),
+        source,
+    };
+    let mut actions: Vec<Action> = Vec::with_capacity(c.adds.len() + c.removes.len() + 1);
+    if let Some((layout, mode)) = &c.layout {
+        let schema: Arc<Schema> = layout.output_schema(*mode);
+        let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| DeltaError::Table {
+            table: name.to_owned(),
+            message: format!("schema not representable in Delta: {e}"),
+        })?;
+        let mut meta = table
+            .snapshot()
+            .map_err(err)?
+            .metadata()
+            .clone()
+            .with_schema(&kernel)
+            .map_err(|e| err(e.into()))?;
+        for (k, v) in properties(layout, *mode) {
+            meta = meta.add_config_key(k, v).map_err(|e| err(e.into()))?;
+        }
+        actions.push(Action::Metadata(meta));
+    }
+    let data_change = !c.adds.is_empty() || !c.removes.is_empty();
+    actions.extend(c.adds.into_iter().map(Action::Add));
+    actions.extend(c.removes.into_iter().map(Action::Remove));
+    let operation = match (c.mode, data_change) {
+        (Mode::AppendOnly, _) | (_, false) => DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        },
+        _ => DeltaOperation::Update { predicate: None },
+    };
+    let props = CommitProperties::default()
+        .with_application_transaction(Transaction::new(APP_ID, c.resolved.wall))
+        .with_metadata([(
+            COMMIT_KEY.to_owned(),
+            json!({ "progress": c.progress, "figures": c.figures }),
+        )]);
+    let snapshot = table.snapshot().map_err(err)?;
+    let done = CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await
+        .map_err(err)?;
+    let version = done.version();
+    table.update_incremental(None).await.map_err(err)?;
+    Ok(version)
+}
+
+/// The arrow schema of an existing table.
+pub fn arrow_schema(table: &DeltaTable) -> Result<SchemaRef, DeltaTableError> {
+    Ok(table.snapshot()?.snapshot().arrow_schema())
+}
+
+/// Column names for messages.
+pub fn meta_names(mode: Mode, split: bool) -> Vec<String> {
+    changes::meta_fields(mode, split)
+        .into_iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+pub type Properties = HashMap<String, String>;
