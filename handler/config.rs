@@ -96,7 +96,12 @@ impl Config {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|col| Some((col["name"].as_str()?.to_owned(), col["type"].as_str()?.to_owned())))
+                .filter_map(|col| {
+                    Some((
+                        col["name"].as_str()?.to_owned(),
+                        col["type"].as_str()?.to_owned(),
+                    ))
+                })
                 .collect();
             c.tables.insert(
                 name.to_owned(),
@@ -158,7 +163,16 @@ mod tests {
         for ok in ["orders", "sales/orders", "a-b.c_d"] {
             validate_path(ok).unwrap();
         }
-        for bad in ["", "../x", "a//b", "_delta_log", "a/.hidden", "\"db\".t", "a b", "x\\y"] {
+        for bad in [
+            "",
+            "../x",
+            "a//b",
+            "_delta_log",
+            "a/.hidden",
+            "\"db\".t",
+            "a b",
+            "x\\y",
+        ] {
             assert!(validate_path(bad).is_err(), "{bad}");
         }
         let c = Config::default();

@@ -18,8 +18,7 @@ use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, MetadataExt as _, Remove, StructType, Transaction};
 use deltalake_core::logstore::{
-    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
-    logstore_factories,
+    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
 };
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
@@ -52,7 +51,7 @@ pub enum DeltaError {
     Delta {
         table: String,
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error("Delta table {table}: {message}")]
     Table { table: String, message: String },
@@ -111,7 +110,7 @@ impl Target {
     fn err(&self) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
         |source| DeltaError::Delta {
             table: self.path.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -129,7 +128,13 @@ impl Target {
         let log = Path::from("_delta_log");
         let store = table.log_store().object_store(None);
         let mut entries = store.list(Some(&log));
-        if entries.next().await.transpose().map_err(|e| self.err()(e.into()))?.is_none() {
+        if entries
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| self.err()(e.into()))?
+            .is_none()
+        {
             return Ok(None);
         }
         table.load().await.map_err(self.err())?;
@@ -189,7 +194,11 @@ pub fn layout_of(table: &DeltaTable, name: &str) -> Result<(Layout, Option<Mode>
     let key: Vec<String> = conf
         .get(PROP_KEY)
         .and_then(|k| serde_json::from_str(k).ok())
-        .ok_or_else(|| bad(format!("not created by crdb-delta (no `{PROP_KEY}` property)")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "not created by crdb-delta (no `{PROP_KEY}` property)"
+            ))
+        })?;
     let split = conf.get(PROP_SPLIT).is_some_and(|s| s == "true");
     let families = conf
         .get(PROP_FAMILIES)
@@ -221,7 +230,7 @@ pub fn layout_of(table: &DeltaTable, name: &str) -> Result<(Layout, Option<Mode>
 pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaError> {
     let err = |source| DeltaError::Delta {
         table: name.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let snap = table.snapshot().map_err(err)?;
     let Some(version) = snap
@@ -234,12 +243,11 @@ pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaE
     let mut history = table.history(Some(HISTORY_LOOKBACK));
     while let Some(info) = history.next().await {
         let info = info.map_err(err)?;
-        if let Some(p) = info.info.get(COMMIT_KEY).and_then(|v| v.get("progress")) {
-            if let Ok(p) = serde_json::from_value::<Progress>(p.clone())
-                && p.applied.is_some_and(|a| a.wall == version)
-            {
-                return Ok(p);
-            }
+        if let Some(p) = info.info.get(COMMIT_KEY).and_then(|v| v.get("progress"))
+            && let Ok(p) = serde_json::from_value::<Progress>(p.clone())
+            && p.applied.is_some_and(|a| a.wall == version)
+        {
+            return Ok(p);
         }
     }
     tracing::warn!(
@@ -309,12 +317,11 @@ pub async fn read_file(
         .await
         .map_err(|e| bad(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .map_err(|e| e.to_string())?
-                .with_batch_size(batch_size)
-                .build()
-                .map_err(|e| e.to_string())?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| e.to_string())?
+            .with_batch_size(batch_size)
+            .build()
+            .map_err(|e| e.to_string())?;
         reader
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())
@@ -378,15 +385,19 @@ pub struct Commit {
 pub async fn commit(table: &mut DeltaTable, name: &str, c: Commit) -> Result<u64, DeltaError> {
     let err = |source| DeltaError::Delta {
         table: name.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let mut actions: Vec<Action> = Vec::with_capacity(c.adds.len() + c.removes.len() + 1);
     if let Some((layout, mode)) = &c.layout {
         let schema: Arc<Schema> = layout.output_schema(*mode);
-        let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| DeltaError::Table {
-            table: name.to_owned(),
-            message: format!("schema not representable in Delta: {e}"),
-        })?;
+        let kernel: StructType =
+            schema
+                .as_ref()
+                .try_into_kernel()
+                .map_err(|e| DeltaError::Table {
+                    table: name.to_owned(),
+                    message: format!("schema not representable in Delta: {e}"),
+                })?;
         let mut meta = table
             .snapshot()
             .map_err(err)?

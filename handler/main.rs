@@ -2,9 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use crdb_delta::config::Config;
 use crdb_delta::inspect::inspect;
 use crdb_delta::simulate::simulate;
-use crdb_delta::config::Config;
 use crdb_delta::storage::Location;
 use crdb_delta::sync::{SyncOptions, sync};
 use crdb_delta_core::Hlc;
@@ -112,11 +112,7 @@ impl SyncArgs {
                 .or(config.target_file_size)
                 .unwrap_or(d.target_file_size),
             batch_size: self.batch_size,
-            until: self
-                .until
-                .as_deref()
-                .map(Hlc::parse_decimal)
-                .transpose()?,
+            until: self.until.as_deref().map(Hlc::parse_decimal).transpose()?,
             config,
         })
     }
@@ -188,6 +184,9 @@ struct SimArgs {
     /// Window at which usertable gets ADD COLUMN with backfill (0: never).
     #[arg(long, default_value_t = 4)]
     schema_change_at: usize,
+    /// Fraction of the next window's events written before this window's RESOLVED.
+    #[arg(long, default_value_t = 0.1)]
+    straddle: f64,
     #[arg(long)]
     mvcc_timestamp: bool,
     #[arg(long)]
@@ -239,6 +238,7 @@ impl SimArgs {
             reinsert_rate: d.reinsert_rate,
             restart_at: (self.restart_at > 0).then_some(self.restart_at),
             schema_change_at: (self.schema_change_at > 0).then_some(self.schema_change_at),
+            straddle: self.straddle,
             truth_states: match self.truth_states.as_str() {
                 "all" => TruthStates::All,
                 "last" => TruthStates::Last,
@@ -369,7 +369,9 @@ async fn main() -> Result<()> {
             )
             .await?;
             print!("{}", report.render());
-            println!("Delta tables in {target}; per-RESOLVED versions in {target}/_crdb_delta_resolved");
+            println!(
+                "Delta tables in {target}; per-RESOLVED versions in {target}/_crdb_delta_resolved"
+            );
         }
     }
     Ok(())

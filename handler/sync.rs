@@ -68,7 +68,7 @@ fn delta_err(table: &str) -> impl Fn(deltalake_core::DeltaTableError) -> SyncErr
     move |source| {
         SyncError::Delta(DeltaError::Delta {
             table: table.to_owned(),
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -256,7 +256,7 @@ pub async fn sync(
     };
     // A crash after the tables' commits but before the record: record it now (the tables have
     // not moved since, so their current versions are the ones at that RESOLVED).
-    if let Some(r) = common_resolved(&states) {
+    if let Some(r) = common_resolved(&states, &objects) {
         record_resolved(&log, r, &states, true).await?;
     }
     loop {
@@ -283,7 +283,7 @@ pub async fn sync(
             }
         }
         fault("before-record");
-        if common_resolved(&states) == Some(step.resolved) {
+        if common_resolved(&states, &objects) == Some(step.resolved) {
             record_resolved(&log, step.resolved, &states, false).await?;
         }
         report.steps += 1;
@@ -305,14 +305,25 @@ pub async fn sync(
     Ok(report)
 }
 
-/// The RESOLVED every table is at, when they agree.
-fn common_resolved(states: &[TableState]) -> Option<Hlc> {
-    let first = states.iter().find(|s| s.table.is_some())?.progress.applied?;
-    states
+/// The RESOLVED every table is at, when they agree: every existing table applied it and no
+/// table still to be created has files at or before it.
+fn common_resolved(states: &[TableState], objects: &[Object]) -> Option<Hlc> {
+    let first = states
+        .iter()
+        .find(|s| s.table.is_some())?
+        .progress
+        .applied?;
+    let existing_agree = states
         .iter()
         .filter(|s| s.table.is_some())
-        .all(|s| s.progress.applied == Some(first))
-        .then_some(first)
+        .all(|s| s.progress.applied == Some(first));
+    let new_lag = states.iter().filter(|s| s.table.is_none()).any(|s| {
+        objects.iter().any(|o| match &o.name {
+            ObjectName::Data(d) => d.topic.table() == s.name && d.ts <= first,
+            ObjectName::Resolved(_) => false,
+        })
+    });
+    (existing_agree && !new_lag).then_some(first)
 }
 
 async fn open_table(
@@ -439,21 +450,22 @@ async fn read_window(
         let path = obj.path.clone();
         let dopts = dopts.clone();
         let table = state.name.clone();
-        let (w, later) = tokio::task::spawn_blocking(move || -> Result<(Window, usize), SyncError> {
-            let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
-            let mut later = 0;
-            for b in s.by_ref() {
-                let o = window
-                    .push(b?, d.topic.family(), &path)
-                    .map_err(|source| SyncError::Change {
-                        table: table.clone(),
-                        source,
+        let (w, later) =
+            tokio::task::spawn_blocking(move || -> Result<(Window, usize), SyncError> {
+                let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
+                let mut later = 0;
+                for b in s.by_ref() {
+                    let o = window.push(b?, d.topic.family(), &path).map_err(|source| {
+                        SyncError::Change {
+                            table: table.clone(),
+                            source,
+                        }
                     })?;
-                later += o.later;
-            }
-            Ok((window, later))
-        })
-        .await??;
+                    later += o.later;
+                }
+                Ok((window, later))
+            })
+            .await??;
         window = w;
         if later > 0 && pending.is_none() {
             pending = Some(obj.path.clone());
@@ -472,7 +484,10 @@ fn numeric_keys(changes: &Changes) -> Option<Vec<i64>> {
     Some(v)
 }
 
-fn may_hold(range: &Option<(serde_json::Value, serde_json::Value)>, keys: &Option<Vec<i64>>) -> bool {
+fn may_hold(
+    range: &Option<(serde_json::Value, serde_json::Value)>,
+    keys: &Option<Vec<i64>>,
+) -> bool {
     let (Some((lo, hi)), Some(keys)) = (range, keys) else {
         return true;
     };
@@ -755,4 +770,3 @@ async fn record_resolved(
     .await?;
     Ok(())
 }
-

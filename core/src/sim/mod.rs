@@ -74,6 +74,11 @@ pub struct SimOptions {
     pub restart_at: Option<usize>,
     /// `usertable` gets ADD COLUMN ... DEFAULT with a backfill at the start of this window.
     pub schema_change_at: Option<usize>,
+    /// Fraction of the next window's events that land in files flushed before this window's
+    /// RESOLVED: files that sort before a RESOLVED but hold newer rows (format spec §1.5, §2.6),
+    /// as aggregators whose frontier lags their buffered rows produce.
+    #[serde(default)]
+    pub straddle: f64,
     pub truth_states: TruthStates,
     /// Statement time (the initial scan's timestamp).
     pub start: Hlc,
@@ -103,6 +108,7 @@ impl Default for SimOptions {
             reinsert_rate: 0.3,
             restart_at: Some(3),
             schema_change_at: Some(4),
+            straddle: 0.1,
             truth_states: TruthStates::All,
             // 2024-05-03T15:53:36.027474Z, the replicator fixture's statement time.
             start: Hlc::new(1_714_751_616_027_474_000, 0),
@@ -414,31 +420,48 @@ impl Sim<'_> {
             }
         }
         self.flush_all(start)?;
-        self.resolve(start)?;
+        self.resolve(start, true)?;
 
         let window_ns = self.opts.window_ms as i64 * 1_000_000;
         let mut last_resolved = start;
+        let mut carried: Option<Vec<i64>> = None;
         for w in 1..=self.opts.windows {
             let lo = start.wall + (w as i64 - 1) * window_ns;
             let hi = Hlc::new(start.wall + w as i64 * window_ns, 0);
             if self.opts.schema_change_at == Some(w) {
                 self.add_column_with_backfill(Hlc::new(lo + 1, 0))?;
             }
-            let mut walls: Vec<i64> = (0..self.opts.events_per_window)
-                .map(|_| self.rng.random_range(lo + 2..=hi.wall))
-                .collect();
-            walls.sort_unstable();
-            walls.dedup();
+            let walls = match carried.take() {
+                Some(w) => w,
+                None => self.window_walls(lo, hi),
+            };
             for wall in walls {
                 self.random_event(Hlc::new(wall, 0))?;
+            }
+            let resolving = w % self.opts.resolved_every.max(1) == 0 || w == self.opts.windows;
+            if resolving && self.opts.truth_states == TruthStates::All {
+                // The state at `hi`, before rows newer than `hi` are emitted.
+                self.write_states(hi)?;
+            }
+            if self.opts.straddle > 0.0
+                && w < self.opts.windows
+                && self.opts.schema_change_at != Some(w + 1)
+            {
+                let next_hi = Hlc::new(hi.wall + window_ns, 0);
+                let mut next = self.window_walls(hi.wall, next_hi);
+                let k = (next.len() as f64 * self.opts.straddle) as usize;
+                for wall in next.drain(..k) {
+                    self.random_event(Hlc::new(wall, 0))?;
+                }
+                carried = Some(next);
             }
             self.flush_all(hi)?;
             if self.opts.restart_at == Some(w) {
                 self.restart(last_resolved)?;
                 self.flush_all(hi)?;
             }
-            if w % self.opts.resolved_every.max(1) == 0 || w == self.opts.windows {
-                self.resolve(hi)?;
+            if resolving {
+                self.resolve(hi, false)?;
                 last_resolved = hi;
             }
         }
@@ -678,7 +701,17 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn resolve(&mut self, ts: Hlc) -> io::Result<()> {
+    /// Event times of a window, sorted (the first events are the ones that may straddle).
+    fn window_walls(&mut self, lo: i64, hi: Hlc) -> Vec<i64> {
+        let mut walls: Vec<i64> = (0..self.opts.events_per_window)
+            .map(|_| self.rng.random_range(lo + 2..=hi.wall))
+            .collect();
+        walls.sort_unstable();
+        walls.dedup();
+        walls
+    }
+
+    fn resolve(&mut self, ts: Hlc, states: bool) -> io::Result<()> {
         let bytes = match self.opts.format {
             Format::Json if self.opts.envelope == Envelope::Bare => {
                 format!("{{\"__crdb__\":{{\"resolved\":\"{ts}\"}}}}").into_bytes()
@@ -691,7 +724,7 @@ impl Sim<'_> {
         self.since_resolved.clear();
         let path = ObjectName::Resolved(ts).render(self.opts.partition);
         (self.sink)(Destination::Changefeed, &path, bytes)?;
-        if self.opts.truth_states == TruthStates::All {
+        if states && self.opts.truth_states == TruthStates::All {
             self.write_states(ts)?;
         }
         Ok(())

@@ -1,0 +1,273 @@
+//! The merge semantics on hand-made change batches: column families, family-level deletes,
+//! duplicates, delete then re-insert, and the three modes' outputs. (The simulator covers the
+//! same paths at scale; these pin down the cases it does not produce.)
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field};
+use crdb_delta_core::batch::{self, MetaBuilder, Op};
+use crdb_delta_core::canonical;
+use crdb_delta_core::changes::{self, Layout, Mode, Window};
+use crdb_delta_core::hlc::Hlc;
+use serde_json::{Value, json};
+
+const S: i64 = 1_700_000_000_000_000_000;
+
+fn h(n: i64) -> Hlc {
+    Hlc::new(S + n, 0)
+}
+
+/// One change row: (op, updated, id, columns of the family as (name, value)).
+type Row<'a> = (Op, i64, i64, &'a [(&'a str, Option<&'a str>)]);
+
+/// A change batch of one family: `id` plus the family's string columns.
+fn batch(cols: &[&str], rows: &[Row]) -> RecordBatch {
+    let mut meta = MetaBuilder::new(rows.len());
+    for (i, (op, t, _, _)) in rows.iter().enumerate() {
+        meta.append(*op, h(*t), None, None, "f.ndjson", i as u64 + 1);
+    }
+    let mut data: Vec<(Field, ArrayRef)> = vec![(
+        Field::new("id", DataType::Int64, false),
+        Arc::new(Int64Array::from(
+            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        )),
+    )];
+    for c in cols {
+        let vals: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.3.iter().find(|(n, _)| n == c).and_then(|(_, v)| *v))
+            .collect();
+        data.push((
+            Field::new(*c, DataType::Utf8, true),
+            Arc::new(StringArray::from(vals)),
+        ));
+    }
+    batch::assemble(data, meta.finish()).unwrap()
+}
+
+fn rows(batches: &[RecordBatch]) -> Vec<Value> {
+    let mut out: Vec<Value> = batches
+        .iter()
+        .flat_map(|b| canonical::rows(b, None))
+        .map(Value::Object)
+        .collect();
+    out.sort_by_key(|v| v.to_string());
+    out
+}
+
+/// orders-like: family `primary` (status), family `details` (customer).
+fn split_layout() -> Layout {
+    Layout::new(vec!["id".into()], true)
+}
+
+#[test]
+fn partial_family_update_keeps_other_columns_and_family_delete_nulls_them() {
+    // The table holds id 1 from an earlier window.
+    let mut w = Window::new(split_layout(), None, h(100));
+    w.push(
+        batch(
+            &["status"],
+            &[(Op::Create, 1, 1, &[("status", Some("new"))])],
+        ),
+        Some("primary"),
+        "p.ndjson",
+    )
+    .unwrap();
+    w.push(
+        batch(
+            &["customer"],
+            &[(Op::Create, 1, 1, &[("customer", Some("ann"))])],
+        ),
+        Some("details"),
+        "d.ndjson",
+    )
+    .unwrap();
+    let mut c = w.finish().unwrap();
+    let table = c.inserts(100).unwrap();
+    assert_eq!(rows(&table)[0]["customer"], "ann");
+    let layout = c.layout().clone();
+
+    // Next window: only `primary` changes; then `details` goes all-NULL (a family delete).
+    let mut w = Window::new(layout.clone(), Some(h(100)), h(200));
+    w.push(
+        batch(
+            &["status"],
+            &[(Op::Update, 150, 1, &[("status", Some("paid"))])],
+        ),
+        Some("primary"),
+        "p2.ndjson",
+    )
+    .unwrap();
+    let mut c = w.finish().unwrap();
+    let merged = c
+        .merge_target(&table[0], false)
+        .unwrap()
+        .expect("id 1 changes");
+    let r = &rows(&[merged.clone()])[0];
+    assert_eq!(r["status"], "paid");
+    assert_eq!(r["customer"], "ann", "untouched family keeps its value");
+    assert_eq!(r[changes::HLC], h(150).to_string());
+    assert_eq!(c.counts().updated, 1);
+    assert!(c.inserts(100).unwrap().is_empty());
+
+    let mut w = Window::new(layout, Some(h(200)), h(300));
+    w.push(
+        batch(&["customer"], &[(Op::Delete, 250, 1, &[])]),
+        Some("details"),
+        "d3.ndjson",
+    )
+    .unwrap();
+    let mut c = w.finish().unwrap();
+    let merged = c
+        .merge_target(&merged, false)
+        .unwrap()
+        .expect("id 1 changes");
+    let r = &rows(&[merged])[0];
+    assert_eq!(
+        r["status"], "paid",
+        "the row lives: its primary family was not deleted"
+    );
+    assert_eq!(
+        r["customer"],
+        Value::Null,
+        "a family delete sets the family NULL"
+    );
+    assert_eq!(c.counts().deleted, 0);
+}
+
+#[test]
+fn row_delete_needs_the_primary_family_and_reinsert_wins() {
+    let mut w = Window::new(split_layout(), None, h(100));
+    let p = batch(
+        &["status"],
+        &[
+            (Op::Create, 1, 1, &[("status", Some("a"))]),
+            (Op::Delete, 5, 1, &[]),
+            (Op::Create, 7, 1, &[("status", Some("again"))]),
+            (Op::Create, 1, 2, &[("status", Some("b"))]),
+        ],
+    );
+    let d = batch(
+        &["customer"],
+        &[
+            (Op::Create, 1, 1, &[("customer", Some("x"))]),
+            (Op::Delete, 5, 1, &[]),
+            (Op::Create, 1, 2, &[("customer", Some("y"))]),
+            (Op::Delete, 9, 2, &[]),
+        ],
+    );
+    w.push(p, Some("primary"), "p.ndjson").unwrap();
+    w.push(d, Some("details"), "d.ndjson").unwrap();
+    let mut c = w.finish().unwrap();
+    let out = rows(&c.inserts(100).unwrap());
+    assert_eq!(out.len(), 2);
+    // id 1: deleted (both families) then re-inserted with only `primary`: details is NULL.
+    assert_eq!(out[0]["id"], 1);
+    assert_eq!(out[0]["status"], "again");
+    assert_eq!(out[0]["customer"], Value::Null);
+    // id 2: only `details` deleted: with the primary family unknown, the row stays.
+    assert_eq!(out[1]["id"], 2);
+    assert_eq!(out[1]["customer"], Value::Null);
+}
+
+#[test]
+fn duplicates_drop_and_window_bounds_hold() {
+    let mut w = Window::new(Layout::new(vec!["id".into()], false), Some(h(10)), h(20));
+    let b = batch(
+        &["v"],
+        &[
+            (Op::Create, 5, 1, &[("v", Some("old"))]), // already applied
+            (Op::Create, 15, 1, &[("v", Some("one"))]),
+            (Op::Create, 15, 1, &[("v", Some("one"))]), // duplicate
+            (Op::Create, 25, 1, &[("v", Some("later"))]), // next RESOLVED
+        ],
+    );
+    let o = w.push(b, None, "f.ndjson").unwrap();
+    assert_eq!((o.taken, o.later), (2, 1));
+    let mut c = w.finish().unwrap();
+    assert_eq!((c.len(), c.duplicates()), (1, 1));
+    let out = rows(&c.append_rows(10).unwrap());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["v"], "one");
+    assert_eq!(out[0][changes::OP], "c");
+    assert_eq!(out[0][changes::SOURCE_FILE], "f.ndjson");
+}
+
+#[test]
+fn scd2_closes_the_open_version_and_chains_new_ones() {
+    let layout = Layout::new(vec!["id".into()], false);
+    let mut w = Window::new(layout.clone(), None, h(100));
+    w.push(
+        batch(&["v"], &[(Op::Create, 1, 1, &[("v", Some("a"))])]),
+        None,
+        "f1.ndjson",
+    )
+    .unwrap();
+    let mut c = w.finish().unwrap();
+    let table = c.versions(10).unwrap();
+    let layout = c.layout().clone();
+
+    let mut w = Window::new(layout, Some(h(100)), h(200));
+    w.push(
+        batch(
+            &["v"],
+            &[
+                (Op::Update, 110, 1, &[("v", Some("b"))]),
+                (Op::Delete, 120, 1, &[]),
+                (Op::Create, 130, 1, &[("v", Some("c"))]),
+            ],
+        ),
+        None,
+        "f2.ndjson",
+    )
+    .unwrap();
+    let mut c = w.finish().unwrap();
+    let closed = c
+        .close_target(&table[0], false)
+        .unwrap()
+        .expect("open version");
+    let closed = rows(&[closed]);
+    assert_eq!(closed[0][changes::END_HLC], h(110).to_string());
+    let new = rows(&c.versions(10).unwrap());
+    let got: Vec<(Value, Value, Value)> = new
+        .iter()
+        .map(|r| {
+            (
+                r["v"].clone(),
+                r[changes::START_HLC].clone(),
+                r[changes::END_HLC].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                json!("b"),
+                json!(h(110).to_string()),
+                json!(h(120).to_string())
+            ),
+            (json!("c"), json!(h(130).to_string()), Value::Null),
+        ]
+    );
+    assert_eq!(c.counts().deleted, 1);
+    assert_eq!(
+        c.layout().output_schema(Mode::Scd2).fields().len(),
+        2 + changes::meta_fields(Mode::Scd2, false).len()
+    );
+}
+
+#[test]
+fn missing_key_names_file_and_row() {
+    let mut w = Window::new(Layout::new(vec!["nope".into()], false), None, h(100));
+    let e = w
+        .push(
+            batch(&["v"], &[(Op::Create, 1, 1, &[("v", Some("a"))])]),
+            None,
+            "bad.ndjson",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.ndjson") && e.contains("nope"), "{e}");
+}
