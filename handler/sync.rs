@@ -133,6 +133,16 @@ pub struct SyncReport {
     pub seconds: f64,
     pub events_per_s: f64,
     pub mb_per_s: f64,
+    /// Peak resident memory of the process so far (Linux `VmHWM`), MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process (Linux), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 impl SyncReport {
@@ -168,8 +178,12 @@ impl SyncReport {
         }
         let _ = writeln!(
             s,
-            "{:.2} s: {:.0} events/s, {:.1} MB/s",
-            self.seconds, self.events_per_s, self.mb_per_s
+            "{:.2} s: {:.0} events/s, {:.1} MB/s, peak RSS {}",
+            self.seconds,
+            self.events_per_s,
+            self.mb_per_s,
+            self.peak_rss_mib
+                .map_or("-".into(), |m| format!("{m:.0} MiB"))
         );
         s
     }
@@ -243,6 +257,20 @@ pub async fn sync(
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let (objects, ignored) = list(source).await?;
+    sync_listed(source, target, objects, ignored, opts, started).await
+}
+
+/// [`sync`] over an already known set of objects (sorted by name), e.g. a buffer of
+/// BlobCreated events reconciled with a bounded listing. Objects must be changefeed objects of
+/// `source`; the plan only uses what is given.
+pub async fn sync_listed(
+    source: &Location,
+    target: &Location,
+    objects: Vec<Object>,
+    ignored: Vec<String>,
+    opts: &SyncOptions,
+    started: Instant,
+) -> Result<SyncReport, SyncError> {
     let mut states = Vec::new();
     for name in plan::tables(&objects) {
         states.push(open_table(target, &name, opts).await?);
@@ -302,6 +330,7 @@ pub async fn sync(
     report.seconds = started.elapsed().as_secs_f64();
     report.events_per_s = report.events as f64 / report.seconds.max(1e-9);
     report.mb_per_s = report.bytes_read as f64 / 1e6 / report.seconds.max(1e-9);
+    report.peak_rss_mib = peak_rss_mib();
     Ok(report)
 }
 

@@ -271,3 +271,40 @@ fn missing_key_names_file_and_row() {
         .to_string();
     assert!(e.contains("bad.ndjson") && e.contains("nope"), "{e}");
 }
+
+#[test]
+fn dropped_column_becomes_null_and_type_mismatch_names_the_file() {
+    // The table has `v` (string) and `n` (long); a newer schema version no longer sends `v`.
+    let mut layout = Layout::new(vec!["id".into()], false);
+    layout.columns = vec![
+        ("id".into(), crdb_delta_core::types::ColumnType::Int64),
+        ("v".into(), crdb_delta_core::types::ColumnType::Text),
+    ];
+    let mut w = Window::new(layout.clone(), None, h(100));
+    w.push(
+        batch(&["w"], &[(Op::Update, 5, 1, &[("w", Some("new"))])]),
+        None,
+        "after-drop.ndjson",
+    )
+    .unwrap();
+    let mut c = w.finish().unwrap();
+    let out = rows(&c.inserts(10).unwrap());
+    assert_eq!(out[0]["v"], Value::Null, "a column the row no longer has is NULL");
+    assert_eq!(out[0]["w"], "new");
+
+    // `id` is a long in the table; a file sending text that is not a number is refused.
+    let mut w = Window::new(layout, None, h(100));
+    let mut meta = MetaBuilder::new(1);
+    meta.append(Op::Create, h(1), None, None, "typed.parquet", 7);
+    let b = batch::assemble(
+        vec![(
+            Field::new("id", DataType::Utf8, false),
+            Arc::new(StringArray::from(vec!["x1"])) as ArrayRef,
+        )],
+        meta.finish(),
+    )
+    .unwrap();
+    w.push(b, None, "typed.parquet").unwrap();
+    let e = w.finish().err().expect("type mismatch").to_string();
+    assert!(e.contains("typed.parquet") && e.contains("`id`"), "{e}");
+}

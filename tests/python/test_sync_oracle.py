@@ -116,6 +116,12 @@ def test_sync_matches_ground_truth(crdb_delta_bin, tmp_path, fmt, mode):
     if mode == "update_delete":
         recorded = check_time_travel(root)
         assert len(recorded) == report["steps"]
+    # Readable by Databricks Runtime 13.3+: plain (1, 2), or timestampNtz only where needed.
+    p = DeltaTable(str(root / "delta" / "usertable")).protocol()
+    assert (p.min_reader_version, p.min_writer_version) == (1, 2), p
+    p = DeltaTable(str(root / "delta" / "kitchen_sink")).protocol()
+    assert (p.min_reader_version, p.min_writer_version) == (3, 7), p
+    assert p.reader_features == ["timestampNtz"] and p.writer_features == ["timestampNtz"], p
 
 
 def test_second_run_writes_nothing_and_new_data_continues(crdb_delta_bin, tmp_path):
