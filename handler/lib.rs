@@ -6,6 +6,7 @@
 pub mod config;
 pub mod delta;
 pub mod inspect;
+pub mod serve;
 pub mod simulate;
 pub mod storage;
 pub mod sync;

@@ -4,6 +4,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use crdb_delta::config::Config;
 use crdb_delta::inspect::inspect;
+use crdb_delta::serve::pump::{PumpOptions, pump};
+use crdb_delta::serve::{Settings, port_from_env, serve};
 use crdb_delta::simulate::simulate;
 use crdb_delta::storage::Location;
 use crdb_delta::sync::{SyncOptions, sync};
@@ -42,6 +44,17 @@ enum Command {
     /// Apply a changefeed root to Delta tables, up to its newest RESOLVED, exactly once.
     Sync(Box<SyncArgs>),
     /// Read a changefeed root and summarise it.
+    /// The Azure Functions custom handler (started by the Functions host; settings from the
+    /// environment: CRDB_DELTA_SOURCE, CRDB_DELTA_TARGET, …, see function_app/README.md).
+    Serve {
+        /// Port when FUNCTIONS_CUSTOMHANDLER_PORT (or FUNCTIONS_HTTPWORKER_PORT) is not set.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Dev loop without Core Tools: list a container and post each new blob to a running
+    /// handler as the Functions host forwards an Event Grid BlobCreated event.
+    Pump(Box<PumpArgs>),
+    /// Read a changefeed root and summarise it.
     Inspect {
         /// Changefeed root: a folder or an Azure URL (azure://container/prefix).
         #[arg(long)]
@@ -52,6 +65,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Parser)]
+struct PumpArgs {
+    /// What to list: `azure://container[/prefix]` (the whole container is what a storage
+    /// subscription sees).
+    #[arg(long)]
+    source: String,
+    /// The running handler, `http://127.0.0.1:<port>`.
+    #[arg(long)]
+    handler: String,
+    /// BlobCreated (Event Grid route) or BlobQueue (queue route).
+    #[arg(long, default_value = "BlobCreated")]
+    function: String,
+    /// One pass, then exit (non-zero if a post failed).
+    #[arg(long)]
+    once: bool,
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Post every event twice.
+    #[arg(long)]
+    duplicate: bool,
+    /// Post each pass in reverse name order.
+    #[arg(long)]
+    reverse: bool,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Account named in the events (default: devstoreaccount1, Azurite's).
+    #[arg(long, default_value = "devstoreaccount1")]
+    account: String,
+    /// Blob endpoint named in the events' url (default: AZURITE_BLOB_STORAGE_URL/<account>).
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
 }
 
 #[derive(Parser)]
@@ -278,8 +326,13 @@ async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter =
-        EnvFilter::try_from_env("CRDB_DELTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The handler logs per invocation; delta-rs' kernel logs every snapshot at info.
+    let default_filter = match cli.command {
+        Command::Serve { .. } | Command::Pump(_) => "info,buoyant_kernel=warn",
+        _ => "info",
+    };
+    let filter = EnvFilter::try_from_env("CRDB_DELTA_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(default_filter));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -315,6 +368,42 @@ async fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
+            }
+        }
+        Command::Serve { port } => {
+            let started = std::time::Instant::now();
+            let settings = Settings::from_env().context("reading the handler's app settings")?;
+            let port = port_from_env(port)?;
+            tracing::info!(
+                port,
+                setup_ms = started.elapsed().as_millis() as u64,
+                "starting handler"
+            );
+            serve(settings, port).await?;
+        }
+        Command::Pump(a) => {
+            let endpoint = a.endpoint.clone().unwrap_or_else(|| {
+                let base = std::env::var("AZURITE_BLOB_STORAGE_URL")
+                    .unwrap_or_else(|_| "http://127.0.0.1:10000".into());
+                format!("{}/{}", base.trim_end_matches('/'), a.account)
+            });
+            let opts = PumpOptions {
+                source: a.source.clone(),
+                handler: a.handler.clone(),
+                function: a.function.clone(),
+                once: a.once,
+                interval: std::time::Duration::from_millis(a.interval_ms),
+                duplicate: a.duplicate,
+                reverse: a.reverse,
+                concurrency: a.concurrency,
+                account: a.account.clone(),
+                endpoint,
+                timeout: std::time::Duration::from_secs(a.timeout_s),
+            };
+            let report = pump(&opts).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.failed > 0 {
+                anyhow::bail!("{} post(s) failed: {:?}", report.failed, report.errors);
             }
         }
         Command::Inspect {

@@ -1,0 +1,457 @@
+//! What each function does with one invocation.
+//!
+//! Status codes: 200 whenever a retry cannot change the outcome (skipped, refused, malformed,
+//! lease held elsewhere); 500 only for failures a redelivery can fix (storage or engine
+//! errors), since any non-2xx fails the invocation and makes Event Grid or the queue deliver
+//! again (host-protocol.md §2, §6).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use crdb_delta_core::Hlc;
+use crdb_delta_core::events::{BlobEvent, Disposition, Scope, parse_events};
+use crdb_delta_core::host::{HttpResponse, InvocationRequest, InvocationResponse};
+use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::plan::PENDING_ALL;
+use serde_json::json;
+use warp::http::StatusCode;
+
+use super::status::{self, TableState};
+use super::store::{Acquire, ErrorRecord, Marker, Store};
+use super::{ServeError, Settings, container_prefix, scope_of};
+use crate::storage::Location;
+use crate::sync::{SyncOptions, SyncReport, sync};
+
+/// The handler's state, shared by all invocations.
+pub struct App {
+    pub settings: Settings,
+    pub source: Location,
+    pub target: Location,
+    pub store: Store,
+    /// `None` for a folder source: events cannot name it.
+    scope: Option<Scope>,
+    /// `container/prefix` of the target: every event below it is one of our own writes.
+    own: Vec<String>,
+    opts: SyncOptions,
+}
+
+/// The outcome of one event or run, as a log line for the host.
+type Outcome = Result<String, ServeError>;
+
+impl App {
+    pub fn new(settings: Settings) -> Result<Self, ServeError> {
+        let source = Location::open(&settings.source)?;
+        let target = Location::open(&settings.target)?;
+        let scope = scope_of(&source, settings.account.as_deref())?;
+        let own = container_prefix(&target).into_iter().collect();
+        let opts = SyncOptions {
+            mode: settings.mode,
+            config: settings.config.clone(),
+            max_window_bytes: settings
+                .config
+                .max_window_bytes
+                .unwrap_or(crate::sync::DEFAULT_MAX_WINDOW_BYTES),
+            target_file_size: settings
+                .config
+                .target_file_size
+                .unwrap_or(crate::sync::DEFAULT_TARGET_FILE_SIZE),
+            ..SyncOptions::default()
+        };
+        tracing::info!(source = %source.display, target = %target.display, scope = ?scope, "handler configured");
+        Ok(Self {
+            store: Store::new(target.clone()),
+            settings,
+            source,
+            target,
+            scope,
+            own,
+            opts,
+        })
+    }
+
+    /// Handles `POST /<function>`; never panics on input.
+    pub async fn invoke(
+        &self,
+        function: &str,
+        invocation: &str,
+        body: Result<Bytes, String>,
+    ) -> (StatusCode, InvocationResponse) {
+        let span = tracing::info_span!("invocation", function, invocation);
+        let _enter = span.enter();
+        let started = Instant::now();
+        let refused = |msg: String| {
+            tracing::warn!(function, invocation, "{msg}");
+            (StatusCode::OK, InvocationResponse::new().with_log(msg))
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => return refused(format!("request refused: {e}")),
+        };
+        let req = match InvocationRequest::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return refused(format!("request refused: {e}")),
+        };
+        drop(_enter);
+        let out = match function.to_ascii_lowercase().as_str() {
+            "blobcreated" => self.events(&req, "event", invocation).await,
+            "blobqueue" => {
+                if let Some(n) = req.dequeue_count() {
+                    tracing::info!(function, invocation, dequeue_count = n, "queue message");
+                }
+                self.events(&req, "message", invocation).await
+            }
+            "catchup" => {
+                if let Ok(t) = req.timer("timer")
+                    && t.is_past_due
+                {
+                    tracing::info!(function, invocation, "timer is past due");
+                }
+                self.run(invocation, None).await
+            }
+            "status" => return self.status(&req).await,
+            other => {
+                let msg = format!(
+                    "no function `{other}` in this handler (BlobCreated, BlobQueue, CatchUp, Status)"
+                );
+                tracing::error!(function, invocation, "{msg}");
+                return (
+                    StatusCode::NOT_FOUND,
+                    InvocationResponse::new().with_log(msg),
+                );
+            }
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        match out {
+            Ok(lines) => {
+                tracing::info!(function, invocation, ms, "invocation done");
+                let mut r = InvocationResponse::new();
+                r.logs = lines;
+                (StatusCode::OK, r)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(function, invocation, ms, error = %message, "invocation failed; the trigger retries it");
+                self.record_error(invocation, &message).await;
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    InvocationResponse::new().with_log(format!("failed (retried): {message}")),
+                )
+            }
+        }
+    }
+
+    async fn record_error(&self, invocation: &str, message: &str) {
+        let rec = ErrorRecord {
+            at: Utc::now().to_rfc3339(),
+            invocation: invocation.to_owned(),
+            message: message.to_owned(),
+        };
+        if let Err(e) = self.store.update_state(|s| s.last_error = Some(rec)).await {
+            tracing::warn!(error = %e, "could not record the error in state.json");
+        }
+    }
+
+    /// BlobCreated / BlobQueue: every event of the payload; fails (for a retry) if any failed.
+    async fn events(
+        &self,
+        req: &InvocationRequest,
+        binding: &str,
+        invocation: &str,
+    ) -> Result<Vec<String>, ServeError> {
+        let refused = |msg: String| {
+            tracing::warn!(invocation, "{msg}");
+            Ok(vec![msg])
+        };
+        let value = match req.binding(binding) {
+            Ok(v) => v,
+            Err(e) => return refused(format!("request refused: {e}")),
+        };
+        let events = match parse_events(value) {
+            Ok(e) => e,
+            Err(e) => return refused(format!("payload refused: {e}")),
+        };
+        let mut lines = Vec::new();
+        let mut first_error = None;
+        for ev in events {
+            match ev {
+                Err(e) => {
+                    tracing::warn!(invocation, error = %e, "event refused");
+                    lines.push(format!("event refused: {e}"));
+                }
+                Ok(ev) => match self.event(&ev, invocation).await {
+                    Ok(line) => lines.push(line),
+                    Err(e) => {
+                        lines.push(format!("event {}: {e}", ev.id));
+                        first_error.get_or_insert(e);
+                    }
+                },
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(lines),
+        }
+    }
+
+    async fn event(&self, ev: &BlobEvent, invocation: &str) -> Outcome {
+        let own: Vec<&str> = self.own.iter().map(String::as_str).collect();
+        // Our own Delta and buffer writes raise events too: dropped before any other work.
+        if ev.is_own_write(&own) {
+            tracing::debug!(invocation, subject = %ev.subject, "own write; skipped");
+            return Ok(format!("own write skipped: {}", ev.subject));
+        }
+        if let Disposition::Skip(reason) = ev.disposition() {
+            tracing::info!(invocation, id = %ev.id, subject = %ev.subject, %reason, "event skipped");
+            return Ok(format!("event {} skipped: {reason}", ev.id));
+        }
+        let Some(scope) = &self.scope else {
+            let msg = format!(
+                "event {} refused: the source is a folder, events cannot name it",
+                ev.id
+            );
+            tracing::warn!(invocation, "{msg}");
+            return Ok(msg);
+        };
+        let rel = match scope.relative(ev) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(invocation, error = %e, "event refused");
+                return Ok(format!("event refused: {e}"));
+            }
+        };
+        let name = match ObjectName::parse_relative(&rel) {
+            Ok((n, _)) => n,
+            Err(e) => {
+                tracing::warn!(invocation, id = %ev.id, error = %e, "not a changefeed file; refused");
+                return Ok(format!("event {} refused: {e}", ev.id));
+            }
+        };
+        self.store
+            .buffer(&Marker {
+                path: rel.clone(),
+                size: ev.content_length,
+                event_id: ev.id.clone(),
+                received_at: Utc::now().to_rfc3339(),
+            })
+            .await?;
+        match name {
+            ObjectName::Data(d) => {
+                tracing::info!(invocation, table = d.topic.table(), file = %rel, "buffered");
+                Ok(format!("buffered {rel}"))
+            }
+            ObjectName::Resolved(r) => {
+                tracing::info!(invocation, resolved = %r, "RESOLVED: applying");
+                self.run(invocation, Some(r)).await.map(|l| l.join("; "))
+            }
+        }
+    }
+
+    /// Applies every table up to `until` (a RESOLVED, or the newest listed when `None`) under
+    /// the lease.
+    ///
+    /// If another invocation holds the lease, this one answers 200 at once: its RESOLVED marker
+    /// was written before trying, and the holder looks for newer RESOLVED markers after each
+    /// run *and after releasing*, so either the holder sees the marker or this invocation's
+    /// attempt came after the release and took the lease itself. Returning an error instead
+    /// would only make Event Grid / the queue redeliver into the same wait.
+    pub async fn run(
+        &self,
+        invocation: &str,
+        until: Option<Hlc>,
+    ) -> Result<Vec<String>, ServeError> {
+        let holder = format!(
+            "{}/{}/{invocation}",
+            std::env::var("WEBSITE_INSTANCE_ID")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| "local".into()),
+            std::process::id()
+        );
+        let mut lines = Vec::new();
+        let mut until = until;
+        loop {
+            let lease = match self.store.acquire(&holder, self.settings.lease).await? {
+                Acquire::Held {
+                    holder,
+                    expires_in_ms,
+                } => {
+                    let msg = format!(
+                        "apply lease held by {holder} (expires in {} s): it applies up to the newest buffered RESOLVED",
+                        expires_in_ms / 1000
+                    );
+                    tracing::info!(invocation, "{msg}");
+                    lines.push(msg);
+                    return Ok(lines);
+                }
+                Acquire::Acquired(l) => l,
+            };
+            let result = self.apply_held(lease, invocation, until).await;
+            let asked = match result {
+                Ok((asked, line)) => {
+                    lines.push(line);
+                    asked
+                }
+                Err(e) => return Err(e),
+            };
+            // A RESOLVED announced while we held the lease, whose invocation then found it held.
+            let newest = newest_resolved(&self.store.buffered().await?);
+            match (newest, asked) {
+                (Some(n), Some(a)) if n > a => until = Some(n),
+                _ => return Ok(lines),
+            }
+        }
+    }
+
+    /// One engine run with the lease held (renewed meanwhile), then the buffer cleanup.
+    /// Returns the RESOLVED asked for and a log line.
+    async fn apply_held(
+        &self,
+        mut lease: super::store::Lease,
+        invocation: &str,
+        until: Option<Hlc>,
+    ) -> Result<(Option<Hlc>, String), ServeError> {
+        let ttl = self.settings.lease;
+        let out = async {
+            let buffered = self.store.buffered().await?;
+            // The newest RESOLVED announced so far: one run covers every waiting RESOLVED.
+            let until = until.map(|u| newest_resolved(&buffered).map_or(u, |n| n.max(u)));
+            let mut opts = self.opts.clone();
+            opts.until = until;
+            let work = sync(&self.source, &self.target, &opts);
+            tokio::pin!(work);
+            let mut tick = tokio::time::interval(renew_every(ttl));
+            tick.tick().await;
+            let report = loop {
+                tokio::select! {
+                    r = &mut work => break r?,
+                    _ = tick.tick() => { lease.renew(ttl).await; }
+                }
+            };
+            let asked = until.or(report.resolved);
+            let removed = self.cleanup(&report, asked).await?;
+            self.record_run(invocation, &report).await;
+            for (t, r) in &report.tables {
+                tracing::info!(invocation, table = %t, resolved = ?r.resolved.map(|h| h.to_string()), version = ?r.version, commits = r.commits, events = r.events, inserted = r.inserted, updated = r.updated, deleted = r.deleted, files_read = r.files_read, seconds = r.seconds, "table applied");
+            }
+            let line = format!(
+                "applied up to {} ({} step(s), {} events, {} tables, {:.2} s); {removed} buffer marker(s) consumed",
+                report.resolved.map_or("nothing".into(), |h| h.to_string()),
+                report.steps,
+                report.events,
+                report.tables.len(),
+                report.seconds
+            );
+            Ok::<_, ServeError>((asked, line))
+        }
+        .await;
+        lease.release().await;
+        out
+    }
+
+    /// Deletes the markers of RESOLVED files at or below `asked` and of data files every row of
+    /// which is applied (name timestamp ≤ the table's RESOLVED and before its `pendingFrom`).
+    async fn cleanup(&self, report: &SyncReport, asked: Option<Hlc>) -> Result<usize, ServeError> {
+        let buffered = self.store.buffered().await?;
+        let mut tables = std::collections::BTreeMap::<String, Option<TableState>>::new();
+        let mut done = Vec::new();
+        for b in &buffered {
+            let consumed = match &b.name {
+                ObjectName::Resolved(r) => asked.is_some_and(|a| *r <= a),
+                ObjectName::Data(d) => {
+                    let table = d.topic.table().to_owned();
+                    if !report.tables.contains_key(&table) {
+                        continue;
+                    }
+                    if !tables.contains_key(&table) {
+                        let st =
+                            status::table_state(&self.target, &self.opts.config, &table).await?;
+                        tables.insert(table.clone(), st);
+                    }
+                    match tables.get(&table).and_then(Option::as_ref) {
+                        Some(st) => {
+                            match (st.progress.applied, st.progress.pending_from.as_deref()) {
+                                (Some(a), None) => d.ts <= a,
+                                (Some(_), Some(PENDING_ALL)) => false,
+                                (Some(a), Some(p)) => {
+                                    d.ts <= a
+                                        && ObjectName::parse_relative(p)
+                                            .is_ok_and(|(pn, _)| b.name < pn)
+                                }
+                                (None, _) => false,
+                            }
+                        }
+                        None => false,
+                    }
+                }
+            };
+            if consumed {
+                done.push(&b.marker);
+            }
+        }
+        self.store.unbuffer(&done).await
+    }
+
+    async fn record_run(&self, invocation: &str, report: &SyncReport) {
+        let run = json!({
+            "invocation": invocation,
+            "at": Utc::now().to_rfc3339(),
+            "resolved": report.resolved.map(|h| h.to_string()),
+            "steps": report.steps,
+            "events": report.events,
+            "seconds": report.seconds,
+        });
+        let names: Vec<String> = report.tables.keys().cloned().collect();
+        let r = self
+            .store
+            .update_state(|s| {
+                for n in names {
+                    if !s.tables.contains(&n) {
+                        s.tables.push(n);
+                    }
+                }
+                s.tables.sort();
+                s.last_run = Some(run);
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not record the run in state.json");
+        }
+    }
+
+    async fn status(&self, req: &InvocationRequest) -> (StatusCode, InvocationResponse) {
+        let text = req
+            .http_request("req")
+            .ok()
+            .and_then(|r| {
+                r.query_param("format")
+                    .map(|f| f.eq_ignore_ascii_case("text"))
+            })
+            .unwrap_or(false);
+        let report = status::status(self).await;
+        let http = match (&report, text) {
+            (Ok(v), false) => HttpResponse::json(200, v),
+            (Ok(v), true) => HttpResponse::text(200, status::render(v)),
+            (Err(e), _) => HttpResponse::json(500, &json!({ "error": e.to_string() })),
+        };
+        // The HTTP caller sees the error; the invocation itself succeeded (nothing to retry).
+        (
+            StatusCode::OK,
+            InvocationResponse::new().with_http("res", &http),
+        )
+    }
+}
+
+fn newest_resolved(buffered: &[super::store::Buffered]) -> Option<Hlc> {
+    buffered
+        .iter()
+        .filter_map(|b| match b.name {
+            ObjectName::Resolved(r) => Some(r),
+            ObjectName::Data(_) => None,
+        })
+        .max()
+}
+
+/// How long to wait between lease renewals: never zero.
+pub fn renew_every(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(100))
+}

@@ -1,0 +1,342 @@
+//! `crdb-delta serve`: the Azure Functions custom handler.
+//!
+//! The Functions host starts the binary (`host.json` → `customHandler`) and forwards every
+//! invocation as `POST /<FunctionName>` with `{"Data":…,"Metadata":…}` (docs/host-protocol.md §1).
+//! Functions: `BlobCreated` (Event Grid), `BlobQueue` (Event Grid → Storage queue), `CatchUp`
+//! (timer), `Status` (HTTP). Data files are recorded in a durable buffer in the target storage;
+//! a RESOLVED file applies every table up to it with the engine under a lease (see [`store`]).
+
+pub mod app;
+pub mod http;
+pub mod pump;
+pub mod status;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use crdb_delta_core::events::{Scope, ScopeError};
+use crdb_delta_core::host::{INVOCATION_ID_HEADER, InvocationResponse, PORT_ENV_VARS};
+use futures::{Stream, StreamExt};
+use warp::Filter;
+use warp::http::StatusCode;
+
+use crate::config::{Config, ConfigError};
+use crate::storage::{Location, StorageError};
+use crate::sync::SyncError;
+
+/// Largest request body read. Event Grid events are ~1–2 KB, queue messages at most 64 KB; the
+/// host sends chunked bodies without Content-Length (host-protocol.md §1), so the limit is
+/// enforced while reading the stream.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+/// Lease lifetime without renewal. The holder renews it every third of this while it applies,
+/// so only a crashed holder blocks others, for at most this long.
+pub const DEFAULT_LEASE_SECONDS: u64 = 120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("app setting {name}: {message}")]
+    Setting { name: &'static str, message: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where the handler reads its configuration: the function app's settings (environment).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `CRDB_DELTA_SOURCE`: the changefeed root (azure URL or folder).
+    pub source: String,
+    /// `CRDB_DELTA_TARGET`: the Delta target root.
+    pub target: String,
+    /// `CRDB_DELTA_MODE`: update_delete (default), append_only or scd2.
+    pub mode: Option<crdb_delta_core::changes::Mode>,
+    /// `CRDB_DELTA_CONFIG`: path of a config JSON (same shape as `sync --config`).
+    pub config: Config,
+    /// `CRDB_DELTA_SOURCE_ACCOUNT`: the storage account events must come from.
+    pub account: Option<String>,
+    pub max_body_bytes: usize,
+    pub lease: Duration,
+}
+
+impl Settings {
+    /// Reads the settings through `var` (the environment in production, a map in tests).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ServeError> {
+        let get = |name: &'static str| {
+            var(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or(ServeError::Setting {
+                    name,
+                    message: "not set".into(),
+                })
+        };
+        let number = |name: &'static str, default: u64| -> Result<u64, ServeError> {
+            match var(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| ServeError::Setting {
+                    name,
+                    message: format!("`{v}` is not a whole number"),
+                }),
+            }
+        };
+        let source = get("CRDB_DELTA_SOURCE")?;
+        let config = match var("CRDB_DELTA_CONFIG").filter(|v| !v.trim().is_empty()) {
+            Some(path) => Config::load(&path)?,
+            None => Config::default(),
+        };
+        let mode =
+            match var("CRDB_DELTA_MODE").filter(|v| !v.trim().is_empty()) {
+                Some(m) => Some(m.trim().parse::<crdb_delta_core::changes::Mode>().map_err(
+                    |e| ServeError::Setting {
+                        name: "CRDB_DELTA_MODE",
+                        message: e.to_string(),
+                    },
+                )?),
+                None => None,
+            };
+        let account = var("CRDB_DELTA_SOURCE_ACCOUNT")
+            .filter(|v| !v.trim().is_empty())
+            .map(|a| a.trim().to_ascii_lowercase())
+            .or_else(|| account_of(&source, &var));
+        Ok(Self {
+            target: get("CRDB_DELTA_TARGET")?,
+            source,
+            mode,
+            config,
+            account,
+            max_body_bytes: number("CRDB_DELTA_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64)?
+                as usize,
+            lease: Duration::from_secs(number("CRDB_DELTA_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)?),
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ServeError> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+}
+
+/// The storage account of an Azure source: from the URL (`https://<account>.blob…`,
+/// `abfss://c@<account>.dfs…`), else the account `object_store` uses
+/// (`AZURE_STORAGE_ACCOUNT_NAME`), else Azurite's. `None` for folders: no account check.
+fn account_of(source: &str, var: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let url = url::Url::parse(source).ok()?;
+    let from_host = || {
+        url.host_str()
+            .and_then(|h| h.split('.').next())
+            .map(str::to_ascii_lowercase)
+    };
+    match url.scheme() {
+        "https" | "abfs" | "abfss" if url.host_str().is_some_and(|h| h.contains('.')) => {
+            from_host()
+        }
+        "azure" | "az" | "abfs" | "abfss" | "adl" | "https" => var("AZURE_STORAGE_ACCOUNT_NAME")
+            .filter(|a| !a.is_empty())
+            .map(|a| a.to_ascii_lowercase())
+            .or_else(|| {
+                var("AZURE_STORAGE_USE_EMULATOR")
+                    .filter(|v| v.eq_ignore_ascii_case("true"))
+                    .map(|_| "devstoreaccount1".to_owned())
+            }),
+        _ => None,
+    }
+}
+
+/// The event scope of an opened source: `az://container/prefix` gives container and prefix.
+/// `None` for a folder source (only CatchUp and Status can work then).
+pub fn scope_of(source: &Location, account: Option<&str>) -> Result<Option<Scope>, ServeError> {
+    if source.url.scheme() != "az" {
+        return Ok(None);
+    }
+    let container = source.url.host_str().unwrap_or_default();
+    Ok(Some(Scope::new(account, container, source.url.path())?))
+}
+
+/// `container/prefix` of an Azure location (what `events::is_own_write` compares), if Azure.
+pub fn container_prefix(loc: &Location) -> Option<String> {
+    (loc.url.scheme() == "az").then(|| {
+        format!(
+            "{}/{}",
+            loc.url.host_str().unwrap_or_default(),
+            loc.url.path().trim_matches('/')
+        )
+        .trim_end_matches('/')
+        .to_owned()
+    })
+}
+
+/// The port the host asks for (`FUNCTIONS_CUSTOMHANDLER_PORT`, then the older
+/// `FUNCTIONS_HTTPWORKER_PORT`; host-protocol.md §1), else `fallback`.
+pub fn port_from_env(fallback: Option<u16>) -> Result<u16, ServeError> {
+    for name in PORT_ENV_VARS {
+        if let Ok(v) = std::env::var(name)
+            && !v.trim().is_empty()
+        {
+            return v.trim().parse().map_err(|_| ServeError::Setting {
+                name: if name == PORT_ENV_VARS[0] {
+                    PORT_ENV_VARS[0]
+                } else {
+                    PORT_ENV_VARS[1]
+                },
+                message: format!("`{v}` is not a port"),
+            });
+        }
+    }
+    fallback.ok_or(ServeError::Setting {
+        name: PORT_ENV_VARS[0],
+        message: "not set (and no --port given)".into(),
+    })
+}
+
+/// Reads a body stream to its end, refusing more than `limit` bytes whatever the headers say.
+pub async fn read_bounded<S, B, E>(mut body: S, limit: usize) -> Result<Bytes, String>
+where
+    S: Stream<Item = Result<B, E>> + Unpin,
+    B: Buf,
+    E: std::fmt::Display,
+{
+    let mut out = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| format!("reading the request body: {e}"))?;
+        if out.len() + chunk.remaining() > limit {
+            return Err(format!("request body larger than {limit} bytes"));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Binds `127.0.0.1:port` (the host talks to the handler on loopback) and serves until Ctrl-C /
+/// SIGTERM. The host requires the handler to listen within 60 s (host-protocol.md §2).
+pub async fn serve(settings: Settings, port: u16) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let app = Arc::new(app::App::new(settings)?);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    let limit = app.settings.max_body_bytes;
+    let routes = warp::post()
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::header::optional::<String>(INVOCATION_ID_HEADER))
+        .and(warp::body::stream())
+        .then(move |function: String, invocation: Option<String>, body| {
+            let app = app.clone();
+            async move {
+                let body = read_bounded(Box::pin(body), limit).await;
+                let (status, resp) = app
+                    .invoke(&function, invocation.as_deref().unwrap_or("-"), body)
+                    .await;
+                reply(status, &resp)
+            }
+        });
+    tracing::info!(%addr, ready_ms = started.elapsed().as_millis() as u64, "crdb-delta serve: listening");
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown())
+        .run()
+        .await;
+    Ok(())
+}
+
+fn reply(status: StatusCode, resp: &InvocationResponse) -> warp::reply::Response {
+    let mut r = warp::reply::Response::new(resp.to_json().into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("crdb-delta serve: shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[tokio::test]
+    async fn bodies_are_bounded_without_length() {
+        let chunks: Vec<Result<Bytes, String>> = vec![
+            Ok(Bytes::from_static(b"abc")),
+            Ok(Bytes::from_static(b"def")),
+        ];
+        let s = futures::stream::iter(chunks.clone());
+        assert_eq!(
+            read_bounded(s, 6).await.unwrap(),
+            Bytes::from_static(b"abcdef")
+        );
+        let s = futures::stream::iter(chunks);
+        assert!(read_bounded(s, 5).await.unwrap_err().contains("larger"));
+    }
+
+    #[test]
+    fn settings_and_accounts() {
+        let vars: HashMap<&str, &str> = [
+            (
+                "CRDB_DELTA_SOURCE",
+                "https://myacct.blob.core.windows.net/feed/cf",
+            ),
+            ("CRDB_DELTA_TARGET", "azure://delta/t"),
+            ("CRDB_DELTA_MODE", "append_only"),
+        ]
+        .into();
+        let s = Settings::from_vars(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(s.account.as_deref(), Some("myacct"));
+        assert_eq!(s.lease, Duration::from_secs(DEFAULT_LEASE_SECONDS));
+        let emu: HashMap<&str, &str> = [
+            ("CRDB_DELTA_SOURCE", "azure://feed/cf"),
+            ("CRDB_DELTA_TARGET", "/tmp/x"),
+            ("AZURE_STORAGE_USE_EMULATOR", "true"),
+        ]
+        .into();
+        let s = Settings::from_vars(|k| emu.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(s.account.as_deref(), Some("devstoreaccount1"));
+        let bad: HashMap<&str, &str> =
+            [("CRDB_DELTA_SOURCE", "x"), ("CRDB_DELTA_MODE", "nope")].into();
+        assert!(Settings::from_vars(|k| bad.get(k).map(|v| v.to_string())).is_err());
+    }
+}
