@@ -104,7 +104,7 @@ fn partial_family_update_keeps_other_columns_and_family_delete_nulls_them() {
         .merge_target(&table[0], false)
         .unwrap()
         .expect("id 1 changes");
-    let r = &rows(&[merged.clone()])[0];
+    let r = &rows(std::slice::from_ref(&merged))[0];
     assert_eq!(r["status"], "paid");
     assert_eq!(r["customer"], "ann", "untouched family keeps its value");
     assert_eq!(r[changes::HLC], h(150).to_string());
@@ -289,7 +289,11 @@ fn dropped_column_becomes_null_and_type_mismatch_names_the_file() {
     .unwrap();
     let mut c = w.finish().unwrap();
     let out = rows(&c.inserts(10).unwrap());
-    assert_eq!(out[0]["v"], Value::Null, "a column the row no longer has is NULL");
+    assert_eq!(
+        out[0]["v"],
+        Value::Null,
+        "a column the row no longer has is NULL"
+    );
     assert_eq!(out[0]["w"], "new");
 
     // `id` is a long in the table; a file sending text that is not a number is refused.

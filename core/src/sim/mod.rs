@@ -10,7 +10,7 @@
 pub mod model;
 pub mod parquet;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
 
@@ -335,12 +335,31 @@ struct TableState {
     def: Arc<TableDef>,
     /// Canonical key text → (row, mvcc of its last change).
     rows: BTreeMap<String, (Vec<Datum>, Hlc)>,
+    /// Live keys in a vector, for O(1) random choice (`BTreeMap::nth` is linear).
+    live: Vec<String>,
+    live_pos: HashMap<String, usize>,
     deleted: Vec<Vec<Datum>>,
     next_id: i64,
     events: Vec<String>,
 }
 
 impl TableState {
+    fn remember(&mut self, key: &str) {
+        if !self.live_pos.contains_key(key) {
+            self.live_pos.insert(key.to_owned(), self.live.len());
+            self.live.push(key.to_owned());
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        if let Some(i) = self.live_pos.remove(key) {
+            self.live.swap_remove(i);
+            if let Some(moved) = self.live.get(i) {
+                self.live_pos.insert(moved.clone(), i);
+            }
+        }
+    }
+
     fn key_text(def: &TableDef, row: &[Datum]) -> String {
         let key: Vec<Value> = def
             .key_indices()
@@ -368,6 +387,8 @@ pub fn run(opts: &SimOptions, sink: &mut Sink<'_>) -> io::Result<SimSummary> {
         tables.push(TableState {
             def: Arc::new(def),
             rows: BTreeMap::new(),
+            live: Vec::new(),
+            live_pos: HashMap::new(),
             deleted: vec![],
             next_id: 1,
             events: vec![],
@@ -513,18 +534,14 @@ impl Sim<'_> {
         let t = self.rng.random_range(0..self.tables.len());
         let [ins, upd, _] = self.opts.mix;
         let roll: f64 = self.rng.random();
-        let live = self.tables[t].rows.len();
+        let live = self.tables[t].live.len();
         if roll < ins || live == 0 {
             let row = self.new_row(t);
             return self.apply_insert(t, row, ts, ts);
         }
         let idx = self.rng.random_range(0..live);
-        let (key, (old, _)) = self.tables[t]
-            .rows
-            .iter()
-            .nth(idx)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .expect("live row");
+        let key = self.tables[t].live[idx].clone();
+        let old = self.tables[t].rows[&key].0.clone();
         let def = self.tables[t].def.clone();
         if roll < ins + upd {
             // Update some families (often one); unchanged families keep their values.
@@ -571,6 +588,7 @@ impl Sim<'_> {
             }
         } else {
             self.tables[t].rows.remove(&key);
+            self.tables[t].forget(&key);
             self.tables[t].deleted.push(old.clone());
             for f in def.families.clone() {
                 let m = Message {
@@ -592,6 +610,7 @@ impl Sim<'_> {
     fn apply_insert(&mut self, t: usize, row: Vec<Datum>, ts: Hlc, mvcc: Hlc) -> io::Result<()> {
         let def = self.tables[t].def.clone();
         let key = TableState::key_text(&def, &row);
+        self.tables[t].remember(&key);
         self.tables[t].rows.insert(key, (row.clone(), mvcc));
         for f in def.families.clone() {
             let m = Message {
