@@ -591,54 +591,41 @@ async fn apply_table(
     let mut writer = delta::Writer::new(table, opts.target_file_size).map_err(delta_err(&name))?;
     let mut removes = Vec::new();
     let bs = opts.batch_size;
-    match state.mode {
-        Mode::AppendOnly => {
-            for b in changes.append_rows(bs).map_err(change_err)? {
+    // update_delete and scd2: copy-on-write of the files that hold changed keys.
+    if state.mode != Mode::AppendOnly && exists && !changes.is_empty() {
+        let keys = numeric_keys(&changes);
+        let first_key = changes.layout().key[0].clone();
+        for f in delta::files(table, &first_key)
+            .await
+            .map_err(delta_err(&name))?
+        {
+            if !may_hold(&f.key_range, &keys) {
+                continue;
+            }
+            let batches = delta::read_file(table, &f.path, bs).await?;
+            let mut out = Vec::with_capacity(batches.len());
+            for b in &batches {
+                out.push(rewrite(&mut changes, state.mode, b, false).map_err(change_err)?);
+            }
+            if out.iter().all(Option::is_none) {
+                continue;
+            }
+            // The file is rewritten: its untouched batches too, in the current schema.
+            removes.push(f.remove);
+            for (b, merged) in batches.iter().zip(out) {
+                let b = match merged {
+                    Some(m) => m,
+                    None => rewrite(&mut changes, state.mode, b, true)
+                        .map_err(change_err)?
+                        .expect("always"),
+                };
                 writer.write(b).await.map_err(delta_err(&name))?;
             }
         }
-        Mode::UpdateDelete | Mode::Scd2 => {
-            if exists && !changes.is_empty() {
-                let keys = numeric_keys(&changes);
-                let first_key = changes.layout().key[0].clone();
-                for f in delta::files(table, &first_key)
-                    .await
-                    .map_err(delta_err(&name))?
-                {
-                    if !may_hold(&f.key_range, &keys) {
-                        continue;
-                    }
-                    let batches = delta::read_file(table, &f.path, bs).await?;
-                    let mut out = Vec::with_capacity(batches.len());
-                    for b in &batches {
-                        out.push(rewrite(&mut changes, state.mode, b, false).map_err(change_err)?);
-                    }
-                    if out.iter().all(Option::is_none) {
-                        continue;
-                    }
-                    // The file is rewritten: its untouched batches too, in the current schema.
-                    removes.push(f.remove);
-                    for (b, merged) in batches.iter().zip(out) {
-                        let b = match merged {
-                            Some(m) => m,
-                            None => rewrite(&mut changes, state.mode, b, true)
-                                .map_err(change_err)?
-                                .expect("always"),
-                        };
-                        writer.write(b).await.map_err(delta_err(&name))?;
-                    }
-                }
-            }
-            let rest = if state.mode == Mode::Scd2 {
-                changes.versions(bs)
-            } else {
-                changes.inserts(bs)
-            }
-            .map_err(change_err)?;
-            for b in rest {
-                writer.write(b).await.map_err(delta_err(&name))?;
-            }
-        }
+    }
+    // New rows (every change, new keys, or new versions), built and written one batch at a time.
+    while let Some(b) = changes.next_output(state.mode, bs).map_err(change_err)? {
+        writer.write(b).await.map_err(delta_err(&name))?;
     }
     let adds = writer.finish().await.map_err(delta_err(&name))?;
     fault("after-write");

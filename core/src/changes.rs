@@ -218,8 +218,8 @@ pub struct Window {
     family_names: Vec<String>,
     stored: Vec<Stored>,
     frags: Vec<Frag>,
-    keys: HashMap<String, u32>,
-    key_texts: Vec<String>,
+    keys: HashMap<Arc<str>, u32>,
+    key_texts: Vec<Arc<str>>,
     rows_read: u64,
 }
 
@@ -348,12 +348,6 @@ impl Window {
                 }
             }
         }
-        let cols: Vec<Option<usize>> = self
-            .layout
-            .columns
-            .iter()
-            .map(|(n, _)| schema.index_of(n).ok())
-            .collect();
         let key_cols: Vec<usize> = self
             .layout
             .key
@@ -388,11 +382,16 @@ impl Window {
                 row: file_row,
                 column: self.layout.key[i].clone(),
             })?;
-            let next = self.key_texts.len() as u32;
-            let id = *self.keys.entry(key).or_insert_with_key(|k| {
-                self.key_texts.push(k.clone());
-                next
-            });
+            let id = match self.keys.get(key.as_str()) {
+                Some(id) => *id,
+                None => {
+                    let id = self.key_texts.len() as u32;
+                    let k: Arc<str> = Arc::from(key);
+                    self.key_texts.push(k.clone());
+                    self.keys.insert(k, id);
+                    id
+                }
+            };
             let op = Op::from_code(ops.value(row)).ok_or_else(|| {
                 invalid(format!(
                     "row {file_row}: unknown operation `{}`",
@@ -408,6 +407,18 @@ impl Window {
                 row: row as u32,
             });
         }
+        // Keep the data columns only: the metadata now lives in the fragments.
+        let data_idx: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| !batch::is_meta(schema.field(i).name()))
+            .collect();
+        let batch = batch.project(&data_idx)?;
+        let projected = batch.schema();
+        let cols: Vec<Option<usize>> = self
+            .layout
+            .columns
+            .iter()
+            .map(|(n, _)| projected.index_of(n).ok())
+            .collect();
         self.stored.push(Stored {
             batch,
             file: Arc::from(file),
@@ -445,14 +456,14 @@ impl Window {
         let key_texts = &self.key_texts;
         self.frags.sort_by(|a, b| {
             (
-                key_texts[a.key as usize].as_str(),
+                &*key_texts[a.key as usize],
                 a.updated,
                 a.family,
                 a.batch,
                 a.row,
             )
                 .cmp(&(
-                    key_texts[b.key as usize].as_str(),
+                    &*key_texts[b.key as usize],
                     b.updated,
                     b.family,
                     b.batch,
@@ -551,6 +562,7 @@ impl Window {
             bases: Vec::new(),
             base_of: HashMap::new(),
             counts: Counts::default(),
+            cursor: Cursor::Start,
         })
     }
 }
@@ -593,6 +605,18 @@ enum Final {
     },
 }
 
+/// A new SCD2 version: its column sources, start and end HLC.
+type Version = (Vec<Slot>, i128, Option<i128>);
+
+/// Where [`Changes::next_output`] is.
+enum Cursor {
+    Start,
+    Append(Vec<u32>, usize),
+    Inserts(Vec<u32>, usize),
+    Versions(Vec<Version>, usize),
+    Done,
+}
+
 /// Rows written, by kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -611,8 +635,8 @@ pub struct Changes {
     stored: Vec<Stored>,
     frags: Vec<Frag>,
     changes: Vec<Change>,
-    keys: HashMap<String, u32>,
-    key_texts: Vec<String>,
+    keys: HashMap<Arc<str>, u32>,
+    key_texts: Vec<Arc<str>>,
     primary: Option<u16>,
     families_known: Vec<u16>,
     null_arrays: Vec<ArrayRef>,
@@ -624,6 +648,7 @@ pub struct Changes {
     /// Key → (base batch, row): the version that was open in the table (scd2).
     base_of: HashMap<u32, (usize, usize)>,
     counts: Counts,
+    cursor: Cursor,
 }
 
 impl Changes {
@@ -750,55 +775,122 @@ impl Changes {
 
     /// append_only: one row per change, at most `batch_rows` rows per batch.
     pub fn append_rows(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>, ChangeError> {
-        let schema = self.layout.output_schema(Mode::AppendOnly);
         let mut out = Vec::new();
-        let mut order: Vec<usize> = (0..self.changes.len()).collect();
-        // History reads naturally in commit order.
-        order.sort_by_key(|&i| (self.changes[i].updated, self.changes[i].key));
-        for chunk in order.chunks(batch_rows.max(1)) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            let mut op = StringBuilder::new();
-            let mut hlc = StringBuilder::new();
-            let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-            let mut file = StringBuilder::new();
-            let mut fams = StringBuilder::new();
-            for &i in chunk {
-                let c = &self.changes[i];
-                let mut image = vec![Some(NULL); self.layout.columns.len()];
-                if self.is_row_delete(c) {
-                    // A delete carries the key only.
-                    let f = self.parts(c)[0];
-                    for &col in &self.key_cols {
-                        image[col] = Some((1 + f.batch as usize, f.row as usize));
-                    }
-                } else {
-                    self.apply(c, &mut image);
-                }
-                rows.push(image.into_iter().map(|s| s.unwrap_or(NULL)).collect());
-                let h = Hlc::from_decimal_i128(c.updated).unwrap_or_default();
-                op.append_value(self.op_code(c));
-                hlc.append_value(h.to_string());
-                ts.append_value(h.wall_micros());
-                let parts = self.parts(c);
-                file.append_value(&*self.stored[parts[0].batch as usize].file);
-                let names: Vec<&str> = parts
-                    .iter()
-                    .map(|f| self.family_names[f.family as usize].as_str())
-                    .collect();
-                fams.append_value(names.join(","));
-            }
-            let mut cols = self.gather(&rows, &[])?;
-            cols.push(Arc::new(op.finish()));
-            cols.push(Arc::new(hlc.finish()));
-            cols.push(Arc::new(ts.finish()));
-            cols.push(Arc::new(file.finish()));
-            if self.layout.split_families {
-                cols.push(Arc::new(fams.finish()));
-            }
-            self.counts.inserted += chunk.len() as u64;
-            out.push(RecordBatch::try_new(schema.clone(), cols)?);
+        while let Some(b) = self.next_output(Mode::AppendOnly, batch_rows)? {
+            out.push(b);
         }
         Ok(out)
+    }
+
+    /// The next batch of what the mode adds after the target was merged (append_only: every
+    /// change; update_delete: rows for new keys; scd2: new versions), or `None` when done.
+    /// Batches are built one at a time so the output never exists whole in memory.
+    pub fn next_output(
+        &mut self,
+        mode: Mode,
+        batch_rows: usize,
+    ) -> Result<Option<RecordBatch>, ChangeError> {
+        let n = batch_rows.max(1);
+        if matches!(self.cursor, Cursor::Start) {
+            self.cursor = match mode {
+                Mode::AppendOnly => {
+                    let mut order: Vec<u32> = (0..self.changes.len() as u32).collect();
+                    // History reads naturally in commit order.
+                    order.sort_by_key(|&i| {
+                        (
+                            self.changes[i as usize].updated,
+                            self.changes[i as usize].key,
+                        )
+                    });
+                    Cursor::Append(order, 0)
+                }
+                Mode::UpdateDelete => {
+                    self.ensure_finals();
+                    let mut keys: Vec<u32> = self
+                        .finals
+                        .iter()
+                        .filter(|(k, f)| {
+                            !self.matched[**k as usize] && matches!(f, Final::Image { .. })
+                        })
+                        .map(|(k, _)| *k)
+                        .collect();
+                    // Key order (integers numerically) keeps new files' key ranges tight for
+                    // min/max pruning.
+                    keys.sort_by(|a, b| {
+                        let (a, b) = (&self.key_texts[*a as usize], &self.key_texts[*b as usize]);
+                        (a.len(), a).cmp(&(b.len(), b))
+                    });
+                    Cursor::Inserts(keys, 0)
+                }
+                Mode::Scd2 => Cursor::Versions(self.plan_versions(), 0),
+            };
+        }
+        let cursor = std::mem::replace(&mut self.cursor, Cursor::Done);
+        let (batch, next) = match cursor {
+            Cursor::Append(order, pos) if pos < order.len() => {
+                let end = (pos + n).min(order.len());
+                let b = self.build_append(&order[pos..end])?;
+                (Some(b), Cursor::Append(order, end))
+            }
+            Cursor::Inserts(keys, pos) if pos < keys.len() => {
+                let end = (pos + n).min(keys.len());
+                let b = self.build_inserts(&keys[pos..end])?;
+                (Some(b), Cursor::Inserts(keys, end))
+            }
+            Cursor::Versions(v, pos) if pos < v.len() => {
+                let end = (pos + n).min(v.len());
+                let b = self.build_versions(&v[pos..end])?;
+                (Some(b), Cursor::Versions(v, end))
+            }
+            _ => (None, Cursor::Done),
+        };
+        self.cursor = next;
+        Ok(batch)
+    }
+
+    fn build_append(&mut self, chunk: &[u32]) -> Result<RecordBatch, ChangeError> {
+        let schema = self.layout.output_schema(Mode::AppendOnly);
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut op = StringBuilder::new();
+        let mut hlc = StringBuilder::new();
+        let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let mut file = StringBuilder::new();
+        let mut fams = StringBuilder::new();
+        for &i in chunk {
+            let c = &self.changes[i as usize];
+            let mut image = vec![Some(NULL); self.layout.columns.len()];
+            if self.is_row_delete(c) {
+                // A delete carries the key only.
+                let f = self.parts(c)[0];
+                for &col in &self.key_cols {
+                    image[col] = Some((1 + f.batch as usize, f.row as usize));
+                }
+            } else {
+                self.apply(c, &mut image);
+            }
+            rows.push(image.into_iter().map(|s| s.unwrap_or(NULL)).collect());
+            let h = Hlc::from_decimal_i128(c.updated).unwrap_or_default();
+            op.append_value(self.op_code(c));
+            hlc.append_value(h.to_string());
+            ts.append_value(h.wall_micros());
+            let parts = self.parts(c);
+            file.append_value(&*self.stored[parts[0].batch as usize].file);
+            let names: Vec<&str> = parts
+                .iter()
+                .map(|f| self.family_names[f.family as usize].as_str())
+                .collect();
+            fams.append_value(names.join(","));
+        }
+        let mut cols = self.gather(&rows, &[])?;
+        cols.push(Arc::new(op.finish()));
+        cols.push(Arc::new(hlc.finish()));
+        cols.push(Arc::new(ts.finish()));
+        cols.push(Arc::new(file.finish()));
+        if self.layout.split_families {
+            cols.push(Arc::new(fams.finish()));
+        }
+        self.counts.inserted += chunk.len() as u64;
+        Ok(RecordBatch::try_new(schema, cols)?)
     }
 
     /// update_delete: computes each key's net effect (once, before the first target batch).
@@ -835,7 +927,7 @@ impl Changes {
 
     /// Keys of the window, as canonical key text (for pruning target files).
     pub fn key_texts(&self) -> impl Iterator<Item = &str> {
-        self.key_texts.iter().map(String::as_str)
+        self.key_texts.iter().map(|k| &**k)
     }
 
     /// The first key column's values as canonical JSON, for min/max file pruning.
@@ -868,7 +960,7 @@ impl Changes {
             .map(|r| {
                 key_text(target, &key_cols, r)
                     .ok()
-                    .and_then(|k| self.keys.get(&k).copied())
+                    .and_then(|k| self.keys.get(k.as_str()).copied())
             })
             .collect())
     }
@@ -954,41 +1046,33 @@ impl Changes {
 
     /// update_delete: rows for keys the table did not have (after every target batch was merged).
     pub fn inserts(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>, ChangeError> {
-        self.ensure_finals();
-        let mut pending: Vec<(&String, &Vec<Option<Slot>>, i128)> = self
-            .finals
-            .iter()
-            .filter(|(k, _)| !self.matched[**k as usize])
-            .filter_map(|(k, f)| match f {
-                Final::Image { image, updated } => {
-                    Some((&self.key_texts[*k as usize], image, *updated))
-                }
-                Final::Delete => None,
-            })
-            .collect();
-        pending.sort_by(|a, b| a.0.cmp(b.0));
-        let rows_all: Vec<(Vec<Slot>, i128)> = pending
-            .into_iter()
-            .map(|(_, image, u)| (image.iter().map(|s| s.unwrap_or(NULL)).collect(), u))
-            .collect();
-        let schema = self.layout.output_schema(Mode::UpdateDelete);
         let mut out = Vec::new();
-        for chunk in rows_all.chunks(batch_rows.max(1)) {
-            let rows: Vec<Vec<Slot>> = chunk.iter().map(|(r, _)| r.clone()).collect();
-            let mut cols = self.gather(&rows, &[])?;
-            let mut hlc = StringBuilder::new();
-            let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-            for (_, u) in chunk {
-                let h = Hlc::from_decimal_i128(*u).unwrap_or_default();
+        while let Some(b) = self.next_output(Mode::UpdateDelete, batch_rows)? {
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    fn build_inserts(&mut self, keys: &[u32]) -> Result<RecordBatch, ChangeError> {
+        let mut rows: Vec<Vec<Slot>> = Vec::with_capacity(keys.len());
+        let mut hlc = StringBuilder::new();
+        let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        for k in keys {
+            if let Some(Final::Image { image, updated }) = self.finals.get(k) {
+                rows.push(image.iter().map(|s| s.unwrap_or(NULL)).collect());
+                let h = Hlc::from_decimal_i128(*updated).unwrap_or_default();
                 hlc.append_value(h.to_string());
                 ts.append_value(h.wall_micros());
             }
-            cols.push(Arc::new(hlc.finish()));
-            cols.push(Arc::new(ts.finish()));
-            self.counts.inserted += chunk.len() as u64;
-            out.push(RecordBatch::try_new(schema.clone(), cols)?);
         }
-        Ok(out)
+        let mut cols = self.gather(&rows, &[])?;
+        cols.push(Arc::new(hlc.finish()));
+        cols.push(Arc::new(ts.finish()));
+        self.counts.inserted += rows.len() as u64;
+        Ok(RecordBatch::try_new(
+            self.layout.output_schema(Mode::UpdateDelete),
+            cols,
+        )?)
     }
 
     /// Whether a target batch may need rewriting: some key of the window appears in it.
@@ -1090,10 +1174,18 @@ impl Changes {
 
     /// scd2: one row per new version (after every target batch was closed).
     pub fn versions(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>, ChangeError> {
+        let mut out = Vec::new();
+        while let Some(b) = self.next_output(Mode::Scd2, batch_rows)? {
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    /// Every new version: (image, start, end).
+    fn plan_versions(&mut self) -> Vec<Version> {
         let ncols = self.layout.columns.len();
         let base0 = 1 + self.stored.len();
-        // (image, start, end)
-        let mut versions: Vec<(Vec<Slot>, i128, Option<i128>)> = Vec::new();
+        let mut versions: Vec<Version> = Vec::new();
         for r in self.ranges_by_key() {
             let key = self.changes[r.start].key;
             let mut image: Option<Vec<Option<Slot>>> = self
@@ -1121,39 +1213,39 @@ impl Changes {
                 image = Some(img);
             }
         }
+        versions
+    }
+
+    fn build_versions(&mut self, chunk: &[Version]) -> Result<RecordBatch, ChangeError> {
         let schema = self.layout.output_schema(Mode::Scd2);
         let bases: Vec<RecordBatch> = self.bases.clone();
         let base_refs: Vec<&RecordBatch> = bases.iter().collect();
-        let mut out = Vec::new();
-        for chunk in versions.chunks(batch_rows.max(1)) {
-            let rows: Vec<Vec<Slot>> = chunk.iter().map(|v| v.0.clone()).collect();
-            let mut cols = self.gather(&rows, &base_refs)?;
-            let mut sh = StringBuilder::new();
-            let mut eh = StringBuilder::new();
-            let mut sa = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-            let mut ea = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-            for (_, start, end) in chunk {
-                let s = Hlc::from_decimal_i128(*start).unwrap_or_default();
-                sh.append_value(s.to_string());
-                sa.append_value(s.wall_micros());
-                match end.and_then(Hlc::from_decimal_i128) {
-                    Some(e) => {
-                        eh.append_value(e.to_string());
-                        ea.append_value(e.wall_micros());
-                    }
-                    None => {
-                        eh.append_null();
-                        ea.append_null();
-                    }
+        let rows: Vec<Vec<Slot>> = chunk.iter().map(|v| v.0.clone()).collect();
+        let mut cols = self.gather(&rows, &base_refs)?;
+        let mut sh = StringBuilder::new();
+        let mut eh = StringBuilder::new();
+        let mut sa = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let mut ea = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        for (_, start, end) in chunk {
+            let s = Hlc::from_decimal_i128(*start).unwrap_or_default();
+            sh.append_value(s.to_string());
+            sa.append_value(s.wall_micros());
+            match end.and_then(Hlc::from_decimal_i128) {
+                Some(e) => {
+                    eh.append_value(e.to_string());
+                    ea.append_value(e.wall_micros());
+                }
+                None => {
+                    eh.append_null();
+                    ea.append_null();
                 }
             }
-            cols.push(Arc::new(sh.finish()));
-            cols.push(Arc::new(eh.finish()));
-            cols.push(Arc::new(sa.finish()));
-            cols.push(Arc::new(ea.finish()));
-            self.counts.inserted += chunk.len() as u64;
-            out.push(RecordBatch::try_new(schema.clone(), cols)?);
         }
-        Ok(out)
+        cols.push(Arc::new(sh.finish()));
+        cols.push(Arc::new(eh.finish()));
+        cols.push(Arc::new(sa.finish()));
+        cols.push(Arc::new(ea.finish()));
+        self.counts.inserted += chunk.len() as u64;
+        Ok(RecordBatch::try_new(schema, cols)?)
     }
 }

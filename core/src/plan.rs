@@ -70,6 +70,20 @@ fn pending_name(p: &Progress) -> Option<ObjectName> {
         .map(|(n, _)| n)
 }
 
+/// Whether every row of a data file has been applied: its name timestamp is at or before the
+/// applied RESOLVED and it sorts before the first file that still held newer rows. (A buffer of
+/// file events may forget such files.)
+pub fn consumed(name: &ObjectName, p: &Progress) -> bool {
+    let ObjectName::Data(d) = name else {
+        return false;
+    };
+    match (p.applied, p.pending_from.as_deref()) {
+        (None, _) | (Some(_), Some(PENDING_ALL)) => false,
+        (Some(a), None) => d.ts <= a,
+        (Some(a), Some(_)) => d.ts <= a && pending_name(p).is_some_and(|pn| *name < pn),
+    }
+}
+
 fn eligible(
     d: &DataFileName,
     name: &ObjectName,
@@ -269,6 +283,13 @@ mod tests {
         let step = next_step(&objs, &progress, u64::MAX, None).unwrap();
         assert_eq!(step.resolved, h(2));
         assert_eq!(step.tables["t"], vec![0], "still holds rows after h(1)");
+        assert!(!consumed(&objs[0].name, &progress["t"]));
+        let done = Progress {
+            applied: Some(h(1)),
+            pending_from: None,
+        };
+        assert!(consumed(&objs[0].name, &done));
+        assert!(!consumed(&objs[0].name, &Progress::default()));
         assert_eq!(step.tables["u"], vec![1], "u has applied nothing yet");
         let until = next_step(&objs, &progress, u64::MAX, Some(h(1))).unwrap();
         assert_eq!(until.resolved, h(1));

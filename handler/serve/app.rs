@@ -13,7 +13,6 @@ use crdb_delta_core::Hlc;
 use crdb_delta_core::events::{BlobEvent, Disposition, Scope, parse_events};
 use crdb_delta_core::host::{HttpResponse, InvocationRequest, InvocationResponse};
 use crdb_delta_core::names::ObjectName;
-use crdb_delta_core::plan::PENDING_ALL;
 use serde_json::json;
 use warp::http::StatusCode;
 
@@ -367,21 +366,10 @@ impl App {
                             status::table_state(&self.target, &self.opts.config, &table).await?;
                         tables.insert(table.clone(), st);
                     }
-                    match tables.get(&table).and_then(Option::as_ref) {
-                        Some(st) => {
-                            match (st.progress.applied, st.progress.pending_from.as_deref()) {
-                                (Some(a), None) => d.ts <= a,
-                                (Some(_), Some(PENDING_ALL)) => false,
-                                (Some(a), Some(p)) => {
-                                    d.ts <= a
-                                        && ObjectName::parse_relative(p)
-                                            .is_ok_and(|(pn, _)| b.name < pn)
-                                }
-                                (None, _) => false,
-                            }
-                        }
-                        None => false,
-                    }
+                    tables
+                        .get(&table)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|st| crdb_delta_core::plan::consumed(&b.name, &st.progress))
                 }
             };
             if consumed {
