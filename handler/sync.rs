@@ -19,10 +19,10 @@ use crdb_delta_core::Hlc;
 use crdb_delta_core::changes::{ChangeError, Changes, Layout, Mode, Window};
 use crdb_delta_core::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::keys::{self, KeyError, KeyEvidence};
-use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::names::{ObjectName, PartitionFormat};
 use crdb_delta_core::plan::{self, Object, Progress};
 use deltalake_core::DeltaTable;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 use serde_json::json;
@@ -227,6 +227,13 @@ pub async fn list(source: &Location) -> Result<(Vec<Object>, Vec<String>), SyncE
         .try_collect()
         .await
         .map_err(StorageError::from)?;
+    Ok(collect_objects(source, metas))
+}
+
+fn collect_objects(
+    source: &Location,
+    metas: Vec<object_store::ObjectMeta>,
+) -> (Vec<Object>, Vec<String>) {
     let mut objects = Vec::new();
     let mut ignored = Vec::new();
     for m in metas {
@@ -246,7 +253,88 @@ pub async fn list(source: &Location) -> Result<(Vec<Object>, Vec<String>), SyncE
         }
     }
     objects.sort_by_cached_key(|o| o.name.clone());
-    Ok((objects, ignored))
+    (objects, ignored)
+}
+
+/// The partition folder (or, flat, the date prefix) of a changefeed path: every object at or
+/// after it in name order lives at or after this string.
+fn partition_start(path: &str, partition: PartitionFormat) -> String {
+    match partition {
+        PartitionFormat::Flat => path.chars().take(8).collect(),
+        _ => path
+            .rsplit_once('/')
+            .map_or(String::new(), |(dir, _)| dir.to_owned()),
+    }
+}
+
+/// Lists only what can still matter: objects from the partition of the oldest applied RESOLVED
+/// (or of the oldest file that still held newer rows) on, as recorded by the last step in
+/// `_crdb_delta_resolved`. `None` when that is not known: list everything.
+async fn bounded_listing(
+    source: &Location,
+    target: &Location,
+    opts: &SyncOptions,
+) -> Result<Option<(Vec<Object>, Vec<String>, Vec<String>)>, SyncError> {
+    let log = Target::new(target, RESOLVED_LOG)?;
+    let Some(table) = log.open().await? else {
+        return Ok(None);
+    };
+    let mut history = table.history(Some(1));
+    let Some(info) = history
+        .next()
+        .await
+        .transpose()
+        .map_err(delta_err(RESOLVED_LOG))?
+    else {
+        return Ok(None);
+    };
+    let figures = info
+        .info
+        .get(delta::COMMIT_KEY)
+        .and_then(|v| v.get("figures"));
+    let partition = figures
+        .and_then(|f| f.get("partition"))
+        .and_then(|p| p.as_str())
+        .and_then(|p| p.parse::<PartitionFormat>().ok());
+    let names: Vec<String> = figures
+        .and_then(|f| f.get("tables"))
+        .and_then(|t| serde_json::from_value(t.clone()).ok())
+        .unwrap_or_default();
+    let Some(partition) = partition else {
+        return Ok(None);
+    };
+    let mut start: Option<String> = None;
+    for name in &names {
+        let path = opts.config.target_path(name)?;
+        let Some(tb) = Target::new(target, &path)?.open().await? else {
+            return Ok(None);
+        };
+        let p = delta::progress(&tb, &path).await?;
+        let key = match (p.applied, p.pending_from.as_deref()) {
+            (None, _) | (_, Some(plan::PENDING_ALL)) => return Ok(None),
+            (Some(a), pending) => {
+                let r = partition_start(&ObjectName::Resolved(a).render(partition), partition);
+                match pending {
+                    Some(pf) => r.min(partition_start(pf, partition)),
+                    None => r,
+                }
+            }
+        };
+        start = Some(start.map_or(key.clone(), |s| s.min(key)));
+    }
+    let Some(start) = start.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let offset = source.child(&start)?;
+    let metas: Vec<_> = source
+        .store
+        .list_with_offset(Some(&source.prefix), &offset)
+        .try_collect()
+        .await
+        .map_err(StorageError::from)?;
+    tracing::debug!(from = %start, objects = metas.len(), "bounded listing");
+    let (objects, ignored) = collect_objects(source, metas);
+    Ok(Some((objects, ignored, names)))
 }
 
 /// Applies everything up to the newest RESOLVED (or `opts.until`).
@@ -256,8 +344,14 @@ pub async fn sync(
     opts: &SyncOptions,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
-    let (objects, ignored) = list(source).await?;
-    sync_listed(source, target, objects, ignored, opts, started).await
+    let (objects, ignored, known) = match bounded_listing(source, target, opts).await? {
+        Some(listed) => listed,
+        None => {
+            let (objects, ignored) = list(source).await?;
+            (objects, ignored, Vec::new())
+        }
+    };
+    sync_known(source, target, objects, ignored, known, opts, started).await
 }
 
 /// [`sync`] over an already known set of objects (sorted by name), e.g. a buffer of
@@ -271,8 +365,29 @@ pub async fn sync_listed(
     opts: &SyncOptions,
     started: Instant,
 ) -> Result<SyncReport, SyncError> {
+    sync_known(source, target, objects, ignored, Vec::new(), opts, started).await
+}
+
+/// [`sync_listed`], also advancing `known` tables that have no file in `objects`.
+async fn sync_known(
+    source: &Location,
+    target: &Location,
+    objects: Vec<Object>,
+    ignored: Vec<String>,
+    known: Vec<String>,
+    opts: &SyncOptions,
+    started: Instant,
+) -> Result<SyncReport, SyncError> {
+    let partition = objects
+        .first()
+        .and_then(|o| ObjectName::parse_relative(&o.path).ok())
+        .map(|(_, p)| p);
+    let mut names = plan::tables(&objects);
+    names.extend(known);
+    names.sort();
+    names.dedup();
     let mut states = Vec::new();
-    for name in plan::tables(&objects) {
+    for name in names {
         states.push(open_table(target, &name, opts).await?);
     }
     let log = Target::new(target, RESOLVED_LOG)?;
@@ -285,7 +400,7 @@ pub async fn sync_listed(
     // A crash after the tables' commits but before the record: record it now (the tables have
     // not moved since, so their current versions are the ones at that RESOLVED).
     if let Some(r) = common_resolved(&states, &objects) {
-        record_resolved(&log, r, &states, true).await?;
+        record_resolved(&log, r, &states, partition, true).await?;
     }
     loop {
         let progress: BTreeMap<String, Progress> = states
@@ -312,7 +427,7 @@ pub async fn sync_listed(
         }
         fault("before-record");
         if common_resolved(&states, &objects) == Some(step.resolved) {
-            record_resolved(&log, step.resolved, &states, false).await?;
+            record_resolved(&log, step.resolved, &states, partition, false).await?;
         }
         report.steps += 1;
     }
@@ -716,6 +831,7 @@ async fn record_resolved(
     log: &Target,
     resolved: Hlc,
     states: &[TableState],
+    partition: Option<PartitionFormat>,
     if_missing: bool,
 ) -> Result<(), SyncError> {
     let schema = resolved_log_schema();
@@ -779,7 +895,15 @@ async fn record_resolved(
                 pending_from: None,
             },
             resolved,
-            figures: json!({}),
+            // What the next run's bounded listing needs.
+            figures: json!({
+                "tables": states.iter().filter(|s| s.table.is_some()).map(|s| &s.name).collect::<Vec<_>>(),
+                "partition": partition.map(|p| match p {
+                    PartitionFormat::Daily => "daily",
+                    PartitionFormat::Hourly => "hourly",
+                    PartitionFormat::Flat => "flat",
+                }),
+            }),
             mode: Mode::AppendOnly,
         },
     )

@@ -106,7 +106,12 @@ pub fn next_step(
     max_bytes: u64,
     until: Option<Hlc>,
 ) -> Option<Step> {
-    let tables = tables(objects);
+    // Tables with files in the listing, and tables known from their progress (a bounded listing
+    // may hold no file of theirs, and they still advance to the step's RESOLVED).
+    let mut tables = tables(objects);
+    tables.extend(progress.keys().cloned());
+    tables.sort();
+    tables.dedup();
     let none = Progress::default();
     let prog = |t: &str| progress.get(t).unwrap_or(&none);
     let min_applied = tables.iter().map(|t| prog(t).applied).min().flatten();

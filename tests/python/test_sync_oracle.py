@@ -232,3 +232,19 @@ def create_container(endpoint: str, container: str):
     )
     with urllib.request.urlopen(req) as r:
         assert r.status == 201, r.status
+
+
+def test_later_runs_list_only_from_the_applied_partition(crdb_delta_bin, tmp_path):
+    # One-hour windows in hourly folders: every RESOLVED lands in its own folder.
+    root = simulate(crdb_delta_bin, tmp_path, "json", 6, "--partition", "hourly",
+                    "--window-ms", "3600000")
+    hours = sorted(p for p in (root / "changefeed").glob("*/*") if p.is_dir())
+    assert len(hours) >= 6, hours
+    (hours[0] / "notes.txt").write_text("not a changefeed file")
+    steps = resolved_steps(root)
+    first = json.loads(sync(crdb_delta_bin, root, "update_delete", "--until", o.hlc_of(steps[3])).stdout)
+    assert any("notes.txt" in i for i in first["ignored"]), first["ignored"]
+    rest = json.loads(sync(crdb_delta_bin, root, "update_delete").stdout)
+    assert rest["ignored"] == [], "the second run lists only from the applied RESOLVED's folder"
+    check_final(root, "update_delete")
+    check_time_travel(root)
