@@ -56,7 +56,60 @@ impl Config {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+        Self::parse(&text).map_err(err)
+    }
+
+    /// Our shape, or the `config.json` of crdb_to_dbx (`cdc_config`, `cockroachdb_source`,
+    /// `databricks_target`), so its users can move over with the file they have.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if value.get("cdc_config").is_some() {
+            return Self::from_crdb_to_dbx(&value);
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+
+    /// crdb_to_dbx's `config.json` (github.com/rsleedbx/crdb_to_dbx, config_examples/README.md):
+    /// `cdc_config.mode` → mode, `cdc_config.primary_key_columns` → the key,
+    /// `cockroachdb_source.table_name` → the table, `databricks_target.table_name` → its Delta
+    /// path below the target. `format` and `column_family_mode` are detected from the files;
+    /// credentials in it are ignored (identity comes from the environment, never from a file).
+    fn from_crdb_to_dbx(v: &serde_json::Value) -> Result<Self, String> {
+        let cdc = &v["cdc_config"];
+        let mode = match cdc.get("mode").and_then(|m| m.as_str()) {
+            Some(m) => Some(m.parse::<Mode>()?),
+            None => None,
+        };
+        if v.get("azure_storage").and_then(|a| a.get("account_key")).is_some()
+            || v.get("cockroachdb").and_then(|c| c.get("password")).is_some()
+        {
+            tracing::warn!(
+                "credentials in the config file are ignored: storage access comes from managed identity or AZURE_* settings"
+            );
+        }
+        let mut c = Self {
+            mode,
+            ..Self::default()
+        };
+        if let Some(table) = v["cockroachdb_source"]["table_name"].as_str() {
+            let key = cdc["primary_key_columns"].as_array().map(|k| {
+                k.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            });
+            let target = v["databricks_target"]["table_name"]
+                .as_str()
+                .map(str::to_owned);
+            c.tables.insert(
+                table.to_owned(),
+                TableConfig {
+                    target,
+                    primary_key: key,
+                    ..TableConfig::default()
+                },
+            );
+        }
+        Ok(c)
     }
 
     pub fn table(&self, name: &str) -> TableConfig {
@@ -178,5 +231,28 @@ mod tests {
         let c = Config::default();
         let e = c.target_path("\"quoted\"").unwrap_err().to_string();
         assert!(e.contains("tables.\"quoted\".target"), "{e}");
+    }
+
+    #[test]
+    fn crdb_to_dbx_config_is_accepted() {
+        // The documented shape (crdb_to_dbx config_examples/README.md), comments removed.
+        let text = r#"{
+          "cockroachdb": {"host": "h", "port": 26257, "user": "u", "password": "p", "database": "defaultdb"},
+          "cdc_config": {"data_source": "azure_storage", "mode": "append_only",
+                         "column_family_mode": "multi_cf", "format": "parquet",
+                         "primary_key_columns": ["ycsb_key"]},
+          "cockroachdb_source": {"catalog": "defaultdb", "schema": "public", "table_name": "usertable"},
+          "databricks_target": {"catalog": "main", "schema": "default", "table_name": "usertable_cdc"},
+          "azure_storage": {"account_name": "acct", "account_key": "k==", "container_name": "changefeed-events"}
+        }"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.mode, Some(Mode::AppendOnly));
+        let t = c.table("usertable");
+        assert_eq!(t.primary_key.as_deref(), Some(&["ycsb_key".to_owned()][..]));
+        assert_eq!(c.target_path("usertable").unwrap(), "usertable_cdc");
+        let bad = Config::parse(r#"{"cdc_config": {"mode": "merge"}}"#).unwrap_err();
+        assert!(bad.contains("unknown mode"), "{bad}");
+        // Our own shape still refuses unknown fields.
+        assert!(Config::parse(r#"{"mode": "scd2", "tabels": {}}"#).is_err());
     }
 }
