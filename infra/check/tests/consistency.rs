@@ -1,0 +1,541 @@
+//! The templates agree with the handler, the function folders and the docs: app settings, the
+//! functions subscriptions target, container/prefix names, and role definition ids.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crdb_delta_infra_check::{
+    Bicep, RoleAssignment, files_with_ext, is_guid, read, repo_root, setting_names,
+};
+
+fn bicep(rel: &str) -> Bicep {
+    Bicep::load(&repo_root().join(rel)).unwrap()
+}
+
+/// Built-in role GUIDs from https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage
+/// and .../built-in-roles/monitor; a template may use no other.
+const BUILT_IN_ROLES: &[(&str, &str)] = &[
+    (
+        "Storage Blob Data Reader",
+        "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+    ),
+    (
+        "Storage Blob Data Contributor",
+        "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+    ),
+    (
+        "Storage Blob Data Owner",
+        "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    ),
+    (
+        "Storage Queue Data Reader",
+        "19e7f393-937e-4f77-808e-94535e297925",
+    ),
+    (
+        "Storage Queue Data Message Processor",
+        "8a0f0c08-91a1-4084-bc3d-661d67233fed",
+    ),
+    (
+        "Storage Queue Data Message Sender",
+        "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a",
+    ),
+    (
+        "Storage Queue Data Contributor",
+        "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    ),
+    (
+        "Storage Table Data Contributor",
+        "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    ),
+    (
+        "Monitoring Metrics Publisher",
+        "3913510d-42f4-4e42-8a64-420c390055eb",
+    ),
+];
+
+/// Names the handler or its docs mention that are deliberately not app settings of the Function
+/// App, each with the reason (and, where it is set another way, how `set_otherwise` finds it).
+const NOT_APP_SETTINGS: &[(&str, &str)] = &[
+    (
+        "FUNCTIONS_CUSTOMHANDLER_PORT",
+        "set by the Functions host for the handler",
+    ),
+    (
+        "FUNCTIONS_HTTPWORKER_PORT",
+        "older name of the port, set by the host",
+    ),
+    ("WEBSITE_INSTANCE_ID", "set by the platform"),
+    ("AZURE_STORAGE_USE_EMULATOR", "Azurite only"),
+    ("AZURITE_BLOB_STORAGE_URL", "Azurite only"),
+    (
+        "AZURE_CLIENT_ID",
+        "only for a user-assigned identity; the app uses its system-assigned one",
+    ),
+    (
+        "CRDB_DELTA_FAULT",
+        "crash-test hook of handler/sync.rs, never set in Azure",
+    ),
+    (
+        "FUNCTIONS_WORKER_RUNTIME",
+        "Flex Consumption: functionAppConfig.runtime.name",
+    ),
+    (
+        "AzureWebJobsStorage",
+        "identity-based: AzureWebJobsStorage__accountName",
+    ),
+    (
+        "CRDB_DELTA_QUEUE_CONNECTION",
+        "identity-based: CRDB_DELTA_QUEUE_CONNECTION__queueServiceUri",
+    ),
+];
+
+/// The names the handler reads: string literals in handler/serve/*.rs (and the port names in
+/// core's host module), the `%SETTING%` and `connection` names of the function folders, and
+/// the first column of the settings table in function_app/README.md.
+fn handler_settings() -> BTreeSet<String> {
+    let root = repo_root();
+    let mut names = BTreeSet::new();
+    for f in files_with_ext(&root.join("handler/serve"), ".rs") {
+        names.extend(setting_names(&read(&f).unwrap()));
+    }
+    names.extend(setting_names(
+        &read(&root.join("core/src/host.rs")).unwrap(),
+    ));
+    let readme = read(&root.join("function_app/README.md")).unwrap();
+    let table = readme
+        .split("## Settings")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        names.extend(setting_names(first));
+    }
+    for (name, json) in function_jsons() {
+        for b in json["bindings"].as_array().unwrap() {
+            for (k, v) in b.as_object().unwrap() {
+                let Some(v) = v.as_str() else { continue };
+                if let Some(inner) = v.strip_prefix('%').and_then(|v| v.strip_suffix('%')) {
+                    names.insert(inner.to_owned());
+                }
+                if k == "connection" {
+                    names.insert(v.to_owned());
+                }
+            }
+        }
+        assert!(!name.is_empty());
+    }
+    names
+}
+
+fn function_jsons() -> BTreeMap<String, serde_json::Value> {
+    let dir = repo_root().join("function_app");
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let f = e.path().join("function.json");
+        if f.is_file() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            out.insert(name, serde_json::from_str(&read(&f).unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+/// Settings missing from `app_settings`, given what the handler reads.
+fn missing_settings(
+    handler: &BTreeSet<String>,
+    app_settings: &[String],
+    module: &str,
+) -> Vec<String> {
+    let excluded: BTreeMap<&str, &str> = NOT_APP_SETTINGS.iter().copied().collect();
+    let mut missing = Vec::new();
+    for name in handler {
+        if app_settings.contains(name) {
+            continue;
+        }
+        match excluded.get(name.as_str()) {
+            Some(_) if set_otherwise(name, app_settings, module) => {}
+            Some(_) => missing.push(format!("{name} (its replacement is missing)")),
+            None => missing.push(name.clone()),
+        }
+    }
+    missing
+}
+
+/// For the names set in another form, whether that form is there.
+fn set_otherwise(name: &str, app_settings: &[String], module: &str) -> bool {
+    match name {
+        "FUNCTIONS_WORKER_RUNTIME" => module.contains("name: 'custom'"),
+        "AzureWebJobsStorage" | "CRDB_DELTA_QUEUE_CONNECTION" => app_settings
+            .iter()
+            .any(|s| s.starts_with(&format!("{name}__"))),
+        _ => true,
+    }
+}
+
+#[test]
+fn function_app_sets_every_setting_the_handler_reads() {
+    let module = bicep("infra/modules/functionApp.bicep");
+    let app_settings = module
+        .object_keys_of_var("appSettings")
+        .expect("var appSettings");
+    let handler = handler_settings();
+    for must in [
+        "CRDB_DELTA_SOURCE",
+        "CRDB_DELTA_TARGET",
+        "CRDB_DELTA_QUEUE",
+        "CRDB_DELTA_CATCHUP_SCHEDULE",
+    ] {
+        assert!(
+            handler.contains(must),
+            "{must} not found in the handler sources: {handler:?}"
+        );
+    }
+    let missing = missing_settings(&handler, &app_settings, &module.source);
+    assert!(
+        missing.is_empty(),
+        "read by the handler but not set by functionApp.bicep: {missing:?}"
+    );
+    // And nothing the handler does not read (besides the host's own).
+    let host_only = [
+        "AzureWebJobsStorage__accountName",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    ];
+    let extra: Vec<&String> = app_settings
+        .iter()
+        .filter(|s| !handler.contains(*s) && !host_only.contains(&s.as_str()))
+        .filter(|s| !handler.iter().any(|h| s.starts_with(&format!("{h}__"))))
+        .collect();
+    assert!(extra.is_empty(), "set but read by nobody: {extra:?}");
+}
+
+#[test]
+fn a_missing_setting_is_detected() {
+    let module = bicep("infra/modules/functionApp.bicep");
+    let mut app_settings = module.object_keys_of_var("appSettings").unwrap();
+    app_settings
+        .retain(|s| s != "CRDB_DELTA_LEASE_SECONDS" && !s.starts_with("AzureWebJobsStorage"));
+    let missing = missing_settings(&handler_settings(), &app_settings, &module.source);
+    assert!(
+        missing.contains(&"CRDB_DELTA_LEASE_SECONDS".to_owned()),
+        "{missing:?}"
+    );
+    assert!(
+        missing
+            .iter()
+            .any(|m| m.starts_with("AzureWebJobsStorage ")),
+        "{missing:?}"
+    );
+    // A new setting in the handler that the template lacks is caught too.
+    let mut handler = handler_settings();
+    handler.insert("CRDB_DELTA_SOMETHING_NEW".into());
+    let all = module.object_keys_of_var("appSettings").unwrap();
+    assert_eq!(
+        missing_settings(&handler, &all, &module.source),
+        ["CRDB_DELTA_SOMETHING_NEW"]
+    );
+}
+
+#[test]
+fn subscriptions_target_existing_functions() {
+    let functions = function_jsons();
+    let mut targeted = Vec::new();
+    for f in files_with_ext(&repo_root().join("infra"), ".bicep") {
+        for s in Bicep::load(&f).unwrap().strings() {
+            if let Some((_, name)) = s.split_once("/functions/") {
+                targeted.push(name.to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        targeted,
+        ["BlobCreated"],
+        "functions targeted by Event Grid"
+    );
+    for name in &targeted {
+        let json = functions
+            .get(name)
+            .unwrap_or_else(|| panic!("function_app/{name}/function.json missing"));
+        assert_eq!(json["bindings"][0]["type"], "eventGridTrigger", "{name}");
+    }
+    // The queue route feeds the queue BlobQueue reads: %CRDB_DELTA_QUEUE% = the queueName param.
+    assert_eq!(
+        functions["BlobQueue"]["bindings"][0]["queueName"],
+        "%CRDB_DELTA_QUEUE%"
+    );
+    let sub = bicep("infra/modules/eventSubscription.bicep");
+    assert!(sub.source.contains("queueName: queueName"));
+    assert!(
+        bicep("infra/modules/functionApp.bicep")
+            .source
+            .contains("CRDB_DELTA_QUEUE: queueName")
+    );
+    // Detection: a target without a function folder is refused.
+    assert!(!functions.contains_key("BlobCreatedTypo"));
+}
+
+fn default_of(b: &Bicep, param: &str) -> String {
+    b.params()[param]
+        .default
+        .clone()
+        .unwrap()
+        .trim_matches('\'')
+        .to_owned()
+}
+
+#[test]
+fn container_and_prefix_names_agree() {
+    let root = repo_root();
+    let main = bicep("infra/main.bicep");
+    let changefeed = default_of(&main, "changefeedContainer");
+    let prefix = default_of(&main, "changefeedPrefix");
+    let target = default_of(&main, "targetContainer");
+    let target_prefix = default_of(&main, "targetPrefix");
+    let queue = default_of(&main, "queueName");
+
+    // Parameter files: only declared params, allowed values, the same names as the defaults.
+    let params = main.params();
+    for file in [
+        "infra/main.dev.parameters.json",
+        "infra/main.prod.parameters.json",
+    ] {
+        let json: serde_json::Value =
+            serde_json::from_str(&read(&root.join(file)).unwrap()).unwrap();
+        for (k, v) in json["parameters"].as_object().unwrap() {
+            let p = params
+                .get(k)
+                .unwrap_or_else(|| panic!("{file}: {k} is not a parameter of main.bicep"));
+            let value = &v["value"];
+            let text = value
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            assert!(
+                p.allowed.is_empty() || p.allowed.contains(&text),
+                "{file}: {k}={text} not in {:?}",
+                p.allowed
+            );
+        }
+        for (k, want) in [
+            ("changefeedContainer", &changefeed),
+            ("changefeedPrefix", &prefix),
+            ("targetContainer", &target),
+            ("targetPrefix", &target_prefix),
+            ("queueName", &queue),
+        ] {
+            if let Some(v) = json["parameters"][k]["value"].as_str() {
+                assert_eq!(v, want, "{file}: {k}");
+            }
+        }
+        for (name, p) in &params {
+            assert!(
+                p.default.is_some() || json["parameters"].get(name).is_some(),
+                "{file}: required {name} missing"
+            );
+        }
+    }
+
+    // Handler config used locally: the same containers and queue.
+    let local: serde_json::Value =
+        serde_json::from_str(&read(&root.join("local.settings.json.example")).unwrap()).unwrap();
+    let v = &local["Values"];
+    assert!(
+        v["CRDB_DELTA_SOURCE"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("azure://{changefeed}/"))
+    );
+    assert!(
+        v["CRDB_DELTA_TARGET"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("azure://{target}/"))
+    );
+    assert_eq!(v["CRDB_DELTA_QUEUE"], queue.as_str());
+
+    // Docs: every sink URI names the changefeed container and prefix; every abfss URL one of the
+    // two containers (the target with its prefix).
+    let docs = read(&root.join("docs/deploy.md")).unwrap();
+    let problems = doc_name_problems(&docs, &changefeed, &prefix, &target, &target_prefix);
+    assert!(problems.is_empty(), "docs/deploy.md: {problems:?}");
+    assert!(
+        docs.contains(&format!("azure-blob://{changefeed}/{prefix}")),
+        "no sink URI in docs/deploy.md"
+    );
+    // Detection: a URI with another container is reported.
+    let bad = docs.replacen(
+        &format!("azure-blob://{changefeed}/"),
+        "azure-blob://feed/",
+        1,
+    );
+    assert!(!doc_name_problems(&bad, &changefeed, &prefix, &target, &target_prefix).is_empty());
+}
+
+fn doc_name_problems(
+    docs: &str,
+    changefeed: &str,
+    prefix: &str,
+    target: &str,
+    target_prefix: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for scheme in ["azure-blob://", "azure://"] {
+        for piece in docs.split(scheme).skip(1) {
+            let uri: String = piece
+                .chars()
+                .take_while(|c| !c.is_whitespace() && !"'\"`)?".contains(*c))
+                .collect();
+            // An empty URI is the scheme named in prose.
+            if !uri.is_empty() && !uri.starts_with(&format!("{changefeed}/{prefix}")) {
+                out.push(format!("{scheme}{uri}"));
+            }
+        }
+    }
+    for piece in docs.split("abfss://").skip(1) {
+        let uri: String = piece
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !"'\"`)".contains(*c))
+            .collect();
+        let container = uri.split('@').next().unwrap_or_default();
+        let path = uri.split_once(".net/").map(|(_, p)| p).unwrap_or_default();
+        let ok = (container == changefeed && (path.is_empty() || path.starts_with(prefix)))
+            || (container == target && (path.starts_with(target_prefix) || uri.ends_with(".net")))
+            || container.contains('<')
+            || container.contains('…')
+            || container == "...";
+        if !ok {
+            out.push(format!("abfss://{uri}"));
+        }
+    }
+    out
+}
+
+#[test]
+fn role_definition_ids_are_documented_built_ins() {
+    let table: BTreeMap<&str, &str> = BUILT_IN_ROLES.iter().map(|(n, g)| (*g, *n)).collect();
+    let mut used = 0;
+    for f in files_with_ext(&repo_root().join("infra"), ".bicep") {
+        for s in Bicep::load(&f).unwrap().strings() {
+            if is_guid(&s) {
+                assert!(
+                    table.contains_key(s.as_str()),
+                    "{}: {s} is not a documented built-in role id",
+                    f.display()
+                );
+                used += 1;
+            }
+        }
+    }
+    assert!(used >= 6, "expected the role table, found {used} GUIDs");
+    // The names in roles.bicep match the ids they hold.
+    let roles = bicep("infra/modules/roles.bicep").string_map_of_var("roles");
+    for (key, guid) in &roles {
+        let name = table[guid.as_str()].replace(' ', "").to_lowercase();
+        assert_eq!(
+            key.to_lowercase(),
+            name,
+            "roles.{key} holds the id of {}",
+            table[guid.as_str()]
+        );
+    }
+    // Detection: a made-up id is not in the table.
+    assert!(!table.contains_key("ba92f5b4-2d11-453d-a403-e96b0029c9ff"));
+}
+
+#[test]
+fn role_assignments_are_least_privilege() {
+    let assignments = bicep("infra/modules/roles.bicep").role_assignments();
+    let has = |scope: &str, role: &str, principal: &str| {
+        assignments.contains(&RoleAssignment {
+            symbol: String::new(),
+            scope: scope.into(),
+            role: format!("roles.{role}"),
+            principal: principal.into(),
+        }) || assignments.iter().any(|a| {
+            a.scope == scope && a.role == format!("roles.{role}") && a.principal == principal
+        })
+    };
+    assert!(
+        has("changefeed", "storageBlobDataReader", "functionPrincipalId"),
+        "{assignments:#?}"
+    );
+    assert!(has(
+        "target",
+        "storageBlobDataContributor",
+        "functionPrincipalId"
+    ));
+    assert!(has(
+        "queue",
+        "storageQueueDataMessageProcessor",
+        "functionPrincipalId"
+    ));
+    assert!(has(
+        "queue",
+        "storageQueueDataReader",
+        "functionPrincipalId"
+    ));
+    assert!(has(
+        "target",
+        "storageBlobDataContributor",
+        "accessConnectorPrincipalId"
+    ));
+    assert!(has(
+        "queue",
+        "storageQueueDataMessageSender",
+        "topicPrincipalId"
+    ));
+    // The function never writes the changefeed, and no data role is account-wide.
+    for a in &assignments {
+        assert!(
+            !(a.scope == "changefeed"
+                && a.principal == "functionPrincipalId"
+                && a.role != "roles.storageBlobDataReader"),
+            "{a:?}"
+        );
+        assert!(
+            ["changefeed", "target", "queue", "deadLetter"].contains(&a.scope.as_str()),
+            "{a:?} is not scoped to a container or queue"
+        );
+    }
+    // The host's Owner role is on its own account only.
+    let host = bicep("infra/modules/functionApp.bicep").role_assignments();
+    assert_eq!(host.len(), 1);
+    assert_eq!(host[0].scope, "hostStorage");
+}
+
+#[test]
+fn subscription_filters_and_two_phase_flag() {
+    let sub = bicep("infra/modules/eventSubscription.bicep");
+    let strings = sub.strings();
+    for want in [
+        "Microsoft.Storage.BlobCreated",
+        "data.api",
+        "PutBlob",
+        "PutBlockList",
+        "FlushWithClose",
+        "StringIn",
+        "StorageQueue",
+        "AzureFunction",
+        "StorageBlob",
+    ] {
+        assert!(
+            strings.iter().any(|s| s == want),
+            "eventSubscription.bicep lacks '{want}'"
+        );
+    }
+    assert!(
+        strings.iter().any(
+            |s| s.starts_with("/blobServices/default/containers/${changefeedContainer}/blobs/")
+        )
+    );
+    let main = bicep("infra/main.bicep");
+    let params = main.params();
+    assert_eq!(
+        params["deployEventSubscription"].default.as_deref(),
+        Some("false")
+    );
+    assert_eq!(
+        params["deliveryRoute"].allowed,
+        ["azureFunction", "storageQueue"]
+    );
+    assert!(main.source.contains("= if (deployEventSubscription)"));
+}

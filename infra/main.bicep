@@ -1,0 +1,202 @@
+// crdb-delta: CockroachDB changefeeds (cloud storage sink) into Delta tables, deployed with
+//   az deployment group create -g <rg> -f infra/main.bicep -p @infra/main.dev.parameters.json
+// Two phases (docs/deploy.md): first with deployEventSubscription=false, then zip-deploy the
+// code, then again with deployEventSubscription=true (an AzureFunction subscription is validated
+// against the deployed BlobCreated function).
+//
+// Bicep reference: https://learn.microsoft.com/azure/azure-resource-manager/bicep/file
+// Modules: https://learn.microsoft.com/azure/azure-resource-manager/bicep/modules
+
+targetScope = 'resourceGroup'
+
+param location string = resourceGroup().location
+@description('Short lowercase prefix of every resource name.')
+@minLength(3)
+@maxLength(11)
+param namePrefix string = 'crdbdelta'
+@allowed([
+  'dev'
+  'prod'
+])
+param environmentName string = 'dev'
+param tags object = {}
+
+@description('ADLS Gen2 account for the changefeed and the Delta tables (globally unique).')
+@minLength(3)
+@maxLength(24)
+param storageAccountName string = take('${namePrefix}${environmentName}${uniqueString(resourceGroup().id)}', 24)
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_RAGRS'
+  'Standard_GZRS'
+])
+param storageSku string = 'Standard_LRS'
+@description('Shared keys on the data account: only for a CockroachDB sink URI with AZURE_ACCOUNT_KEY.')
+param allowSharedKeyAccess bool = false
+
+@description('Container CockroachDB writes the changefeed into (the azure-blob:// URI host).')
+param changefeedContainer string = 'changefeed'
+@description('Path below the container (the azure-blob:// URI path); the handler and Event Grid accept nothing outside it.')
+param changefeedPrefix string = 'cdc'
+@description('Container of the Delta tables; not a Unity Catalog volume.')
+param targetContainer string = 'delta'
+@description('Path of the target root in the target container: tables go to <root>/<table>.')
+param targetPrefix string = 'tables'
+param deadLetterContainer string = 'eventgrid-deadletter'
+@description('Queue of the queue route (BlobQueue reads it through %CRDB_DELTA_QUEUE%).')
+param queueName string = 'crdb-delta-blobs'
+
+@description('azureFunction: Event Grid pushes to BlobCreated; storageQueue: Event Grid writes a queue BlobQueue pulls.')
+@allowed([
+  'azureFunction'
+  'storageQueue'
+])
+param deliveryRoute string = 'storageQueue'
+@description('Phase 2: create the Event Grid subscription (needs the code deployed for azureFunction).')
+param deployEventSubscription bool = false
+@description('An existing system topic of the storage account to reuse (only one per account is allowed).')
+param existingSystemTopicName string = ''
+param maxDeliveryAttempts int = 30
+param eventTimeToLiveInMinutes int = 1440
+
+@allowed([
+  'update_delete'
+  'append_only'
+  'scd2'
+])
+param mode string = 'update_delete'
+param configPath string = ''
+param leaseSeconds int = 120
+param maxBodyBytes int = 4194304
+@description('NCRONTAB (six fields) of the CatchUp timer.')
+param catchUpSchedule string = '0 */5 * * * *'
+param logFilter string = 'info,buoyant_kernel=warn'
+param maximumInstanceCount int = 40
+param instanceMemoryMB int = 2048
+param logRetentionInDays int = 30
+
+@description('Create a Databricks access connector with Storage Blob Data Contributor on the target container.')
+param deployAccessConnector bool = true
+@description('Principal id CockroachDB writes as (Entra app or managed identity); empty to assign nothing.')
+param changefeedWriterPrincipalId string = ''
+
+var suffix = uniqueString(resourceGroup().id, namePrefix, environmentName)
+var baseName = '${namePrefix}-${environmentName}'
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    location: location
+    tags: tags
+    workspaceName: '${baseName}-logs'
+    appInsightsName: '${baseName}-ai'
+    retentionInDays: logRetentionInDays
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  params: {
+    location: location
+    tags: tags
+    storageAccountName: storageAccountName
+    skuName: storageSku
+    allowSharedKeyAccess: allowSharedKeyAccess
+    changefeedContainer: changefeedContainer
+    targetContainer: targetContainer
+    deadLetterContainer: deadLetterContainer
+    queueName: queueName
+  }
+}
+
+module functionApp 'modules/functionApp.bicep' = {
+  name: 'functionApp'
+  params: {
+    location: location
+    tags: tags
+    functionAppName: '${baseName}-${take(suffix, 6)}'
+    planName: '${baseName}-plan'
+    hostStorageAccountName: take('${namePrefix}fn${suffix}', 24)
+    appInsightsConnectionString: monitoring.outputs.connectionString
+    dataStorageAccountName: storage.outputs.name
+    changefeedContainer: changefeedContainer
+    changefeedPrefix: changefeedPrefix
+    targetContainer: targetContainer
+    targetPrefix: targetPrefix
+    queueName: queueName
+    mode: mode
+    configPath: configPath
+    leaseSeconds: leaseSeconds
+    maxBodyBytes: maxBodyBytes
+    catchUpSchedule: catchUpSchedule
+    logFilter: logFilter
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+  }
+}
+
+module topic 'modules/eventGridTopic.bicep' = {
+  name: 'eventGridTopic'
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: storage.outputs.id
+    systemTopicName: '${baseName}-storage-events'
+    existingSystemTopicName: existingSystemTopicName
+  }
+}
+
+module accessConnector 'modules/accessConnector.bicep' = if (deployAccessConnector) {
+  name: 'accessConnector'
+  params: {
+    location: location
+    tags: tags
+    name: '${baseName}-uc-connector'
+  }
+}
+
+module roles 'modules/roles.bicep' = {
+  name: 'roles'
+  params: {
+    storageAccountName: storage.outputs.name
+    changefeedContainer: changefeedContainer
+    targetContainer: targetContainer
+    deadLetterContainer: deadLetterContainer
+    queueName: queueName
+    functionPrincipalId: functionApp.outputs.principalId
+    topicPrincipalId: topic.outputs.principalId
+    accessConnectorPrincipalId: deployAccessConnector ? accessConnector.outputs.principalId : ''
+    changefeedWriterPrincipalId: changefeedWriterPrincipalId
+  }
+}
+
+module subscription 'modules/eventSubscription.bicep' = if (deployEventSubscription) {
+  name: 'eventSubscription'
+  dependsOn: [
+    roles
+  ]
+  params: {
+    systemTopicName: topic.outputs.name
+    deliveryRoute: deliveryRoute
+    functionAppId: functionApp.outputs.id
+    storageAccountId: storage.outputs.id
+    changefeedContainer: changefeedContainer
+    changefeedPrefix: changefeedPrefix
+    queueName: queueName
+    deadLetterContainer: deadLetterContainer
+    maxDeliveryAttempts: maxDeliveryAttempts
+    eventTimeToLiveInMinutes: eventTimeToLiveInMinutes
+  }
+}
+
+var dfs = environment().suffixes.storage
+
+output functionAppName string = functionApp.outputs.name
+output functionAppHostName string = functionApp.outputs.defaultHostName
+output storageAccountName string = storage.outputs.name
+output changefeedSinkUri string = 'azure-blob://${changefeedContainer}/${changefeedPrefix}?AUTH=implicit&AZURE_ACCOUNT_NAME=${storage.outputs.name}'
+output targetUrl string = 'abfss://${targetContainer}@${storage.outputs.name}.dfs.${dfs}/${targetPrefix}'
+output accessConnectorId string = deployAccessConnector ? accessConnector.outputs.id : ''
+output systemTopicName string = topic.outputs.name

@@ -1,0 +1,187 @@
+// The Function App on Flex Consumption (Linux, runtime `custom`: our `crdb-delta serve` custom
+// handler), with a system-assigned identity, identity-based host storage in its own account
+// (so the host's Storage Blob Data Owner never reaches the changefeed or the Delta tables), and
+// exactly the app settings the handler reads (function_app/README.md "Settings";
+// handler/serve/mod.rs `Settings::from_vars`; infra/check fails when they drift apart).
+//
+// Flex Consumption in Bicep (functionAppConfig: deployment storage, scale, runtime):
+//   https://learn.microsoft.com/azure/azure-functions/functions-infrastructure-as-code?pivots=flex-consumption-plan
+//   https://learn.microsoft.com/azure/azure-functions/flex-consumption-how-to
+// Runtime names accepted in functionAppConfig.runtime.name (dotnet-isolated, node, java,
+// powershell, python, custom):
+//   https://learn.microsoft.com/python/api/azure-mgmt-web/azure.mgmt.web.models.runtimename
+// Flex deprecates FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION / WEBSITE_RUN_FROM_PACKAGE
+// as app settings (they moved into functionAppConfig):
+//   https://learn.microsoft.com/azure/azure-functions/functions-app-settings#flex-consumption-plan-deprecations
+// Identity-based host storage (AzureWebJobsStorage__accountName, Storage Blob Data Owner):
+//   https://learn.microsoft.com/azure/azure-functions/functions-reference#connecting-to-host-storage-with-an-identity
+// Identity-based queue trigger connection (<PREFIX>__queueServiceUri):
+//   https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue-trigger#identity-based-connections
+
+param location string
+param tags object = {}
+param functionAppName string
+param planName string
+@minLength(3)
+@maxLength(24)
+param hostStorageAccountName string
+param deploymentContainer string = 'app-package'
+param appInsightsConnectionString string
+
+@description('The data account holding the changefeed and target containers.')
+param dataStorageAccountName string
+param changefeedContainer string
+param changefeedPrefix string
+param targetContainer string
+param targetPrefix string
+param queueName string
+
+@allowed([
+  'update_delete'
+  'append_only'
+  'scd2'
+])
+param mode string = 'update_delete'
+@description('Path of a config JSON deployed with the app (see README "sync --config"); empty for none.')
+param configPath string = ''
+param leaseSeconds int = 120
+param maxBodyBytes int = 4194304
+param catchUpSchedule string = '0 */5 * * * *'
+param logFilter string = 'info,buoyant_kernel=warn'
+
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+var storageSuffix = environment().suffixes.storage
+
+resource hostStorage 'Microsoft.Storage/storageAccounts@2024-01-01' = {
+  name: hostStorageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+  }
+}
+
+resource hostBlobService 'Microsoft.Storage/storageAccounts/blobServices@2024-01-01' = {
+  parent: hostStorage
+  name: 'default'
+}
+
+// Flex Consumption runs the app from a package in this container (zip deploy uploads it here).
+resource packageContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2024-01-01' = {
+  parent: hostBlobService
+  name: deploymentContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: functionAppName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${hostStorage.properties.primaryEndpoints.blob}${deploymentContainer}'
+          authentication: {
+            type: 'SystemAssignedIdentity'
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      // Replaces the FUNCTIONS_WORKER_RUNTIME=custom app setting on Flex Consumption.
+      runtime: {
+        name: 'custom'
+        version: '1.0'
+      }
+    }
+  }
+}
+
+// Exactly what the host and `crdb-delta serve` read. abfss:// URLs carry the account, so the
+// handler checks events against it; AZURE_STORAGE_ACCOUNT_NAME is object_store's default account.
+var appSettings = {
+  AzureWebJobsStorage__accountName: hostStorage.name
+  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
+  CRDB_DELTA_SOURCE: 'abfss://${changefeedContainer}@${dataStorageAccountName}.dfs.${storageSuffix}/${changefeedPrefix}'
+  CRDB_DELTA_TARGET: 'abfss://${targetContainer}@${dataStorageAccountName}.dfs.${storageSuffix}/${targetPrefix}'
+  CRDB_DELTA_MODE: mode
+  CRDB_DELTA_CONFIG: configPath
+  CRDB_DELTA_SOURCE_ACCOUNT: dataStorageAccountName
+  CRDB_DELTA_LEASE_SECONDS: string(leaseSeconds)
+  CRDB_DELTA_MAX_BODY_BYTES: string(maxBodyBytes)
+  CRDB_DELTA_LOG: logFilter
+  AZURE_STORAGE_ACCOUNT_NAME: dataStorageAccountName
+  CRDB_DELTA_QUEUE: queueName
+  CRDB_DELTA_QUEUE_CONNECTION__queueServiceUri: 'https://${dataStorageAccountName}.queue.${storageSuffix}'
+  CRDB_DELTA_CATCHUP_SCHEDULE: catchUpSchedule
+}
+
+resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: site
+  name: 'appsettings'
+  properties: appSettings
+}
+
+var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+
+// The host keeps keys, timer locks and the deployment package in its own account.
+resource hostStorageOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: hostStorage
+  name: guid(hostStorage.id, site.id, storageBlobDataOwner)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+    principalId: site.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+output id string = site.id
+output name string = site.name
+output principalId string = site.identity.principalId
+output defaultHostName string = site.properties.defaultHostName

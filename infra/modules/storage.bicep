@@ -1,0 +1,95 @@
+// The data account: ADLS Gen2 (hierarchical namespace, which Unity Catalog external locations
+// need), the changefeed container CockroachDB writes, the Delta target container (kept apart
+// from any Unity Catalog volume: a table may not live inside a volume), the Event Grid
+// dead-letter container and the queue of the queue route.
+//
+// Storage account resource: https://learn.microsoft.com/azure/templates/microsoft.storage/storageaccounts
+// HNS accounts for ADLS Gen2: https://learn.microsoft.com/azure/storage/blobs/create-data-lake-storage-account
+// Unity Catalog external locations need ADLS Gen2 (abfss://):
+// https://learn.microsoft.com/azure/databricks/connect/unity-catalog/cloud-storage/external-locations
+
+param location string
+param tags object = {}
+@minLength(3)
+@maxLength(24)
+param storageAccountName string
+param changefeedContainer string
+param targetContainer string
+param deadLetterContainer string
+param queueName string
+@description('CockroachDB with AZURE_ACCOUNT_KEY needs shared keys; keep false with AUTH=implicit or AUTH=specified (Entra ID).')
+param allowSharedKeyAccess bool = false
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_RAGRS'
+  'Standard_GZRS'
+])
+param skuName string = 'Standard_LRS'
+
+resource account 'Microsoft.Storage/storageAccounts@2024-01-01' = {
+  name: storageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: skuName
+  }
+  properties: {
+    isHnsEnabled: true
+    accessTier: 'Hot'
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: allowSharedKeyAccess
+    defaultToOAuthAuthentication: true
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2024-01-01' = {
+  parent: account
+  name: 'default'
+}
+
+resource changefeed 'Microsoft.Storage/storageAccounts/blobServices/containers@2024-01-01' = {
+  parent: blobService
+  name: changefeedContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource target 'Microsoft.Storage/storageAccounts/blobServices/containers@2024-01-01' = {
+  parent: blobService
+  name: targetContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource deadLetter 'Microsoft.Storage/storageAccounts/blobServices/containers@2024-01-01' = {
+  parent: blobService
+  name: deadLetterContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2024-01-01' = {
+  parent: account
+  name: 'default'
+}
+
+// Always created (cheap, empty when unused) so the BlobQueue function's `%CRDB_DELTA_QUEUE%`
+// always resolves; the poison queue `<name>-poison` is created by the Functions host.
+resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' = {
+  parent: queueService
+  name: queueName
+}
+
+output id string = account.id
+output name string = account.name
+output blobEndpoint string = account.properties.primaryEndpoints.blob
+output dfsEndpoint string = account.properties.primaryEndpoints.dfs
+output queueEndpoint string = account.properties.primaryEndpoints.queue
