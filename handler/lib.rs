@@ -10,3 +10,4 @@ pub mod serve;
 pub mod simulate;
 pub mod storage;
 pub mod sync;
+pub mod unity_catalog;

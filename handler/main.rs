@@ -54,6 +54,10 @@ enum Command {
     /// Dev loop without Core Tools: list a container and post each new blob to a running
     /// handler as the Functions host forwards an Event Grid BlobCreated event.
     Pump(Box<PumpArgs>),
+    /// After deployment: register the Delta target in Unity Catalog (storage credential,
+    /// external location, one external table per Delta table); idempotent. Token from
+    /// DATABRICKS_TOKEN (never printed).
+    UnityCatalog(Box<UcArgs>),
     /// Read a changefeed root and summarise it.
     Inspect {
         /// Changefeed root: a folder or an Azure URL (azure://container/prefix).
@@ -65,6 +69,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Parser)]
+struct UcArgs {
+    /// https://adb-<id>.<n>.azuredatabricks.net
+    #[arg(long)]
+    workspace_url: String,
+    #[arg(long)]
+    catalog: String,
+    #[arg(long)]
+    schema: String,
+    /// The Delta target root: abfss://<container>@<account>.dfs.core.windows.net/<root>.
+    #[arg(long)]
+    target: String,
+    /// Resource id of the Databricks access connector (deployment output accessConnectorId).
+    #[arg(long)]
+    access_connector_id: String,
+    /// Tables to register (`name` or `name=path/below/target`); default: every folder below
+    /// the target with a `_delta_log` (needs read access to the target with AZURE_* / az login).
+    #[arg(long)]
+    tables: Option<String>,
+    /// SQL warehouse that runs CREATE TABLE.
+    #[arg(long)]
+    warehouse_id: Option<String>,
+    #[arg(long, default_value = "crdb_delta")]
+    credential_name: String,
+    #[arg(long, default_value = "crdb_delta_target")]
+    location_name: String,
+    /// Print the requests as JSON and send nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Parser)]
@@ -404,6 +439,33 @@ async fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             if report.failed > 0 {
                 anyhow::bail!("{} post(s) failed: {:?}", report.failed, report.errors);
+            }
+        }
+        Command::UnityCatalog(a) => {
+            use crdb_delta::unity_catalog::{UcOptions, apply, discover_tables, parse_tables};
+            let tables = match &a.tables {
+                Some(list) => parse_tables(list),
+                None => discover_tables(&a.target).await?,
+            };
+            let opts = UcOptions {
+                workspace_url: a.workspace_url.clone(),
+                catalog: a.catalog.clone(),
+                schema: a.schema.clone(),
+                target: a.target.clone(),
+                access_connector_id: a.access_connector_id.clone(),
+                tables,
+                warehouse_id: a.warehouse_id.clone(),
+                credential_name: a.credential_name.clone(),
+                location_name: a.location_name.clone(),
+            };
+            if a.dry_run {
+                println!("{}", serde_json::to_string_pretty(&opts.plan()?)?);
+            } else {
+                let token = std::env::var("DATABRICKS_TOKEN")
+                    .context("DATABRICKS_TOKEN is not set (a Databricks PAT or OAuth token)")?;
+                for o in apply(&opts, &token).await? {
+                    println!("{}: {}", o.object, o.result);
+                }
             }
         }
         Command::Inspect {

@@ -1,0 +1,341 @@
+//! `crdb-delta unity-catalog`: registers the Delta target in Unity Catalog after deployment,
+//! because ARM cannot create Unity Catalog objects. Idempotent: an object that already exists
+//! (HTTP 409, `*ALREADY_EXISTS`) is reported and kept, so the command can be rerun when tables
+//! are added.
+//!
+//! Requests, as Databricks documents them:
+//! - storage credential: `POST /api/2.1/unity-catalog/storage-credentials`
+//!   `{name, azure_managed_identity: {access_connector_id}, comment}`
+//!   (<https://docs.databricks.com/api/azure/workspace/storagecredentials/create>);
+//! - external location: `POST /api/2.1/unity-catalog/external-locations`
+//!   `{name, url, credential_name, comment}`
+//!   (<https://docs.databricks.com/api/azure/workspace/externallocations/create>);
+//! - one external table per Delta table through the SQL Statement Execution API,
+//!   `POST /api/2.0/sql/statements` `{warehouse_id, statement, wait_timeout, on_wait_timeout}`
+//!   (<https://docs.databricks.com/api/azure/workspace/statementexecution/executestatement>) with
+//!   `CREATE TABLE IF NOT EXISTS … USING DELTA LOCATION …`
+//!   (<https://learn.microsoft.com/azure/databricks/sql/language-manual/sql-ref-syntax-ddl-create-table-using>):
+//!   the schema comes from the Delta log, which `POST /api/2.1/unity-catalog/tables` would need
+//!   spelled out column by column.
+//!
+//! The token (`DATABRICKS_TOKEN`) is sent as `Authorization: Bearer` and never logged or printed.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::storage::Location;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UcError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{method} {path}: {source}")]
+    Http {
+        method: &'static str,
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{method} {path}: HTTP {status}: {message}")]
+    Api {
+        method: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("creating table {table}: statement {state}: {message}")]
+    Statement {
+        table: String,
+        state: String,
+        message: String,
+    },
+    #[error("listing tables below {target}: {message}")]
+    Listing { target: String, message: String },
+}
+
+/// What to register.
+#[derive(Debug, Clone)]
+pub struct UcOptions {
+    /// `https://adb-….azuredatabricks.net` (any base URL; tests use a local server).
+    pub workspace_url: String,
+    pub catalog: String,
+    pub schema: String,
+    /// The Delta target root, `abfss://<container>@<account>.dfs.core.windows.net/<root>`.
+    pub target: String,
+    /// Resource id of the Databricks access connector.
+    pub access_connector_id: String,
+    /// `(table name, path below the target)`; `name=path` on the command line maps a table
+    /// whose config `target` moved it.
+    pub tables: Vec<(String, String)>,
+    /// SQL warehouse that runs the CREATE TABLE statements (needed when there are tables).
+    pub warehouse_id: Option<String>,
+    pub credential_name: String,
+    pub location_name: String,
+}
+
+/// One request as sent (what `--dry-run` prints).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlannedRequest {
+    pub method: &'static str,
+    pub path: String,
+    pub body: Value,
+    /// The object it creates, for the report.
+    pub object: String,
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub object: String,
+    /// `created` or `exists`.
+    pub result: String,
+}
+
+/// Parses `t1,t2,name=path/below/target`.
+pub fn parse_tables(list: &str) -> Vec<(String, String)> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| match t.split_once('=') {
+            Some((name, path)) => (
+                name.trim().to_owned(),
+                path.trim().trim_matches('/').to_owned(),
+            ),
+            None => (t.to_owned(), t.to_owned()),
+        })
+        .collect()
+}
+
+/// A backquoted SQL identifier (`` ` `` doubled inside).
+fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A single-quoted SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+impl UcOptions {
+    fn validate(&self) -> Result<(), UcError> {
+        let bad = |m: String| Err(UcError::Invalid(m));
+        if !self.target.starts_with("abfss://") || !self.target.contains(".dfs.") {
+            return bad(format!(
+                "--target {}: Unity Catalog needs abfss://<container>@<account>.dfs.core.windows.net/<path>",
+                self.target
+            ));
+        }
+        if self.target.contains('?') {
+            return bad("--target must not carry a query (keys, SAS)".into());
+        }
+        if !self
+            .access_connector_id
+            .contains("/providers/Microsoft.Databricks/accessConnectors/")
+        {
+            return bad(format!(
+                "--access-connector-id {}: expected /subscriptions/…/providers/Microsoft.Databricks/accessConnectors/<name>",
+                self.access_connector_id
+            ));
+        }
+        if !self.tables.is_empty() && self.warehouse_id.as_deref().is_none_or(str::is_empty) {
+            return bad("--warehouse-id is needed to create tables".into());
+        }
+        Ok(())
+    }
+
+    /// The requests, in order: credential, location, then one statement per table.
+    pub fn plan(&self) -> Result<Vec<PlannedRequest>, UcError> {
+        self.validate()?;
+        let root = self.target.trim_end_matches('/');
+        let mut out = vec![
+            PlannedRequest {
+                method: "POST",
+                path: "/api/2.1/unity-catalog/storage-credentials".into(),
+                body: json!({
+                    "name": self.credential_name,
+                    "azure_managed_identity": { "access_connector_id": self.access_connector_id },
+                    "comment": "crdb-delta: Databricks access connector for the Delta target",
+                }),
+                object: format!("storage credential {}", self.credential_name),
+            },
+            PlannedRequest {
+                method: "POST",
+                path: "/api/2.1/unity-catalog/external-locations".into(),
+                body: json!({
+                    "name": self.location_name,
+                    "url": root,
+                    "credential_name": self.credential_name,
+                    "comment": "crdb-delta: Delta tables written by the changefeed handler",
+                }),
+                object: format!("external location {}", self.location_name),
+            },
+        ];
+        for (name, path) in &self.tables {
+            let full = format!(
+                "{}.{}.{}",
+                ident(&self.catalog),
+                ident(&self.schema),
+                ident(name)
+            );
+            let location = format!("{root}/{path}");
+            out.push(PlannedRequest {
+                method: "POST",
+                path: "/api/2.0/sql/statements".into(),
+                body: json!({
+                    "warehouse_id": self.warehouse_id,
+                    "statement": format!("CREATE TABLE IF NOT EXISTS {full} USING DELTA LOCATION {}", literal(&location)),
+                    "wait_timeout": "50s",
+                    "on_wait_timeout": "CANCEL",
+                }),
+                object: format!("table {}.{}.{name}", self.catalog, self.schema),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The tables below a target root: folders holding a `_delta_log`, in name order (this includes
+/// `_crdb_delta_resolved`; `_crdb_delta`, the handler's buffer, has no log).
+pub async fn discover_tables(target: &str) -> Result<Vec<(String, String)>, UcError> {
+    let err = |message: String| UcError::Listing {
+        target: target.to_owned(),
+        message,
+    };
+    let loc = Location::open(target).map_err(|e| err(e.to_string()))?;
+    let top = loc
+        .store
+        .list_with_delimiter(Some(&loc.prefix))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    for dir in top.common_prefixes {
+        let log = dir.clone().join("_delta_log");
+        let inner = loc
+            .store
+            .list_with_delimiter(Some(&log))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if !inner.objects.is_empty()
+            && let Some(rel) = loc.relative(&dir)
+        {
+            let name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
+            out.push((name, rel));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sends the planned requests. The token is only ever put in the Authorization header.
+pub async fn apply(opts: &UcOptions, token: &str) -> Result<Vec<Outcome>, UcError> {
+    let plan = opts.plan()?;
+    if token.trim().is_empty() {
+        return Err(UcError::Invalid("DATABRICKS_TOKEN is empty".into()));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .map_err(|source| UcError::Http {
+            method: "POST",
+            path: String::new(),
+            source,
+        })?;
+    let base = opts.workspace_url.trim_end_matches('/');
+    let mut outcomes = Vec::new();
+    for req in plan {
+        let http = |source| UcError::Http {
+            method: req.method,
+            path: req.path.clone(),
+            source,
+        };
+        let resp = client
+            .post(format!("{base}{}", req.path))
+            .bearer_auth(token.trim())
+            .json(&req.body)
+            .send()
+            .await
+            .map_err(http)?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let error_code = body["error_code"].as_str().unwrap_or_default();
+        let result = if status == 409 || error_code.ends_with("ALREADY_EXISTS") {
+            "exists"
+        } else if !(200..300).contains(&status) {
+            return Err(UcError::Api {
+                method: req.method,
+                path: req.path,
+                status,
+                message: body["message"].as_str().unwrap_or(error_code).to_owned(),
+            });
+        } else if req.path.ends_with("/sql/statements") {
+            let state = body["status"]["state"].as_str().unwrap_or("UNKNOWN");
+            if state != "SUCCEEDED" {
+                return Err(UcError::Statement {
+                    table: req.object.clone(),
+                    state: state.to_owned(),
+                    message: body["status"]["error"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+            }
+            "created"
+        } else {
+            "created"
+        };
+        tracing::info!(object = %req.object, result, "unity catalog");
+        outcomes.push(Outcome {
+            object: req.object,
+            result: result.to_owned(),
+        });
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> UcOptions {
+        UcOptions {
+            workspace_url: "https://adb-1.2.azuredatabricks.net".into(),
+            catalog: "main".into(),
+            schema: "crdb".into(),
+            target: "abfss://delta@acct.dfs.core.windows.net/tables/".into(),
+            access_connector_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Databricks/accessConnectors/c".into(),
+            tables: parse_tables("orders, sales=sales/orders2"),
+            warehouse_id: Some("wh".into()),
+            credential_name: "cred".into(),
+            location_name: "loc".into(),
+        }
+    }
+
+    #[test]
+    fn plan_is_credential_location_then_tables() {
+        let plan = opts().plan().unwrap();
+        assert_eq!(plan.len(), 4);
+        assert_eq!(
+            plan[1].body["url"],
+            "abfss://delta@acct.dfs.core.windows.net/tables"
+        );
+        assert_eq!(
+            plan[3].body["statement"],
+            "CREATE TABLE IF NOT EXISTS `main`.`crdb`.`sales` USING DELTA LOCATION 'abfss://delta@acct.dfs.core.windows.net/tables/sales/orders2'"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let mut o = opts();
+        o.target = "azure://delta/tables".into();
+        assert!(o.plan().is_err());
+        let mut o = opts();
+        o.warehouse_id = None;
+        assert!(o.plan().is_err());
+        let mut o = opts();
+        o.access_connector_id = "c".into();
+        assert!(o.plan().is_err());
+        assert_eq!(ident("a`b"), "`a``b`");
+        assert_eq!(literal("it's"), "'it\\'s'");
+    }
+}
