@@ -297,38 +297,64 @@ pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>
         .collect())
 }
 
-/// Reads one data file of the table.
-pub async fn read_file(
-    table: &DeltaTable,
-    path: &str,
-    batch_size: usize,
-) -> Result<Vec<RecordBatch>, DeltaError> {
-    let bad = |message: String| DeltaError::Table {
-        table: table.table_url().to_string(),
-        message: format!("{path}: {message}"),
-    };
-    let location = Path::parse(path).map_err(|e| bad(e.to_string()))?;
-    let bytes = table
-        .object_store()
-        .get(&location)
-        .await
+/// One data file of the table, fetched whole (its Parquet bytes, compressed) and decoded batch
+/// by batch on demand.
+pub struct TableFile {
+    path: String,
+    bytes: bytes::Bytes,
+}
+
+impl TableFile {
+    pub async fn fetch(table: &DeltaTable, path: &str) -> Result<Self, DeltaError> {
+        let bad = |message: String| DeltaError::Table {
+            table: table.table_url().to_string(),
+            message: format!("{path}: {message}"),
+        };
+        let location = Path::parse(path).map_err(|e| bad(e.to_string()))?;
+        let bytes = table
+            .object_store()
+            .get(&location)
+            .await
+            .map_err(|e| bad(e.to_string()))?
+            .bytes()
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            bytes,
+        })
+    }
+
+    /// Batches of the named columns only (all when `None`); columns the file lacks are skipped.
+    pub fn batches(
+        &self,
+        columns: Option<&[String]>,
+        batch_size: usize,
+    ) -> Result<impl Iterator<Item = Result<RecordBatch, DeltaError>> + use<>, DeltaError> {
+        let path = self.path.clone();
+        let bad = move |message: String| DeltaError::Table {
+            table: path.clone(),
+            message,
+        };
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            self.bytes.clone(),
+        )
         .map_err(|e| bad(e.to_string()))?
-        .bytes()
-        .await
-        .map_err(|e| bad(e.to_string()))?;
-    tokio::task::spawn_blocking(move || {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(|e| e.to_string())?
-            .with_batch_size(batch_size)
-            .build()
-            .map_err(|e| e.to_string())?;
-        reader
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| bad(e.to_string()))?
-    .map_err(bad)
+        .with_batch_size(batch_size);
+        let builder = match columns {
+            Some(cols) => {
+                let schema = builder.parquet_schema();
+                let idx: Vec<usize> = (0..schema.num_columns())
+                    .filter(|&i| cols.iter().any(|c| c == schema.column(i).name()))
+                    .collect();
+                let mask = parquet::arrow::ProjectionMask::leaves(schema, idx);
+                builder.with_projection(mask)
+            }
+            None => builder,
+        };
+        let reader = builder.build().map_err(|e| bad(e.to_string()))?;
+        Ok(reader.map(move |b| b.map_err(|e| bad(e.to_string()))))
+    }
 }
 
 /// Streams batches into new Parquet files of the table.
@@ -340,7 +366,14 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(table: &DeltaTable, target_file_size: u64) -> Result<Self, DeltaTableError> {
-        let inner = RecordBatchWriter::for_table(table)?.with_target_file_size(target_file_size);
+        // Row groups of 128k rows: the writer holds one in memory per open file.
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .build();
+        let inner = RecordBatchWriter::for_table(table)?
+            .with_target_file_size(target_file_size)
+            .with_writer_properties(props);
         let schema = inner.arrow_schema();
         Ok(Self {
             inner,

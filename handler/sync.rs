@@ -710,6 +710,8 @@ async fn apply_table(
     if state.mode != Mode::AppendOnly && exists && !changes.is_empty() {
         let keys = numeric_keys(&changes);
         let first_key = changes.layout().key[0].clone();
+        let mut probe = changes.layout().key.clone();
+        probe.push(crdb_delta_core::changes::END_HLC.to_owned());
         for f in delta::files(table, &first_key)
             .await
             .map_err(delta_err(&name))?
@@ -717,23 +719,24 @@ async fn apply_table(
             if !may_hold(&f.key_range, &keys) {
                 continue;
             }
-            let batches = delta::read_file(table, &f.path, bs).await?;
-            let mut out = Vec::with_capacity(batches.len());
-            for b in &batches {
-                out.push(rewrite(&mut changes, state.mode, b, false).map_err(change_err)?);
+            let file = delta::TableFile::fetch(table, &f.path).await?;
+            // Decide from the key columns alone; then stream the file through the merge, one
+            // batch at a time.
+            let mut touched = false;
+            for b in file.batches(Some(&probe), bs)? {
+                if changes.touches(&b?).map_err(change_err)? {
+                    touched = true;
+                    break;
+                }
             }
-            if out.iter().all(Option::is_none) {
+            if !touched {
                 continue;
             }
-            // The file is rewritten: its untouched batches too, in the current schema.
             removes.push(f.remove);
-            for (b, merged) in batches.iter().zip(out) {
-                let b = match merged {
-                    Some(m) => m,
-                    None => rewrite(&mut changes, state.mode, b, true)
-                        .map_err(change_err)?
-                        .expect("always"),
-                };
+            for b in file.batches(None, bs)? {
+                let b = rewrite(&mut changes, state.mode, &b?, true)
+                    .map_err(change_err)?
+                    .expect("always");
                 writer.write(b).await.map_err(delta_err(&name))?;
             }
         }

@@ -1076,8 +1076,17 @@ impl Changes {
     }
 
     /// Whether a target batch may need rewriting: some key of the window appears in it.
+    /// (scd2: an open version of one, when the batch has the end column.) The batch needs only
+    /// the key columns (and `__crdb_end_hlc`), so a file can be checked without decoding it.
     pub fn touches(&self, target: &RecordBatch) -> Result<bool, ChangeError> {
-        Ok(self.target_keys(target)?.iter().any(Option::is_some))
+        let keys = self.target_keys(target)?;
+        let end = target
+            .column_by_name(END_HLC)
+            .map(|a| a.as_string::<i32>().clone());
+        Ok(keys
+            .iter()
+            .enumerate()
+            .any(|(r, k)| k.is_some() && end.as_ref().is_none_or(|e| e.is_null(r))))
     }
 
     /// scd2: the target batch with the open versions of changed keys ended at the key's first
