@@ -357,6 +357,18 @@ impl TableFile {
     }
 }
 
+/// Reads one data file of the table whole (tests and small files).
+pub async fn read_file(
+    table: &DeltaTable,
+    path: &str,
+    batch_size: usize,
+) -> Result<Vec<RecordBatch>, DeltaError> {
+    TableFile::fetch(table, path)
+        .await?
+        .batches(None, batch_size)?
+        .collect()
+}
+
 /// Streams batches into new Parquet files of the table.
 pub struct Writer {
     inner: RecordBatchWriter,
