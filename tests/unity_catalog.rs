@@ -240,3 +240,38 @@ async fn failures_are_reported_and_the_token_never_appears() {
     assert_eq!(apply(&o, TOKEN).await.unwrap().len(), 2);
     assert_eq!(log.lock().unwrap().len(), 2);
 }
+
+#[test]
+fn plan_quotes_names_and_refuses_bad_input() {
+    let mut o = opts(
+        "https://adb-1.2.azuredatabricks.net",
+        "orders, sales=sales/orders2/, we`ird=it's",
+    );
+    o.target = "abfss://delta@acct.dfs.core.windows.net/tables/".into();
+    let plan = o.plan().unwrap();
+    assert_eq!(plan.len(), 5);
+    assert_eq!(
+        plan[1].body["url"],
+        "abfss://delta@acct.dfs.core.windows.net/tables"
+    );
+    assert_eq!(
+        plan[3].body["statement"],
+        "CREATE TABLE IF NOT EXISTS `main`.`crdb`.`sales` USING DELTA LOCATION 'abfss://delta@acct.dfs.core.windows.net/tables/sales/orders2'"
+    );
+    assert_eq!(
+        plan[4].body["statement"],
+        "CREATE TABLE IF NOT EXISTS `main`.`crdb`.`we``ird` USING DELTA LOCATION 'abfss://delta@acct.dfs.core.windows.net/tables/it\\'s'"
+    );
+    let refused = |f: &dyn Fn(&mut UcOptions)| {
+        let mut o = opts("http://x", "orders");
+        f(&mut o);
+        o.plan().is_err()
+    };
+    assert!(refused(&|o| o.target = "azure://delta/tables".into()));
+    assert!(refused(
+        &|o| o.target = "abfss://delta@acct.dfs.core.windows.net/t?sig=x".into()
+    ));
+    assert!(refused(&|o| o.warehouse_id = None));
+    assert!(refused(&|o| o.access_connector_id = "uc".into()));
+    assert!(!refused(&|_| {}));
+}

@@ -10,6 +10,10 @@
 // Runtime names accepted in functionAppConfig.runtime.name (dotnet-isolated, node, java,
 // powershell, python, custom):
 //   https://learn.microsoft.com/python/api/azure-mgmt-web/azure.mgmt.web.models.runtimename
+// Custom handlers on Flex Consumption (stack `custom`): microsoft/vscode-azurefunctions#4596
+// ("Custom handlers was added to flex and deployed to the stacks API"); version '1.0' follows the
+// `{ name: 'go', version: '1.0' }` shape a Functions PM gave in Azure/azure-dev#8307 (not verified
+// for `custom`: check `az functionapp list-flexconsumption-runtimes -l <region> --runtime custom`).
 // Flex deprecates FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION / WEBSITE_RUN_FROM_PACKAGE
 // as app settings (they moved into functionAppConfig):
 //   https://learn.microsoft.com/azure/azure-functions/functions-app-settings#flex-consumption-plan-deprecations
