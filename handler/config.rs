@@ -80,8 +80,12 @@ impl Config {
             Some(m) => Some(m.parse::<Mode>()?),
             None => None,
         };
-        if v.get("azure_storage").and_then(|a| a.get("account_key")).is_some()
-            || v.get("cockroachdb").and_then(|c| c.get("password")).is_some()
+        if v.get("azure_storage")
+            .and_then(|a| a.get("account_key"))
+            .is_some()
+            || v.get("cockroachdb")
+                .and_then(|c| c.get("password"))
+                .is_some()
         {
             tracing::warn!(
                 "credentials in the config file are ignored: storage access comes from managed identity or AZURE_* settings"

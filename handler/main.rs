@@ -165,6 +165,9 @@ struct SyncArgs {
     /// Apply at most up to this RESOLVED (`<wall>.<logical>`).
     #[arg(long)]
     until: Option<String>,
+    /// Start no new RESOLVED step after this many seconds (the rest waits for the next run).
+    #[arg(long)]
+    max_seconds: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -196,6 +199,9 @@ impl SyncArgs {
                 .unwrap_or(d.target_file_size),
             batch_size: self.batch_size,
             until: self.until.as_deref().map(Hlc::parse_decimal).transpose()?,
+            deadline: self
+                .max_seconds
+                .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s)),
             config,
         })
     }

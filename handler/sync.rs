@@ -84,6 +84,9 @@ pub struct SyncOptions {
     pub target_file_size: u64,
     /// Apply at most up to this RESOLVED.
     pub until: Option<Hlc>,
+    /// Start no new step after this instant (a function invocation's time budget): committed
+    /// steps stay, the rest is applied by the next run.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for SyncOptions {
@@ -95,6 +98,7 @@ impl Default for SyncOptions {
             batch_size: 8192,
             target_file_size: DEFAULT_TARGET_FILE_SIZE,
             until: None,
+            deadline: None,
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct SyncReport {
     pub target: String,
     pub resolved: Option<Hlc>,
     pub steps: u64,
+    /// False when the run stopped at its deadline with RESOLVEDs left to apply.
+    pub complete: bool,
     pub tables: BTreeMap<String, TableReport>,
     pub ignored: Vec<String>,
     pub events: u64,
@@ -394,6 +400,7 @@ async fn sync_known(
     let mut report = SyncReport {
         source: source.display.clone(),
         target: target.display.clone(),
+        complete: true,
         ignored,
         ..SyncReport::default()
     };
@@ -411,6 +418,11 @@ async fn sync_known(
         else {
             break;
         };
+        if report.steps > 0 && opts.deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(resolved = %step.resolved, "time budget spent; the next run continues from here");
+            report.complete = false;
+            break;
+        }
         if step.bytes > opts.max_window_bytes {
             tracing::warn!(
                 resolved = %step.resolved,

@@ -69,6 +69,9 @@ param eventTimeToLiveInMinutes int = 1440
 param mode string = 'update_delete'
 param configPath string = ''
 param leaseSeconds int = 120
+
+@description('Seconds after which one apply starts no new RESOLVED step (under functionTimeout).')
+param applyBudgetSeconds int = 420
 param maxBodyBytes int = 4194304
 @description('NCRONTAB (six fields) of the CatchUp timer.')
 param catchUpSchedule string = '0 */5 * * * *'
@@ -129,6 +132,7 @@ module functionApp 'modules/functionApp.bicep' = {
     mode: mode
     configPath: configPath
     leaseSeconds: leaseSeconds
+    applyBudgetSeconds: applyBudgetSeconds
     maxBodyBytes: maxBodyBytes
     catchUpSchedule: catchUpSchedule
     logFilter: logFilter

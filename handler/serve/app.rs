@@ -316,6 +316,7 @@ impl App {
             let until = until.map(|u| newest_resolved(&buffered).map_or(u, |n| n.max(u)));
             let mut opts = self.opts.clone();
             opts.until = until;
+            opts.deadline = Some(std::time::Instant::now() + self.settings.apply_budget);
             let work = sync(&self.source, &self.target, &opts);
             tokio::pin!(work);
             let mut tick = tokio::time::interval(renew_every(ttl));

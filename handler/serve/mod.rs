@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 /// Lease lifetime without renewal. The holder renews it every third of this while it applies,
 /// so only a crashed holder blocks others, for at most this long.
 pub const DEFAULT_LEASE_SECONDS: u64 = 120;
+/// Default time budget of one apply: `functionTimeout` in host.json is 10 minutes; a step
+/// started before 7 minutes has three to finish.
+pub const DEFAULT_APPLY_BUDGET_SECONDS: u64 = 420;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -74,6 +77,24 @@ pub struct Settings {
     pub account: Option<String>,
     pub max_body_bytes: usize,
     pub lease: Duration,
+    /// `CRDB_DELTA_APPLY_BUDGET_SECONDS`: no new RESOLVED step starts after this long, so an
+    /// invocation ends (and releases the lease) before the host's `functionTimeout` kills it.
+    pub apply_budget: Duration,
+}
+
+/// A relative `CRDB_DELTA_CONFIG` is looked up next to the executable when it is not found
+/// from the working directory (where the Functions host runs the handler is not documented for
+/// Flex Consumption; the package puts the config next to the binary).
+fn resolve_config_path(path: &str) -> String {
+    let p = std::path::Path::new(path);
+    if p.is_absolute() || p.exists() {
+        return path.to_owned();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(p)))
+        .filter(|c| c.exists())
+        .map_or_else(|| path.to_owned(), |c| c.display().to_string())
 }
 
 impl Settings {
@@ -98,7 +119,7 @@ impl Settings {
         };
         let source = get("CRDB_DELTA_SOURCE")?;
         let config = match var("CRDB_DELTA_CONFIG").filter(|v| !v.trim().is_empty()) {
-            Some(path) => Config::load(&path)?,
+            Some(path) => Config::load(&resolve_config_path(path.trim()))?,
             None => Config::default(),
         };
         let mode =
@@ -124,6 +145,10 @@ impl Settings {
             max_body_bytes: number("CRDB_DELTA_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64)?
                 as usize,
             lease: Duration::from_secs(number("CRDB_DELTA_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)?),
+            apply_budget: Duration::from_secs(number(
+                "CRDB_DELTA_APPLY_BUDGET_SECONDS",
+                DEFAULT_APPLY_BUDGET_SECONDS,
+            )?),
         })
     }
 

@@ -49,6 +49,9 @@ param mode string = 'update_delete'
 @description('Path of a config JSON deployed with the app (see README "sync --config"); empty for none.')
 param configPath string = ''
 param leaseSeconds int = 120
+
+@description('No new RESOLVED step starts after this many seconds of one apply; keep it well under functionTimeout (host.json, 10 minutes).')
+param applyBudgetSeconds int = 420
 param maxBodyBytes int = 4194304
 param catchUpSchedule string = '0 */5 * * * *'
 param logFilter string = 'info,buoyant_kernel=warn'
@@ -158,6 +161,7 @@ var appSettings = {
   CRDB_DELTA_CONFIG: configPath
   CRDB_DELTA_SOURCE_ACCOUNT: dataStorageAccountName
   CRDB_DELTA_LEASE_SECONDS: string(leaseSeconds)
+  CRDB_DELTA_APPLY_BUDGET_SECONDS: string(applyBudgetSeconds)
   CRDB_DELTA_MAX_BODY_BYTES: string(maxBodyBytes)
   CRDB_DELTA_LOG: logFilter
   AZURE_STORAGE_ACCOUNT_NAME: dataStorageAccountName

@@ -248,3 +248,19 @@ def test_later_runs_list_only_from_the_applied_partition(crdb_delta_bin, tmp_pat
     assert rest["ignored"] == [], "the second run lists only from the applied RESOLVED's folder"
     check_final(root, "update_delete")
     check_time_travel(root)
+
+
+def test_time_budget_stops_between_steps(crdb_delta_bin, tmp_path):
+    root = simulate(crdb_delta_bin, tmp_path, "json")
+    runs = 0
+    while True:
+        runs += 1
+        r = json.loads(sync(crdb_delta_bin, root, "update_delete", "--max-window-bytes", "60000",
+                            "--max-seconds", "0").stdout)
+        assert r["steps"] <= 1, r
+        if r["complete"]:
+            break
+        assert runs < 20
+    assert runs > 2, "a spent budget ends the run after one step"
+    check_final(root, "update_delete")
+    check_time_travel(root)
