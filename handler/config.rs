@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! { "mode": "update_delete",
-//!   "max_window_bytes": 536870912,
+//!   "max_window_bytes": 268435456,
 //!   "tables": { "orders": { "target": "sales/orders", "mode": "scd2",
 //!                           "primary_key": ["id"], "primary_family": "primary",
 //!                           "columns": { "amount": "DECIMAL(12,2)" } } } }

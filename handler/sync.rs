@@ -31,8 +31,9 @@ use crate::config::{Config, ConfigError};
 use crate::delta::{self, Commit, DeltaError, Target};
 use crate::storage::{Location, StorageError};
 
-/// Default input bytes per commit.
-pub const DEFAULT_MAX_WINDOW_BYTES: u64 = 512 << 20;
+/// Default input bytes per commit: peak memory is about 2.5× this plus one target file being
+/// rewritten (docs/benchmarks.md), which fits a 2 GB Flex Consumption instance.
+pub const DEFAULT_MAX_WINDOW_BYTES: u64 = 256 << 20;
 /// Default Parquet file size written.
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 /// Where the per-RESOLVED table versions are recorded, below the target root.
