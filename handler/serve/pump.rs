@@ -49,6 +49,9 @@ pub struct PassReport {
     pub posted: usize,
     pub failed: usize,
     pub errors: Vec<String>,
+    /// RESOLVED blob → milliseconds its invocation took (the apply runs inside it): the
+    /// RESOLVED → commit latency.
+    pub resolved_ms: Vec<(String, u64)>,
 }
 
 /// The Event Grid `BlobCreated` event for a blob, as a storage account sends it.
@@ -158,6 +161,7 @@ pub async fn pump(opts: &PumpOptions) -> Result<PassReport, ServeError> {
             let addr = addr.clone();
             async move {
                 let times = if opts.duplicate { 2 } else { 1 };
+                let started = std::time::Instant::now();
                 let mut last = Ok(());
                 for _ in 0..times {
                     last = match post_invocation(
@@ -174,14 +178,21 @@ pub async fn pump(opts: &PumpOptions) -> Result<PassReport, ServeError> {
                         Err(e) => Err(format!("{}: {e}", m.location)),
                     };
                 }
-                (m.location.to_string(), last)
+                (
+                    m.location.to_string(),
+                    last,
+                    started.elapsed().as_millis() as u64,
+                )
             }
         });
         let results: Vec<_> = futures::stream::iter(posts)
             .buffered(opts.concurrency.max(1))
             .collect()
             .await;
-        for (name, r) in results {
+        for (name, r, ms) in results {
+            if name.ends_with(".RESOLVED") {
+                report.resolved_ms.push((name.clone(), ms));
+            }
             match r {
                 Ok(()) => {
                     report.posted += 1;

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Function handler figures (docs/benchmarks.md, "Function handler"), release build, Azurite.
+
+    .tools/venv/bin/python scripts/bench_handler.py        # after scripts/test installed the tools
+
+Cold start: `crdb-delta serve` spawn -> port accepting (5 runs). RESOLVED -> commit: a simulated
+usertable changefeed (10 x 100-byte fields) with 10,000 and 100,000 changes per 10 s RESOLVED
+window is posted by `crdb-delta pump` one blob at a time in name order, as Event Grid delivers
+them; a RESOLVED invocation returns once its apply is committed, so its duration is the latency.
+Sustained rate: the changes per window divided by that latency is what one instance keeps up
+with at resolved='10s' while the latency stays under 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from test_sync_oracle import create_container  # noqa: E402
+
+BIN = ROOT / "target" / "release" / "crdb-delta"
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port: int, proc, timeout=60.0) -> float:
+    t0 = time.perf_counter()
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit("serve exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return time.perf_counter() - t0
+        except OSError:
+            if time.perf_counter() - t0 > timeout:
+                raise SystemExit("serve did not listen")
+            time.sleep(0.001)
+
+
+def main():
+    subprocess.run(["cargo", "build", "--release", "--bin", "crdb-delta"], cwd=ROOT, check=True)
+    azurite = None
+    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
+    if not endpoint:
+        port = free_port()
+        azurite = subprocess.Popen(
+            [str(ROOT / ".tools/node/node_modules/.bin/azurite-blob"), "--blobHost", "127.0.0.1",
+             "--blobPort", str(port), "--inMemoryPersistence", "--extentMemoryLimit", "4096",
+             "--disableTelemetry", "--skipApiVersionCheck"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
+        time.sleep(2)
+    base = endpoint.rsplit("/", 1)[0]
+    env = dict(os.environ, AZURE_STORAGE_USE_EMULATOR="true", AZURITE_BLOB_STORAGE_URL=base,
+               CRDB_DELTA_LOG="warn")
+    results = {}
+    try:
+        work = Path(tempfile.mkdtemp(prefix="bench-handler-"))
+        # Cold start.
+        container = "cold" + uuid.uuid4().hex[:10]
+        create_container(endpoint, container)
+        starts = []
+        for _ in range(5):
+            port = free_port()
+            p = subprocess.Popen([str(BIN), "serve"], env=dict(
+                env, FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
+                CRDB_DELTA_SOURCE=f"azure://{container}/feed",
+                CRDB_DELTA_TARGET=f"azure://{container}/delta"),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            starts.append(wait_port(port, p) * 1000)
+            p.terminate()
+            p.wait()
+        results["cold_start_ms"] = starts
+        print(f"cold start (ms): {', '.join(f'{s:.1f}' for s in starts)}")
+
+        for per_window in (10_000, 100_000):
+            container = f"w{per_window}" + uuid.uuid4().hex[:8]
+            create_container(endpoint, container)
+            truth = work / f"truth-{per_window}"
+            subprocess.run(
+                [str(BIN), "simulate", "--out", f"azure://{container}/feed", "--truth", str(truth),
+                 "--tables", "usertable", "--initial-rows", "1000", "--windows", "4",
+                 "--events-per-window", str(per_window), "--window-ms", "10000",
+                 "--restart-at", "0", "--schema-change-at", "0", "--truth-states", "none"],
+                env=env, check=True, stdout=subprocess.DEVNULL)
+            manifest = json.loads((truth / "manifest.json").read_text())
+            config = {"tables": {t["name"]: {
+                "primary_key": t["primary_key"],
+                "columns": {c["name"]: c["type"] for c in t["columns"]}}
+                for t in manifest["tables"]}}
+            (work / "config.json").write_text(json.dumps(config))
+            port = free_port()
+            serve = subprocess.Popen([str(BIN), "serve"], env=dict(
+                env, FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
+                CRDB_DELTA_SOURCE=f"azure://{container}/feed",
+                CRDB_DELTA_TARGET=f"azure://{container}/delta",
+                CRDB_DELTA_CONFIG=str(work / "config.json")),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_port(port, serve)
+                out = subprocess.run(
+                    [str(BIN), "pump", "--source", f"azure://{container}/feed", "--handler",
+                     f"http://127.0.0.1:{port}", "--once", "--concurrency", "1"],
+                    env=env, check=True, capture_output=True, text=True).stdout
+            finally:
+                serve.terminate()
+                serve.wait()
+            report = json.loads(out)
+            assert report["failed"] == 0, report
+            lat = [ms for _, ms in report["resolved_ms"]]
+            # The first RESOLVED applies the 1,000-row initial scan; the others one window each.
+            windows = lat[1:]
+            med = statistics.median(windows)
+            results[f"resolved_ms_{per_window}"] = lat
+            print(f"{per_window:>7} changes/window: RESOLVED -> commit ms {lat} "
+                  f"(median of windows {med:.0f}); keeps up with ~{per_window / (med / 1000):,.0f} "
+                  f"changes/s at resolved='10s' ({'yes' if med < 10_000 else 'no'} for "
+                  f"{per_window / 10:,.0f}/s)")
+    finally:
+        if azurite:
+            azurite.terminate()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
