@@ -518,6 +518,9 @@ async fn main() -> Result<()> {
                 &target,
                 "--manifest",
                 &format!("{dir}/truth/manifest.json"),
+                // Small steps, so the demo commits once per RESOLVED like a live feed.
+                "--max-window-bytes",
+                "65536",
             ]);
             let report = sync(
                 &Location::open(&out)?,
