@@ -713,6 +713,16 @@ async fn apply_table(
             return Ok(());
         }
         let created = state.target.create(changes.layout(), state.mode).await?;
+        // A concurrent run may have created it first (and applied steps): then plan again
+        // from what its log says instead of applying on top.
+        let p = delta::progress(&created, &state.target.path).await?;
+        if p.applied.is_some() {
+            tracing::warn!(table = %name, "created concurrently by another run; re-planning from its progress");
+            state.layout = Some(delta::layout_of(&created, &state.target.path)?.0);
+            state.progress = p;
+            state.table = Some(created);
+            return Ok(());
+        }
         state.table = Some(created);
     }
     let table = state.table.as_mut().expect("created above");
@@ -792,7 +802,25 @@ async fn apply_table(
             mode: state.mode,
         },
     )
-    .await?;
+    .await;
+    let version = match version {
+        Ok(v) => v,
+        Err(e) => {
+            // A concurrent run may have committed this step first: Delta's conflict check on
+            // our `txn` app id refused ours. Then there is nothing left to do for this table.
+            if let Some(fresh) = state.target.open().await?
+                && let p = delta::progress(&fresh, &state.target.path).await?
+                && p.applied.is_some_and(|a| a >= resolved)
+            {
+                tracing::warn!(table = %name, %resolved, error = %e, "another run applied this step; continuing from its commit");
+                state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
+                state.progress = p;
+                state.table = Some(fresh);
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+    };
     fault("after-commit");
     tracing::info!(
         table = %name,
