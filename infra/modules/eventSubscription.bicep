@@ -81,6 +81,7 @@ var common = {
           'PutBlob'
           'PutBlockList'
           'FlushWithClose'
+          'SftpCommit'
         ]
       }
     ]

@@ -512,6 +512,8 @@ fn subscription_filters_and_two_phase_flag() {
         "PutBlob",
         "PutBlockList",
         "FlushWithClose",
+        // The handler's completing APIs (core/src/events.rs COMPLETING_APIS) include SFTP's.
+        "SftpCommit",
         "StringIn",
         "StorageQueue",
         "AzureFunction",
