@@ -364,8 +364,29 @@ async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary
     Ok(summary)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// glibc gives each thread its own malloc arena; with tokio's workers and the blocking pool, a
+/// sync step's freed buffers stay spread over many arenas and peak RSS was ~1.6× what the step
+/// holds (docs/benchmarks.md). Two arenas keep it close, at the same speed. An explicit
+/// `MALLOC_ARENA_MAX` still wins. (musl, the deployed build, has one heap.)
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only adjusts allocator parameters; called before any other thread runs.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     // The handler logs per invocation; delta-rs' kernel logs every snapshot at info.
     let default_filter = match cli.command {

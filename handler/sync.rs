@@ -31,7 +31,7 @@ use crate::config::{Config, ConfigError};
 use crate::delta::{self, Commit, DeltaError, Target};
 use crate::storage::{Location, StorageError};
 
-/// Default input bytes per commit: peak memory is about 2.5× this plus one target file being
+/// Default input bytes per commit: peak memory is about 2–3× this plus one target file being
 /// rewritten (docs/benchmarks.md), which fits a 2 GB Flex Consumption instance.
 pub const DEFAULT_MAX_WINDOW_BYTES: u64 = 256 << 20;
 /// Default Parquet file size written.
