@@ -166,9 +166,15 @@ impl Target {
             .with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v))))
             .with_raise_if_key_not_exists(false)
             .with_save_mode(SaveMode::Ignore)
-            .await
-            .map_err(self.err())?;
-        Ok(table)
+            .await;
+        match table {
+            Ok(t) => Ok(t),
+            // Another creator committed version 0 first: theirs is the table.
+            Err(e) => match self.open().await? {
+                Some(t) => Ok(t),
+                None => Err(self.err()(e)),
+            },
+        }
     }
 }
 

@@ -38,6 +38,8 @@ pub const DEFAULT_MAX_WINDOW_BYTES: u64 = 256 << 20;
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 /// Where the per-RESOLVED table versions are recorded, below the target root.
 pub const RESOLVED_LOG: &str = "_crdb_delta_resolved";
+/// Refused commits in a row (another writer kept committing first) before a run gives up.
+const MAX_CONFLICTS: u32 = 5;
 /// Files decoded at most to learn an unconfigured primary key.
 const KEY_EVIDENCE_FILES: usize = 32;
 
@@ -224,6 +226,8 @@ struct TableState {
     layout: Option<Layout>,
     progress: Progress,
     report: TableReport,
+    /// Commits refused in a row because another writer committed first.
+    conflicts: u32,
 }
 
 /// Lists the changefeed root: changefeed objects sorted by name; anything else is reported.
@@ -523,6 +527,7 @@ async fn open_table(
         layout,
         progress,
         report: TableReport::default(),
+        conflicts: 0,
     })
 }
 
@@ -795,7 +800,8 @@ async fn apply_table(
         Commit {
             adds,
             removes,
-            layout: (exists && new_layout != old_layout).then(|| (new_layout.clone(), state.mode)),
+            layout: (exists && !same_delta_layout(&new_layout, &old_layout))
+                .then(|| (new_layout.clone(), state.mode)),
             progress: progress.clone(),
             resolved,
             figures,
@@ -806,13 +812,16 @@ async fn apply_table(
     let version = match version {
         Ok(v) => v,
         Err(e) => {
-            // A concurrent run may have committed this step first: Delta's conflict check on
-            // our `txn` app id refused ours. Then there is nothing left to do for this table.
-            if let Some(fresh) = state.target.open().await?
-                && let p = delta::progress(&fresh, &state.target.path).await?
-                && p.applied.is_some_and(|a| a >= resolved)
-            {
-                tracing::warn!(table = %name, %resolved, error = %e, "another run applied this step; continuing from its commit");
+            // Another writer committed since we read the table: Delta's optimistic check refused
+            // ours (our `txn` app id, or a metadata change). Reload and let the next step be
+            // planned from what the log says now; give up after a few conflicts in a row.
+            let read = table.version();
+            let fresh = state.target.open().await?;
+            let moved = fresh.as_ref().and_then(DeltaTable::version) > read;
+            state.conflicts += 1;
+            if let Some(fresh) = fresh.filter(|_| moved && state.conflicts <= MAX_CONFLICTS) {
+                let p = delta::progress(&fresh, &state.target.path).await?;
+                tracing::warn!(table = %name, %resolved, applied = ?p.applied, error = %e, "concurrent commit; re-planning from the log");
                 state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
                 state.progress = p;
                 state.table = Some(fresh);
@@ -821,6 +830,7 @@ async fn apply_table(
             return Err(e.into());
         }
     };
+    state.conflicts = 0;
     fault("after-commit");
     tracing::info!(
         table = %name,
@@ -843,6 +853,21 @@ async fn apply_table(
     r.duplicates += changes.duplicates() as u64;
     r.seconds += started.elapsed().as_secs_f64();
     Ok(())
+}
+
+/// Whether two layouts give the same Delta schema and properties (JSON columns read back from a
+/// table are plain strings, so `ColumnType`s alone would differ on every step).
+fn same_delta_layout(a: &Layout, b: &Layout) -> bool {
+    let cols = |l: &Layout| -> Vec<(String, arrow_schema::DataType)> {
+        l.columns
+            .iter()
+            .map(|(n, t)| (n.clone(), t.arrow_type()))
+            .collect()
+    };
+    a.key == b.key
+        && a.split_families == b.split_families
+        && a.families == b.families
+        && cols(a) == cols(b)
 }
 
 fn rewrite(
@@ -927,7 +952,7 @@ async fn record_resolved(
         delta::Writer::new(&table, DEFAULT_TARGET_FILE_SIZE).map_err(delta_err(RESOLVED_LOG))?;
     writer.write(batch).await.map_err(delta_err(RESOLVED_LOG))?;
     let adds = writer.finish().await.map_err(delta_err(RESOLVED_LOG))?;
-    delta::commit(
+    let committed = delta::commit(
         &mut table,
         RESOLVED_LOG,
         Commit {
@@ -951,6 +976,21 @@ async fn record_resolved(
             mode: Mode::AppendOnly,
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = committed {
+        // A concurrent run recorded this RESOLVED first (same `txn` app id): that is the record.
+        let recorded = match log.open().await? {
+            Some(t) => t
+                .snapshot()
+                .map_err(delta_err(RESOLVED_LOG))?
+                .transaction_version(t.log_store().as_ref(), delta::APP_ID)
+                .await
+                .map_err(delta_err(RESOLVED_LOG))?,
+            None => None,
+        };
+        if recorded.is_none_or(|v| v < resolved.wall) {
+            return Err(e.into());
+        }
+    }
     Ok(())
 }
