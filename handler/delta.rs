@@ -170,10 +170,13 @@ impl Target {
         match table {
             Ok(t) => Ok(t),
             // Another creator committed version 0 first: theirs is the table.
-            Err(e) => match self.open().await? {
-                Some(t) => Ok(t),
-                None => Err(self.err()(e)),
-            },
+            Err(e) => {
+                tracing::debug!(table = %self.path, error = %e, "create failed; opening the table another run created");
+                match self.open().await? {
+                    Some(t) => Ok(t),
+                    None => Err(self.err()(e)),
+                }
+            }
         }
     }
 }

@@ -818,9 +818,16 @@ async fn apply_table(
             let read = table.version();
             let fresh = state.target.open().await?;
             let moved = fresh.as_ref().and_then(DeltaTable::version) > read;
-            state.conflicts += 1;
-            if let Some(fresh) = fresh.filter(|_| moved && state.conflicts <= MAX_CONFLICTS) {
+            if let Some(fresh) = fresh.filter(|_| moved) {
                 let p = delta::progress(&fresh, &state.target.path).await?;
+                // Losing to a run that applied RESOLVEDs is progress; losing again and again to
+                // commits that apply nothing of ours (another tool rewriting files) is not.
+                if p.applied <= state.progress.applied {
+                    state.conflicts += 1;
+                    if state.conflicts > MAX_CONFLICTS {
+                        return Err(e.into());
+                    }
+                }
                 tracing::warn!(table = %name, %resolved, applied = ?p.applied, error = %e, "concurrent commit; re-planning from the log");
                 state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
                 state.progress = p;
@@ -897,6 +904,24 @@ fn resolved_log_schema() -> Arc<Schema> {
 /// Appends one row per table to `_crdb_delta_resolved` for `resolved`, exactly once (its own
 /// `txn`). `if_missing`: only when not recorded yet (recovery at start).
 async fn record_resolved(
+    log: &Target,
+    resolved: Hlc,
+    states: &[TableState],
+    partition: Option<PartitionFormat>,
+    if_missing: bool,
+) -> Result<(), SyncError> {
+    // Once more if a concurrent run created the log or wrote to it meanwhile: the second
+    // attempt starts from its commit (and finds the record there if it wrote this one).
+    match record_resolved_once(log, resolved, states, partition, if_missing).await {
+        Err(SyncError::Delta(e)) => {
+            tracing::warn!(error = %e, "recording the RESOLVED raced another run; retrying once");
+            record_resolved_once(log, resolved, states, partition, if_missing).await
+        }
+        other => other,
+    }
+}
+
+async fn record_resolved_once(
     log: &Target,
     resolved: Hlc,
     states: &[TableState],
