@@ -14,7 +14,6 @@ use crdb_delta_core::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::keys::{self, KeyEvidence};
 use crdb_delta_core::names::ObjectName;
 use crdb_delta_core::types::ColumnType;
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
@@ -28,6 +27,8 @@ pub enum InspectError {
     Decode(#[from] DecodeError),
     #[error("decoder task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    List(Box<crate::sync::SyncError>),
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -70,27 +71,14 @@ pub struct Summary {
 /// Reads every object under `source`, one data file at a time (memory: one file + one batch).
 pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, InspectError> {
     let started = Instant::now();
-    let metas: Vec<_> = source
-        .store
-        .list(Some(&source.prefix))
-        .try_collect()
+    let (listed, ignored) = crate::sync::list(source)
         .await
-        .map_err(StorageError::from)?;
-    let mut ignored = Vec::new();
-    let mut objects = Vec::new();
-    for m in metas {
-        let Some(rel) = source.relative(&m.location) else {
-            continue;
-        };
-        match ObjectName::parse_relative(&rel) {
-            Ok((name, _)) => objects.push((name, rel, m.location)),
-            Err(e) => {
-                tracing::warn!(object = %rel, error = %e, "not a changefeed file; skipped");
-                ignored.push(e.to_string());
-            }
-        }
+        .map_err(|e| InspectError::List(Box::new(e)))?;
+    let mut objects = Vec::with_capacity(listed.len());
+    for o in listed {
+        let path = source.child(&o.path)?;
+        objects.push((o.name, o.path, path));
     }
-    objects.sort_by(|a, b| a.0.cmp(&b.0));
 
     let mut tables: BTreeMap<String, TableSummary> = BTreeMap::new();
     let (mut resolved_files, mut last_resolved, mut data_files, mut bytes_total, mut rows_total) =

@@ -3,68 +3,23 @@
 //! concurrently), a handler killed mid-apply and restarted. Its Delta tables must equal what a
 //! plain `crdb-delta sync` of the same source produces.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, StringArray};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use crdb_delta::delta::{self, Target};
 use crdb_delta::serve::http::{new_id, post_invocation};
 use crdb_delta::serve::pump::{blob_created_event, invocation_body};
 use crdb_delta::storage::Location;
 use serde_json::{Value, json};
 
-const ACCOUNT: &str = "devstoreaccount1";
-/// Azurite's published well-known development key (not a secret).
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+mod support;
+
+use support::{ACCOUNT, azurite, create_container};
+
 const BIN: &str = env!("CARGO_BIN_EXE_crdb-delta");
-
-/// `http://127.0.0.1:<port>` of the Azurite that `scripts/test` started, or None outside it.
-fn azurite() -> Option<String> {
-    match std::env::var("AZURITE_BLOB_ENDPOINT") {
-        Ok(e) => Some(
-            e.trim_end_matches('/')
-                .trim_end_matches(ACCOUNT)
-                .trim_end_matches('/')
-                .to_owned(),
-        ),
-        Err(_) if std::env::var("CI").is_ok() => {
-            panic!("AZURITE_BLOB_ENDPOINT is not set: run tests with scripts/test")
-        }
-        Err(_) => None,
-    }
-}
-
-/// Creates a container with a Shared Key signed request (object_store cannot create containers).
-fn create_container(base: &str, container: &str) {
-    let date = chrono::Utc::now()
-        .format("%a, %d %b %Y %H:%M:%S GMT")
-        .to_string();
-    let version = "2021-08-06";
-    let to_sign = format!(
-        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{container}\nrestype:container"
-    );
-    let key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &STANDARD.decode(AZURITE_KEY).unwrap(),
-    );
-    let sig = STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-    let host = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(host).unwrap();
-    write!(
-        s,
-        "PUT /{ACCOUNT}/{container}?restype=container HTTP/1.1\r\nHost: {host}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 201"), "create container: {resp}");
-}
 
 fn run(base: &str, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
