@@ -273,6 +273,9 @@ struct SimArgs {
     /// Window at which usertable gets ADD COLUMN with backfill (0: never).
     #[arg(long, default_value_t = 4)]
     schema_change_at: usize,
+    /// Window at which usertable drops `field1` with a backfill (0: never).
+    #[arg(long, default_value_t = 0)]
+    drop_column_at: usize,
     /// Fraction of the next window's events written before this window's RESOLVED.
     #[arg(long, default_value_t = 0.1)]
     straddle: f64,
@@ -327,6 +330,7 @@ impl SimArgs {
             reinsert_rate: d.reinsert_rate,
             restart_at: (self.restart_at > 0).then_some(self.restart_at),
             schema_change_at: (self.schema_change_at > 0).then_some(self.schema_change_at),
+            drop_column_at: (self.drop_column_at > 0).then_some(self.drop_column_at),
             straddle: self.straddle,
             truth_states: match self.truth_states.as_str() {
                 "all" => TruthStates::All,

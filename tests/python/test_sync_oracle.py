@@ -37,7 +37,8 @@ def simulate(bin_path: Path, root: Path, fmt: str = "json", windows: int = 6, *e
         bin_path, "simulate", "--out", str(root / "changefeed"), "--truth", str(root / "truth"),
         "--format", fmt, "--tables", TABLES, "--initial-rows", "60", "--windows", str(windows),
         "--events-per-window", "150", "--straddle", "0.25", "--duplicate-rate", "0.05",
-        *extra,
+        # ADD COLUMN (window 4, the default) and DROP COLUMN (window 5), both with backfills.
+        "--drop-column-at", "5", *extra,
     )
     return root
 

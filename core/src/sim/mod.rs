@@ -74,6 +74,10 @@ pub struct SimOptions {
     pub restart_at: Option<usize>,
     /// `usertable` gets ADD COLUMN ... DEFAULT with a backfill at the start of this window.
     pub schema_change_at: Option<usize>,
+    /// `usertable` loses `field1` (ALTER TABLE ... DROP COLUMN) with a backfill at the start of
+    /// this window: every live row is re-emitted without it (format spec §6).
+    #[serde(default)]
+    pub drop_column_at: Option<usize>,
     /// Fraction of the next window's events that land in files flushed before this window's
     /// RESOLVED: files that sort before a RESOLVED but hold newer rows (format spec §1.5, §2.6),
     /// as aggregators whose frontier lags their buffered rows produce.
@@ -108,6 +112,7 @@ impl Default for SimOptions {
             reinsert_rate: 0.3,
             restart_at: Some(3),
             schema_change_at: Some(4),
+            drop_column_at: None,
             straddle: 0.1,
             truth_states: TruthStates::All,
             // 2024-05-03T15:53:36.027474Z, the replicator fixture's statement time.
@@ -452,6 +457,9 @@ impl Sim<'_> {
             if self.opts.schema_change_at == Some(w) {
                 self.add_column_with_backfill(Hlc::new(lo + 1, 0))?;
             }
+            if self.opts.drop_column_at == Some(w) {
+                self.drop_column_with_backfill(Hlc::new(lo + 1, 0))?;
+            }
             let walls = match carried.take() {
                 Some(w) => w,
                 None => self.window_walls(lo, hi),
@@ -467,6 +475,7 @@ impl Sim<'_> {
             if self.opts.straddle > 0.0
                 && w < self.opts.windows
                 && self.opts.schema_change_at != Some(w + 1)
+                && self.opts.drop_column_at != Some(w + 1)
             {
                 let next_hi = Hlc::new(hi.wall + window_ns, 0);
                 let mut next = self.window_walls(hi.wall, next_hi);
@@ -801,6 +810,44 @@ impl Sim<'_> {
         }
         for d in &mut self.tables[t].deleted {
             d.push(Datum::Null);
+        }
+        Ok(())
+    }
+
+    /// `ALTER TABLE usertable DROP COLUMN field1`: a new descriptor version and every live row
+    /// re-emitted without the column at the backfill time (format spec §6).
+    fn drop_column_with_backfill(&mut self, at: Hlc) -> io::Result<()> {
+        let Some(t) = self.tables.iter().position(|s| s.def.name == "usertable") else {
+            return Ok(());
+        };
+        let mut def = (*self.tables[t].def).clone();
+        let Some(i) = def.columns.iter().position(|c| c.name == "field1") else {
+            return Ok(());
+        };
+        def.columns.remove(i);
+        def.version += 2;
+        let def = Arc::new(def);
+        self.tables[t].def = def.clone();
+        let rows: Vec<(String, (Vec<Datum>, Hlc))> = std::mem::take(&mut self.tables[t].rows)
+            .into_iter()
+            .collect();
+        for (key, (mut row, mvcc)) in rows {
+            row.remove(i);
+            self.tables[t].rows.insert(key, (row.clone(), mvcc));
+            let m = Message {
+                table: def.clone(),
+                family: "primary".into(),
+                op: Op::Create,
+                updated: at,
+                mvcc,
+                row,
+                before: None,
+                backfill: true,
+            };
+            self.record_and_emit(t, m)?;
+        }
+        for d in &mut self.tables[t].deleted {
+            d.remove(i);
         }
         Ok(())
     }
