@@ -285,7 +285,7 @@ async fn bounded_listing(
     source: &Location,
     target: &Location,
     opts: &SyncOptions,
-) -> Result<Option<(Vec<Object>, Vec<String>, Vec<String>)>, SyncError> {
+) -> Result<Option<(Vec<Object>, Vec<String>, Vec<TableState>)>, SyncError> {
     let log = Target::new(target, RESOLVED_LOG)?;
     let Some(table) = log.open().await? else {
         return Ok(None);
@@ -315,12 +315,14 @@ async fn bounded_listing(
         return Ok(None);
     };
     let mut start: Option<String> = None;
+    let mut opened = Vec::with_capacity(names.len());
     for name in &names {
-        let path = opts.config.target_path(name)?;
-        let Some(tb) = Target::new(target, &path)?.open().await? else {
+        // Opened once here and handed to the run, which then does not open them again.
+        let state = open_table(target, name, opts).await?;
+        if state.table.is_none() {
             return Ok(None);
-        };
-        let p = delta::progress(&tb, &path).await?;
+        }
+        let p = &state.progress;
         let key = match (p.applied, p.pending_from.as_deref()) {
             (None, _) | (_, Some(plan::PENDING_ALL)) => return Ok(None),
             (Some(a), pending) => {
@@ -332,6 +334,7 @@ async fn bounded_listing(
             }
         };
         start = Some(start.map_or(key.clone(), |s| s.min(key)));
+        opened.push(state);
     }
     let Some(start) = start.filter(|s| !s.is_empty()) else {
         return Ok(None);
@@ -345,7 +348,7 @@ async fn bounded_listing(
         .map_err(StorageError::from)?;
     tracing::debug!(from = %start, objects = metas.len(), "bounded listing");
     let (objects, ignored) = collect_objects(source, metas);
-    Ok(Some((objects, ignored, names)))
+    Ok(Some((objects, ignored, opened)))
 }
 
 /// Applies everything up to the newest RESOLVED (or `opts.until`).
@@ -379,13 +382,14 @@ pub async fn sync_listed(
     sync_known(source, target, objects, ignored, Vec::new(), opts, started).await
 }
 
-/// [`sync_listed`], also advancing `known` tables that have no file in `objects`.
+/// [`sync_listed`], also advancing `known` tables (already opened) that have no file in
+/// `objects`.
 async fn sync_known(
     source: &Location,
     target: &Location,
     objects: Vec<Object>,
     ignored: Vec<String>,
-    known: Vec<String>,
+    known: Vec<TableState>,
     opts: &SyncOptions,
     started: Instant,
 ) -> Result<SyncReport, SyncError> {
@@ -393,14 +397,13 @@ async fn sync_known(
         .first()
         .and_then(|o| ObjectName::parse_relative(&o.path).ok())
         .map(|(_, p)| p);
-    let mut names = plan::tables(&objects);
-    names.extend(known);
-    names.sort();
-    names.dedup();
-    let mut states = Vec::new();
-    for name in names {
-        states.push(open_table(target, &name, opts).await?);
+    let mut states = known;
+    for name in plan::tables(&objects) {
+        if !states.iter().any(|s| s.name == name) {
+            states.push(open_table(target, &name, opts).await?);
+        }
     }
+    states.sort_by(|a, b| a.name.cmp(&b.name));
     let log = Target::new(target, RESOLVED_LOG)?;
     let mut report = SyncReport {
         source: source.display.clone(),
