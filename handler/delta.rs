@@ -5,13 +5,12 @@
 //! commitInfo, the exact RESOLVED HLC and the first file that still held newer rows
 //! ([`Progress`]). Readers of the table need nothing else.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use crdb_delta_core::Hlc;
-use crdb_delta_core::changes::{self, Layout, Mode};
+use crdb_delta_core::changes::{Layout, Mode};
 use crdb_delta_core::plan::Progress;
 use crdb_delta_core::types::ColumnType;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel as _;
@@ -382,7 +381,6 @@ pub async fn read_file(
 pub struct Writer {
     inner: RecordBatchWriter,
     schema: SchemaRef,
-    rows: u64,
 }
 
 impl Writer {
@@ -396,18 +394,13 @@ impl Writer {
             .with_target_file_size(target_file_size)
             .with_writer_properties(props);
         let schema = inner.arrow_schema();
-        Ok(Self {
-            inner,
-            schema,
-            rows: 0,
-        })
+        Ok(Self { inner, schema })
     }
 
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), DeltaTableError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.rows += batch.num_rows() as u64;
         let mode = if batch.schema().fields().len() > self.schema.fields().len() {
             WriteMode::MergeSchema
         } else {
@@ -491,18 +484,3 @@ pub async fn commit(table: &mut DeltaTable, name: &str, c: Commit) -> Result<u64
     table.update_incremental(None).await.map_err(err)?;
     Ok(version)
 }
-
-/// The arrow schema of an existing table.
-pub fn arrow_schema(table: &DeltaTable) -> Result<SchemaRef, DeltaTableError> {
-    Ok(table.snapshot()?.snapshot().arrow_schema())
-}
-
-/// Column names for messages.
-pub fn meta_names(mode: Mode, split: bool) -> Vec<String> {
-    changes::meta_fields(mode, split)
-        .into_iter()
-        .map(|f| f.name().clone())
-        .collect()
-}
-
-pub type Properties = HashMap<String, String>;

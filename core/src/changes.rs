@@ -925,11 +925,6 @@ impl Changes {
         self.matched = vec![false; self.key_texts.len()];
     }
 
-    /// Keys of the window, as canonical key text (for pruning target files).
-    pub fn key_texts(&self) -> impl Iterator<Item = &str> {
-        self.key_texts.iter().map(|k| &**k)
-    }
-
     /// The first key column's values as canonical JSON, for min/max file pruning.
     pub fn first_key_values(&self) -> Vec<Value> {
         self.key_texts
