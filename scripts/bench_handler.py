@@ -26,17 +26,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
+from test_function_e2e import free_port  # noqa: E402
 from test_sync_oracle import create_container  # noqa: E402
 
 BIN = ROOT / "target" / "release" / "crdb-delta"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port: int, proc, timeout=60.0) -> float:

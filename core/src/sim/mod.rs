@@ -321,6 +321,9 @@ struct Aggregator {
     open: BTreeMap<(String, u64), Buffer>,
 }
 
+/// How a schema change edits a row: `(row, live)`.
+type RowEdit = Box<dyn Fn(&mut Vec<Datum>, bool)>;
+
 type Sink<'a> = dyn FnMut(Destination, &str, Vec<u8>) -> io::Result<()> + 'a;
 
 struct Sim<'a> {
@@ -777,54 +780,50 @@ impl Sim<'_> {
     /// `ALTER TABLE usertable ADD COLUMN field_added STRING DEFAULT 'x'`: a new descriptor version
     /// and every live row re-emitted at the backfill time (format spec §6).
     fn add_column_with_backfill(&mut self, at: Hlc) -> io::Result<()> {
-        let Some(t) = self.tables.iter().position(|s| s.def.name == "usertable") else {
-            return Ok(());
-        };
-        let mut def = (*self.tables[t].def).clone();
-        def.columns.push(ColumnDef {
-            name: "field_added".into(),
-            sql: crate::types::SqlType::String,
-            nullable: true,
-            family: "primary".into(),
-        });
-        def.version += 2;
-        let def = Arc::new(def);
-        self.tables[t].def = def.clone();
-        let rows: Vec<(String, (Vec<Datum>, Hlc))> = std::mem::take(&mut self.tables[t].rows)
-            .into_iter()
-            .collect();
-        for (key, (mut row, mvcc)) in rows {
-            row.push(Datum::Text("x".into()));
-            self.tables[t].rows.insert(key, (row.clone(), mvcc));
-            let m = Message {
-                table: def.clone(),
+        self.alter_usertable(at, |def| {
+            def.columns.push(ColumnDef {
+                name: "field_added".into(),
+                sql: crate::types::SqlType::String,
+                nullable: true,
                 family: "primary".into(),
-                op: Op::Create,
-                updated: at,
-                mvcc,
-                row,
-                before: None,
-                backfill: true,
-            };
-            self.record_and_emit(t, m)?;
-        }
-        for d in &mut self.tables[t].deleted {
-            d.push(Datum::Null);
-        }
-        Ok(())
+            });
+            Some(Box::new(|row: &mut Vec<Datum>, live: bool| {
+                row.push(if live {
+                    Datum::Text("x".into())
+                } else {
+                    Datum::Null
+                })
+            }))
+        })
     }
 
     /// `ALTER TABLE usertable DROP COLUMN field1`: a new descriptor version and every live row
     /// re-emitted without the column at the backfill time (format spec §6).
     fn drop_column_with_backfill(&mut self, at: Hlc) -> io::Result<()> {
+        self.alter_usertable(at, |def| {
+            let i = def.columns.iter().position(|c| c.name == "field1")?;
+            def.columns.remove(i);
+            Some(Box::new(move |row: &mut Vec<Datum>, _| {
+                row.remove(i);
+            }))
+        })
+    }
+
+    /// A schema change of `usertable` with a backfill: `alter` edits the definition and returns
+    /// how to edit a row (live rows, and the deleted ones kept for re-insertion); every live row
+    /// is then re-emitted under the new descriptor version at `at`.
+    fn alter_usertable(
+        &mut self,
+        at: Hlc,
+        alter: impl FnOnce(&mut TableDef) -> Option<RowEdit>,
+    ) -> io::Result<()> {
         let Some(t) = self.tables.iter().position(|s| s.def.name == "usertable") else {
             return Ok(());
         };
         let mut def = (*self.tables[t].def).clone();
-        let Some(i) = def.columns.iter().position(|c| c.name == "field1") else {
+        let Some(edit) = alter(&mut def) else {
             return Ok(());
         };
-        def.columns.remove(i);
         def.version += 2;
         let def = Arc::new(def);
         self.tables[t].def = def.clone();
@@ -832,7 +831,7 @@ impl Sim<'_> {
             .into_iter()
             .collect();
         for (key, (mut row, mvcc)) in rows {
-            row.remove(i);
+            edit(&mut row, true);
             self.tables[t].rows.insert(key, (row.clone(), mvcc));
             let m = Message {
                 table: def.clone(),
@@ -847,7 +846,7 @@ impl Sim<'_> {
             self.record_and_emit(t, m)?;
         }
         for d in &mut self.tables[t].deleted {
-            d.remove(i);
+            edit(d, false);
         }
         Ok(())
     }
