@@ -113,6 +113,8 @@ pub struct TableReport {
     pub mode: Option<Mode>,
     /// The RESOLVED the table is at after the run.
     pub resolved: Option<Hlc>,
+    /// The first file that still held newer rows (`Progress::pending_from`).
+    pub pending_from: Option<String>,
     pub version: Option<u64>,
     pub commits: u64,
     /// Distinct changes applied (column families merged, duplicates dropped).
@@ -456,6 +458,7 @@ async fn sync_known(
         t.target = s.target.path.clone();
         t.mode = Some(s.mode);
         t.resolved = s.progress.applied;
+        t.pending_from = s.progress.pending_from.clone();
         t.version = s.table.as_ref().and_then(DeltaTable::version);
         report.events += t.events;
         report.bytes_read += t.bytes_read;

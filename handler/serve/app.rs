@@ -16,7 +16,7 @@ use crdb_delta_core::names::ObjectName;
 use serde_json::json;
 use warp::http::StatusCode;
 
-use super::status::{self, TableState};
+use super::status;
 use super::store::{Acquire, ErrorRecord, Marker, Store};
 use super::{ServeError, Settings, container_prefix, scope_of};
 use crate::storage::Location;
@@ -352,26 +352,18 @@ impl App {
     /// which is applied (name timestamp ≤ the table's RESOLVED and before its `pendingFrom`).
     async fn cleanup(&self, report: &SyncReport, asked: Option<Hlc>) -> Result<usize, ServeError> {
         let buffered = self.store.buffered().await?;
-        let mut tables = std::collections::BTreeMap::<String, Option<TableState>>::new();
         let mut done = Vec::new();
         for b in &buffered {
             let consumed = match &b.name {
                 ObjectName::Resolved(r) => asked.is_some_and(|a| *r <= a),
-                ObjectName::Data(d) => {
-                    let table = d.topic.table().to_owned();
-                    if !report.tables.contains_key(&table) {
-                        continue;
-                    }
-                    if !tables.contains_key(&table) {
-                        let st =
-                            status::table_state(&self.target, &self.opts.config, &table).await?;
-                        tables.insert(table.clone(), st);
-                    }
-                    tables
-                        .get(&table)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|st| crdb_delta_core::plan::consumed(&b.name, &st.progress))
-                }
+                // The run's report says where each table is: no need to read its log again.
+                ObjectName::Data(d) => report.tables.get(d.topic.table()).is_some_and(|t| {
+                    let progress = crdb_delta_core::plan::Progress {
+                        applied: t.resolved,
+                        pending_from: t.pending_from.clone(),
+                    };
+                    crdb_delta_core::plan::consumed(&b.name, &progress)
+                }),
             };
             if consumed {
                 done.push(&b.marker);
