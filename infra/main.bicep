@@ -45,7 +45,9 @@ param targetContainer string = 'delta'
 @description('Path of the target root in the target container: tables go to <root>/<table>.')
 param targetPrefix string = 'tables'
 param deadLetterContainer string = 'eventgrid-deadletter'
-@description('Queue of the queue route (BlobQueue reads it through %CRDB_DELTA_QUEUE%).')
+@description('Queue of the queue route (BlobQueue reads it through %CRDB_DELTA_QUEUE%); failed messages go to <name>-poison.')
+@minLength(3)
+@maxLength(56)
 param queueName string = 'crdb-delta-blobs'
 
 @description('azureFunction: Event Grid pushes to BlobCreated; storageQueue: Event Grid writes a queue BlobQueue pulls.')

@@ -67,6 +67,11 @@ resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-0
   name: queueName
 }
 
+resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' existing = {
+  parent: queueService
+  name: '${queueName}-poison'
+}
+
 // The handler only lists and reads the changefeed; everything it writes (buffer markers, lease,
 // Delta tables) is below the target.
 resource fnReadsChangefeed 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -106,6 +111,18 @@ resource fnProcessesQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   name: guid(queue.id, functionPrincipalId, roles.storageQueueDataMessageProcessor)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageProcessor)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// A message that failed maxDequeueCount times is added to `<queue>-poison` (created by
+// storage.bicep) by the app's identity: Message Sender on that queue only.
+resource fnSendsPoisonQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: poisonQueue
+  name: guid(poisonQueue.id, functionPrincipalId, roles.storageQueueDataMessageSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageSender)
     principalId: functionPrincipalId
     principalType: 'ServicePrincipal'
   }

@@ -16,6 +16,9 @@ param storageAccountName string
 param changefeedContainer string
 param targetContainer string
 param deadLetterContainer string
+@description('Queue of the queue route; its poison queue is `<name>-poison` (queue names: 3-63 characters).')
+@minLength(3)
+@maxLength(56)
 param queueName string
 @description('CockroachDB with AZURE_ACCOUNT_KEY needs shared keys; keep false with AUTH=implicit or AUTH=specified (Entra ID).')
 param allowSharedKeyAccess bool = false
@@ -82,10 +85,20 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2024-01-0
 }
 
 // Always created (cheap, empty when unused) so the BlobQueue function's `%CRDB_DELTA_QUEUE%`
-// always resolves; the poison queue `<name>-poison` is created by the Functions host.
+// always resolves.
 resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' = {
   parent: queueService
   name: queueName
+}
+
+// After maxDequeueCount failed attempts the queue extension moves a message to `<name>-poison`
+// (https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue-trigger#poison-messages).
+// The host would create it on first use, but its identity has no right to create queues (its
+// roles are on single queues, not the account), so the message would never move: the template
+// creates it and roles.bicep lets the app send to it.
+resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' = {
+  parent: queueService
+  name: '${queueName}-poison'
 }
 
 output id string = account.id

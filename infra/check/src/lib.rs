@@ -50,22 +50,29 @@ pub struct Problem {
     pub text: String,
 }
 
-/// A `param` declaration: its type, default expression (source text) and `@allowed` values.
+/// A `param` declaration: its type, default expression (source text), `@allowed` values and
+/// the bounds of `@minValue`/`@maxValue` (int) and `@minLength`/`@maxLength` (string, array).
 #[derive(Debug, Clone, Default)]
 pub struct Param {
     pub type_name: String,
     pub default: Option<String>,
     pub allowed: Vec<String>,
+    pub min_value: Option<i64>,
+    pub max_value: Option<i64>,
+    pub min_length: Option<i64>,
+    pub max_length: Option<i64>,
 }
 
 /// One `Microsoft.Authorization/roleAssignments` resource: what it is scoped to, which role
-/// (the expression after `roleDefinitions',`) and which principal expression.
+/// (the expression after `roleDefinitions',`), which principal expression, and its `name`
+/// expression (normally `guid(<scope>.id, <principal>, <role>)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleAssignment {
     pub symbol: String,
     pub scope: String,
     pub role: String,
     pub principal: String,
+    pub name: String,
 }
 
 impl Bicep {
@@ -139,13 +146,17 @@ impl Bicep {
                     .map(|n| self.text(*n).to_owned())
                     .unwrap_or_default(),
                 default: kids.get(2).map(|n| self.text(*n).to_owned()),
-                allowed: Vec::new(),
+                ..Param::default()
             };
             for d in decorators {
                 let text = self.text(d);
                 if let Some(pos) = text.find("@allowed(") {
                     param.allowed = literals(&text[pos..]);
                 }
+                param.min_value = param.min_value.or(decorator_int(text, "minValue"));
+                param.max_value = param.max_value.or(decorator_int(text, "maxValue"));
+                param.min_length = param.min_length.or(decorator_int(text, "minLength"));
+                param.max_length = param.max_length.or(decorator_int(text, "maxLength"));
             }
             out.insert(self.text(*name).to_owned(), param);
         }
@@ -216,6 +227,20 @@ impl Bicep {
         out
     }
 
+    /// Resource declarations with their `name` expression: (symbol, type string, name text).
+    pub fn resource_names(&self) -> Vec<(String, String, String)> {
+        self.resources()
+            .into_iter()
+            .map(|(symbol, ty, body)| {
+                let name = self
+                    .property(body, "name")
+                    .map(|n| self.text(n).to_owned())
+                    .unwrap_or_default();
+                (symbol, ty, name)
+            })
+            .collect()
+    }
+
     /// Every role assignment resource of the file.
     pub fn role_assignments(&self) -> Vec<RoleAssignment> {
         let mut out = Vec::new();
@@ -240,12 +265,64 @@ impl Bicep {
                 .rsplit_once(',')
                 .map(|(_, r)| r.trim().trim_end_matches(')').trim().to_owned())
                 .unwrap_or(role_expr);
+            let name = self
+                .property(body, "name")
+                .map(|n| self.text(n).to_owned())
+                .unwrap_or_default();
             out.push(RoleAssignment {
                 symbol,
                 scope,
                 role,
                 principal: get("principalId"),
+                name,
             });
+        }
+        out
+    }
+
+    /// `output` declarations: name and value expression (source text).
+    pub fn outputs(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (_, decl) in self.declarations() {
+            if decl.kind() != "output_declaration" {
+                continue;
+            }
+            let mut c = decl.walk();
+            let kids: Vec<Node> = decl.named_children(&mut c).collect();
+            // name, type, value
+            if let [name, _, .., value] = kids.as_slice() {
+                out.insert(self.text(*name).to_owned(), self.text(*value).to_owned());
+            }
+        }
+        out
+    }
+
+    /// Module declarations: (symbol, path, the `params` object as key → expression text).
+    pub fn modules(&self) -> Vec<(String, String, BTreeMap<String, String>)> {
+        let mut out = Vec::new();
+        for (_, decl) in self.declarations() {
+            if decl.kind() != "module_declaration" {
+                continue;
+            }
+            let mut c = decl.walk();
+            let kids: Vec<Node> = decl.named_children(&mut c).collect();
+            let (Some(sym), Some(path)) = (kids.first(), kids.get(1)) else {
+                continue;
+            };
+            let mut params = BTreeMap::new();
+            let body = kids.iter().skip(2).find_map(|n| find_kind(*n, "object"));
+            if let Some(p) = body.and_then(|b| self.property(b, "params")) {
+                for key in self.object_keys(p) {
+                    if let Some(v) = self.property(p, &key) {
+                        params.insert(key, self.text(v).to_owned());
+                    }
+                }
+            }
+            out.push((
+                self.text(*sym).to_owned(),
+                self.text(*path).trim_matches('\'').to_owned(),
+                params,
+            ));
         }
         out
     }
@@ -301,6 +378,13 @@ fn find_kind<'a>(node: Node<'a>, kind: &str) -> Option<Node<'a>> {
     let mut c = node.walk();
     let kids: Vec<Node> = node.named_children(&mut c).collect();
     kids.into_iter().find_map(|k| find_kind(k, kind))
+}
+
+/// The integer argument of `@<name>(<int>)` in a decorator's text.
+fn decorator_int(text: &str, name: &str) -> Option<i64> {
+    let at = text.find(&format!("@{name}("))?;
+    let rest = &text[at + name.len() + 2..];
+    rest.split_once(')')?.0.trim().parse().ok()
 }
 
 /// Quoted literals and bare numbers/booleans of a small expression such as `@allowed([ 'a' 2 ])`.
@@ -403,6 +487,33 @@ mod tests {
             literals("@allowed([\n  'a'\n  'b-c'\n  512\n])"),
             ["a", "b-c", "512"]
         );
+    }
+
+    #[test]
+    fn bounds_of_decorators() {
+        let b = Bicep::parse(
+            "b",
+            "@minValue(40)\n@maxValue(1000)\nparam n int = 40\n@minLength(3)\n@maxLength(11)\nparam s string\nparam u int\n".into(),
+        )
+        .unwrap();
+        let p = b.params();
+        assert_eq!((p["n"].min_value, p["n"].max_value), (Some(40), Some(1000)));
+        assert_eq!((p["s"].min_length, p["s"].max_length), (Some(3), Some(11)));
+        assert_eq!(p["u"].min_value, None);
+        assert_eq!(decorator_int("@minValue( -1 )", "minValue"), Some(-1));
+    }
+
+    #[test]
+    fn outputs_and_modules() {
+        let b = Bicep::parse(
+            "b",
+            "module m 'x.bicep' = {\n  name: 'm'\n  params: {\n    a: site.identity.principalId\n  }\n}\noutput o string = r.?identity.?principalId ?? ''\n".into(),
+        )
+        .unwrap();
+        assert_eq!(b.outputs()["o"], "r.?identity.?principalId ?? ''");
+        let m = b.modules();
+        assert_eq!(m[0].1, "x.bicep");
+        assert_eq!(m[0].2["a"], "site.identity.principalId");
     }
 
     #[test]

@@ -445,12 +445,7 @@ fn role_definition_ids_are_documented_built_ins() {
 fn role_assignments_are_least_privilege() {
     let assignments = bicep("infra/modules/roles.bicep").role_assignments();
     let has = |scope: &str, role: &str, principal: &str| {
-        assignments.contains(&RoleAssignment {
-            symbol: String::new(),
-            scope: scope.into(),
-            role: format!("roles.{role}"),
-            principal: principal.into(),
-        }) || assignments.iter().any(|a| {
+        assignments.iter().any(|a| {
             a.scope == scope && a.role == format!("roles.{role}") && a.principal == principal
         })
     };
@@ -492,7 +487,8 @@ fn role_assignments_are_least_privilege() {
             "{a:?}"
         );
         assert!(
-            ["changefeed", "target", "queue", "deadLetter"].contains(&a.scope.as_str()),
+            ["changefeed", "target", "queue", "poisonQueue", "deadLetter"]
+                .contains(&a.scope.as_str()),
             "{a:?} is not scoped to a container or queue"
         );
     }
@@ -540,4 +536,100 @@ fn subscription_filters_and_two_phase_flag() {
         ["azureFunction", "storageQueue"]
     );
     assert!(main.source.contains("= if (deployEventSubscription)"));
+}
+
+const QUEUES: &str = "Microsoft.Storage/storageAccounts/queueServices/queues@";
+
+/// The poison queue name the queue extension uses for a queue name expression (`'${q}-poison'`
+/// for a parameter, `'x-poison'` for a literal).
+fn poison_name(queue: &str) -> String {
+    match queue.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')) {
+        Some(literal) => format!("'{literal}-poison'"),
+        None => format!("'${{{queue}}}-poison'"),
+    }
+}
+
+/// Why failed messages could not move to `<queue>-poison`: a queue created without its poison
+/// queue next to it, or a poison queue the Function App cannot send to.
+fn poison_queue_problems(storage: &Bicep, roles: &Bicep) -> Vec<String> {
+    let mut out = Vec::new();
+    let created = storage.resource_names();
+    let queues: Vec<&String> = created
+        .iter()
+        .filter(|(_, ty, _)| ty.starts_with(QUEUES))
+        .map(|(_, _, name)| name)
+        .collect();
+    let plain: Vec<&&String> = queues.iter().filter(|n| !n.ends_with("-poison'")).collect();
+    if plain.is_empty() {
+        out.push(format!("{}: no queue", storage.name));
+    }
+    for q in plain {
+        let poison = poison_name(q);
+        if !queues.iter().any(|n| **n == poison) {
+            out.push(format!("{}: {q} has no {poison} next to it", storage.name));
+        }
+        // roles.bicep refers to it as an existing queue and gives the app Message Sender on it.
+        let symbol = roles
+            .resource_names()
+            .into_iter()
+            .find(|(_, ty, name)| ty.starts_with(QUEUES) && *name == poison)
+            .map(|(symbol, _, _)| symbol);
+        let Some(symbol) = symbol else {
+            out.push(format!("{}: no existing {poison}", roles.name));
+            continue;
+        };
+        let sends = roles.role_assignments().iter().any(|a: &RoleAssignment| {
+            a.scope == symbol
+                && a.role == "roles.storageQueueDataMessageSender"
+                && a.principal == "functionPrincipalId"
+        });
+        if !sends {
+            out.push(format!(
+                "{}: the app has no Storage Queue Data Message Sender on {symbol}",
+                roles.name
+            ));
+        }
+    }
+    let sender = roles.string_map_of_var("roles");
+    if sender
+        .get("storageQueueDataMessageSender")
+        .map(String::as_str)
+        != Some("c6a89b2d-59bc-44d0-9896-0f6e12d7b80a")
+    {
+        out.push(format!("{}: wrong Message Sender role id", roles.name));
+    }
+    out
+}
+
+#[test]
+fn poison_queue_exists_and_the_app_can_send_to_it() {
+    let storage = bicep("infra/modules/storage.bicep");
+    let roles = bicep("infra/modules/roles.bicep");
+    let problems = poison_queue_problems(&storage, &roles);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(poison_name("queueName"), "'${queueName}-poison'");
+    assert_eq!(poison_name("'jobs'"), "'jobs-poison'");
+    // Detection: no poison queue in storage.bicep; no Sender role on it in roles.bicep.
+    let no_queue = Bicep::parse(
+        "storage",
+        storage
+            .source
+            .replace("'${queueName}-poison'", "'${queueName}-other'"),
+    )
+    .unwrap();
+    let problems = poison_queue_problems(&no_queue, &roles);
+    assert!(
+        problems.iter().any(|p| p.contains("has no")),
+        "{problems:?}"
+    );
+    let no_sender = Bicep::parse(
+        "roles",
+        roles.source.replace("scope: poisonQueue", "scope: queue"),
+    )
+    .unwrap();
+    let problems = poison_queue_problems(&storage, &no_sender);
+    assert!(
+        problems.iter().any(|p| p.contains("Message Sender")),
+        "{problems:?}"
+    );
 }
