@@ -78,6 +78,9 @@ param maxBodyBytes int = 4194304
 @description('NCRONTAB (six fields) of the CatchUp timer.')
 param catchUpSchedule string = '0 */5 * * * *'
 param logFilter string = 'info,buoyant_kernel=warn'
+@description('Flex Consumption scale-out limit; 40 is the lowest value every region accepts.')
+@minValue(40)
+@maxValue(1000)
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 param logRetentionInDays int = 30

@@ -56,7 +56,9 @@ param maxBodyBytes int = 4194304
 param catchUpSchedule string = '0 */5 * * * *'
 param logFilter string = 'info,buoyant_kernel=warn'
 
-@minValue(1)
+// Flex Consumption accepts 40-1000 (https://learn.microsoft.com/azure/azure-functions/event-driven-scaling#limit-scale-out;
+// newer revisions of that page allow values down to 1 in some regions, 40 works everywhere).
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 @allowed([

@@ -633,3 +633,47 @@ fn poison_queue_exists_and_the_app_can_send_to_it() {
         "{problems:?}"
     );
 }
+
+/// Flex Consumption's lowest maximum instance count accepted in every region, and its highest.
+const MIN_INSTANCES: i64 = 40;
+const MAX_INSTANCES: i64 = 1000;
+
+/// `maximumInstanceCount` values of a parameter file outside 40..=1000.
+fn instance_count_problems(file: &str, json: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(v) = json["parameters"].get("maximumInstanceCount") {
+        match v["value"].as_i64() {
+            Some(n) if (MIN_INSTANCES..=MAX_INSTANCES).contains(&n) => {}
+            _ => out.push(format!("{file}: maximumInstanceCount {}", v["value"])),
+        }
+    }
+    out
+}
+
+#[test]
+fn maximum_instance_count_is_at_least_40() {
+    let root = repo_root();
+    for file in [
+        "infra/main.dev.parameters.json",
+        "infra/main.prod.parameters.json",
+    ] {
+        let json: serde_json::Value =
+            serde_json::from_str(&read(&root.join(file)).unwrap()).unwrap();
+        let problems = instance_count_problems(file, &json);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+    // The templates refuse anything lower themselves.
+    for file in ["infra/main.bicep", "infra/modules/functionApp.bicep"] {
+        let p = &bicep(file).params()["maximumInstanceCount"];
+        assert_eq!(
+            (p.min_value, p.max_value),
+            (Some(MIN_INSTANCES), Some(MAX_INSTANCES)),
+            "{file}"
+        );
+        let default: i64 = p.default.as_deref().unwrap().parse().unwrap();
+        assert!(default >= MIN_INSTANCES, "{file}: default {default}");
+    }
+    // Detection: 10 is refused.
+    let bad = serde_json::json!({ "parameters": { "maximumInstanceCount": { "value": 10 } } });
+    assert_eq!(instance_count_problems("bad", &bad).len(), 1);
+}
