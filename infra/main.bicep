@@ -60,7 +60,13 @@ param deliveryRoute string = 'storageQueue'
 param deployEventSubscription bool = false
 @description('An existing system topic of the storage account to reuse (only one per account is allowed).')
 param existingSystemTopicName string = ''
+@description('Event Grid delivery attempts before dead-lettering (Event Grid accepts 1-30).')
+@minValue(1)
+@maxValue(30)
 param maxDeliveryAttempts int = 30
+@description('Minutes Event Grid keeps retrying an event (Event Grid accepts 1-1440).')
+@minValue(1)
+@maxValue(1440)
 param eventTimeToLiveInMinutes int = 1440
 
 @allowed([

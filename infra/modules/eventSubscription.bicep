@@ -26,7 +26,12 @@ param changefeedContainer string
 param changefeedPrefix string
 param queueName string
 param deadLetterContainer string
+// Event Grid's limits (https://learn.microsoft.com/azure/event-grid/manage-event-delivery).
+@minValue(1)
+@maxValue(30)
 param maxDeliveryAttempts int = 30
+@minValue(1)
+@maxValue(1440)
 param eventTimeToLiveInMinutes int = 1440
 
 var blobsRoot = '/blobServices/default/containers/${changefeedContainer}/blobs/'

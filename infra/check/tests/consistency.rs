@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crdb_delta_infra_check::{
-    Bicep, RoleAssignment, files_with_ext, is_guid, read, repo_root, setting_names,
+    Bicep, Param, RoleAssignment, files_with_ext, is_guid, read, repo_root, setting_names,
 };
 
 fn bicep(rel: &str) -> Bicep {
@@ -676,4 +676,118 @@ fn maximum_instance_count_is_at_least_40() {
     // Detection: 10 is refused.
     let bad = serde_json::json!({ "parameters": { "maximumInstanceCount": { "value": 10 } } });
     assert_eq!(instance_count_problems("bad", &bad).len(), 1);
+}
+
+/// Parameters that must carry bounds: (file, parameter, `@minValue`/`@minLength`,
+/// `@maxValue`/`@maxLength`). Event Grid accepts 1-30 delivery attempts and a TTL of 1-1440
+/// minutes; `namePrefix` ends up in storage account names (24 characters with a 13-character
+/// suffix); a queue name has 3-63 characters, less `-poison`.
+const BOUNDED: &[(&str, &str, i64, i64)] = &[
+    ("infra/main.bicep", "namePrefix", 3, 11),
+    ("infra/main.bicep", "queueName", 3, 56),
+    ("infra/modules/storage.bicep", "queueName", 3, 56),
+    ("infra/main.bicep", "maxDeliveryAttempts", 1, 30),
+    ("infra/main.bicep", "eventTimeToLiveInMinutes", 1, 1440),
+    (
+        "infra/modules/eventSubscription.bicep",
+        "maxDeliveryAttempts",
+        1,
+        30,
+    ),
+    (
+        "infra/modules/eventSubscription.bicep",
+        "eventTimeToLiveInMinutes",
+        1,
+        1440,
+    ),
+];
+
+/// A parameter's bounds as the template declares them: value bounds for `int`, length bounds
+/// otherwise.
+fn bounds(p: &Param) -> (Option<i64>, Option<i64>) {
+    if p.type_name == "int" {
+        (p.min_value, p.max_value)
+    } else {
+        (p.min_length, p.max_length)
+    }
+}
+
+/// Whether `value` (a default's source text or a parameter file value) is within `p`'s bounds.
+fn within_bounds(p: &Param, value: &serde_json::Value) -> bool {
+    let n = if p.type_name == "int" {
+        value.as_i64()
+    } else {
+        value.as_str().map(|s| s.chars().count() as i64)
+    };
+    let (lo, hi) = bounds(p);
+    match n {
+        Some(n) => lo.is_none_or(|lo| n >= lo) && hi.is_none_or(|hi| n <= hi),
+        None => true,
+    }
+}
+
+fn bound_problems(file: &str, b: &Bicep) -> Vec<String> {
+    let params = b.params();
+    let mut out = Vec::new();
+    for (f, name, lo, hi) in BOUNDED.iter().filter(|(f, ..)| *f == file) {
+        match params.get(*name) {
+            Some(p) if bounds(p) == (Some(*lo), Some(*hi)) => {}
+            Some(p) => out.push(format!("{f}: {name} bounds {:?}", bounds(p))),
+            None => out.push(format!("{f}: no {name}")),
+        }
+    }
+    out
+}
+
+#[test]
+fn names_and_retry_parameters_are_bounded() {
+    let files: BTreeSet<&str> = BOUNDED.iter().map(|(f, ..)| *f).collect();
+    for file in &files {
+        let problems = bound_problems(file, &bicep(file));
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+    // Defaults and parameter file values lie within every declared bound.
+    let root = repo_root();
+    let main = bicep("infra/main.bicep").params();
+    for (name, p) in &main {
+        let Some(default) = p.default.as_deref() else {
+            continue;
+        };
+        let value = match default.parse::<i64>() {
+            Ok(n) => serde_json::json!(n),
+            Err(_) if default.starts_with('\'') && !default.contains("${") => {
+                serde_json::json!(default.trim_matches('\''))
+            }
+            Err(_) => continue,
+        };
+        assert!(
+            within_bounds(p, &value),
+            "main.bicep: {name} default {default}"
+        );
+    }
+    for file in [
+        "infra/main.dev.parameters.json",
+        "infra/main.prod.parameters.json",
+    ] {
+        let json: serde_json::Value =
+            serde_json::from_str(&read(&root.join(file)).unwrap()).unwrap();
+        for (k, v) in json["parameters"].as_object().unwrap() {
+            assert!(within_bounds(&main[k], &v["value"]), "{file}: {k}");
+        }
+    }
+    // Detection: a retry parameter without its decorators, a value out of bounds.
+    let src = bicep("infra/modules/eventSubscription.bicep")
+        .source
+        .replace("@maxValue(30)\n", "");
+    let broken = Bicep::parse("eventSubscription", src).unwrap();
+    let problems = bound_problems("infra/modules/eventSubscription.bicep", &broken);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(!within_bounds(
+        &main["maxDeliveryAttempts"],
+        &serde_json::json!(31)
+    ));
+    assert!(!within_bounds(
+        &main["namePrefix"],
+        &serde_json::json!("crdbdeltaprod")
+    ));
 }
