@@ -178,16 +178,14 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
   properties: appSettings
 }
 
-var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-
-// The host keeps keys, timer locks and the deployment package in its own account.
-resource hostStorageOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  scope: hostStorage
-  name: guid(hostStorage.id, site.id, storageBlobDataOwner)
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+// The host keeps keys, timer locks and the deployment package in its own account (Blob Data
+// Owner) and writes diagnostic events to a table there (Table Data Contributor). In a module so
+// the assignments are keyed by the principal id, not by site.id (see hostStorageRoles.bicep).
+module hostRoles 'hostStorageRoles.bicep' = {
+  name: '${functionAppName}-host-roles'
+  params: {
+    hostStorageAccountName: hostStorage.name
     principalId: site.identity.principalId
-    principalType: 'ServicePrincipal'
   }
 }
 

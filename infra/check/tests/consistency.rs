@@ -426,8 +426,12 @@ fn role_definition_ids_are_documented_built_ins() {
         }
     }
     assert!(used >= 6, "expected the role table, found {used} GUIDs");
-    // The names in roles.bicep match the ids they hold.
-    let roles = bicep("infra/modules/roles.bicep").string_map_of_var("roles");
+    // The names in the role tables (`var roles`) match the ids they hold.
+    let mut roles = BTreeMap::new();
+    for f in files_with_ext(&repo_root().join("infra"), ".bicep") {
+        roles.extend(Bicep::load(&f).unwrap().string_map_of_var("roles"));
+    }
+    assert!(roles.len() >= 6, "{roles:?}");
     for (key, guid) in &roles {
         let name = table[guid.as_str()].replace(' ', "").to_lowercase();
         assert_eq!(
@@ -492,10 +496,16 @@ fn role_assignments_are_least_privilege() {
             "{a:?} is not scoped to a container or queue"
         );
     }
-    // The host's Owner role is on its own account only.
-    let host = bicep("infra/modules/functionApp.bicep").role_assignments();
-    assert_eq!(host.len(), 1);
-    assert_eq!(host[0].scope, "hostStorage");
+    // The host's roles are on its own account only (hostStorageRoles.bicep, whose account is
+    // the one functionApp.bicep creates).
+    assert!(
+        bicep("infra/modules/functionApp.bicep")
+            .role_assignments()
+            .is_empty()
+    );
+    let host = bicep("infra/modules/hostStorageRoles.bicep").role_assignments();
+    assert_eq!(host.len(), 2, "{host:#?}");
+    assert!(host.iter().all(|a| a.scope == "hostStorage"), "{host:#?}");
 }
 
 #[test]
@@ -790,4 +800,107 @@ fn names_and_retry_parameters_are_bounded() {
         &main["namePrefix"],
         &serde_json::json!("crdbdeltaprod")
     ));
+}
+
+/// Role assignments whose name is not `guid(<scope>.id, <principal>, <role>)` with the principal
+/// a parameter of the file: a name keyed by a resource id (`site.id`) maps a re-created app to
+/// the old assignment, which ARM refuses to give a new principal; a runtime value such as
+/// `site.identity.principalId` is not allowed in a name (BCP120).
+fn role_name_problems(b: &Bicep) -> Vec<String> {
+    let params = b.params();
+    let squash = |s: &str| s.split_whitespace().collect::<String>();
+    let mut out = Vec::new();
+    for a in b.role_assignments() {
+        let want = format!("guid({}.id,{},{})", a.scope, a.principal, a.role);
+        if squash(&a.name) != want {
+            out.push(format!("{}: {} is named {}", b.name, a.symbol, a.name));
+        }
+        if !params.contains_key(&a.principal) {
+            out.push(format!(
+                "{}: {} principal {} is not a parameter",
+                b.name, a.symbol, a.principal
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn role_assignment_names_are_keyed_by_principal_id() {
+    let mut count = 0;
+    for f in files_with_ext(&repo_root().join("infra"), ".bicep") {
+        let b = Bicep::load(&f).unwrap();
+        count += b.role_assignments().len();
+        let problems = role_name_problems(&b);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+    assert!(count >= 10, "expected the role assignments, found {count}");
+    // Detection: the old host-storage assignment, keyed by the site's resource id.
+    let old = "var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+resource hostStorageOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: hostStorage
+  name: guid(hostStorage.id, site.id, storageBlobDataOwner)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+    principalId: site.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+";
+    let problems = role_name_problems(&Bicep::parse("old", old.into()).unwrap());
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+#[test]
+fn host_storage_has_blob_owner_and_table_contributor() {
+    let b = bicep("infra/modules/hostStorageRoles.bicep");
+    let roles = b.string_map_of_var("roles");
+    let problems = host_role_problems(&b);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        roles["storageTableDataContributor"],
+        "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
+    );
+    assert_eq!(
+        roles["storageBlobDataOwner"],
+        "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+    );
+    // functionApp.bicep hands the module its own host account and the app's principal id.
+    let app = bicep("infra/modules/functionApp.bicep");
+    let modules = app.modules();
+    let (_, _, params) = modules
+        .iter()
+        .find(|(_, path, _)| path == "hostStorageRoles.bicep")
+        .expect("functionApp.bicep uses hostStorageRoles.bicep");
+    assert_eq!(params["hostStorageAccountName"], "hostStorage.name");
+    assert_eq!(params["principalId"], "site.identity.principalId");
+    // Detection: without the table role.
+    let src = b.source.replace(
+        "roles.storageTableDataContributor)",
+        "roles.storageBlobDataOwner)",
+    );
+    let problems = host_role_problems(&Bicep::parse("broken", src).unwrap());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("storageTableDataContributor")),
+        "{problems:?}"
+    );
+}
+
+/// The host storage roles the Functions host needs with identity-based AzureWebJobsStorage.
+fn host_role_problems(b: &Bicep) -> Vec<String> {
+    let assignments = b.role_assignments();
+    let mut out = Vec::new();
+    for role in ["storageBlobDataOwner", "storageTableDataContributor"] {
+        let found = assignments.iter().any(|a| {
+            a.scope == "hostStorage"
+                && a.role == format!("roles.{role}")
+                && a.principal == "principalId"
+        });
+        if !found {
+            out.push(format!("{}: no {role} on hostStorage", b.name));
+        }
+    }
+    out
 }
