@@ -34,4 +34,8 @@ resource reused 'Microsoft.EventGrid/systemTopics@2025-02-15' existing = if (reu
 }
 
 output name string = reuse ? reused.name : created.name
-output principalId string = reuse ? reused.identity.principalId : created.identity.principalId
+// A reused topic may have no identity: `.?` (safe dereference) yields null instead of failing the
+// deployment on `identity.principalId`, and '' makes roles.bicep skip the topic's roles. The
+// subscription (phase 2) delivers and dead-letters with that identity, so add it first.
+//   https://learn.microsoft.com/azure/azure-resource-manager/bicep/operator-safe-dereference
+output principalId string = reuse ? (reused.?identity.?principalId ?? '') : created.identity.principalId
