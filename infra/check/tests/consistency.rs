@@ -954,3 +954,94 @@ fn reused_system_topic_identity_is_read_safely() {
     let problems = topic_identity_problems(&Bicep::parse("broken", src).unwrap());
     assert_eq!(problems.len(), 1, "{problems:?}");
 }
+
+/// Resource provider namespaces a subscription needs registered for the templates: those of
+/// every resource type (Microsoft.Authorization is always registered), plus Microsoft.App for
+/// a Flex Consumption plan.
+fn provider_namespaces() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for f in files_with_ext(&repo_root().join("infra"), ".bicep") {
+        let b = Bicep::load(&f).unwrap();
+        for (_, ty, _) in b.resource_names() {
+            let ns = ty.split('/').next().unwrap_or_default();
+            if ns != "Microsoft.Authorization" {
+                out.insert(ns.to_owned());
+            }
+        }
+        if b.strings().iter().any(|s| s == "FlexConsumption") {
+            out.insert("Microsoft.App".to_owned());
+        }
+    }
+    out
+}
+
+/// What docs/deploy.md lacks: a provider registration for each namespace, the rights to deploy
+/// the role assignments, and a retried first zip deploy.
+fn deploy_doc_problems(docs: &str, namespaces: &BTreeSet<String>) -> Vec<String> {
+    let blocks: Vec<&str> = docs.split("```").skip(1).step_by(2).collect();
+    let mut out = Vec::new();
+    match blocks.iter().find(|b| b.contains("az provider register")) {
+        Some(block) => {
+            let tokens: BTreeSet<&str> = block
+                .split(|c: char| c.is_whitespace() || "\\\";".contains(c))
+                .collect();
+            for ns in namespaces {
+                if !tokens.contains(ns.as_str()) {
+                    out.push(format!("{ns} is not registered"));
+                }
+            }
+        }
+        None => out.push("no az provider register".into()),
+    }
+    let prose = docs.split_whitespace().collect::<Vec<_>>().join(" ");
+    if !prose.contains("Owner, or Contributor plus User Access Administrator") {
+        out.push("rights: Owner, or Contributor plus User Access Administrator".into());
+    }
+    let zip = blocks.iter().find(|b| b.contains("config-zip"));
+    if !zip.is_some_and(|b| b.contains("403") && b.contains("sleep")) {
+        out.push("the first zip deploy is not retried on 403".into());
+    }
+    out
+}
+
+#[test]
+fn deploy_doc_registers_providers_and_retries_the_first_zip_deploy() {
+    let namespaces = provider_namespaces();
+    for ns in [
+        "Microsoft.Storage",
+        "Microsoft.Web",
+        "Microsoft.App",
+        "Microsoft.EventGrid",
+        "Microsoft.Insights",
+        "Microsoft.OperationalInsights",
+        "Microsoft.Databricks",
+    ] {
+        assert!(namespaces.contains(ns), "{ns} not found in {namespaces:?}");
+    }
+    let docs = read(&repo_root().join("docs/deploy.md")).unwrap();
+    let problems = deploy_doc_problems(&docs, &namespaces);
+    assert!(problems.is_empty(), "docs/deploy.md: {problems:?}");
+    // A script that zip-deploys retries too (none does today: scripts/package only names it).
+    for f in files_with_ext(&repo_root().join("scripts"), "") {
+        let Ok(text) = read(&f) else { continue };
+        let deploys = text
+            .lines()
+            .any(|l| l.contains("config-zip") && !l.trim_start().starts_with('#'));
+        assert!(
+            !deploys || text.contains("sleep"),
+            "{} zip-deploys without retrying",
+            f.display()
+        );
+    }
+    // Detection: a namespace left out, the old rights, a single attempt.
+    let broken = docs
+        .replacen("Microsoft.EventGrid \\", "\\", 1)
+        .replace("Owner,\n  or Contributor plus", "Owner or")
+        .replace("sleep \"$delay\"", "");
+    assert_eq!(
+        deploy_doc_problems(&broken, &namespaces).len(),
+        3,
+        "{:?}",
+        deploy_doc_problems(&broken, &namespaces)
+    );
+}
