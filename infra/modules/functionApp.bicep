@@ -56,8 +56,9 @@ param maxBodyBytes int = 4194304
 param catchUpSchedule string = '0 */5 * * * *'
 param logFilter string = 'info,buoyant_kernel=warn'
 
-// Flex Consumption accepts 40-1000 (https://learn.microsoft.com/azure/azure-functions/event-driven-scaling#limit-scale-out;
-// newer revisions of that page allow values down to 1 in some regions, 40 works everywhere).
+// Flex Consumption: 40-1000 (https://learn.microsoft.com/azure/azure-functions/event-driven-scaling#limit-scale-out
+// gave 40 as the lowest value; newer revisions give 1, but lower values were refused outside a
+// few regions, and 40 is valid under both).
 @minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
