@@ -32,6 +32,8 @@ pub struct Config {
     pub max_window_bytes: Option<u64>,
     /// Target size of the Parquet files written.
     pub target_file_size: Option<u64>,
+    /// A RESOLVED further than this ahead of the clock is refused (default 600).
+    pub max_resolved_ahead_seconds: Option<u64>,
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
 }
@@ -63,10 +65,33 @@ impl Config {
     /// `databricks_target`), so its users can move over with the file they have.
     pub fn parse(text: &str) -> Result<Self, String> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if value.get("cdc_config").is_some() {
-            return Self::from_crdb_to_dbx(&value);
+        let config: Self = if value.get("cdc_config").is_some() {
+            Self::from_crdb_to_dbx(&value)?
+        } else {
+            serde_json::from_value(value).map_err(|e| e.to_string())?
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// Checks what can be checked before anything is written: SQL types parse, table paths
+    /// are valid, and no two tables share a Delta table (one would silently overwrite the
+    /// other's progress).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut targets: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, t) in &self.tables {
+            t.column_types(name)?;
+            let path = self.target_path(name)?;
+            if let Some(other) = targets.insert(path.clone(), name) {
+                return Err(ConfigError::Table {
+                    table: name.clone(),
+                    message: format!(
+                        "maps to the Delta table `{path}`, as table `{other}` does: give each table its own `target`"
+                    ),
+                });
+            }
         }
-        serde_json::from_value(value).map_err(|e| e.to_string())
+        Ok(())
     }
 
     /// crdb_to_dbx's `config.json` (github.com/rsleedbx/crdb_to_dbx, config_examples/README.md):
@@ -258,5 +283,20 @@ mod tests {
         assert!(bad.contains("unknown mode"), "{bad}");
         // Our own shape still refuses unknown fields.
         assert!(Config::parse(r#"{"mode": "scd2", "tabels": {}}"#).is_err());
+    }
+
+    #[test]
+    fn config_mistakes_are_refused_before_anything_runs() {
+        // Two tables into one Delta table: one would silently take over the other's progress.
+        let e = Config::parse(r#"{"tables": {"a": {"target": "x"}, "b": {"target": "x"}}}"#)
+            .unwrap_err();
+        assert!(e.contains("`x`") && e.contains("own `target`"), "{e}");
+        let e = Config::parse(r#"{"tables": {"a": {}, "b": {"target": "a"}}}"#).unwrap_err();
+        assert!(e.contains("`a`"), "{e}");
+        // A bad SQL type fails at load, not after another table committed.
+        let e =
+            Config::parse(r#"{"tables": {"a": {"columns": {"c": "NOTATYPE(3"}}}}"#).unwrap_err();
+        assert!(e.contains("column `c`"), "{e}");
+        Config::parse(r#"{"tables": {"a": {"target": "x"}, "b": {"target": "y"}}}"#).unwrap();
     }
 }

@@ -54,6 +54,12 @@ pub enum DeltaError {
     },
     #[error("Delta table {table}: {message}")]
     Table { table: String, message: String },
+    /// A data file listed in the snapshot we read is gone from storage (VACUUM after a
+    /// concurrent compaction): the plan is stale, not the table broken.
+    #[error(
+        "Delta table {table}: data file `{path}` is gone (removed and vacuumed by another writer)"
+    )]
+    FileGone { table: String, path: String },
 }
 
 /// The `az` scheme is not known to delta-rs without its Azure crate; we bring our own store, so
@@ -319,14 +325,17 @@ impl TableFile {
             message: format!("{path}: {message}"),
         };
         let location = Path::parse(path).map_err(|e| bad(e.to_string()))?;
-        let bytes = table
-            .object_store()
-            .get(&location)
-            .await
-            .map_err(|e| bad(e.to_string()))?
-            .bytes()
-            .await
-            .map_err(|e| bad(e.to_string()))?;
+        let got = match table.object_store().get(&location).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(DeltaError::FileGone {
+                    table: table.table_url().to_string(),
+                    path: path.to_owned(),
+                });
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let bytes = got.bytes().await.map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             path: path.to_owned(),
             bytes,
@@ -427,9 +436,204 @@ pub struct Commit {
     pub mode: Mode,
 }
 
+/// Why a commit did not land: the step must be planned again from the table's new state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// Another run of ours committed (our `txn` moved): it may have applied this step.
+    Progress { version: u64 },
+    /// A file this commit removes is no longer live: another writer removed it (OPTIMIZE,
+    /// auto-compaction, a DELETE), so committing would resurrect or duplicate its rows.
+    FileGone { path: String, version: u64 },
+    /// Another writer added data files while this commit merges by key: they may hold keys
+    /// the plan did not see.
+    DataAdded { version: u64 },
+    /// Another writer changed the schema, the properties or the protocol.
+    Metadata { version: u64 },
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Progress { version } => {
+                write!(f, "another crdb-delta run committed version {version}")
+            }
+            Self::FileGone { path, version } => {
+                write!(
+                    f,
+                    "version {version} removed `{path}`, which this commit rewrites"
+                )
+            }
+            Self::DataAdded { version } => {
+                write!(
+                    f,
+                    "version {version} added data files this commit did not read"
+                )
+            }
+            Self::Metadata { version } => write!(
+                f,
+                "version {version} changed the schema, properties or protocol"
+            ),
+        }
+    }
+}
+
+/// How a commit ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    Version(u64),
+    Conflict(Conflict),
+}
+
+/// Commits that landed since our read, rebased on before giving up (each is a commit that
+/// touched nothing we depend on, e.g. a foreign append to an append_only table).
+const MAX_REBASES: u32 = 20;
+
+/// What the commits between our read and the table's head did, as far as a commit of ours
+/// depends on it (read from their log entries: compaction's `dataChange=false` removes count).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Winners {
+    /// Files removed (percent-decoded, as snapshots report them), with the removing version.
+    pub removed: Vec<(String, u64)>,
+    /// First version that added a data file with `dataChange=true`.
+    pub data_added: Option<u64>,
+    /// First version with a `metaData` or `protocol` action.
+    pub metadata: Option<u64>,
+    /// First version with a `txn` of our app id.
+    pub ours: Option<u64>,
+}
+
+impl Winners {
+    /// Folds one commit's log entry (newline-delimited actions) in.
+    pub fn add_commit(&mut self, version: u64, entry: &[u8]) -> Result<(), serde_json::Error> {
+        for line in entry.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let action: Value = serde_json::from_slice(line)?;
+            if let Some(r) = action.get("remove") {
+                if let Some(p) = r.get("path").and_then(Value::as_str) {
+                    let p = percent_encoding::percent_decode_str(p).decode_utf8_lossy();
+                    self.removed.push((p.into_owned(), version));
+                }
+            } else if let Some(a) = action.get("add") {
+                if a.get("dataChange").and_then(Value::as_bool) != Some(false) {
+                    self.data_added.get_or_insert(version);
+                }
+            } else if action.get("metaData").is_some() || action.get("protocol").is_some() {
+                self.metadata.get_or_insert(version);
+            } else if let Some(t) = action.get("txn")
+                && t.get("appId").and_then(Value::as_str) == Some(APP_ID)
+            {
+                self.ours.get_or_insert(version);
+            }
+        }
+        Ok(())
+    }
+
+    /// The conflict these winners are for a commit that removes `removes` and, when
+    /// `merges_keys`, decides from the keys of the files it read. `None`: rebase and retry.
+    pub fn conflict(&self, removes: &[Remove], merges_keys: bool) -> Option<Conflict> {
+        if let Some(version) = self.ours {
+            return Some(Conflict::Progress { version });
+        }
+        if let Some(version) = self.metadata {
+            return Some(Conflict::Metadata { version });
+        }
+        if let Some((path, version)) = self
+            .removed
+            .iter()
+            .find(|(p, _)| removes.iter().any(|r| &r.path == p))
+        {
+            return Some(Conflict::FileGone {
+                path: path.clone(),
+                version: *version,
+            });
+        }
+        match self.data_added {
+            Some(version) if merges_keys => Some(Conflict::DataAdded { version }),
+            _ => None,
+        }
+    }
+}
+
 /// Commits atomically: data files, removals, schema change, and the `txn` that records the
-/// RESOLVED. Returns the new version.
-pub async fn commit(table: &mut DeltaTable, name: &str, c: Commit) -> Result<u64, DeltaError> {
+/// RESOLVED. Returns the new version, or the [`Conflict`] that makes the plan stale.
+///
+/// delta-rs' own conflict checker ignores winning removes with `dataChange=false` (what
+/// OPTIMIZE writes), so a copy-on-write commit racing a compaction would land and keep both
+/// the compacted and the rewritten copy of each row. So delta-rs never retries here
+/// (`max_retries` 0): when another commit wins, we read what it did ([`Winners`]) and either
+/// rebase onto it (it touched nothing we depend on) or report the conflict.
+pub async fn commit(
+    table: &mut DeltaTable,
+    name: &str,
+    c: Commit,
+) -> Result<Committed, DeltaError> {
+    let err = |source| DeltaError::Delta {
+        table: name.to_owned(),
+        source: Box::new(source),
+    };
+    let merges_keys = c.mode != Mode::AppendOnly;
+    let mut winners = Winners::default();
+    let mut rebases = 0;
+    loop {
+        let read = table.version().unwrap_or(0);
+        match commit_once(table, name, &c).await {
+            Ok(v) => return Ok(Committed::Version(v)),
+            Err(DeltaError::Delta { source, .. }) if is_lost_race(&source) => {}
+            Err(e) => return Err(e),
+        }
+        table.update_incremental(None).await.map_err(err)?;
+        let head = table.version().unwrap_or(read);
+        for v in read + 1..=head {
+            let entry = table
+                .log_store()
+                .read_commit_entry(v)
+                .await
+                .map_err(err)?
+                .unwrap_or_default();
+            winners
+                .add_commit(v, &entry)
+                .map_err(|e| DeltaError::Table {
+                    table: name.to_owned(),
+                    message: format!("log entry of version {v} is not valid JSON: {e}"),
+                })?;
+        }
+        if let Some(conflict) = winners.conflict(&c.removes, merges_keys) {
+            tracing::info!(table = name, %conflict, "commit conflicts with a concurrent commit");
+            return Ok(Committed::Conflict(conflict));
+        }
+        rebases += 1;
+        if rebases > MAX_REBASES {
+            return Err(DeltaError::Table {
+                table: name.to_owned(),
+                message: format!(
+                    "{MAX_REBASES} concurrent commits in a row won the race; giving up this run"
+                ),
+            });
+        }
+        tracing::debug!(
+            table = name,
+            read,
+            head,
+            "concurrent commit touched nothing ours; rebasing"
+        );
+    }
+}
+
+/// Whether delta-rs refused a commit because another one took the version.
+fn is_lost_race(e: &DeltaTableError) -> bool {
+    use deltalake_core::kernel::transaction::TransactionError as T;
+    matches!(
+        e,
+        DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::Transaction {
+                source: T::MaxCommitAttempts(_) | T::VersionAlreadyExists(_) | T::CommitConflict(_)
+            }
+    )
+}
+
+async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u64, DeltaError> {
     let err = |source| DeltaError::Delta {
         table: name.to_owned(),
         source: Box::new(source),
@@ -458,17 +662,18 @@ pub async fn commit(table: &mut DeltaTable, name: &str, c: Commit) -> Result<u64
         actions.push(Action::Metadata(meta));
     }
     let data_change = !c.adds.is_empty() || !c.removes.is_empty();
-    actions.extend(c.adds.into_iter().map(Action::Add));
-    actions.extend(c.removes.into_iter().map(Action::Remove));
+    actions.extend(c.adds.iter().cloned().map(Action::Add));
+    actions.extend(c.removes.iter().cloned().map(Action::Remove));
     let operation = match (c.mode, data_change) {
         (Mode::AppendOnly, _) | (_, false) => DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: None,
             predicate: None,
         },
-        _ => DeltaOperation::Update { predicate: None },
+        (Mode::UpdateDelete | Mode::Scd2, true) => DeltaOperation::Update { predicate: None },
     };
     let props = CommitProperties::default()
+        .with_max_retries(0)
         .with_application_transaction(Transaction::new(APP_ID, c.resolved.wall))
         .with_metadata([(
             COMMIT_KEY.to_owned(),

@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod delta;
+pub mod faults;
 pub mod inspect;
+pub mod quarantine;
 pub mod serve;
 pub mod simulate;
 pub mod storage;

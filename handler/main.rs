@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use crdb_delta::config::Config;
 use crdb_delta::inspect::inspect;
+use crdb_delta::quarantine::{Action, Quarantine};
 use crdb_delta::serve::pump::{PumpOptions, pump};
 use crdb_delta::serve::{Settings, port_from_env, serve};
 use crdb_delta::simulate::simulate;
@@ -25,6 +26,13 @@ struct Cli {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// More log lines on stderr: -v our progress, -vv debug, -vvv everything (also
+    /// CRDB_DELTA_LOG or RUST_LOG, e.g. `crdb_delta=debug`).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Errors only on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,7 +41,8 @@ struct Cli {
 enum Command {
     /// The main job on local folders: simulate a changefeed, then apply it to Delta tables.
     Demo {
-        /// Working folder (recreated).
+        /// Working folder: new or empty, or one an earlier demo made (its changefeed/, truth/
+        /// and delta/ are replaced; nothing else is touched).
         #[arg(long, default_value = "demo")]
         dir: String,
         #[arg(long, value_enum, default_value = "json")]
@@ -58,6 +67,16 @@ enum Command {
     /// external location, one external table per Delta table); idempotent. Token from
     /// DATABRICKS_TOKEN (never printed).
     UnityCatalog(Box<UcArgs>),
+    /// Files that stopped their table (they cannot be decoded or applied): list them, retry
+    /// one (after replacing it or fixing the config), or skip one (the table goes on without
+    /// it, and the commit that passes over it names it in its commitInfo).
+    Quarantine {
+        /// The Delta target root (as given to `sync --target` / CRDB_DELTA_TARGET).
+        #[arg(long)]
+        target: String,
+        #[command(subcommand)]
+        action: QuarantineCmd,
+    },
     /// Read a changefeed root and summarise it.
     Inspect {
         /// Changefeed root: a folder or an Azure URL (azure://container/prefix).
@@ -68,6 +87,25 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// Every quarantined file: table, file, reason, and whether it holds or is skipped.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the quarantine of a file: the next run reads it again.
+    Retry {
+        /// The file as `list` shows it (relative to the changefeed root).
+        file: String,
+    },
+    /// Apply its table without this file from now on (its rows are lost to the Delta table).
+    Skip {
+        /// The file as `list` shows it (relative to the changefeed root).
+        file: String,
     },
 }
 
@@ -165,6 +203,10 @@ struct SyncArgs {
     /// Apply at most up to this RESOLVED (`<wall>.<logical>`).
     #[arg(long)]
     until: Option<String>,
+    /// Refuse RESOLVED objects further than this ahead of the clock (a stray RESOLVED would
+    /// make every later event look applied). Default 600.
+    #[arg(long)]
+    max_resolved_ahead_seconds: Option<u64>,
     /// Start no new RESOLVED step after this many seconds (the rest waits for the next run).
     #[arg(long)]
     max_seconds: Option<u64>,
@@ -202,6 +244,10 @@ impl SyncArgs {
             deadline: self
                 .max_seconds
                 .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s)),
+            max_resolved_ahead: self
+                .max_resolved_ahead_seconds
+                .or(config.max_resolved_ahead_seconds)
+                .map_or(d.max_resolved_ahead, std::time::Duration::from_secs),
             config,
         })
     }
@@ -368,6 +414,76 @@ async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary
     Ok(summary)
 }
 
+/// Refuses a target that would mix with the source or with a table that is not ours, before
+/// anything is written: a folder inside the source (our files would look like stray objects
+/// there), or a root that is itself a Delta table (tables go *below* the root).
+fn check_target(source: &Location, target: &str) -> Result<()> {
+    if !target.contains("://") {
+        let t = std::path::Path::new(target);
+        if t.join("_delta_log").is_dir() {
+            anyhow::bail!(
+                "--target {target} is itself a Delta table; give the folder the tables go below \
+                 (each table becomes <target>/<table>)"
+            );
+        }
+        let abs = std::path::absolute(t).with_context(|| format!("resolving {target}"))?;
+        if source.url.scheme() == "file" {
+            let src = source.url.to_file_path().unwrap_or_default();
+            if abs.starts_with(&src) {
+                anyhow::bail!(
+                    "--target {target} is inside the source {}: keep the Delta tables out of the changefeed root",
+                    source.display
+                );
+            }
+        }
+    } else if let Ok(t) = Location::open(target)
+        && t.is_within(source)
+    {
+        anyhow::bail!(
+            "--target {} is inside the source {}: keep the Delta tables out of the changefeed root",
+            crdb_delta::storage::redact(target),
+            source.display
+        );
+    }
+    Ok(())
+}
+
+/// Marks a folder `demo` made, so a later `demo` may clear what it wrote there — and nothing
+/// else: a non-empty folder without it is refused, never emptied.
+const DEMO_MARKER: &str = ".crdb-delta-demo";
+/// What `demo` writes below its folder (and removes again on the next run).
+const DEMO_PARTS: [&str; 3] = ["changefeed", "truth", "delta"];
+
+fn prepare_demo_dir(dir: &str) -> Result<()> {
+    let root = std::path::Path::new(dir);
+    let marker = root.join(DEMO_MARKER);
+    let empty = match std::fs::read_dir(root) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e).with_context(|| format!("reading {dir}")),
+    };
+    if !empty && !marker.exists() {
+        anyhow::bail!(
+            "--dir {dir}: the folder is not empty and was not made by `crdb-delta demo`; \
+             choose a new or empty folder (demo only ever deletes what it wrote)"
+        );
+    }
+    for part in DEMO_PARTS {
+        match std::fs::remove_dir_all(root.join(part)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("clearing {dir}/{part}")),
+        }
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {dir}"))?;
+    std::fs::write(
+        &marker,
+        "made by `crdb-delta demo`; a later demo may clear changefeed/, truth/ and delta/ here\n",
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
+    Ok(())
+}
+
 /// glibc gives each thread its own malloc arena; with tokio's workers and the blocking pool, a
 /// sync step's freed buffers stay spread over many arenas and peak RSS was ~1.6× what the step
 /// holds (docs/benchmarks.md). Two arenas keep it close, at the same speed. An explicit
@@ -382,25 +498,67 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run())
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A user's mistake or a failed run: the message chain, no backtrace (panics, which
+            // are bugs, still print theirs with RUST_BACKTRACE).
+            eprintln!("{}", error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: <top>` plus each cause whose text the lines before do not already contain
+/// (thiserror messages often embed their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = format!("error: {e}");
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str("\n  caused by: ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// The stderr log filter: CRDB_DELTA_LOG, else RUST_LOG, else by command and -q/-v. The CLI
+/// is quiet by default (its report goes to stdout); the handler logs each invocation.
+fn log_filter(cli: &Cli) -> EnvFilter {
+    for var in ["CRDB_DELTA_LOG", "RUST_LOG"] {
+        if let Ok(f) = EnvFilter::try_from_env(var) {
+            return f;
+        }
+    }
+    let ours = "crdb_delta={0},crdb_delta_core={0}";
+    let level = match (cli.quiet, cli.verbose, &cli.command) {
+        (true, _, _) => "error".to_owned(),
+        (false, 0, Command::Serve { .. } | Command::Pump(_)) => {
+            "info,buoyant_kernel=warn,deltalake_core=error".to_owned()
+        }
+        // delta-rs warns when a commit loses a race we then resolve ourselves (delta.rs).
+        (false, 0, _) => "warn,deltalake_core=error".to_owned(),
+        (false, 1, _) => format!("warn,{}", ours.replace("{0}", "info")),
+        (false, 2, _) => format!("info,buoyant_kernel=warn,{}", ours.replace("{0}", "debug")),
+        (false, _, _) => "debug".to_owned(),
+    };
+    EnvFilter::new(level)
 }
 
 async fn run() -> Result<()> {
     let cli = Cli::parse();
-    // The handler logs per invocation; delta-rs' kernel logs every snapshot at info.
-    let default_filter = match cli.command {
-        Command::Serve { .. } | Command::Pump(_) => "info,buoyant_kernel=warn",
-        _ => "info",
-    };
-    let filter = EnvFilter::try_from_env("CRDB_DELTA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(default_filter));
+    use std::io::IsTerminal as _;
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(&cli))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if cli.log_json {
         subscriber.json().init();
@@ -425,7 +583,8 @@ async fn run() -> Result<()> {
         }
         Command::Sync(args) => {
             let opts = args.options()?;
-            let source = Location::open(&args.source)?;
+            let source = Location::open_existing(&args.source)?;
+            check_target(&source, &args.target)?;
             let target = Location::open(&args.target)?;
             let report = sync(&source, &target, &opts)
                 .await
@@ -434,6 +593,56 @@ async fn run() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
+            }
+            let held: Vec<String> = report
+                .quarantined
+                .iter()
+                .filter(|q| q.action == Action::Hold)
+                .map(|q| format!("table `{}` stopped at {}: {}", q.table, q.file, q.reason))
+                .collect();
+            if !held.is_empty() {
+                anyhow::bail!(
+                    "{}\nthe other tables were applied; see `crdb-delta quarantine list --target {}`, then `retry` (after fixing) or `skip` the file",
+                    held.join("\n"),
+                    crdb_delta::storage::redact(&args.target)
+                );
+            }
+        }
+        Command::Quarantine { target, action } => {
+            let target = Location::open(&target)?;
+            let q = Quarantine::new(&target);
+            match action {
+                QuarantineCmd::List { json } => {
+                    let records = q.list().await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&records)?);
+                    } else if records.is_empty() {
+                        println!("no quarantined files");
+                    }
+                    if !json {
+                        for r in records {
+                            let what = match r.action {
+                                Action::Hold => "holds",
+                                Action::Skip => "skipped",
+                            };
+                            println!(
+                                "{} {what} {} (since {}): {}",
+                                r.table, r.file, r.at, r.reason
+                            );
+                        }
+                    }
+                }
+                QuarantineCmd::Retry { file } => {
+                    let r = q.retry(&file).await?;
+                    println!("{}: {file} will be read again by the next run", r.table);
+                }
+                QuarantineCmd::Skip { file } => {
+                    let r = q.skip(&file).await?;
+                    println!(
+                        "{}: {file} will be skipped; the commit that passes over it names it (crdbDelta.figures.skippedFiles)",
+                        r.table
+                    );
+                }
             }
         }
         Command::Serve { port } => {
@@ -504,7 +713,7 @@ async fn run() -> Result<()> {
             batch_size,
             json,
         } => {
-            let loc = Location::open(&source)?;
+            let loc = Location::open_existing(&source)?;
             let summary = inspect(&loc, batch_size)
                 .await
                 .with_context(|| format!("reading {source}"))?;
@@ -515,7 +724,7 @@ async fn run() -> Result<()> {
             }
         }
         Command::Demo { dir, format } => {
-            let _ = std::fs::remove_dir_all(&dir);
+            prepare_demo_dir(&dir)?;
             let out = format!("{dir}/changefeed");
             let args = SimArgs::parse_from([
                 "simulate",

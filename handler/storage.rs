@@ -44,16 +44,68 @@ const AZURE_SCHEMES: [&str; 6] = [
     "azure://", "az://", "abfs://", "abfss://", "adl://", "https://",
 ];
 
+/// A location as it may be shown in logs and errors: a query string (SAS token, `sig=`) and
+/// the password of a `user:password@` part are replaced by `<redacted>`.
+pub fn redact(location: &str) -> String {
+    let (base, query) = match location.split_once('?') {
+        Some((b, _)) => (b, "?<redacted>"),
+        None => (location, ""),
+    };
+    // `scheme://user:password@host/...`: keep the user (abfss puts the container there).
+    let redacted = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) if userinfo.contains(':') => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    format!("{scheme}://{user}:<redacted>@{host}{path}")
+                }
+                _ => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    format!("{redacted}{query}")
+}
+
 impl Location {
+    /// A location that must already exist (a changefeed root to read): a missing local folder
+    /// is refused instead of created, so a typo fails rather than syncing nothing.
+    pub fn open_existing(location: &str) -> Result<Self, StorageError> {
+        if !location.contains("://") && !std::path::Path::new(location).is_dir() {
+            return Err(StorageError::Location {
+                location: redact(location),
+                message: "no such folder".into(),
+            });
+        }
+        Self::open(location)
+    }
+
+    /// Whether this location is a local folder below (or equal to) `other`'s folder.
+    pub fn is_within(&self, other: &Location) -> bool {
+        self.url.scheme() == "file"
+            && other.url.scheme() == "file"
+            && self.url.path().starts_with(other.url.path())
+            || self.url.scheme() == "az"
+                && other.url.scheme() == "az"
+                && self.url.host_str() == other.url.host_str()
+                && format!("{}/", self.url.path().trim_end_matches('/'))
+                    .starts_with(&format!("{}/", other.url.path().trim_end_matches('/')))
+    }
+
     /// Opens `azure://container/prefix`, `abfss://container@account.dfs.core.windows.net/prefix`,
     /// `https://account.blob.core.windows.net/container/prefix`, or a local folder (created).
     pub fn open(location: &str) -> Result<Self, StorageError> {
         let bad = |message: String| StorageError::Location {
-            location: location.to_owned(),
+            location: redact(location),
             message,
         };
         if location.contains('?') {
             return Err(bad("query strings (SAS tokens, keys) are not accepted in locations; use AZURE_* settings".into()));
+        }
+        if redact(location) != location {
+            return Err(bad("credentials (`user:password@`) are not accepted in locations; use AZURE_* settings or a managed identity".into()));
         }
         if AZURE_SCHEMES.iter().any(|s| location.starts_with(s)) {
             let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
@@ -141,5 +193,42 @@ impl Location {
             location: format!("{}/{relative}", self.display),
             message: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_reach_messages() {
+        for (given, secret) in [
+            (
+                "https://acct.blob.core.windows.net/c/feed?sv=2022&sig=SECRETSIG",
+                "SECRETSIG",
+            ),
+            ("azure://c/feed?sig=SECRETSIG&se=2030", "SECRETSIG"),
+            (
+                "abfss://c:SECRETPW@acct.dfs.core.windows.net/feed",
+                "SECRETPW",
+            ),
+            (
+                "https://user:SECRETPW@acct.blob.core.windows.net/c",
+                "SECRETPW",
+            ),
+        ] {
+            let err = Location::open(given).err().expect("refused").to_string();
+            assert!(!err.contains(secret), "{err}");
+            assert!(err.contains("<redacted>"), "{err}");
+            assert!(!redact(given).contains(secret));
+        }
+        // Nothing secret: unchanged (abfss keeps its container in the user part).
+        for plain in [
+            "abfss://c@acct.dfs.core.windows.net/feed",
+            "azure://c/feed",
+            "/tmp/x",
+        ] {
+            assert_eq!(redact(plain), plain);
+        }
     }
 }

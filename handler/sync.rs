@@ -7,9 +7,8 @@
 //! recording the Delta version of each table at that RESOLVED: a cross-table consistent
 //! snapshot. A backlog larger than `max_window_bytes` becomes several steps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
@@ -28,7 +27,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{Config, ConfigError};
-use crate::delta::{self, Commit, DeltaError, Target};
+use crate::delta::{self, Commit, Committed, Conflict, DeltaError, Target};
+use crate::faults::{fault, pause};
+use crate::quarantine::{Action, Quarantine, QuarantineError};
 use crate::storage::{Location, StorageError};
 
 /// Default input bytes per commit: peak memory is about 2–3× this plus one target file being
@@ -59,12 +60,33 @@ pub enum SyncError {
     Delta(#[from] DeltaError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0} (configure `tables.<name>.primary_key`)")]
+    /// KeyError's message already says what to configure.
+    #[error(transparent)]
     Key(#[from] KeyError),
     #[error("table `{table}`: {message}")]
     Table { table: String, message: String },
     #[error("worker task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
+}
+
+impl SyncError {
+    /// The changefeed file this error is about, when the file itself is at fault (it cannot be
+    /// decoded or applied, now or on any retry): such a file is quarantined and stops only its
+    /// table. Storage and other transient errors fail the run instead.
+    pub fn poison_file(&self) -> Option<&str> {
+        match self {
+            Self::Decode(e) => Some(e.file()),
+            Self::Change { source, .. } => match source {
+                ChangeError::MissingKey { file, .. }
+                | ChangeError::Convert { file, .. }
+                | ChangeError::Invalid { file, .. } => Some(file),
+                ChangeError::Arrow(_) => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 fn delta_err(table: &str) -> impl Fn(deltalake_core::DeltaTableError) -> SyncError + '_ {
@@ -90,6 +112,8 @@ pub struct SyncOptions {
     /// Start no new step after this instant (a function invocation's time budget): committed
     /// steps stay, the rest is applied by the next run.
     pub deadline: Option<Instant>,
+    /// A RESOLVED further ahead of the clock than this is refused ([`plan::refuse_future_resolved`]).
+    pub max_resolved_ahead: std::time::Duration,
 }
 
 impl Default for SyncOptions {
@@ -102,6 +126,9 @@ impl Default for SyncOptions {
             target_file_size: DEFAULT_TARGET_FILE_SIZE,
             until: None,
             deadline: None,
+            max_resolved_ahead: std::time::Duration::from_secs(
+                plan::DEFAULT_MAX_RESOLVED_AHEAD_SECONDS,
+            ),
         }
     }
 }
@@ -135,10 +162,16 @@ pub struct SyncReport {
     pub target: String,
     pub resolved: Option<Hlc>,
     pub steps: u64,
+    /// Steps planned again because another writer's commit made them stale.
+    pub replans: u64,
     /// False when the run stopped at its deadline with RESOLVEDs left to apply.
     pub complete: bool,
     pub tables: BTreeMap<String, TableReport>,
     pub ignored: Vec<String>,
+    /// RESOLVED objects refused (e.g. far ahead of the clock), with the reason: never applied.
+    pub refused: Vec<String>,
+    /// Quarantined files (`crdb-delta quarantine list`): `hold` ones stop their table.
+    pub quarantined: Vec<crate::quarantine::Record>,
     pub events: u64,
     pub bytes_read: u64,
     pub seconds: f64,
@@ -184,8 +217,25 @@ impl SyncReport {
                 t.bytes_read as f64 / 1e6
             );
         }
+        if self.resolved.is_none() && self.quarantined.is_empty() && self.refused.is_empty() {
+            let _ = writeln!(
+                s,
+                "  nothing applied: no RESOLVED file in the source yet (the changefeed writes them \
+                 with `WITH resolved`); data files wait for the first one"
+            );
+        }
         for i in &self.ignored {
             let _ = writeln!(s, "  ignored: {i}");
+        }
+        for r in &self.refused {
+            let _ = writeln!(s, "  REFUSED: {r}");
+        }
+        for q in &self.quarantined {
+            let what = match q.action {
+                Action::Hold => "STOPPED, file quarantined",
+                Action::Skip => "file skipped by an operator",
+            };
+            let _ = writeln!(s, "  {} {what}: {}: {}", q.table, q.file, q.reason);
         }
         let _ = writeln!(
             s,
@@ -200,26 +250,6 @@ impl SyncReport {
     }
 }
 
-/// Crash points for the fault-injection tests: `CRDB_DELTA_FAULT=<point>[:<n>]` aborts the
-/// process the n-th time (default first) it reaches `<point>` — no unwinding, no cleanup, as a
-/// kill would. Points: `before-write`, `after-write` (files uploaded, not committed),
-/// `after-commit` (one table committed), `before-record` (all tables committed, the
-/// `_crdb_delta_resolved` row not yet written).
-pub fn fault(point: &str) {
-    static HITS: AtomicUsize = AtomicUsize::new(0);
-    let Ok(spec) = std::env::var("CRDB_DELTA_FAULT") else {
-        return;
-    };
-    let (name, n) = match spec.split_once(':') {
-        Some((p, n)) => (p.to_owned(), n.parse().unwrap_or(1)),
-        None => (spec.clone(), 1),
-    };
-    if name == point && HITS.fetch_add(1, Ordering::SeqCst) + 1 == n {
-        eprintln!("crdb-delta: injected fault at {point} ({spec})");
-        std::process::abort();
-    }
-}
-
 struct TableState {
     name: String,
     target: Target,
@@ -230,6 +260,9 @@ struct TableState {
     report: TableReport,
     /// Commits refused in a row because another writer committed first.
     conflicts: u32,
+    /// Files of this table an operator chose to skip (`quarantine skip`), by name timestamp:
+    /// the commit that passes over them names them.
+    skipped: Vec<(Hlc, String)>,
 }
 
 /// Lists the changefeed root: changefeed objects sorted by name; anything else is reported.
@@ -389,34 +422,96 @@ pub async fn sync_listed(
 async fn sync_known(
     source: &Location,
     target: &Location,
-    objects: Vec<Object>,
+    mut objects: Vec<Object>,
     ignored: Vec<String>,
     known: Vec<TableState>,
     opts: &SyncOptions,
     started: Instant,
 ) -> Result<SyncReport, SyncError> {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let tolerance = i64::try_from(opts.max_resolved_ahead.as_nanos()).unwrap_or(i64::MAX);
+    let refused: Vec<String> = plan::refuse_future_resolved(&mut objects, now, tolerance)
+        .into_iter()
+        .map(|r| {
+            tracing::error!(object = %r.path, reason = %r.reason, "RESOLVED refused");
+            format!("{}: {}", r.path, r.reason)
+        })
+        .collect();
     let partition = objects
         .first()
         .and_then(|o| ObjectName::parse_relative(&o.path).ok())
         .map(|(_, p)| p);
+    // Quarantined files: a held one stops its table (its files leave the plan), a skipped one
+    // leaves the plan alone.
+    let quarantine = Quarantine::new(target);
+    let records = quarantine.list().await?;
+    let mut stopped: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.action == Action::Hold)
+        .map(|r| r.table.clone())
+        .collect();
+    let mut skipped: BTreeMap<String, Vec<(Hlc, String)>> = BTreeMap::new();
+    objects.retain(|o| {
+        let ObjectName::Data(d) = &o.name else {
+            return true;
+        };
+        if records
+            .iter()
+            .any(|r| r.action == Action::Skip && r.file == o.path)
+        {
+            skipped
+                .entry(d.topic.table().to_owned())
+                .or_default()
+                .push((d.ts, o.path.clone()));
+            return false;
+        }
+        !stopped.contains(d.topic.table())
+    });
+    for r in records.iter().filter(|r| r.action == Action::Hold) {
+        tracing::error!(table = %r.table, file = %r.file, reason = %r.reason, "table stopped: file quarantined (crdb-delta quarantine list|retry|skip)");
+    }
     let mut states = known;
+    states.retain(|s| !stopped.contains(&s.name));
     for name in plan::tables(&objects) {
         if !states.iter().any(|s| s.name == name) {
             states.push(open_table(target, &name, opts).await?);
         }
     }
     states.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in &mut states {
+        s.skipped = skipped.remove(&s.name).unwrap_or_default();
+    }
+    for (i, a) in states.iter().enumerate() {
+        if let Some(b) = states[i + 1..]
+            .iter()
+            .find(|b| b.target.path == a.target.path)
+        {
+            return Err(SyncError::Table {
+                table: b.name.clone(),
+                message: format!(
+                    "maps to the Delta table `{}`, as table `{}` does: give each its own `tables.<name>.target`",
+                    a.target.path, a.name
+                ),
+            });
+        }
+    }
     let log = Target::new(target, RESOLVED_LOG)?;
     let mut report = SyncReport {
         source: source.display.clone(),
         target: target.display.clone(),
         complete: true,
         ignored,
+        refused,
+        quarantined: records,
         ..SyncReport::default()
     };
     // A crash after the tables' commits but before the record: record it now (the tables have
     // not moved since, so their current versions are the ones at that RESOLVED).
-    if let Some(r) = common_resolved(&states, &objects) {
+    // Never while a table is stopped: the record would leave it out, and later runs' bounded
+    // listings (which start from the record) would no longer list its files.
+    if stopped.is_empty()
+        && let Some(r) = common_resolved(&states, &objects)
+    {
         record_resolved(&log, r, &states, partition, true).await?;
     }
     loop {
@@ -428,7 +523,7 @@ async fn sync_known(
         else {
             break;
         };
-        if report.steps > 0 && opts.deadline.is_some_and(|d| Instant::now() >= d) {
+        if report.steps + report.replans > 0 && opts.deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::warn!(resolved = %step.resolved, "time budget spent; the next run continues from here");
             report.complete = false;
             break;
@@ -441,17 +536,48 @@ async fn sync_known(
                 "one RESOLVED interval is larger than max_window_bytes; applying it whole"
             );
         }
+        check_resolved_content(source, &objects, step.resolved).await?;
         tracing::info!(resolved = %step.resolved, bytes = step.bytes, tables = step.tables.len(), "step");
+        let commits_before: u64 = states.iter().map(|s| s.report.commits).sum();
+        let mut poisoned = Vec::new();
         for state in &mut states {
             if let Some(files) = step.tables.get(&state.name) {
-                apply_table(state, step.resolved, files, &objects, source, opts).await?;
+                match apply_table(state, step.resolved, files, &objects, source, opts).await {
+                    Ok(()) => {}
+                    Err(e) => match e.poison_file() {
+                        Some(file) => {
+                            let reason = e.to_string();
+                            tracing::error!(table = %state.name, %file, error = %reason, "table stopped: file quarantined (crdb-delta quarantine list|retry|skip)");
+                            let r = quarantine.hold(&state.name, file, &reason).await?;
+                            poisoned.push(state.name.clone());
+                            report.quarantined.push(r);
+                        }
+                        None => return Err(e),
+                    },
+                }
             }
         }
+        if !poisoned.is_empty() {
+            // The other tables go on; the stopped ones leave this run's plan.
+            states.retain(|s| !poisoned.contains(&s.name));
+            objects.retain(|o| match &o.name {
+                ObjectName::Data(d) => !poisoned.iter().any(|t| t == d.topic.table()),
+                ObjectName::Resolved(_) => true,
+            });
+            stopped.extend(poisoned);
+            continue;
+        }
         fault("before-record");
-        if common_resolved(&states, &objects) == Some(step.resolved) {
+        if stopped.is_empty() && common_resolved(&states, &objects) == Some(step.resolved) {
             record_resolved(&log, step.resolved, &states, partition, false).await?;
         }
-        report.steps += 1;
+        // A step whose commits all went stale (re-planned) is an attempt, not a step.
+        let committed: u64 = states.iter().map(|s| s.report.commits).sum();
+        if committed > commits_before {
+            report.steps += 1;
+        } else {
+            report.replans += 1;
+        }
     }
     for s in states {
         let mut t = s.report;
@@ -470,6 +596,24 @@ async fn sync_known(
     report.mb_per_s = report.bytes_read as f64 / 1e6 / report.seconds.max(1e-9);
     report.peak_rss_mib = peak_rss_mib();
     Ok(report)
+}
+
+/// Reads the RESOLVED object a step applies and refuses one whose content disagrees with its
+/// name (a renamed or hand-made object): the name alone decides nothing that is committed.
+async fn check_resolved_content(
+    source: &Location,
+    objects: &[Object],
+    resolved: Hlc,
+) -> Result<(), SyncError> {
+    let Some(obj) = objects
+        .iter()
+        .find(|o| o.name == ObjectName::Resolved(resolved))
+    else {
+        return Ok(());
+    };
+    let bytes = fetch(source, obj).await?;
+    decode::resolved::decode_resolved(&obj.path, bytes, Some(resolved))?;
+    Ok(())
 }
 
 /// The RESOLVED every table is at, when they agree: every existing table applied it and no
@@ -534,6 +678,7 @@ async fn open_table(
         progress,
         report: TableReport::default(),
         conflicts: 0,
+        skipped: Vec::new(),
     })
 }
 
@@ -746,14 +891,22 @@ async fn apply_table(
         let first_key = changes.layout().key[0].clone();
         let mut probe = changes.layout().key.clone();
         probe.push(crdb_delta_core::changes::END_HLC.to_owned());
-        for f in delta::files(table, &first_key)
+        let candidates = delta::files(table, &first_key)
             .await
-            .map_err(delta_err(&name))?
-        {
+            .map_err(delta_err(&name))?;
+        pause("before-fetch").await;
+        for f in candidates {
             if !may_hold(&f.key_range, &keys) {
                 continue;
             }
-            let file = delta::TableFile::fetch(table, &f.path).await?;
+            let file = match delta::TableFile::fetch(table, &f.path).await {
+                Ok(file) => file,
+                Err(DeltaError::FileGone { path, .. }) => {
+                    let version = table.version().unwrap_or(0);
+                    return replan(state, resolved, Conflict::FileGone { path, version }).await;
+                }
+                Err(e) => return Err(e.into()),
+            };
             // Decide from the key columns alone; then stream the file through the merge, one
             // batch at a time.
             let mut touched = false;
@@ -796,11 +949,24 @@ async fn apply_table(
         "filesAdded": adds.len(),
         "filesRemoved": removes.len(),
     });
+    // Files an operator skipped that this step would have read: named in the commit.
+    let passed_over: Vec<&str> = state
+        .skipped
+        .iter()
+        .filter(|(ts, _)| *ts <= resolved && state.progress.applied.is_none_or(|a| *ts > a))
+        .map(|(_, p)| p.as_str())
+        .collect();
+    let mut figures = figures;
+    if !passed_over.is_empty() {
+        tracing::warn!(table = %name, files = ?passed_over, "applied without files an operator skipped");
+        figures["skippedFiles"] = json!(passed_over);
+    }
     let progress = Progress {
         applied: Some(resolved),
         pending_from: pending,
     };
-    let version = delta::commit(
+    pause("before-commit").await;
+    let committed = delta::commit(
         table,
         &state.target.path,
         Commit {
@@ -814,34 +980,10 @@ async fn apply_table(
             mode: state.mode,
         },
     )
-    .await;
-    let version = match version {
-        Ok(v) => v,
-        Err(e) => {
-            // Another writer committed since we read the table: Delta's optimistic check refused
-            // ours (our `txn` app id, or a metadata change). Reload and let the next step be
-            // planned from what the log says now; give up after a few conflicts in a row.
-            let read = table.version();
-            let fresh = state.target.open().await?;
-            let moved = fresh.as_ref().and_then(DeltaTable::version) > read;
-            if let Some(fresh) = fresh.filter(|_| moved) {
-                let p = delta::progress(&fresh, &state.target.path).await?;
-                // Losing to a run that applied RESOLVEDs is progress; losing again and again to
-                // commits that apply nothing of ours (another tool rewriting files) is not.
-                if p.applied <= state.progress.applied {
-                    state.conflicts += 1;
-                    if state.conflicts > MAX_CONFLICTS {
-                        return Err(e.into());
-                    }
-                }
-                tracing::warn!(table = %name, %resolved, applied = ?p.applied, error = %e, "concurrent commit; re-planning from the log");
-                state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
-                state.progress = p;
-                state.table = Some(fresh);
-                return Ok(());
-            }
-            return Err(e.into());
-        }
+    .await?;
+    let version = match committed {
+        Committed::Version(v) => v,
+        Committed::Conflict(c) => return replan(state, resolved, c).await,
     };
     state.conflicts = 0;
     fault("after-commit");
@@ -868,6 +1010,39 @@ async fn apply_table(
     Ok(())
 }
 
+/// A step whose plan went stale (another writer committed something it depends on): reload
+/// the table and let the step loop plan again from what the log says now. Losing to a run that
+/// applied RESOLVEDs is progress; losing again and again to commits that apply nothing of ours
+/// (another tool rewriting files) is not, and ends the run after [`MAX_CONFLICTS`].
+async fn replan(
+    state: &mut TableState,
+    resolved: Hlc,
+    conflict: Conflict,
+) -> Result<(), SyncError> {
+    let name = state.name.clone();
+    let fresh = state.target.open().await?.ok_or_else(|| SyncError::Table {
+        table: name.clone(),
+        message: "the Delta table disappeared while applying".into(),
+    })?;
+    let p = delta::progress(&fresh, &state.target.path).await?;
+    if p.applied <= state.progress.applied {
+        state.conflicts += 1;
+        if state.conflicts > MAX_CONFLICTS {
+            return Err(SyncError::Table {
+                table: name,
+                message: format!(
+                    "gave up after {MAX_CONFLICTS} conflicting commits by other writers in a row; last: {conflict}"
+                ),
+            });
+        }
+    }
+    tracing::warn!(table = %name, %resolved, applied = ?p.applied, %conflict, "concurrent commit; re-planning from the log");
+    state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
+    state.progress = p;
+    state.table = Some(fresh);
+    Ok(())
+}
+
 /// Whether two layouts give the same Delta schema and properties (JSON columns read back from a
 /// table are plain strings, so `ColumnType`s alone would differ on every step).
 fn same_delta_layout(a: &Layout, b: &Layout) -> bool {
@@ -891,7 +1066,9 @@ fn rewrite(
 ) -> Result<Option<RecordBatch>, ChangeError> {
     match mode {
         Mode::Scd2 => changes.close_target(batch, always),
-        _ => changes.merge_target(batch, always),
+        Mode::UpdateDelete => changes.merge_target(batch, always),
+        // Appends never read the target: nothing to rewrite.
+        Mode::AppendOnly => Ok(always.then(|| batch.clone())),
     }
 }
 
@@ -916,24 +1093,36 @@ async fn record_resolved(
     partition: Option<PartitionFormat>,
     if_missing: bool,
 ) -> Result<(), SyncError> {
-    // Once more if a concurrent run created the log or wrote to it meanwhile: the second
-    // attempt starts from its commit (and finds the record there if it wrote this one).
-    match record_resolved_once(log, resolved, states, partition, if_missing).await {
-        Err(SyncError::Delta(e)) => {
-            tracing::warn!(error = %e, "recording the RESOLVED raced another run; retrying once");
-            record_resolved_once(log, resolved, states, partition, if_missing).await
+    // Again if a concurrent run created the log or wrote to it meanwhile: the next attempt
+    // starts from its commit (and finds the record there if it wrote this one).
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        match record_resolved_once(log, resolved, states, partition, if_missing).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                tracing::warn!(%resolved, attempt, "recording the RESOLVED raced another writer; retrying")
+            }
+            Err(SyncError::Delta(e)) if attempt < ATTEMPTS => {
+                tracing::warn!(%resolved, attempt, error = %e, "recording the RESOLVED failed; retrying")
+            }
+            Err(e) => return Err(e),
         }
-        other => other,
     }
+    Err(SyncError::Table {
+        table: RESOLVED_LOG.into(),
+        message: format!("recording RESOLVED {resolved} lost {ATTEMPTS} races in a row"),
+    })
 }
 
+/// One attempt: `Ok(true)` when the record is there (ours or a concurrent run's), `Ok(false)`
+/// when another writer's commit made this one stale.
 async fn record_resolved_once(
     log: &Target,
     resolved: Hlc,
     states: &[TableState],
     partition: Option<PartitionFormat>,
     if_missing: bool,
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     let schema = resolved_log_schema();
     let mut table = match log.open().await? {
         Some(t) => t,
@@ -946,10 +1135,10 @@ async fn record_resolved_once(
         .await
         .map_err(delta_err(RESOLVED_LOG))?;
     if done.is_some_and(|v| v >= resolved.wall) {
-        return Ok(());
+        return Ok(true);
     }
     if if_missing && states.iter().all(|s| s.table.is_none()) {
-        return Ok(());
+        return Ok(true);
     }
     let now = chrono::Utc::now().timestamp_micros();
     let mut r = StringBuilder::new();
@@ -1007,21 +1196,10 @@ async fn record_resolved_once(
             mode: Mode::AppendOnly,
         },
     )
-    .await;
-    if let Err(e) = committed {
-        // A concurrent run recorded this RESOLVED first (same `txn` app id): that is the record.
-        let recorded = match log.open().await? {
-            Some(t) => t
-                .snapshot()
-                .map_err(delta_err(RESOLVED_LOG))?
-                .transaction_version(t.log_store().as_ref(), delta::APP_ID)
-                .await
-                .map_err(delta_err(RESOLVED_LOG))?,
-            None => None,
-        };
-        if recorded.is_none_or(|v| v < resolved.wall) {
-            return Err(e.into());
-        }
+    .await?;
+    if let Committed::Conflict(conflict) = committed {
+        tracing::debug!(%resolved, %conflict, "recording the RESOLVED conflicted");
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }

@@ -112,6 +112,30 @@ fn ident(name: &str) -> String {
 }
 
 /// A single-quoted SQL string literal.
+/// The token travels in a header: only over TLS, except to this machine (tests' local server).
+fn check_transport(workspace_url: &str) -> Result<(), UcError> {
+    let bad = |m: &str| {
+        Err(UcError::Invalid(format!(
+            "--workspace-url {}: {m}",
+            crate::storage::redact(workspace_url)
+        )))
+    };
+    let Ok(url) = url::Url::parse(workspace_url) else {
+        return bad("not a URL (expected https://adb-<id>.<n>.azuredatabricks.net)");
+    };
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => bad("the token would be sent in clear; use https://"),
+    }
+}
+
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
@@ -122,7 +146,7 @@ impl UcOptions {
         if !self.target.starts_with("abfss://") || !self.target.contains(".dfs.") {
             return bad(format!(
                 "--target {}: Unity Catalog needs abfss://<container>@<account>.dfs.core.windows.net/<path>",
-                self.target
+                crate::storage::redact(&self.target)
             ));
         }
         if self.target.contains('?') {
@@ -232,6 +256,7 @@ pub async fn apply(opts: &UcOptions, token: &str) -> Result<Vec<Outcome>, UcErro
     if token.trim().is_empty() {
         return Err(UcError::Invalid("DATABRICKS_TOKEN is empty".into()));
     }
+    check_transport(&opts.workspace_url)?;
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(120))
         .build()

@@ -152,19 +152,42 @@ async fn fingerprint(root: &Location, table: &str) -> (Option<String>, Vec<Strin
     (applied, hlcs)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handler_applies_events_exactly_once_like_sync() {
-    let Some(base) = azurite() else {
-        eprintln!("skipped: no Azurite (run scripts/test)");
-        return;
-    };
+/// A simulated changefeed on Azurite with the config a user would write.
+struct Feed {
+    base: String,
+    container: String,
+    dir: tempfile::TempDir,
+    objects: Vec<crdb_delta_core::plan::Object>,
+    /// `(blob name, size, is RESOLVED)` in changefeed order.
+    blobs: Vec<(String, u64, bool)>,
+}
+
+impl Feed {
+    fn resolved(&self) -> Vec<&(String, u64, bool)> {
+        self.blobs.iter().filter(|b| b.2).collect()
+    }
+
+    fn last_resolved(&self) -> String {
+        self.objects
+            .iter()
+            .rev()
+            .find(|o| o.path.ends_with(".RESOLVED"))
+            .unwrap()
+            .name
+            .ts()
+            .to_string()
+    }
+}
+
+async fn feed(tag: &str) -> Option<Feed> {
+    let base = azurite()?;
     // SAFETY: set before any other thread of this test process reads the environment; each
     // nextest test is its own process.
     unsafe {
         std::env::set_var("AZURE_STORAGE_USE_EMULATOR", "true");
         std::env::set_var("AZURITE_BLOB_STORAGE_URL", &base);
     }
-    let container = format!("fn{}", std::process::id());
+    let container = format!("{tag}{}", std::process::id());
     create_container(&base, &container);
     let dir = tempfile::tempdir().unwrap();
     let truth = dir.path().join("truth");
@@ -217,8 +240,8 @@ async fn handler_applies_events_exactly_once_like_sync() {
     )
     .unwrap();
 
-    let feed = Location::open(&format!("azure://{container}/feed")).unwrap();
-    let (objects, _) = crdb_delta::sync::list(&feed).await.unwrap();
+    let source = Location::open(&format!("azure://{container}/feed")).unwrap();
+    let (objects, _) = crdb_delta::sync::list(&source).await.unwrap();
     let blobs: Vec<(String, u64, bool)> = objects
         .iter()
         .map(|o| {
@@ -229,8 +252,24 @@ async fn handler_applies_events_exactly_once_like_sync() {
             )
         })
         .collect();
-    let resolved: Vec<&(String, u64, bool)> = blobs.iter().filter(|b| b.2).collect();
-    assert!(resolved.len() >= 4);
+    assert!(blobs.iter().filter(|b| b.2).count() >= 4);
+    Some(Feed {
+        base,
+        container,
+        dir,
+        objects,
+        blobs,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_applies_events_exactly_once_like_sync() {
+    let Some(f) = feed("fn").await else {
+        return;
+    };
+    let (base, container, dir, objects, blobs) =
+        (&f.base, &f.container, &f.dir, &f.objects, &f.blobs);
+    let resolved = f.resolved();
 
     // 1. A handler that aborts after uploading its first Parquet files, before the commit.
     let (h, ready) = Handler::start(&base, dir.path(), &container, Some("after-write"));
@@ -368,4 +407,45 @@ async fn handler_applies_events_exactly_once_like_sync() {
         assert!(!hrows.is_empty(), "{t}: empty");
         assert_eq!(hrows, srows, "{t}: rows (by __crdb_hlc)");
     }
+}
+
+/// A lease holder killed mid-apply, and then one more RESOLVED event and nothing else: the
+/// invocation that finds the crashed holder's lease waits for it to expire, takes it over and
+/// applies everything up to its RESOLVED. No later event or timer is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_lease_holder_is_taken_over_without_a_later_event() {
+    let Some(f) = feed("lease").await else {
+        return;
+    };
+    let resolved = f.resolved();
+    let dir = f.dir.path();
+    // Two instances: one dies after uploading its files, holding the lease (3 s).
+    let (dying, _) = Handler::start(&f.base, dir, &f.container, Some("after-write"));
+    let (other, _) = Handler::start(&f.base, dir, &f.container, None);
+    let killed = post_blob(&dying.addr(), &f.container, &resolved[1].0, resolved[1].1).await;
+    assert!(
+        killed.is_err(),
+        "the fault should have killed it: {killed:?}"
+    );
+    // The lease is still valid for up to 3 s: the last RESOLVED arrives at the other instance.
+    let last = resolved.last().unwrap();
+    let started = Instant::now();
+    let (status, reply) = post_blob(&other.addr(), &f.container, &last.0, last.1)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let logs = reply["Logs"].to_string();
+    assert!(logs.contains("applied up to"), "{logs}");
+    eprintln!(
+        "taken over and applied in {} ms",
+        started.elapsed().as_millis()
+    );
+    let root = Location::open(&format!("azure://{}/delta", f.container)).unwrap();
+    let want = f.last_resolved();
+    for t in ["usertable", "orders", "kitchen_sink"] {
+        let (applied, rows) = fingerprint(&root, t).await;
+        assert_eq!(applied.as_deref(), Some(want.as_str()), "{t}");
+        assert!(!rows.is_empty(), "{t}");
+    }
+    drop(dying);
 }

@@ -275,3 +275,25 @@ fn plan_quotes_names_and_refuses_bad_input() {
     assert!(refused(&|o| o.access_connector_id = "uc".into()));
     assert!(!refused(&|_| {}));
 }
+
+/// The token goes only over TLS (loopback excepted, for this file's local server), and a
+/// refused target never echoes its SAS token.
+#[tokio::test]
+async fn token_is_never_sent_in_clear_and_secrets_are_redacted() {
+    for url in [
+        "http://adb-1.2.azuredatabricks.net",
+        "http://10.0.0.1:8080",
+        "ftp://x",
+    ] {
+        let err = apply(&opts(url, "orders"), TOKEN).await.unwrap_err();
+        assert!(matches!(err, UcError::Invalid(_)), "{url}: {err}");
+        assert!(err.to_string().contains("https://"), "{url}: {err}");
+    }
+    let mut o = opts("https://adb-1.2.azuredatabricks.net", "orders");
+    o.target = "azure://delta/tables?sig=SECRETSIG".into();
+    let err = o.plan().unwrap_err().to_string();
+    assert!(
+        !err.contains("SECRETSIG") && err.contains("<redacted>"),
+        "{err}"
+    );
+}

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "table `{table}`: cannot determine the primary key yet ({reason}); \
-     set `primary_key` for this table in the configuration"
+     set `tables.{table}.primary_key` in the configuration"
 )]
 pub struct KeyError {
     pub table: String,
@@ -148,6 +148,10 @@ pub fn primary_key(
         }
     }
     let reason = match families.iter().find_map(|e| e.json_positions.as_ref()) {
+        // A CDC-query changefeed (`CREATE CHANGEFEED … AS SELECT`) writes no `key` values.
+        Some(pos) if pos.is_empty() => {
+            "the files' `key` arrays are empty (a CDC-query changefeed writes none)".into()
+        }
         Some(pos) => format!(
             "the `key` values match more than one column: {}",
             pos.iter()

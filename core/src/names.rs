@@ -327,8 +327,15 @@ impl ObjectName {
             return Err(invalid("empty topic"));
         }
         let ts = Hlc::parse_ts33(ts).map_err(|e| invalid(&e.to_string()))?;
-        if !session.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid(&format!("session id `{session}` is not hex")));
+        // `generateChangefeedSessionID`: 8 random bytes as lowercase hex (format spec §1.2).
+        if session.len() != 16
+            || !session
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(invalid(&format!(
+                "session id `{session}` is not 16 lowercase hex digits"
+            )));
         }
         let decimal = |s: &str, what: &str| {
             if s.bytes().all(|b| b.is_ascii_digit()) {
@@ -502,6 +509,9 @@ mod tests {
             "202405031553360274740000000000000-08779498965a12e2-1-2-0-mytable-2.ndjson",
             "202405031553360274740000000000000-08779498965a12e2-01-2-00000000-mytable-2.ndjson",
             "202405031553360274740000000000000-0877949896XYZ2e2-1-2-00000000-mytable-2.ndjson",
+            // Upper-case or short session ids are not CockroachDB's.
+            "202405031553360274740000000000000-08779498965A12E2-1-2-00000000-mytable-2.ndjson",
+            "202405031553360274740000000000000-0877949896-1-2-00000000-mytable-2.ndjson",
             "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-mytable-2G.ndjson",
             "20240503155336027474000000000000-08779498965a12e2-1-2-00000000-mytable-2.ndjson",
         ] {

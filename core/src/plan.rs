@@ -49,6 +49,46 @@ pub struct Step {
     pub bytes: u64,
 }
 
+/// Default tolerance for a RESOLVED ahead of the wall clock. CockroachDB only resolves
+/// timestamps in the past (a RESOLVED is a promise about rows already written), so one far in
+/// the future is a stray object — applied, it would make every later real event look
+/// "already applied".
+pub const DEFAULT_MAX_RESOLVED_AHEAD_SECONDS: u64 = 600;
+
+/// A RESOLVED object left out of planning, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Removes RESOLVED objects more than `tolerance_ns` ahead of `now_ns` (wall nanoseconds)
+/// from `objects` and returns them: planning never sees them.
+pub fn refuse_future_resolved(
+    objects: &mut Vec<Object>,
+    now_ns: i64,
+    tolerance_ns: i64,
+) -> Vec<Refused> {
+    let limit = now_ns.saturating_add(tolerance_ns);
+    let mut refused = Vec::new();
+    objects.retain(|o| match o.name {
+        ObjectName::Resolved(r) if r.wall > limit => {
+            refused.push(Refused {
+                path: o.path.clone(),
+                reason: format!(
+                    "RESOLVED {r} is {} s ahead of this machine's clock (tolerance {} s): not applied; \
+                     if it is a stray object, delete it (see README \"Recovering from a stray RESOLVED\")",
+                    (r.wall - now_ns) / 1_000_000_000,
+                    tolerance_ns / 1_000_000_000
+                ),
+            });
+            false
+        }
+        _ => true,
+    });
+    refused
+}
+
 /// The tables that appear in a listing.
 pub fn tables(objects: &[Object]) -> Vec<String> {
     let mut t: Vec<String> = objects
@@ -220,6 +260,28 @@ mod tests {
 
     fn h(s: i64) -> Hlc {
         Hlc::new(S + s * 1_000_000_000, 0)
+    }
+
+    #[test]
+    fn a_resolved_far_ahead_of_the_clock_is_refused_not_planned() {
+        let stray = Hlc::new(4_070_908_800_000_000_000, 0); // 2099-01-01
+        let mut objs = sorted(vec![
+            data("t", h(0), 0, 10),
+            resolved(h(0)),
+            data("t", h(5), 1, 10),
+            resolved(h(10)),
+            resolved(stray),
+        ]);
+        let now = h(10).wall;
+        let refused = refuse_future_resolved(&mut objs, now, 600_000_000_000);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].path.contains(".RESOLVED") && refused[0].reason.contains("ahead"));
+        let step = next_step(&objs, &BTreeMap::new(), u64::MAX, None).unwrap();
+        assert_eq!(step.resolved, h(10));
+        // Within the tolerance: kept.
+        let mut objs = sorted(vec![resolved(h(10))]);
+        assert!(refuse_future_resolved(&mut objs, h(0).wall, 600_000_000_000).is_empty());
+        assert_eq!(objs.len(), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crdb_delta_core::Hlc;
 use crdb_delta_core::events::{BlobEvent, Disposition, Scope, parse_events};
 use crdb_delta_core::host::{HttpResponse, InvocationRequest, InvocationResponse};
 use crdb_delta_core::names::ObjectName;
+use object_store::ObjectStoreExt as _;
 use serde_json::json;
 use warp::http::StatusCode;
 
@@ -55,6 +56,10 @@ impl App {
                 .config
                 .target_file_size
                 .unwrap_or(crate::sync::DEFAULT_TARGET_FILE_SIZE),
+            max_resolved_ahead: settings.config.max_resolved_ahead_seconds.map_or(
+                SyncOptions::default().max_resolved_ahead,
+                Duration::from_secs,
+            ),
             ..SyncOptions::default()
         };
         tracing::info!(source = %source.display, target = %target.display, scope = ?scope, "handler configured");
@@ -175,6 +180,8 @@ impl App {
         for ev in events {
             match ev {
                 Err(e) => {
+                    let e = e.to_string();
+                    let e = clip(&e);
                     tracing::warn!(invocation, error = %e, "event refused");
                     lines.push(format!("event refused: {e}"));
                 }
@@ -194,6 +201,16 @@ impl App {
     }
 
     async fn event(&self, ev: &BlobEvent, invocation: &str) -> Outcome {
+        // No blob has a longer name: refuse before the subject reaches any log or reply.
+        if ev.subject.len() > MAX_SUBJECT_BYTES || ev.id.len() > MAX_SUBJECT_BYTES {
+            let msg = format!(
+                "event {} refused: subject of {} bytes, longer than any blob's",
+                clip(&ev.id),
+                ev.subject.len()
+            );
+            tracing::warn!(invocation, "{msg}");
+            return Ok(msg);
+        }
         let own: Vec<&str> = self.own.iter().map(String::as_str).collect();
         // Our own Delta and buffer writes raise events too: dropped before any other work.
         if ev.is_own_write(&own) {
@@ -249,11 +266,11 @@ impl App {
     /// Applies every table up to `until` (a RESOLVED, or the newest listed when `None`) under
     /// the lease.
     ///
-    /// If another invocation holds the lease, this one answers 200 at once: its RESOLVED marker
-    /// was written before trying, and the holder looks for newer RESOLVED markers after each
-    /// run *and after releasing*, so either the holder sees the marker or this invocation's
-    /// attempt came after the release and took the lease itself. Returning an error instead
-    /// would only make Event Grid / the queue redeliver into the same wait.
+    /// If another invocation holds the lease, a RESOLVED invocation waits (polling) until its
+    /// RESOLVED has been applied by the holder (its marker consumed), or the lease is free or
+    /// expired (a crashed holder: taken over), and answers 500 — redelivered later — only if
+    /// neither happened within a lease term. Nothing depends on a later event. A timer run
+    /// (`until` None) answers 200 at once: the next tick comes anyway.
     pub async fn run(
         &self,
         invocation: &str,
@@ -268,37 +285,71 @@ impl App {
         );
         let mut lines = Vec::new();
         let mut until = until;
+        let waiting_since = Instant::now();
+        let mut logged_wait = false;
         loop {
             let lease = match self.store.acquire(&holder, self.settings.lease).await? {
                 Acquire::Held {
                     holder,
                     expires_in_ms,
                 } => {
-                    let msg = format!(
-                        "apply lease held by {holder} (expires in {} s): it applies up to the newest buffered RESOLVED",
-                        expires_in_ms / 1000
-                    );
-                    tracing::info!(invocation, "{msg}");
-                    lines.push(msg);
-                    return Ok(lines);
+                    let Some(asked) = until else {
+                        let msg = format!(
+                            "apply lease held by {holder} (expires in {} s): it applies up to the newest buffered RESOLVED",
+                            expires_in_ms / 1000
+                        );
+                        tracing::info!(invocation, "{msg}");
+                        lines.push(msg);
+                        return Ok(lines);
+                    };
+                    if !self.is_buffered(asked).await? {
+                        let msg = format!("RESOLVED {asked} applied by the lease holder {holder}");
+                        tracing::info!(invocation, "{msg}");
+                        lines.push(msg);
+                        return Ok(lines);
+                    }
+                    let waited = waiting_since.elapsed();
+                    if waited > lease_wait(self.settings.lease) {
+                        return Err(ServeError::LeaseBusy {
+                            holder,
+                            waited_s: waited.as_secs(),
+                        });
+                    }
+                    if !logged_wait {
+                        tracing::info!(invocation, %holder, expires_in_ms, resolved = %asked, "apply lease held; waiting for the holder or the lease's expiry");
+                        logged_wait = true;
+                    }
+                    tokio::time::sleep(LEASE_POLL).await;
+                    continue;
                 }
                 Acquire::Acquired(l) => l,
             };
-            let result = self.apply_held(lease, invocation, until).await;
-            let asked = match result {
-                Ok((asked, line)) => {
-                    lines.push(line);
-                    asked
-                }
-                Err(e) => return Err(e),
-            };
-            // A RESOLVED announced while we held the lease, whose invocation then found it held.
+            let (asked, line, complete) = self.apply_held(lease, invocation, until).await?;
+            lines.push(line);
+            if !complete {
+                // The time budget ran out with RESOLVEDs left: a retry continues (nothing else
+                // would until the next event or timer tick).
+                return Err(ServeError::Incomplete {
+                    applied: asked.map_or("nothing".into(), |h| h.to_string()),
+                });
+            }
+            // A RESOLVED announced while we held the lease, whose invocation then waited.
             let newest = newest_resolved(&self.store.buffered().await?);
             match (newest, asked) {
                 (Some(n), Some(a)) if n > a => until = Some(n),
                 _ => return Ok(lines),
             }
         }
+    }
+
+    /// Whether the marker of RESOLVED `r` is still buffered (not yet consumed by an apply).
+    async fn is_buffered(&self, r: Hlc) -> Result<bool, ServeError> {
+        Ok(self
+            .store
+            .buffered()
+            .await?
+            .iter()
+            .any(|b| b.name == ObjectName::Resolved(r)))
     }
 
     /// One engine run with the lease held (renewed meanwhile), then the buffer cleanup.
@@ -308,7 +359,7 @@ impl App {
         mut lease: super::store::Lease,
         invocation: &str,
         until: Option<Hlc>,
-    ) -> Result<(Option<Hlc>, String), ServeError> {
+    ) -> Result<(Option<Hlc>, String, bool), ServeError> {
         let ttl = self.settings.lease;
         let out = async {
             let buffered = self.store.buffered().await?;
@@ -327,21 +378,27 @@ impl App {
                     _ = tick.tick() => { lease.renew(ttl).await; }
                 }
             };
-            let asked = until.or(report.resolved);
+            // Markers of RESOLVEDs the run did not reach (time budget) stay for the retry.
+            let asked = if report.complete {
+                until.or(report.resolved)
+            } else {
+                report.resolved
+            };
             let removed = self.cleanup(&report, asked).await?;
             self.record_run(invocation, &report).await;
             for (t, r) in &report.tables {
                 tracing::info!(invocation, table = %t, resolved = ?r.resolved.map(|h| h.to_string()), version = ?r.version, commits = r.commits, events = r.events, inserted = r.inserted, updated = r.updated, deleted = r.deleted, files_read = r.files_read, seconds = r.seconds, "table applied");
             }
+            let refused: String = report.refused.iter().map(|r| format!("; REFUSED {r}")).collect();
             let line = format!(
-                "applied up to {} ({} step(s), {} events, {} tables, {:.2} s); {removed} buffer marker(s) consumed",
+                "applied up to {} ({} step(s), {} events, {} tables, {:.2} s); {removed} buffer marker(s) consumed{refused}",
                 report.resolved.map_or("nothing".into(), |h| h.to_string()),
                 report.steps,
                 report.events,
                 report.tables.len(),
                 report.seconds
             );
-            Ok::<_, ServeError>((asked, line))
+            Ok::<_, ServeError>((asked, line, report.complete))
         }
         .await;
         lease.release().await;
@@ -367,6 +424,28 @@ impl App {
             };
             if consumed {
                 done.push(&b.marker);
+                continue;
+            }
+            // A marker of a table the run did not see: an event for a blob that does not exist
+            // (a hostile or stale event) would otherwise linger as a phantom table in Status.
+            if let ObjectName::Data(d) = &b.name
+                && !report.tables.contains_key(d.topic.table())
+            {
+                match self
+                    .source
+                    .store
+                    .head(&self.source.child(&b.relative)?)
+                    .await
+                {
+                    Err(object_store::Error::NotFound { .. }) => {
+                        tracing::warn!(file = %clip(&b.relative), "buffered event names a blob that does not exist; marker dropped");
+                        done.push(&b.marker);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(file = %clip(&b.relative), error = %e, "could not check a buffered blob")
+                    }
+                }
             }
         }
         self.store.unbuffer(&done).await
@@ -382,6 +461,8 @@ impl App {
             "seconds": report.seconds,
         });
         let names: Vec<String> = report.tables.keys().cloned().collect();
+        let complete = report.complete;
+        let refused = report.refused.clone();
         let r = self
             .store
             .update_state(|s| {
@@ -392,6 +473,16 @@ impl App {
                 }
                 s.tables.sort();
                 s.last_run = Some(run);
+                // A successful run ends the error state Status shows; a refused RESOLVED is one.
+                if !refused.is_empty() {
+                    s.last_error = Some(ErrorRecord {
+                        at: Utc::now().to_rfc3339(),
+                        invocation: invocation.to_owned(),
+                        message: format!("refused: {}", refused.join("; ")),
+                    });
+                } else if complete {
+                    s.last_error = None;
+                }
             })
             .await;
         if let Err(e) = r {
@@ -430,6 +521,27 @@ fn newest_resolved(buffered: &[super::store::Buffered]) -> Option<Hlc> {
             ObjectName::Data(_) => None,
         })
         .max()
+}
+
+/// Longest event subject accepted: `/blobServices/default/containers/<63>/blobs/<1024>`.
+const MAX_SUBJECT_BYTES: usize = 1200;
+
+/// Untrusted text for a log line or reply: at most 256 characters, the length said.
+fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 256;
+    match s.char_indices().nth(MAX) {
+        None => s.into(),
+        Some((i, _)) => format!("{}…({} bytes)", &s[..i], s.len()).into(),
+    }
+}
+
+/// How often a waiting RESOLVED invocation looks at the lease and its marker.
+const LEASE_POLL: Duration = Duration::from_millis(500);
+
+/// How long a RESOLVED invocation waits for a held lease: one full term, so a crashed holder's
+/// lease has expired by then and is taken over.
+pub fn lease_wait(ttl: Duration) -> Duration {
+    ttl + Duration::from_secs(2)
 }
 
 /// How long to wait between lease renewals: never zero.

@@ -58,6 +58,13 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// Retryable: the apply lease stayed held (and renewed) for a whole lease term while this
+    /// invocation's RESOLVED waited; the trigger redelivers it.
+    #[error("apply lease held by {holder} for {waited_s} s while this RESOLVED waited; retry")]
+    LeaseBusy { holder: String, waited_s: u64 },
+    /// Retryable: the apply's time budget ran out with RESOLVEDs left to apply.
+    #[error("time budget spent with RESOLVEDs left (applied up to {applied}); the retry continues")]
+    Incomplete { applied: String },
     #[error("{0}")]
     Other(String),
 }

@@ -48,6 +48,10 @@ pub async fn table_state(
 pub async fn status(app: &App) -> Result<Value, ServeError> {
     let state = app.store.state().await?;
     let buffered = app.store.buffered().await?;
+    let quarantined = crate::quarantine::Quarantine::new(&app.target)
+        .list()
+        .await
+        .map_err(crate::sync::SyncError::from)?;
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
     let mut resolved_waiting = Vec::new();
     for b in &buffered {
@@ -61,6 +65,7 @@ pub async fn status(app: &App) -> Result<Value, ServeError> {
         .iter()
         .cloned()
         .chain(per_table.keys().cloned())
+        .chain(quarantined.iter().map(|q| q.table.clone()))
         .collect();
     let now = Utc::now();
     let mut tables = serde_json::Map::new();
@@ -70,9 +75,16 @@ pub async fn status(app: &App) -> Result<Value, ServeError> {
             .as_ref()
             .filter(|e| e.message.contains(&format!("`{name}`")))
             .map(|e| e.message.clone());
+        let files: Vec<&crate::quarantine::Record> =
+            quarantined.iter().filter(|q| q.table == name).collect();
+        let stopped = files
+            .iter()
+            .any(|q| q.action == crate::quarantine::Action::Hold);
         let mut entry = json!({
             "buffered_files": per_table.get(&name).copied().unwrap_or(0),
             "last_error": error,
+            "stopped": stopped,
+            "quarantined": files,
         });
         match table_state(&app.target, &app.settings.config, &name).await {
             Ok(Some(t)) => {
@@ -100,6 +112,7 @@ pub async fn status(app: &App) -> Result<Value, ServeError> {
         "resolved_waiting": resolved_waiting,
         "last_run": state.last_run,
         "last_error": state.last_error,
+        "quarantined": quarantined,
     }))
 }
 
@@ -130,6 +143,19 @@ pub fn render(v: &Value) -> String {
                     .as_str()
                     .map_or(String::new(), |e| format!(", error: {e}")),
             );
+            for q in t["quarantined"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    s,
+                    "  {} {}: {}",
+                    if q["action"] == "hold" {
+                        "STOPPED by"
+                    } else {
+                        "skipping"
+                    },
+                    q["file"].as_str().unwrap_or("?"),
+                    q["reason"].as_str().unwrap_or("?"),
+                );
+            }
         }
     }
     if let Some(e) = v["last_error"]["message"].as_str() {

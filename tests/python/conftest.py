@@ -14,7 +14,7 @@ def crdb_delta_bin() -> Path:
 
     Taken from $CRDB_DELTA_BIN (set by scripts/test), else
     ${CARGO_TARGET_DIR:-target}/debug/crdb-delta under the repository root.
-    Skips the test if the binary is not there.
+    Fails the test if the binary is not there.
     """
     env = os.environ.get("CRDB_DELTA_BIN")
     if env:
@@ -25,7 +25,7 @@ def crdb_delta_bin() -> Path:
             target = REPO_ROOT / target
         path = target / "debug" / "crdb-delta"
     if not path.is_file():
-        pytest.skip(
+        pytest.fail(
             f"crdb-delta binary not found at {path}: run `cargo build --bin crdb-delta` "
             "(or scripts/test), or set CRDB_DELTA_BIN"
         )

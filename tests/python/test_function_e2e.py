@@ -40,7 +40,10 @@ def config_from_manifest(manifest: dict) -> dict:
 def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch, function):
     endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
     if not endpoint:
-        pytest.skip("AZURITE_BLOB_ENDPOINT not set (scripts/test starts Azurite)")
+        if os.environ.get("CRDB_DELTA_SKIP_AZURITE") == "1":
+            pytest.skip("CRDB_DELTA_SKIP_AZURITE=1")
+        pytest.fail("AZURITE_BLOB_ENDPOINT not set: run scripts/test (it starts Azurite), "
+                    "or set CRDB_DELTA_SKIP_AZURITE=1 to skip")
     base = endpoint.rsplit("/", 1)[0]
     env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": base}
     container = "fn" + uuid.uuid4().hex[:12]

@@ -185,7 +185,10 @@ def test_corrupt_file_fails_clearly_and_commits_nothing(crdb_delta_bin, tmp_path
 def test_azurite_source_and_target(crdb_delta_bin, tmp_path, monkeypatch):
     endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
     if not endpoint:
-        pytest.skip("AZURITE_BLOB_ENDPOINT not set (scripts/test starts Azurite)")
+        if os.environ.get("CRDB_DELTA_SKIP_AZURITE") == "1":
+            pytest.skip("CRDB_DELTA_SKIP_AZURITE=1")
+        pytest.fail("AZURITE_BLOB_ENDPOINT not set: run scripts/test (it starts Azurite), "
+                    "or set CRDB_DELTA_SKIP_AZURITE=1 to skip")
     import uuid
 
     container = "sync" + uuid.uuid4().hex[:12]
@@ -286,3 +289,98 @@ def test_concurrent_syncs_never_apply_twice(crdb_delta_bin, tmp_path, mode):
     check_final(root, mode)
     if mode == "update_delete":
         check_time_travel(root)
+
+
+def test_stray_resolved_is_refused_and_real_ones_still_apply(crdb_delta_bin, tmp_path):
+    """A `2099…RESOLVED` object dropped into the root (a copy, a test, another tool) must not be
+    applied: it would make every real event after it look already applied."""
+    root = simulate(crdb_delta_bin, tmp_path, "json", 4)
+    steps = resolved_steps(root)
+    sync(crdb_delta_bin, root, "update_delete", "--until", o.hlc_of(steps[1]))
+    real = sorted((root / "changefeed").rglob("*.RESOLVED"))[-1]
+    stray_ts = "2099" + real.stem[4:]
+    stray = real.parent.parent / ("2099" + real.parent.name[4:]) / f"{stray_ts}.RESOLVED"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_text(json.dumps({"resolved": o.hlc_of(stray_ts)}))
+    report = json.loads(sync(crdb_delta_bin, root, "update_delete").stdout)
+    assert report["resolved"] == o.hlc_of(steps[-1]), report
+    assert len(report["refused"]) == 1 and stray.name in report["refused"][0], report["refused"]
+    assert "ahead" in report["refused"][0]
+    check_final(root, "update_delete")
+    # Progress is the real RESOLVED, so later real events still apply.
+    for t in TABLES.split(","):
+        assert DeltaTable(str(root / "delta" / t)).history(1)[0]["crdbDelta"]["progress"]["applied"] \
+            == o.hlc_of(steps[-1])
+
+
+def test_resolved_whose_content_disagrees_with_its_name_is_refused(crdb_delta_bin, tmp_path):
+    root = simulate(crdb_delta_bin, tmp_path, "json", 3)
+    steps = resolved_steps(root)
+    sync(crdb_delta_bin, root, "update_delete", "--until", o.hlc_of(steps[0]))
+    versions = {t: DeltaTable(str(root / "delta" / t)).version() for t in TABLES.split(",")}
+    last = sorted((root / "changefeed").rglob("*.RESOLVED"))[-1]
+    last.write_text(json.dumps({"resolved": o.hlc_of(steps[0])}))
+    p = sync(crdb_delta_bin, root, "update_delete", "--until", o.hlc_of(last.stem), check=False)
+    assert p.returncode != 0
+    assert last.name in p.stderr and "name says" in p.stderr, p.stderr
+    assert {t: DeltaTable(str(root / "delta" / t)).version() for t in TABLES.split(",")} == versions
+
+
+def _poison_orders(root: Path) -> tuple[Path, str, bytes]:
+    victim = sorted((root / "changefeed").rglob("*orders+details*.ndjson"))[-1]
+    original = victim.read_bytes()
+    victim.write_text('{"after": {"id": 1, "customer": "x"}, "key": [1], "updated": "oops"}\n')
+    return victim, victim.relative_to(root / "changefeed").as_posix(), original
+
+
+def _applied(root: Path, table: str) -> str:
+    return DeltaTable(str(root / "delta" / table)).history(1)[0]["crdbDelta"]["progress"]["applied"]
+
+
+def test_poison_file_stops_only_its_table_until_retried(crdb_delta_bin, tmp_path):
+    root = simulate(crdb_delta_bin, tmp_path, "json", 3)
+    steps = resolved_steps(root)
+    sync(crdb_delta_bin, root, "update_delete", "--until", o.hlc_of(steps[1]))
+    orders_version = DeltaTable(str(root / "delta" / "orders")).version()
+    victim, rel, original = _poison_orders(root)
+    for attempt in range(2):  # stays stopped, without crash-looping on the file
+        p = sync(crdb_delta_bin, root, "update_delete", check=False)
+        assert p.returncode == 1, p.stderr
+        assert rel in p.stderr and "quarantine" in p.stderr, p.stderr
+        report = json.loads(p.stdout)
+        assert [(q["table"], q["file"], q["action"]) for q in report["quarantined"]] == [
+            ("orders", rel, "hold")], report["quarantined"]
+        assert "orders" not in report["tables"]
+        # Only orders stopped: the other tables reached the last RESOLVED.
+        for t in ("usertable", "kitchen_sink"):
+            assert _applied(root, t) == o.hlc_of(steps[-1]), (attempt, t)
+        assert DeltaTable(str(root / "delta" / "orders")).version() == orders_version
+    listed = json.loads(run(crdb_delta_bin, "quarantine", "--target", str(root / "delta"), "list",
+                            "--json").stdout)
+    assert [(r["table"], r["file"], r["action"]) for r in listed] == [("orders", rel, "hold")]
+    assert "line 1" in listed[0]["reason"], listed[0]["reason"]
+    # The operator replaces the file and retries: everything converges to the truth.
+    victim.write_bytes(original)
+    run(crdb_delta_bin, "quarantine", "--target", str(root / "delta"), "retry", rel)
+    report = json.loads(sync(crdb_delta_bin, root, "update_delete").stdout)
+    assert report["quarantined"] == []
+    check_final(root, "update_delete")
+    check_time_travel(root)
+
+
+def test_skipped_poison_file_is_named_in_the_commit(crdb_delta_bin, tmp_path):
+    root = simulate(crdb_delta_bin, tmp_path, "json", 3)
+    steps = resolved_steps(root)
+    sync(crdb_delta_bin, root, "update_delete", "--until", o.hlc_of(steps[1]))
+    _, rel, _ = _poison_orders(root)
+    assert sync(crdb_delta_bin, root, "update_delete", check=False).returncode == 1
+    p = run(crdb_delta_bin, "quarantine", "--target", str(root / "delta"), "skip", rel)
+    assert "skipped" in p.stdout
+    report = json.loads(sync(crdb_delta_bin, root, "update_delete").stdout)
+    assert [(q["file"], q["action"]) for q in report["quarantined"]] == [(rel, "skip")]
+    assert _applied(root, "orders") == o.hlc_of(steps[-1])
+    named = [h["crdbDelta"]["figures"].get("skippedFiles") for h in
+             DeltaTable(str(root / "delta" / "orders")).history() if "crdbDelta" in h]
+    assert [rel] in named, named
+    # A later run does not read it again.
+    assert json.loads(sync(crdb_delta_bin, root, "update_delete").stdout)["tables"]["orders"]["files_read"] == 0

@@ -1,0 +1,98 @@
+"""The command line as a new user meets it: safe with their folders, quiet, clear when refusing.
+
+Each case checks the exit code, what stdout/stderr say, and that nothing was written when the
+command refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+
+def cli(bin_path: Path, *args: str, cwd: Path | None = None, env: dict | None = None):
+    full = {k: v for k, v in os.environ.items() if k not in ("CRDB_DELTA_LOG", "RUST_LOG")}
+    full.update(env or {})
+    return subprocess.run([str(bin_path), *args], capture_output=True, text=True, env=full,
+                          cwd=cwd, timeout=600)
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_demo_never_deletes_what_it_did_not_write(crdb_delta_bin, tmp_path):
+    (tmp_path / "precious.txt").write_text("my work")
+    p = cli(crdb_delta_bin, "demo", "--dir", str(tmp_path))
+    assert p.returncode == 1, p.stderr
+    assert "not empty" in p.stderr and "demo only ever deletes what it wrote" in p.stderr
+    assert tree(tmp_path) == ["precious.txt"]
+    # `demo --dir .` in a working folder: same refusal.
+    p = cli(crdb_delta_bin, "demo", "--dir", ".", cwd=tmp_path)
+    assert p.returncode == 1 and tree(tmp_path) == ["precious.txt"]
+
+
+def test_demo_is_quiet_and_can_run_again(crdb_delta_bin, tmp_path):
+    d = tmp_path / "demo"
+    for _ in range(2):  # the second run replaces only what the first wrote
+        p = cli(crdb_delta_bin, "demo", "--dir", str(d))
+        assert p.returncode == 0, p.stderr
+        assert len(p.stderr.splitlines()) < 20, p.stderr[-3000:]
+        assert "\x1b[" not in p.stderr, "no colour codes in redirected output"
+        assert "Delta tables in" in p.stdout
+    assert sorted(x.name for x in d.iterdir()) == [".crdb-delta-demo", "changefeed", "delta", "truth"]
+
+
+def test_sync_refuses_a_missing_source_and_creates_nothing(crdb_delta_bin, tmp_path):
+    p = cli(crdb_delta_bin, "sync", "--source", str(tmp_path / "nosuch"), "--target",
+            str(tmp_path / "out"))
+    assert p.returncode == 1
+    assert "nosuch" in p.stderr and "no such folder" in p.stderr, p.stderr
+    assert tree(tmp_path) == []
+
+
+def test_sync_refuses_targets_that_would_mix(crdb_delta_bin, tmp_path):
+    src = tmp_path / "feed"
+    p = cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(tmp_path / "truth"),
+            "--windows", "1", "--tables", "usertable")
+    assert p.returncode == 0, p.stderr
+    before = tree(tmp_path)
+    p = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(src / "delta"))
+    assert p.returncode == 1 and "inside the source" in p.stderr, p.stderr
+    assert tree(tmp_path) == before
+    # A root that is itself a Delta table.
+    sync = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(tmp_path / "t"))
+    assert sync.returncode == 0, sync.stderr
+    before = tree(tmp_path)
+    p = cli(crdb_delta_bin, "sync", "--source", str(src), "--target",
+            str(tmp_path / "t" / "usertable"))
+    assert p.returncode == 1 and "itself a Delta table" in p.stderr, p.stderr
+    assert tree(tmp_path) == before
+
+
+def test_user_errors_print_the_message_not_a_backtrace(crdb_delta_bin, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"tables": {"a": {"target": "x"}, "b": {"target": "x"}}}))
+    (tmp_path / "feed").mkdir()
+    p = cli(crdb_delta_bin, "sync", "--source", str(tmp_path / "feed"), "--target",
+            str(tmp_path / "out"), "--config", str(cfg), env={"RUST_BACKTRACE": "1"})
+    assert p.returncode == 1
+    assert "stack backtrace" not in p.stderr.lower() and "Stack backtrace" not in p.stderr
+    assert p.stderr.startswith("error: "), p.stderr
+    assert "own `target`" in p.stderr, p.stderr
+    assert len(p.stderr.splitlines()) <= 4, p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sync_without_a_resolved_says_why_nothing_happened(crdb_delta_bin, tmp_path):
+    src = tmp_path / "feed"
+    p = cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(tmp_path / "truth"),
+            "--windows", "1", "--tables", "usertable")
+    assert p.returncode == 0, p.stderr
+    for r in src.rglob("*.RESOLVED"):
+        r.unlink()
+    p = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(tmp_path / "out"))
+    assert p.returncode == 0, p.stderr
+    assert "no RESOLVED file in the source yet" in p.stdout, p.stdout
