@@ -14,6 +14,7 @@ use crate::column::ColumnBuilder;
 use crate::hlc::Hlc;
 use crate::keys::KeyEvidence;
 use crate::types::ColumnType;
+use crate::values;
 
 /// Streams an NDJSON changefeed file as change batches.
 pub struct NdjsonDecoder<R> {
@@ -165,6 +166,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
         if op == Op::Delete && key.is_empty() {
             return Err(bad("delete without a `key`".into()));
         }
+        self.check_depths(line, &after, &key)?;
         Ok(Message {
             line,
             op,
@@ -174,6 +176,36 @@ impl<R: BufRead> NdjsonDecoder<R> {
             key,
             key_raw,
         })
+    }
+
+    /// Refuses column values nested deeper than [`values::MAX_JSON_DEPTH`] before anything
+    /// walks them recursively (type inference, JSONB rendering), naming the column.
+    fn check_depths(
+        &self,
+        line: u64,
+        after: &BTreeMap<Cow<'_, str>, &RawValue>,
+        key: &[&RawValue],
+    ) -> Result<(), DecodeError> {
+        let nested = |raw: &RawValue| raw.get().trim_start().starts_with(['[', '{']);
+        let key_names = (0..key.len()).map(|i| match &self.primary_key {
+            Some(k) if i < k.len() => Cow::Borrowed(k[i].as_str()),
+            _ => Cow::Owned(format!("key[{i}]")),
+        });
+        let columns = after
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_ref()), *v))
+            .chain(key_names.zip(key.iter().copied()));
+        for (column, raw) in columns {
+            if nested(raw) {
+                values::check_json_depth(raw.get()).map_err(|message| DecodeError::Value {
+                    file: self.file.clone(),
+                    at: format!("line {line}"),
+                    column: column.into_owned(),
+                    message,
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Learns column types from JSON values; configured types never change.
