@@ -415,3 +415,170 @@ fn nesting_within_the_limit_decodes_exactly() {
         assert!(err.to_string().contains("line 1: column `doc`"), "{err}");
     });
 }
+
+/// Every column name crdb-delta writes itself, and CockroachDB's Parquet meta names.
+const RESERVED_EXAMPLES: [&str; 10] = [
+    "__crdb_op",
+    "__crdb_hlc",
+    "__crdb_key",
+    "__crdb_source_file",
+    "__crdb_updated",
+    "__crdb_start_hlc",
+    "__crdb_end_hlc",
+    "__crdb_commit_ts",
+    "__crdb__event_type",
+    "__crdb_anything_else",
+];
+
+fn assert_reserved(err: DecodeError, file: &str, at: &str, column: &str) {
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, DecodeError::ReservedColumn { column: c, .. } if c == column),
+        "{msg}"
+    );
+    assert_eq!(err.file(), file);
+    assert!(
+        msg.contains(&format!("{at}: column `{column}`"))
+            && msg.contains("starting with `__crdb_` are reserved by crdb-delta"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn reserved_column_names_in_ndjson_are_refused() {
+    let ok = r#"{"after": {"id": 1, "v": "a"}, "key": [1], "updated": "1.0000000000"}"#;
+    for name in RESERVED_EXAMPLES {
+        let pk = || DecodeOptions {
+            primary_key: Some(vec!["id".into()]),
+            ..Default::default()
+        };
+        for (line, opts) in [
+            // Today `__crdb_op: "d"` deletes the row and the others replace our metadata.
+            (
+                format!(
+                    r#"{{"after": {{"{name}": "d", "id": 2}}, "key": [2], "updated": "2.0000000000"}}"#
+                ),
+                pk(),
+            ),
+            (
+                format!(
+                    r#"{{"after": {{"id": 2}}, "before": {{"{name}": "x", "id": 2}}, "key": [2], "updated": "2.0000000000"}}"#
+                ),
+                pk(),
+            ),
+            (
+                format!(
+                    r#"{{"after": null, "before": {{"{name}": "x", "id": 2}}, "key": [2], "updated": "2.0000000000"}}"#
+                ),
+                pk(),
+            ),
+            (
+                format!(
+                    r#"{{"__crdb__": {{"key": [2], "updated": "2.0000000000"}}, "{name}": "d", "id": 2}}"#
+                ),
+                pk(),
+            ),
+            // A key column with a reserved name (filled from the `key` array).
+            (
+                r#"{"after": null, "key": [2], "updated": "2.0000000000"}"#.to_owned(),
+                DecodeOptions {
+                    primary_key: Some(vec![name.to_owned()]),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let at = if opts.primary_key.as_deref() == Some(&[name.to_owned()][..]) {
+                "line 1"
+            } else {
+                "line 2"
+            };
+            for gz in [false, true] {
+                let (file, r) = decode_ndjson(&format!("{ok}\n{line}\n"), gz, &opts);
+                assert_reserved(r.unwrap_err(), &file, at, name);
+            }
+        }
+    }
+    // Near misses are ordinary columns, and a bare envelope's `before` is a column like any other.
+    let text = concat!(
+        r#"{"__crdb__": {"key": [1], "updated": "1.0000000000"}, "_crdb_op": "d", "__crdbop": "d", "crdb_op": "d", "before": "__crdb_op", "id": 1}"#,
+        "\n"
+    );
+    let b = decode_ndjson(text, false, &DecodeOptions::default())
+        .1
+        .unwrap();
+    for c in ["_crdb_op", "__crdbop", "crdb_op"] {
+        assert_eq!(
+            b[0].column_by_name(c).unwrap().as_string::<i32>().value(0),
+            "d"
+        );
+    }
+    assert_eq!(
+        b[0].column_by_name("__crdb_op")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "c"
+    );
+}
+
+/// A Parquet file with the given BYTE_ARRAY (string) columns and no rows.
+fn parquet_schema_only(columns: &[&str]) -> Vec<u8> {
+    use parquet::basic::{ConvertedType, Repetition, Type as Physical};
+    use parquet::schema::types::Type;
+    let fields = columns
+        .iter()
+        .map(|name| {
+            Arc::new(
+                Type::primitive_type_builder(name, Physical::BYTE_ARRAY)
+                    .with_repetition(Repetition::OPTIONAL)
+                    .with_converted_type(ConvertedType::UTF8)
+                    .build()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let schema = Type::group_type_builder("schema")
+        .with_fields(fields)
+        .build()
+        .unwrap();
+    parquet::file::writer::SerializedFileWriter::new(
+        Vec::new(),
+        Arc::new(schema),
+        Default::default(),
+    )
+    .unwrap()
+    .into_inner()
+    .unwrap()
+}
+
+#[test]
+fn reserved_column_names_in_parquet_are_refused_and_cockroachdb_meta_columns_kept() {
+    use crdb_delta_core::decode::BatchStream;
+    let meta = [
+        "__crdb__event_type",
+        "__crdb__updated",
+        "__crdb__mvcc_timestamp",
+        "__crdb__before",
+    ];
+    let mut cols = vec!["id"];
+    cols.extend(meta);
+    let ok = ParquetDecoder::try_new(
+        "f.parquet",
+        Bytes::from(parquet_schema_only(&cols)),
+        &DecodeOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(ok.column_types().keys().collect::<Vec<_>>(), ["id"]);
+    for name in RESERVED_EXAMPLES.iter().filter(|n| !meta.contains(n)) {
+        let mut cols = vec!["id", name];
+        cols.extend(meta);
+        let err = ParquetDecoder::try_new(
+            "f.parquet",
+            Bytes::from(parquet_schema_only(&cols)),
+            &DecodeOptions::default(),
+        )
+        .err()
+        .unwrap();
+        assert_reserved(err, "f.parquet", "row 1", name);
+    }
+}
