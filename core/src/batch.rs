@@ -28,9 +28,23 @@ pub const SOURCE_ROW: &str = "__crdb_source_row";
 
 pub const META_COLUMNS: [&str; 6] = [OP, UPDATED, MVCC, KEY, SOURCE_FILE, SOURCE_ROW];
 
+/// The prefix of every column name crdb-delta keeps for itself: the change-batch metadata above,
+/// the Delta tables' metadata (`__crdb_hlc`, `__crdb_start_hlc`, … in [`crate::changes`]) and
+/// CockroachDB's own Parquet meta columns (`__crdb__event_type`, …). A source column with such a
+/// name would be taken for ours (a `__crdb_op` of `d` deleting its row) or silently replaced,
+/// so the decoders refuse it ([`crate::decode::DecodeError::ReservedColumn`]). This is the one
+/// place that decides; an escaping scheme for such names would start here.
+pub const RESERVED_PREFIX: &str = "__crdb_";
+
+/// Whether a column name is reserved by crdb-delta (see [`RESERVED_PREFIX`]).
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
+}
+
 /// Whether a column name belongs to the metadata (also CockroachDB's own `__crdb__` columns).
+/// The decoders refuse data columns with reserved names, so this is exactly the metadata.
 pub fn is_meta(name: &str) -> bool {
-    name.starts_with("__crdb_")
+    is_reserved(name)
 }
 
 /// The kind of change, as CockroachDB reports it.

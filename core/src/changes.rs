@@ -377,21 +377,13 @@ impl Window {
         let batch_id = self.stored.len() as u32;
         for row in 0..batch.num_rows() {
             let file_row = rows_col.as_ref().map_or(row, |r| r.value(row) as usize);
-            let key = key_text(&batch, &key_cols, row).map_err(|i| ChangeError::MissingKey {
-                file: file.to_owned(),
-                row: file_row,
-                column: self.layout.key[i].clone(),
-            })?;
-            let id = match self.keys.get(key.as_str()) {
-                Some(id) => *id,
-                None => {
-                    let id = self.key_texts.len() as u32;
-                    let k: Arc<str> = Arc::from(key);
-                    self.key_texts.push(k.clone());
-                    self.keys.insert(k, id);
-                    id
-                }
-            };
+            if let Some(i) = key_cols.iter().position(|&c| batch.column(c).is_null(row)) {
+                return Err(ChangeError::MissingKey {
+                    file: file.to_owned(),
+                    row: file_row,
+                    column: self.layout.key[i].clone(),
+                });
+            }
             let op = Op::from_code(ops.value(row)).ok_or_else(|| {
                 invalid(format!(
                     "row {file_row}: unknown operation `{}`",
@@ -399,7 +391,8 @@ impl Window {
                 ))
             })?;
             self.frags.push(Frag {
-                key: id,
+                // Assigned by `finish`, once the key columns have their final types.
+                key: 0,
                 updated: updated.value(row),
                 family,
                 op,
@@ -428,6 +421,59 @@ impl Window {
         Ok(out)
     }
 
+    /// Gives every fragment its key id, from the key columns in the layout's types (see
+    /// [`key_text`]): only after `finish` converted the stored batches can a key written as a
+    /// number in one file and as a string in another be seen to be the same key.
+    fn assign_keys(&mut self) -> Result<(), ChangeError> {
+        let key_idx: Vec<usize> = self
+            .layout
+            .key
+            .iter()
+            .map(|k| self.layout.index_of(k).unwrap_or(usize::MAX))
+            .collect();
+        let mut key_arrays = Vec::with_capacity(self.stored.len());
+        for s in &self.stored {
+            let arrays = key_idx
+                .iter()
+                .zip(&self.layout.key)
+                .map(|(&i, k)| {
+                    s.arrays
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .ok_or_else(|| ChangeError::MissingKey {
+                            file: s.file.to_string(),
+                            row: 0,
+                            column: k.clone(),
+                        })
+                })
+                .collect::<Result<Vec<ArrayRef>, _>>()?;
+            key_arrays.push(arrays);
+        }
+        for f in &mut self.frags {
+            let s = f.batch as usize;
+            // `push` refused NULL keys and conversions keep values, so this cannot fail; the
+            // row given is the one within the stored batch.
+            let key =
+                key_text(&key_arrays[s], f.row as usize).map_err(|i| ChangeError::MissingKey {
+                    file: self.stored[s].file.to_string(),
+                    row: f.row as usize + 1,
+                    column: self.layout.key[i].clone(),
+                })?;
+            f.key = match self.keys.get(key.as_str()) {
+                Some(id) => *id,
+                None => {
+                    let id = self.key_texts.len() as u32;
+                    let k: Arc<str> = Arc::from(key);
+                    self.key_texts.push(k.clone());
+                    self.keys.insert(k, id);
+                    id
+                }
+            };
+        }
+        Ok(())
+    }
+
     /// Merges fragments into changes: per key, in HLC order, duplicates dropped.
     pub fn finish(mut self) -> Result<Changes, ChangeError> {
         // Align every stored batch with the final layout (types may have widened).
@@ -453,6 +499,7 @@ impl Window {
             }
             s.arrays = arrays;
         }
+        self.assign_keys()?;
         let key_texts = &self.key_texts;
         self.frags.sort_by(|a, b| {
             (
@@ -567,16 +614,27 @@ impl Window {
     }
 }
 
-/// The canonical key text of a row (JSON array of the key values), or the index of a missing
-/// key column.
-fn key_text(batch: &RecordBatch, key_cols: &[usize], row: usize) -> Result<String, usize> {
-    let mut values = Vec::with_capacity(key_cols.len());
-    for (i, &c) in key_cols.iter().enumerate() {
-        let a = batch.column(c);
+/// A row's key identity: the JSON array of its key values, or the index of a NULL key column.
+///
+/// Identity follows the key column's type in the layout (the Delta table's type), never how a
+/// file happened to write the value: `finish` converts every batch to those types first. So an
+/// INT key written `1` in one event and `"1"` in another (or inferred as a number from one file
+/// and as text from another, which widens the column to STRING) is one key: compared by integer
+/// value in an INT column, by the text `1` in a STRING column. FLOAT keys compare by value with
+/// `-0` equal to `0`, as in CockroachDB's key encoding. A JSONB key keeps JSON's distinction
+/// between `1` and `"1"`.
+fn key_text(columns: &[ArrayRef], row: usize) -> Result<String, usize> {
+    let mut values = Vec::with_capacity(columns.len());
+    for (i, a) in columns.iter().enumerate() {
         if a.is_null(row) {
             return Err(i);
         }
-        values.push(canonical::value(a.as_ref(), row));
+        let mut v = canonical::value(a.as_ref(), row);
+        if matches!(a.data_type(), DataType::Float32 | DataType::Float64) && v.as_f64() == Some(0.0)
+        {
+            v = canonical::float_json(0.0);
+        }
+        values.push(v);
     }
     Ok(Value::Array(values).to_string())
 }
@@ -937,23 +995,27 @@ impl Changes {
     }
 
     fn target_keys(&self, target: &RecordBatch) -> Result<Vec<Option<u32>>, ChangeError> {
-        let key_cols: Vec<usize> = self
+        // In the layout's key types, like the window's keys (see `key_text`).
+        let key_cols: Vec<ArrayRef> = self
             .layout
             .key
             .iter()
-            .map(|k| {
-                target
-                    .schema()
-                    .index_of(k)
-                    .map_err(|_| ChangeError::Invalid {
-                        file: "target".into(),
-                        message: format!("the Delta table has no key column `{k}`"),
-                    })
+            .zip(&self.key_cols)
+            .map(|(k, &i)| {
+                let invalid = |message: String| ChangeError::Invalid {
+                    file: "target".into(),
+                    message,
+                };
+                let c = target
+                    .column_by_name(k)
+                    .ok_or_else(|| invalid(format!("the Delta table has no key column `{k}`")))?;
+                column::convert(c, &self.layout.columns[i].1)
+                    .map_err(|(_, e)| invalid(format!("key column `{k}`: {e}")))
             })
             .collect::<Result<_, _>>()?;
         Ok((0..target.num_rows())
             .map(|r| {
-                key_text(target, &key_cols, r)
+                key_text(&key_cols, r)
                     .ok()
                     .and_then(|k| self.keys.get(k.as_str()).copied())
             })

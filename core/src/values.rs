@@ -229,10 +229,56 @@ pub fn write_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// The deepest nesting of arrays and objects accepted in one JSON column value.
+///
+/// Our own walks over a value (type inference, [`crdb_json_text`]) recurse once per level, and
+/// serde_json's `RawValue` parsing does not count depth, so without a bound a value nested
+/// 10,000 levels overflows the stack and aborts the process. 128 is serde_json's own default
+/// recursion limit (what a serde_json reader of the Delta table would accept anyway), far beyond
+/// real documents, and keeps our recursion to 128 frames, well inside the 2 MiB stack of
+/// tokio's blocking threads and of test threads.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Checks that raw JSON nests arrays and objects at most [`MAX_JSON_DEPTH`] levels (`1` is 0,
+/// `[]` is 1, `[{}]` is 2). A linear scan without recursion, stopping at the first level too
+/// deep, so it is safe on any input; brackets inside strings do not count. Malformed text is
+/// left to the parser.
+pub fn check_json_depth(raw: &str) -> Result<(), String> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in raw.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(format!(
+                        "JSON value nested deeper than {MAX_JSON_DEPTH} levels of arrays and \
+                         objects (crdb-delta's limit, against stack overflow)"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Re-renders raw JSON in CockroachDB's JSONB text form: keys sorted byte-wise, `", "` and
 /// `": "` separators, numbers kept digit for digit. JSONB columns read from JSON files thereby
-/// equal the text Parquet files carry for the same value.
+/// equal the text Parquet files carry for the same value. Values nested deeper than
+/// [`MAX_JSON_DEPTH`] are refused (the rendering recurses per level).
 pub fn crdb_json_text(raw: &str) -> Result<String, String> {
+    check_json_depth(raw)?;
     let mut out = String::with_capacity(raw.len() + 8);
     write_crdb_json(&mut out, raw.trim())?;
     Ok(out)
@@ -412,6 +458,22 @@ mod tests {
             "12:34:56.5"
         );
         assert_eq!(format_time_micros(86_400_000_000), "24:00:00");
+    }
+
+    #[test]
+    fn json_depth_is_bounded_without_recursion() {
+        let deep = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(check_json_depth(&deep(MAX_JSON_DEPTH)).is_ok());
+        assert!(check_json_depth(&deep(MAX_JSON_DEPTH + 1)).is_err());
+        assert!(check_json_depth(&deep(1_000_000)).is_err());
+        // Brackets inside strings (also after escaped quotes and backslashes) do not count.
+        let s = format!(
+            r#"["{}\"{}\\", {{"k[": 1}}]"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(check_json_depth(&s).is_ok(), "{s}");
+        assert!(crdb_json_text(&deep(MAX_JSON_DEPTH + 1)).is_err());
     }
 
     #[test]

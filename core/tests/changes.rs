@@ -312,3 +312,115 @@ fn dropped_column_becomes_null_and_type_mismatch_names_the_file() {
     let e = w.finish().err().expect("type mismatch").to_string();
     assert!(e.contains("typed.parquet") && e.contains("`id`"), "{e}");
 }
+
+/// Decodes NDJSON lines (`after`, `key` and HLC offset per line) as the decoder would, types
+/// inferred from the file alone.
+fn ndjson(file: &str, lines: &[(&str, &str, i64)]) -> Vec<RecordBatch> {
+    use crdb_delta_core::decode::{DecodeOptions, NdjsonDecoder};
+    let text: String = lines
+        .iter()
+        .map(|(after, key, t)| {
+            format!(
+                "{{\"after\": {after}, \"key\": {key}, \"updated\": \"{}\"}}\n",
+                h(*t)
+            )
+        })
+        .collect();
+    let opts = DecodeOptions {
+        primary_key: Some(vec!["id".into()]),
+        ..Default::default()
+    };
+    NdjsonDecoder::new(file, std::io::Cursor::new(text), &opts)
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn push_all(w: &mut Window, file: &str, batches: Vec<RecordBatch>) {
+    for b in batches {
+        w.push(b, None, file).unwrap();
+    }
+}
+
+#[test]
+fn a_key_written_as_number_and_as_string_is_one_key() {
+    // One file says `1`, the next `"1"` (their inferred types differ: INT8 and STRING).
+    let as_number = || ndjson("a.ndjson", &[(r#"{"id": 1, "v": "a"}"#, "[1]", 1)]);
+    let as_string = |t| ndjson("b.ndjson", &[(r#"{"id": "1", "v": "b"}"#, r#"["1"]"#, t)]);
+
+    // In one window: one row, the later change wins.
+    let mut w = Window::new(Layout::new(vec!["id".into()], false), None, h(100));
+    push_all(&mut w, "a.ndjson", as_number());
+    push_all(&mut w, "b.ndjson", as_string(2));
+    let mut c = w.finish().unwrap();
+    assert_eq!(c.len(), 2, "two changes of one key");
+    let out = rows(&c.inserts(100).unwrap());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["v"], "b");
+
+    // Across windows: the Delta table's INT8 column decides; the string finds the row.
+    let mut w = Window::new(Layout::new(vec!["id".into()], false), None, h(100));
+    push_all(&mut w, "a.ndjson", as_number());
+    let mut c = w.finish().unwrap();
+    let table = c.inserts(100).unwrap();
+    let layout = c.layout().clone();
+    let mut w = Window::new(layout.clone(), Some(h(100)), h(200));
+    push_all(&mut w, "b.ndjson", as_string(150));
+    let delete = ndjson("c.ndjson", &[("null", r#"["1"]"#, 160)]);
+    push_all(&mut w, "c.ndjson", delete);
+    let mut c = w.finish().unwrap();
+    assert_eq!(c.len(), 2);
+    let merged = c
+        .merge_target(&table[0], false)
+        .unwrap()
+        .expect("id 1 changes");
+    assert_eq!(
+        merged.num_rows(),
+        0,
+        "the delete written `\"1\"` removed row 1"
+    );
+    assert!(c.inserts(100).unwrap().is_empty());
+    assert_eq!(c.counts().deleted, 1);
+
+    // A STRING key column: the number `1` is the text `1`.
+    let mut w = Window::new(Layout::new(vec!["id".into()], false), None, h(100));
+    push_all(&mut w, "b.ndjson", as_string(2));
+    let mut c = w.finish().unwrap();
+    let table = c.inserts(100).unwrap();
+    let mut w = Window::new(c.layout().clone(), Some(h(100)), h(200));
+    push_all(
+        &mut w,
+        "d.ndjson",
+        ndjson("d.ndjson", &[(r#"{"id": 1, "v": "d"}"#, "[1]", 150)]),
+    );
+    let mut c = w.finish().unwrap();
+    let merged = c
+        .merge_target(&table[0], false)
+        .unwrap()
+        .expect("id 1 changes");
+    let out = rows(&[merged]);
+    assert_eq!(
+        (out.len(), &out[0]["id"], &out[0]["v"]),
+        (1, &json!("1"), &json!("d"))
+    );
+    assert!(c.inserts(100).unwrap().is_empty());
+}
+
+#[test]
+fn float_keys_treat_minus_zero_as_zero() {
+    let mut w = Window::new(Layout::new(vec!["id".into()], false), None, h(100));
+    push_all(
+        &mut w,
+        "f.ndjson",
+        ndjson(
+            "f.ndjson",
+            &[
+                (r#"{"id": 0.0, "v": "a"}"#, "[0.0]", 1),
+                (r#"{"id": -0.0, "v": "b"}"#, "[-0.0]", 2),
+            ],
+        ),
+    );
+    let mut c = w.finish().unwrap();
+    let out = rows(&c.inserts(100).unwrap());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["v"], "b");
+}

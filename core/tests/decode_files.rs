@@ -281,3 +281,304 @@ fn bad_json_in_compressed_files_names_file_and_line() {
     .collect();
     assert!(err_of(r).starts_with(name));
 }
+
+/// Runs `f` on a thread with a 2 MiB stack, what tokio's blocking threads and test threads get.
+fn on_2mib_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// `1` nested `depth` levels deep in arrays (`[[1]]`) or objects (`{"a": {"a": 1}}`), written
+/// as CockroachDB writes JSONB (so a value that decodes comes back byte for byte).
+fn nested(objects: bool, depth: usize) -> String {
+    if objects {
+        format!("{}1{}", r#"{"a": "#.repeat(depth), "}".repeat(depth))
+    } else {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Decodes NDJSON text through the public API, as a plain or a gzip file.
+fn decode_ndjson(
+    text: &str,
+    gz: bool,
+    opts: &DecodeOptions,
+) -> (String, Result<Vec<arrow_array::RecordBatch>, DecodeError>) {
+    let name = format!(
+        "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-t-2.ndjson{}",
+        if gz { ".gz" } else { "" }
+    );
+    let ObjectName::Data(d) = ObjectName::parse_file_name(&name).unwrap() else {
+        panic!()
+    };
+    let bytes = if gz {
+        gzip(text)
+    } else {
+        text.as_bytes().to_vec()
+    };
+    let r = decode::decode_bytes(&d, &name, Bytes::from(bytes), opts)
+        .and_then(|s| s.collect::<Result<Vec<_>, _>>());
+    (name, r)
+}
+
+#[test]
+fn deeply_nested_json_is_refused_naming_file_line_and_column_without_overflowing() {
+    use crdb_delta_core::types::ColumnType;
+    on_2mib_stack(|| {
+        let ok = r#"{"after": {"doc": 1, "id": 1}, "key": [1], "updated": "1.0000000000"}"#;
+        for depth in [10_000, 100_000] {
+            for objects in [false, true] {
+                let value = nested(objects, depth);
+                let in_after = format!(
+                    r#"{{"after": {{"doc": {value}, "id": 2}}, "key": [2], "updated": "2.0000000000"}}"#
+                );
+                let in_key =
+                    format!(r#"{{"after": null, "key": [{value}], "updated": "2.0000000000"}}"#);
+                for (line, column, configured) in [
+                    (&in_after, "doc", None),
+                    (&in_after, "doc", Some(ColumnType::Json)),
+                    (&in_after, "doc", Some(ColumnType::Text)),
+                    (&in_key, "id", None),
+                ] {
+                    let opts = DecodeOptions {
+                        columns: configured
+                            .into_iter()
+                            .map(|t| ("doc".to_owned(), t))
+                            .collect(),
+                        primary_key: Some(vec!["id".into()]),
+                        ..Default::default()
+                    };
+                    for gz in [false, true] {
+                        let (name, r) = decode_ndjson(&format!("{ok}\n{line}\n"), gz, &opts);
+                        let err = r.unwrap_err();
+                        assert!(matches!(err, DecodeError::Value { .. }), "{err}");
+                        assert_eq!(err.file(), name);
+                        let msg = err.to_string();
+                        assert!(
+                            msg.contains("line 2")
+                                && msg.contains(&format!("column `{column}`"))
+                                && msg.contains("nested deeper than"),
+                            "{msg}"
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn nesting_within_the_limit_decodes_exactly() {
+    use crdb_delta_core::types::ColumnType;
+    use crdb_delta_core::values::MAX_JSON_DEPTH;
+    on_2mib_stack(|| {
+        for depth in [2, 100, MAX_JSON_DEPTH] {
+            for objects in [false, true] {
+                let value = nested(objects, depth);
+                let text = format!(
+                    "{{\"after\": {{\"doc\": {value}, \"id\": 1}}, \"key\": [1], \"updated\": \"1.0000000000\"}}\n"
+                );
+                for configured in [None, Some(ColumnType::Json)] {
+                    let opts = DecodeOptions {
+                        columns: configured
+                            .into_iter()
+                            .map(|t| ("doc".to_owned(), t))
+                            .collect(),
+                        ..Default::default()
+                    };
+                    for gz in [false, true] {
+                        let b = decode_ndjson(&text, gz, &opts).1.unwrap();
+                        let doc = b[0].column_by_name("doc").unwrap();
+                        assert_eq!(doc.as_string::<i32>().value(0), value, "depth {depth}");
+                    }
+                }
+            }
+        }
+        // One level more is refused.
+        let value = nested(false, MAX_JSON_DEPTH + 1);
+        let text = format!(
+            "{{\"after\": {{\"doc\": {value}, \"id\": 1}}, \"key\": [1], \"updated\": \"1.0000000000\"}}\n"
+        );
+        let err = decode_ndjson(&text, false, &DecodeOptions::default())
+            .1
+            .unwrap_err();
+        assert!(err.to_string().contains("line 1: column `doc`"), "{err}");
+    });
+}
+
+/// Every column name crdb-delta writes itself, and CockroachDB's Parquet meta names.
+const RESERVED_EXAMPLES: [&str; 10] = [
+    "__crdb_op",
+    "__crdb_hlc",
+    "__crdb_key",
+    "__crdb_source_file",
+    "__crdb_updated",
+    "__crdb_start_hlc",
+    "__crdb_end_hlc",
+    "__crdb_commit_ts",
+    "__crdb__event_type",
+    "__crdb_anything_else",
+];
+
+fn assert_reserved(err: DecodeError, file: &str, at: &str, column: &str) {
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, DecodeError::ReservedColumn { column: c, .. } if c == column),
+        "{msg}"
+    );
+    assert_eq!(err.file(), file);
+    assert!(
+        msg.contains(&format!("{at}: column `{column}`"))
+            && msg.contains("starting with `__crdb_` are reserved by crdb-delta"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn reserved_column_names_in_ndjson_are_refused() {
+    let ok = r#"{"after": {"id": 1, "v": "a"}, "key": [1], "updated": "1.0000000000"}"#;
+    for name in RESERVED_EXAMPLES {
+        let pk = || DecodeOptions {
+            primary_key: Some(vec!["id".into()]),
+            ..Default::default()
+        };
+        for (line, opts) in [
+            // Today `__crdb_op: "d"` deletes the row and the others replace our metadata.
+            (
+                format!(
+                    r#"{{"after": {{"{name}": "d", "id": 2}}, "key": [2], "updated": "2.0000000000"}}"#
+                ),
+                pk(),
+            ),
+            (
+                format!(
+                    r#"{{"after": {{"id": 2}}, "before": {{"{name}": "x", "id": 2}}, "key": [2], "updated": "2.0000000000"}}"#
+                ),
+                pk(),
+            ),
+            (
+                format!(
+                    r#"{{"after": null, "before": {{"{name}": "x", "id": 2}}, "key": [2], "updated": "2.0000000000"}}"#
+                ),
+                pk(),
+            ),
+            (
+                format!(
+                    r#"{{"__crdb__": {{"key": [2], "updated": "2.0000000000"}}, "{name}": "d", "id": 2}}"#
+                ),
+                pk(),
+            ),
+            // A key column with a reserved name (filled from the `key` array).
+            (
+                r#"{"after": null, "key": [2], "updated": "2.0000000000"}"#.to_owned(),
+                DecodeOptions {
+                    primary_key: Some(vec![name.to_owned()]),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let at = if opts.primary_key.as_deref() == Some(&[name.to_owned()][..]) {
+                "line 1"
+            } else {
+                "line 2"
+            };
+            for gz in [false, true] {
+                let (file, r) = decode_ndjson(&format!("{ok}\n{line}\n"), gz, &opts);
+                assert_reserved(r.unwrap_err(), &file, at, name);
+            }
+        }
+    }
+    // Near misses are ordinary columns, and a bare envelope's `before` is a column like any other.
+    let text = concat!(
+        r#"{"__crdb__": {"key": [1], "updated": "1.0000000000"}, "_crdb_op": "d", "__crdbop": "d", "crdb_op": "d", "before": "__crdb_op", "id": 1}"#,
+        "\n"
+    );
+    let b = decode_ndjson(text, false, &DecodeOptions::default())
+        .1
+        .unwrap();
+    for c in ["_crdb_op", "__crdbop", "crdb_op"] {
+        assert_eq!(
+            b[0].column_by_name(c).unwrap().as_string::<i32>().value(0),
+            "d"
+        );
+    }
+    assert_eq!(
+        b[0].column_by_name("__crdb_op")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "c"
+    );
+}
+
+/// A Parquet file with the given BYTE_ARRAY (string) columns and no rows.
+fn parquet_schema_only(columns: &[&str]) -> Vec<u8> {
+    use parquet::basic::{ConvertedType, Repetition, Type as Physical};
+    use parquet::schema::types::Type;
+    let fields = columns
+        .iter()
+        .map(|name| {
+            Arc::new(
+                Type::primitive_type_builder(name, Physical::BYTE_ARRAY)
+                    .with_repetition(Repetition::OPTIONAL)
+                    .with_converted_type(ConvertedType::UTF8)
+                    .build()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let schema = Type::group_type_builder("schema")
+        .with_fields(fields)
+        .build()
+        .unwrap();
+    parquet::file::writer::SerializedFileWriter::new(
+        Vec::new(),
+        Arc::new(schema),
+        Default::default(),
+    )
+    .unwrap()
+    .into_inner()
+    .unwrap()
+}
+
+#[test]
+fn reserved_column_names_in_parquet_are_refused_and_cockroachdb_meta_columns_kept() {
+    use crdb_delta_core::decode::BatchStream;
+    let meta = [
+        "__crdb__event_type",
+        "__crdb__updated",
+        "__crdb__mvcc_timestamp",
+        "__crdb__before",
+    ];
+    let mut cols = vec!["id"];
+    cols.extend(meta);
+    let ok = ParquetDecoder::try_new(
+        "f.parquet",
+        Bytes::from(parquet_schema_only(&cols)),
+        &DecodeOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(ok.column_types().keys().collect::<Vec<_>>(), ["id"]);
+    for name in RESERVED_EXAMPLES.iter().filter(|n| !meta.contains(n)) {
+        let mut cols = vec!["id", name];
+        cols.extend(meta);
+        let err = ParquetDecoder::try_new(
+            "f.parquet",
+            Bytes::from(parquet_schema_only(&cols)),
+            &DecodeOptions::default(),
+        )
+        .err()
+        .unwrap();
+        assert_reserved(err, "f.parquet", "row 1", name);
+    }
+}

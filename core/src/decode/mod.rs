@@ -60,6 +60,17 @@ pub enum DecodeError {
         column: String,
         message: String,
     },
+    /// A source column whose name starts with [`crate::batch::RESERVED_PREFIX`]; `at` as above.
+    #[error(
+        "{file}: {at}: column `{column}`: column names starting with `{prefix}` are reserved by \
+         crdb-delta for its own metadata columns",
+        prefix = crate::batch::RESERVED_PREFIX
+    )]
+    ReservedColumn {
+        file: String,
+        at: String,
+        column: String,
+    },
     #[error("{file}: column `{column}` has unknown column type {ty}")]
     UnknownType {
         file: String,
@@ -79,6 +90,7 @@ impl DecodeError {
             Self::Io { file, .. }
             | Self::Line { file, .. }
             | Self::Value { file, .. }
+            | Self::ReservedColumn { file, .. }
             | Self::UnknownType { file, .. }
             | Self::Parquet { file, .. }
             | Self::Invalid { file, .. } => file,

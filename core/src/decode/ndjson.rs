@@ -14,6 +14,7 @@ use crate::column::ColumnBuilder;
 use crate::hlc::Hlc;
 use crate::keys::KeyEvidence;
 use crate::types::ColumnType;
+use crate::values;
 
 /// Streams an NDJSON changefeed file as change batches.
 pub struct NdjsonDecoder<R> {
@@ -27,6 +28,8 @@ pub struct NdjsonDecoder<R> {
     /// Data columns in order of first appearance (JSON objects are sorted by name, §3.4).
     order: Vec<String>,
     evidence: KeyEvidence,
+    /// A configured key column with a reserved name: every message is refused.
+    reserved_key: Option<String>,
     done: bool,
 }
 
@@ -55,6 +58,12 @@ impl<R: BufRead> NdjsonDecoder<R> {
             configured: opts.columns.clone(),
             order,
             evidence: KeyEvidence::default(),
+            reserved_key: opts
+                .primary_key
+                .iter()
+                .flatten()
+                .find(|c| batch::is_reserved(c))
+                .cloned(),
             done: false,
         }
     }
@@ -165,6 +174,10 @@ impl<R: BufRead> NdjsonDecoder<R> {
         if op == Op::Delete && key.is_empty() {
             return Err(bad("delete without a `key`".into()));
         }
+        // Bare envelope: a top-level `before` is a column like any other.
+        let before = meta.is_none().then(|| top.get("before").copied()).flatten();
+        self.check_names(line, &after, before)?;
+        self.check_depths(line, &after, &key)?;
         Ok(Message {
             line,
             op,
@@ -174,6 +187,67 @@ impl<R: BufRead> NdjsonDecoder<R> {
             key,
             key_raw,
         })
+    }
+
+    /// Refuses source columns with names crdb-delta reserves ([`batch::RESERVED_PREFIX`]): in
+    /// `after` (or the bare envelope's top level), in `before`, and among the key columns the
+    /// `key` array fills.
+    fn check_names(
+        &self,
+        line: u64,
+        after: &BTreeMap<Cow<'_, str>, &RawValue>,
+        before: Option<&RawValue>,
+    ) -> Result<(), DecodeError> {
+        let reserved = |column: &str| DecodeError::ReservedColumn {
+            file: self.file.clone(),
+            at: format!("line {line}"),
+            column: column.to_owned(),
+        };
+        if let Some(c) = after.keys().find(|c| batch::is_reserved(c)) {
+            return Err(reserved(c));
+        }
+        if let Some(c) = &self.reserved_key {
+            return Err(reserved(c));
+        }
+        // `before` is otherwise never parsed: only when the prefix occurs in it at all.
+        if let Some(b) = before.filter(|b| b.get().contains(batch::RESERVED_PREFIX)) {
+            let cols: BTreeMap<Cow<'_, str>, serde::de::IgnoredAny> = serde_json::from_str(b.get())
+                .map_err(|e| self.line_error(line, format!("`before` is not an object: {e}")))?;
+            if let Some(c) = cols.keys().find(|c| batch::is_reserved(c)) {
+                return Err(reserved(c));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses column values nested deeper than [`values::MAX_JSON_DEPTH`] before anything
+    /// walks them recursively (type inference, JSONB rendering), naming the column.
+    fn check_depths(
+        &self,
+        line: u64,
+        after: &BTreeMap<Cow<'_, str>, &RawValue>,
+        key: &[&RawValue],
+    ) -> Result<(), DecodeError> {
+        let nested = |raw: &RawValue| raw.get().trim_start().starts_with(['[', '{']);
+        let key_names = (0..key.len()).map(|i| match &self.primary_key {
+            Some(k) if i < k.len() => Cow::Borrowed(k[i].as_str()),
+            _ => Cow::Owned(format!("key[{i}]")),
+        });
+        let columns = after
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_ref()), *v))
+            .chain(key_names.zip(key.iter().copied()));
+        for (column, raw) in columns {
+            if nested(raw) {
+                values::check_json_depth(raw.get()).map_err(|message| DecodeError::Value {
+                    file: self.file.clone(),
+                    at: format!("line {line}"),
+                    column: column.into_owned(),
+                    message,
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Learns column types from JSON values; configured types never change.

@@ -30,6 +30,8 @@ use crate::types::{ColumnType, parquet_decimal_type};
 const EVENT_TYPE: &str = "__crdb__event_type";
 const UPDATED: &str = "__crdb__updated";
 const MVCC: &str = "__crdb__mvcc_timestamp";
+/// The previous row (`diff`): not needed, the event type already says `u`.
+const BEFORE: &str = "__crdb__before";
 
 /// Streams a Parquet changefeed file as change batches, one row group slice at a time.
 pub struct ParquetDecoder {
@@ -91,7 +93,17 @@ impl ParquetDecoder {
                 EVENT_TYPE => op = Some(i),
                 UPDATED => updated = Some(i),
                 MVCC => mvcc = Some(i),
-                n if n.starts_with("__crdb__") => {}
+                BEFORE => {}
+                // Any other reserved name is a source column (or a CockroachDB meta column this
+                // decoder does not know): refused rather than confused with ours or dropped.
+                // Every row carries it; the first is named.
+                n if batch::is_reserved(n) => {
+                    return Err(DecodeError::ReservedColumn {
+                        file: file.to_owned(),
+                        at: "row 1".into(),
+                        column: n.to_owned(),
+                    });
+                }
                 _ => {
                     let ty = match opts.columns.get(name) {
                         Some(t) => t.clone(),
