@@ -34,6 +34,8 @@ pub struct Config {
     pub target_file_size: Option<u64>,
     /// A RESOLVED further than this ahead of the clock is refused (default 600).
     pub max_resolved_ahead_seconds: Option<u64>,
+    /// Longest NDJSON line accepted, decompressed (default 64 MiB).
+    pub max_line_bytes: Option<usize>,
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
 }

@@ -223,7 +223,7 @@ pub fn layout_of(table: &DeltaTable, name: &str) -> Result<(Layout, Option<Mode>
     let mut layout = Layout::new(key, split);
     layout.families = families;
     for f in schema.fields() {
-        if f.name().starts_with("__crdb_") {
+        if crdb_delta_core::batch::is_reserved(f.name()) {
             continue;
         }
         let ty = ColumnType::from_arrow(f.data_type()).ok_or_else(|| {

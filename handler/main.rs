@@ -248,6 +248,7 @@ impl SyncArgs {
                 .max_resolved_ahead_seconds
                 .or(config.max_resolved_ahead_seconds)
                 .map_or(d.max_resolved_ahead, std::time::Duration::from_secs),
+            max_line_bytes: config.max_line_bytes.unwrap_or(d.max_line_bytes),
             config,
         })
     }

@@ -217,7 +217,7 @@ mod tests {
                 "SECRETPW",
             ),
         ] {
-            let err = Location::open(given).err().expect("refused").to_string();
+            let err = Location::open(given).expect_err("refused").to_string();
             assert!(!err.contains(secret), "{err}");
             assert!(err.contains("<redacted>"), "{err}");
             assert!(!redact(given).contains(secret));

@@ -69,6 +69,10 @@ pub enum SyncError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
+    /// Control flow, never shown: a window decoded to more than the budget; the step is
+    /// planned again with the corrected estimate (nothing of it was committed).
+    #[error("table `{table}`: the step decoded {decoded} bytes, over max_window_bytes")]
+    WindowOverflow { table: String, decoded: u64 },
 }
 
 impl SyncError {
@@ -114,6 +118,8 @@ pub struct SyncOptions {
     pub deadline: Option<Instant>,
     /// A RESOLVED further ahead of the clock than this is refused ([`plan::refuse_future_resolved`]).
     pub max_resolved_ahead: std::time::Duration,
+    /// Longest NDJSON line accepted (decompressed).
+    pub max_line_bytes: usize,
 }
 
 impl Default for SyncOptions {
@@ -129,6 +135,7 @@ impl Default for SyncOptions {
             max_resolved_ahead: std::time::Duration::from_secs(
                 plan::DEFAULT_MAX_RESOLVED_AHEAD_SECONDS,
             ),
+            max_line_bytes: decode::DEFAULT_MAX_LINE_BYTES,
         }
     }
 }
@@ -152,6 +159,8 @@ pub struct TableReport {
     pub duplicates: u64,
     pub files_read: u64,
     pub bytes_read: u64,
+    /// Input after decompression (what `max_window_bytes` counts).
+    pub decoded_bytes: u64,
     pub rows_read: u64,
     pub seconds: f64,
 }
@@ -472,6 +481,7 @@ async fn sync_known(
     }
     let mut states = known;
     states.retain(|s| !stopped.contains(&s.name));
+    let mut expansion = plan::Expansion::default();
     for name in plan::tables(&objects) {
         if !states.iter().any(|s| s.name == name) {
             states.push(open_table(target, &name, opts).await?);
@@ -519,8 +529,13 @@ async fn sync_known(
             .iter()
             .map(|s| (s.name.clone(), s.progress.clone()))
             .collect();
-        let Some(step) = plan::next_step(&objects, &progress, opts.max_window_bytes, opts.until)
-        else {
+        let Some(step) = plan::next_step_weighed(
+            &objects,
+            &progress,
+            opts.max_window_bytes,
+            opts.until,
+            &|o| expansion.weigh(o),
+        ) else {
             break;
         };
         if report.steps + report.replans > 0 && opts.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -528,7 +543,7 @@ async fn sync_known(
             report.complete = false;
             break;
         }
-        if step.bytes > opts.max_window_bytes {
+        if step.bytes > opts.max_window_bytes && !step.shrinkable {
             tracing::warn!(
                 resolved = %step.resolved,
                 bytes = step.bytes,
@@ -540,10 +555,30 @@ async fn sync_known(
         tracing::info!(resolved = %step.resolved, bytes = step.bytes, tables = step.tables.len(), "step");
         let commits_before: u64 = states.iter().map(|s| s.report.commits).sum();
         let mut poisoned = Vec::new();
+        let mut budget = Budget {
+            expansion: &mut expansion,
+            limit: step.shrinkable.then_some(opts.max_window_bytes),
+        };
+        let mut overflow = false;
         for state in &mut states {
             if let Some(files) = step.tables.get(&state.name) {
-                match apply_table(state, step.resolved, files, &objects, source, opts).await {
+                match apply_table(
+                    state,
+                    step.resolved,
+                    files,
+                    &objects,
+                    source,
+                    opts,
+                    &mut budget,
+                )
+                .await
+                {
                     Ok(()) => {}
+                    Err(SyncError::WindowOverflow { table, decoded }) => {
+                        tracing::info!(%table, decoded, resolved = %step.resolved, "window larger than estimated; planning a smaller step");
+                        overflow = true;
+                        break;
+                    }
                     Err(e) => match e.poison_file() {
                         Some(file) => {
                             let reason = e.to_string();
@@ -556,6 +591,10 @@ async fn sync_known(
                     },
                 }
             }
+        }
+        if overflow && poisoned.is_empty() {
+            report.replans += 1;
+            continue;
         }
         if !poisoned.is_empty() {
             // The other tables go on; the stopped ones leave this run's plan.
@@ -716,6 +755,7 @@ async fn derive_key(
         let path = obj.path.clone();
         let dopts = DecodeOptions {
             batch_size: opts.batch_size,
+            max_line_bytes: opts.max_line_bytes,
             ..DecodeOptions::default()
         };
         let family = d.topic.family().unwrap_or_default().to_owned();
@@ -743,6 +783,14 @@ async fn derive_key(
 }
 
 /// Decodes the step's files of one table into a window (one file in memory at a time).
+/// What a step may decode, and what decoding taught about stored vs. decoded sizes.
+struct Budget<'a> {
+    expansion: &'a mut plan::Expansion,
+    /// Decoded bytes one table's window may reach before the step is planned again, smaller;
+    /// `None` when no smaller step exists (one RESOLVED interval is read whole).
+    limit: Option<u64>,
+}
+
 async fn read_window(
     state: &mut TableState,
     mut window: Window,
@@ -750,8 +798,10 @@ async fn read_window(
     objects: &[Object],
     source: &Location,
     dopts: &DecodeOptions,
+    budget: &mut Budget<'_>,
 ) -> Result<(Window, Option<String>), SyncError> {
     let mut pending = None;
+    let mut decoded_total = 0u64;
     for &i in files {
         let obj = &objects[i];
         let ObjectName::Data(d) = obj.name.clone() else {
@@ -763,11 +813,12 @@ async fn read_window(
         let path = obj.path.clone();
         let dopts = dopts.clone();
         let table = state.name.clone();
-        let (w, later) =
-            tokio::task::spawn_blocking(move || -> Result<(Window, usize), SyncError> {
+        let limit = budget.limit.map(|l| l.saturating_sub(decoded_total));
+        let (w, later, decoded, over) = tokio::task::spawn_blocking(
+            move || -> Result<(Window, usize, u64, bool), SyncError> {
                 let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
                 let mut later = 0;
-                for b in s.by_ref() {
+                while let Some(b) = s.next() {
                     let o = window.push(b?, d.topic.family(), &path).map_err(|source| {
                         SyncError::Change {
                             table: table.clone(),
@@ -775,11 +826,26 @@ async fn read_window(
                         }
                     })?;
                     later += o.later;
+                    if limit.is_some_and(|l| s.input_bytes() > l) {
+                        return Ok((window, later, s.input_bytes(), true));
+                    }
                 }
-                Ok((window, later))
-            })
-            .await??;
+                Ok((window, later, s.input_bytes(), false))
+            },
+        )
+        .await??;
         window = w;
+        decoded_total += decoded;
+        state.report.decoded_bytes += decoded;
+        if budget.expansion.observe(obj, decoded) || over {
+            tracing::debug!(file = %obj.path, stored = obj.size, decoded, "decoded size above the estimate");
+        }
+        if over {
+            return Err(SyncError::WindowOverflow {
+                table: state.name.clone(),
+                decoded: decoded_total,
+            });
+        }
         if later > 0 && pending.is_none() {
             pending = Some(obj.path.clone());
         }
@@ -818,6 +884,7 @@ async fn apply_table(
     objects: &[Object],
     source: &Location,
     opts: &SyncOptions,
+    budget: &mut Budget<'_>,
 ) -> Result<(), SyncError> {
     let started = Instant::now();
     let name = state.name.clone();
@@ -851,10 +918,12 @@ async fn apply_table(
         batch_size: opts.batch_size,
         columns,
         primary_key: Some(layout.key.clone()),
+        max_line_bytes: opts.max_line_bytes,
     };
     let before = layout.clone();
     let window = Window::new(layout, state.progress.applied, resolved);
-    let (window, pending) = read_window(state, window, files, objects, source, &dopts).await?;
+    let (window, pending) =
+        read_window(state, window, files, objects, source, &dopts, budget).await?;
     state.report.rows_read += window.rows_read();
     let change_err = |source| SyncError::Change {
         table: name.clone(),

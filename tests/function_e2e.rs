@@ -272,14 +272,14 @@ async fn handler_applies_events_exactly_once_like_sync() {
     let resolved = f.resolved();
 
     // 1. A handler that aborts after uploading its first Parquet files, before the commit.
-    let (h, ready) = Handler::start(&base, dir.path(), &container, Some("after-write"));
+    let (h, ready) = Handler::start(base, dir.path(), container, Some("after-write"));
     eprintln!("cold start (spawn -> accepting): {} ms", ready.as_millis());
     let addr = h.addr();
     for (name, size, _) in blobs.iter().filter(|b| !b.2).take(5) {
-        let (status, _) = post_blob(&addr, &container, name, *size).await.unwrap();
+        let (status, _) = post_blob(&addr, container, name, *size).await.unwrap();
         assert_eq!(status, 200);
     }
-    let killed = post_blob(&addr, &container, &resolved[1].0, resolved[1].1).await;
+    let killed = post_blob(&addr, container, &resolved[1].0, resolved[1].1).await;
     assert!(
         killed.is_err(),
         "the fault should have killed the handler: {killed:?}"
@@ -289,11 +289,11 @@ async fn handler_applies_events_exactly_once_like_sync() {
     // 2. Restarted; its lease (3 s) has gone stale. Two RESOLVED invocations at once: one
     // applies, the other finds the lease held (or finds nothing left to do).
     std::thread::sleep(Duration::from_secs(4));
-    let (h, _) = Handler::start(&base, dir.path(), &container, None);
+    let (h, _) = Handler::start(base, dir.path(), container, None);
     let addr = h.addr();
     let (a, b) = tokio::join!(
-        post_blob(&addr, &container, &resolved[2].0, resolved[2].1),
-        post_blob(&addr, &container, &resolved[3].0, resolved[3].1)
+        post_blob(&addr, container, &resolved[2].0, resolved[2].1),
+        post_blob(&addr, container, &resolved[3].0, resolved[3].1)
     );
     for r in [&a, &b] {
         assert_eq!(r.as_ref().unwrap().0, 200, "{r:?}");
@@ -302,14 +302,14 @@ async fn handler_applies_events_exactly_once_like_sync() {
     // 3. Everything, newest first, each event twice.
     for (name, size, _) in blobs.iter().rev() {
         for _ in 0..2 {
-            let (status, reply) = post_blob(&addr, &container, name, *size).await.unwrap();
+            let (status, reply) = post_blob(&addr, container, name, *size).await.unwrap();
             assert_eq!(status, 200, "{name}: {reply}");
         }
     }
     // Our own writes and foreign names are refused with 200.
     let (status, reply) = post_blob(
         &addr,
-        &container,
+        container,
         "delta/usertable/_delta_log/00000000000000000000.json",
         1,
     )
@@ -320,7 +320,7 @@ async fn handler_applies_events_exactly_once_like_sync() {
         reply["Logs"][0].as_str().unwrap().contains("own write"),
         "{reply}"
     );
-    let (status, reply) = post_blob(&addr, &container, "feed/../etc/passwd", 1)
+    let (status, reply) = post_blob(&addr, container, "feed/../etc/passwd", 1)
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -380,7 +380,7 @@ async fn handler_applies_events_exactly_once_like_sync() {
     // 6. The same source through plain `sync` into a local folder: same tables.
     let local = dir.path().join("sync");
     let out = run(
-        &base,
+        base,
         &[
             "sync",
             "--source",

@@ -45,8 +45,62 @@ pub struct Step {
     /// Table → indices into the object list, in name order. Tables already at or past
     /// `resolved` are absent.
     pub tables: BTreeMap<String, Vec<usize>>,
-    /// Bytes of all files the step reads.
+    /// Bytes of all files the step reads, as weighed by the planner (decoded bytes, estimated).
     pub bytes: u64,
+    /// Whether an earlier RESOLVED could end a smaller step: a step that turns out larger
+    /// than estimated can be planned again, smaller.
+    pub shrinkable: bool,
+}
+
+/// Decoded bytes per stored byte, by how a file is stored. The window budget counts decoded
+/// bytes — what a step's memory grows with; 16 MB of gzip can be 1.7 GB of NDJSON — estimated
+/// from these factors before reading and corrected by what reading finds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Expansion {
+    /// Largest factor seen per kind in this run; `None`: the prior ([`Expansion::PRIOR`]).
+    seen: [Option<f64>; 3],
+}
+
+impl Expansion {
+    /// Priors for gzip and zstd NDJSON (typical text ratios) and Parquet (decoded vs. its
+    /// compressed pages); plain NDJSON is 1.
+    pub const PRIOR: [f64; 3] = [10.0, 10.0, 3.0];
+
+    fn kind(name: &ObjectName) -> Option<usize> {
+        use crate::names::{Compression, Format};
+        match name {
+            ObjectName::Data(d) => match (d.format, d.compression) {
+                (Format::Json, Compression::None) => None,
+                (Format::Json, Compression::Gzip) => Some(0),
+                (Format::Json, Compression::Zstd) => Some(1),
+                (Format::Parquet, _) => Some(2),
+            },
+            ObjectName::Resolved(_) => None,
+        }
+    }
+
+    /// Estimated decoded bytes of an object.
+    pub fn weigh(&self, o: &Object) -> u64 {
+        match Self::kind(&o.name) {
+            None => o.size,
+            Some(k) => (o.size as f64 * self.seen[k].unwrap_or(Self::PRIOR[k])).ceil() as u64,
+        }
+    }
+
+    /// Records what reading an object decoded to. Returns whether the estimate grew.
+    pub fn observe(&mut self, o: &Object, decoded: u64) -> bool {
+        let Some(k) = Self::kind(&o.name) else {
+            return false;
+        };
+        if o.size == 0 {
+            return false;
+        }
+        let factor = decoded as f64 / o.size as f64;
+        let before = self.seen[k].unwrap_or(Self::PRIOR[k]);
+        let now = self.seen[k].map_or(factor, |f| f.max(factor));
+        self.seen[k] = Some(now);
+        now > before
+    }
 }
 
 /// Default tolerance for a RESOLVED ahead of the wall clock. CockroachDB only resolves
@@ -146,6 +200,17 @@ pub fn next_step(
     max_bytes: u64,
     until: Option<Hlc>,
 ) -> Option<Step> {
+    next_step_weighed(objects, progress, max_bytes, until, &|o| o.size)
+}
+
+/// [`next_step`] with `max_bytes` counted in `weigh(object)` units (e.g. [`Expansion::weigh`]).
+pub fn next_step_weighed(
+    objects: &[Object],
+    progress: &BTreeMap<String, Progress>,
+    max_bytes: u64,
+    until: Option<Hlc>,
+    weigh: &dyn Fn(&Object) -> u64,
+) -> Option<Step> {
     // Tables with files in the listing, and tables known from their progress (a bounded listing
     // may hold no file of theirs, and they still advance to the step's RESOLVED).
     let mut tables = tables(objects);
@@ -177,7 +242,7 @@ pub fn next_step(
             let t = d.topic.table();
             let p = prog(t);
             if eligible(d, &o.name, p, pendings[t].as_ref()) {
-                files.entry(t).or_default().push((d.ts, o.size, i));
+                files.entry(t).or_default().push((d.ts, weigh(o), i));
             }
         }
     }
@@ -204,6 +269,7 @@ pub fn next_step(
         resolved: chosen,
         tables: BTreeMap::new(),
         bytes: 0,
+        shrinkable: chosen != candidates[0],
     };
     for t in &tables {
         if prog(t).applied.is_some_and(|a| a >= chosen) {
@@ -214,7 +280,7 @@ pub fn next_step(
             .map(|f| f.iter().filter(|x| x.0 <= chosen).map(|x| x.2).collect())
             .unwrap_or_default();
         idx.sort_unstable();
-        step.bytes += idx.iter().map(|&i| objects[i].size).sum::<u64>();
+        step.bytes += idx.iter().map(|&i| weigh(&objects[i])).sum::<u64>();
         step.tables.insert(t.clone(), idx);
     }
     Some(step)
@@ -260,6 +326,43 @@ mod tests {
 
     fn h(s: i64) -> Hlc {
         Hlc::new(S + s * 1_000_000_000, 0)
+    }
+
+    #[test]
+    fn window_budget_counts_decoded_bytes_and_learns_the_ratio() {
+        let gz = |ts: Hlc, id: u64, size: u64| {
+            let mut o = data("t", ts, id, size);
+            if let ObjectName::Data(d) = &mut o.name {
+                d.compression = crate::names::Compression::Gzip;
+            }
+            o.path = o.name.render(PartitionFormat::Flat);
+            o
+        };
+        let objs = sorted(vec![
+            gz(h(0), 0, 100),
+            resolved(h(0)),
+            gz(h(1), 1, 100),
+            resolved(h(1)),
+            gz(h(2), 2, 100),
+            resolved(h(2)),
+        ]);
+        let none = BTreeMap::new();
+        // Stored bytes: everything fits 300.
+        assert_eq!(next_step(&objs, &none, 300, None).unwrap().resolved, h(2));
+        // Decoded (prior 10×): 1,000 per file; a 2,500 budget stops at the second RESOLVED.
+        let mut e = Expansion::default();
+        let step = next_step_weighed(&objs, &none, 2_500, None, &|o| e.weigh(o)).unwrap();
+        assert_eq!(
+            (step.resolved, step.bytes, step.shrinkable),
+            (h(1), 2_000, true)
+        );
+        // Reading found 100× (a whitespace or repetitive feed): the next plan is smaller.
+        assert!(e.observe(&objs[0], 10_000));
+        let step = next_step_weighed(&objs, &none, 2_500, None, &|o| e.weigh(o)).unwrap();
+        assert_eq!((step.resolved, step.shrinkable), (h(0), false));
+        // A smaller ratio than seen before does not shrink the estimate within a run.
+        assert!(!e.observe(&objs[0], 200));
+        assert_eq!(e.weigh(&objs[0]), 10_000);
     }
 
     #[test]

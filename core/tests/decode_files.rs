@@ -582,3 +582,62 @@ fn reserved_column_names_in_parquet_are_refused_and_cockroachdb_meta_columns_kep
         assert_reserved(err, "f.parquet", "row 1", name);
     }
 }
+
+/// A compression bomb: 1 MiB of gzip can hold a gigabyte of whitespace on one line. The line is
+/// refused at `max_line_bytes`, never buffered whole; empty lines cost nothing.
+#[test]
+fn an_over_long_line_is_refused_at_the_limit_naming_file_and_line() {
+    let ok = r#"{"after": {"k": 1}, "key": [1], "updated": "1714751616027474000.0000000000"}"#;
+    let limit = 1 << 20;
+    let opts = DecodeOptions {
+        max_line_bytes: limit,
+        ..DecodeOptions::default()
+    };
+    let mut text = format!("{ok}\n");
+    text.push_str(&" ".repeat(3 * limit));
+    text.push('\n');
+    for gz in [false, true] {
+        let (name, r) = decode_ndjson(&text, gz, &opts);
+        let e = err_of(r);
+        assert!(
+            e.contains(&name) && e.contains("line 2") && e.contains("longer than 1048576"),
+            "{e}"
+        );
+    }
+    // Exactly at the limit (newline not counted against it): accepted; so are empty lines.
+    let pad = limit - ok.len();
+    let text = format!("{ok}{}\n\n\n\n{ok}\n", " ".repeat(pad));
+    let (_, r) = decode_ndjson(&text, true, &opts);
+    assert_eq!(r.unwrap().iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+}
+
+/// What `max_window_bytes` counts: the decompressed input, not the stored size.
+#[test]
+fn decoders_report_decoded_input_bytes() {
+    let line = r#"{"after": {"k": 1, "v": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}, "key": [1], "updated": "1714751616027474000.0000000000"}"#;
+    let text = format!("{line}\n").repeat(2000);
+    for gz in [false, true] {
+        let name = format!(
+            "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-t-2.ndjson{}",
+            if gz { ".gz" } else { "" }
+        );
+        let ObjectName::Data(d) = ObjectName::parse_file_name(&name).unwrap() else {
+            panic!()
+        };
+        let bytes = if gz {
+            gzip(&text)
+        } else {
+            text.clone().into_bytes()
+        };
+        let stored = bytes.len();
+        let mut s =
+            decode::decode_bytes(&d, &name, Bytes::from(bytes), &DecodeOptions::default()).unwrap();
+        for b in s.by_ref() {
+            b.unwrap();
+        }
+        assert_eq!(s.input_bytes(), text.len() as u64, "gz {gz}");
+        if gz {
+            assert!(stored * 10 < text.len(), "the test text compresses well");
+        }
+    }
+}

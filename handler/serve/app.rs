@@ -56,6 +56,10 @@ impl App {
                 .config
                 .target_file_size
                 .unwrap_or(crate::sync::DEFAULT_TARGET_FILE_SIZE),
+            max_line_bytes: settings
+                .config
+                .max_line_bytes
+                .unwrap_or(crdb_delta_core::decode::DEFAULT_MAX_LINE_BYTES),
             max_resolved_ahead: settings.config.max_resolved_ahead_seconds.map_or(
                 SyncOptions::default().max_resolved_ahead,
                 Duration::from_secs,

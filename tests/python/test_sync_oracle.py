@@ -384,3 +384,21 @@ def test_skipped_poison_file_is_named_in_the_commit(crdb_delta_bin, tmp_path):
     assert [rel] in named, named
     # A later run does not read it again.
     assert json.loads(sync(crdb_delta_bin, root, "update_delete").stdout)["tables"]["orders"]["files_read"] == 0
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_window_budget_counts_decompressed_bytes(crdb_delta_bin, tmp_path, compression):
+    """`max_window_bytes` bounds what a step decodes, not what it downloads: a compressed feed
+    is cut into about as many steps as the same feed uncompressed, and still equals the truth."""
+    steps = {}
+    for c in ["none", compression]:
+        root = simulate(crdb_delta_bin, tmp_path / c, "json", 6, "--compression", c)
+        report = json.loads(sync(crdb_delta_bin, root, "update_delete",
+                                 "--max-window-bytes", "60000").stdout)
+        check_final(root, "update_delete")
+        decoded = sum(t["decoded_bytes"] for t in report["tables"].values())
+        stored = sum(t["bytes_read"] for t in report["tables"].values())
+        steps[c] = report["steps"]
+        if c != "none":
+            assert decoded > 3 * stored, (decoded, stored)
+    assert steps[compression] >= 0.7 * steps["none"], steps

@@ -26,7 +26,14 @@ pub struct DecodeOptions {
     /// Primary-key column names in index order, when known: JSON decoders then fill the key
     /// columns of deletes and of non-primary family rows from the `key` array.
     pub primary_key: Option<Vec<String>>,
+    /// Longest NDJSON line accepted (decompressed bytes): one line is held whole, so this
+    /// bounds memory whatever a compressed file expands to.
+    pub max_line_bytes: usize,
 }
+
+/// Default [`DecodeOptions::max_line_bytes`]: CockroachDB refuses rows over its 64 MiB raft
+/// command limit (`kv.raft.command.max_size`), so no real message is longer.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
 
 impl Default for DecodeOptions {
     fn default() -> Self {
@@ -34,6 +41,7 @@ impl Default for DecodeOptions {
             batch_size: 8192,
             columns: BTreeMap::new(),
             primary_key: None,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         }
     }
 }
@@ -141,4 +149,7 @@ pub trait BatchStream:
     fn key_evidence(&self) -> &crate::keys::KeyEvidence;
     /// Column types used so far (configured, read from the file, or inferred from JSON).
     fn column_types(&self) -> &BTreeMap<String, ColumnType>;
+    /// Decoded input so far: NDJSON bytes after decompression, or a Parquet file's uncompressed
+    /// row-group bytes. What a window's memory grows with, unlike the stored size.
+    fn input_bytes(&self) -> u64;
 }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use arrow_array::RecordBatch;
 use arrow_schema::Field;
@@ -30,8 +30,14 @@ pub struct NdjsonDecoder<R> {
     evidence: KeyEvidence,
     /// A configured key column with a reserved name: every message is refused.
     reserved_key: Option<String>,
+    max_line_bytes: usize,
+    /// Decompressed bytes read so far.
+    input_bytes: u64,
     done: bool,
 }
+
+/// Lines are gathered into a batch until it holds this many bytes (or `batch_size` lines).
+const BATCH_TEXT_BYTES: usize = 16 << 20;
 
 /// One message, borrowing from its line.
 struct Message<'a> {
@@ -64,6 +70,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 .flatten()
                 .find(|c| batch::is_reserved(c))
                 .cloned(),
+            max_line_bytes: opts.max_line_bytes.max(1),
+            input_bytes: 0,
             done: false,
         }
     }
@@ -78,21 +86,38 @@ impl<R: BufRead> NdjsonDecoder<R> {
 
     fn read_lines(&mut self) -> Result<Vec<(u64, String)>, DecodeError> {
         let mut lines = Vec::with_capacity(self.batch_size);
-        while lines.len() < self.batch_size {
+        let mut text_bytes = 0;
+        while lines.len() < self.batch_size && text_bytes < BATCH_TEXT_BYTES {
             let mut buf = String::new();
-            let n = self.reader.read_line(&mut buf).map_err(|e| {
-                let message = if e.kind() == std::io::ErrorKind::InvalidData {
-                    "not UTF-8 (or a corrupt compressed stream)".to_owned()
-                } else {
-                    e.to_string()
-                };
-                self.line_error(self.line_no + 1, message)
-            })?;
+            // One byte past the limit tells an over-long line from one exactly at it.
+            let limit = self.max_line_bytes as u64 + 1;
+            let n = (&mut self.reader)
+                .take(limit)
+                .read_line(&mut buf)
+                .map_err(|e| {
+                    let message = if e.kind() == std::io::ErrorKind::InvalidData {
+                        "not UTF-8 (or a corrupt compressed stream)".to_owned()
+                    } else {
+                        e.to_string()
+                    };
+                    self.line_error(self.line_no + 1, message)
+                })?;
             if n == 0 {
                 self.done = true;
                 break;
             }
+            self.input_bytes += n as u64;
             self.line_no += 1;
+            if n as u64 >= limit && !buf.ends_with('\n') {
+                return Err(self.line_error(
+                    self.line_no,
+                    format!(
+                        "longer than {} bytes (max_line_bytes; CockroachDB writes no row that large)",
+                        self.max_line_bytes
+                    ),
+                ));
+            }
+            text_bytes += n;
             if buf.trim().is_empty() {
                 continue;
             }
@@ -376,6 +401,9 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
     }
     fn column_types(&self) -> &BTreeMap<String, ColumnType> {
         &self.types
+    }
+    fn input_bytes(&self) -> u64 {
+        self.input_bytes
     }
 }
 

@@ -45,6 +45,8 @@ pub struct ParquetDecoder {
     rows: u64,
     types: BTreeMap<String, ColumnType>,
     evidence: KeyEvidence,
+    /// Uncompressed size of the file's row groups.
+    input_bytes: u64,
     done: bool,
 }
 
@@ -77,6 +79,11 @@ impl ParquetDecoder {
             message,
         };
         let (metadata, builder) = Self::open(file, bytes, opts.batch_size.max(1))?;
+        let input_bytes = metadata
+            .row_groups()
+            .iter()
+            .map(|rg| u64::try_from(rg.total_byte_size()).unwrap_or(0))
+            .sum();
         let fields = metadata
             .file_metadata()
             .schema_descr()
@@ -146,6 +153,7 @@ impl ParquetDecoder {
             rows: 0,
             types,
             evidence,
+            input_bytes,
             done: false,
         })
     }
@@ -257,6 +265,9 @@ impl BatchStream for ParquetDecoder {
     }
     fn column_types(&self) -> &BTreeMap<String, ColumnType> {
         &self.types
+    }
+    fn input_bytes(&self) -> u64 {
+        self.input_bytes
     }
 }
 

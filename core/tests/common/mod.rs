@@ -50,6 +50,7 @@ pub fn options_for(def: &TableDef) -> DecodeOptions {
             .map(|c| (c.name.clone(), c.sql.column_type()))
             .collect(),
         primary_key: Some(def.primary_key.clone()),
+        ..DecodeOptions::default()
     }
 }
 
