@@ -71,9 +71,10 @@ enum Command {
     /// one (after replacing it or fixing the config), or skip one (the table goes on without
     /// it, and the commit that passes over it names it in its commitInfo).
     Quarantine {
-        /// The Delta target root (as given to `sync --target` / CRDB_DELTA_TARGET).
-        #[arg(long)]
-        target: String,
+        /// The Delta target root (as given to `sync --target` / CRDB_DELTA_TARGET); before or
+        /// after the action.
+        #[arg(long, global = true)]
+        target: Option<String>,
         #[command(subcommand)]
         action: QuarantineCmd,
     },
@@ -610,7 +611,8 @@ async fn run() -> Result<()> {
             }
         }
         Command::Quarantine { target, action } => {
-            let target = Location::open(&target)?;
+            let target = target.context("--target <Delta target root> is required")?;
+            let target = Location::open_existing(&target)?;
             let q = Quarantine::new(&target);
             match action {
                 QuarantineCmd::List { json } => {

@@ -482,6 +482,7 @@ async fn sync_known(
     let mut states = known;
     states.retain(|s| !stopped.contains(&s.name));
     let mut expansion = plan::Expansion::default();
+    let mut oversized = 0u32;
     for name in plan::tables(&objects) {
         if !states.iter().any(|s| s.name == name) {
             states.push(open_table(target, &name, opts).await?);
@@ -544,12 +545,18 @@ async fn sync_known(
             break;
         }
         if step.bytes > opts.max_window_bytes && !step.shrinkable {
-            tracing::warn!(
-                resolved = %step.resolved,
-                bytes = step.bytes,
-                max_window_bytes = opts.max_window_bytes,
-                "one RESOLVED interval is larger than max_window_bytes; applying it whole"
-            );
+            // Once per run: a backlog of large intervals would say it at every step.
+            if oversized == 0 {
+                tracing::warn!(
+                    resolved = %step.resolved,
+                    bytes = step.bytes,
+                    max_window_bytes = opts.max_window_bytes,
+                    "one RESOLVED interval is larger than max_window_bytes; applying it whole (said once per run)"
+                );
+            } else {
+                tracing::debug!(resolved = %step.resolved, bytes = step.bytes, "RESOLVED interval larger than max_window_bytes; applied whole");
+            }
+            oversized += 1;
         }
         check_resolved_content(source, &objects, step.resolved).await?;
         tracing::info!(resolved = %step.resolved, bytes = step.bytes, tables = step.tables.len(), "step");

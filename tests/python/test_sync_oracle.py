@@ -400,5 +400,7 @@ def test_window_budget_counts_decompressed_bytes(crdb_delta_bin, tmp_path, compr
         stored = sum(t["bytes_read"] for t in report["tables"].values())
         steps[c] = report["steps"]
         if c != "none":
-            assert decoded > 3 * stored, (decoded, stored)
+            assert decoded > stored, (decoded, stored)
+        else:
+            assert decoded == stored, (decoded, stored)
     assert steps[compression] >= 0.7 * steps["none"], steps
