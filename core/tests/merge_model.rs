@@ -61,7 +61,11 @@ enum Event {
     /// A row delete; in a split table `details` had a KV (and sends a delete) only sometimes.
     Delete { details_too: bool },
     /// `a` lives in family `primary` (never `Clear`: family 0 always has a KV), `b` in `details`.
-    Write { op: Op, a: Touch<i64>, b: Touch<String> },
+    Write {
+        op: Op,
+        a: Touch<i64>,
+        b: Touch<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -323,22 +327,18 @@ fn expected(case: &Case, mode: Mode) -> Vec<Value> {
                         Event::Write { op, a, b } => {
                             // A change that only cleared `details` is an update of the row.
                             let any_set = matches!(a, Touch::Set(_)) || matches!(b, Touch::Set(_));
-                            let op = if case.split && !any_set { "u" } else { op.code() };
+                            let op = if case.split && !any_set {
+                                "u"
+                            } else {
+                                op.code()
+                            };
                             (op, a.carried(), b.carried())
                         }
                     };
                     let families: Option<BTreeSet<&str>> = case
                         .split
                         .then(|| fragments(true, ev).iter().map(|f| f.0).collect());
-                    out.push(json!([
-                        key,
-                        a,
-                        b,
-                        op,
-                        hlc(t).to_string(),
-                        ts(t),
-                        families
-                    ]));
+                    out.push(json!([key, a, b, op, hlc(t).to_string(), ts(t), families]));
                 }
             }
             Mode::Scd2 => {
@@ -383,7 +383,9 @@ fn col<'a>(b: &'a RecordBatch, name: &str) -> Option<&'a ArrayRef> {
 fn int(b: &RecordBatch, name: &str, r: usize) -> Value {
     col(b, name)
         .filter(|a| a.is_valid(r))
-        .map_or(Value::Null, |a| json!(a.as_primitive::<Int64Type>().value(r)))
+        .map_or(Value::Null, |a| {
+            json!(a.as_primitive::<Int64Type>().value(r))
+        })
 }
 
 fn text(b: &RecordBatch, name: &str, r: usize) -> Value {
@@ -393,9 +395,11 @@ fn text(b: &RecordBatch, name: &str, r: usize) -> Value {
 }
 
 fn time(b: &RecordBatch, name: &str, r: usize) -> Value {
-    col(b, name).filter(|a| a.is_valid(r)).map_or(Value::Null, |a| {
-        json!(a.as_primitive::<TimestampMicrosecondType>().value(r))
-    })
+    col(b, name)
+        .filter(|a| a.is_valid(r))
+        .map_or(Value::Null, |a| {
+            json!(a.as_primitive::<TimestampMicrosecondType>().value(r))
+        })
 }
 
 /// The table's rows in the model's shape (a column a file lacks reads as NULL, as in Delta).
@@ -524,7 +528,10 @@ fn run(case: &Case, mode: Mode, bs: usize) -> Vec<Vec<RecordBatch>> {
         }
         let mut new = Vec::new();
         while let Some(b) = c.next_output(mode, bs).unwrap() {
-            assert!(b.num_rows() <= bs, "an output batch holds at most {bs} rows");
+            assert!(
+                b.num_rows() <= bs,
+                "an output batch holds at most {bs} rows"
+            );
             new.push(b);
         }
         if mode == Mode::AppendOnly {
