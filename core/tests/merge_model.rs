@@ -432,8 +432,10 @@ fn table_rows(files: &[Vec<RecordBatch>], mode: Mode) -> Vec<Value> {
                 ]),
                 Mode::AppendOnly => {
                     let families = text(b, changes::FAMILIES, r).as_str().map(|f| {
-                        let set: BTreeSet<&str> = f.split(',').collect();
-                        json!(set)
+                        // In any order, but each once.
+                        let mut v: Vec<&str> = f.split(',').collect();
+                        v.sort();
+                        json!(v)
                     });
                     json!([
                         id,
@@ -515,6 +517,13 @@ fn run(case: &Case, mode: Mode, bs: usize) -> Vec<Vec<RecordBatch>> {
         let mut c = w.finish().unwrap();
         let distinct: BTreeSet<(i64, T)> = inside.iter().map(|f| (f.key, f.t)).collect();
         assert_eq!(c.len(), distinct.len(), "changes in {win:?}");
+        let fragments: BTreeSet<(i64, T, &str)> = log
+            .iter()
+            .flat_map(|(_, fam, rows)| rows.iter().map(move |f| (f, *fam)))
+            .filter(|(f, _)| in_window(f.t, win))
+            .map(|(f, fam)| (f.key, f.t, fam))
+            .collect();
+        assert_eq!(c.duplicates(), inside.len() - fragments.len(), "duplicates");
 
         if mode != Mode::AppendOnly && !c.is_empty() {
             let before = table_rows(&table, mode);
