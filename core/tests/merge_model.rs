@@ -195,9 +195,10 @@ fn mix(mut x: u64) -> u64 {
 /// The changefeed files: name → family and rows in file order. Every copy of a fragment lands
 /// in a file of its family at a position of its own, so duplicates and out-of-order rows mix.
 fn files(case: &Case) -> Vec<(String, &'static str, Vec<Frag>)> {
-    // (file number, family order, name) → position → fragment.
+    // (file number, family order, name) → family and (position, sequence) → fragment.
     type File = (u64, bool, String);
-    let mut placed: BTreeMap<File, (&'static str, BTreeMap<(u64, usize), Frag>)> = BTreeMap::new();
+    type Rows = BTreeMap<(u64, usize), Frag>;
+    let mut placed: BTreeMap<File, (&'static str, Rows)> = BTreeMap::new();
     let mut seq = 0;
     for (key, t, ev, dups, seed) in &case.events {
         for (fi, (fam, op, a, b)) in fragments(case.split, ev).into_iter().enumerate() {
