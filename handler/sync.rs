@@ -157,6 +157,8 @@ pub struct TableReport {
     pub updated: u64,
     pub deleted: u64,
     pub duplicates: u64,
+    /// Commits of this table that went stale (another writer) and were planned again.
+    pub replans: u64,
     pub files_read: u64,
     pub bytes_read: u64,
     /// Input after decompression (what `max_window_bytes` counts).
@@ -171,7 +173,8 @@ pub struct SyncReport {
     pub target: String,
     pub resolved: Option<Hlc>,
     pub steps: u64,
-    /// Steps planned again because another writer's commit made them stale.
+    /// Table commits planned again because another writer's commit made them stale, plus
+    /// steps planned again smaller because they decoded past the window.
     pub replans: u64,
     /// False when the run stopped at its deadline with RESOLVEDs left to apply.
     pub complete: bool,
@@ -179,6 +182,9 @@ pub struct SyncReport {
     pub ignored: Vec<String>,
     /// RESOLVED objects refused (e.g. far ahead of the clock), with the reason: never applied.
     pub refused: Vec<String>,
+    /// Data files written after a RESOLVED that covers them ([`plan::late_files`]): a second
+    /// changefeed writing into this root, or a file copied or rewritten later.
+    pub late: Vec<String>,
     /// Quarantined files (`crdb-delta quarantine list`): `hold` ones stop their table.
     pub quarantined: Vec<crate::quarantine::Record>,
     pub events: u64,
@@ -238,6 +244,9 @@ impl SyncReport {
         }
         for r in &self.refused {
             let _ = writeln!(s, "  REFUSED: {r}");
+        }
+        for l in &self.late {
+            let _ = writeln!(s, "  LATE: {l}");
         }
         for q in &self.quarantined {
             let what = match q.action {
@@ -300,6 +309,7 @@ fn collect_objects(
                 name,
                 path: rel,
                 size: m.size,
+                modified: Some(m.last_modified.timestamp_millis()),
             }),
             Err(e) => {
                 tracing::warn!(object = %rel, error = %e, "not a changefeed file; skipped");
@@ -483,6 +493,8 @@ async fn sync_known(
     states.retain(|s| !stopped.contains(&s.name));
     let mut expansion = plan::Expansion::default();
     let mut oversized = 0u32;
+    // Steps tried in this run: the time budget stops the run between them, never before one.
+    let mut attempts = 0u64;
     for name in plan::tables(&objects) {
         if !states.iter().any(|s| s.name == name) {
             states.push(open_table(target, &name, opts).await?);
@@ -507,12 +519,25 @@ async fn sync_known(
         }
     }
     let log = Target::new(target, RESOLVED_LOG)?;
+    let late: Vec<String> = plan::late_files(&objects)
+        .into_iter()
+        .map(|l| {
+            tracing::error!(file = %l.path, resolved = %l.resolved, written_after_ms = l.written_after_ms, "data file written after a RESOLVED that covers it: a second changefeed may write into this root");
+            format!(
+                "{} was written {:.1} s after RESOLVED {} (which covers its timestamp): a second changefeed may write into this root, or the file was copied or rewritten; rows of it at or below an applied RESOLVED are not applied",
+                l.path,
+                l.written_after_ms as f64 / 1000.0,
+                l.resolved
+            )
+        })
+        .collect();
     let mut report = SyncReport {
         source: source.display.clone(),
         target: target.display.clone(),
         complete: true,
         ignored,
         refused,
+        late,
         quarantined: records,
         ..SyncReport::default()
     };
@@ -539,11 +564,12 @@ async fn sync_known(
         ) else {
             break;
         };
-        if report.steps + report.replans > 0 && opts.deadline.is_some_and(|d| Instant::now() >= d) {
+        if attempts > 0 && opts.deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::warn!(resolved = %step.resolved, "time budget spent; the next run continues from here");
             report.complete = false;
             break;
         }
+        attempts += 1;
         if step.bytes > opts.max_window_bytes && !step.shrinkable {
             // Once per run: a backlog of large intervals would say it at every step.
             if oversized == 0 {
@@ -621,8 +647,6 @@ async fn sync_known(
         let committed: u64 = states.iter().map(|s| s.report.commits).sum();
         if committed > commits_before {
             report.steps += 1;
-        } else {
-            report.replans += 1;
         }
     }
     for s in states {
@@ -633,6 +657,7 @@ async fn sync_known(
         t.pending_from = s.progress.pending_from.clone();
         t.version = s.table.as_ref().and_then(DeltaTable::version);
         report.events += t.events;
+        report.replans += t.replans;
         report.bytes_read += t.bytes_read;
         report.resolved = report.resolved.max(t.resolved);
         report.tables.insert(s.name, t);
@@ -1113,6 +1138,7 @@ async fn replan(
         }
     }
     tracing::warn!(table = %name, %resolved, applied = ?p.applied, %conflict, "concurrent commit; re-planning from the log");
+    state.report.replans += 1;
     state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
     state.progress = p;
     state.table = Some(fresh);

@@ -558,16 +558,31 @@ impl Window {
             .iter()
             .map(|(_, t)| new_null_array(&t.arrow_type(), 1))
             .collect();
-        let key_cols = self
+        // A first window that took no row (an empty file, or only rows past the RESOLVED) has
+        // no columns yet: empty changes, from which no table is created.
+        let key_cols = match self
             .layout
             .key
             .iter()
-            .map(|k| {
-                self.layout
-                    .index_of(k)
-                    .expect("key columns are data columns")
-            })
-            .collect();
+            .map(|k| self.layout.index_of(k))
+            .collect::<Option<Vec<usize>>>()
+        {
+            Some(cols) => cols,
+            None if self.frags.is_empty() => Vec::new(),
+            None => {
+                return Err(ChangeError::Invalid {
+                    file: self
+                        .stored
+                        .first()
+                        .map(|s| s.file.to_string())
+                        .unwrap_or_default(),
+                    message: format!(
+                        "primary-key columns {:?} are not among the table's columns",
+                        self.layout.key
+                    ),
+                });
+            }
+        };
         let family_cols = self
             .family_names
             .iter()

@@ -21,6 +21,8 @@ pub struct Object {
     /// Path relative to the changefeed root.
     pub path: String,
     pub size: u64,
+    /// When storage wrote it (Unix milliseconds), when the listing says.
+    pub modified: Option<i64>,
 }
 
 /// What a table has applied, as recorded with its last commit.
@@ -141,6 +143,59 @@ pub fn refuse_future_resolved(
         _ => true,
     });
     refused
+}
+
+/// How much later than a RESOLVED a data file it covers may have been written before it counts
+/// as late: Azure's `Last-Modified` has one-second resolution.
+pub const LATE_SLACK_MS: i64 = 2_000;
+
+/// A data file written after a RESOLVED that covers its timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Late {
+    pub path: String,
+    /// The earliest-written RESOLVED at or above the file's timestamp.
+    pub resolved: Hlc,
+    pub written_after_ms: i64,
+}
+
+/// Data files written after a RESOLVED that covers them. One changefeed never writes such a file
+/// (format spec §2.4: a RESOLVED `R` is written once every row `≤ R` is), so each is a sign of a
+/// second changefeed writing into the same root, or of a file copied or rewritten later — rows a
+/// run may already have passed over. `objects` sorted by name.
+pub fn late_files(objects: &[Object]) -> Vec<Late> {
+    // RESOLVEDs in order, with the earliest write time among them and all later ones.
+    let resolved: Vec<(Hlc, i64)> = objects
+        .iter()
+        .filter_map(|o| match o.name {
+            ObjectName::Resolved(r) => Some((r, o.modified?)),
+            ObjectName::Data(_) => None,
+        })
+        .collect();
+    let mut earliest_from = vec![(Hlc::default(), i64::MAX); resolved.len()];
+    let mut min = (Hlc::default(), i64::MAX);
+    for (i, &(r, m)) in resolved.iter().enumerate().rev() {
+        if m <= min.1 {
+            min = (r, m);
+        }
+        earliest_from[i] = min;
+    }
+    let mut late = Vec::new();
+    for o in objects {
+        let (ObjectName::Data(d), Some(m)) = (&o.name, o.modified) else {
+            continue;
+        };
+        let i = resolved.partition_point(|(r, _)| *r < d.ts);
+        if let Some(&(r, rm)) = earliest_from.get(i)
+            && m > rm + LATE_SLACK_MS
+        {
+            late.push(Late {
+                path: o.path.clone(),
+                resolved: r,
+                written_after_ms: m - rm,
+            });
+        }
+    }
+    late
 }
 
 /// The tables that appear in a listing.
@@ -304,7 +359,12 @@ mod tests {
             compression: Compression::None,
         });
         let path = name.render(PartitionFormat::Flat);
-        Object { name, path, size }
+        Object {
+            name,
+            path,
+            size,
+            modified: None,
+        }
     }
 
     fn resolved(ts: Hlc) -> Object {
@@ -314,6 +374,7 @@ mod tests {
             name,
             path,
             size: 45,
+            modified: None,
         }
     }
 
@@ -363,6 +424,34 @@ mod tests {
         // A smaller ratio than seen before does not shrink the estimate within a run.
         assert!(!e.observe(&objs[0], 200));
         assert_eq!(e.weigh(&objs[0]), 10_000);
+    }
+
+    #[test]
+    fn files_written_after_a_resolved_that_covers_them_are_late() {
+        let at = |mut o: Object, ms: i64| {
+            o.modified = Some(ms);
+            o
+        };
+        let objs = sorted(vec![
+            at(data("t", h(0), 0, 10), 1_000),
+            at(resolved(h(1)), 2_000),
+            // Straddling: named before R, written before R: fine.
+            at(data("t", h(1), 1, 10), 1_500),
+            // A second feed's file below R, written long after R.RESOLVED.
+            at(data("t", h(1), 2, 10), 60_000),
+            // Named after R: fine whenever written.
+            at(data("t", h(2), 3, 10), 90_000),
+            at(resolved(h(3)), 100_000),
+        ]);
+        let late = late_files(&objs);
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert_eq!((late[0].resolved, late[0].written_after_ms), (h(1), 58_000));
+        // Within Azure's one-second resolution: not late.
+        let objs = sorted(vec![
+            at(resolved(h(1)), 2_000),
+            at(data("t", h(1), 2, 10), 3_000),
+        ]);
+        assert!(late_files(&objs).is_empty());
     }
 
     #[test]

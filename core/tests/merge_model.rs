@@ -593,7 +593,6 @@ proptest! {
 /// A table's first window may hold none of its rows (every row read is newer than the
 /// RESOLVED): `apply_table` then wants empty changes, to skip creating the table.
 #[test]
-#[ignore = "engine bug: Window::finish panics (`key columns are data columns`) on it"]
 fn an_empty_first_window_finishes() {
     let w = Window::new(Layout::new(vec!["id".into()], false), None, hlc((1, 0)));
     let c = w.finish().unwrap();

@@ -466,7 +466,12 @@ impl App {
         });
         let names: Vec<String> = report.tables.keys().cloned().collect();
         let complete = report.complete;
-        let refused = report.refused.clone();
+        let mut refused: Vec<String> = report
+            .refused
+            .iter()
+            .map(|r| format!("refused: {r}"))
+            .collect();
+        refused.extend(report.late.iter().map(|l| format!("late file: {l}")));
         let r = self
             .store
             .update_state(|s| {
@@ -477,12 +482,13 @@ impl App {
                 }
                 s.tables.sort();
                 s.last_run = Some(run);
-                // A successful run ends the error state Status shows; a refused RESOLVED is one.
+                // A successful run ends the error state Status shows; a refused RESOLVED or a
+                // late file (a second changefeed?) is one.
                 if !refused.is_empty() {
                     s.last_error = Some(ErrorRecord {
                         at: Utc::now().to_rfc3339(),
                         invocation: invocation.to_owned(),
-                        message: format!("refused: {}", refused.join("; ")),
+                        message: refused.join("; "),
                     });
                 } else if complete {
                     s.last_error = None;

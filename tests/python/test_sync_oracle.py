@@ -404,3 +404,22 @@ def test_window_budget_counts_decompressed_bytes(crdb_delta_bin, tmp_path, compr
         else:
             assert decoded == stored, (decoded, stored)
     assert steps[compression] >= 0.7 * steps["none"], steps
+
+
+def test_a_second_changefeed_into_the_same_root_is_reported(crdb_delta_bin, tmp_path):
+    """Two changefeeds writing into one root: the second one's files land below RESOLVEDs the
+    first already wrote, which one changefeed never does (§2.4). Each such file is reported."""
+    import time
+
+    root = simulate(crdb_delta_bin, tmp_path, "json", 3)
+    report = json.loads(sync(crdb_delta_bin, root, "update_delete").stdout)
+    assert report["late"] == [], report["late"]
+    time.sleep(2.5)  # past the slack for storage clocks of one-second resolution
+    run(crdb_delta_bin, "simulate", "--out", str(root / "changefeed"), "--truth",
+        str(tmp_path / "truth2"), "--seed", "99", "--tables", "usertable", "--initial-rows", "5",
+        "--windows", "1", "--events-per-window", "5")
+    p = sync(crdb_delta_bin, root, "update_delete")
+    report = json.loads(p.stdout)
+    assert report["late"], report
+    assert all("second changefeed" in l for l in report["late"])
+    assert "second changefeed" in p.stderr
