@@ -937,10 +937,18 @@ async fn apply_table(
             Layout::new(key, split)
         }
     };
+    // Family 0 decides row deletes. Unconfigured, it is `primary` (CockroachDB's name for it
+    // unless the table names its families) once a file of that family was seen; otherwise it
+    // stays unknown and a row is deleted only when every known family reports a delete.
+    let seen_primary = layout.families.contains_key("primary")
+        || files.iter().any(|&i| match &objects[i].name {
+            ObjectName::Data(d) => d.topic.family() == Some("primary"),
+            ObjectName::Resolved(_) => false,
+        });
     layout.primary_family = cfg
         .primary_family
         .clone()
-        .or_else(|| layout.split_families.then(|| "primary".to_owned()));
+        .or_else(|| (layout.split_families && seen_primary).then(|| "primary".to_owned()));
     // The table's types win; configured SQL types fix the rest; others are inferred.
     let mut columns = configured;
     for (c, t) in &layout.columns {

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Reliability campaign for `crdb-delta sync`: kills, concurrent compactions, bad inputs, races.
+"""Reliability campaign for `crdb-delta sync`: kills, concurrent compactions, bad inputs, races;
+and for the Functions handler `crdb-delta serve` on Azurite: hostile invocations, storage outages.
 
 Every case runs the real binary on a changefeed written by `crdb-delta simulate` and compares
 the Delta tables, read by Python `deltalake` + pyarrow (tests/python/oracle.py), with the
@@ -10,7 +11,9 @@ counts rows missing from and unexpected in each table (multiset comparison), and
     .tools/venv/bin/python scripts/reliability.py --full  --out results.json
     .tools/venv/bin/python scripts/reliability.py --quick --kills --races           # some parts only
 
-Parts (none selected: all): --kills, --compactions, --bad-inputs, --races. Results: a summary
+Parts (none selected: all): --kills, --compactions, --bad-inputs, --races, --hostile, --outages
+(the last two start their own Azurite, .tools/node/node_modules/.bin/azurite-blob or --azurite,
+on a free loopback port, and stop it at the end). Results: a summary
 table on stdout, `--out` JSON (every case with its figures and the exact commands it ran), and
 the work folders of failed cases kept under `--workdir` for reproduction (`--keep` keeps all).
 Written for docs/reliability.md; reproduce a failed case with the commands in the JSON.
@@ -68,6 +71,7 @@ PRESETS = {
         "bad_seeds": 2,
         "race_seeds": 4,
         "race_modes": MODES,
+        "outage_rounds": 5,
     },
     "full": {
         "kill_seeds": 3,
@@ -81,6 +85,7 @@ PRESETS = {
         "bad_seeds": 4,
         "race_seeds": 10,
         "race_modes": MODES,
+        "outage_rounds": 5,
     },
 }
 
@@ -1006,6 +1011,776 @@ def part_races(ctx) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Azurite, and invocations posted as the Functions host posts them (for parts 5 and 6)
+
+AZURITE_BIN = ROOT / ".tools/node/node_modules/.bin/azurite-blob"
+ACCOUNT = "devstoreaccount1"
+# Azurite's published well-known development key (tests/support/mod.rs; not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+MAX_BODY_BYTES = 4 << 20  # handler/serve/mod.rs DEFAULT_MAX_BODY_BYTES
+MAX_SUBJECT_BYTES = 1200  # handler/serve/app.rs: no blob's subject is longer
+LEASE_SECONDS = 3
+
+
+def free_port() -> int:
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Azurite:
+    """An Azurite blob service of our own on a loopback port: in memory, or on disk
+    (`location`) so that it keeps its blobs across a stop and a restart."""
+
+    def __init__(self, log: Path, location: Path | None = None, binary: Path | None = None):
+        self.log = log
+        self.location = location
+        self.binary = binary or AZURITE_BIN
+        self.port = None
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self, port: int) -> list[str]:
+        store = (["--inMemoryPersistence"] if self.location is None
+                 else ["--location", str(self.location)])
+        return [str(self.binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), *store,
+                "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry"]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, port: int | None = None) -> None:
+        import urllib.error
+        import urllib.request
+        for _ in range(3):
+            self.port = port or free_port()
+            with open(self.log, "a") as log:
+                self.proc = subprocess.Popen(self.argv(self.port), stdout=log, stderr=log,
+                                             stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    urllib.request.urlopen(f"{self.base}/{ACCOUNT}?comp=list", timeout=2)
+                    return
+                except urllib.error.HTTPError:
+                    return  # it answers (403 without a signature)
+                except Exception:
+                    time.sleep(0.2)
+            self.stop()
+            if port:
+                break
+        raise RuntimeError(f"Azurite did not start (log: {self.log})")
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Stops it: `sig`, then SIGKILL after 10 s. Returns how it ended."""
+        p, self.proc = self.proc, None
+        if p is None or p.poll() is not None:
+            return "not running"
+        p.send_signal(sig)
+        try:
+            p.wait(timeout=10)
+            return signal.Signals(sig).name
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return f"{signal.Signals(sig).name}, then SIGKILL after 10 s"
+
+    def request(self, method: str, container: str, blob: str | None = None,
+                query: dict | None = None, body: bytes = b"", headers: dict | None = None):
+        """A Shared Key signed request (object_store cannot create containers)."""
+        import base64
+        import hmac
+        import urllib.parse
+        import urllib.request
+        from email.utils import formatdate
+        query = query or {}
+        path = f"/{ACCOUNT}/{container}" + (f"/{urllib.parse.quote(blob, safe='/')}" if blob else "")
+        h = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": "2021-08-06", **(headers or {})}
+        if body:
+            h.setdefault("Content-Type", "application/octet-stream")  # else urllib adds its own
+        xms = "".join(f"{k.lower()}:{v}\n" for k, v in sorted(h.items()) if k.lower().startswith("x-ms-"))
+        resource = f"/{ACCOUNT}{path}" + "".join(f"\n{k}:{v}" for k, v in sorted(query.items()))
+        to_sign = "\n".join([method, "", "", str(len(body)) if body else "", "",
+                             h.get("Content-Type", ""), "", "", "", "", "", "", ""]) + xms + resource
+        sig = base64.b64encode(hmac.new(base64.b64decode(AZURITE_KEY), to_sign.encode(),
+                                        hashlib.sha256).digest()).decode()
+        url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        req = urllib.request.Request(url, data=body or None, method=method,
+                                     headers={**h, "Authorization": f"SharedKey {ACCOUNT}:{sig}",
+                                              "Content-Length": str(len(body))})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+
+    def create_container(self, container: str) -> None:
+        status, _ = self.request("PUT", container, query={"restype": "container"})
+        assert status == 201, status
+
+    def put_blob(self, container: str, blob: str, data: bytes) -> None:
+        status, _ = self.request("PUT", container, blob, body=data,
+                                 headers={"x-ms-blob-type": "BlockBlob"})
+        assert status == 201, status
+
+    def list_blobs(self, container: str, prefix: str) -> list[tuple[str, int]]:
+        import xml.etree.ElementTree as ET
+        out, marker = [], None
+        while True:
+            q = {"restype": "container", "comp": "list", "prefix": prefix}
+            if marker:
+                q["marker"] = marker
+            _, body = self.request("GET", container, query=q)
+            root = ET.fromstring(body)
+            for b in root.iter("Blob"):
+                out.append((b.findtext("Name"), int(b.findtext("Properties/Content-Length") or 0)))
+            marker = root.findtext("NextMarker")
+            if not marker:
+                return sorted(out)
+
+
+def azure_env(az: Azurite) -> dict:
+    return {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": az.base}
+
+
+def azure_rows(container: str, table: str) -> tuple[list[dict], str | None]:
+    """A table on Azurite read by Python `deltalake` (tests/python/test_sync_oracle.py
+    `test_azurite_source_and_target`); AZURITE_BLOB_STORAGE_URL must be in os.environ."""
+    opts = {"account_name": ACCOUNT, "use_emulator": "true", "allow_http": "true"}
+    try:
+        return o.read_table(f"az://{container}/delta/{table}", storage_options=opts), None
+    except Exception as e:
+        return [], f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def check_azure_final(case: Case, truth: Path, container: str) -> dict:
+    _, defs = o.load_truth(truth)
+    out = {}
+    for t in sorted(defs):
+        actual, err = azure_rows(container, t)
+        m = compare_table(truth, defs, t, "update_delete", actual)
+        if err:
+            m["read_error"] = err
+        out[t] = m
+        if err or m["missing"] or m["unexpected"] or m["duplicate_keys"]:
+            case.fail(f"{t}: {m['rows']} rows vs {m['expected']} expected, {m['missing']} missing, "
+                      f"{m['unexpected']} unexpected, {m['duplicate_keys']} duplicate keys"
+                      + (f", {err}" if err else ""))
+    return out
+
+
+def handler_config(truth: Path, path: Path) -> None:
+    """The keys and SQL types a user would configure, from the simulator's manifest
+    (tests/function_e2e.rs `feed`)."""
+    manifest, _ = o.load_truth(truth)
+    tables = {t["name"]: {"primary_key": t["primary_key"],
+                          "columns": {c["name"]: c["type"] for c in t["columns"]}}
+              for t in manifest["tables"]}
+    path.write_text(json.dumps({"tables": tables}))
+
+
+HANDLER_FEED_ARGS = ["--windows", "5", "--events-per-window", "150", "--initial-rows", "50",
+                     "--straddle", "0.25", "--duplicate-rate", "0.05"]
+
+
+class Serve:
+    """A running `crdb-delta serve` (env as tests/function_e2e.rs `Handler::start`)."""
+
+    def __init__(self, case: Case, az: Azurite, container: str, config: Path, log: Path):
+        self.port = free_port()
+        self.log = log
+        self.env = {"FUNCTIONS_CUSTOMHANDLER_PORT": str(self.port),
+                    "CRDB_DELTA_SOURCE": f"azure://{container}/feed",
+                    "CRDB_DELTA_TARGET": f"azure://{container}/delta",
+                    "CRDB_DELTA_CONFIG": str(config),
+                    "CRDB_DELTA_LEASE_SECONDS": str(LEASE_SECONDS),
+                    "CRDB_DELTA_LOG": "info,buoyant_kernel=warn",
+                    **azure_env(az)}
+        argv = [str(case.bin), "serve"]
+        case.commands.append(case.shell(argv, self.env) + f" 2>>{shlex.quote(str(log))} &")
+        with open(log, "a") as f:
+            self.proc = subprocess.Popen(argv, env=full_env(self.env), stdout=subprocess.DEVNULL,
+                                         stderr=f, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        import socket
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited: {log.read_text()[-1500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("serve not listening after 60 s")
+                time.sleep(0.02)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+
+    def post(self, function: str, body: bytes, **kw) -> "Posted":
+        return post_raw(self.port, function, body, **kw)
+
+
+class Posted:
+    def __init__(self, status: int | None, body: str, error: str | None = None, seconds: float = 0.0):
+        self.status = status
+        self.body = body
+        self.error = error
+        self.seconds = seconds
+
+    def json(self) -> dict:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return {}
+
+    def logs(self) -> str:
+        return " | ".join(str(x) for x in (self.json().get("Logs") or []))
+
+    def describe(self) -> str:
+        return f"HTTP {self.status}" if self.status is not None else f"no reply ({self.error})"
+
+
+def post_raw(port: int, function: str, body: bytes, method: str = "POST", chunked: bool = True,
+             timeout: float = 300, content_length: bool = False) -> Posted:
+    """Posts as the host does (handler/serve/http.rs `post_invocation`): chunked in two parts,
+    no Content-Length, the invocation id header. The body is sent by a thread, so that a reply
+    that comes before the whole body is read (a body over the limit) is still seen."""
+    import socket
+    import uuid
+    started = time.monotonic()
+    head = (f"{method} /{function} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            + ("Transfer-Encoding: chunked\r\n" if chunked else "")
+            + (f"Content-Length: {len(body)}\r\n" if content_length or not chunked else "")
+            + f"X-Azure-Functions-InvocationId: {uuid.uuid4()}\r\n"
+            "X-Azure-Functions-HostVersion: crdb-delta-reliability\r\n"
+            "User-Agent: Azure-Functions-Host/crdb-delta-reliability\r\nConnection: close\r\n\r\n").encode()
+    if chunked:
+        a, b = body[: len(body) // 2], body[len(body) // 2:]
+        payload = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in (a, b) if p) + b"0\r\n\r\n"
+    else:
+        payload = body
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except OSError as e:
+        return Posted(None, "", f"connect: {e}", time.monotonic() - started)
+    s.settimeout(timeout)
+
+    def send():
+        try:
+            s.sendall(head + payload)
+        except OSError:
+            pass  # the handler answered and closed before reading everything
+
+    th = threading.Thread(target=send, daemon=True)
+    th.start()
+    chunks = []
+    err = None
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            chunks.append(c)
+    except OSError as e:
+        err = f"{type(e).__name__}: {e}"
+    finally:
+        s.close()
+    th.join(timeout=5)
+    raw = b"".join(chunks)
+    seconds = time.monotonic() - started
+    if b"\r\n\r\n" not in raw:
+        return Posted(None, "", err or "connection closed before a reply", seconds)
+    head_b, rest = raw.split(b"\r\n\r\n", 1)
+    lines = head_b.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        return Posted(None, "", f"bad status line {lines[0][:80]!r}", seconds)
+    if any(l.lower().startswith("transfer-encoding:") and "chunked" in l.lower() for l in lines):
+        out = b""
+        while b"\r\n" in rest:
+            size, rest = rest.split(b"\r\n", 1)
+            try:
+                n = int(size.strip() or b"0", 16)
+            except ValueError:
+                break
+            if n == 0:
+                break
+            out += rest[:n]
+            rest = rest[n + 2:]
+        rest = out
+    return Posted(status, rest.decode("utf-8", "replace"), err, seconds)
+
+
+def blob_event(name: str, size: int, container: str, account: str = ACCOUNT,
+               event_type: str = "Microsoft.Storage.BlobCreated", api: str = "PutBlockList",
+               subject: str | None = None, **overrides) -> dict:
+    """The Event Grid BlobCreated event of handler/serve/pump.rs `blob_created_event`."""
+    import uuid
+    ev = {
+        "topic": f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/"
+                 f"providers/Microsoft.Storage/storageAccounts/{account}",
+        "subject": subject if subject is not None else f"/blobServices/default/containers/{container}/blobs/{name}",
+        "eventType": event_type,
+        "id": str(uuid.uuid4()),
+        "data": {"api": api, "clientRequestId": str(uuid.uuid4()), "requestId": str(uuid.uuid4()),
+                 "eTag": "0x0", "contentType": "application/octet-stream", "contentLength": size,
+                 "blobType": "BlockBlob", "url": f"http://127.0.0.1:1/{account}/{container}/{name}",
+                 "sequencer": f"{time.time_ns():032x}", "storageDiagnostics": {"batchId": str(uuid.uuid4())}},
+        "dataVersion": "", "metadataVersion": "1",
+        "eventTime": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    ev.update(overrides)
+    return ev
+
+
+def event_body(event, function: str = "BlobCreated") -> bytes:
+    """The host's body for one Event Grid invocation (pump.rs `invocation_body`): `Data.event`
+    is the event's indented JSON text, JSON-quoted once more."""
+    import uuid
+    sys_ = {"MethodName": function, "UtcNow": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "RandGuid": str(uuid.uuid4())}
+    data = event.get("data") if isinstance(event, dict) else None
+    return json.dumps({"Data": {"event": json.dumps(json.dumps(event, indent=2))},
+                       "Metadata": {"data": data, "sys": sys_}}).encode()
+
+
+CATCHUP_BODY = json.dumps({"Data": {"timer": {"Schedule": {}, "ScheduleStatus": None, "IsPastDue": True}},
+                           "Metadata": {"sys": {"MethodName": "CatchUp"}}}).encode()
+STATUS_BODY = json.dumps({"Data": {"req": {"Url": "http://localhost/api/status", "Method": "GET",
+                                           "Query": {}, "Headers": {}, "Params": {}}},
+                          "Metadata": {}}).encode()
+
+
+def status_of(serve: Serve) -> tuple[Posted, dict | None]:
+    r = serve.post("Status", STATUS_BODY, timeout=120)
+    try:
+        return r, json.loads(r.json()["Outputs"]["res"]["body"])
+    except (KeyError, TypeError, ValueError):
+        return r, None
+
+
+def simulate_to_azure(case: Case, az: Azurite, container: str, truth: Path, seed: int) -> None:
+    r = case.run("simulate", "--out", f"azure://{container}/feed", "--truth", str(truth),
+                 "--seed", str(seed), *HANDLER_FEED_ARGS, "--json", env=azure_env(az))
+    if r.returncode != 0:
+        raise RuntimeError(f"simulate: {describe(r)} {r.tail()}")
+
+
+def longest_run(text: str, ch: str) -> int:
+    best = cur = 0
+    for c in text:
+        cur = cur + 1 if c == ch else 0
+        best = max(best, cur)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 5: hostile invocations
+
+
+def hostile_cases(container: str, blobs: list[tuple[str, int]]) -> list[dict]:
+    """The hostile invocations, in the order posted. Each: name, function, body (bytes), the
+    status expected, a substring the reply's Logs must hold (or None), `filler`: a character
+    the subject is padded with, whose longest run in the reply and the log is measured."""
+    data = [b for b in blobs if not b[0].endswith(".RESOLVED")]
+    resolved = [b for b in blobs if b[0].endswith(".RESOLVED")]
+    real_name, real_size = data[len(data) // 2]
+    base = real_name.rsplit("/", 1)[-1]
+    ts33, session = base[:33], base[34:50]
+    folder = real_name.rsplit("/", 1)[0]
+    first_res = resolved[0][0].rsplit("/", 1)[-1][:33]
+    # One second before the first RESOLVED (a RESOLVED event for a blob that does not exist).
+    early = (dt.datetime.strptime(first_res[:14], "%Y%m%d%H%M%S") - dt.timedelta(seconds=1)
+             ).strftime("%Y%m%d%H%M%S") + first_res[14:]
+    ev = lambda name, size=1, **kw: blob_event(name, size, container, **kw)  # noqa: E731
+    cases = []
+
+    def add(name, body, expect=200, log=None, function="BlobCreated", filler=None, **kw):
+        cases.append({"name": name, "function": function, "body": body, "expect": expect,
+                      "log": log, "filler": filler, **kw})
+
+    # The body itself.
+    add("malformed-json", b'{"Data": {"event": "{\\"id\\": ', log="request refused")
+    add("not-utf8-bytes", bytes(range(256)) * 4, log="request refused")
+    add("empty-body", b"", log="request refused")
+    add("json-array-body", b"[1, 2, 3]", log="request refused")
+    add("no-event-binding", b'{"Data": {}, "Metadata": {}}', log="request refused")
+    add("event-not-json", json.dumps({"Data": {"event": "not json, not base64"}, "Metadata": {}}).encode(),
+        log="payload refused")
+    deep = json.dumps(json.dumps(json.dumps(json.dumps(json.dumps(json.dumps(ev(real_name)))))))
+    add("event-quoted-6-times", json.dumps({"Data": {"event": deep}, "Metadata": {}}).encode(),
+        log="payload refused")
+    add("json-nested-100000", b'{"Data": {"event": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        log="request refused")
+    add("batch-6000-events", json.dumps({"Data": {"event": [{}] * 6000}, "Metadata": {}}).encode(),
+        log="payload refused")
+    big = b'{"Data": {"event": "' + b"x" * (MAX_BODY_BYTES + 1024) + b'"}}'
+    add("body-4mib-plus-chunked", big, log="larger than")
+    add("body-4mib-plus-content-length", big, chunked=False, log="larger than")
+    # The function name and method.
+    add("wrong-function-name", event_body(ev(real_name, real_size)), function="NoSuchFunction",
+        expect=404, log="no function")
+    add("function-name-traversal", event_body(ev(real_name, real_size)), function="..%2f..%2fStatus",
+        expect=404, log=None)
+    add("get-instead-of-post", b"", function="BlobCreated", method="GET", expect=405, log=None)
+    # Events the handler must refuse or skip (200: a retry cannot change them).
+    add("other-account", event_body(ev(real_name, real_size, account="evilaccount")), log="refused")
+    add("other-container", event_body(ev(real_name, real_size,
+        subject=f"/blobServices/default/containers/other/blobs/{real_name}")), log="refused")
+    add("outside-prefix", event_body(ev(f"elsewhere/{base}")), log="refused")
+    add("prefix-lookalike", event_body(ev(f"feed2/{folder.split('/', 1)[-1]}/{base}")), log="refused")
+    add("traversal-dotdot", event_body(ev("feed/../x")), log="refused")
+    add("traversal-dotdot-into-target", event_body(ev(f"feed/../delta/{base}")), log="refused")
+    add("traversal-percent-lower", event_body(ev(f"feed/%2e%2e/delta/{base}")), log="refused")
+    add("traversal-percent-upper", event_body(ev(f"feed/%2E%2E/%2E%2E/{base}")), log="refused")
+    add("backslash", event_body(ev(f"feed\\..\\{base}")), log="refused")
+    add("control-character", event_body(ev(f"feed/{folder.split('/', 1)[-1]}/\u0000{base}")), log="refused")
+    add("not-a-changefeed-file", event_body(ev(f"{folder}/notes.txt")), log="refused")
+    add("uppercase-session-id", event_body(ev(f"{folder}/{base.replace(session, session.upper())}")),
+        log="refused")
+    add("subject-1mib", event_body(ev(real_name, subject="/blobServices/default/containers/"
+                                                         f"{container}/blobs/feed/" + "Q" * (1 << 20))),
+        log="refused", filler="Q")
+    near = "feed/../" + "Q" * (MAX_SUBJECT_BYTES - 60 - len(container))
+    add("subject-near-limit-traversal", event_body(ev(near)), log="refused", filler="Q")
+    add("id-1mib", event_body(ev(real_name, id="Q" * (1 << 20))), log="refused", filler="Q")
+    add("url-1mib-other-account", event_body(ev(real_name, account="evilaccount",
+        data={"api": "PutBlockList", "contentLength": 1, "url": "https://evilaccount.blob.core.windows.net/"
+              + container + "/" + "Q" * (1 << 20)})), log="refused", filler="Q")
+    add("no-id", event_body({k: v for k, v in ev(real_name).items() if k != "id"}), log="refused")
+    add("subject-not-a-string", event_body(ev(real_name, subject=12345)), log="refused")
+    # Skipped, not refused: Event Grid's handshake, other event types, incomplete or copied blobs.
+    add("subscription-validation", event_body(ev(real_name, event_type="Microsoft.EventGrid.SubscriptionValidationEvent",
+        data={"validationCode": "x", "validationUrl": "https://x"})), log="skipped")
+    add("blob-deleted", event_body(ev(real_name, real_size, event_type="Microsoft.Storage.BlobDeleted",
+                                      api="DeleteBlob")), log="skipped")
+    add("copy-blob", event_body(ev(real_name, real_size, api="CopyBlob")), log="skipped")
+    # Our own writes.
+    add("own-delta-log-write", event_body(ev("delta/usertable/_delta_log/00000000000000000000.json")),
+        log="own write")
+    add("own-buffer-write", event_body(ev(f"delta/_crdb_delta/buffer/{real_name}")), log="own write")
+    add("delta-log-below-feed", event_body(ev("feed/_delta_log/00000000000000000001.json")), log="own write")
+    # Events for blobs that do not exist: buffered (200), dropped by the next apply.
+    ghost = f"{folder}/{ts33}-{session}-1-2-00000000-ghost-1.ndjson"
+    add("phantom-table-file", event_body(ev(ghost, 100)), log="buffered", phantom="ghost")
+    add("phantom-resolved-early", event_body(ev(f"{folder}/{early}.RESOLVED", 40)), log="applied up to")
+    # A batch: a foreign, a refused and a phantom event with one body.
+    add("batch-mixed", event_body([ev(real_name, real_size, account="evilaccount"), ev("feed/../y"),
+                                   ev(f"{folder}/{ts33}-{session}-1-2-00000001-ghost2-1.ndjson", 5)]),
+        log="buffered", phantom="ghost2")
+    return cases
+
+
+def part_hostile(ctx) -> list[dict]:
+    results = []
+    root = ctx.workdir / "hostile"
+    root.mkdir(parents=True, exist_ok=True)
+    az = Azurite(root / "azurite.log")
+    setup = Case("hostile", "setup", ctx.workdir, ctx.bin)
+    try:
+        az.start()
+        os.environ["AZURITE_BLOB_STORAGE_URL"] = az.base
+        setup.commands.append(shlex.join(az.argv(az.port)) + " &")
+        container = f"hostile{os.getpid()}"
+        az.create_container(container)
+        setup.note(f"create container {container} (Shared Key, Azurite's well-known dev key)")
+        truth = setup.dir / "truth"
+        simulate_to_azure(setup, az, container, truth, ctx.seed)
+        handler_config(truth, setup.dir / "config.json")
+        blobs = az.list_blobs(container, "feed/")
+        serve = Serve(setup, az, container, setup.dir / "config.json", setup.dir / "serve.log")
+    except Exception as e:
+        setup.fail(f"setup: {type(e).__name__}: {e}")
+        az.stop()
+        results.append(setup.result())
+        ctx.progress(results[-1])
+        return results
+    setup.figures = {"blobs": len(blobs), "resolveds": sum(b[0].endswith(".RESOLVED") for b in blobs),
+                     "azurite_port": az.port, "serve_port": serve.port}
+    try:
+        for c in hostile_cases(container, blobs):
+            case = Case("hostile", c["name"], ctx.workdir, ctx.bin)
+            body_file = case.dir / "body.bin"
+            body_file.write_bytes(c["body"])
+            case.commands = list(setup.commands)
+            method = c.get("method", "POST")
+            chunked = c.get("chunked", True)
+            case.commands.append(
+                f"curl -sS -X {method} --data-binary @{shlex.quote(str(body_file))} "
+                + ("-H 'Transfer-Encoding: chunked' " if chunked else "")
+                + f"-H 'Content-Type: application/json' http://127.0.0.1:{serve.port}/{c['function']}")
+            offset = serve.log_size()
+            r = serve.post(c["function"], c["body"], method=method, chunked=chunked, timeout=120)
+            time.sleep(0.05)
+            log = serve.log_since(offset)
+            alive = serve.alive()
+            st, status = status_of(serve) if alive else (Posted(None, "", "handler dead"), None)
+            f = {"function": c["function"], "bytes": len(c["body"]), "status": r.status,
+                 "expected": c["expect"], "error": r.error, "seconds": round(r.seconds, 3),
+                 "reply_logs": r.logs()[:600], "reply_bytes": len(r.body), "log_bytes": len(log),
+                 "alive": alive, "status_after": st.status}
+            if r.status != c["expect"]:
+                case.fail(f"{r.describe()}, expected HTTP {c['expect']}: {r.body[:400]}")
+            if c["log"] and c["log"] not in r.logs():
+                case.fail(f"reply Logs lack {c['log']!r}: {r.logs()[:400]}")
+            if not alive:
+                case.fail(f"the handler died: exit {serve.proc.returncode}; log: {log[-1500:]}")
+            elif st.status != 200 or status is None:
+                case.fail(f"Status after the case: {st.describe()} {st.body[:300]}")
+            if c["filler"]:
+                f["subject_echo_reply"] = longest_run(r.body, c["filler"])
+                f["subject_echo_log"] = longest_run(log, c["filler"])
+                f["subject_echo_reply_total"] = r.body.count(c["filler"])
+                f["subject_echo_log_total"] = log.count(c["filler"])
+                for where in ("reply", "log"):
+                    if f[f"subject_echo_{where}"] > MAX_SUBJECT_BYTES:
+                        case.fail(f"the {where} repeats {f[f'subject_echo_{where}']} bytes of the subject")
+            if c.get("phantom") and status is not None:
+                f["phantom_buffered"] = (status["tables"].get(c["phantom"]) or {}).get("buffered_files")
+            case.figures = f
+            results.append(case.result())
+            ctx.progress(results[-1])
+        results.append(hostile_convergence(ctx, setup, az, serve, container, blobs, truth))
+        ctx.progress(results[-1])
+    finally:
+        serve.stop()
+        az.stop()
+    return results
+
+
+def hostile_convergence(ctx, setup: Case, az: Azurite, serve: Serve, container: str,
+                        blobs: list, truth: Path) -> dict:
+    """After the hostile invocations: the real events, forward then reversed and each twice, a
+    stray `2099…RESOLVED` uploaded for real, one more phantom, a CatchUp; then Status and the
+    tables against the truth."""
+    case = Case("hostile", "real-events-then-convergence", ctx.workdir, ctx.bin)
+    case.commands = list(setup.commands)
+    resolved = [b for b in blobs if b[0].endswith(".RESOLVED")]
+    half = blobs.index(resolved[len(resolved) // 2]) + 1
+    deliveries = blobs[:half] + list(reversed(blobs[half:]))
+    case.note(f"post BlobCreated for the {len(blobs)} feed blobs: the first {half} in name order, "
+              "the rest in reverse order, each twice (as `crdb-delta pump --once --duplicate`)")
+    statuses: Counter = Counter()
+    problems = 0
+    for name, size in deliveries:
+        for _ in range(2):
+            r = serve.post("BlobCreated", event_body(blob_event(name, size, container)))
+            statuses[r.status] += 1
+            if r.status != 200 and problems < 3:
+                problems += 1
+                case.fail(f"real event {name}: {r.describe()} {r.body[:300]}")
+    # A stray RESOLVED far in the future, uploaded for real, and its event.
+    last = resolved[-1][0]
+    folder, fname = last.rsplit("/", 1)
+    day = folder.rsplit("/", 1)[-1]
+    stray = f"{folder.rsplit('/', 1)[0]}/2099{day[4:]}/2099{fname[4:]}"
+    stray_hlc = o.hlc_of("2099" + fname[4:33])
+    az.put_blob(container, stray, json.dumps({"resolved": stray_hlc}).encode())
+    case.note(f"upload {stray} = {{\"resolved\": \"{stray_hlc}\"}} and post its BlobCreated event")
+    r = serve.post("BlobCreated", event_body(blob_event(stray, 40, container)))
+    statuses[r.status] += 1
+    stray_logs = r.logs()
+    if r.status != 200:
+        case.fail(f"stray 2099 RESOLVED: {r.describe()} {r.body[:300]}")
+    if "REFUSED" not in stray_logs:
+        case.fail(f"stray 2099 RESOLVED not reported REFUSED: {stray_logs[:400]}")
+    ghost = f"{folder}/{fname[:33]}-0123456789abcdef-1-2-00000000-ghost3-1.ndjson"
+    r = serve.post("BlobCreated", event_body(blob_event(ghost, 10, container)))
+    statuses[r.status] += 1
+    case.note(f"post a BlobCreated event for {ghost} (no such blob), then a CatchUp")
+    r = serve.post("CatchUp", CATCHUP_BODY)
+    statuses[r.status] += 1
+    if r.status != 200:
+        case.fail(f"CatchUp: {r.describe()} {r.body[:300]}")
+    st, status = status_of(serve)
+    _, defs = o.load_truth(truth)
+    last_hlc = o.hlc_of(steps_of(truth)[-1])
+    tables = (status or {}).get("tables", {})
+    phantoms = sorted(set(tables) - set(defs))
+    if status is None:
+        case.fail(f"Status: {st.describe()} {st.body[:300]}")
+    for t in defs:
+        s = tables.get(t) or {}
+        if s.get("resolved") != last_hlc:
+            case.fail(f"Status: {t} at {s.get('resolved')}, not the last real RESOLVED {last_hlc}")
+        if s.get("buffered_files"):
+            case.fail(f"Status: {t} still has {s.get('buffered_files')} buffered file(s)")
+    if phantoms:
+        case.fail(f"Status lists tables that do not exist after a CatchUp: {phantoms}")
+    if (status or {}).get("resolved_waiting"):
+        case.fail(f"Status: RESOLVEDs still waiting: {status['resolved_waiting']}")
+    table_figs = check_azure_final(case, truth, container)
+    lost, unexpected, dup = lost_and_unexpected(table_figs)
+    if not serve.alive():
+        case.fail(f"the handler died: exit {serve.proc.returncode}")
+    case.figures = {"deliveries": sum(statuses.values()), "statuses": {str(k): v for k, v in statuses.items()},
+                    "stray_reply": stray_logs[:400], "status_tables": {t: {k: tables[t].get(k) for k in
+                    ("resolved", "buffered_files", "delta_version", "stopped")} for t in tables},
+                    "phantom_tables": phantoms, "last_error": ((status or {}).get("last_error") or {}).get("message", "")[:300],
+                    "alive": serve.alive(), "rows_lost": lost, "rows_unexpected": unexpected,
+                    "duplicate_keys": dup, "tables": table_figs}
+    return case.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 6: storage outages
+
+
+# Seconds from the start of the RESOLVED's post to the stop of Azurite (plus 0-0.1 s of seeded
+# jitter), and how long Azurite stays down. Applying this feed's last RESOLVED takes about 0.8 to
+# 1.4 s on a 2-core machine without an outage, so every delay falls inside it; a round whose reply
+# came before the stop is counted (`answered_before_kill`), as it did not test an outage.
+OUTAGE_DELAYS = [0.0, 0.1, 0.25, 0.45, 0.7]
+OUTAGE_DOWNTIME = [2.0, 6.0, 2.0, 6.0, 3.0]
+
+
+def part_outages(ctx) -> list[dict]:
+    results = []
+    root = ctx.workdir / "outages"
+    root.mkdir(parents=True, exist_ok=True)
+    az = Azurite(root / "azurite.log", location=root / "azurite-data")
+    (root / "azurite-data").mkdir(exist_ok=True)
+    try:
+        az.start()
+        os.environ["AZURITE_BLOB_STORAGE_URL"] = az.base
+        for rnd in range(ctx.preset.get("outage_rounds", 5)):
+            try:
+                results.append(outage_case(ctx, az, rnd))
+            except Exception as e:
+                results.append({"part": "outages", "case": f"round-{rnd}", "ok": False, "error": True,
+                                "problems": [f"script error: {type(e).__name__}: {e}",
+                                             traceback.format_exc()[-1500:]],
+                                "figures": {}, "seconds": 0, "dir": "", "commands": []})
+                if az.proc is None:
+                    az.start(az.port)
+            ctx.progress(results[-1])
+    finally:
+        az.stop()
+    return results
+
+
+def outage_case(ctx, az: Azurite, rnd: int) -> dict:
+    import random
+    rng = random.Random(ctx.seed * 1000 + rnd)
+    delay = OUTAGE_DELAYS[rnd % len(OUTAGE_DELAYS)] + rng.uniform(0, 0.1)
+    down = OUTAGE_DOWNTIME[rnd % len(OUTAGE_DOWNTIME)]
+    case = Case("outages", f"round-{rnd}-kill-after-{delay:.2f}s-down-{down:.0f}s", ctx.workdir, ctx.bin)
+    case.commands.append(shlex.join(az.argv(az.port)) + " &")
+    container = f"outage{os.getpid()}r{rnd}"
+    az.create_container(container)
+    case.note(f"create container {container} (Shared Key, Azurite's well-known dev key)")
+    truth = case.dir / "truth"
+    simulate_to_azure(case, az, container, truth, ctx.seed + rnd)
+    handler_config(truth, case.dir / "config.json")
+    blobs = az.list_blobs(container, "feed/")
+    resolved = [b for b in blobs if b[0].endswith(".RESOLVED")]
+    serve = Serve(case, az, container, case.dir / "config.json", case.dir / "serve.log")
+    f: dict = {"round": rnd, "delay_s": round(delay, 3), "downtime_s": down, "blobs": len(blobs)}
+    try:
+        # Every data file, and the first RESOLVEDs: applied normally.
+        mid = resolved[len(resolved) // 2 - 1]
+        pre = [b for b in blobs if not b[0].endswith(".RESOLVED") or b[0] <= mid[0]]
+        for name, size in pre:
+            r = serve.post("BlobCreated", event_body(blob_event(name, size, container)))
+            if r.status != 200:
+                case.fail(f"before the outage, {name}: {r.describe()} {r.body[:300]}")
+        case.note(f"post BlobCreated for every data file and the RESOLVEDs up to {mid[0]}")
+        # The last RESOLVED, with Azurite stopped `delay` s after the post starts.
+        last = resolved[-1]
+        box: dict = {}
+        th = threading.Thread(target=lambda: box.setdefault(
+            "r", serve.post("BlobCreated", event_body(blob_event(last[0], last[1], container)), timeout=400)))
+        t0 = time.monotonic()
+        th.start()
+        time.sleep(delay)
+        answered_before_kill = not th.is_alive()
+        how = az.stop(ctx.outage_signal)
+        killed_at = time.monotonic() - t0
+        case.note(f"post BlobCreated for {last[0]}; after {delay:.2f} s stop Azurite ({how}); "
+                  f"{down:.0f} s later restart it on port {az.port} with the same --location")
+        time.sleep(down)
+        az.start(az.port)
+        th.join(timeout=420)
+        r: Posted = box.get("r") or Posted(None, "", "no reply within 420 s")
+        f.update({"azurite_stop": how, "killed_at_s": round(killed_at, 3),
+                  "answered_before_kill": answered_before_kill, "reply": r.describe(),
+                  "reply_seconds": round(r.seconds, 2), "reply_logs": r.logs()[:500]})
+        if r.status is not None and r.status != 200 and not 500 <= r.status < 600:
+            case.fail(f"the interrupted RESOLVED answered {r.describe()}: neither 200 nor retryable 5xx")
+        if r.status == 200:
+            # Never 200 with data missing: everything up to the last RESOLVED must be there now.
+            early = Case("outages", f"round-{rnd}-probe", ctx.workdir, ctx.bin)
+            figs = check_azure_final(early, truth, container)
+            shutil.rmtree(early.dir, ignore_errors=True)
+            f["at_200"] = {"missing": sum(m["missing"] for m in figs.values()),
+                           "unexpected": sum(m["unexpected"] for m in figs.values())}
+            for p in early.problems:
+                case.fail(f"answered 200 but: {p}")
+        if not serve.alive():
+            case.fail(f"the handler died during the outage: exit {serve.proc.returncode}")
+            return finish_outage(case, f, serve, truth, container)
+        # Redelivery, as Event Grid / the queue would: every event again, the RESOLVED until 200.
+        redeliveries: Counter = Counter()
+        for name, size in blobs:
+            for attempt in range(8):
+                rr = serve.post("BlobCreated", event_body(blob_event(name, size, container)))
+                redeliveries[rr.status] += 1
+                if rr.status == 200:
+                    break
+                time.sleep(1)
+            else:
+                case.fail(f"redelivery of {name}: still {rr.describe()} after 8 attempts: {rr.body[:300]}")
+        case.note("redeliver BlobCreated for every feed blob, each until HTTP 200 (8 attempts, 1 s apart)")
+        f["redelivery_statuses"] = {str(k): v for k, v in redeliveries.items()}
+        c = serve.post("CatchUp", CATCHUP_BODY)
+        if c.status != 200:
+            case.fail(f"CatchUp: {c.describe()} {c.body[:300]}")
+        return finish_outage(case, f, serve, truth, container)
+    finally:
+        serve.stop()
+
+
+def finish_outage(case: Case, f: dict, serve: Serve, truth: Path, container: str) -> dict:
+    if serve.alive():
+        st, status = status_of(serve)
+        last_hlc = o.hlc_of(steps_of(truth)[-1])
+        tables = (status or {}).get("tables", {})
+        _, defs = o.load_truth(truth)
+        for t in defs:
+            s = tables.get(t) or {}
+            if s.get("resolved") != last_hlc:
+                case.fail(f"Status: {t} at {s.get('resolved')}, not {last_hlc}")
+        f["status_tables"] = {t: {k: tables[t].get(k) for k in ("resolved", "buffered_files", "delta_version")}
+                              for t in tables}
+    table_figs = check_azure_final(case, truth, container)
+    f["rows_lost"], f["rows_unexpected"], f["duplicate_keys"] = lost_and_unexpected(table_figs)
+    f["alive"] = serve.alive()
+    f["tables"] = table_figs
+    case.figures = f
+    return case.result()
+
+
+# ---------------------------------------------------------------------------------------------
 # Driver
 
 
@@ -1020,6 +1795,7 @@ class Ctx:
         self.feeds = Feeds(self.workdir, self.bin)
         self.print_lock = threading.Lock()
         self.part = ""
+        self.outage_signal = getattr(signal, "SIG" + getattr(args, "outage_signal", "TERM"))
 
     def progress(self, r: dict) -> None:
         with self.print_lock:
@@ -1085,6 +1861,30 @@ def summarize(part: str, results: list[dict]) -> dict:
         s["as_specified"] = ok
         s["quarantined_as_expected"] = sum(1 for r in results if r["figures"].get("quarantined")
                                            and not any("quarantine" in p for p in r["problems"]))
+    elif part == "hostile":
+        inv = [r for r in results if r["case"] not in ("real-events-then-convergence", "setup")]
+        s["invocations"] = len(inv)
+        s["as_expected"] = sum(r["ok"] for r in inv)
+        s["statuses"] = dict(sorted(Counter(str(r["figures"].get("status")) for r in inv).items()))
+        s["crashes"] = sum(1 for r in results if r["figures"].get("alive") is False)
+        s["max_subject_echo"] = max([max(r["figures"].get("subject_echo_reply", 0), r["figures"].get("subject_echo_log", 0))
+                                     for r in inv] or [0])
+        s["max_subject_echo_total"] = max([max(r["figures"].get("subject_echo_reply_total", 0), r["figures"].get("subject_echo_log_total", 0))
+                                           for r in inv] or [0])
+        conv = [r for r in results if r["case"] == "real-events-then-convergence"]
+        if conv:
+            s["real_deliveries"] = conv[0]["figures"].get("deliveries")
+            s["real_statuses"] = conv[0]["figures"].get("statuses")
+            s["phantom_tables"] = conv[0]["figures"].get("phantom_tables")
+    elif part == "outages":
+        s["rounds"] = len(results)
+        s["interrupted_replies"] = dict(sorted(Counter(x.get("reply", "?") for x in f).items()))
+        s["answered_before_kill"] = sum(1 for x in f if x.get("answered_before_kill"))
+        s["crashes"] = sum(1 for x in f if x.get("alive") is False)
+        red: Counter = Counter()
+        for x in f:
+            red.update(x.get("redelivery_statuses") or {})
+        s["redelivery_statuses"] = dict(sorted(red.items()))
     elif part == "races":
         s["sync_processes"] = 2 * len(results)
         s["sync_replans"] = sum(x.get("replans", 0) for x in f)
@@ -1140,10 +1940,11 @@ def part_control(ctx) -> list[dict]:
 
 
 PARTS = {"control": part_control, "kills": part_kills, "compactions": part_compactions, "bad_inputs": part_bad_inputs,
-         "races": part_races}
+         "races": part_races, "hostile": part_hostile, "outages": part_outages}
 
 
 def main() -> int:
+    global AZURITE_BIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="the quick preset (default)")
@@ -1152,6 +1953,13 @@ def main() -> int:
     ap.add_argument("--compactions", action="store_true")
     ap.add_argument("--bad-inputs", action="store_true")
     ap.add_argument("--races", action="store_true")
+    ap.add_argument("--hostile", action="store_true", help="hostile invocations to `serve` on Azurite")
+    ap.add_argument("--outages", action="store_true", help="Azurite stopped while `serve` applies")
+    ap.add_argument("--outage-signal", choices=["TERM", "KILL"], default="TERM",
+                    help="how --outages stops Azurite (default TERM: it closes and saves its "
+                         "metadata; KILL loses Azurite's own unsaved metadata, up to 5 s of writes)")
+    ap.add_argument("--azurite", default=str(AZURITE_BIN),
+                    help="azurite-blob executable (default .tools/node/node_modules/.bin/azurite-blob)")
     ap.add_argument("--seed", type=int, default=7, help="base simulator seed (default 7)")
     ap.add_argument("--jobs", type=int, default=2, help="cases in parallel (default 2)")
     ap.add_argument("--bin", default=os.environ.get("CRDB_DELTA_BIN", str(ROOT / "target/debug/crdb-delta")))
@@ -1165,6 +1973,10 @@ def main() -> int:
                             or [p for p in PARTS if p != "control"])
     if not Path(args.bin).exists():
         print(f"no binary at {args.bin} (cargo build --bin crdb-delta)", file=sys.stderr)
+        return 2
+    AZURITE_BIN = Path(args.azurite)
+    if any(p in chosen for p in ("hostile", "outages")) and not AZURITE_BIN.exists():
+        print(f"no Azurite at {AZURITE_BIN} (scripts/test installs it; or --azurite PATH)", file=sys.stderr)
         return 2
     ctx = Ctx(args, preset)
     marker = ctx.workdir / ".crdb-delta-reliability"

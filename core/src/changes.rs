@@ -153,8 +153,10 @@ pub struct Layout {
     pub split_families: bool,
     /// Column family → its non-key data columns, learnt from the files.
     pub families: BTreeMap<String, Vec<String>>,
-    /// The family whose delete deletes the row (CockroachDB's family 0 always has a KV); when
-    /// unknown, a row is deleted only when every known family reports a delete.
+    /// The family whose delete deletes the row (CockroachDB's family 0 always has a KV, so a
+    /// row delete always carries it): a change without it is never a row delete, also in a
+    /// window where that family has no file (a delete of another family only NULLs its
+    /// columns). When unknown, a row is deleted only when every known family reports a delete.
     pub primary_family: Option<String>,
 }
 
@@ -762,6 +764,10 @@ impl Changes {
         }
         if let Some(p) = self.primary {
             return parts.iter().any(|f| f.family == p && f.op == Op::Delete);
+        }
+        if self.layout.primary_family.is_some() {
+            // Named, but no file of it in this window: no change here carries it.
+            return false;
         }
         parts.iter().all(|f| f.op == Op::Delete)
             && self
