@@ -52,7 +52,6 @@ enum Command {
     Simulate(Box<SimArgs>),
     /// Apply a changefeed root to Delta tables, up to its newest RESOLVED, exactly once.
     Sync(Box<SyncArgs>),
-    /// Read a changefeed root and summarise it.
     /// The Azure Functions custom handler (started by the Functions host; settings from the
     /// environment: CRDB_DELTA_SOURCE, CRDB_DELTA_TARGET, …, see function_app/README.md).
     Serve {
@@ -83,7 +82,8 @@ enum Command {
         /// Changefeed root: a folder or an Azure URL (azure://container/prefix).
         #[arg(long)]
         source: String,
-        #[arg(long, default_value_t = 8192)]
+        /// Rows per decoded batch (a memory bound).
+        #[arg(long, default_value_t = 8192, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         batch_size: usize,
         /// Print the summary as JSON.
         #[arg(long)]
@@ -150,8 +150,8 @@ struct PumpArgs {
     /// The running handler, `http://127.0.0.1:<port>`.
     #[arg(long)]
     handler: String,
-    /// BlobCreated (Event Grid route) or BlobQueue (queue route).
-    #[arg(long, default_value = "BlobCreated")]
+    /// The Event Grid route (BlobCreated) or the queue route (BlobQueue).
+    #[arg(long, default_value = "BlobCreated", value_parser = ["BlobCreated", "BlobQueue"])]
     function: String,
     /// One pass, then exit (non-zero if a post failed).
     #[arg(long)]
@@ -196,7 +196,8 @@ struct SyncArgs {
     /// Input bytes per commit: a larger backlog is applied in several commits.
     #[arg(long)]
     max_window_bytes: Option<u64>,
-    #[arg(long, default_value_t = 8192)]
+    /// Rows per decoded batch (a memory bound).
+    #[arg(long, default_value_t = 8192, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch_size: usize,
     /// Target Parquet file size written, bytes.
     #[arg(long)]
@@ -271,11 +272,11 @@ struct SimArgs {
     truth: Option<String>,
     #[arg(long, value_enum, default_value = "json")]
     format: FormatArg,
-    /// none, gzip or zstd (JSON: whole file; Parquet: column codec).
-    #[arg(long, default_value = "none")]
+    /// JSON: the whole file; Parquet: the column codec.
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip", "zstd"])]
     compression: String,
-    /// daily, hourly or flat.
-    #[arg(long, default_value = "daily")]
+    /// Date folders as CockroachDB's `partition_format` writes them.
+    #[arg(long, default_value = "daily", value_parser = ["daily", "hourly", "flat"])]
     partition: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -333,8 +334,8 @@ struct SimArgs {
     diff: bool,
     #[arg(long)]
     bare: bool,
-    /// all, last or none.
-    #[arg(long, default_value = "all")]
+    /// Which per-RESOLVED table states the ground truth keeps.
+    #[arg(long, default_value = "all", value_parser = ["all", "last", "none"])]
     truth_states: String,
     /// Print the summary as JSON.
     #[arg(long)]

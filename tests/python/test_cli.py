@@ -96,3 +96,18 @@ def test_sync_without_a_resolved_says_why_nothing_happened(crdb_delta_bin, tmp_p
     p = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(tmp_path / "out"))
     assert p.returncode == 0, p.stderr
     assert "no RESOLVED file in the source yet" in p.stdout, p.stdout
+
+
+def test_help_is_specific_and_values_are_checked(crdb_delta_bin, tmp_path):
+    p = cli(crdb_delta_bin, "serve", "--help")
+    assert p.stdout.startswith("The Azure Functions custom handler"), p.stdout[:200]
+    p = cli(crdb_delta_bin, "simulate", "--help")
+    for values in ["none, gzip, zstd", "daily, hourly, flat", "all, last, none"]:
+        assert f"[possible values: {values}]" in p.stdout, values
+    p = cli(crdb_delta_bin, "sync", "--source", str(tmp_path), "--target", str(tmp_path / "t"),
+            "--batch-size", "0")
+    assert p.returncode == 2 and "--batch-size" in p.stderr, p.stderr
+    p = cli(crdb_delta_bin, "pump", "--source", "azure://c", "--handler", "http://127.0.0.1:1",
+            "--function", "blobcreated")
+    assert p.returncode == 2 and "BlobCreated" in p.stderr, p.stderr
+    assert not (tmp_path / "t").exists()
