@@ -214,7 +214,12 @@ impl SyncReport {
             self.source,
             self.target,
             self.steps,
-            self.resolved.map_or("none".into(), |h| h.to_string())
+            self.resolved.map_or("none".into(), |h| format!(
+                "{} ({})",
+                h.to_datetime()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                h
+            ))
         );
         for (name, t) in &self.tables {
             let _ = writeln!(

@@ -1560,7 +1560,14 @@ def part_hostile(ctx) -> list[dict]:
             case.figures = f
             results.append(case.result())
             ctx.progress(results[-1])
-        results.append(hostile_convergence(ctx, setup, az, serve, container, blobs, truth))
+        try:
+            results.append(hostile_convergence(ctx, setup, az, serve, container, blobs, truth))
+        except Exception as e:
+            results.append({"part": "hostile", "case": "real-events-then-convergence", "ok": False,
+                            "error": True, "problems": [f"script error: {type(e).__name__}: {e}",
+                                                        traceback.format_exc()[-1500:]],
+                            "figures": {"alive": serve.alive()}, "seconds": 0, "dir": str(setup.dir),
+                            "commands": setup.commands})
         ctx.progress(results[-1])
     finally:
         serve.stop()

@@ -236,6 +236,8 @@ impl App {
         let rel = match scope.relative(ev) {
             Ok(r) => r,
             Err(e) => {
+                let e = e.to_string();
+                let e = clip(&e);
                 tracing::warn!(invocation, error = %e, "event refused");
                 return Ok(format!("event refused: {e}"));
             }
@@ -243,8 +245,10 @@ impl App {
         let name = match ObjectName::parse_relative(&rel) {
             Ok((n, _)) => n,
             Err(e) => {
-                tracing::warn!(invocation, id = %ev.id, error = %e, "not a changefeed file; refused");
-                return Ok(format!("event {} refused: {e}", ev.id));
+                let e = e.to_string();
+                let e = clip(&e);
+                tracing::warn!(invocation, id = %clip(&ev.id), error = %e, "not a changefeed file; refused");
+                return Ok(format!("event {} refused: {e}", clip(&ev.id)));
             }
         };
         self.store
