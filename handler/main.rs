@@ -66,6 +66,16 @@ enum Command {
     /// external location, one external table per Delta table); idempotent. Token from
     /// DATABRICKS_TOKEN (never printed).
     UnityCatalog(Box<UcArgs>),
+    /// Where each Delta table below a target root stands: the RESOLVED applied (as a wall time,
+    /// its age and the exact HLC), the Delta version, the file it resumes from, and any
+    /// quarantined file that stops it.
+    Status {
+        /// The Delta target root (as given to `sync --target` / CRDB_DELTA_TARGET).
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Files that stopped their table (they cannot be decoded or applied): list them, retry
     /// one (after replacing it or fixing the config), or skip one (the table goes on without
     /// it, and the commit that passes over it names it in its commitInfo).
@@ -609,6 +619,66 @@ async fn run() -> Result<()> {
                     held.join("\n"),
                     crdb_delta::storage::redact(&args.target)
                 );
+            }
+        }
+        Command::Status { target, json } => {
+            let loc = Location::open_existing(&target)?;
+            let quarantined = Quarantine::new(&loc).list().await?;
+            let now = chrono::Utc::now();
+            let mut rows = Vec::new();
+            for (name, path) in crdb_delta::unity_catalog::discover_tables(&target).await? {
+                if path == crdb_delta::sync::RESOLVED_LOG {
+                    continue;
+                }
+                let t = crdb_delta::delta::Target::new(&loc, &path)?;
+                let Some(tb) = t.open().await? else { continue };
+                let p = crdb_delta::delta::progress(&tb, &path).await?;
+                let files: Vec<_> = quarantined.iter().filter(|q| q.table == name).collect();
+                rows.push(serde_json::json!({
+                    "table": name,
+                    "path": path,
+                    "version": tb.version(),
+                    "resolved": p.applied.map(|h| h.to_string()),
+                    "resolved_at": p.applied.map(|h| h.to_datetime().to_rfc3339()),
+                    "age_seconds": p.applied.map(|h| (now - h.to_datetime()).num_seconds()),
+                    "pending_from": p.pending_from,
+                    "stopped": files.iter().any(|q| q.action == Action::Hold),
+                    "quarantined": files,
+                }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!(
+                    "no Delta tables below {}",
+                    crdb_delta::storage::redact(&target)
+                );
+            }
+            if !json {
+                for r in &rows {
+                    println!(
+                        "{}: RESOLVED {} ({} s ago), version {}{}",
+                        r["table"].as_str().unwrap_or("?"),
+                        r["resolved_at"].as_str().unwrap_or("none"),
+                        r["age_seconds"]
+                            .as_i64()
+                            .map_or("-".into(), |a| a.to_string()),
+                        r["version"],
+                        if r["stopped"] == true {
+                            ", STOPPED (see `crdb-delta quarantine list`)"
+                        } else {
+                            ""
+                        },
+                    );
+                    for q in r["quarantined"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {} {}: {}",
+                            q["action"].as_str().unwrap_or("?"),
+                            q["file"].as_str().unwrap_or("?"),
+                            q["reason"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
             }
         }
         Command::Quarantine { target, action } => {

@@ -359,6 +359,14 @@ def test_poison_file_stops_only_its_table_until_retried(crdb_delta_bin, tmp_path
                             "--json").stdout)
     assert [(r["table"], r["file"], r["action"]) for r in listed] == [("orders", rel, "hold")]
     assert "line 1" in listed[0]["reason"], listed[0]["reason"]
+    # `status` shows the stopped table with its file and reason, the others at the last RESOLVED.
+    status = {r["table"]: r for r in json.loads(run(
+        crdb_delta_bin, "status", "--target", str(root / "delta"), "--json").stdout)}
+    assert status["orders"]["stopped"] and status["orders"]["quarantined"][0]["file"] == rel
+    assert not status["usertable"]["stopped"]
+    assert status["usertable"]["resolved"] == o.hlc_of(steps[-1])
+    text = run(crdb_delta_bin, "status", "--target", str(root / "delta")).stdout
+    assert "orders" in text and "STOPPED" in text and rel in text, text
     # The operator replaces the file and retries: everything converges to the truth.
     victim.write_bytes(original)
     run(crdb_delta_bin, "quarantine", "--target", str(root / "delta"), "retry", rel)
