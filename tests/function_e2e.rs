@@ -267,8 +267,7 @@ async fn handler_applies_events_exactly_once_like_sync() {
     let Some(f) = feed("fn").await else {
         return;
     };
-    let (base, container, dir, objects, blobs) =
-        (&f.base, &f.container, &f.dir, &f.objects, &f.blobs);
+    let (base, container, dir, blobs) = (&f.base, &f.container, &f.dir, &f.blobs);
     let resolved = f.resolved();
 
     // 1. A handler that aborts after uploading its first Parquet files, before the commit.
@@ -361,14 +360,7 @@ async fn handler_applies_events_exactly_once_like_sync() {
     let status: Value =
         serde_json::from_str(reply["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
     let last = resolved.last().unwrap();
-    let last_hlc = objects
-        .iter()
-        .rev()
-        .find(|o| o.path.ends_with(".RESOLVED"))
-        .unwrap()
-        .name
-        .ts()
-        .to_string();
+    let last_hlc = f.last_resolved();
     assert!(last.0.ends_with(".RESOLVED"));
     for (t, s) in status["tables"].as_object().unwrap() {
         assert_eq!(s["resolved"].as_str(), Some(last_hlc.as_str()), "{t}: {s}");

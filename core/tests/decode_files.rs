@@ -314,6 +314,14 @@ fn decode_ndjson(
     gz: bool,
     opts: &DecodeOptions,
 ) -> (String, Result<Vec<arrow_array::RecordBatch>, DecodeError>) {
+    let (name, d, bytes) = ndjson_file(text, gz);
+    let r =
+        decode::decode_bytes(&d, &name, bytes, opts).and_then(|s| s.collect::<Result<Vec<_>, _>>());
+    (name, r)
+}
+
+/// NDJSON text as a changefeed file: its name, parsed name and (gzip or plain) bytes.
+fn ndjson_file(text: &str, gz: bool) -> (String, crdb_delta_core::names::DataFileName, Bytes) {
     let name = format!(
         "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-t-2.ndjson{}",
         if gz { ".gz" } else { "" }
@@ -326,9 +334,7 @@ fn decode_ndjson(
     } else {
         text.as_bytes().to_vec()
     };
-    let r = decode::decode_bytes(&d, &name, Bytes::from(bytes), opts)
-        .and_then(|s| s.collect::<Result<Vec<_>, _>>());
-    (name, r)
+    (name, d, Bytes::from(bytes))
 }
 
 #[test]
@@ -617,21 +623,9 @@ fn decoders_report_decoded_input_bytes() {
     let line = r#"{"after": {"k": 1, "v": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}, "key": [1], "updated": "1714751616027474000.0000000000"}"#;
     let text = format!("{line}\n").repeat(2000);
     for gz in [false, true] {
-        let name = format!(
-            "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-t-2.ndjson{}",
-            if gz { ".gz" } else { "" }
-        );
-        let ObjectName::Data(d) = ObjectName::parse_file_name(&name).unwrap() else {
-            panic!()
-        };
-        let bytes = if gz {
-            gzip(&text)
-        } else {
-            text.clone().into_bytes()
-        };
+        let (name, d, bytes) = ndjson_file(&text, gz);
         let stored = bytes.len();
-        let mut s =
-            decode::decode_bytes(&d, &name, Bytes::from(bytes), &DecodeOptions::default()).unwrap();
+        let mut s = decode::decode_bytes(&d, &name, bytes, &DecodeOptions::default()).unwrap();
         for b in s.by_ref() {
             b.unwrap();
         }
