@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
-from test_function_e2e import free_port  # noqa: E402
+from oracle import free_port  # noqa: E402
 from test_sync_oracle import create_container  # noqa: E402
 
 BIN = ROOT / "target" / "release" / "crdb-delta"

@@ -319,14 +319,13 @@ def compare_table(truth: Path, defs: dict, table: str, mode: str, actual: list[d
     return m
 
 
-def check_final(case: Case, feed: Path, target: Path, mode: str, tables=None,
-                ignore_keys=None) -> dict:
-    """Every table against the truth; adds problems to the case; returns per-table figures."""
-    truth = feed / "truth"
+def check_tables(case: Case, truth: Path, mode: str, read, tables=None, ignore_keys=None) -> dict:
+    """Every table (`read(table)` -> rows, error) against the truth; adds problems to the case;
+    returns per-table figures."""
     _, defs = o.load_truth(truth)
     out = {}
     for t in tables or sorted(defs):
-        actual, err = read_or_empty(str(target / t))
+        actual, err = read(t)
         m = compare_table(truth, defs, t, mode, actual, ignore_keys=ignore_keys)
         if err:
             m["read_error"] = err
@@ -338,6 +337,13 @@ def check_final(case: Case, feed: Path, target: Path, mode: str, tables=None,
                       + (f"; missing e.g. {m['missing_examples'][:1]}" if m["missing"] else "")
                       + (f"; unexpected e.g. {m['unexpected_examples'][:1]}" if m["unexpected"] else ""))
     return out
+
+
+def check_final(case: Case, feed: Path, target: Path, mode: str, tables=None,
+                ignore_keys=None) -> dict:
+    """Every table of a local target against the truth."""
+    return check_tables(case, feed / "truth", mode, lambda t: read_or_empty(str(target / t)),
+                        tables, ignore_keys)
 
 
 def lost_and_unexpected(tables: dict) -> tuple[int, int, int]:
@@ -1022,15 +1028,6 @@ MAX_SUBJECT_BYTES = 1200  # handler/serve/app.rs: no blob's subject is longer
 LEASE_SECONDS = 3
 
 
-def free_port() -> int:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Azurite:
     """An Azurite blob service of our own on a loopback port: in memory, or on disk
     (`location`) so that it keeps its blobs across a stop and a restart."""
@@ -1056,7 +1053,7 @@ class Azurite:
         import urllib.error
         import urllib.request
         for _ in range(3):
-            self.port = port or free_port()
+            self.port = port or o.free_port()
             with open(self.log, "a") as log:
                 self.proc = subprocess.Popen(self.argv(self.port), stdout=log, stderr=log,
                                              stdin=subprocess.DEVNULL)
@@ -1154,19 +1151,7 @@ def azure_rows(container: str, table: str) -> tuple[list[dict], str | None]:
 
 
 def check_azure_final(case: Case, truth: Path, container: str) -> dict:
-    _, defs = o.load_truth(truth)
-    out = {}
-    for t in sorted(defs):
-        actual, err = azure_rows(container, t)
-        m = compare_table(truth, defs, t, "update_delete", actual)
-        if err:
-            m["read_error"] = err
-        out[t] = m
-        if err or m["missing"] or m["unexpected"] or m["duplicate_keys"]:
-            case.fail(f"{t}: {m['rows']} rows vs {m['expected']} expected, {m['missing']} missing, "
-                      f"{m['unexpected']} unexpected, {m['duplicate_keys']} duplicate keys"
-                      + (f", {err}" if err else ""))
-    return out
+    return check_tables(case, truth, "update_delete", lambda t: azure_rows(container, t))
 
 
 def handler_config(truth: Path, path: Path) -> None:
@@ -1187,7 +1172,7 @@ class Serve:
     """A running `crdb-delta serve` (env as tests/function_e2e.rs `Handler::start`)."""
 
     def __init__(self, case: Case, az: Azurite, container: str, config: Path, log: Path):
-        self.port = free_port()
+        self.port = o.free_port()
         self.log = log
         self.env = {"FUNCTIONS_CUSTOMHANDLER_PORT": str(self.port),
                     "CRDB_DELTA_SOURCE": f"azure://{container}/feed",

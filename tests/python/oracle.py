@@ -193,3 +193,14 @@ def expect_scd2(truth: Path, table: str, defs: dict) -> list[dict]:
         out.append(v)
         open_version[key] = v
     return out
+
+
+def free_port() -> int:
+    """A loopback port free now (it can be taken before use: callers retry)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

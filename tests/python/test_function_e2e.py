@@ -17,15 +17,8 @@ import uuid
 
 import pytest
 
+import oracle as o
 from test_sync_oracle import TABLES, check_final, create_container, run
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def config_from_manifest(manifest: dict) -> dict:
@@ -54,7 +47,7 @@ def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch
     manifest = json.loads((tmp_path / "truth" / "manifest.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(config_from_manifest(manifest)))
 
-    port = free_port()
+    port = o.free_port()
     serve_env = dict(os.environ, **env,
                      FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
                      CRDB_DELTA_SOURCE=f"azure://{container}/feed",

@@ -294,12 +294,7 @@ fn container_and_prefix_names_agree() {
 
     // Parameter files: only declared params, allowed values, the same names as the defaults.
     let params = main.params();
-    for file in [
-        "infra/main.dev.parameters.json",
-        "infra/main.prod.parameters.json",
-    ] {
-        let json: serde_json::Value =
-            serde_json::from_str(&read(&root.join(file)).unwrap()).unwrap();
+    for (file, json) in parameter_files(&root) {
         for (k, v) in json["parameters"].as_object().unwrap() {
             let p = params
                 .get(k)
@@ -660,15 +655,24 @@ fn instance_count_problems(file: &str, json: &serde_json::Value) -> Vec<String> 
     out
 }
 
+/// The deployment parameter files, parsed.
+fn parameter_files(root: &std::path::Path) -> Vec<(&'static str, serde_json::Value)> {
+    [
+        "infra/main.dev.parameters.json",
+        "infra/main.prod.parameters.json",
+    ]
+    .into_iter()
+    .map(|file| {
+        let text = read(&root.join(file)).unwrap();
+        (file, serde_json::from_str(&text).unwrap())
+    })
+    .collect()
+}
+
 #[test]
 fn maximum_instance_count_is_at_least_40() {
     let root = repo_root();
-    for file in [
-        "infra/main.dev.parameters.json",
-        "infra/main.prod.parameters.json",
-    ] {
-        let json: serde_json::Value =
-            serde_json::from_str(&read(&root.join(file)).unwrap()).unwrap();
+    for (file, json) in parameter_files(&root) {
         let problems = instance_count_problems(file, &json);
         assert!(problems.is_empty(), "{problems:?}");
     }
@@ -775,12 +779,7 @@ fn names_and_retry_parameters_are_bounded() {
             "main.bicep: {name} default {default}"
         );
     }
-    for file in [
-        "infra/main.dev.parameters.json",
-        "infra/main.prod.parameters.json",
-    ] {
-        let json: serde_json::Value =
-            serde_json::from_str(&read(&root.join(file)).unwrap()).unwrap();
+    for (file, json) in parameter_files(&root) {
         for (k, v) in json["parameters"].as_object().unwrap() {
             assert!(within_bounds(&main[k], &v["value"]), "{file}: {k}");
         }
