@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crdb_delta_core::decode::{self, DecodeOptions};
-use crdb_delta_core::names::{Compression, Format, ObjectName};
+use crdb_delta_core::format::decode::{self, DecodeOptions};
+use crdb_delta_core::format::names::{Compression, Format, ObjectName};
 use crdb_delta_core::sim::{self, Destination, SimOptions, TruthStates};
 
 fn main() {

@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use crdb_delta_core::changes::Mode;
-use crdb_delta_core::types::{ColumnType, SqlType};
+use crdb_delta_core::apply::Mode;
+use crdb_delta_core::format::types::{ColumnType, SqlType};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ impl Config {
     fn from_crdb_to_dbx(v: &serde_json::Value) -> Result<Self, String> {
         let cdc = &v["cdc_config"];
         let mode = match cdc.get("mode").and_then(|m| m.as_str()) {
-            Some(m) => Some(m.parse::<Mode>()?),
+            Some(m) => Some(m.parse::<Mode>().map_err(|e| e.to_string())?),
             None => None,
         };
         if v.get("azure_storage")

@@ -10,9 +10,9 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use crdb_delta_core::Hlc;
-use crdb_delta_core::changes::{Layout, Mode};
+use crdb_delta_core::apply::{Layout, Mode};
+use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::plan::Progress;
-use crdb_delta_core::types::ColumnType;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, MetadataExt as _, Remove, StructType, Transaction};
@@ -223,7 +223,7 @@ pub fn layout_of(table: &DeltaTable, name: &str) -> Result<(Layout, Option<Mode>
     let mut layout = Layout::new(key, split);
     layout.families = families;
     for f in schema.fields() {
-        if crdb_delta_core::batch::is_reserved(f.name()) {
+        if crdb_delta_core::format::batch::is_reserved(f.name()) {
             continue;
         }
         let ty = ColumnType::from_arrow(f.data_type()).ok_or_else(|| {

@@ -8,12 +8,12 @@ use std::time::Instant;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Decimal128Type;
 use crdb_delta_core::Hlc;
-use crdb_delta_core::batch::{OP, UPDATED};
-use crdb_delta_core::decode::resolved::decode_resolved;
-use crdb_delta_core::decode::{self, DecodeError, DecodeOptions};
-use crdb_delta_core::keys::{self, KeyEvidence};
-use crdb_delta_core::names::ObjectName;
-use crdb_delta_core::types::ColumnType;
+use crdb_delta_core::format::batch::{OP, UPDATED};
+use crdb_delta_core::format::decode::resolved::decode_resolved;
+use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
+use crdb_delta_core::format::keys::{self, KeyEvidence};
+use crdb_delta_core::format::names::ObjectName;
+use crdb_delta_core::format::types::ColumnType;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 

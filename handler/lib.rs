@@ -5,11 +5,12 @@
 
 pub mod config;
 pub mod delta;
+pub mod dev;
 pub mod faults;
+pub mod functions;
 pub mod inspect;
 pub mod quarantine;
 pub mod serve;
-pub mod simulate;
 pub mod storage;
 pub mod sync;
 pub mod unity_catalog;

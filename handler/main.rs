@@ -3,16 +3,16 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use crdb_delta::config::Config;
+use crdb_delta::dev::pump::{PumpOptions, pump};
+use crdb_delta::dev::simulate::simulate;
 use crdb_delta::inspect::inspect;
 use crdb_delta::quarantine::{Action, Quarantine};
-use crdb_delta::serve::pump::{PumpOptions, pump};
 use crdb_delta::serve::{Settings, port_from_env, serve};
-use crdb_delta::simulate::simulate;
 use crdb_delta::storage::Location;
 use crdb_delta::sync::{SyncOptions, sync};
 use crdb_delta_core::Hlc;
-use crdb_delta_core::changes::Mode;
-use crdb_delta_core::names::{Compression, Format, PartitionFormat};
+use crdb_delta_core::apply::Mode;
+use crdb_delta_core::format::names::{Compression, Format, PartitionFormat};
 use crdb_delta_core::sim::{Envelope, SimOptions, TruthStates};
 use tracing_subscriber::EnvFilter;
 

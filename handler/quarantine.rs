@@ -12,7 +12,7 @@
 //!   (after the file was replaced, or a config fixed the type).
 
 use chrono::Utc;
-use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::format::names::ObjectName;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;

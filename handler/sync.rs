@@ -15,10 +15,10 @@ use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuil
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use crdb_delta_core::Hlc;
-use crdb_delta_core::changes::{ChangeError, Changes, Layout, Mode, Window};
-use crdb_delta_core::decode::{self, DecodeError, DecodeOptions};
-use crdb_delta_core::keys::{self, KeyError, KeyEvidence};
-use crdb_delta_core::names::{ObjectName, PartitionFormat};
+use crdb_delta_core::apply::{self, ChangeError, ChangeLog, Keep, Layout, Mode, Window};
+use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
+use crdb_delta_core::format::keys::{self, KeyError, KeyEvidence};
+use crdb_delta_core::format::names::{ObjectName, PartitionFormat};
 use crdb_delta_core::plan::{self, Object, Progress};
 use deltalake_core::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
@@ -891,7 +891,7 @@ async fn read_window(
 }
 
 /// Numeric first-key values of the window, sorted, for min/max pruning of target files.
-fn numeric_keys(changes: &Changes) -> Option<Vec<i64>> {
+fn numeric_keys(changes: &ChangeLog) -> Option<Vec<i64>> {
     let mut v = Vec::new();
     for k in changes.first_key_values() {
         v.push(k.as_i64()?);
@@ -974,15 +974,19 @@ async fn apply_table(
         table: name.clone(),
         source,
     };
-    let mut changes = window.finish().map_err(change_err)?;
+    let log = window.finish().map_err(change_err)?;
+    let mut changes = apply::writer(state.mode, log);
     fault("before-write");
 
     if !exists {
-        if changes.is_empty() && changes.layout().columns.is_empty() {
+        if changes.log().is_empty() && changes.log().layout().columns.is_empty() {
             // Nothing to create a table from yet.
             return Ok(());
         }
-        let created = state.target.create(changes.layout(), state.mode).await?;
+        let created = state
+            .target
+            .create(changes.log().layout(), state.mode)
+            .await?;
         // A concurrent run may have created it first (and applied steps): then plan again
         // from what its log says instead of applying on top.
         let p = delta::progress(&created, &state.target.path).await?;
@@ -1000,11 +1004,10 @@ async fn apply_table(
     let mut removes = Vec::new();
     let bs = opts.batch_size;
     // update_delete and scd2: copy-on-write of the files that hold changed keys.
-    if state.mode != Mode::AppendOnly && exists && !changes.is_empty() {
-        let keys = numeric_keys(&changes);
-        let first_key = changes.layout().key[0].clone();
-        let mut probe = changes.layout().key.clone();
-        probe.push(crdb_delta_core::changes::END_HLC.to_owned());
+    if changes.reads_table() && exists && !changes.log().is_empty() {
+        let keys = numeric_keys(changes.log());
+        let first_key = changes.log().layout().key[0].clone();
+        let probe = changes.probe_columns();
         let candidates = delta::files(table, &first_key)
             .await
             .map_err(delta_err(&name))?;
@@ -1035,31 +1038,29 @@ async fn apply_table(
             }
             removes.push(f.remove);
             for b in file.batches(None, bs)? {
-                let b = rewrite(&mut changes, state.mode, &b?, true)
-                    .map_err(change_err)?
-                    .expect("always");
-                writer.write(b).await.map_err(delta_err(&name))?;
+                let merged = changes.merge(&b?, Keep::All).map_err(change_err)?;
+                writer.write(merged.batch).await.map_err(delta_err(&name))?;
             }
         }
     }
     // New rows (every change, new keys, or new versions), built and written one batch at a time.
-    while let Some(b) = changes.next_output(state.mode, bs).map_err(change_err)? {
+    while let Some(b) = changes.next_output(bs).map_err(change_err)? {
         writer.write(b).await.map_err(delta_err(&name))?;
     }
     let adds = writer.finish().await.map_err(delta_err(&name))?;
     fault("after-write");
 
-    let mut new_layout = changes.layout().clone();
+    let mut new_layout = changes.log().layout().clone();
     new_layout.primary_family = None;
     let mut old_layout = before;
     old_layout.primary_family = None;
     let counts = changes.counts();
     let figures = json!({
-        "events": changes.len(),
+        "events": changes.log().len(),
         "inserted": counts.inserted,
         "updated": counts.updated,
         "deleted": counts.deleted,
-        "duplicates": changes.duplicates(),
+        "duplicates": changes.log().duplicates(),
         "filesAdded": adds.len(),
         "filesRemoved": removes.len(),
     });
@@ -1086,7 +1087,7 @@ async fn apply_table(
         Commit {
             adds,
             removes,
-            layout: (exists && !same_delta_layout(&new_layout, &old_layout))
+            layout: (exists && !new_layout.same_delta_schema(&old_layout))
                 .then(|| (new_layout.clone(), state.mode)),
             progress: progress.clone(),
             resolved,
@@ -1105,7 +1106,7 @@ async fn apply_table(
         table = %name,
         resolved = %resolved,
         version,
-        events = changes.len(),
+        events = changes.log().len(),
         inserted = counts.inserted,
         updated = counts.updated,
         deleted = counts.deleted,
@@ -1115,11 +1116,11 @@ async fn apply_table(
     state.progress = progress;
     let r = &mut state.report;
     r.commits += 1;
-    r.events += changes.len() as u64;
+    r.events += changes.log().len() as u64;
     r.inserted += counts.inserted;
     r.updated += counts.updated;
     r.deleted += counts.deleted;
-    r.duplicates += changes.duplicates() as u64;
+    r.duplicates += changes.log().duplicates() as u64;
     r.seconds += started.elapsed().as_secs_f64();
     Ok(())
 }
@@ -1156,35 +1157,6 @@ async fn replan(
     state.progress = p;
     state.table = Some(fresh);
     Ok(())
-}
-
-/// Whether two layouts give the same Delta schema and properties (JSON columns read back from a
-/// table are plain strings, so `ColumnType`s alone would differ on every step).
-fn same_delta_layout(a: &Layout, b: &Layout) -> bool {
-    let cols = |l: &Layout| -> Vec<(String, arrow_schema::DataType)> {
-        l.columns
-            .iter()
-            .map(|(n, t)| (n.clone(), t.arrow_type()))
-            .collect()
-    };
-    a.key == b.key
-        && a.split_families == b.split_families
-        && a.families == b.families
-        && cols(a) == cols(b)
-}
-
-fn rewrite(
-    changes: &mut Changes,
-    mode: Mode,
-    batch: &RecordBatch,
-    always: bool,
-) -> Result<Option<RecordBatch>, ChangeError> {
-    match mode {
-        Mode::Scd2 => changes.close_target(batch, always),
-        Mode::UpdateDelete => changes.merge_target(batch, always),
-        // Appends never read the target: nothing to rewrite.
-        Mode::AppendOnly => Ok(always.then(|| batch.clone())),
-    }
 }
 
 fn resolved_log_schema() -> Arc<Schema> {

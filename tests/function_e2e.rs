@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{Array, StringArray};
 use crdb_delta::delta::{self, Target};
+use crdb_delta::dev::pump::{blob_created_event, invocation_body};
 use crdb_delta::serve::http::{new_id, post_invocation};
-use crdb_delta::serve::pump::{blob_created_event, invocation_body};
 use crdb_delta::storage::Location;
 use serde_json::{Value, json};
 

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use crdb_delta::config::Config;
 use crdb_delta::delta::{self, Target};
-use crdb_delta::simulate::simulate;
+use crdb_delta::dev::simulate::simulate;
 use crdb_delta::storage::Location;
 use crdb_delta::sync::{SyncOptions, sync};
-use crdb_delta_core::canonical;
+use crdb_delta_core::format::canonical;
 use crdb_delta_core::sim::SimOptions;
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ async fn table_rows(root: &Location, table: &str) -> Vec<String> {
     for f in delta::files(&tb, "id").await.unwrap() {
         for b in delta::read_file(&tb, &f.path, 8192).await.unwrap() {
             for mut r in canonical::rows(&b, None) {
-                r.retain(|k, _| !crdb_delta_core::batch::is_reserved(k));
+                r.retain(|k, _| !crdb_delta_core::format::batch::is_reserved(k));
                 rows.push(Value::Object(r).to_string());
             }
         }

@@ -1,23 +1,18 @@
-//! crdb-delta-core: the pure part of crdb-delta.
+//! crdb-delta-core: the pure part of crdb-delta. No network or file I/O, nothing of Azure.
 //!
-//! It knows CockroachDB's cloud-storage changefeed format (names, NDJSON, Parquet, RESOLVED),
-//! turns it into one canonical Arrow layout, derives primary keys, and can write the format
-//! itself (the simulator). It performs no network I/O and knows nothing of Azure Functions.
+//! The data path, one folder per stage:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`format`] | CockroachDB's changefeed format: names, HLCs, NDJSON/Parquet decoding, values, types, keys → canonical Arrow batches |
+//! | [`plan`] | which RESOLVED, which files, which steps: decisions over a listing, as printable values |
+//! | [`apply`] | a window of changes merged by key and HLC, and what each mode writes for it |
+//! | [`sim`] | the simulator: writes the format itself (deterministic changefeeds and their truth) |
 
-pub mod batch;
-pub mod canonical;
-pub mod changes;
-pub mod column;
-pub mod decode;
-pub mod events;
-pub mod hlc;
-pub mod host;
-pub mod keys;
-pub mod names;
+pub mod apply;
+pub mod format;
 pub mod plan;
 pub mod sim;
-pub mod types;
-pub mod values;
 
-pub use hlc::Hlc;
-pub use names::{DataFileName, ObjectName, PartitionFormat, Topic};
+pub use format::hlc::Hlc;
+pub use format::names::{DataFileName, ObjectName, PartitionFormat, Topic};

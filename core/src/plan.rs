@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::hlc::Hlc;
-use crate::names::{DataFileName, ObjectName};
+use crate::format::hlc::Hlc;
+use crate::format::names::{DataFileName, ObjectName};
 
 /// One changefeed object, as listed.
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ impl Expansion {
     pub const PRIOR: [f64; 3] = [10.0, 10.0, 3.0];
 
     fn kind(name: &ObjectName) -> Option<usize> {
-        use crate::names::{Compression, Format};
+        use crate::format::names::{Compression, Format};
         match name {
             ObjectName::Data(d) => match (d.format, d.compression) {
                 (Format::Json, Compression::None) => None,
@@ -344,7 +344,7 @@ pub fn next_step_weighed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{Compression, Format, PartitionFormat, Topic};
+    use crate::format::names::{Compression, Format, PartitionFormat, Topic};
 
     fn data(table: &str, ts: Hlc, id: u64, size: u64) -> Object {
         let name = ObjectName::Data(DataFileName {
@@ -394,7 +394,7 @@ mod tests {
         let gz = |ts: Hlc, id: u64, size: u64| {
             let mut o = data("t", ts, id, size);
             if let ObjectName::Data(d) = &mut o.name {
-                d.compression = crate::names::Compression::Gzip;
+                d.compression = crate::format::names::Compression::Gzip;
             }
             o.path = o.name.render(PartitionFormat::Flat);
             o

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field};
-use crdb_delta_core::batch::{self, MetaBuilder, Op};
-use crdb_delta_core::canonical;
-use crdb_delta_core::changes::{self, Layout, Mode, Window};
-use crdb_delta_core::hlc::Hlc;
+use crdb_delta_core::apply::{self, Keep, Layout, Mode, ModeWriter, Window};
+use crdb_delta_core::format::batch::{self, MetaBuilder, Op};
+use crdb_delta_core::format::canonical;
+use crdb_delta_core::format::hlc::Hlc;
 use serde_json::{Value, json};
 
 const S: i64 = 1_700_000_000_000_000_000;
@@ -56,6 +56,13 @@ fn rows(batches: &[RecordBatch]) -> Vec<Value> {
     out
 }
 
+/// A table batch with the window applied (copy-on-write); the window must change some row.
+fn merge_all(c: &mut dyn ModeWriter, table: &RecordBatch, why: &str) -> RecordBatch {
+    let m = c.merge(table, Keep::All).unwrap();
+    assert!(!m.superseded.is_empty(), "{why}");
+    m.batch
+}
+
 /// orders-like: family `primary` (status), family `details` (customer).
 fn split_layout() -> Layout {
     Layout::new(vec!["id".into()], true)
@@ -83,10 +90,10 @@ fn partial_family_update_keeps_other_columns_and_family_delete_nulls_them() {
         "d.ndjson",
     )
     .unwrap();
-    let mut c = w.finish().unwrap();
-    let table = c.inserts(100).unwrap();
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let table = c.outputs(100).unwrap();
     assert_eq!(rows(&table)[0]["customer"], "ann");
-    let layout = c.layout().clone();
+    let layout = c.log().layout().clone();
 
     // Next window: only `primary` changes; then `details` goes all-NULL (a family delete).
     let mut w = Window::new(layout.clone(), Some(h(100)), h(200));
@@ -99,17 +106,14 @@ fn partial_family_update_keeps_other_columns_and_family_delete_nulls_them() {
         "p2.ndjson",
     )
     .unwrap();
-    let mut c = w.finish().unwrap();
-    let merged = c
-        .merge_target(&table[0], false)
-        .unwrap()
-        .expect("id 1 changes");
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let merged = merge_all(&mut *c, &table[0], "id 1 changes");
     let r = &rows(std::slice::from_ref(&merged))[0];
     assert_eq!(r["status"], "paid");
     assert_eq!(r["customer"], "ann", "untouched family keeps its value");
-    assert_eq!(r[changes::HLC], h(150).to_string());
+    assert_eq!(r[apply::HLC], h(150).to_string());
     assert_eq!(c.counts().updated, 1);
-    assert!(c.inserts(100).unwrap().is_empty());
+    assert!(c.outputs(100).unwrap().is_empty());
 
     let mut w = Window::new(layout, Some(h(200)), h(300));
     w.push(
@@ -118,11 +122,8 @@ fn partial_family_update_keeps_other_columns_and_family_delete_nulls_them() {
         "d3.ndjson",
     )
     .unwrap();
-    let mut c = w.finish().unwrap();
-    let merged = c
-        .merge_target(&merged, false)
-        .unwrap()
-        .expect("id 1 changes");
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let merged = merge_all(&mut *c, &merged, "id 1 changes");
     let r = &rows(&[merged])[0];
     assert_eq!(
         r["status"], "paid",
@@ -159,8 +160,8 @@ fn row_delete_needs_the_primary_family_and_reinsert_wins() {
     );
     w.push(p, Some("primary"), "p.ndjson").unwrap();
     w.push(d, Some("details"), "d.ndjson").unwrap();
-    let mut c = w.finish().unwrap();
-    let out = rows(&c.inserts(100).unwrap());
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let out = rows(&c.outputs(100).unwrap());
     assert_eq!(out.len(), 2);
     // id 1: deleted (both families) then re-inserted with only `primary`: details is NULL.
     assert_eq!(out[0]["id"], 1);
@@ -185,13 +186,13 @@ fn duplicates_drop_and_window_bounds_hold() {
     );
     let o = w.push(b, None, "f.ndjson").unwrap();
     assert_eq!((o.taken, o.later), (2, 1));
-    let mut c = w.finish().unwrap();
-    assert_eq!((c.len(), c.duplicates()), (1, 1));
-    let out = rows(&c.append_rows(10).unwrap());
+    let mut c = apply::writer(Mode::AppendOnly, w.finish().unwrap());
+    assert_eq!((c.log().len(), c.log().duplicates()), (1, 1));
+    let out = rows(&c.outputs(10).unwrap());
     assert_eq!(out.len(), 1);
     assert_eq!(out[0]["v"], "one");
-    assert_eq!(out[0][changes::OP], "c");
-    assert_eq!(out[0][changes::SOURCE_FILE], "f.ndjson");
+    assert_eq!(out[0][apply::OP], "c");
+    assert_eq!(out[0][apply::SOURCE_FILE], "f.ndjson");
 }
 
 #[test]
@@ -204,9 +205,9 @@ fn scd2_closes_the_open_version_and_chains_new_ones() {
         "f1.ndjson",
     )
     .unwrap();
-    let mut c = w.finish().unwrap();
-    let table = c.versions(10).unwrap();
-    let layout = c.layout().clone();
+    let mut c = apply::writer(Mode::Scd2, w.finish().unwrap());
+    let table = c.outputs(10).unwrap();
+    let layout = c.log().layout().clone();
 
     let mut w = Window::new(layout, Some(h(100)), h(200));
     w.push(
@@ -222,21 +223,18 @@ fn scd2_closes_the_open_version_and_chains_new_ones() {
         "f2.ndjson",
     )
     .unwrap();
-    let mut c = w.finish().unwrap();
-    let closed = c
-        .close_target(&table[0], false)
-        .unwrap()
-        .expect("open version");
+    let mut c = apply::writer(Mode::Scd2, w.finish().unwrap());
+    let closed = merge_all(&mut *c, &table[0], "open version");
     let closed = rows(&[closed]);
-    assert_eq!(closed[0][changes::END_HLC], h(110).to_string());
-    let new = rows(&c.versions(10).unwrap());
+    assert_eq!(closed[0][apply::END_HLC], h(110).to_string());
+    let new = rows(&c.outputs(10).unwrap());
     let got: Vec<(Value, Value, Value)> = new
         .iter()
         .map(|r| {
             (
                 r["v"].clone(),
-                r[changes::START_HLC].clone(),
-                r[changes::END_HLC].clone(),
+                r[apply::START_HLC].clone(),
+                r[apply::END_HLC].clone(),
             )
         })
         .collect();
@@ -253,8 +251,8 @@ fn scd2_closes_the_open_version_and_chains_new_ones() {
     );
     assert_eq!(c.counts().deleted, 1);
     assert_eq!(
-        c.layout().output_schema(Mode::Scd2).fields().len(),
-        2 + changes::meta_fields(Mode::Scd2, false).len()
+        c.log().layout().output_schema(Mode::Scd2).fields().len(),
+        2 + apply::meta_fields(Mode::Scd2, false).len()
     );
 }
 
@@ -277,8 +275,11 @@ fn dropped_column_becomes_null_and_type_mismatch_names_the_file() {
     // The table has `v` (string) and `n` (long); a newer schema version no longer sends `v`.
     let mut layout = Layout::new(vec!["id".into()], false);
     layout.columns = vec![
-        ("id".into(), crdb_delta_core::types::ColumnType::Int64),
-        ("v".into(), crdb_delta_core::types::ColumnType::Text),
+        (
+            "id".into(),
+            crdb_delta_core::format::types::ColumnType::Int64,
+        ),
+        ("v".into(), crdb_delta_core::format::types::ColumnType::Text),
     ];
     let mut w = Window::new(layout.clone(), None, h(100));
     w.push(
@@ -287,8 +288,8 @@ fn dropped_column_becomes_null_and_type_mismatch_names_the_file() {
         "after-drop.ndjson",
     )
     .unwrap();
-    let mut c = w.finish().unwrap();
-    let out = rows(&c.inserts(10).unwrap());
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let out = rows(&c.outputs(10).unwrap());
     assert_eq!(
         out[0]["v"],
         Value::Null,
@@ -316,7 +317,7 @@ fn dropped_column_becomes_null_and_type_mismatch_names_the_file() {
 /// Decodes NDJSON lines (`after`, `key` and HLC offset per line) as the decoder would, types
 /// inferred from the file alone.
 fn ndjson(file: &str, lines: &[(&str, &str, i64)]) -> Vec<RecordBatch> {
-    use crdb_delta_core::decode::{DecodeOptions, NdjsonDecoder};
+    use crdb_delta_core::format::decode::{DecodeOptions, NdjsonDecoder};
     let text: String = lines
         .iter()
         .map(|(after, key, t)| {
@@ -351,58 +352,52 @@ fn a_key_written_as_number_and_as_string_is_one_key() {
     let mut w = Window::new(Layout::new(vec!["id".into()], false), None, h(100));
     push_all(&mut w, "a.ndjson", as_number());
     push_all(&mut w, "b.ndjson", as_string(2));
-    let mut c = w.finish().unwrap();
-    assert_eq!(c.len(), 2, "two changes of one key");
-    let out = rows(&c.inserts(100).unwrap());
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    assert_eq!(c.log().len(), 2, "two changes of one key");
+    let out = rows(&c.outputs(100).unwrap());
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0]["v"], "b");
 
     // Across windows: the Delta table's INT8 column decides; the string finds the row.
     let mut w = Window::new(Layout::new(vec!["id".into()], false), None, h(100));
     push_all(&mut w, "a.ndjson", as_number());
-    let mut c = w.finish().unwrap();
-    let table = c.inserts(100).unwrap();
-    let layout = c.layout().clone();
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let table = c.outputs(100).unwrap();
+    let layout = c.log().layout().clone();
     let mut w = Window::new(layout.clone(), Some(h(100)), h(200));
     push_all(&mut w, "b.ndjson", as_string(150));
     let delete = ndjson("c.ndjson", &[("null", r#"["1"]"#, 160)]);
     push_all(&mut w, "c.ndjson", delete);
-    let mut c = w.finish().unwrap();
-    assert_eq!(c.len(), 2);
-    let merged = c
-        .merge_target(&table[0], false)
-        .unwrap()
-        .expect("id 1 changes");
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    assert_eq!(c.log().len(), 2);
+    let merged = merge_all(&mut *c, &table[0], "id 1 changes");
     assert_eq!(
         merged.num_rows(),
         0,
         "the delete written `\"1\"` removed row 1"
     );
-    assert!(c.inserts(100).unwrap().is_empty());
+    assert!(c.outputs(100).unwrap().is_empty());
     assert_eq!(c.counts().deleted, 1);
 
     // A STRING key column: the number `1` is the text `1`.
     let mut w = Window::new(Layout::new(vec!["id".into()], false), None, h(100));
     push_all(&mut w, "b.ndjson", as_string(2));
-    let mut c = w.finish().unwrap();
-    let table = c.inserts(100).unwrap();
-    let mut w = Window::new(c.layout().clone(), Some(h(100)), h(200));
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let table = c.outputs(100).unwrap();
+    let mut w = Window::new(c.log().layout().clone(), Some(h(100)), h(200));
     push_all(
         &mut w,
         "d.ndjson",
         ndjson("d.ndjson", &[(r#"{"id": 1, "v": "d"}"#, "[1]", 150)]),
     );
-    let mut c = w.finish().unwrap();
-    let merged = c
-        .merge_target(&table[0], false)
-        .unwrap()
-        .expect("id 1 changes");
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let merged = merge_all(&mut *c, &table[0], "id 1 changes");
     let out = rows(&[merged]);
     assert_eq!(
         (out.len(), &out[0]["id"], &out[0]["v"]),
         (1, &json!("1"), &json!("d"))
     );
-    assert!(c.inserts(100).unwrap().is_empty());
+    assert!(c.outputs(100).unwrap().is_empty());
 }
 
 #[test]
@@ -419,8 +414,8 @@ fn float_keys_treat_minus_zero_as_zero() {
             ],
         ),
     );
-    let mut c = w.finish().unwrap();
-    let out = rows(&c.inserts(100).unwrap());
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let out = rows(&c.outputs(100).unwrap());
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0]["v"], "b");
 }

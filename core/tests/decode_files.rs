@@ -8,11 +8,11 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Decimal128Type, Int64Type};
 use bytes::Bytes;
 use crdb_delta_core::Hlc;
-use crdb_delta_core::batch::Op;
-use crdb_delta_core::decode::resolved::decode_resolved;
-use crdb_delta_core::decode::{self, DecodeError, DecodeOptions, ParquetDecoder};
-use crdb_delta_core::keys;
-use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::format::batch::Op;
+use crdb_delta_core::format::decode::resolved::decode_resolved;
+use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions, ParquetDecoder};
+use crdb_delta_core::format::keys;
+use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::sim::model::{ColumnDef, Datum, TableDef};
 use crdb_delta_core::sim::{Message, SimOptions};
 
@@ -157,7 +157,7 @@ fn parquet_decimal_text_is_read_right_where_a_standard_reader_gets_it_wrong() {
 #[test]
 fn unconstrained_decimals_are_rejected_by_standard_readers_and_kept_exact_by_ours() {
     let sim = common::simulate(&SimOptions {
-        format: crdb_delta_core::names::Format::Parquet,
+        format: crdb_delta_core::format::names::Format::Parquet,
         tables: vec!["kitchen_sink".into()],
         initial_rows: 50,
         windows: 1,
@@ -321,7 +321,10 @@ fn decode_ndjson(
 }
 
 /// NDJSON text as a changefeed file: its name, parsed name and (gzip or plain) bytes.
-fn ndjson_file(text: &str, gz: bool) -> (String, crdb_delta_core::names::DataFileName, Bytes) {
+fn ndjson_file(
+    text: &str,
+    gz: bool,
+) -> (String, crdb_delta_core::format::names::DataFileName, Bytes) {
     let name = format!(
         "202405031553360274740000000000000-08779498965a12e2-1-2-00000000-t-2.ndjson{}",
         if gz { ".gz" } else { "" }
@@ -339,7 +342,7 @@ fn ndjson_file(text: &str, gz: bool) -> (String, crdb_delta_core::names::DataFil
 
 #[test]
 fn deeply_nested_json_is_refused_naming_file_line_and_column_without_overflowing() {
-    use crdb_delta_core::types::ColumnType;
+    use crdb_delta_core::format::types::ColumnType;
     on_2mib_stack(|| {
         let ok = r#"{"after": {"doc": 1, "id": 1}, "key": [1], "updated": "1.0000000000"}"#;
         for depth in [10_000, 100_000] {
@@ -385,8 +388,8 @@ fn deeply_nested_json_is_refused_naming_file_line_and_column_without_overflowing
 
 #[test]
 fn nesting_within_the_limit_decodes_exactly() {
-    use crdb_delta_core::types::ColumnType;
-    use crdb_delta_core::values::MAX_JSON_DEPTH;
+    use crdb_delta_core::format::types::ColumnType;
+    use crdb_delta_core::format::values::MAX_JSON_DEPTH;
     on_2mib_stack(|| {
         for depth in [2, 100, MAX_JSON_DEPTH] {
             for objects in [false, true] {
@@ -559,7 +562,7 @@ fn parquet_schema_only(columns: &[&str]) -> Vec<u8> {
 
 #[test]
 fn reserved_column_names_in_parquet_are_refused_and_cockroachdb_meta_columns_kept() {
-    use crdb_delta_core::decode::BatchStream;
+    use crdb_delta_core::format::decode::BatchStream;
     let meta = [
         "__crdb__event_type",
         "__crdb__updated",

@@ -13,9 +13,9 @@ use arrow_array::types::{Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field};
 use arrow_select::concat::concat_batches;
-use crdb_delta_core::batch::{self, MetaBuilder, Op};
-use crdb_delta_core::changes::{self, Changes, Layout, Mode, Window};
-use crdb_delta_core::hlc::Hlc;
+use crdb_delta_core::apply::{self, Keep, Layout, Mode, Window};
+use crdb_delta_core::format::batch::{self, MetaBuilder, Op};
+use crdb_delta_core::format::hlc::Hlc;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{Value, json};
@@ -416,11 +416,11 @@ fn table_rows(files: &[Vec<RecordBatch>], mode: Mode) -> Vec<Value> {
                     id,
                     a,
                     bb,
-                    text(b, changes::HLC, r),
-                    time(b, changes::COMMIT_TS, r)
+                    text(b, apply::HLC, r),
+                    time(b, apply::COMMIT_TS, r)
                 ]),
                 Mode::AppendOnly => {
-                    let families = text(b, changes::FAMILIES, r).as_str().map(|f| {
+                    let families = text(b, apply::FAMILIES, r).as_str().map(|f| {
                         // In any order, but each once.
                         let mut v: Vec<&str> = f.split(',').collect();
                         v.sort();
@@ -430,9 +430,9 @@ fn table_rows(files: &[Vec<RecordBatch>], mode: Mode) -> Vec<Value> {
                         id,
                         a,
                         bb,
-                        text(b, changes::OP, r),
-                        text(b, changes::HLC, r),
-                        time(b, changes::COMMIT_TS, r),
+                        text(b, apply::OP, r),
+                        text(b, apply::HLC, r),
+                        time(b, apply::COMMIT_TS, r),
                         families
                     ])
                 }
@@ -440,10 +440,10 @@ fn table_rows(files: &[Vec<RecordBatch>], mode: Mode) -> Vec<Value> {
                     id,
                     a,
                     bb,
-                    text(b, changes::START_HLC, r),
-                    text(b, changes::END_HLC, r),
-                    time(b, changes::START_AT, r),
-                    time(b, changes::END_AT, r)
+                    text(b, apply::START_HLC, r),
+                    text(b, apply::END_HLC, r),
+                    time(b, apply::START_AT, r),
+                    time(b, apply::END_AT, r)
                 ]),
             });
         }
@@ -464,19 +464,19 @@ fn reread(file: &[RecordBatch], bs: usize) -> Vec<RecordBatch> {
         .collect()
 }
 
-fn rewrite(c: &mut Changes, mode: Mode, b: &RecordBatch) -> RecordBatch {
-    match mode {
-        Mode::UpdateDelete => c.merge_target(b, true),
-        Mode::Scd2 => c.close_target(b, true),
-        Mode::AppendOnly => unreachable!("appends never read the table"),
-    }
-    .unwrap()
-    .expect("always")
+/// A batch without the rows at `positions` (what a deletion vector hides).
+fn without(b: &RecordBatch, positions: &[u32]) -> RecordBatch {
+    let mask: arrow_array::BooleanArray = (0..b.num_rows() as u32)
+        .map(|r| Some(!positions.contains(&r)))
+        .collect();
+    arrow_select::filter::filter_record_batch(b, &mask).unwrap()
 }
 
 /// Applies every window of the case in `mode`, `bs` rows per batch in and out; returns the
-/// table's files. Checks along the way what each step must report.
-fn run(case: &Case, mode: Mode, bs: usize) -> Vec<Vec<RecordBatch>> {
+/// table's files. Checks along the way what each step must report. Under [`Keep::All`] touched
+/// files are rewritten (copy-on-write); under [`Keep::Changed`] their superseded rows are hidden
+/// and the replacements appended as a new file (merge-on-read, as deletion vectors do).
+fn run(case: &Case, mode: Mode, bs: usize, keep: Keep) -> Vec<Vec<RecordBatch>> {
     let log = files(case);
     let mut layout = Layout::new(vec!["id".into()], case.split);
     let mut table: Vec<Vec<RecordBatch>> = Vec::new();
@@ -503,19 +503,24 @@ fn run(case: &Case, mode: Mode, bs: usize) -> Vec<Vec<RecordBatch>> {
             layout = w.layout().clone();
             continue;
         }
-        let mut c = w.finish().unwrap();
+        let mut c = apply::writer(mode, w.finish().unwrap());
         let distinct: BTreeSet<(i64, T)> = inside.iter().map(|f| (f.key, f.t)).collect();
-        assert_eq!(c.len(), distinct.len(), "changes in {win:?}");
+        assert_eq!(c.log().len(), distinct.len(), "changes in {win:?}");
         let fragments: BTreeSet<(i64, T, &str)> = log
             .iter()
             .flat_map(|(_, fam, rows)| rows.iter().map(move |f| (f, *fam)))
             .filter(|(f, _)| in_window(f.t, win))
             .map(|(f, fam)| (f.key, f.t, fam))
             .collect();
-        assert_eq!(c.duplicates(), inside.len() - fragments.len(), "duplicates");
+        assert_eq!(
+            c.log().duplicates(),
+            inside.len() - fragments.len(),
+            "duplicates"
+        );
 
-        if mode != Mode::AppendOnly && !c.is_empty() {
+        if c.reads_table() && !c.log().is_empty() {
             let before = table_rows(&table, mode);
+            let mut replacements = Vec::new();
             table = std::mem::take(&mut table)
                 .into_iter()
                 .map(|file| {
@@ -523,9 +528,24 @@ fn run(case: &Case, mode: Mode, bs: usize) -> Vec<Vec<RecordBatch>> {
                     if !batches.iter().any(|b| c.touches(b).unwrap()) {
                         return file;
                     }
-                    batches.iter().map(|b| rewrite(&mut c, mode, b)).collect()
+                    batches
+                        .iter()
+                        .map(|b| {
+                            let m = c.merge(b, keep).unwrap();
+                            match keep {
+                                Keep::All => m.batch,
+                                Keep::Changed => {
+                                    replacements.push(m.batch);
+                                    without(b, &m.superseded)
+                                }
+                            }
+                        })
+                        .collect()
                 })
                 .collect();
+            if !replacements.is_empty() {
+                table.push(replacements);
+            }
             if mode == Mode::UpdateDelete {
                 // Keys the table had that the window deletes or changes.
                 let had: BTreeSet<i64> = before.iter().map(|r| r[0].as_i64().unwrap()).collect();
@@ -539,7 +559,7 @@ fn run(case: &Case, mode: Mode, bs: usize) -> Vec<Vec<RecordBatch>> {
             }
         }
         let mut new = Vec::new();
-        while let Some(b) = c.next_output(mode, bs).unwrap() {
+        while let Some(b) = c.next_output(bs).unwrap() {
             assert!(
                 b.num_rows() <= bs,
                 "an output batch holds at most {bs} rows"
@@ -549,7 +569,7 @@ fn run(case: &Case, mode: Mode, bs: usize) -> Vec<Vec<RecordBatch>> {
         if mode == Mode::AppendOnly {
             let hlcs: Vec<String> = new
                 .iter()
-                .flat_map(|b| (0..b.num_rows()).map(|r| text(b, changes::HLC, r)))
+                .flat_map(|b| (0..b.num_rows()).map(|r| text(b, apply::HLC, r)))
                 .map(|v| v.as_str().unwrap().to_owned())
                 .collect();
             assert!(hlcs.is_sorted(), "history in commit order: {hlcs:?}");
@@ -557,7 +577,7 @@ fn run(case: &Case, mode: Mode, bs: usize) -> Vec<Vec<RecordBatch>> {
         if !new.is_empty() {
             table.push(new);
         }
-        layout = c.layout().clone();
+        layout = c.log().layout().clone();
     }
     table
 }
@@ -571,8 +591,10 @@ proptest! {
         for mode in MODES {
             let want = expected(&case, mode);
             for bs in BATCH_SIZES {
-                let got = table_rows(&run(&case, mode, bs), mode);
-                prop_assert_eq!(&got, &want, "{} with batches of {}", mode, bs);
+                for keep in [Keep::All, Keep::Changed] {
+                    let got = table_rows(&run(&case, mode, bs, keep), mode);
+                    prop_assert_eq!(&got, &want, "{} with batches of {}, {:?}", mode, bs, keep);
+                }
             }
         }
     }
@@ -609,18 +631,16 @@ fn a_family_delete_before_the_primary_family_was_seen() {
         &[frag((1, 0), Op::Update, Some("x"))],
     );
     w.push(set, Some("details"), "d.ndjson").unwrap();
-    let mut c = w.finish().unwrap();
-    let table = c.inserts(10).unwrap();
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let table = c.outputs(10).unwrap();
     assert_eq!(table[0].num_rows(), 1);
 
-    let mut w = Window::new(c.layout().clone(), Some(hlc((1, 0))), hlc((2, 0)));
+    let mut w = Window::new(c.log().layout().clone(), Some(hlc((1, 0))), hlc((2, 0)));
     let clear = change_batch("details", "d2.ndjson", 0, &[frag((2, 0), Op::Delete, None)]);
     w.push(clear, Some("details"), "d2.ndjson").unwrap();
-    let mut c = w.finish().unwrap();
-    let merged = c
-        .merge_target(&table[0], false)
-        .unwrap()
-        .expect("id 0 changes");
-    assert_eq!(merged.num_rows(), 1, "row 0 still exists, `b` NULL");
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let merged = c.merge(&table[0], Keep::All).unwrap();
+    assert_eq!(merged.superseded, [0], "id 0 changes");
+    assert_eq!(merged.batch.num_rows(), 1, "row 0 still exists, `b` NULL");
     assert_eq!(c.counts().deleted, 0);
 }

@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Decimal128Type;
-use crdb_delta_core::batch::{self, OP, UPDATED};
-use crdb_delta_core::decode::resolved::decode_resolved;
-use crdb_delta_core::names::{Compression, Format, ObjectName, PartitionFormat};
+use crdb_delta_core::Hlc;
+use crdb_delta_core::format::batch::{self, OP, UPDATED};
+use crdb_delta_core::format::canonical;
+use crdb_delta_core::format::decode::resolved::decode_resolved;
+use crdb_delta_core::format::names::{Compression, Format, ObjectName, PartitionFormat};
 use crdb_delta_core::sim::SimOptions;
-use crdb_delta_core::{Hlc, canonical};
 use serde_json::{Value, json};
 
 use common::*;

@@ -7,12 +7,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::functions::events::{BlobEvent, Disposition, Scope, parse_events};
+use crate::functions::host::{HttpResponse, InvocationRequest, InvocationResponse};
 use bytes::Bytes;
 use chrono::Utc;
 use crdb_delta_core::Hlc;
-use crdb_delta_core::events::{BlobEvent, Disposition, Scope, parse_events};
-use crdb_delta_core::host::{HttpResponse, InvocationRequest, InvocationResponse};
-use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::format::names::ObjectName;
 use object_store::ObjectStoreExt as _;
 use serde_json::json;
 use warp::http::StatusCode;
@@ -59,7 +59,7 @@ impl App {
             max_line_bytes: settings
                 .config
                 .max_line_bytes
-                .unwrap_or(crdb_delta_core::decode::DEFAULT_MAX_LINE_BYTES),
+                .unwrap_or(crdb_delta_core::format::decode::DEFAULT_MAX_LINE_BYTES),
             max_resolved_ahead: settings.config.max_resolved_ahead_seconds.map_or(
                 SyncOptions::default().max_resolved_ahead,
                 Duration::from_secs,

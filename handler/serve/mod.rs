@@ -8,7 +8,6 @@
 
 pub mod app;
 pub mod http;
-pub mod pump;
 pub mod status;
 pub mod store;
 
@@ -16,9 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::functions::events::{Scope, ScopeError};
+use crate::functions::host::{INVOCATION_ID_HEADER, InvocationResponse, PORT_ENV_VARS};
 use bytes::{Buf, Bytes, BytesMut};
-use crdb_delta_core::events::{Scope, ScopeError};
-use crdb_delta_core::host::{INVOCATION_ID_HEADER, InvocationResponse, PORT_ENV_VARS};
 use futures::{Stream, StreamExt};
 use warp::Filter;
 use warp::http::StatusCode;
@@ -77,7 +76,7 @@ pub struct Settings {
     /// `CRDB_DELTA_TARGET`: the Delta target root.
     pub target: String,
     /// `CRDB_DELTA_MODE`: update_delete (default), append_only or scd2.
-    pub mode: Option<crdb_delta_core::changes::Mode>,
+    pub mode: Option<crdb_delta_core::apply::Mode>,
     /// `CRDB_DELTA_CONFIG`: path of a config JSON (same shape as `sync --config`).
     pub config: Config,
     /// `CRDB_DELTA_SOURCE_ACCOUNT`: the storage account events must come from.
@@ -129,16 +128,17 @@ impl Settings {
             Some(path) => Config::load(&resolve_config_path(path.trim()))?,
             None => Config::default(),
         };
-        let mode =
-            match var("CRDB_DELTA_MODE").filter(|v| !v.trim().is_empty()) {
-                Some(m) => Some(m.trim().parse::<crdb_delta_core::changes::Mode>().map_err(
-                    |e| ServeError::Setting {
+        let mode = match var("CRDB_DELTA_MODE").filter(|v| !v.trim().is_empty()) {
+            Some(m) => Some(
+                m.trim()
+                    .parse::<crdb_delta_core::apply::Mode>()
+                    .map_err(|e| ServeError::Setting {
                         name: "CRDB_DELTA_MODE",
                         message: e.to_string(),
-                    },
-                )?),
-                None => None,
-            };
+                    })?,
+            ),
+            None => None,
+        };
         let account = var("CRDB_DELTA_SOURCE_ACCOUNT")
             .filter(|v| !v.trim().is_empty())
             .map(|a| a.trim().to_ascii_lowercase())

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
-use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::Progress;
 use serde_json::{Value, json};
 

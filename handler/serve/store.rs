@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::format::names::ObjectName;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};

@@ -19,10 +19,10 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
 use self::model::{ColumnDef, Datum, TableDef, random_datum, ycsb_field};
-use crate::batch::Op;
-use crate::hlc::Hlc;
-use crate::names::{Compression, DataFileName, Format, ObjectName, PartitionFormat, Topic};
-use crate::values;
+use crate::format::batch::Op;
+use crate::format::hlc::Hlc;
+use crate::format::names::{Compression, DataFileName, Format, ObjectName, PartitionFormat, Topic};
+use crate::format::values;
 
 /// The JSON envelope (Parquet ignores it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -783,7 +783,7 @@ impl Sim<'_> {
         self.alter_usertable(at, |def| {
             def.columns.push(ColumnDef {
                 name: "field_added".into(),
-                sql: crate::types::SqlType::String,
+                sql: crate::format::types::SqlType::String,
                 nullable: true,
                 family: "primary".into(),
             });

@@ -6,8 +6,8 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::json;
 
-use crate::types::{ColumnType, SqlType};
-use crate::values::{
+use crate::format::types::{ColumnType, SqlType};
+use crate::format::values::{
     self, crdb_json_float, format_bytes_hex, format_date, format_time_micros, format_timestamp,
     format_uuid,
 };
@@ -375,14 +375,14 @@ impl Datum {
     }
 
     /// The canonical JSON of the decoded value (how the connector's Arrow value of the column's
-    /// canonical type prints, see `crate::canonical`), for ground-truth files.
+    /// canonical type prints, see `crate::format::canonical`), for ground-truth files.
     pub fn canonical_json(&self, ty: &ColumnType) -> serde_json::Value {
         use serde_json::Value;
         match (self, ty) {
             (Datum::Null, _) => Value::Null,
             (Datum::Bool(b), _) => Value::Bool(*b),
             (Datum::Int(i), _) => json!(i),
-            (Datum::Float(f), _) => crate::canonical::float_json(*f),
+            (Datum::Float(f), _) => crate::format::canonical::float_json(*f),
             (Datum::Decimal(d), ColumnType::Decimal(p, s)) => Value::String(
                 values::format_decimal(values::parse_decimal(d, *p, *s).expect("decimal fits"), *s),
             ),
@@ -393,9 +393,11 @@ impl Datum {
             (Datum::Date(d), _) => Value::String(format_date(*d)),
             (Datum::Time(t), _) => Value::String(format_time_micros(*t)),
             (Datum::Timestamp(ts), ColumnType::TimestampTz) => {
-                Value::String(crate::canonical::timestamp(*ts, true))
+                Value::String(crate::format::canonical::timestamp(*ts, true))
             }
-            (Datum::Timestamp(ts), _) => Value::String(crate::canonical::timestamp(*ts, false)),
+            (Datum::Timestamp(ts), _) => {
+                Value::String(crate::format::canonical::timestamp(*ts, false))
+            }
             (Datum::Array(items), ColumnType::List(item)) => {
                 Value::Array(items.iter().map(|d| d.canonical_json(item)).collect())
             }

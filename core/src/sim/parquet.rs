@@ -19,8 +19,8 @@ use parquet::schema::types::{Type, TypePtr};
 
 use super::model::{Datum, TableDef};
 use super::{Message, SimOptions};
-use crate::names::Compression;
-use crate::types::SqlType;
+use crate::format::names::Compression;
+use crate::format::types::SqlType;
 
 /// Unconstrained DECIMAL's annotated precision (format spec §4.4).
 const UNCONSTRAINED: i32 = 2_147_483_647;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crdb_delta_core::decode::{self, DecodeOptions};
-use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::format::decode::{self, DecodeOptions};
+use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::sim::model::TableDef;
 use crdb_delta_core::sim::{self, Destination, SimOptions};
 

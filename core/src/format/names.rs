@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use crate::hlc::Hlc;
+use crate::format::hlc::Hlc;
 
 /// Errors naming the offending path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,8 +17,8 @@ use arrow_buffer::{NullBufferBuilder, OffsetBuffer};
 use arrow_schema::{DataType, Field, TimeUnit};
 use serde_json::value::RawValue;
 
-use crate::types::ColumnType;
-use crate::values;
+use crate::format::types::ColumnType;
+use crate::format::values;
 
 /// A value that does not fit its column; the decoder adds file, line/row and column.
 pub type ValueError = String;

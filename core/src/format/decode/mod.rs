@@ -1,4 +1,4 @@
-//! Decoders from changefeed objects to canonical change batches (see [`crate::batch`]).
+//! Decoders from changefeed objects to canonical change batches (see [`crate::format::batch`]).
 //!
 //! Decoders stream: NDJSON is read line by line from a (decompressing) reader and Parquet row
 //! group by row group, each yielding batches of at most [`DecodeOptions::batch_size`] rows.
@@ -9,8 +9,8 @@ pub mod resolved;
 
 use std::collections::BTreeMap;
 
-use crate::names::{Compression, DataFileName, Format};
-use crate::types::ColumnType;
+use crate::format::names::{Compression, DataFileName, Format};
+use crate::format::types::ColumnType;
 
 pub use self::ndjson::NdjsonDecoder;
 pub use self::parquet::ParquetDecoder;
@@ -68,11 +68,11 @@ pub enum DecodeError {
         column: String,
         message: String,
     },
-    /// A source column whose name starts with [`crate::batch::RESERVED_PREFIX`]; `at` as above.
+    /// A source column whose name starts with [`crate::format::batch::RESERVED_PREFIX`]; `at` as above.
     #[error(
         "{file}: {at}: column `{column}`: column names starting with `{prefix}` are reserved by \
          crdb-delta for its own metadata columns",
-        prefix = crate::batch::RESERVED_PREFIX
+        prefix = crate::format::batch::RESERVED_PREFIX
     )]
     ReservedColumn {
         file: String,
@@ -146,7 +146,7 @@ pub trait BatchStream:
     Iterator<Item = Result<arrow_array::RecordBatch, DecodeError>> + Send
 {
     /// Evidence about the primary key gathered so far.
-    fn key_evidence(&self) -> &crate::keys::KeyEvidence;
+    fn key_evidence(&self) -> &crate::format::keys::KeyEvidence;
     /// Column types used so far (configured, read from the file, or inferred from JSON).
     fn column_types(&self) -> &BTreeMap<String, ColumnType>;
     /// Decoded input so far: NDJSON bytes after decompression, or a Parquet file's uncompressed

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::{DecodeError, ParquetDecoder};
-use crate::hlc::Hlc;
+use crate::format::hlc::Hlc;
 
 const PARQUET_MAGIC: &[u8] = b"PAR1";
 

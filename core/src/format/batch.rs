@@ -10,7 +10,7 @@ use arrow_array::builder::{Decimal128Builder, Int64Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use crate::hlc::{HLC_DECIMAL_PRECISION, HLC_DECIMAL_SCALE, Hlc};
+use crate::format::hlc::{HLC_DECIMAL_PRECISION, HLC_DECIMAL_SCALE, Hlc};
 
 /// `c`, `u` or `d`, as Parquet's `__crdb__event_type` (JSON: `d` when `after` is null, `u` when
 /// a non-null `before` is present, `c` otherwise).
@@ -29,10 +29,10 @@ pub const SOURCE_ROW: &str = "__crdb_source_row";
 pub const META_COLUMNS: [&str; 6] = [OP, UPDATED, MVCC, KEY, SOURCE_FILE, SOURCE_ROW];
 
 /// The prefix of every column name crdb-delta keeps for itself: the change-batch metadata above,
-/// the Delta tables' metadata (`__crdb_hlc`, `__crdb_start_hlc`, … in [`crate::changes`]) and
+/// the Delta tables' metadata (`__crdb_hlc`, `__crdb_start_hlc`, … in [`crate::apply`]) and
 /// CockroachDB's own Parquet meta columns (`__crdb__event_type`, …). A source column with such a
 /// name would be taken for ours (a `__crdb_op` of `d` deleting its row) or silently replaced,
-/// so the decoders refuse it ([`crate::decode::DecodeError::ReservedColumn`]). This is the one
+/// so the decoders refuse it ([`crate::format::decode::DecodeError::ReservedColumn`]). This is the one
 /// place that decides; an escaping scheme for such names would start here.
 pub const RESERVED_PREFIX: &str = "__crdb_";
 

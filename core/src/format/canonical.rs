@@ -14,7 +14,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use serde_json::{Map, Value, json};
 
-use crate::values;
+use crate::format::values;
 
 pub fn float_json(f: f64) -> Value {
     if f.is_nan() {

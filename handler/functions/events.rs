@@ -26,7 +26,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::host::{decode_json_layers, preview};
+use super::host::{decode_json_layers, preview};
 
 pub const BLOB_CREATED: &str = "Microsoft.Storage.BlobCreated";
 pub const SUBSCRIPTION_VALIDATION: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";

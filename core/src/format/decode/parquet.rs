@@ -21,11 +21,11 @@ use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataRead
 use parquet::schema::types::{SchemaDescriptor, Type, TypePtr};
 
 use super::{BatchStream, DecodeError, DecodeOptions};
-use crate::batch::{self, MetaBuilder, Op};
-use crate::column;
-use crate::hlc::Hlc;
-use crate::keys::KeyEvidence;
-use crate::types::{ColumnType, parquet_decimal_type};
+use crate::format::batch::{self, MetaBuilder, Op};
+use crate::format::column;
+use crate::format::hlc::Hlc;
+use crate::format::keys::KeyEvidence;
+use crate::format::types::{ColumnType, parquet_decimal_type};
 
 const EVENT_TYPE: &str = "__crdb__event_type";
 const UPDATED: &str = "__crdb__updated";

@@ -9,12 +9,12 @@ use arrow_schema::Field;
 use serde_json::value::RawValue;
 
 use super::{BatchStream, DecodeError, DecodeOptions};
-use crate::batch::{self, MetaBuilder, Op};
-use crate::column::ColumnBuilder;
-use crate::hlc::Hlc;
-use crate::keys::KeyEvidence;
-use crate::types::ColumnType;
-use crate::values;
+use crate::format::batch::{self, MetaBuilder, Op};
+use crate::format::column::ColumnBuilder;
+use crate::format::hlc::Hlc;
+use crate::format::keys::KeyEvidence;
+use crate::format::types::ColumnType;
+use crate::format::values;
 
 /// Streams an NDJSON changefeed file as change batches.
 pub struct NdjsonDecoder<R> {
@@ -468,7 +468,7 @@ fn accepts(cur: &ColumnType, seen: &ColumnType, raw: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{KEY, OP, SOURCE_ROW, UPDATED};
+    use crate::format::batch::{KEY, OP, SOURCE_ROW, UPDATED};
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Decimal128Type, Float64Type, Int64Type};
 

@@ -14,8 +14,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::ServeError;
-use super::http::{new_id, post_invocation};
+use crate::serve::ServeError;
+use crate::serve::http::{new_id, post_invocation};
 use crate::storage::Location;
 
 /// How to deliver.
@@ -221,8 +221,8 @@ pub async fn pump(opts: &PumpOptions) -> Result<PassReport, ServeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crdb_delta_core::events::parse_events;
-    use crdb_delta_core::host::InvocationRequest;
+    use crate::functions::events::parse_events;
+    use crate::functions::host::InvocationRequest;
 
     #[test]
     fn bodies_decode_as_the_host_sends_them() {

@@ -1,15 +1,15 @@
 //! The custom-handler payloads and Event Grid events, from published samples (see
 //! `fixtures_host/README.md`) and from the tricks a hostile or broken payload could play.
 
-use crdb_delta_core::events::{
+use crdb_delta::functions::events::{
     self, BlobEvent, BlobRef, Disposition, EventError, PayloadError, Schema, Scope, ScopeError,
     SkipReason, is_own_write, parse_event, parse_events, parse_events_text, unsafe_path_reason,
 };
-use crdb_delta_core::host::{
+use crdb_delta::functions::host::{
     self, HostError, HttpRequestData, HttpResponse, InvocationRequest, InvocationResponse,
     MAX_DECODE_DEPTH, decode_json_layers,
 };
-use crdb_delta_core::names::ObjectName;
+use crdb_delta_core::format::names::ObjectName;
 use serde_json::{Value, json};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures_host");

@@ -1,0 +1,304 @@
+//! The merged changes of one window: per key, in HLC order, one change per (key, HLC) with its
+//! column-family fragments, duplicates dropped. Shared by every mode; holds no mode's state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_select::interleave::interleave;
+use serde_json::Value;
+
+use super::window::{Frag, Stored, key_text};
+use super::{ChangeError, Layout};
+use crate::format::batch::Op;
+use crate::format::column;
+use crate::format::hlc::Hlc;
+
+/// One change: the fragments of one (key, HLC).
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) key: u32,
+    pub(crate) updated: i128,
+    pub(crate) parts: std::ops::Range<u32>,
+}
+
+/// Where an output value comes from: `(source, row)` for `interleave`. Source 0 is a one-row
+/// NULL array, `1 + i` is stored batch `i`, higher sources are table or base batches.
+pub(crate) type Slot = (usize, usize);
+pub(crate) const NULL: Slot = (0, 0);
+
+/// The merged changes of a window, ready for a mode's writer (see [`super::writer`]).
+pub struct ChangeLog {
+    pub(crate) layout: Layout,
+    pub(crate) family_names: Vec<String>,
+    /// Family id → layout columns it sets.
+    pub(crate) family_cols: Vec<Vec<usize>>,
+    pub(crate) key_cols: Vec<usize>,
+    pub(crate) stored: Vec<Stored>,
+    pub(crate) frags: Vec<Frag>,
+    pub(crate) changes: Vec<Change>,
+    pub(crate) keys: HashMap<Arc<str>, u32>,
+    pub(crate) key_texts: Vec<Arc<str>>,
+    pub(crate) primary: Option<u16>,
+    pub(crate) families_known: Vec<u16>,
+    pub(crate) null_arrays: Vec<ArrayRef>,
+    pub(crate) duplicates: usize,
+    pub(crate) rows_read: u64,
+}
+
+impl ChangeLog {
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Distinct changes (after merging families and dropping duplicates).
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Distinct keys changed.
+    pub fn keys(&self) -> usize {
+        self.key_texts.len()
+    }
+
+    /// Fragments dropped as duplicates of an identical (key, HLC, family).
+    pub fn duplicates(&self) -> usize {
+        self.duplicates
+    }
+
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read
+    }
+
+    /// The first key column's values as canonical JSON, for min/max file pruning.
+    pub fn first_key_values(&self) -> Vec<Value> {
+        self.key_texts
+            .iter()
+            .filter_map(|k| match serde_json::from_str::<Value>(k) {
+                Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(crate) fn parts(&self, c: &Change) -> &[Frag] {
+        &self.frags[c.parts.start as usize..c.parts.end as usize]
+    }
+
+    pub(crate) fn is_row_delete(&self, c: &Change) -> bool {
+        let parts = self.parts(c);
+        if !self.layout.split_families {
+            return parts[0].op == Op::Delete;
+        }
+        if let Some(p) = self.primary {
+            return parts.iter().any(|f| f.family == p && f.op == Op::Delete);
+        }
+        if self.layout.primary_family.is_some() {
+            // Named, but no file of it in this window: no change here carries it.
+            return false;
+        }
+        parts.iter().all(|f| f.op == Op::Delete)
+            && self
+                .families_known
+                .iter()
+                .all(|k| parts.iter().any(|f| f.family == *k))
+    }
+
+    /// Sets the columns the change carries: its families' columns (NULL for a family-level
+    /// delete or a column the file no longer has) and the key.
+    pub(crate) fn apply(&self, c: &Change, image: &mut [Option<Slot>]) {
+        let parts = self.parts(c);
+        for f in parts {
+            let s = &self.stored[f.batch as usize];
+            for &col in &self.family_cols[f.family as usize] {
+                image[col] = Some(match (&s.arrays[col], f.op) {
+                    (Some(_), Op::Create | Op::Update) => (1 + f.batch as usize, f.row as usize),
+                    _ => NULL,
+                });
+            }
+        }
+        self.set_key(c, image);
+    }
+
+    /// Sets the key columns only (what a delete carries).
+    pub(crate) fn set_key(&self, c: &Change, image: &mut [Option<Slot>]) {
+        let f = self.parts(c)[0];
+        for &col in &self.key_cols {
+            image[col] = Some((1 + f.batch as usize, f.row as usize));
+        }
+    }
+
+    /// The changes grouped by key (they are sorted by key, then HLC).
+    pub(crate) fn ranges_by_key(&self) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.changes.len() {
+            let mut j = i + 1;
+            while j < self.changes.len() && self.changes[j].key == self.changes[i].key {
+                j += 1;
+            }
+            out.push(i..j);
+            i = j;
+        }
+        out
+    }
+
+    /// The source index of the first `extra` batch given to [`ChangeLog::gather`].
+    pub(crate) fn extra_source(&self) -> usize {
+        1 + self.stored.len()
+    }
+
+    /// Gathers data columns for `rows` (one slot per column per row) from the stored batches and
+    /// `extra` sources (table or base batches whose columns follow the layout by name).
+    pub(crate) fn gather(
+        &self,
+        rows: &[Vec<Slot>],
+        extra: &[&RecordBatch],
+    ) -> Result<Vec<ArrayRef>, ChangeError> {
+        let mut out = Vec::with_capacity(self.layout.columns.len());
+        for (c, (name, ty)) in self.layout.columns.iter().enumerate() {
+            let null = &self.null_arrays[c];
+            let mut sources: Vec<&dyn Array> = Vec::with_capacity(1 + self.stored.len());
+            sources.push(null.as_ref());
+            for s in &self.stored {
+                sources.push(s.arrays[c].as_deref().unwrap_or(null.as_ref()));
+            }
+            let mut casted: Vec<ArrayRef> = Vec::new();
+            for b in extra {
+                match b.column_by_name(name) {
+                    Some(a) if a.data_type() == &ty.arrow_type() => casted.push(a.clone()),
+                    Some(a) => casted.push(arrow_cast::cast(a, &ty.arrow_type())?),
+                    None => {
+                        casted.push(arrow_array::new_null_array(&ty.arrow_type(), b.num_rows()))
+                    }
+                }
+            }
+            for a in &casted {
+                sources.push(a.as_ref());
+            }
+            let idx: Vec<Slot> = rows.iter().map(|r| r[c]).collect();
+            out.push(interleave(&sources, &idx)?);
+        }
+        Ok(out)
+    }
+
+    /// `c`, `u` or `d`: what the change did to the row.
+    pub(crate) fn op_code(&self, c: &Change) -> &'static str {
+        if self.is_row_delete(c) {
+            return "d";
+        }
+        self.parts(c)
+            .iter()
+            .find(|f| f.op != Op::Delete)
+            .map_or("u", |f| f.op.code())
+    }
+
+    /// The change-log key id of each row of a table batch (`None`: a key the window does not
+    /// change), compared in the layout's key types like the window's keys.
+    pub(crate) fn table_keys(&self, table: &RecordBatch) -> Result<Vec<Option<u32>>, ChangeError> {
+        let key_cols: Vec<ArrayRef> = self
+            .layout
+            .key
+            .iter()
+            .zip(&self.key_cols)
+            .map(|(k, &i)| {
+                let invalid = |message: String| ChangeError::Invalid {
+                    file: "target".into(),
+                    message,
+                };
+                let c = table
+                    .column_by_name(k)
+                    .ok_or_else(|| invalid(format!("the Delta table has no key column `{k}`")))?;
+                column::convert(c, &self.layout.columns[i].1)
+                    .map_err(|(_, e)| invalid(format!("key column `{k}`: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((0..table.num_rows())
+            .map(|r| {
+                key_text(&key_cols, r)
+                    .ok()
+                    .and_then(|k| self.keys.get(k.as_str()).copied())
+            })
+            .collect())
+    }
+}
+
+/// An HLC kept as its decimal (see [`Hlc::to_decimal_i128`]); every one came from a parsed
+/// HLC, so out of range means a corrupt file, never a value to write as 0.
+pub(crate) fn hlc_of(updated: i128) -> Result<Hlc, ChangeError> {
+    Hlc::from_decimal_i128(updated).ok_or_else(|| ChangeError::Invalid {
+        file: "window".into(),
+        message: format!("HLC decimal {updated} is out of range"),
+    })
+}
+
+/// The two columns that carry an HLC: its text and its wall time (UTC); NULL where `None`.
+#[derive(Default)]
+pub(crate) struct HlcColumns {
+    text: StringBuilder,
+    at: TimestampMicrosecondBuilder,
+}
+
+impl HlcColumns {
+    pub(crate) fn new() -> Self {
+        Self {
+            text: StringBuilder::new(),
+            at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+        }
+    }
+
+    pub(crate) fn push(&mut self, updated: Option<i128>) -> Result<(), ChangeError> {
+        match updated {
+            Some(u) => {
+                let h = hlc_of(u)?;
+                self.text.append_value(h.to_string());
+                self.at.append_value(h.wall_micros());
+            }
+            None => {
+                self.text.append_null();
+                self.at.append_null();
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies row `r` of existing columns (a table row kept as it was).
+    pub(crate) fn copy(
+        &mut self,
+        text: Option<&StringArray>,
+        at: Option<&TimestampMicrosecondArray>,
+        r: usize,
+    ) {
+        self.text
+            .append_option(text.and_then(|a| a.is_valid(r).then(|| a.value(r))));
+        self.at
+            .append_option(at.and_then(|a| a.is_valid(r).then(|| a.value(r))));
+    }
+
+    pub(crate) fn finish(mut self) -> (ArrayRef, ArrayRef) {
+        (Arc::new(self.text.finish()), Arc::new(self.at.finish()))
+    }
+}
+
+/// A table batch's HLC text and time columns, when it has them.
+pub(crate) fn hlc_columns(
+    table: &RecordBatch,
+    text: &str,
+    at: &str,
+) -> (Option<StringArray>, Option<TimestampMicrosecondArray>) {
+    (
+        table
+            .column_by_name(text)
+            .and_then(|a| a.as_string_opt::<i32>().cloned()),
+        table.column_by_name(at).and_then(|a| {
+            a.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+                .cloned()
+        }),
+    )
+}

@@ -1,0 +1,206 @@
+//! update_delete (SCD type 1): one row per key with its current state.
+//!
+//! Each changed key's net effect over the window is computed once ([`Final`]); table rows of
+//! changed keys are replaced by their new image or dropped, and keys the table did not have
+//! become new rows, in key order (integers numerically) so new files' key ranges stay tight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field};
+
+use crate::apply::change_log::{HlcColumns, NULL, Slot, hlc_columns};
+use crate::apply::{
+    COMMIT_TS, ChangeError, ChangeLog, Counts, HLC, Keep, Merged, Mode, ModeWriter, ts_type,
+};
+
+pub(crate) fn meta_fields() -> Vec<Field> {
+    vec![
+        Field::new(HLC, DataType::Utf8, true),
+        Field::new(COMMIT_TS, ts_type(), true),
+    ]
+}
+
+/// The net effect of a window on one key.
+#[derive(Debug, Clone)]
+enum Final {
+    Delete,
+    /// Column → new value; `None` keeps the table's current value.
+    Image {
+        image: Vec<Option<Slot>>,
+        updated: i128,
+    },
+}
+
+pub struct UpdateDelete {
+    log: ChangeLog,
+    finals: HashMap<u32, Final>,
+    /// Key id → the table had it (its row was merged).
+    matched: Vec<bool>,
+    counts: Counts,
+    /// New keys still to write, and the position reached.
+    inserts: Option<(Vec<u32>, usize)>,
+}
+
+impl UpdateDelete {
+    pub fn new(log: ChangeLog) -> Self {
+        let ncols = log.layout.columns.len();
+        let mut finals = HashMap::new();
+        for r in log.ranges_by_key() {
+            let mut fin: Option<Final> = None;
+            for c in &log.changes[r.clone()] {
+                if log.is_row_delete(c) {
+                    fin = Some(Final::Delete);
+                    continue;
+                }
+                let mut image = match fin.take() {
+                    // Re-inserted after a delete: nothing of the old row survives.
+                    Some(Final::Delete) => vec![Some(NULL); ncols],
+                    Some(Final::Image { image, .. }) => image,
+                    None => vec![None; ncols],
+                };
+                log.apply(c, &mut image);
+                fin = Some(Final::Image {
+                    image,
+                    updated: c.updated,
+                });
+            }
+            if let Some(f) = fin {
+                finals.insert(log.changes[r.start].key, f);
+            }
+        }
+        let matched = vec![false; log.key_texts.len()];
+        Self {
+            log,
+            finals,
+            matched,
+            counts: Counts::default(),
+            inserts: None,
+        }
+    }
+
+    fn build_inserts(&mut self, keys: &[u32]) -> Result<RecordBatch, ChangeError> {
+        let mut rows: Vec<Vec<Slot>> = Vec::with_capacity(keys.len());
+        let mut meta = HlcColumns::new();
+        for k in keys {
+            if let Some(Final::Image { image, updated }) = self.finals.get(k) {
+                rows.push(image.iter().map(|s| s.unwrap_or(NULL)).collect());
+                meta.push(Some(*updated))?;
+            }
+        }
+        let mut cols = self.log.gather(&rows, &[])?;
+        let (hlc, ts) = meta.finish();
+        cols.push(hlc);
+        cols.push(ts);
+        self.counts.inserted += rows.len() as u64;
+        Ok(RecordBatch::try_new(
+            self.log.layout.output_schema(Mode::UpdateDelete),
+            cols,
+        )?)
+    }
+}
+
+impl ModeWriter for UpdateDelete {
+    fn mode(&self) -> Mode {
+        Mode::UpdateDelete
+    }
+
+    fn log(&self) -> &ChangeLog {
+        &self.log
+    }
+
+    fn reads_table(&self) -> bool {
+        true
+    }
+
+    fn probe_columns(&self) -> Vec<String> {
+        self.log.layout.key.clone()
+    }
+
+    fn touches(&self, table: &RecordBatch) -> Result<bool, ChangeError> {
+        Ok(self.log.table_keys(table)?.iter().any(Option::is_some))
+    }
+
+    fn merge(&mut self, table: &RecordBatch, keep: Keep) -> Result<Merged, ChangeError> {
+        let keys = self.log.table_keys(table)?;
+        let t = self.log.extra_source();
+        let ncols = self.log.layout.columns.len();
+        let mut rows = Vec::new();
+        let mut meta_rows: Vec<(usize, Option<i128>)> = Vec::new();
+        let mut superseded = Vec::new();
+        for (r, k) in keys.iter().enumerate() {
+            match k.and_then(|k| self.finals.get(&k).map(|f| (k, f))) {
+                None => {
+                    if keep == Keep::All {
+                        rows.push(vec![(t, r); ncols]);
+                        meta_rows.push((r, None));
+                    }
+                }
+                Some((k, Final::Delete)) => {
+                    self.matched[k as usize] = true;
+                    self.counts.deleted += 1;
+                    superseded.push(r as u32);
+                }
+                Some((k, Final::Image { image, updated })) => {
+                    self.matched[k as usize] = true;
+                    self.counts.updated += 1;
+                    superseded.push(r as u32);
+                    rows.push(image.iter().map(|s| s.unwrap_or((t, r))).collect());
+                    meta_rows.push((r, Some(*updated)));
+                }
+            }
+        }
+        let mut cols = self.log.gather(&rows, &[table])?;
+        // Metadata: kept from the table for untouched rows, new for changed ones.
+        let (old_hlc, old_ts) = hlc_columns(table, HLC, COMMIT_TS);
+        let mut meta = HlcColumns::new();
+        for (r, upd) in meta_rows {
+            match upd {
+                Some(u) => meta.push(Some(u))?,
+                None => meta.copy(old_hlc.as_ref(), old_ts.as_ref(), r),
+            }
+        }
+        let (hlc, ts) = meta.finish();
+        cols.push(hlc);
+        cols.push(ts);
+        Ok(Merged {
+            batch: RecordBatch::try_new(self.log.layout.output_schema(Mode::UpdateDelete), cols)?,
+            superseded,
+        })
+    }
+
+    fn next_output(&mut self, batch_rows: usize) -> Result<Option<RecordBatch>, ChangeError> {
+        let (keys, pos) = match self.inserts.take() {
+            Some(cursor) => cursor,
+            None => {
+                let mut keys: Vec<u32> = self
+                    .finals
+                    .iter()
+                    .filter(|(k, f)| {
+                        !self.matched[**k as usize] && matches!(f, Final::Image { .. })
+                    })
+                    .map(|(k, _)| *k)
+                    .collect();
+                let texts: &[Arc<str>] = &self.log.key_texts;
+                keys.sort_by(|a, b| {
+                    let (a, b) = (&texts[*a as usize], &texts[*b as usize]);
+                    (a.len(), a).cmp(&(b.len(), b))
+                });
+                (keys, 0)
+            }
+        };
+        if pos >= keys.len() {
+            self.inserts = Some((keys, pos));
+            return Ok(None);
+        }
+        let end = (pos + batch_rows.max(1)).min(keys.len());
+        let b = self.build_inserts(&keys[pos..end])?;
+        self.inserts = Some((keys, end));
+        Ok(Some(b))
+    }
+
+    fn counts(&self) -> Counts {
+        self.counts
+    }
+}

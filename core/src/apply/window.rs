@@ -1,0 +1,481 @@
+//! A window: every change row of one table with `lo < updated ≤ hi` (one RESOLVED step),
+//! gathered file by file, then merged into a [`ChangeLog`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Decimal128Type;
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow_schema::DataType;
+use arrow_select::filter::filter_record_batch;
+use serde_json::Value;
+
+use super::change_log::{Change, ChangeLog};
+use super::{ChangeError, Layout};
+use crate::format::batch::{self, Op};
+use crate::format::canonical;
+use crate::format::column;
+use crate::format::hlc::Hlc;
+use crate::format::types::ColumnType;
+
+/// One decoded batch kept for the window, with its columns aligned to the layout.
+pub(crate) struct Stored {
+    batch: RecordBatch,
+    pub(crate) file: Arc<str>,
+    /// Layout column → batch column.
+    cols: Vec<Option<usize>>,
+    /// Layout columns finally cast to the layout type (filled by `finish`).
+    pub(crate) arrays: Vec<Option<ArrayRef>>,
+}
+
+/// One row of one column family: what a file said about one (key, HLC).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Frag {
+    pub(crate) key: u32,
+    pub(crate) updated: i128,
+    pub(crate) family: u16,
+    pub(crate) op: Op,
+    pub(crate) batch: u32,
+    pub(crate) row: u32,
+}
+
+/// Rows of one table with `lo < updated ≤ hi`, gathered file by file.
+pub struct Window {
+    layout: Layout,
+    /// Columns `[0, fixed)` exist in the Delta table: their types cannot change.
+    fixed: usize,
+    lo: Option<Hlc>,
+    hi: Hlc,
+    family_names: Vec<String>,
+    stored: Vec<Stored>,
+    frags: Vec<Frag>,
+    keys: HashMap<Arc<str>, u32>,
+    key_texts: Vec<Arc<str>>,
+    rows_read: u64,
+}
+
+/// What a pushed batch held relative to the window.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Rows inside the window.
+    pub taken: usize,
+    /// Rows newer than the window: their file must be read again for a later RESOLVED.
+    pub later: usize,
+}
+
+impl Window {
+    /// A window over `(lo, hi]` for a table whose existing columns are `layout.columns`.
+    pub fn new(layout: Layout, lo: Option<Hlc>, hi: Hlc) -> Self {
+        let fixed = layout.columns.len();
+        let mut family_names: Vec<String> = layout.families.keys().cloned().collect();
+        if family_names.is_empty() {
+            family_names.push(String::new());
+        }
+        Self {
+            layout,
+            fixed,
+            lo,
+            hi,
+            family_names,
+            stored: Vec::new(),
+            frags: Vec::new(),
+            keys: HashMap::new(),
+            key_texts: Vec::new(),
+            rows_read: 0,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read
+    }
+
+    fn family_id(&mut self, family: &str) -> u16 {
+        match self.family_names.iter().position(|f| f == family) {
+            Some(i) => i as u16,
+            None => {
+                self.family_names.push(family.to_owned());
+                (self.family_names.len() - 1) as u16
+            }
+        }
+    }
+
+    /// Adds a change batch (canonical layout, see [`crate::format::batch`]) of `family` (`None` for a
+    /// table without split families) read from `file`.
+    pub fn push(
+        &mut self,
+        batch: RecordBatch,
+        family: Option<&str>,
+        file: &str,
+    ) -> Result<PushOutcome, ChangeError> {
+        self.rows_read += batch.num_rows() as u64;
+        let invalid = |message: String| ChangeError::Invalid {
+            file: file.to_owned(),
+            message,
+        };
+        let updated = batch
+            .column_by_name(batch::UPDATED)
+            .ok_or_else(|| invalid("no `updated` column".into()))?
+            .as_primitive_opt::<Decimal128Type>()
+            .ok_or_else(|| invalid("`updated` is not a decimal".into()))?
+            .clone();
+        let lo = self.lo.map(Hlc::to_decimal_i128);
+        let hi = self.hi.to_decimal_i128();
+        let mut out = PushOutcome::default();
+        let mask: BooleanArray = updated
+            .iter()
+            .map(|u| {
+                let u = u.unwrap_or(i128::MIN);
+                if u > hi {
+                    out.later += 1;
+                }
+                Some(lo.is_none_or(|lo| u > lo) && u <= hi)
+            })
+            .collect();
+        out.taken = mask.true_count();
+        if out.taken == 0 {
+            return Ok(out);
+        }
+        let batch = if out.taken == batch.num_rows() {
+            batch
+        } else {
+            filter_record_batch(&batch, &mask)?
+        };
+
+        let fam_name = family.unwrap_or("");
+        let family = self.family_id(fam_name);
+        let schema = batch.schema();
+        // Learn the columns: new ones are appended; types of existing Delta columns are fixed.
+        for field in schema.fields() {
+            let name = field.name();
+            if batch::is_meta(name) {
+                continue;
+            }
+            let Some(ty) = ColumnType::from_arrow(field.data_type()) else {
+                return Err(invalid(format!(
+                    "column `{name}` has unsupported type {}",
+                    field.data_type()
+                )));
+            };
+            match self.layout.index_of(name) {
+                None => self.layout.columns.push((name.clone(), ty)),
+                Some(i) if self.layout.columns[i].1.arrow_type() != ty.arrow_type() => {
+                    // Columns the Delta table has keep their type: `finish` converts the values
+                    // (and names the file and row when one does not fit). New columns widen.
+                    if i >= self.fixed {
+                        let w = self.layout.columns[i].1.widen(&ty);
+                        self.layout.columns[i].1 = w;
+                    }
+                }
+                Some(_) => {}
+            }
+            if !self.layout.key.contains(name) {
+                let cols = self.layout.families.entry(fam_name.to_owned()).or_default();
+                if !cols.contains(name) {
+                    cols.push(name.clone());
+                }
+            }
+        }
+        let key_cols: Vec<usize> = self
+            .layout
+            .key
+            .iter()
+            .map(|k| {
+                schema.index_of(k).map_err(|_| ChangeError::MissingKey {
+                    file: file.to_owned(),
+                    row: 0,
+                    column: k.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let ops = batch
+            .column_by_name(batch::OP)
+            .ok_or_else(|| invalid("no operation column".into()))?
+            .as_string::<i32>()
+            .clone();
+        let updated = batch
+            .column_by_name(batch::UPDATED)
+            .expect("checked above")
+            .as_primitive::<Decimal128Type>()
+            .clone();
+        let rows_col = batch.column_by_name(batch::SOURCE_ROW).and_then(|c| {
+            c.as_primitive_opt::<arrow_array::types::Int64Type>()
+                .cloned()
+        });
+        let batch_id = self.stored.len() as u32;
+        for row in 0..batch.num_rows() {
+            let file_row = rows_col.as_ref().map_or(row, |r| r.value(row) as usize);
+            if let Some(i) = key_cols.iter().position(|&c| batch.column(c).is_null(row)) {
+                return Err(ChangeError::MissingKey {
+                    file: file.to_owned(),
+                    row: file_row,
+                    column: self.layout.key[i].clone(),
+                });
+            }
+            let op = Op::from_code(ops.value(row)).ok_or_else(|| {
+                invalid(format!(
+                    "row {file_row}: unknown operation `{}`",
+                    ops.value(row)
+                ))
+            })?;
+            self.frags.push(Frag {
+                // Assigned by `finish`, once the key columns have their final types.
+                key: 0,
+                updated: updated.value(row),
+                family,
+                op,
+                batch: batch_id,
+                row: row as u32,
+            });
+        }
+        // Keep the data columns only: the metadata now lives in the fragments.
+        let data_idx: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| !batch::is_meta(schema.field(i).name()))
+            .collect();
+        let batch = batch.project(&data_idx)?;
+        let projected = batch.schema();
+        let cols: Vec<Option<usize>> = self
+            .layout
+            .columns
+            .iter()
+            .map(|(n, _)| projected.index_of(n).ok())
+            .collect();
+        self.stored.push(Stored {
+            batch,
+            file: Arc::from(file),
+            cols,
+            arrays: Vec::new(),
+        });
+        Ok(out)
+    }
+
+    /// Gives every fragment its key id, from the key columns in the layout's types (see
+    /// [`key_text`]): only after `finish` converted the stored batches can a key written as a
+    /// number in one file and as a string in another be seen to be the same key.
+    fn assign_keys(&mut self) -> Result<(), ChangeError> {
+        let key_idx: Vec<usize> = self
+            .layout
+            .key
+            .iter()
+            .map(|k| self.layout.index_of(k).unwrap_or(usize::MAX))
+            .collect();
+        let mut key_arrays = Vec::with_capacity(self.stored.len());
+        for s in &self.stored {
+            let arrays = key_idx
+                .iter()
+                .zip(&self.layout.key)
+                .map(|(&i, k)| {
+                    s.arrays
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .ok_or_else(|| ChangeError::MissingKey {
+                            file: s.file.to_string(),
+                            row: 0,
+                            column: k.clone(),
+                        })
+                })
+                .collect::<Result<Vec<ArrayRef>, _>>()?;
+            key_arrays.push(arrays);
+        }
+        for f in &mut self.frags {
+            let s = f.batch as usize;
+            // `push` refused NULL keys and conversions keep values, so this cannot fail; the
+            // row given is the one within the stored batch.
+            let key =
+                key_text(&key_arrays[s], f.row as usize).map_err(|i| ChangeError::MissingKey {
+                    file: self.stored[s].file.to_string(),
+                    row: f.row as usize + 1,
+                    column: self.layout.key[i].clone(),
+                })?;
+            f.key = match self.keys.get(key.as_str()) {
+                Some(id) => *id,
+                None => {
+                    let id = self.key_texts.len() as u32;
+                    let k: Arc<str> = Arc::from(key);
+                    self.key_texts.push(k.clone());
+                    self.keys.insert(k, id);
+                    id
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Merges fragments into changes: per key, in HLC order, duplicates dropped.
+    pub fn finish(mut self) -> Result<ChangeLog, ChangeError> {
+        // Align every stored batch with the final layout (types may have widened).
+        for s in &mut self.stored {
+            let mut arrays = Vec::with_capacity(self.layout.columns.len());
+            for (i, (name, ty)) in self.layout.columns.iter().enumerate() {
+                let Some(c) = s.cols.get(i).copied().flatten() else {
+                    arrays.push(None);
+                    continue;
+                };
+                let a = s.batch.column(c);
+                let a = if a.data_type() == &ty.arrow_type() {
+                    a.clone()
+                } else {
+                    column::convert(a, ty).map_err(|(row, e)| ChangeError::Convert {
+                        file: s.file.to_string(),
+                        column: name.clone(),
+                        row: row + 1,
+                        message: e.to_string(),
+                    })?
+                };
+                arrays.push(Some(a));
+            }
+            s.arrays = arrays;
+        }
+        self.assign_keys()?;
+        let key_texts = &self.key_texts;
+        self.frags.sort_by(|a, b| {
+            (
+                &*key_texts[a.key as usize],
+                a.updated,
+                a.family,
+                a.batch,
+                a.row,
+            )
+                .cmp(&(
+                    &*key_texts[b.key as usize],
+                    b.updated,
+                    b.family,
+                    b.batch,
+                    b.row,
+                ))
+        });
+        let before = self.frags.len();
+        self.frags
+            .dedup_by(|b, a| a.key == b.key && a.updated == b.updated && a.family == b.family);
+        let duplicates = before - self.frags.len();
+
+        let mut changes = Vec::new();
+        let mut i = 0;
+        while i < self.frags.len() {
+            let mut j = i + 1;
+            while j < self.frags.len()
+                && self.frags[j].key == self.frags[i].key
+                && self.frags[j].updated == self.frags[i].updated
+            {
+                j += 1;
+            }
+            changes.push(Change {
+                key: self.frags[i].key,
+                updated: self.frags[i].updated,
+                parts: i as u32..j as u32,
+            });
+            i = j;
+        }
+        let primary = self
+            .layout
+            .primary_family
+            .as_ref()
+            .and_then(|p| self.family_names.iter().position(|f| f == p))
+            .map(|p| p as u16);
+        let families_known: Vec<u16> = self
+            .layout
+            .families
+            .keys()
+            .filter_map(|f| self.family_names.iter().position(|n| n == f))
+            .map(|p| p as u16)
+            .collect();
+        let null_arrays = self
+            .layout
+            .columns
+            .iter()
+            .map(|(_, t)| new_null_array(&t.arrow_type(), 1))
+            .collect();
+        // A first window that took no row (an empty file, or only rows past the RESOLVED) has
+        // no columns yet: empty changes, from which no table is created.
+        let key_cols = match self
+            .layout
+            .key
+            .iter()
+            .map(|k| self.layout.index_of(k))
+            .collect::<Option<Vec<usize>>>()
+        {
+            Some(cols) => cols,
+            None if self.frags.is_empty() => Vec::new(),
+            None => {
+                return Err(ChangeError::Invalid {
+                    file: self
+                        .stored
+                        .first()
+                        .map(|s| s.file.to_string())
+                        .unwrap_or_default(),
+                    message: format!(
+                        "primary-key columns {:?} are not among the table's columns",
+                        self.layout.key
+                    ),
+                });
+            }
+        };
+        let family_cols = self
+            .family_names
+            .iter()
+            .map(|f| {
+                let names: Vec<&String> = match self.layout.families.get(f) {
+                    Some(cols) if self.layout.split_families => cols.iter().collect(),
+                    // Without split families every non-key column belongs to the one family.
+                    _ => self
+                        .layout
+                        .columns
+                        .iter()
+                        .map(|(n, _)| n)
+                        .filter(|n| !self.layout.key.contains(n))
+                        .collect(),
+                };
+                names
+                    .into_iter()
+                    .filter_map(|n| self.layout.index_of(n))
+                    .collect()
+            })
+            .collect();
+        Ok(ChangeLog {
+            layout: self.layout,
+            family_names: self.family_names,
+            family_cols,
+            key_cols,
+            stored: self.stored,
+            frags: self.frags,
+            changes,
+            keys: self.keys,
+            key_texts: self.key_texts,
+            primary,
+            families_known,
+            null_arrays,
+            duplicates,
+            rows_read: self.rows_read,
+        })
+    }
+}
+
+/// A row's key identity: the JSON array of its key values, or the index of a NULL key column.
+///
+/// Identity follows the key column's type in the layout (the Delta table's type), never how a
+/// file happened to write the value: `finish` converts every batch to those types first. So an
+/// INT key written `1` in one event and `"1"` in another (or inferred as a number from one file
+/// and as text from another, which widens the column to STRING) is one key: compared by integer
+/// value in an INT column, by the text `1` in a STRING column. FLOAT keys compare by value with
+/// `-0` equal to `0`, as in CockroachDB's key encoding. A JSONB key keeps JSON's distinction
+/// between `1` and `"1"`.
+pub(crate) fn key_text(columns: &[ArrayRef], row: usize) -> Result<String, usize> {
+    let mut values = Vec::with_capacity(columns.len());
+    for (i, a) in columns.iter().enumerate() {
+        if a.is_null(row) {
+            return Err(i);
+        }
+        let mut v = canonical::value(a.as_ref(), row);
+        if matches!(a.data_type(), DataType::Float32 | DataType::Float64) && v.as_f64() == Some(0.0)
+        {
+            v = canonical::float_json(0.0);
+        }
+        values.push(v);
+    }
+    Ok(Value::Array(values).to_string())
+}
