@@ -33,8 +33,8 @@ use crate::storage::Location;
 
 /// App id of our `txn` actions.
 pub const APP_ID: &str = "crdb-delta";
-/// commitInfo key holding our [`Progress`] and figures.
-pub const COMMIT_KEY: &str = "crdbDelta";
+pub use crate::records::COMMIT_KEY;
+use crate::records::CommitRecord;
 /// Table properties we keep (Databricks shows them with `SHOW TBLPROPERTIES`).
 pub const PROP_KEY: &str = "crdb_delta.primaryKey";
 pub const PROP_MODE: &str = "crdb_delta.mode";
@@ -257,8 +257,7 @@ pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaE
     let mut history = table.history(Some(HISTORY_LOOKBACK));
     while let Some(info) = history.next().await {
         let info = info.map_err(err)?;
-        if let Some(p) = info.info.get(COMMIT_KEY).and_then(|v| v.get("progress"))
-            && let Ok(p) = serde_json::from_value::<Progress>(p.clone())
+        if let Some(CommitRecord { progress: p, .. }) = CommitRecord::from_commit_info(&info.info)
             && p.applied.is_some_and(|a| a.wall == version)
         {
             return Ok(p);
@@ -432,7 +431,7 @@ pub struct Commit {
     pub layout: Option<(Layout, Mode)>,
     pub progress: Progress,
     pub resolved: Hlc,
-    pub figures: Value,
+    pub figures: crate::records::Figures,
     pub mode: Mode,
 }
 
@@ -676,8 +675,12 @@ async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u
         .with_max_retries(0)
         .with_application_transaction(Transaction::new(APP_ID, c.resolved.wall))
         .with_metadata([(
-            COMMIT_KEY.to_owned(),
-            json!({ "progress": c.progress, "figures": c.figures }),
+            crate::records::COMMIT_KEY.to_owned(),
+            serde_json::to_value(crate::records::CommitRecord {
+                progress: c.progress.clone(),
+                figures: c.figures.clone(),
+            })
+            .map_err(|e| err(deltalake_core::DeltaTableError::Generic(e.to_string())))?,
         )]);
     let snapshot = table.snapshot().map_err(err)?;
     let done = CommitBuilder::from(props)

@@ -28,7 +28,7 @@ pub enum InspectError {
     #[error("decoder task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
-    List(Box<crate::sync::SyncError>),
+    List(Box<crate::engine::SyncError>),
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -71,7 +71,7 @@ pub struct Summary {
 /// Reads every object under `source`, one data file at a time (memory: one file + one batch).
 pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, InspectError> {
     let started = Instant::now();
-    let (listed, ignored) = crate::sync::list(source)
+    let (listed, ignored) = crate::engine::list(source)
         .await
         .map_err(|e| InspectError::List(Box::new(e)))?;
     let mut objects = Vec::with_capacity(listed.len());

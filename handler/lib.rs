@@ -6,11 +6,11 @@
 pub mod config;
 pub mod delta;
 pub mod dev;
-pub mod faults;
+pub mod engine;
 pub mod functions;
 pub mod inspect;
 pub mod quarantine;
+pub mod records;
 pub mod serve;
 pub mod storage;
-pub mod sync;
 pub mod unity_catalog;

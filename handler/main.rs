@@ -5,11 +5,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crdb_delta::config::Config;
 use crdb_delta::dev::pump::{PumpOptions, pump};
 use crdb_delta::dev::simulate::simulate;
+use crdb_delta::engine::{SyncOptions, sync};
 use crdb_delta::inspect::inspect;
 use crdb_delta::quarantine::{Action, Quarantine};
 use crdb_delta::serve::{Settings, port_from_env, serve};
 use crdb_delta::storage::Location;
-use crdb_delta::sync::{SyncOptions, sync};
 use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::Mode;
 use crdb_delta_core::format::names::{Compression, Format, PartitionFormat};
@@ -627,7 +627,7 @@ async fn run() -> Result<()> {
             let now = chrono::Utc::now();
             let mut rows = Vec::new();
             for (name, path) in crdb_delta::unity_catalog::discover_tables(&target).await? {
-                if path == crdb_delta::sync::RESOLVED_LOG {
+                if path == crdb_delta::engine::RESOLVED_LOG {
                     continue;
                 }
                 let t = crdb_delta::delta::Target::new(&loc, &path)?;

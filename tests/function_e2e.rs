@@ -241,7 +241,7 @@ async fn feed(tag: &str) -> Option<Feed> {
     .unwrap();
 
     let source = Location::open(&format!("azure://{container}/feed")).unwrap();
-    let (objects, _) = crdb_delta::sync::list(&source).await.unwrap();
+    let (objects, _) = crdb_delta::engine::list(&source).await.unwrap();
     let blobs: Vec<(String, u64, bool)> = objects
         .iter()
         .map(|o| {

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use crate::format::hlc::Hlc;
-use crate::format::names::{DataFileName, ObjectName};
+use crate::format::names::{DataFileName, ObjectName, PartitionFormat};
 
 /// One changefeed object, as listed.
 #[derive(Debug, Clone)]
@@ -341,10 +341,82 @@ pub fn next_step_weighed(
     Some(step)
 }
 
+/// The partition folder (or, flat, the date prefix) of a changefeed path: every object at or
+/// after it in name order lives at or after this string (where a bounded listing starts).
+pub fn partition_start(path: &str, partition: PartitionFormat) -> String {
+    match partition {
+        PartitionFormat::Flat => path.chars().take(8).collect(),
+        _ => path
+            .rsplit_once('/')
+            .map_or(String::new(), |(dir, _)| dir.to_owned()),
+    }
+}
+
+/// Where one table stands, as the step loop sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct TableAt<'a> {
+    pub name: &'a str,
+    /// Its Delta table exists.
+    pub exists: bool,
+    pub applied: Option<Hlc>,
+}
+
+/// The RESOLVED every table is at, when they agree: every existing table applied it and no
+/// table still to be created has files at or before it. Only then is the multi-table record
+/// (a consistent snapshot) written.
+pub fn common_resolved(tables: &[TableAt<'_>], objects: &[Object]) -> Option<Hlc> {
+    let first = tables.iter().find(|t| t.exists)?.applied?;
+    let existing_agree = tables
+        .iter()
+        .filter(|t| t.exists)
+        .all(|t| t.applied == Some(first));
+    let new_lag = tables.iter().filter(|t| !t.exists).any(|t| {
+        objects.iter().any(|o| match &o.name {
+            ObjectName::Data(d) => d.topic.table() == t.name && d.ts <= first,
+            ObjectName::Resolved(_) => false,
+        })
+    });
+    (existing_agree && !new_lag).then_some(first)
+}
+
+/// The window's first-key values, for skipping table files by their min/max statistics.
+/// Integer keys only for now: other types (and files without statistics) are always read.
+#[derive(Debug, Clone, Default)]
+pub struct KeyProbe {
+    sorted: Option<Vec<i64>>,
+}
+
+impl KeyProbe {
+    /// From the window's first-key values as canonical JSON.
+    pub fn new(values: Vec<serde_json::Value>) -> Self {
+        let sorted = values
+            .iter()
+            .map(serde_json::Value::as_i64)
+            .collect::<Option<Vec<i64>>>()
+            .map(|mut v| {
+                v.sort_unstable();
+                v
+            });
+        Self { sorted }
+    }
+
+    /// Whether a file whose first key spans `range` (min, max) may hold a window key.
+    pub fn may_hold(&self, range: Option<&(serde_json::Value, serde_json::Value)>) -> bool {
+        let (Some((lo, hi)), Some(keys)) = (range, &self.sorted) else {
+            return true;
+        };
+        let (Some(lo), Some(hi)) = (lo.as_i64(), hi.as_i64()) else {
+            return true;
+        };
+        let i = keys.partition_point(|k| *k < lo);
+        i < keys.len() && keys[i] <= hi
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::names::{Compression, Format, PartitionFormat, Topic};
+    use crate::format::names::{Compression, Format, Topic};
 
     fn data(table: &str, ts: Hlc, id: u64, size: u64) -> Object {
         let name = ObjectName::Data(DataFileName {
@@ -553,5 +625,59 @@ mod tests {
         let until = next_step(&objs, &progress, u64::MAX, Some(h(1))).unwrap();
         assert_eq!(until.resolved, h(1));
         assert!(!until.tables.contains_key("t"), "t is already at h(1)");
+    }
+    #[test]
+    fn key_probe_prunes_integer_ranges_only() {
+        use serde_json::json;
+        let p = KeyProbe::new(vec![json!(5), json!(1), json!(20)]);
+        assert!(p.may_hold(Some(&(json!(0), json!(1)))));
+        assert!(p.may_hold(Some(&(json!(6), json!(20)))));
+        assert!(!p.may_hold(Some(&(json!(6), json!(19)))));
+        assert!(!p.may_hold(Some(&(json!(21), json!(99)))));
+        assert!(p.may_hold(None), "no statistics: read it");
+        assert!(p.may_hold(Some(&(json!("a"), json!("b")))));
+        let strings = KeyProbe::new(vec![json!("x")]);
+        assert!(strings.may_hold(Some(&(json!(6), json!(19)))));
+    }
+
+    #[test]
+    fn common_resolved_waits_for_every_table() {
+        let objs = vec![data("t", h(1), 0, 10)];
+        let at = |name, exists, applied| TableAt {
+            name,
+            exists,
+            applied,
+        };
+        let (a, b) = (Some(h(5)), Some(h(6)));
+        assert_eq!(
+            common_resolved(&[at("x", true, a), at("y", true, a)], &[]),
+            a
+        );
+        assert_eq!(
+            common_resolved(&[at("x", true, a), at("y", true, b)], &[]),
+            None
+        );
+        assert_eq!(common_resolved(&[at("x", false, None)], &[]), None);
+        // A table not created yet with files at or before the RESOLVED lags behind.
+        assert_eq!(
+            common_resolved(&[at("x", true, a), at("t", false, None)], &objs),
+            None
+        );
+        assert_eq!(
+            common_resolved(&[at("x", true, a), at("u", false, None)], &objs),
+            a
+        );
+    }
+
+    #[test]
+    fn partition_start_is_the_folder_or_the_date() {
+        assert_eq!(
+            partition_start("2026-01-01/x.ndjson", PartitionFormat::Daily),
+            "2026-01-01"
+        );
+        assert_eq!(
+            partition_start("20260101x.ndjson", PartitionFormat::Flat),
+            "20260101"
+        );
     }
 }

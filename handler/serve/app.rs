@@ -20,8 +20,8 @@ use warp::http::StatusCode;
 use super::status;
 use super::store::{Acquire, ErrorRecord, Marker, Store};
 use super::{ServeError, Settings, container_prefix, scope_of};
+use crate::engine::{SyncOptions, SyncReport, sync};
 use crate::storage::Location;
-use crate::sync::{SyncOptions, SyncReport, sync};
 
 /// The handler's state, shared by all invocations.
 pub struct App {
@@ -51,11 +51,11 @@ impl App {
             max_window_bytes: settings
                 .config
                 .max_window_bytes
-                .unwrap_or(crate::sync::DEFAULT_MAX_WINDOW_BYTES),
+                .unwrap_or(crate::engine::DEFAULT_MAX_WINDOW_BYTES),
             target_file_size: settings
                 .config
                 .target_file_size
-                .unwrap_or(crate::sync::DEFAULT_TARGET_FILE_SIZE),
+                .unwrap_or(crate::engine::DEFAULT_TARGET_FILE_SIZE),
             max_line_bytes: settings
                 .config
                 .max_line_bytes

@@ -23,8 +23,8 @@ use warp::Filter;
 use warp::http::StatusCode;
 
 use crate::config::{Config, ConfigError};
+use crate::engine::SyncError;
 use crate::storage::{Location, StorageError};
-use crate::sync::SyncError;
 
 /// Largest request body read. Event Grid events are ~1–2 KB, queue messages at most 64 KB; the
 /// host sends chunked bodies without Content-Length (host-protocol.md §1), so the limit is

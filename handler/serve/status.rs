@@ -30,13 +30,13 @@ pub async fn table_state(
     table: &str,
 ) -> Result<Option<TableState>, ServeError> {
     let path = config.target_path(table)?;
-    let t = Target::new(target, &path).map_err(crate::sync::SyncError::from)?;
-    let Some(tb) = t.open().await.map_err(crate::sync::SyncError::from)? else {
+    let t = Target::new(target, &path).map_err(crate::engine::SyncError::from)?;
+    let Some(tb) = t.open().await.map_err(crate::engine::SyncError::from)? else {
         return Ok(None);
     };
     let progress = delta::progress(&tb, &path)
         .await
-        .map_err(crate::sync::SyncError::from)?;
+        .map_err(crate::engine::SyncError::from)?;
     Ok(Some(TableState {
         path,
         version: tb.version(),
@@ -51,7 +51,7 @@ pub async fn status(app: &App) -> Result<Value, ServeError> {
     let quarantined = crate::quarantine::Quarantine::new(&app.target)
         .list()
         .await
-        .map_err(crate::sync::SyncError::from)?;
+        .map_err(crate::engine::SyncError::from)?;
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
     let mut resolved_waiting = Vec::new();
     for b in &buffered {

@@ -1,0 +1,308 @@
+//! One table, one step: the window read, merged by the table's mode, written and committed
+//! with the RESOLVED. A stale plan (another writer committed first) is re-planned, never forced.
+//!
+//! [`apply_table`] reads as its stages: layout → read → merge → create → write → commit.
+
+use std::time::Instant;
+
+use crdb_delta_core::Hlc;
+use crdb_delta_core::apply::{self, ChangeError, ChangeLog, Keep, Layout, ModeWriter, Window};
+use crdb_delta_core::format::decode::DecodeOptions;
+use crdb_delta_core::format::names::ObjectName;
+use crdb_delta_core::plan::{KeyProbe, Object, Progress};
+use deltalake_core::kernel::{Add, Remove};
+
+use super::faults::{fault, pause};
+use super::read::{Budget, derive_key, read_window};
+use super::table::{TableState, replan};
+use super::{SyncError, SyncOptions, delta_err};
+use crate::delta::{self, Commit, Committed, Conflict, DeltaError};
+use crate::records::{Figures, TableFigures};
+use crate::storage::Location;
+
+fn change_err(table: &str) -> impl Fn(ChangeError) -> SyncError + '_ {
+    move |source| SyncError::Change {
+        table: table.to_owned(),
+        source,
+    }
+}
+
+/// Applies the step's `files` of one table up to `resolved` in one Delta commit.
+pub(super) async fn apply_table(
+    state: &mut TableState,
+    resolved: Hlc,
+    files: &[usize],
+    objects: &[Object],
+    source: &Location,
+    opts: &SyncOptions,
+    budget: &mut Budget<'_>,
+) -> Result<(), SyncError> {
+    let started = Instant::now();
+    let layout = step_layout(state, files, objects, source, opts).await?;
+    let before = layout.clone();
+    let dopts = decode_options(state, &layout, opts)?;
+    let window = Window::new(layout, state.progress.applied, resolved);
+    let (window, pending) =
+        read_window(state, window, files, objects, source, &dopts, budget).await?;
+    state.report.rows_read += window.rows_read();
+    let log = window.finish().map_err(change_err(&state.name))?;
+    let mut changes = apply::writer(state.mode, log);
+    fault("before-write");
+    let exists = state.table.is_some();
+    if !exists && !create_table(state, changes.log()).await? {
+        return Ok(());
+    }
+    let (adds, removes) = match write(state, exists, &mut *changes, opts).await? {
+        Written::Files { adds, removes } => (adds, removes),
+        Written::Stale(conflict) => return replan(state, resolved, conflict).await,
+    };
+    fault("after-write");
+    let commit = plan_commit(
+        state, exists, &*changes, &before, resolved, pending, adds, removes,
+    );
+    pause("before-commit").await;
+    let progress = commit.progress.clone();
+    let table = state.table.as_mut().expect("created above");
+    let version = match delta::commit(table, &state.target.path, commit).await? {
+        Committed::Version(v) => v,
+        Committed::Conflict(c) => return replan(state, resolved, c).await,
+    };
+    fault("after-commit");
+    account(state, &*changes, progress, resolved, version, started);
+    Ok(())
+}
+
+/// The layout the step starts from: the table's, or for a new table the key (configured or
+/// learnt from the files) and whether the feed splits column families. The primary family is
+/// set on every step: it is not stored in the table.
+async fn step_layout(
+    state: &TableState,
+    files: &[usize],
+    objects: &[Object],
+    source: &Location,
+    opts: &SyncOptions,
+) -> Result<Layout, SyncError> {
+    let name = &state.name;
+    let cfg = opts.config.table(name);
+    let mut layout = match &state.layout {
+        Some(l) => l.clone(),
+        None => {
+            let key = match &cfg.primary_key {
+                Some(k) => k.clone(),
+                None => derive_key(state, objects, source, opts).await?,
+            };
+            let split = objects.iter().any(|o| match &o.name {
+                ObjectName::Data(d) => d.topic.table() == name && d.topic.family().is_some(),
+                ObjectName::Resolved(_) => false,
+            });
+            Layout::new(key, split)
+        }
+    };
+    // Family 0 decides row deletes. Unconfigured, it is `primary` (CockroachDB's name for it
+    // unless the table names its families) once a file of that family was seen; otherwise it
+    // stays unknown and a row is deleted only when every known family reports a delete.
+    let seen_primary = layout.families.contains_key("primary")
+        || files.iter().any(|&i| match &objects[i].name {
+            ObjectName::Data(d) => d.topic.family() == Some("primary"),
+            ObjectName::Resolved(_) => false,
+        });
+    layout.primary_family = cfg
+        .primary_family
+        .clone()
+        .or_else(|| (layout.split_families && seen_primary).then(|| "primary".to_owned()));
+    Ok(layout)
+}
+
+/// Column types for decoding: the table's win; configured SQL types fix the rest; others are
+/// inferred.
+fn decode_options(
+    state: &TableState,
+    layout: &Layout,
+    opts: &SyncOptions,
+) -> Result<DecodeOptions, SyncError> {
+    let mut columns = opts.config.table(&state.name).column_types(&state.name)?;
+    for (c, t) in &layout.columns {
+        columns.insert(c.clone(), t.clone());
+    }
+    Ok(DecodeOptions {
+        batch_size: opts.batch_size,
+        columns,
+        primary_key: Some(layout.key.clone()),
+        max_line_bytes: opts.max_line_bytes,
+    })
+}
+
+/// Creates the table on its first step; `false` when there is nothing to create it from yet,
+/// or when a concurrent run created it first (the step is then planned again from its log).
+async fn create_table(state: &mut TableState, log: &ChangeLog) -> Result<bool, SyncError> {
+    if log.is_empty() && log.layout().columns.is_empty() {
+        return Ok(false);
+    }
+    let created = state.target.create(log.layout(), state.mode).await?;
+    let p = delta::progress(&created, &state.target.path).await?;
+    if p.applied.is_some() {
+        tracing::warn!(table = %state.name, "created concurrently by another run; re-planning from its progress");
+        state.layout = Some(delta::layout_of(&created, &state.target.path)?.0);
+        state.progress = p;
+        state.table = Some(created);
+        return Ok(false);
+    }
+    state.table = Some(created);
+    Ok(true)
+}
+
+/// What the write stage produced.
+enum Written {
+    Files {
+        adds: Vec<Add>,
+        removes: Vec<Remove>,
+    },
+    /// A table file vanished while being read (VACUUM): the plan is stale.
+    Stale(Conflict),
+}
+
+/// Merges the window into the table files that hold its keys (copy-on-write: each such file is
+/// rewritten whole), then writes the mode's new rows; one batch in memory at a time.
+async fn write(
+    state: &mut TableState,
+    exists: bool,
+    changes: &mut dyn ModeWriter,
+    opts: &SyncOptions,
+) -> Result<Written, SyncError> {
+    let name = state.name.clone();
+    let table = state.table.as_mut().expect("created");
+    let mut writer = delta::Writer::new(table, opts.target_file_size).map_err(delta_err(&name))?;
+    let mut removes = Vec::new();
+    let bs = opts.batch_size;
+    if changes.reads_table() && exists && !changes.log().is_empty() {
+        let keys = KeyProbe::new(changes.log().first_key_values());
+        let first_key = changes.log().layout().key[0].clone();
+        let probe = changes.probe_columns();
+        let candidates = delta::files(table, &first_key)
+            .await
+            .map_err(delta_err(&name))?;
+        pause("before-fetch").await;
+        for f in candidates {
+            if !keys.may_hold(f.key_range.as_ref()) {
+                continue;
+            }
+            let file = match delta::TableFile::fetch(table, &f.path).await {
+                Ok(file) => file,
+                Err(DeltaError::FileGone { path, .. }) => {
+                    let version = table.version().unwrap_or(0);
+                    return Ok(Written::Stale(Conflict::FileGone { path, version }));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // Decide from the probe columns alone; then stream the file through the merge,
+            // one batch at a time.
+            let mut touched = false;
+            for b in file.batches(Some(&probe), bs)? {
+                if changes.touches(&b?).map_err(change_err(&name))? {
+                    touched = true;
+                    break;
+                }
+            }
+            if !touched {
+                continue;
+            }
+            removes.push(f.remove);
+            for b in file.batches(None, bs)? {
+                let merged = changes.merge(&b?, Keep::All).map_err(change_err(&name))?;
+                writer.write(merged.batch).await.map_err(delta_err(&name))?;
+            }
+        }
+    }
+    // New rows (every change, new keys, or new versions), built and written one batch at a time.
+    while let Some(b) = changes.next_output(bs).map_err(change_err(&name))? {
+        writer.write(b).await.map_err(delta_err(&name))?;
+    }
+    let adds = writer.finish().await.map_err(delta_err(&name))?;
+    Ok(Written::Files { adds, removes })
+}
+
+/// The commit of a step: its files, the new schema when the layout grew, the progress and the
+/// figures (naming files an operator skipped that this step passes over).
+#[allow(clippy::too_many_arguments)]
+fn plan_commit(
+    state: &TableState,
+    exists: bool,
+    changes: &dyn ModeWriter,
+    before: &Layout,
+    resolved: Hlc,
+    pending: Option<String>,
+    adds: Vec<Add>,
+    removes: Vec<Remove>,
+) -> Commit {
+    let mut new_layout = changes.log().layout().clone();
+    new_layout.primary_family = None;
+    let counts = changes.counts();
+    let skipped_files: Vec<String> = state
+        .skipped
+        .iter()
+        .filter(|(ts, _)| *ts <= resolved && state.progress.applied.is_none_or(|a| *ts > a))
+        .map(|(_, p)| p.clone())
+        .collect();
+    if !skipped_files.is_empty() {
+        tracing::warn!(table = %state.name, files = ?skipped_files, "applied without files an operator skipped");
+    }
+    let figures = TableFigures {
+        events: changes.log().len() as u64,
+        inserted: counts.inserted,
+        updated: counts.updated,
+        deleted: counts.deleted,
+        duplicates: changes.log().duplicates() as u64,
+        files_added: adds.len() as u64,
+        files_removed: removes.len() as u64,
+        skipped_files,
+    };
+    Commit {
+        layout: (exists && !new_layout.same_delta_schema(before))
+            .then_some((new_layout, state.mode)),
+        adds,
+        removes,
+        progress: Progress {
+            applied: Some(resolved),
+            pending_from: pending,
+        },
+        resolved,
+        figures: Figures::Table(figures),
+        mode: state.mode,
+    }
+}
+
+/// After a commit landed: the table's new state and the run's figures.
+fn account(
+    state: &mut TableState,
+    changes: &dyn ModeWriter,
+    progress: Progress,
+    resolved: Hlc,
+    version: u64,
+    started: Instant,
+) {
+    let counts = changes.counts();
+    let log = changes.log();
+    tracing::info!(
+        table = %state.name,
+        resolved = %resolved,
+        version,
+        events = log.len(),
+        inserted = counts.inserted,
+        updated = counts.updated,
+        deleted = counts.deleted,
+        "committed"
+    );
+    let mut layout = log.layout().clone();
+    layout.primary_family = None;
+    state.conflicts = 0;
+    state.layout = Some(layout);
+    state.progress = progress;
+    let r = &mut state.report;
+    r.commits += 1;
+    r.events += log.len() as u64;
+    r.inserted += counts.inserted;
+    r.updated += counts.updated;
+    r.deleted += counts.deleted;
+    r.duplicates += log.duplicates() as u64;
+    r.seconds += started.elapsed().as_secs_f64();
+}

@@ -1,0 +1,156 @@
+//! Listing the changefeed root (bounded by the last `_crdb_delta_resolved` record where one
+//! exists) and fetching its objects.
+
+use crdb_delta_core::Hlc;
+use crdb_delta_core::format::decode::{self};
+use crdb_delta_core::format::names::{ObjectName, PartitionFormat};
+use crdb_delta_core::plan::{self, Object};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+
+use super::table::{TableState, open_table};
+use super::{RESOLVED_LOG, SyncError, SyncOptions, delta_err};
+use crate::records::{CommitRecord, Figures, ResolvedLogFigures};
+
+use crate::delta::Target;
+use crate::storage::{Location, StorageError};
+
+/// Lists the changefeed root: changefeed objects sorted by name; anything else is reported.
+pub async fn list(source: &Location) -> Result<(Vec<Object>, Vec<String>), SyncError> {
+    let metas: Vec<_> = source
+        .store
+        .list(Some(&source.prefix))
+        .try_collect()
+        .await
+        .map_err(StorageError::from)?;
+    Ok(collect_objects(source, metas))
+}
+
+pub(super) fn collect_objects(
+    source: &Location,
+    metas: Vec<object_store::ObjectMeta>,
+) -> (Vec<Object>, Vec<String>) {
+    let mut objects = Vec::new();
+    let mut ignored = Vec::new();
+    for m in metas {
+        let Some(rel) = source.relative(&m.location) else {
+            continue;
+        };
+        match ObjectName::parse_relative(&rel) {
+            Ok((name, _)) => objects.push(Object {
+                name,
+                path: rel,
+                size: m.size,
+                modified: Some(m.last_modified.timestamp_millis()),
+            }),
+            Err(e) => {
+                tracing::warn!(object = %rel, error = %e, "not a changefeed file; skipped");
+                ignored.push(e.to_string());
+            }
+        }
+    }
+    objects.sort_by_cached_key(|o| o.name.clone());
+    (objects, ignored)
+}
+
+/// Lists only what can still matter: objects from the partition of the oldest applied RESOLVED
+/// (or of the oldest file that still held newer rows) on, as recorded by the last step in
+/// `_crdb_delta_resolved`. `None` when that is not known: list everything.
+pub(super) async fn bounded_listing(
+    source: &Location,
+    target: &Location,
+    opts: &SyncOptions,
+) -> Result<Option<(Vec<Object>, Vec<String>, Vec<TableState>)>, SyncError> {
+    let log = Target::new(target, RESOLVED_LOG)?;
+    let Some(table) = log.open().await? else {
+        return Ok(None);
+    };
+    let mut history = table.history(Some(1));
+    let Some(info) = history
+        .next()
+        .await
+        .transpose()
+        .map_err(delta_err(RESOLVED_LOG))?
+    else {
+        return Ok(None);
+    };
+    let Some(CommitRecord {
+        figures:
+            Figures::ResolvedLog(ResolvedLogFigures {
+                tables: names,
+                partition: Some(partition),
+            }),
+        ..
+    }) = CommitRecord::from_commit_info(&info.info)
+    else {
+        return Ok(None);
+    };
+    let partition = PartitionFormat::from(partition);
+    let mut start: Option<String> = None;
+    let mut opened = Vec::with_capacity(names.len());
+    for name in &names {
+        // Opened once here and handed to the run, which then does not open them again.
+        let state = open_table(target, name, opts).await?;
+        if state.table.is_none() {
+            return Ok(None);
+        }
+        let p = &state.progress;
+        let key = match (p.applied, p.pending_from.as_deref()) {
+            (None, _) | (_, Some(plan::PENDING_ALL)) => return Ok(None),
+            (Some(a), pending) => {
+                let r =
+                    plan::partition_start(&ObjectName::Resolved(a).render(partition), partition);
+                match pending {
+                    Some(pf) => r.min(plan::partition_start(pf, partition)),
+                    None => r,
+                }
+            }
+        };
+        start = Some(start.map_or(key.clone(), |s| s.min(key)));
+        opened.push(state);
+    }
+    let Some(start) = start.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let offset = source.child(&start)?;
+    let metas: Vec<_> = source
+        .store
+        .list_with_offset(Some(&source.prefix), &offset)
+        .try_collect()
+        .await
+        .map_err(StorageError::from)?;
+    tracing::debug!(from = %start, objects = metas.len(), "bounded listing");
+    let (objects, ignored) = collect_objects(source, metas);
+    Ok(Some((objects, ignored, opened)))
+}
+
+pub(super) async fn fetch(source: &Location, obj: &Object) -> Result<bytes::Bytes, SyncError> {
+    let path = source.child(&obj.path)?;
+    let bytes = source
+        .store
+        .get(&path)
+        .await
+        .map_err(StorageError::from)?
+        .bytes()
+        .await
+        .map_err(StorageError::from)?;
+    Ok(bytes)
+}
+
+/// Reads the RESOLVED object a step applies and refuses one whose content disagrees with its
+/// name (a renamed or hand-made object): the name alone decides nothing that is committed.
+pub(super) async fn check_resolved_content(
+    source: &Location,
+    objects: &[Object],
+    resolved: Hlc,
+) -> Result<(), SyncError> {
+    let Some(obj) = objects
+        .iter()
+        .find(|o| o.name == ObjectName::Resolved(resolved))
+    else {
+        return Ok(());
+    };
+    let bytes = fetch(source, obj).await?;
+    decode::resolved::decode_resolved(&obj.path, bytes, Some(resolved))?;
+    Ok(())
+}

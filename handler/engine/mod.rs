@@ -1,0 +1,157 @@
+//! The engine: applies a changefeed root to Delta tables, one RESOLVED step at a time.
+//!
+//! Each step ([`plan::next_step`]) advances every table to the same RESOLVED: its files are
+//! decoded file by file into a [`Window`], merged into changes, written as new Parquet files and
+//! committed with the RESOLVED in the same Delta commit. When all tables of a step have
+//! committed, one row per table goes into `_crdb_delta_resolved` (a Delta table next to them)
+//! recording the Delta version of each table at that RESOLVED: a cross-table consistent
+//! snapshot. A backlog larger than `max_window_bytes` becomes several steps.
+//!
+//! One file per stage, in the order a run meets them:
+//!
+//! | file | stage |
+//! |---|---|
+//! | [`run`] | the step loop: list, refuse, quarantine, plan a step, apply each table, record |
+//! | [`listing`] | listing the root (bounded by the last record), fetching objects |
+//! | [`table`] | opening a table (mode, layout, progress) and re-planning after a conflict |
+//! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
+//! | [`apply`] | one table, one step: window → mode writer → files → commit |
+//! | [`resolved_log`] | the multi-table `_crdb_delta_resolved` record |
+//! | [`report`] | what a run did, per table |
+//! | [`faults`] | crash and pause points for tests |
+//!
+//! Decisions are made in `crdb_delta_core::plan` (which RESOLVED, which files, which table
+//! files may hold a key) and `crdb_delta_core::apply` (what a mode writes); this folder does the
+//! I/O around them.
+
+pub mod apply;
+pub mod faults;
+pub mod listing;
+pub mod read;
+pub mod report;
+pub mod resolved_log;
+pub mod run;
+pub mod table;
+
+pub use listing::list;
+pub use report::{SyncReport, TableReport, peak_rss_mib};
+pub use run::{sync, sync_listed};
+
+use std::time::Instant;
+
+use crdb_delta_core::Hlc;
+use crdb_delta_core::apply::{ChangeError, Mode};
+use crdb_delta_core::format::decode::{self, DecodeError};
+use crdb_delta_core::format::keys::KeyError;
+use crdb_delta_core::plan;
+
+use crate::config::{Config, ConfigError};
+use crate::delta::DeltaError;
+use crate::quarantine::QuarantineError;
+use crate::storage::StorageError;
+
+/// Default input bytes per commit: peak memory is about 2–3× this plus one target file being
+/// rewritten (docs/benchmarks.md), which fits a 2 GB Flex Consumption instance.
+pub const DEFAULT_MAX_WINDOW_BYTES: u64 = 256 << 20;
+
+/// Default Parquet file size written.
+pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
+
+/// Where the per-RESOLVED table versions are recorded, below the target root.
+pub const RESOLVED_LOG: &str = "_crdb_delta_resolved";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("table `{table}`: {source}")]
+    Change {
+        table: String,
+        #[source]
+        source: ChangeError,
+    },
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KeyError's message already says what to configure.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("table `{table}`: {message}")]
+    Table { table: String, message: String },
+    #[error("worker task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
+    /// Control flow, never shown: a window decoded to more than the budget; the step is
+    /// planned again with the corrected estimate (nothing of it was committed).
+    #[error("table `{table}`: the step decoded {decoded} bytes, over max_window_bytes")]
+    WindowOverflow { table: String, decoded: u64 },
+}
+
+impl SyncError {
+    /// The changefeed file this error is about, when the file itself is at fault (it cannot be
+    /// decoded or applied, now or on any retry): such a file is quarantined and stops only its
+    /// table. Storage and other transient errors fail the run instead.
+    pub fn poison_file(&self) -> Option<&str> {
+        match self {
+            Self::Decode(e) => Some(e.file()),
+            Self::Change { source, .. } => match source {
+                ChangeError::MissingKey { file, .. }
+                | ChangeError::Convert { file, .. }
+                | ChangeError::Invalid { file, .. } => Some(file),
+                ChangeError::Arrow(_) => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn delta_err(table: &str) -> impl Fn(deltalake_core::DeltaTableError) -> SyncError + '_ {
+    move |source| {
+        SyncError::Delta(DeltaError::Delta {
+            table: table.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// How to sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Mode for tables the config does not set (default update_delete).
+    pub mode: Option<Mode>,
+    pub config: Config,
+    pub max_window_bytes: u64,
+    pub batch_size: usize,
+    pub target_file_size: u64,
+    /// Apply at most up to this RESOLVED.
+    pub until: Option<Hlc>,
+    /// Start no new step after this instant (a function invocation's time budget): committed
+    /// steps stay, the rest is applied by the next run.
+    pub deadline: Option<Instant>,
+    /// A RESOLVED further ahead of the clock than this is refused ([`plan::refuse_future_resolved`]).
+    pub max_resolved_ahead: std::time::Duration,
+    /// Longest NDJSON line accepted (decompressed).
+    pub max_line_bytes: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            config: Config::default(),
+            max_window_bytes: DEFAULT_MAX_WINDOW_BYTES,
+            batch_size: 8192,
+            target_file_size: DEFAULT_TARGET_FILE_SIZE,
+            until: None,
+            deadline: None,
+            max_resolved_ahead: std::time::Duration::from_secs(
+                plan::DEFAULT_MAX_RESOLVED_AHEAD_SECONDS,
+            ),
+            max_line_bytes: decode::DEFAULT_MAX_LINE_BYTES,
+        }
+    }
+}

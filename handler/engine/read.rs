@@ -1,0 +1,138 @@
+//! Reading a table's files for a step: the key of a table that has none configured, and the
+//! window of changes (one file decoded at a time, on a blocking thread).
+
+use std::collections::BTreeMap;
+
+use crdb_delta_core::apply::Window;
+use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
+use crdb_delta_core::format::keys::{self, KeyError, KeyEvidence};
+use crdb_delta_core::format::names::ObjectName;
+use crdb_delta_core::plan::{self, Object};
+
+use super::listing::fetch;
+use super::table::TableState;
+use super::{SyncError, SyncOptions};
+
+use crate::storage::Location;
+
+/// Files decoded at most to learn an unconfigured primary key.
+pub(super) const KEY_EVIDENCE_FILES: usize = 32;
+
+/// Learns an unconfigured key from the table's first files.
+pub(super) async fn derive_key(
+    state: &TableState,
+    objects: &[Object],
+    source: &Location,
+    opts: &SyncOptions,
+) -> Result<Vec<String>, SyncError> {
+    let mut evidence: BTreeMap<String, KeyEvidence> = BTreeMap::new();
+    let mut last = None;
+    let files = objects.iter().filter(|o| match &o.name {
+        ObjectName::Data(d) => d.topic.table() == state.name,
+        ObjectName::Resolved(_) => false,
+    });
+    for obj in files.take(KEY_EVIDENCE_FILES) {
+        let ObjectName::Data(d) = obj.name.clone() else {
+            continue;
+        };
+        let bytes = fetch(source, obj).await?;
+        let path = obj.path.clone();
+        let dopts = DecodeOptions {
+            batch_size: opts.batch_size,
+            max_line_bytes: opts.max_line_bytes,
+            ..DecodeOptions::default()
+        };
+        let family = d.topic.family().unwrap_or_default().to_owned();
+        let ev = tokio::task::spawn_blocking(move || -> Result<KeyEvidence, DecodeError> {
+            let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
+            for b in s.by_ref() {
+                b?;
+            }
+            Ok(s.key_evidence().clone())
+        })
+        .await??;
+        evidence.entry(family).or_default().merge(&ev);
+        let all: Vec<&KeyEvidence> = evidence.values().collect();
+        match keys::primary_key(&state.name, None, &all) {
+            Ok(k) => return Ok(k),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or(KeyError {
+            table: state.name.clone(),
+            reason: "no data files".into(),
+        })
+        .into())
+}
+
+/// Decodes the step's files of one table into a window (one file in memory at a time).
+/// What a step may decode, and what decoding taught about stored vs. decoded sizes.
+pub(super) struct Budget<'a> {
+    pub(super) expansion: &'a mut plan::Expansion,
+    /// Decoded bytes one table's window may reach before the step is planned again, smaller;
+    /// `None` when no smaller step exists (one RESOLVED interval is read whole).
+    pub(super) limit: Option<u64>,
+}
+
+pub(super) async fn read_window(
+    state: &mut TableState,
+    mut window: Window,
+    files: &[usize],
+    objects: &[Object],
+    source: &Location,
+    dopts: &DecodeOptions,
+    budget: &mut Budget<'_>,
+) -> Result<(Window, Option<String>), SyncError> {
+    let mut pending = None;
+    let mut decoded_total = 0u64;
+    for &i in files {
+        let obj = &objects[i];
+        let ObjectName::Data(d) = obj.name.clone() else {
+            continue;
+        };
+        let bytes = fetch(source, obj).await?;
+        state.report.files_read += 1;
+        state.report.bytes_read += bytes.len() as u64;
+        let path = obj.path.clone();
+        let dopts = dopts.clone();
+        let table = state.name.clone();
+        let limit = budget.limit.map(|l| l.saturating_sub(decoded_total));
+        let (w, later, decoded, over) = tokio::task::spawn_blocking(
+            move || -> Result<(Window, usize, u64, bool), SyncError> {
+                let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
+                let mut later = 0;
+                while let Some(b) = s.next() {
+                    let o = window.push(b?, d.topic.family(), &path).map_err(|source| {
+                        SyncError::Change {
+                            table: table.clone(),
+                            source,
+                        }
+                    })?;
+                    later += o.later;
+                    if limit.is_some_and(|l| s.input_bytes() > l) {
+                        return Ok((window, later, s.input_bytes(), true));
+                    }
+                }
+                Ok((window, later, s.input_bytes(), false))
+            },
+        )
+        .await??;
+        window = w;
+        decoded_total += decoded;
+        state.report.decoded_bytes += decoded;
+        if budget.expansion.observe(obj, decoded) || over {
+            tracing::debug!(file = %obj.path, stored = obj.size, decoded, "decoded size above the estimate");
+        }
+        if over {
+            return Err(SyncError::WindowOverflow {
+                table: state.name.clone(),
+                decoded: decoded_total,
+            });
+        }
+        if later > 0 && pending.is_none() {
+            pending = Some(obj.path.clone());
+        }
+    }
+    Ok((window, pending))
+}

@@ -1,0 +1,142 @@
+//! What a run did: per table and in total, as `sync --json` prints it and Status keeps it.
+
+use std::collections::BTreeMap;
+
+use crdb_delta_core::Hlc;
+use crdb_delta_core::apply::Mode;
+use serde::Serialize;
+
+use crate::quarantine::Action;
+
+/// What a sync did to one table.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TableReport {
+    pub target: String,
+    pub mode: Option<Mode>,
+    /// The RESOLVED the table is at after the run.
+    pub resolved: Option<Hlc>,
+    /// The first file that still held newer rows (`Progress::pending_from`).
+    pub pending_from: Option<String>,
+    pub version: Option<u64>,
+    pub commits: u64,
+    /// Distinct changes applied (column families merged, duplicates dropped).
+    pub events: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub duplicates: u64,
+    /// Commits of this table that went stale (another writer) and were planned again.
+    pub replans: u64,
+    pub files_read: u64,
+    pub bytes_read: u64,
+    /// Input after decompression (what `max_window_bytes` counts).
+    pub decoded_bytes: u64,
+    pub rows_read: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SyncReport {
+    pub source: String,
+    pub target: String,
+    pub resolved: Option<Hlc>,
+    pub steps: u64,
+    /// Table commits planned again because another writer's commit made them stale, plus
+    /// steps planned again smaller because they decoded past the window.
+    pub replans: u64,
+    /// False when the run stopped at its deadline with RESOLVEDs left to apply.
+    pub complete: bool,
+    pub tables: BTreeMap<String, TableReport>,
+    pub ignored: Vec<String>,
+    /// RESOLVED objects refused (e.g. far ahead of the clock), with the reason: never applied.
+    pub refused: Vec<String>,
+    /// Data files written after a RESOLVED that covers them ([`plan::late_files`]): a second
+    /// changefeed writing into this root, or a file copied or rewritten later.
+    pub late: Vec<String>,
+    /// Quarantined files (`crdb-delta quarantine list`): `hold` ones stop their table.
+    pub quarantined: Vec<crate::quarantine::Record>,
+    pub events: u64,
+    pub bytes_read: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+    pub mb_per_s: f64,
+    /// Peak resident memory of the process so far (Linux `VmHWM`), MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process (Linux), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+impl SyncReport {
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "sync {} -> {}: {} step(s), at RESOLVED {}",
+            self.source,
+            self.target,
+            self.steps,
+            self.resolved.map_or("none".into(), |h| format!(
+                "{} ({})",
+                h.to_datetime()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                h
+            ))
+        );
+        for (name, t) in &self.tables {
+            let _ = writeln!(
+                s,
+                "  {name} -> {} ({}): version {}, {} events: +{} ~{} -{} ({} duplicates), {} files, {:.1} MB",
+                t.target,
+                t.mode.map_or("-".into(), |m| m.to_string()),
+                t.version.map_or("-".into(), |v| v.to_string()),
+                t.events,
+                t.inserted,
+                t.updated,
+                t.deleted,
+                t.duplicates,
+                t.files_read,
+                t.bytes_read as f64 / 1e6
+            );
+        }
+        if self.resolved.is_none() && self.quarantined.is_empty() && self.refused.is_empty() {
+            let _ = writeln!(
+                s,
+                "  nothing applied: no RESOLVED file in the source yet (the changefeed writes them \
+                 with `WITH resolved`); data files wait for the first one"
+            );
+        }
+        for i in &self.ignored {
+            let _ = writeln!(s, "  ignored: {i}");
+        }
+        for r in &self.refused {
+            let _ = writeln!(s, "  REFUSED: {r}");
+        }
+        for l in &self.late {
+            let _ = writeln!(s, "  LATE: {l}");
+        }
+        for q in &self.quarantined {
+            let what = match q.action {
+                Action::Hold => "STOPPED, file quarantined",
+                Action::Skip => "file skipped by an operator",
+            };
+            let _ = writeln!(s, "  {} {what}: {}: {}", q.table, q.file, q.reason);
+        }
+        let _ = writeln!(
+            s,
+            "{:.2} s: {:.0} events/s, {:.1} MB/s, peak RSS {}",
+            self.seconds,
+            self.events_per_s,
+            self.mb_per_s,
+            self.peak_rss_mib
+                .map_or("-".into(), |m| format!("{m:.0} MiB"))
+        );
+        s
+    }
+}

@@ -1,0 +1,150 @@
+//! `_crdb_delta_resolved`: one row per table per RESOLVED with the table's Delta version, written
+//! once every table of a step committed it (exactly once: its own `txn`).
+
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use crdb_delta_core::Hlc;
+use crdb_delta_core::apply::Mode;
+use crdb_delta_core::format::names::PartitionFormat;
+use crdb_delta_core::plan::Progress;
+
+use super::table::TableState;
+use super::{DEFAULT_TARGET_FILE_SIZE, RESOLVED_LOG, SyncError, delta_err};
+use crate::records::{Figures, ResolvedLogFigures};
+
+use crate::delta::{self, Commit, Committed, Target};
+
+pub(super) fn resolved_log_schema() -> Arc<Schema> {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")));
+    Arc::new(Schema::new(vec![
+        Field::new("resolved", DataType::Utf8, false),
+        Field::new("resolved_at", ts.clone(), false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("table_path", DataType::Utf8, false),
+        Field::new("delta_version", DataType::Int64, false),
+        Field::new("recorded_at", ts, false),
+    ]))
+}
+
+/// Appends one row per table to `_crdb_delta_resolved` for `resolved`, exactly once (its own
+/// `txn`). `if_missing`: only when not recorded yet (recovery at start).
+pub(super) async fn record_resolved(
+    log: &Target,
+    resolved: Hlc,
+    states: &[TableState],
+    partition: Option<PartitionFormat>,
+    if_missing: bool,
+) -> Result<(), SyncError> {
+    // Again if a concurrent run created the log or wrote to it meanwhile: the next attempt
+    // starts from its commit (and finds the record there if it wrote this one).
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        match record_resolved_once(log, resolved, states, partition, if_missing).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                tracing::warn!(%resolved, attempt, "recording the RESOLVED raced another writer; retrying")
+            }
+            Err(SyncError::Delta(e)) if attempt < ATTEMPTS => {
+                tracing::warn!(%resolved, attempt, error = %e, "recording the RESOLVED failed; retrying")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(SyncError::Table {
+        table: RESOLVED_LOG.into(),
+        message: format!("recording RESOLVED {resolved} lost {ATTEMPTS} races in a row"),
+    })
+}
+
+/// One attempt: `Ok(true)` when the record is there (ours or a concurrent run's), `Ok(false)`
+/// when another writer's commit made this one stale.
+pub(super) async fn record_resolved_once(
+    log: &Target,
+    resolved: Hlc,
+    states: &[TableState],
+    partition: Option<PartitionFormat>,
+    if_missing: bool,
+) -> Result<bool, SyncError> {
+    let schema = resolved_log_schema();
+    let mut table = match log.open().await? {
+        Some(t) => t,
+        None => log.create_with(&schema, vec![]).await?,
+    };
+    let done = table
+        .snapshot()
+        .map_err(delta_err(RESOLVED_LOG))?
+        .transaction_version(table.log_store().as_ref(), delta::APP_ID)
+        .await
+        .map_err(delta_err(RESOLVED_LOG))?;
+    if done.is_some_and(|v| v >= resolved.wall) {
+        return Ok(true);
+    }
+    if if_missing && states.iter().all(|s| s.table.is_none()) {
+        return Ok(true);
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut r = StringBuilder::new();
+    let mut ra = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut tn = StringBuilder::new();
+    let mut tp = StringBuilder::new();
+    let mut v = Int64Builder::new();
+    let mut rec = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for s in states {
+        let Some(t) = &s.table else { continue };
+        r.append_value(resolved.to_string());
+        ra.append_value(resolved.wall_micros());
+        tn.append_value(&s.name);
+        tp.append_value(&s.target.path);
+        v.append_value(t.version().unwrap_or(0) as i64);
+        rec.append_value(now);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(r.finish()),
+        Arc::new(ra.finish()),
+        Arc::new(tn.finish()),
+        Arc::new(tp.finish()),
+        Arc::new(v.finish()),
+        Arc::new(rec.finish()),
+    ];
+    let batch = RecordBatch::try_new(schema, cols).map_err(|e| SyncError::Table {
+        table: RESOLVED_LOG.into(),
+        message: e.to_string(),
+    })?;
+    let mut writer =
+        delta::Writer::new(&table, DEFAULT_TARGET_FILE_SIZE).map_err(delta_err(RESOLVED_LOG))?;
+    writer.write(batch).await.map_err(delta_err(RESOLVED_LOG))?;
+    let adds = writer.finish().await.map_err(delta_err(RESOLVED_LOG))?;
+    let committed = delta::commit(
+        &mut table,
+        RESOLVED_LOG,
+        Commit {
+            adds,
+            removes: vec![],
+            layout: None,
+            progress: Progress {
+                applied: Some(resolved),
+                pending_from: None,
+            },
+            resolved,
+            // What the next run's bounded listing needs.
+            figures: Figures::ResolvedLog(ResolvedLogFigures {
+                tables: states
+                    .iter()
+                    .filter(|s| s.table.is_some())
+                    .map(|s| s.name.clone())
+                    .collect(),
+                partition: partition.map(Into::into),
+            }),
+            mode: Mode::AppendOnly,
+        },
+    )
+    .await?;
+    if let Committed::Conflict(conflict) = committed {
+        tracing::debug!(%resolved, %conflict, "recording the RESOLVED conflicted");
+        return Ok(false);
+    }
+    Ok(true)
+}

@@ -1,0 +1,299 @@
+//! The step loop of a run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crdb_delta_core::Hlc;
+use crdb_delta_core::format::names::ObjectName;
+use crdb_delta_core::plan::{self, Object, Progress};
+use deltalake_core::DeltaTable;
+
+use super::apply::apply_table;
+use super::listing::{bounded_listing, check_resolved_content, list};
+use super::read::Budget;
+use super::report::{SyncReport, peak_rss_mib};
+use super::resolved_log::record_resolved;
+use super::table::{TableState, open_table};
+use super::{RESOLVED_LOG, SyncError, SyncOptions};
+
+use super::faults::fault;
+use crate::delta::Target;
+use crate::quarantine::{Action, Quarantine};
+use crate::storage::Location;
+
+/// Applies everything up to the newest RESOLVED (or `opts.until`).
+pub async fn sync(
+    source: &Location,
+    target: &Location,
+    opts: &SyncOptions,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let (objects, ignored, known) = match bounded_listing(source, target, opts).await? {
+        Some(listed) => listed,
+        None => {
+            let (objects, ignored) = list(source).await?;
+            (objects, ignored, Vec::new())
+        }
+    };
+    sync_known(source, target, objects, ignored, known, opts, started).await
+}
+
+/// [`sync`] over an already known set of objects (sorted by name), e.g. a buffer of
+/// BlobCreated events reconciled with a bounded listing. Objects must be changefeed objects of
+/// `source`; the plan only uses what is given.
+pub async fn sync_listed(
+    source: &Location,
+    target: &Location,
+    objects: Vec<Object>,
+    ignored: Vec<String>,
+    opts: &SyncOptions,
+    started: Instant,
+) -> Result<SyncReport, SyncError> {
+    sync_known(source, target, objects, ignored, Vec::new(), opts, started).await
+}
+
+/// [`sync_listed`], also advancing `known` tables (already opened) that have no file in
+/// `objects`.
+pub(super) async fn sync_known(
+    source: &Location,
+    target: &Location,
+    mut objects: Vec<Object>,
+    ignored: Vec<String>,
+    known: Vec<TableState>,
+    opts: &SyncOptions,
+    started: Instant,
+) -> Result<SyncReport, SyncError> {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let tolerance = i64::try_from(opts.max_resolved_ahead.as_nanos()).unwrap_or(i64::MAX);
+    let refused: Vec<String> = plan::refuse_future_resolved(&mut objects, now, tolerance)
+        .into_iter()
+        .map(|r| {
+            tracing::error!(object = %r.path, reason = %r.reason, "RESOLVED refused");
+            format!("{}: {}", r.path, r.reason)
+        })
+        .collect();
+    let partition = objects
+        .first()
+        .and_then(|o| ObjectName::parse_relative(&o.path).ok())
+        .map(|(_, p)| p);
+    // Quarantined files: a held one stops its table (its files leave the plan), a skipped one
+    // leaves the plan alone.
+    let quarantine = Quarantine::new(target);
+    let records = quarantine.list().await?;
+    let mut stopped: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.action == Action::Hold)
+        .map(|r| r.table.clone())
+        .collect();
+    let mut skipped: BTreeMap<String, Vec<(Hlc, String)>> = BTreeMap::new();
+    objects.retain(|o| {
+        let ObjectName::Data(d) = &o.name else {
+            return true;
+        };
+        if records
+            .iter()
+            .any(|r| r.action == Action::Skip && r.file == o.path)
+        {
+            skipped
+                .entry(d.topic.table().to_owned())
+                .or_default()
+                .push((d.ts, o.path.clone()));
+            return false;
+        }
+        !stopped.contains(d.topic.table())
+    });
+    for r in records.iter().filter(|r| r.action == Action::Hold) {
+        tracing::error!(table = %r.table, file = %r.file, reason = %r.reason, "table stopped: file quarantined (crdb-delta quarantine list|retry|skip)");
+    }
+    let mut states = known;
+    states.retain(|s| !stopped.contains(&s.name));
+    let mut expansion = plan::Expansion::default();
+    let mut oversized = 0u32;
+    // Steps tried in this run: the time budget stops the run between them, never before one.
+    let mut attempts = 0u64;
+    for name in plan::tables(&objects) {
+        if !states.iter().any(|s| s.name == name) {
+            states.push(open_table(target, &name, opts).await?);
+        }
+    }
+    states.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in &mut states {
+        s.skipped = skipped.remove(&s.name).unwrap_or_default();
+    }
+    for (i, a) in states.iter().enumerate() {
+        if let Some(b) = states[i + 1..]
+            .iter()
+            .find(|b| b.target.path == a.target.path)
+        {
+            return Err(SyncError::Table {
+                table: b.name.clone(),
+                message: format!(
+                    "maps to the Delta table `{}`, as table `{}` does: give each its own `tables.<name>.target`",
+                    a.target.path, a.name
+                ),
+            });
+        }
+    }
+    let log = Target::new(target, RESOLVED_LOG)?;
+    let late: Vec<String> = plan::late_files(&objects)
+        .into_iter()
+        .map(|l| {
+            tracing::error!(file = %l.path, resolved = %l.resolved, written_after_ms = l.written_after_ms, "data file written after a RESOLVED that covers it: a second changefeed may write into this root");
+            format!(
+                "{} was written {:.1} s after RESOLVED {} (which covers its timestamp): a second changefeed may write into this root, or the file was copied or rewritten; rows of it at or below an applied RESOLVED are not applied",
+                l.path,
+                l.written_after_ms as f64 / 1000.0,
+                l.resolved
+            )
+        })
+        .collect();
+    let mut report = SyncReport {
+        source: source.display.clone(),
+        target: target.display.clone(),
+        complete: true,
+        ignored,
+        refused,
+        late,
+        quarantined: records,
+        ..SyncReport::default()
+    };
+    // A crash after the tables' commits but before the record: record it now (the tables have
+    // not moved since, so their current versions are the ones at that RESOLVED).
+    // Never while a table is stopped: the record would leave it out, and later runs' bounded
+    // listings (which start from the record) would no longer list its files.
+    if stopped.is_empty()
+        && let Some(r) = common_resolved(&states, &objects)
+    {
+        record_resolved(&log, r, &states, partition, true).await?;
+    }
+    loop {
+        let progress: BTreeMap<String, Progress> = states
+            .iter()
+            .map(|s| (s.name.clone(), s.progress.clone()))
+            .collect();
+        let Some(step) = plan::next_step_weighed(
+            &objects,
+            &progress,
+            opts.max_window_bytes,
+            opts.until,
+            &|o| expansion.weigh(o),
+        ) else {
+            break;
+        };
+        if attempts > 0 && opts.deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(resolved = %step.resolved, "time budget spent; the next run continues from here");
+            report.complete = false;
+            break;
+        }
+        attempts += 1;
+        if step.bytes > opts.max_window_bytes && !step.shrinkable {
+            // Once per run: a backlog of large intervals would say it at every step.
+            if oversized == 0 {
+                tracing::warn!(
+                    resolved = %step.resolved,
+                    bytes = step.bytes,
+                    max_window_bytes = opts.max_window_bytes,
+                    "one RESOLVED interval is larger than max_window_bytes; applying it whole (said once per run)"
+                );
+            } else {
+                tracing::debug!(resolved = %step.resolved, bytes = step.bytes, "RESOLVED interval larger than max_window_bytes; applied whole");
+            }
+            oversized += 1;
+        }
+        check_resolved_content(source, &objects, step.resolved).await?;
+        tracing::info!(resolved = %step.resolved, bytes = step.bytes, tables = step.tables.len(), "step");
+        let commits_before: u64 = states.iter().map(|s| s.report.commits).sum();
+        let mut poisoned = Vec::new();
+        let mut budget = Budget {
+            expansion: &mut expansion,
+            limit: step.shrinkable.then_some(opts.max_window_bytes),
+        };
+        let mut overflow = false;
+        for state in &mut states {
+            if let Some(files) = step.tables.get(&state.name) {
+                match apply_table(
+                    state,
+                    step.resolved,
+                    files,
+                    &objects,
+                    source,
+                    opts,
+                    &mut budget,
+                )
+                .await
+                {
+                    Ok(()) => {}
+                    Err(SyncError::WindowOverflow { table, decoded }) => {
+                        tracing::info!(%table, decoded, resolved = %step.resolved, "window larger than estimated; planning a smaller step");
+                        overflow = true;
+                        break;
+                    }
+                    Err(e) => match e.poison_file() {
+                        Some(file) => {
+                            let reason = e.to_string();
+                            tracing::error!(table = %state.name, %file, error = %reason, "table stopped: file quarantined (crdb-delta quarantine list|retry|skip)");
+                            let r = quarantine.hold(&state.name, file, &reason).await?;
+                            poisoned.push(state.name.clone());
+                            report.quarantined.push(r);
+                        }
+                        None => return Err(e),
+                    },
+                }
+            }
+        }
+        if overflow && poisoned.is_empty() {
+            report.replans += 1;
+            continue;
+        }
+        if !poisoned.is_empty() {
+            // The other tables go on; the stopped ones leave this run's plan.
+            states.retain(|s| !poisoned.contains(&s.name));
+            objects.retain(|o| match &o.name {
+                ObjectName::Data(d) => !poisoned.iter().any(|t| t == d.topic.table()),
+                ObjectName::Resolved(_) => true,
+            });
+            stopped.extend(poisoned);
+            continue;
+        }
+        fault("before-record");
+        if stopped.is_empty() && common_resolved(&states, &objects) == Some(step.resolved) {
+            record_resolved(&log, step.resolved, &states, partition, false).await?;
+        }
+        // A step whose commits all went stale (re-planned) is an attempt, not a step.
+        let committed: u64 = states.iter().map(|s| s.report.commits).sum();
+        if committed > commits_before {
+            report.steps += 1;
+        }
+    }
+    for s in states {
+        let mut t = s.report;
+        t.target = s.target.path.clone();
+        t.mode = Some(s.mode);
+        t.resolved = s.progress.applied;
+        t.pending_from = s.progress.pending_from.clone();
+        t.version = s.table.as_ref().and_then(DeltaTable::version);
+        report.events += t.events;
+        report.replans += t.replans;
+        report.bytes_read += t.bytes_read;
+        report.resolved = report.resolved.max(t.resolved);
+        report.tables.insert(s.name, t);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report.events_per_s = report.events as f64 / report.seconds.max(1e-9);
+    report.mb_per_s = report.bytes_read as f64 / 1e6 / report.seconds.max(1e-9);
+    report.peak_rss_mib = peak_rss_mib();
+    Ok(report)
+}
+
+/// [`plan::common_resolved`] over the run's tables.
+fn common_resolved(states: &[TableState], objects: &[Object]) -> Option<Hlc> {
+    let at: Vec<plan::TableAt<'_>> = states
+        .iter()
+        .map(|s| plan::TableAt {
+            name: &s.name,
+            exists: s.table.is_some(),
+            applied: s.progress.applied,
+        })
+        .collect();
+    plan::common_resolved(&at, objects)
+}

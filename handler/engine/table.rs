@@ -1,0 +1,110 @@
+//! A table's state during a run: opened (mode, layout, progress), and opened again when a
+//! concurrent commit made the current step stale.
+
+use crdb_delta_core::Hlc;
+use crdb_delta_core::apply::{Layout, Mode};
+use crdb_delta_core::plan::Progress;
+use deltalake_core::DeltaTable;
+
+use super::report::TableReport;
+use super::{SyncError, SyncOptions};
+
+use crate::delta::{self, Conflict, Target};
+use crate::storage::Location;
+
+/// Refused commits in a row (another writer kept committing first) before a run gives up.
+pub(super) const MAX_CONFLICTS: u32 = 5;
+
+pub(super) struct TableState {
+    pub(super) name: String,
+    pub(super) target: Target,
+    pub(super) mode: Mode,
+    pub(super) table: Option<DeltaTable>,
+    pub(super) layout: Option<Layout>,
+    pub(super) progress: Progress,
+    pub(super) report: TableReport,
+    /// Commits refused in a row because another writer committed first.
+    pub(super) conflicts: u32,
+    /// Files of this table an operator chose to skip (`quarantine skip`), by name timestamp:
+    /// the commit that passes over them names them.
+    pub(super) skipped: Vec<(Hlc, String)>,
+}
+
+pub(super) async fn open_table(
+    target: &Location,
+    name: &str,
+    opts: &SyncOptions,
+) -> Result<TableState, SyncError> {
+    let cfg = opts.config.table(name);
+    let path = opts.config.target_path(name)?;
+    let t = Target::new(target, &path)?;
+    let mode = cfg
+        .mode
+        .or(opts.mode)
+        .or(opts.config.mode)
+        .unwrap_or(Mode::UpdateDelete);
+    let table = t.open().await?;
+    let (layout, progress) = match &table {
+        Some(tb) => {
+            let (layout, recorded) = delta::layout_of(tb, &path)?;
+            if let Some(m) = recorded
+                && m != mode
+            {
+                return Err(SyncError::Table {
+                    table: name.to_owned(),
+                    message: format!(
+                        "the Delta table at `{path}` was written in mode {m}; refusing to apply mode {mode} to it"
+                    ),
+                });
+            }
+            (Some(layout), delta::progress(tb, &path).await?)
+        }
+        None => (None, Progress::default()),
+    };
+    tracing::debug!(table = name, target = %path, %mode, applied = ?progress.applied, "table opened");
+    Ok(TableState {
+        name: name.to_owned(),
+        target: t,
+        mode,
+        table,
+        layout,
+        progress,
+        report: TableReport::default(),
+        conflicts: 0,
+        skipped: Vec::new(),
+    })
+}
+
+/// A step whose plan went stale (another writer committed something it depends on): reload
+/// the table and let the step loop plan again from what the log says now. Losing to a run that
+/// applied RESOLVEDs is progress; losing again and again to commits that apply nothing of ours
+/// (another tool rewriting files) is not, and ends the run after [`MAX_CONFLICTS`].
+pub(super) async fn replan(
+    state: &mut TableState,
+    resolved: Hlc,
+    conflict: Conflict,
+) -> Result<(), SyncError> {
+    let name = state.name.clone();
+    let fresh = state.target.open().await?.ok_or_else(|| SyncError::Table {
+        table: name.clone(),
+        message: "the Delta table disappeared while applying".into(),
+    })?;
+    let p = delta::progress(&fresh, &state.target.path).await?;
+    if p.applied <= state.progress.applied {
+        state.conflicts += 1;
+        if state.conflicts > MAX_CONFLICTS {
+            return Err(SyncError::Table {
+                table: name,
+                message: format!(
+                    "gave up after {MAX_CONFLICTS} conflicting commits by other writers in a row; last: {conflict}"
+                ),
+            });
+        }
+    }
+    tracing::warn!(table = %name, %resolved, applied = ?p.applied, %conflict, "concurrent commit; re-planning from the log");
+    state.report.replans += 1;
+    state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
+    state.progress = p;
+    state.table = Some(fresh);
+    Ok(())
+}
