@@ -47,7 +47,7 @@ from deltalake import DeltaTable  # noqa: E402
 TABLES = "usertable,orders,kitchen_sink"
 MODES = ["update_delete", "append_only", "scd2"]
 FORMATS = ["json", "parquet"]
-# handler/faults.rs: the points where `fault()` is called (handler/sync.rs). `before-commit` and
+# handler/engine/faults.rs: the points where `fault()` is called (handler/engine/). `before-commit` and
 # `before-fetch` are pause points only (`pause()`), so CRDB_DELTA_FAULT=before-commit never fires.
 FAULT_POINTS = ["before-write", "after-write", "after-commit", "before-record"]
 # Re-plans, two counts. The report's `replans`: step attempts planned again in which no table
@@ -1319,7 +1319,7 @@ def post_raw(port: int, function: str, body: bytes, method: str = "POST", chunke
 def blob_event(name: str, size: int, container: str, account: str = ACCOUNT,
                event_type: str = "Microsoft.Storage.BlobCreated", api: str = "PutBlockList",
                subject: str | None = None, **overrides) -> dict:
-    """The Event Grid BlobCreated event of handler/serve/pump.rs `blob_created_event`."""
+    """The Event Grid BlobCreated event of handler/dev/pump.rs `blob_created_event`."""
     import uuid
     ev = {
         "topic": f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/"

@@ -72,7 +72,7 @@ const NOT_APP_SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "CRDB_DELTA_FAULT",
-        "crash-test hook of handler/sync.rs, never set in Azure",
+        "crash-test hook of handler/engine/faults.rs, never set in Azure",
     ),
     (
         "FUNCTIONS_WORKER_RUNTIME",
@@ -89,7 +89,7 @@ const NOT_APP_SETTINGS: &[(&str, &str)] = &[
 ];
 
 /// The names the handler reads: string literals in handler/serve/*.rs (and the port names in
-/// core's host module), the `%SETTING%` and `connection` names of the function folders, and
+/// handler/functions/host.rs), the `%SETTING%` and `connection` names of the function folders, and
 /// the first column of the settings table in function_app/README.md.
 fn handler_settings() -> BTreeSet<String> {
     let root = repo_root();
@@ -98,7 +98,7 @@ fn handler_settings() -> BTreeSet<String> {
         names.extend(setting_names(&read(&f).unwrap()));
     }
     names.extend(setting_names(
-        &read(&root.join("core/src/host.rs")).unwrap(),
+        &read(&root.join("handler/functions/host.rs")).unwrap(),
     ));
     let readme = read(&root.join("function_app/README.md")).unwrap();
     let table = readme
@@ -513,7 +513,7 @@ fn subscription_filters_and_two_phase_flag() {
         "PutBlob",
         "PutBlockList",
         "FlushWithClose",
-        // The handler's completing APIs (core/src/events.rs COMPLETING_APIS) include SFTP's.
+        // The handler's completing APIs (handler/functions/events.rs COMPLETING_APIS) include SFTP's.
         "SftpCommit",
         "StringIn",
         "StorageQueue",
