@@ -9,6 +9,7 @@ pub mod canonical;
 pub mod changes;
 pub mod column;
 pub mod decode;
+pub mod deletion_vector;
 pub mod events;
 pub mod hlc;
 pub mod host;
