@@ -9,9 +9,10 @@
 //!   (u32 little endian), the number of 32-bit buckets (u64 LE), then per bucket its key (the
 //!   high 32 bits of the positions, u32 LE) and a 32-bit Roaring bitmap of the low bits in the
 //!   standard portable Roaring format. Everything after the magic is exactly what the `roaring`
-//!   crate's `RoaringTreemap::serialize_into` writes; we only add the magic. We never write run
-//!   containers (every Roaring reader, including old ones, reads array and bitset containers)
-//!   and write only non-empty buckets (Delta's reader fills the gaps); both forms are read.
+//!   crate's `RoaringTreemap::serialize_into` writes (and what delta-kernel-rs writes); we only
+//!   add the magic. We never write run containers (every Roaring reader, including old ones,
+//!   reads array and bitset containers) but read them. Only non-empty buckets are written, as
+//!   delta-kernel-rs does; a data file below 2^32 rows has just bucket 0.
 //! - **`.bin` file** (`deletion_vector_<uuid>.bin`, next to the table or below a random-prefix
 //!   folder): one format version byte ([`FILE_FORMAT_VERSION`]), then per DV the size of the
 //!   bitmap (u32 big endian), the bitmap, and the CRC-32 (ISO-HDLC, as zlib's) of the bitmap
