@@ -7,9 +7,11 @@
 //! | [`format`] | CockroachDB's changefeed format: names, HLCs, NDJSON/Parquet decoding, values, types, keys → canonical Arrow batches |
 //! | [`plan`] | which RESOLVED, which files, which steps: decisions over a listing, as printable values |
 //! | [`apply`] | a window of changes merged by key and HLC, and what each mode writes for it |
+//! | [`deletion_vector`] | Delta's deletion-vector format (bitmaps, `.bin` files, descriptors): merge-on-read |
 //! | [`sim`] | the simulator: writes the format itself (deterministic changefeeds and their truth) |
 
 pub mod apply;
+pub mod deletion_vector;
 pub mod format;
 pub mod plan;
 pub mod sim;
