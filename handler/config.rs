@@ -5,6 +5,7 @@
 //! { "mode": "update_delete",
 //!   "max_window_bytes": 268435456,
 //!   "tables": { "orders": { "target": "sales/orders", "mode": "scd2",
+//!                           "storage": "copy_on_write",
 //!                           "primary_key": ["id"], "primary_family": "primary",
 //!                           "columns": { "amount": "DECIMAL(12,2)" } } } }
 //! ```
@@ -23,10 +24,48 @@ pub enum ConfigError {
     Table { table: String, message: String },
 }
 
+/// How a changed or deleted row leaves its data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// Merge-on-read: the row is marked in a deletion vector on its file and the new version
+    /// appended; no data file is rewritten. Needs readers with deletion-vector support
+    /// (Delta reader 3 / writer 7, as Databricks makes new tables).
+    DeletionVectors,
+    /// Copy-on-write: every file holding a changed row is rewritten (plain reader 1 / writer 2
+    /// tables for readers without deletion vectors).
+    CopyOnWrite,
+}
+
+impl std::str::FromStr for Storage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deletion_vectors" => Ok(Self::DeletionVectors),
+            "copy_on_write" => Ok(Self::CopyOnWrite),
+            other => Err(format!(
+                "unknown storage `{other}` (deletion_vectors, copy_on_write)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DeletionVectors => "deletion_vectors",
+            Self::CopyOnWrite => "copy_on_write",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub mode: Option<Mode>,
+    /// How update_delete and scd2 supersede rows (default: deletion vectors for new tables;
+    /// an existing table keeps what its protocol says unless this is set).
+    pub storage: Option<Storage>,
     /// Input bytes one commit may read; a larger backlog is applied in several commits, each up
     /// to an intermediate RESOLVED.
     pub max_window_bytes: Option<u64>,
@@ -46,6 +85,7 @@ pub struct TableConfig {
     /// Delta table path relative to the target root (default: the table name).
     pub target: Option<String>,
     pub mode: Option<Mode>,
+    pub storage: Option<Storage>,
     pub primary_key: Option<Vec<String>>,
     pub primary_family: Option<String>,
     /// Column → CockroachDB SQL type, for exact types where the files lose them.

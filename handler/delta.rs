@@ -11,11 +11,17 @@ use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::{Layout, Mode};
+use crdb_delta_core::deletion_vector::{
+    DeletionVector, DeletionVectorDescriptor as DvDescriptor, DvFileBuilder, DvLocation,
+};
 use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::plan::Progress;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake_core::kernel::{Action, Add, MetadataExt as _, Remove, StructType, Transaction};
+use deltalake_core::kernel::{
+    Action, Add, DeletionVectorDescriptor, MetadataExt as _, Protocol, Remove, StructType,
+    TableFeatures, Transaction,
+};
 use deltalake_core::logstore::{
     LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
 };
@@ -146,10 +152,87 @@ impl Target {
         Ok(Some(table))
     }
 
-    /// Creates the table (version 0, no data) with the layout's schema and our properties.
-    pub async fn create(&self, layout: &Layout, mode: Mode) -> Result<DeltaTable, DeltaError> {
-        self.create_with(&layout.output_schema(mode), properties(layout, mode))
-            .await
+    /// Creates the table (version 0, no data) with the layout's schema and our properties;
+    /// with deletion vectors enabled (reader 3 / writer 7) when `deletion_vectors`.
+    pub async fn create(
+        &self,
+        layout: &Layout,
+        mode: Mode,
+        deletion_vectors: bool,
+    ) -> Result<DeltaTable, DeltaError> {
+        let schema = layout.output_schema(mode);
+        let props = properties(layout, mode);
+        if deletion_vectors {
+            self.create_with_deletion_vectors(&schema, props).await
+        } else {
+            self.create_with(&schema, props).await
+        }
+    }
+
+    /// Version 0 with Databricks' protocol for new tables: reader 3 / writer 7 listing
+    /// `deletionVectors` (and `timestampNtz` when a column needs it). Committed by us:
+    /// delta-rs' `CreateBuilder` also lists `invariants` at writer 7, which delta-rs without
+    /// DataFusion then refuses to write to. A concurrent creator wins (its table is opened).
+    async fn create_with_deletion_vectors(
+        &self,
+        schema: &Schema,
+        properties: Vec<(String, String)>,
+    ) -> Result<DeltaTable, DeltaError> {
+        let kernel: StructType = schema.try_into_kernel().map_err(|e| DeltaError::Table {
+            table: self.path.clone(),
+            message: format!("schema not representable in Delta: {e}"),
+        })?;
+        let ntz = schema
+            .fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), arrow_schema::DataType::Timestamp(_, None)));
+        let mut features = vec!["deletionVectors"];
+        if ntz {
+            features.push("timestampNtz");
+        }
+        let protocol: Protocol = serde_json::from_value(json!({
+            "minReaderVersion": 3,
+            "minWriterVersion": 7,
+            "readerFeatures": features,
+            "writerFeatures": features,
+        }))
+        .map_err(|e| DeltaError::Table {
+            table: self.path.clone(),
+            message: format!("protocol: {e}"),
+        })?;
+        let mut config: Vec<(String, String)> =
+            vec![("delta.enableDeletionVectors".into(), "true".into())];
+        config.extend(properties);
+        let metadata = deltalake_core::kernel::new_metadata(&kernel, Vec::<String>::new(), config)
+            .map_err(|e| self.err()(e.into()))?;
+        let metadata = metadata
+            .with_name(self.path.replace('/', "_"))
+            .and_then(|m| m.with_description("CockroachDB changefeed applied by crdb-delta".into()))
+            .map_err(|e| self.err()(e.into()))?;
+        let log_store = self.builder()?.build_storage().map_err(self.err())?;
+        let created = CommitBuilder::from(CommitProperties::default().with_max_retries(0))
+            .with_actions(vec![
+                Action::Protocol(protocol.clone()),
+                Action::Metadata(metadata.clone()),
+            ])
+            .build(
+                None,
+                log_store,
+                DeltaOperation::Create {
+                    mode: SaveMode::ErrorIfExists,
+                    location: self.url.clone(),
+                    protocol,
+                    metadata,
+                },
+            )
+            .await;
+        if let Err(e) = created {
+            tracing::debug!(table = %self.path, error = %e, "create failed; opening the table another run created");
+        }
+        self.open().await?.ok_or_else(|| DeltaError::Table {
+            table: self.path.clone(),
+            message: "creating the table failed".into(),
+        })
     }
 
     /// Creates a table (version 0, no data). A concurrent creator wins silently (`Ignore`).
@@ -278,7 +361,15 @@ pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaE
 pub struct FileEntry {
     pub path: String,
     pub size: i64,
+    /// Its removal as of the snapshot (carrying its current deletion vector).
     pub remove: Remove,
+    /// Its re-add with the same statistics (`tightBounds` false: rows a deletion vector hides
+    /// still count), for attaching a new deletion vector.
+    pub add: Add,
+    /// Its current deletion vector, if rows of it are already deleted.
+    pub dv: Option<DeletionVectorDescriptor>,
+    /// Rows physically in the file (statistics' `numRecords`), when known.
+    pub num_records: Option<u64>,
     /// `(min, max)` of the first key column from the file statistics, when present.
     pub key_range: Option<(Value, Value)>,
 }
@@ -293,17 +384,41 @@ pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>
     Ok(views
         .into_iter()
         .map(|v| {
-            let key_range = v.stats().and_then(|s| {
-                let s: Value = serde_json::from_str(&s).ok()?;
+            let stats: Option<Value> = v.stats().and_then(|s| serde_json::from_str(&s).ok());
+            let key_range = stats.as_ref().and_then(|s| {
                 Some((
                     s.get("minValues")?.get(first_key)?.clone(),
                     s.get("maxValues")?.get(first_key)?.clone(),
                 ))
             });
+            let num_records = stats
+                .as_ref()
+                .and_then(|s| s.get("numRecords"))
+                .and_then(Value::as_u64);
+            let loose = stats.map(|mut s| {
+                s["tightBounds"] = json!(false);
+                s.to_string()
+            });
+            let dv = v.deletion_vector_descriptor();
             FileEntry {
                 path: v.path().to_string(),
                 size: v.size(),
                 remove: v.remove_action(true),
+                add: Add {
+                    path: v.path().to_string(),
+                    partition_values: v.partition_values_map(),
+                    size: v.size(),
+                    modification_time: v.modification_time(),
+                    data_change: true,
+                    stats: loose,
+                    tags: None,
+                    deletion_vector: dv.clone(),
+                    base_row_id: None,
+                    default_row_commit_version: None,
+                    clustering_provider: None,
+                },
+                dv,
+                num_records,
                 key_range,
             }
         })
@@ -383,6 +498,115 @@ pub async fn read_file(
         .await?
         .batches(None, batch_size)?
         .collect()
+}
+
+/// Whether the table's protocol has deletion vectors (readers must apply them).
+pub fn has_deletion_vectors(table: &DeltaTable) -> bool {
+    let Ok(snap) = table.snapshot() else {
+        return false;
+    };
+    serde_json::to_value(snap.protocol()).is_ok_and(|p| {
+        p["readerFeatures"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "deletionVectors"))
+    })
+}
+
+/// Adds the `deletionVectors` feature to an existing table (reader 3 / writer 7). Readers
+/// without deletion-vector support can no longer read it: done only when configured.
+pub async fn enable_deletion_vectors(
+    table: DeltaTable,
+    name: &str,
+) -> Result<DeltaTable, DeltaError> {
+    let t = table
+        .add_feature()
+        .with_feature(TableFeatures::DeletionVectors)
+        .with_allow_protocol_versions_increase(true)
+        .await
+        .map_err(|source| DeltaError::Delta {
+            table: name.to_owned(),
+            source: Box::new(source),
+        })?;
+    Ok(t)
+}
+
+/// The deleted rows of a file: its deletion vector read (from its `.bin` file or inline), or
+/// none.
+pub async fn read_deletion_vector(
+    table: &DeltaTable,
+    file: &FileEntry,
+) -> Result<DeletionVector, DeltaError> {
+    let Some(d) = &file.dv else {
+        return Ok(DeletionVector::new());
+    };
+    let bad = |message: String| DeltaError::Table {
+        table: table.table_url().to_string(),
+        message: format!("{}: deletion vector: {message}", file.path),
+    };
+    let ours: DvDescriptor =
+        serde_json::from_value(serde_json::to_value(d).map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    match ours.location().map_err(|e| bad(e.to_string()))? {
+        DvLocation::Inline => ours.read_inline().map_err(|e| bad(e.to_string())),
+        DvLocation::Relative(rel) => {
+            let location = Path::parse(&rel).map_err(|e| bad(e.to_string()))?;
+            let bytes = match table.object_store().get(&location).await {
+                Ok(got) => got.bytes().await.map_err(|e| bad(e.to_string()))?,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(DeltaError::FileGone {
+                        table: table.table_url().to_string(),
+                        path: rel,
+                    });
+                }
+                Err(e) => return Err(bad(e.to_string())),
+            };
+            ours.read_from_file(&bytes).map_err(|e| bad(e.to_string()))
+        }
+        DvLocation::Absolute(p) => Err(bad(format!(
+            "absolute deletion-vector paths are not read: {p}"
+        ))),
+    }
+}
+
+/// Marks rows deleted in live files: one `.bin` file for all of them (written now, referenced
+/// by the commit), and per file `remove(path, old DV)` + `add(path, new DV)`; a file whose
+/// every row is deleted is only removed. `deleted` holds each file's full set (its old deletion
+/// vector included).
+pub async fn deletion_vector_actions(
+    table: &DeltaTable,
+    name: &str,
+    deleted: Vec<(FileEntry, DeletionVector)>,
+) -> Result<(Vec<Add>, Vec<Remove>), DeltaError> {
+    let bad = |message: String| DeltaError::Table {
+        table: name.to_owned(),
+        message: format!("deletion vector: {message}"),
+    };
+    let mut bin = DvFileBuilder::new(uuid::Uuid::new_v4(), "").map_err(|e| bad(e.to_string()))?;
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
+    for (file, dv) in deleted {
+        let all_gone = file.num_records.is_some_and(|n| dv.cardinality() >= n);
+        removes.push(file.remove);
+        if all_gone {
+            continue;
+        }
+        let d = bin.push(&dv).map_err(|e| bad(e.to_string()))?;
+        let theirs: DeletionVectorDescriptor =
+            serde_json::from_value(serde_json::to_value(&d).map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        adds.push(Add {
+            deletion_vector: Some(theirs),
+            ..file.add
+        });
+    }
+    if !bin.is_empty() {
+        let path = Path::parse(bin.relative_path()).map_err(|e| bad(e.to_string()))?;
+        table
+            .object_store()
+            .put(&path, bin.finish().into())
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok((adds, removes))
 }
 
 /// Streams batches into new Parquet files of the table.

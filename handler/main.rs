@@ -200,6 +200,11 @@ struct SyncArgs {
     /// JSON configuration (tables' targets, keys, SQL types, modes).
     #[arg(long)]
     config: Option<String>,
+    /// How update_delete and scd2 supersede rows: deletion_vectors (default for new tables) or
+    /// copy_on_write (rewrites files; for readers without deletion-vector support). Overrides
+    /// the config's `storage`.
+    #[arg(long)]
+    storage: Option<crdb_delta::config::Storage>,
     /// Take keys and exact SQL types from a simulator manifest (`<truth>/manifest.json`).
     #[arg(long)]
     manifest: Option<String>,
@@ -233,6 +238,9 @@ impl SyncArgs {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
+        if let Some(s) = self.storage {
+            config.storage = Some(s);
+        }
         if let Some(m) = &self.manifest {
             let text = std::fs::read_to_string(m).with_context(|| format!("reading {m}"))?;
             let from = Config::from_manifest(&serde_json::from_str(&text)?);

@@ -6,7 +6,10 @@
 use std::time::Instant;
 
 use crdb_delta_core::Hlc;
-use crdb_delta_core::apply::{self, ChangeError, ChangeLog, Keep, Layout, ModeWriter, Window};
+use crdb_delta_core::apply::{
+    self, ChangeError, ChangeLog, Keep, Layout, Mode, ModeWriter, Window,
+};
+use crdb_delta_core::deletion_vector::DeletionVector;
 use crdb_delta_core::format::decode::DecodeOptions;
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::{KeyProbe, Object, Progress};
@@ -16,7 +19,8 @@ use super::faults::{fault, pause};
 use super::read::{Budget, derive_key, read_window};
 use super::table::{TableState, replan};
 use super::{SyncError, SyncOptions, delta_err};
-use crate::delta::{self, Commit, Committed, Conflict, DeltaError};
+use crate::config::Storage;
+use crate::delta::{self, Commit, Committed, Conflict, DeltaError, FileEntry};
 use crate::records::{Figures, TableFigures};
 use crate::storage::Location;
 
@@ -138,7 +142,9 @@ async fn create_table(state: &mut TableState, log: &ChangeLog) -> Result<bool, S
     if log.is_empty() && log.layout().columns.is_empty() {
         return Ok(false);
     }
-    let created = state.target.create(log.layout(), state.mode).await?;
+    // Appends never supersede a row: their tables stay readable by every reader.
+    let dvs = state.storage == Storage::DeletionVectors && state.mode != Mode::AppendOnly;
+    let created = state.target.create(log.layout(), state.mode, dvs).await?;
     let p = delta::progress(&created, &state.target.path).await?;
     if p.applied.is_some() {
         tracing::warn!(table = %state.name, "created concurrently by another run; re-planning from its progress");
@@ -161,8 +167,10 @@ enum Written {
     Stale(Conflict),
 }
 
-/// Merges the window into the table files that hold its keys (copy-on-write: each such file is
-/// rewritten whole), then writes the mode's new rows; one batch in memory at a time.
+/// Merges the window into the table files that may hold its keys, then writes the mode's new
+/// rows; one batch in memory at a time. Rows a file's deletion vector already hides are never
+/// seen. A touched file is rewritten whole (copy-on-write) or keeps its bytes and gets the
+/// superseded rows added to its deletion vector, the new versions appended (deletion vectors).
 async fn write(
     state: &mut TableState,
     exists: bool,
@@ -170,9 +178,12 @@ async fn write(
     opts: &SyncOptions,
 ) -> Result<Written, SyncError> {
     let name = state.name.clone();
+    let storage = state.storage;
     let table = state.table.as_mut().expect("created");
     let mut writer = delta::Writer::new(table, opts.target_file_size).map_err(delta_err(&name))?;
     let mut removes = Vec::new();
+    let mut adds = Vec::new();
+    let mut deleted: Vec<(FileEntry, DeletionVector)> = Vec::new();
     let bs = opts.batch_size;
     if changes.reads_table() && exists && !changes.log().is_empty() {
         let keys = KeyProbe::new(changes.log().first_key_values());
@@ -186,8 +197,15 @@ async fn write(
             if !keys.may_hold(f.key_range.as_ref()) {
                 continue;
             }
-            let file = match delta::TableFile::fetch(table, &f.path).await {
-                Ok(file) => file,
+            let fetched = match delta::read_deletion_vector(table, &f).await {
+                Ok(dv) => match delta::TableFile::fetch(table, &f.path).await {
+                    Ok(file) => Ok((dv, file)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            let (old_dv, file) = match fetched {
+                Ok(x) => x,
                 Err(DeltaError::FileGone { path, .. }) => {
                     let version = table.version().unwrap_or(0);
                     return Ok(Written::Stale(Conflict::FileGone { path, version }));
@@ -197,8 +215,10 @@ async fn write(
             // Decide from the probe columns alone; then stream the file through the merge,
             // one batch at a time.
             let mut touched = false;
+            let mut first = 0u64;
             for b in file.batches(Some(&probe), bs)? {
-                if changes.touches(&b?).map_err(change_err(&name))? {
+                let (live, _) = live_rows(b?, &old_dv, &mut first)?;
+                if changes.touches(&live).map_err(change_err(&name))? {
                     touched = true;
                     break;
                 }
@@ -206,10 +226,21 @@ async fn write(
             if !touched {
                 continue;
             }
-            removes.push(f.remove);
+            let keep = match storage {
+                Storage::CopyOnWrite => Keep::All,
+                Storage::DeletionVectors => Keep::Changed,
+            };
+            let mut dv = old_dv.clone();
+            let mut first = 0u64;
             for b in file.batches(None, bs)? {
-                let merged = changes.merge(&b?, Keep::All).map_err(change_err(&name))?;
+                let (live, positions) = live_rows(b?, &old_dv, &mut first)?;
+                let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
+                dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
                 writer.write(merged.batch).await.map_err(delta_err(&name))?;
+            }
+            match storage {
+                Storage::CopyOnWrite => removes.push(f.remove),
+                Storage::DeletionVectors => deleted.push((f, dv)),
             }
         }
     }
@@ -217,8 +248,40 @@ async fn write(
     while let Some(b) = changes.next_output(bs).map_err(change_err(&name))? {
         writer.write(b).await.map_err(delta_err(&name))?;
     }
-    let adds = writer.finish().await.map_err(delta_err(&name))?;
+    adds.extend(writer.finish().await.map_err(delta_err(&name))?);
+    if !deleted.is_empty() {
+        let (dv_adds, dv_removes) = delta::deletion_vector_actions(table, &name, deleted).await?;
+        adds.extend(dv_adds);
+        removes.extend(dv_removes);
+    }
     Ok(Written::Files { adds, removes })
+}
+
+/// The rows of a file batch its deletion vector does not hide, and their positions in the file
+/// (`first`: the position of the batch's first row, advanced past it).
+fn live_rows(
+    batch: arrow_array::RecordBatch,
+    dv: &DeletionVector,
+    first: &mut u64,
+) -> Result<(arrow_array::RecordBatch, Vec<u64>), SyncError> {
+    let n = batch.num_rows();
+    let start = *first;
+    *first += n as u64;
+    if dv.is_empty() {
+        return Ok((batch, (start..start + n as u64).collect()));
+    }
+    let mask = dv.keep_mask(start, n);
+    let positions = (0..n as u64)
+        .filter(|i| mask.value(*i as usize))
+        .map(|i| start + i)
+        .collect();
+    let live = deltalake_core::arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| {
+        SyncError::Change {
+            table: String::new(),
+            source: ChangeError::Arrow(e),
+        }
+    })?;
+    Ok((live, positions))
 }
 
 /// The commit of a step: its files, the new schema when the layout grew, the progress and the

@@ -9,6 +9,7 @@ use deltalake_core::DeltaTable;
 use super::report::TableReport;
 use super::{SyncError, SyncOptions};
 
+use crate::config::Storage;
 use crate::delta::{self, Conflict, Target};
 use crate::storage::Location;
 
@@ -19,6 +20,8 @@ pub(super) struct TableState {
     pub(super) name: String,
     pub(super) target: Target,
     pub(super) mode: Mode,
+    /// How superseded rows leave their files (update_delete, scd2).
+    pub(super) storage: Storage,
     pub(super) table: Option<DeltaTable>,
     pub(super) layout: Option<Layout>,
     pub(super) progress: Progress,
@@ -43,7 +46,28 @@ pub(super) async fn open_table(
         .or(opts.mode)
         .or(opts.config.mode)
         .unwrap_or(Mode::UpdateDelete);
-    let table = t.open().await?;
+    let configured = cfg.storage.or(opts.config.storage);
+    let mut table = t.open().await?;
+    // A new table gets deletion vectors (as Databricks makes them) unless configured otherwise;
+    // an existing one keeps what its protocol says, and gains the feature only when configured.
+    let storage = match (&table, configured) {
+        (_, Some(s)) => s,
+        (Some(tb), None) if !delta::has_deletion_vectors(tb) => Storage::CopyOnWrite,
+        _ => Storage::DeletionVectors,
+    };
+    if let Some(tb) = table.take() {
+        table = Some(
+            if storage == Storage::DeletionVectors
+                && mode != Mode::AppendOnly
+                && !delta::has_deletion_vectors(&tb)
+            {
+                tracing::info!(table = name, target = %path, "enabling deletion vectors on the table (configured `storage: deletion_vectors`)");
+                delta::enable_deletion_vectors(tb, &path).await?
+            } else {
+                tb
+            },
+        );
+    }
     let (layout, progress) = match &table {
         Some(tb) => {
             let (layout, recorded) = delta::layout_of(tb, &path)?;
@@ -66,6 +90,7 @@ pub(super) async fn open_table(
         name: name.to_owned(),
         target: t,
         mode,
+        storage,
         table,
         layout,
         progress,

@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow as pa
-from deltalake import DeltaTable
+from deltalake import DeltaTable, QueryBuilder
 
 META_PREFIX = "__crdb_"
 
@@ -38,7 +38,7 @@ def canon(value, typ: pa.DataType):
     if pa.types.is_decimal(typ):
         q = decimal.Decimal(1).scaleb(-typ.scale)
         return str(value.quantize(q)) if typ.scale > 0 else str(int(value))
-    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_binary_view(typ):
         return "\\x" + value.hex()
     if pa.types.is_date(typ):
         return value.isoformat()
@@ -66,10 +66,20 @@ def normalize(v):
     return v
 
 
+def has_deletion_vectors(t: DeltaTable) -> bool:
+    return "deletionVectors" in (t.protocol().reader_features or [])
+
+
 def read_table(uri: str, version: int | None = None, storage_options=None) -> list[dict]:
-    """Every row of a Delta table, canonical, read by delta-rs' Python reader + pyarrow."""
+    """Every row of a Delta table, canonical, read by delta-rs' Python reader + pyarrow.
+
+    Tables with deletion vectors are read through delta-rs' SQL reader (DataFusion), which
+    applies them; `to_pyarrow_table` refuses such tables."""
     t = DeltaTable(uri, version=version, storage_options=storage_options)
-    data = t.to_pyarrow_table()
+    if has_deletion_vectors(t):
+        data = pa.table(QueryBuilder().register("t", t).execute("select * from t"))
+    else:
+        data = t.to_pyarrow_table()
     cols = {name: data.column(name) for name in data.column_names}
     rows = []
     pylists = {name: col.to_pylist() for name, col in cols.items()}

@@ -13,6 +13,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
@@ -102,13 +103,18 @@ def check_time_travel(root: Path):
     return by_resolved
 
 
+@pytest.mark.parametrize("storage", ["deletion_vectors", "copy_on_write"])
 @pytest.mark.parametrize("fmt", ["json", "parquet"])
 @pytest.mark.parametrize("mode", ["update_delete", "append_only", "scd2"])
-def test_sync_matches_ground_truth(crdb_delta_bin, tmp_path, fmt, mode):
+def test_sync_matches_ground_truth(crdb_delta_bin, tmp_path, fmt, mode, storage):
+    if mode == "append_only" and storage == "copy_on_write":
+        pytest.skip("append_only never supersedes a row: storage does not apply")
     root = simulate(crdb_delta_bin, tmp_path, fmt)
-    # A small window budget: the backlog is applied in several commits, through the
-    # copy-on-write merge and the carried-over files.
-    report = json.loads(sync(crdb_delta_bin, root, mode, "--max-window-bytes", "60000").stdout)
+    # A small window budget: the backlog is applied in several commits, through the merge and
+    # the carried-over files.
+    report = json.loads(
+        sync(crdb_delta_bin, root, mode, "--max-window-bytes", "60000", "--storage", storage).stdout
+    )
     assert report["steps"] > 2, report
     check_final(root, mode)
     for t, r in report["tables"].items():
@@ -117,12 +123,24 @@ def test_sync_matches_ground_truth(crdb_delta_bin, tmp_path, fmt, mode):
     if mode == "update_delete":
         recorded = check_time_travel(root)
         assert len(recorded) == report["steps"]
-    # Readable by Databricks Runtime 13.3+: plain (1, 2), or timestampNtz only where needed.
-    p = DeltaTable(str(root / "delta" / "usertable")).protocol()
-    assert (p.min_reader_version, p.min_writer_version) == (1, 2), p
-    p = DeltaTable(str(root / "delta" / "kitchen_sink")).protocol()
-    assert (p.min_reader_version, p.min_writer_version) == (3, 7), p
-    assert p.reader_features == ["timestampNtz"] and p.writer_features == ["timestampNtz"], p
+    usertable = DeltaTable(str(root / "delta" / "usertable"))
+    kitchen = DeltaTable(str(root / "delta" / "kitchen_sink"))
+    p, k = usertable.protocol(), kitchen.protocol()
+    if mode != "append_only" and storage == "deletion_vectors":
+        # Databricks' protocol for new tables (reader 3 / writer 7, deletionVectors), plus
+        # timestampNtz where a column needs it; and rows really went into deletion vectors.
+        assert (p.min_reader_version, p.min_writer_version) == (3, 7), p
+        assert p.reader_features == ["deletionVectors"] == p.writer_features, p
+        assert sorted(k.reader_features) == ["deletionVectors", "timestampNtz"], k
+        assert sorted(k.writer_features) == ["deletionVectors", "timestampNtz"], k
+        for t in (usertable, kitchen):
+            dvs = pa.table(t.deletion_vectors()).to_pylist()
+            assert any(not all(d["selection_vector"]) for d in dvs), "no row in a deletion vector"
+    else:
+        # Readable by Databricks Runtime 13.3+: plain (1, 2), or timestampNtz only where needed.
+        assert (p.min_reader_version, p.min_writer_version) == (1, 2), p
+        assert (k.min_reader_version, k.min_writer_version) == (3, 7), k
+        assert k.reader_features == ["timestampNtz"] and k.writer_features == ["timestampNtz"], k
 
 
 def test_second_run_writes_nothing_and_new_data_continues(crdb_delta_bin, tmp_path):
