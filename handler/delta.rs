@@ -456,6 +456,11 @@ impl TableFile {
         })
     }
 
+    /// Bytes fetched (the Parquet file as stored).
+    pub fn stored_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
     /// Batches of the named columns only (all when `None`); columns the file lacks are skipped.
     pub fn batches(
         &self,
@@ -569,14 +574,14 @@ pub async fn read_deletion_vector(
 }
 
 /// Marks rows deleted in live files: one `.bin` file for all of them (written now, referenced
-/// by the commit), and per file `remove(path, old DV)` + `add(path, new DV)`; a file whose
+/// by the commit; its size is returned), and per file `remove(path, old DV)` + `add(path, new DV)`; a file whose
 /// every row is deleted is only removed. `deleted` holds each file's full set (its old deletion
 /// vector included).
 pub async fn deletion_vector_actions(
     table: &DeltaTable,
     name: &str,
     deleted: Vec<(FileEntry, DeletionVector)>,
-) -> Result<(Vec<Add>, Vec<Remove>), DeltaError> {
+) -> Result<(Vec<Add>, Vec<Remove>, u64), DeltaError> {
     let bad = |message: String| DeltaError::Table {
         table: name.to_owned(),
         message: format!("deletion vector: {message}"),
@@ -598,15 +603,44 @@ pub async fn deletion_vector_actions(
             ..file.add
         });
     }
+    let mut written = 0;
     if !bin.is_empty() {
         let path = Path::parse(bin.relative_path()).map_err(|e| bad(e.to_string()))?;
+        let bytes = bin.finish();
+        written = bytes.len() as u64;
         table
             .object_store()
-            .put(&path, bin.finish().into())
+            .put(&path, bytes.into())
             .await
             .map_err(|e| bad(e.to_string()))?;
     }
-    Ok((adds, removes))
+    Ok((adds, removes, written))
+}
+
+/// The live rows of one data file: its batches minus the rows its deletion vector hides (what
+/// any Delta reader returns for it).
+pub async fn read_live_file(
+    table: &DeltaTable,
+    file: &FileEntry,
+    batch_size: usize,
+) -> Result<Vec<RecordBatch>, DeltaError> {
+    let dv = read_deletion_vector(table, file).await?;
+    let mut first = 0u64;
+    let mut out = Vec::new();
+    for b in read_file(table, &file.path, batch_size).await? {
+        let n = b.num_rows();
+        let mask = dv.keep_mask(first, n);
+        first += n as u64;
+        out.push(
+            deltalake_core::arrow::compute::filter_record_batch(&b, &mask).map_err(|e| {
+                DeltaError::Table {
+                    table: table.table_url().to_string(),
+                    message: format!("{}: {e}", file.path),
+                }
+            })?,
+        );
+    }
+    Ok(out)
 }
 
 /// Streams batches into new Parquet files of the table.

@@ -142,7 +142,7 @@ async fn fingerprint(root: &Location, table: &str) -> (Option<String>, Vec<Strin
         .map(|h| h.to_string());
     let mut hlcs = Vec::new();
     for f in delta::files(&tb, "id").await.unwrap() {
-        for b in delta::read_file(&tb, &f.path, 8192).await.unwrap() {
+        for b in delta::read_live_file(&tb, &f, 8192).await.unwrap() {
             let col = b.column_by_name("__crdb_hlc").expect("__crdb_hlc");
             let s = col.as_any().downcast_ref::<StringArray>().unwrap();
             hlcs.extend((0..s.len()).map(|i| s.value(i).to_owned()));

@@ -21,7 +21,7 @@ async fn table_rows(root: &Location, table: &str) -> Vec<String> {
     let tb = t.open().await.unwrap().expect("table exists");
     let mut rows = Vec::new();
     for f in delta::files(&tb, "id").await.unwrap() {
-        for b in delta::read_file(&tb, &f.path, 8192).await.unwrap() {
+        for b in delta::read_live_file(&tb, &f, 8192).await.unwrap() {
             for mut r in canonical::rows(&b, None) {
                 r.retain(|k, _| !crdb_delta_core::format::batch::is_reserved(k));
                 rows.push(Value::Object(r).to_string());

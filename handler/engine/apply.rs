@@ -212,6 +212,8 @@ async fn write(
                 }
                 Err(e) => return Err(e.into()),
             };
+            state.report.table_files_read += 1;
+            state.report.table_bytes_read += file.stored_bytes();
             // Decide from the probe columns alone; then stream the file through the merge,
             // one batch at a time.
             let mut touched = false;
@@ -239,8 +241,14 @@ async fn write(
                 writer.write(merged.batch).await.map_err(delta_err(&name))?;
             }
             match storage {
-                Storage::CopyOnWrite => removes.push(f.remove),
-                Storage::DeletionVectors => deleted.push((f, dv)),
+                Storage::CopyOnWrite => {
+                    state.report.files_rewritten += 1;
+                    removes.push(f.remove);
+                }
+                Storage::DeletionVectors => {
+                    state.report.files_with_deletion_vectors += 1;
+                    deleted.push((f, dv));
+                }
             }
         }
     }
@@ -249,8 +257,11 @@ async fn write(
         writer.write(b).await.map_err(delta_err(&name))?;
     }
     adds.extend(writer.finish().await.map_err(delta_err(&name))?);
+    state.report.bytes_written += adds.iter().map(|a| a.size.max(0) as u64).sum::<u64>();
     if !deleted.is_empty() {
-        let (dv_adds, dv_removes) = delta::deletion_vector_actions(table, &name, deleted).await?;
+        let (dv_adds, dv_removes, dv_bytes) =
+            delta::deletion_vector_actions(table, &name, deleted).await?;
+        state.report.bytes_written += dv_bytes;
         adds.extend(dv_adds);
         removes.extend(dv_removes);
     }

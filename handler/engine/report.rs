@@ -31,6 +31,15 @@ pub struct TableReport {
     pub bytes_read: u64,
     /// Input after decompression (what `max_window_bytes` counts).
     pub decoded_bytes: u64,
+    /// Delta data files of the table read (their key columns, and whole when touched), and
+    /// their stored bytes: what applying cost beyond the changefeed itself.
+    pub table_files_read: u64,
+    pub table_bytes_read: u64,
+    /// Table files rewritten whole (copy-on-write) or given a new deletion vector.
+    pub files_rewritten: u64,
+    pub files_with_deletion_vectors: u64,
+    /// Bytes of new data files and deletion-vector files written.
+    pub bytes_written: u64,
     pub rows_read: u64,
     pub seconds: f64,
 }

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Apply cost against table size: copy-on-write vs deletion vectors, side by side in one run.
+
+    scripts/bench_scale.py [--sizes 200000,2000000] [--changes 10000] [--resolveds 5]
+                           [--modes update_delete,scd2] [--work target/bench-scale]
+
+For each table size it simulates a YCSB `usertable` (integer key, one short field) whose initial
+scan holds SIZE rows, followed by RESOLVEDS windows of CHANGES random-key changes each (90%
+updates, 10% deletes). Then, per mode and storage, into a fresh target:
+  1. `sync --until <first RESOLVED>` loads the initial scan;
+  2. each later RESOLVED is applied by its own `sync --until <it>` (one commit per RESOLVED, as
+     the function runs), and its seconds, bytes read from the table, bytes written and peak RSS
+     are taken from the `--json` report.
+Prints a Markdown table (medians over the RESOLVEDs) for docs/benchmarks.md. Uses the release
+build (`cargo build --release` first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hlc_of(name: str) -> str:
+    t = dt.datetime.strptime(name[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+    return f"{int(t.timestamp()) * 1_000_000_000 + int(name[14:23])}.{name[23:33]}"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    p = subprocess.run(args, capture_output=True, text=True, env={"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"})
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="200000,2000000")
+    ap.add_argument("--changes", type=int, default=10_000)
+    ap.add_argument("--resolveds", type=int, default=5)
+    ap.add_argument("--modes", default="update_delete,scd2")
+    ap.add_argument("--storages", default="copy_on_write,deletion_vectors")
+    ap.add_argument("--work", default=str(ROOT / "target" / "bench-scale"))
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "crdb-delta"))
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for size in [int(s) for s in a.sizes.split(",")]:
+        feed = work / f"usertable-{size}"
+        if not (feed / "truth" / "manifest.json").exists():
+            run(a.bin, "simulate", "--out", str(feed / "changefeed"), "--truth", str(feed / "truth"),
+                "--format", "parquet", "--tables", "usertable", "--ycsb-fields", "1",
+                "--initial-rows", str(size), "--windows", str(a.resolveds + 1),
+                "--events-per-window", str(a.changes), "--mix", "0", "0.9", "0.1",
+                "--restart-at", "0", "--schema-change-at", "0", "--drop-column-at", "0",
+                "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none",
+                "--file-size", str(64 << 20))
+        resolved = sorted(hlc_of(p.name) for p in (feed / "changefeed").rglob("*.RESOLVED"))
+        for mode in a.modes.split(","):
+            for storage in a.storages.split(","):
+                target = work / f"delta-{size}-{mode}-{storage}"
+                subprocess.run(["rm", "-rf", str(target)], check=True)
+                base = [a.bin, "sync", "--source", str(feed / "changefeed"), "--target", str(target),
+                        "--manifest", str(feed / "truth" / "manifest.json"), "--mode", mode,
+                        "--storage", storage, "--json"]
+                load = json.loads(run(*base, "--until", resolved[0]).stdout)
+                steps = []
+                for r in resolved[1:]:
+                    rep = json.loads(run(*base, "--until", r).stdout)
+                    t = rep["tables"]["usertable"]
+                    steps.append(rep | {"t": t})
+                med = lambda f: statistics.median(f(s) for s in steps)  # noqa: E731
+                rows.append({
+                    "rows": size, "mode": mode, "storage": storage,
+                    "load_s": load["seconds"], "load_rss": load["peak_rss_mib"],
+                    "s": med(lambda s: s["seconds"]),
+                    "read_mb": med(lambda s: s["t"].get("table_bytes_read", 0) / 1e6),
+                    "written_mb": med(lambda s: s["t"].get("bytes_written", 0) / 1e6),
+                    "window_mb": med(lambda s: s["bytes_read"] / 1e6),
+                    "rss": max(s["peak_rss_mib"] for s in steps),
+                    "events": med(lambda s: s["events"]),
+                })
+                r = rows[-1]
+                print(f"{size:>9} {mode:<13} {storage:<16} load {r['load_s']:6.1f} s  "
+                      f"per RESOLVED {r['s']:6.2f} s  read {r['read_mb']:8.1f} MB  "
+                      f"written {r['written_mb']:8.1f} MB  window {r['window_mb']:6.1f} MB  "
+                      f"RSS {r['rss']:6.0f} MiB", flush=True)
+    print()
+    print("| table rows | mode | storage | initial load | s per RESOLVED | table MB read | MB written | window MB (changefeed) | peak RSS per RESOLVED |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {r['load_s']:.1f} s, {r['load_rss']:.0f} MiB "
+              f"| {r['s']:.2f} | {r['read_mb']:.1f} | {r['written_mb']:.1f} | {r['window_mb']:.1f} | {r['rss']:.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
