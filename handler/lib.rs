@@ -4,12 +4,14 @@
 //! the edges: storage, the command line and (later) the Azure Functions custom handler.
 
 pub mod config;
+pub mod crdb;
 pub mod delta;
 pub mod faults;
 pub mod inspect;
 pub mod quarantine;
 pub mod serve;
 pub mod simulate;
+pub mod status;
 pub mod storage;
 pub mod sync;
 pub mod unity_catalog;
