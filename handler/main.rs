@@ -738,7 +738,9 @@ async fn run() -> Result<()> {
         }
         Command::Sync(args) => {
             let mut opts = args.options()?;
-            let source = Location::open_existing(&args.source)?;
+            // `/Volumes/<catalog>/<schema>/<volume>/…`: the volume's storage location.
+            let source = crdb_delta::unity_catalog::resolve_source(&args.source).await?;
+            let source = Location::open_existing(&source)?;
             check_target(&source, &args.target)?;
             let target = Location::open(&args.target)?;
             // `crdb-delta schema --target` output, under the explicit config (config.rs).
@@ -846,7 +848,9 @@ async fn run() -> Result<()> {
         }
         Command::Serve { port } => {
             let started = std::time::Instant::now();
-            let settings = Settings::from_env().context("reading the handler's app settings")?;
+            let mut settings =
+                Settings::from_env().context("reading the handler's app settings")?;
+            settings.resolve_volume_source().await?;
             let port = port_from_env(port)?;
             tracing::info!(
                 port,
@@ -931,7 +935,9 @@ async fn run() -> Result<()> {
             batch_size,
             json,
         } => {
-            let loc = Location::open_existing(&source)?;
+            let loc = Location::open_existing(
+                &crdb_delta::unity_catalog::resolve_source(&source).await?,
+            )?;
             let summary = inspect(&loc, batch_size)
                 .await
                 .with_context(|| format!("reading {source}"))?;
