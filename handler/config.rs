@@ -9,12 +9,26 @@
 //!                           "primary_key": ["id"], "primary_family": "primary",
 //!                           "columns": { "amount": "DECIMAL(12,2)" } } } }
 //! ```
+//!
+//! `crdb-delta schema --target <root>` writes the same shape (keys, families, SQL types read from
+//! CockroachDB) to `<root>/_crdb_delta/schema.json` ([`SCHEMA_OBJECT`]); `sync` and the handler
+//! read it at every run ([`with_target_schema`]), so a schema read after deployment applies
+//! without a redeploy. The explicit configuration wins field by field: a table's `primary_key`,
+//! `primary_family`, `target` and `mode` from the config file replace schema.json's, and its
+//! `columns` entries replace schema.json's type for the same column (other columns keep
+//! schema.json's types).
 
 use std::collections::BTreeMap;
 
 use crdb_delta_core::apply::Mode;
 use crdb_delta_core::format::types::{ColumnType, SqlType};
-use serde::Deserialize;
+use object_store::ObjectStoreExt as _;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::Location;
+
+/// Where `crdb-delta schema --target` writes, below the target root.
+pub const SCHEMA_OBJECT: &str = "_crdb_delta/schema.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,7 +39,7 @@ pub enum ConfigError {
 }
 
 /// How a changed or deleted row leaves its data file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Storage {
     /// Merge-on-read: the row is marked in a deletion vector on its file and the new version
@@ -59,37 +73,48 @@ impl std::fmt::Display for Storage {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// How update_delete and scd2 supersede rows (default: deletion vectors for new tables;
     /// an existing table keeps what its protocol says unless this is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<Storage>,
     /// Input bytes one commit may read; a larger backlog is applied in several commits, each up
     /// to an intermediate RESOLVED.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_window_bytes: Option<u64>,
     /// Target size of the Parquet files written.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_file_size: Option<u64>,
     /// A RESOLVED further than this ahead of the clock is refused (default 600).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_resolved_ahead_seconds: Option<u64>,
     /// Longest NDJSON line accepted, decompressed (default 64 MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_line_bytes: Option<usize>,
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// Delta table path relative to the target root (default: the table name).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<Storage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub primary_key: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub primary_family: Option<String>,
     /// Column → CockroachDB SQL type, for exact types where the files lose them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub columns: BTreeMap<String, String>,
 }
 
@@ -199,6 +224,77 @@ impl Config {
             message: format!("{message} (map it with `tables.{table}.target` in the config)"),
         })?;
         Ok(path)
+    }
+}
+
+impl Config {
+    /// This (explicit) configuration over a schema document (`_crdb_delta/schema.json`): the
+    /// explicit value wins per field, and per column for `columns`.
+    pub fn over_schema(&self, schema: &Config) -> Config {
+        let mut out = self.clone();
+        for (name, s) in &schema.tables {
+            let t = out.tables.entry(name.clone()).or_default();
+            t.target = t.target.take().or_else(|| s.target.clone());
+            t.mode = t.mode.or(s.mode);
+            t.storage = t.storage.or(s.storage);
+            t.primary_key = t.primary_key.take().or_else(|| s.primary_key.clone());
+            t.primary_family = t.primary_family.take().or_else(|| s.primary_family.clone());
+            for (c, ty) in &s.columns {
+                t.columns.entry(c.clone()).or_insert_with(|| ty.clone());
+            }
+        }
+        out.mode = out.mode.or(schema.mode);
+        out.storage = out.storage.or(schema.storage);
+        out.max_window_bytes = out.max_window_bytes.or(schema.max_window_bytes);
+        out.target_file_size = out.target_file_size.or(schema.target_file_size);
+        out.max_resolved_ahead_seconds = out
+            .max_resolved_ahead_seconds
+            .or(schema.max_resolved_ahead_seconds);
+        out.max_line_bytes = out.max_line_bytes.or(schema.max_line_bytes);
+        out
+    }
+}
+
+/// Reads `<target>/_crdb_delta/schema.json`; `None` when there is none. A document that does
+/// not parse or validate is an error (it would silently change keys and types otherwise).
+pub async fn load_target_schema(target: &Location) -> Result<Option<Config>, ConfigError> {
+    let file = format!(
+        "{}/{SCHEMA_OBJECT}",
+        crate::storage::redact(&target.display).trim_end_matches('/')
+    );
+    let err = |message: String| ConfigError::File {
+        file: file.clone(),
+        message,
+    };
+    let path = target
+        .child(SCHEMA_OBJECT)
+        .map_err(|e| err(e.to_string()))?;
+    let bytes = match target.store.get(&path).await {
+        Ok(r) => r.bytes().await.map_err(|e| err(e.to_string()))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|e| err(e.to_string()))?;
+    Config::parse(text).map(Some).map_err(err)
+}
+
+/// The configuration a run uses: `explicit` over the target's schema.json when there is one,
+/// validated as a whole.
+pub async fn with_target_schema(
+    explicit: &Config,
+    target: &Location,
+) -> Result<Config, ConfigError> {
+    match load_target_schema(target).await? {
+        None => Ok(explicit.clone()),
+        Some(schema) => {
+            let merged = explicit.over_schema(&schema);
+            merged.validate()?;
+            tracing::debug!(
+                tables = schema.tables.len(),
+                "using {SCHEMA_OBJECT} of the target"
+            );
+            Ok(merged)
+        }
     }
 }
 
@@ -325,6 +421,34 @@ mod tests {
         assert!(bad.contains("unknown mode"), "{bad}");
         // Our own shape still refuses unknown fields.
         assert!(Config::parse(r#"{"mode": "scd2", "tabels": {}}"#).is_err());
+    }
+
+    #[test]
+    fn explicit_config_wins_over_schema_json_per_field() {
+        let schema = Config::parse(
+            r#"{"tables": {"orders": {"primary_key": ["region", "id"], "primary_family": "f0",
+                 "columns": {"amount": "DECIMAL(12,2)", "note": "STRING"}},
+                 "users": {"primary_key": ["id"]}}}"#,
+        )
+        .unwrap();
+        let explicit = Config::parse(
+            r#"{"mode": "scd2", "tables": {"orders": {"primary_key": ["id"], "target": "sales/orders",
+                 "columns": {"amount": "DECIMAL(14,4)"}}}}"#,
+        )
+        .unwrap();
+        let m = explicit.over_schema(&schema);
+        let o = m.table("orders");
+        assert_eq!(o.primary_key.unwrap(), ["id"]);
+        assert_eq!(o.primary_family.as_deref(), Some("f0"));
+        assert_eq!(o.target.as_deref(), Some("sales/orders"));
+        assert_eq!(o.columns["amount"], "DECIMAL(14,4)");
+        assert_eq!(o.columns["note"], "STRING");
+        assert_eq!(m.table("users").primary_key.unwrap(), ["id"]);
+        assert_eq!(m.mode, Some(Mode::Scd2));
+        // Serialised, the document reads back the same (what `schema` writes, `sync` reads).
+        let text = serde_json::to_string(&schema).unwrap();
+        assert_eq!(Config::parse(&text).unwrap().tables, schema.tables);
+        assert!(!text.contains("null"), "{text}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the edges: storage, the command line and (later) the Azure Functions custom handler.
 
 pub mod config;
+pub mod crdb;
 pub mod delta;
 pub mod dev;
 pub mod engine;
@@ -12,5 +13,6 @@ pub mod inspect;
 pub mod quarantine;
 pub mod records;
 pub mod serve;
+pub mod status;
 pub mod storage;
 pub mod unity_catalog;

@@ -87,6 +87,17 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineCmd,
     },
+    /// Read primary keys (in index order), exact SQL types and column families from CockroachDB
+    /// and write the configuration `sync`/`serve` read: to a file (`--out`), or to
+    /// `<target>/_crdb_delta/schema.json`, which sync and the handler read at every run. Password
+    /// from the URL or PGPASSWORD (never printed).
+    Schema(Box<SchemaArgs>),
+    /// Create and manage the changefeed this tool consumes (`create`, `show`, `pause`,
+    /// `resume`, `cancel`). Sink credentials from the environment (never printed).
+    Changefeed {
+        #[command(subcommand)]
+        action: ChangefeedCmd,
+    },
     /// Read a changefeed root and summarise it.
     Inspect {
         /// Changefeed root: a folder or an Azure URL (azure://container/prefix).
@@ -118,6 +129,99 @@ enum QuarantineCmd {
         /// The file as `list` shows it (relative to the changefeed root).
         file: String,
     },
+}
+
+/// `postgresql://user[:password]@host:26257/database?sslmode=verify-full&sslrootcert=ca.crt`
+/// (`sslmode=disable` for a local test server). Password: in the URL or PGPASSWORD.
+const CRDB_URL_HELP: &str = "CockroachDB SQL URL";
+
+#[derive(Parser)]
+struct SchemaArgs {
+    #[arg(long, help = CRDB_URL_HELP)]
+    crdb_url: String,
+    /// Tables: `name`, `schema.name` or `database.schema.name`, comma-separated.
+    #[arg(long, required_unless_present = "job", conflicts_with = "job")]
+    tables: Option<String>,
+    /// The tables of this changefeed job (SHOW CHANGEFEED JOB).
+    #[arg(long)]
+    job: Option<String>,
+    /// Write the configuration to this file.
+    #[arg(long, required_unless_present = "target", conflicts_with = "target")]
+    out: Option<String>,
+    /// Write it to `<target>/_crdb_delta/schema.json` (merged with the tables already there).
+    #[arg(long)]
+    target: Option<String>,
+    /// Print the configuration written instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum ChangefeedCmd {
+    /// Build the CREATE CHANGEFEED this tool consumes (format, updated, resolved,
+    /// split_column_families when needed, compression, initial_scan, the azure:// sink with
+    /// credentials from AZURE_ACCOUNT_NAME + AZURE_ACCOUNT_KEY, or AZURE_CLIENT_ID +
+    /// AZURE_CLIENT_SECRET + AZURE_TENANT_ID), run it and print (and record) the job id.
+    Create(Box<CreateArgs>),
+    /// The job's status and high-water mark beside the target's applied RESOLVED: the lag.
+    Show {
+        #[command(flatten)]
+        job: JobArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// PAUSE JOB.
+    Pause(JobArgs),
+    /// RESUME JOB.
+    Resume(JobArgs),
+    /// CANCEL JOB.
+    Cancel(JobArgs),
+}
+
+#[derive(clap::Args)]
+struct JobArgs {
+    #[arg(long, help = CRDB_URL_HELP)]
+    crdb_url: String,
+    /// The job id (default: the one `create --target` recorded in the target).
+    #[arg(long)]
+    job: Option<String>,
+    /// The Delta target root.
+    #[arg(long)]
+    target: Option<String>,
+}
+
+#[derive(Parser)]
+struct CreateArgs {
+    #[arg(long, help = CRDB_URL_HELP)]
+    crdb_url: String,
+    /// Tables to watch: `name`, `schema.name` or `database.schema.name`, comma-separated.
+    #[arg(long)]
+    tables: String,
+    /// Where the changefeed writes (what `sync --source` reads): azure://<container>/<path>,
+    /// abfss://<container>@<account>.dfs.core.windows.net/<path> or https://….
+    #[arg(long)]
+    sink: String,
+    /// How CockroachDB authenticates to the sink (default: key if AZURE_ACCOUNT_KEY is set,
+    /// else client); implicit = the nodes' own identity (self-hosted clusters).
+    #[arg(long, value_parser = ["key", "client", "implicit"])]
+    sink_auth: Option<String>,
+    #[arg(long, default_value = "json", value_parser = ["json", "parquet"])]
+    format: String,
+    /// The `resolved` interval.
+    #[arg(long, default_value = "10s")]
+    resolved: String,
+    /// JSON files: gzip (default), zstd or none.
+    #[arg(long, value_parser = ["gzip", "zstd", "none"])]
+    compression: Option<String>,
+    /// Start from now, without an initial scan of the existing rows.
+    #[arg(long)]
+    no_initial_scan: bool,
+    /// Record the job id in `<target>/_crdb_delta/changefeed.json`.
+    #[arg(long)]
+    target: Option<String>,
+    /// Print the statement (credentials redacted) and create nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Parser)]
@@ -419,6 +523,44 @@ impl From<FormatArg> for Format {
     }
 }
 
+async fn run_changefeed(action: ChangefeedCmd) -> Result<String> {
+    use crdb_delta::crdb::commands::{
+        CreateOptions, changefeed_control, changefeed_create, changefeed_show,
+    };
+    let control = |verb: &'static str, j: JobArgs| async move {
+        changefeed_control(&j.crdb_url, verb, j.job.as_deref(), j.target.as_deref()).await
+    };
+    Ok(match action {
+        ChangefeedCmd::Create(a) => {
+            changefeed_create(&CreateOptions {
+                url: a.crdb_url,
+                tables: a.tables,
+                sink: a.sink,
+                sink_auth: a.sink_auth,
+                format: a.format,
+                resolved: a.resolved,
+                compression: a.compression,
+                initial_scan: !a.no_initial_scan,
+                target: a.target,
+                dry_run: a.dry_run,
+            })
+            .await?
+        }
+        ChangefeedCmd::Show { job, json } => {
+            changefeed_show(
+                &job.crdb_url,
+                job.job.as_deref(),
+                job.target.as_deref(),
+                json,
+            )
+            .await?
+        }
+        ChangefeedCmd::Pause(j) => control("PAUSE", j).await?,
+        ChangefeedCmd::Resume(j) => control("RESUME", j).await?,
+        ChangefeedCmd::Cancel(j) => control("CANCEL", j).await?,
+    })
+}
+
 async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary> {
     let opts = args.options()?;
     let out = Location::open(&args.out)?;
@@ -603,10 +745,14 @@ async fn run() -> Result<()> {
             }
         }
         Command::Sync(args) => {
-            let opts = args.options()?;
-            let source = Location::open_existing(&args.source)?;
+            let mut opts = args.options()?;
+            // `/Volumes/<catalog>/<schema>/<volume>/…`: the volume's storage location.
+            let source = crdb_delta::unity_catalog::resolve_source(&args.source).await?;
+            let source = Location::open_existing(&source)?;
             check_target(&source, &args.target)?;
             let target = Location::open(&args.target)?;
+            // `crdb-delta schema --target` output, under the explicit config (config.rs).
+            opts.config = crdb_delta::config::with_target_schema(&opts.config, &target).await?;
             let report = sync(&source, &target, &opts)
                 .await
                 .with_context(|| format!("syncing {} into {}", args.source, args.target))?;
@@ -630,30 +776,11 @@ async fn run() -> Result<()> {
             }
         }
         Command::Status { target, json } => {
-            let loc = Location::open_existing(&target)?;
-            let quarantined = Quarantine::new(&loc).list().await?;
-            let now = chrono::Utc::now();
-            let mut rows = Vec::new();
-            for (name, path) in crdb_delta::unity_catalog::discover_tables(&target).await? {
-                if path == crdb_delta::engine::RESOLVED_LOG {
-                    continue;
-                }
-                let t = crdb_delta::delta::Target::new(&loc, &path)?;
-                let Some(tb) = t.open().await? else { continue };
-                let p = crdb_delta::delta::progress(&tb, &path).await?;
-                let files: Vec<_> = quarantined.iter().filter(|q| q.table == name).collect();
-                rows.push(serde_json::json!({
-                    "table": name,
-                    "path": path,
-                    "version": tb.version(),
-                    "resolved": p.applied.map(|h| h.to_string()),
-                    "resolved_at": p.applied.map(|h| h.to_datetime().to_rfc3339()),
-                    "age_seconds": p.applied.map(|h| (now - h.to_datetime()).num_seconds()),
-                    "pending_from": p.pending_from,
-                    "stopped": files.iter().any(|q| q.action == Action::Hold),
-                    "quarantined": files,
-                }));
-            }
+            let rows: Vec<serde_json::Value> = crdb_delta::status::target_status(&target)
+                .await?
+                .into_iter()
+                .map(|t| t.row)
+                .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if rows.is_empty() {
@@ -729,7 +856,9 @@ async fn run() -> Result<()> {
         }
         Command::Serve { port } => {
             let started = std::time::Instant::now();
-            let settings = Settings::from_env().context("reading the handler's app settings")?;
+            let mut settings =
+                Settings::from_env().context("reading the handler's app settings")?;
+            settings.resolve_volume_source().await?;
             let port = port_from_env(port)?;
             tracing::info!(
                 port,
@@ -790,12 +919,33 @@ async fn run() -> Result<()> {
                 }
             }
         }
+        Command::Schema(a) => {
+            use crdb_delta::crdb::commands::{SchemaOptions, Tables, schema};
+            let report = schema(&SchemaOptions {
+                url: a.crdb_url.clone(),
+                tables: match (&a.tables, &a.job) {
+                    (Some(t), _) => Tables::List(t.clone()),
+                    (None, j) => Tables::Job(j.clone().unwrap_or_default()),
+                },
+                out: a.out.clone(),
+                target: a.target.clone(),
+            })
+            .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report.document)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
+        Command::Changefeed { action } => print!("{}", run_changefeed(action).await?),
         Command::Inspect {
             source,
             batch_size,
             json,
         } => {
-            let loc = Location::open_existing(&source)?;
+            let loc = Location::open_existing(
+                &crdb_delta::unity_catalog::resolve_source(&source).await?,
+            )?;
             let summary = inspect(&loc, batch_size)
                 .await
                 .with_context(|| format!("reading {source}"))?;

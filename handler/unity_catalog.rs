@@ -316,3 +316,153 @@ pub async fn apply(opts: &UcOptions, token: &str) -> Result<Vec<Outcome>, UcErro
     }
     Ok(outcomes)
 }
+
+/// A source named as a Unity Catalog volume path, `/Volumes/<catalog>/<schema>/<volume>/<path>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumePath {
+    pub catalog: String,
+    pub schema: String,
+    pub volume: String,
+    /// Below the volume's root, without leading or trailing `/` (may be empty).
+    pub path: String,
+}
+
+impl VolumePath {
+    /// `None` when `s` is not a `/Volumes/…` path; an error when it is one without the three
+    /// names.
+    pub fn parse(s: &str) -> Option<Result<Self, UcError>> {
+        let rest = s.strip_prefix("/Volumes/")?;
+        let mut parts = rest.splitn(4, '/');
+        let mut next = || parts.next().filter(|p| !p.is_empty()).map(str::to_owned);
+        Some(match (next(), next(), next()) {
+            (Some(catalog), Some(schema), Some(volume)) => Ok(Self {
+                catalog,
+                schema,
+                volume,
+                path: next().unwrap_or_default().trim_matches('/').to_owned(),
+            }),
+            _ => Err(UcError::Invalid(format!(
+                "{s}: a volume path is /Volumes/<catalog>/<schema>/<volume>[/<path>]"
+            ))),
+        })
+    }
+
+    pub fn full_name(&self) -> String {
+        format!("{}.{}.{}", self.catalog, self.schema, self.volume)
+    }
+}
+
+/// A volume's `storage_location` (`abfss://<container>@<account>.dfs.core.windows.net/<dir>`)
+/// plus the path below the volume → the location our storage client opens, and
+/// `azure://<container>/<dir>/<path>` with its account for messages.
+pub fn volume_location(storage_location: &str, path: &str) -> Result<(String, String), UcError> {
+    let bad = || {
+        UcError::Invalid(format!(
+            "volume storage location {}: only Azure (abfss://<container>@<account>.dfs.core.windows.net/…) is supported",
+            crate::storage::redact(storage_location)
+        ))
+    };
+    let url = url::Url::parse(storage_location).map_err(|_| bad())?;
+    let host = url.host_str().unwrap_or_default();
+    let account = host.split('.').next().unwrap_or_default();
+    if !matches!(url.scheme(), "abfss" | "abfs")
+        || url.username().is_empty()
+        || !host.contains(".dfs.")
+        || account.is_empty()
+        || url.query().is_some()
+    {
+        return Err(bad());
+    }
+    let dir = url.path().trim_matches('/');
+    let full = [dir, path]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/");
+    let container = url.username();
+    let open = format!("abfss://{container}@{host}/{full}");
+    let shown = format!("azure://{container}/{full} (account {account})");
+    Ok((open.trim_end_matches('/').to_owned(), shown))
+}
+
+/// Resolves a `/Volumes/…` source through `GET /api/2.1/unity-catalog/volumes/{full_name}`
+/// (<https://docs.databricks.com/api/azure/workspace/volumes/read>) to the location below the
+/// volume's `storage_location`. Returns (location to open, text for messages).
+pub async fn resolve_volume(
+    workspace_url: &str,
+    token: &str,
+    volume: &VolumePath,
+) -> Result<(String, String), UcError> {
+    check_transport(workspace_url)?;
+    let path = format!("/api/2.1/unity-catalog/volumes/{}", volume.full_name());
+    let http = |source| UcError::Http {
+        method: "GET",
+        path: path.clone(),
+        source,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(http)?;
+    let url = format!(
+        "{}/api/2.1/unity-catalog/volumes/{}",
+        workspace_url.trim_end_matches('/'),
+        percent_encoding::utf8_percent_encode(&volume.full_name(), crate::crdb::QUERY_VALUE)
+    );
+    let resp = client
+        .get(url)
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .map_err(http)?;
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !(200..300).contains(&status) {
+        return Err(UcError::Api {
+            method: "GET",
+            path,
+            status,
+            message: body["message"]
+                .as_str()
+                .or(body["error_code"].as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        });
+    }
+    let storage = body["storage_location"].as_str().ok_or_else(|| {
+        UcError::Invalid(format!(
+            "volume {}: the answer has no storage_location",
+            volume.full_name()
+        ))
+    })?;
+    volume_location(storage, &volume.path)
+}
+
+/// A source as given, or, for `/Volumes/…`, the Azure location of that volume path, resolved
+/// with `DATABRICKS_HOST` and `DATABRICKS_TOKEN` (never printed).
+pub async fn resolve_source(source: &str) -> Result<String, UcError> {
+    let Some(volume) = VolumePath::parse(source) else {
+        return Ok(source.to_owned());
+    };
+    let volume = volume?;
+    let var = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                UcError::Invalid(format!(
+                    "{source} is a Unity Catalog volume: set {k} (DATABRICKS_HOST = https://adb-<id>.<n>.azuredatabricks.net, DATABRICKS_TOKEN = a PAT or OAuth token) to resolve it"
+                ))
+            })
+    };
+    let host = var("DATABRICKS_HOST")?;
+    let host = if host.contains("://") {
+        host
+    } else {
+        format!("https://{host}")
+    };
+    let (location, shown) = resolve_volume(&host, &var("DATABRICKS_TOKEN")?, &volume).await?;
+    tracing::info!(volume = %source, location = %shown, "resolved Unity Catalog volume");
+    Ok(location)
+}

@@ -297,3 +297,156 @@ async fn token_is_never_sent_in_clear_and_secrets_are_redacted() {
         "{err}"
     );
 }
+
+/// A fake volumes API: `GET /api/2.1/unity-catalog/volumes/{full_name}` with the Bearer token
+/// answers as Databricks documents it (VolumeInfo with `storage_location`), 404
+/// `RESOURCE_DOES_NOT_EXIST` otherwise.
+async fn volumes_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let route = warp::get()
+        .and(warp::path::full())
+        .and(warp::header::optional::<String>("authorization"))
+        .map(move |path: warp::path::FullPath, auth: Option<String>| {
+            seen2.lock().unwrap().push(path.as_str().to_owned());
+            let (status, body) = if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+                (401, json!({"error_code": "UNAUTHENTICATED", "message": "bad token"}))
+            } else {
+                match path.as_str() {
+                    "/api/2.1/unity-catalog/volumes/main.raw.feeds" => (
+                        200,
+                        json!({"catalog_name": "main", "schema_name": "raw", "name": "feeds",
+                               "full_name": "main.raw.feeds", "volume_type": "EXTERNAL",
+                               "storage_location": "abfss://changefeed@acct.dfs.core.windows.net/volumes/feeds/"}),
+                    ),
+                    "/api/2.1/unity-catalog/volumes/main.raw.s3vol" => (
+                        200,
+                        json!({"full_name": "main.raw.s3vol", "storage_location": "s3://bucket/x"}),
+                    ),
+                    _ => (
+                        404,
+                        json!({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Volume 'main.raw.nope' does not exist."}),
+                    ),
+                }
+            };
+            warp::reply::with_status(warp::reply::json(&body), StatusCode::from_u16(status).unwrap())
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn volume_sources_resolve_to_their_storage_location() {
+    use crdb_delta::unity_catalog::{VolumePath, resolve_volume, volume_location};
+    let (base, seen) = volumes_server().await;
+    let v = VolumePath::parse("/Volumes/main/raw/feeds/crdb/shop/")
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.path, "crdb/shop");
+    let (open, shown) = resolve_volume(&base, TOKEN, &v).await.unwrap();
+    assert_eq!(
+        open,
+        "abfss://changefeed@acct.dfs.core.windows.net/volumes/feeds/crdb/shop"
+    );
+    assert_eq!(
+        shown,
+        "azure://changefeed/volumes/feeds/crdb/shop (account acct)"
+    );
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["/api/2.1/unity-catalog/volumes/main.raw.feeds"]
+    );
+    // The volume root itself.
+    let root = VolumePath::parse("/Volumes/main/raw/feeds")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resolve_volume(&base, TOKEN, &root).await.unwrap().0,
+        "abfss://changefeed@acct.dfs.core.windows.net/volumes/feeds"
+    );
+
+    // Unknown volume, wrong token, non-Azure storage: errors naming the volume, never the token.
+    let nope = VolumePath::parse("/Volumes/main/raw/nope/x")
+        .unwrap()
+        .unwrap();
+    let e = resolve_volume(&base, TOKEN, &nope)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("404") && e.contains("main.raw.nope"), "{e}");
+    let e = resolve_volume(&base, "other-token", &v)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("401") && !e.contains("other-token"), "{e}");
+    let s3 = VolumePath::parse("/Volumes/main/raw/s3vol")
+        .unwrap()
+        .unwrap();
+    let e = resolve_volume(&base, TOKEN, &s3)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("only Azure"), "{e}");
+    // The token only over TLS (loopback excepted).
+    let e = resolve_volume("http://adb-1.2.azuredatabricks.net", TOKEN, &v)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, UcError::Invalid(_)), "{e}");
+
+    // Parsing.
+    assert!(VolumePath::parse("azure://c/x").is_none());
+    assert!(VolumePath::parse("/tmp/x").is_none());
+    assert!(VolumePath::parse("/Volumes/main/raw").unwrap().is_err());
+    assert!(volume_location("abfss://c@acct.dfs.core.windows.net/d?sig=S3CRET", "").is_err());
+}
+
+/// `sync --source /Volumes/…` resolves through DATABRICKS_HOST/DATABRICKS_TOKEN before it reads;
+/// without them it says what to set, and the token never shows.
+// Multi-threaded: the binary runs (blocking this thread) while the fake API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_and_inspect_take_volume_sources() {
+    let (base, seen) = volumes_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("t");
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_crdb-delta"));
+        cmd.args(args)
+            .env("CRDB_DELTA_LOG", "warn")
+            .env_remove("DATABRICKS_HOST")
+            .env_remove("DATABRICKS_TOKEN");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let t = target.to_str().unwrap();
+    let o = run(
+        &[],
+        &[
+            "sync",
+            "--source",
+            "/Volumes/main/raw/feeds/x",
+            "--target",
+            t,
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success());
+    assert!(err.contains("DATABRICKS_HOST"), "{err}");
+    let o = run(
+        &[("DATABRICKS_HOST", &base), ("DATABRICKS_TOKEN", TOKEN)],
+        &["inspect", "--source", "/Volumes/main/raw/nope/x"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success());
+    assert!(
+        err.contains("main.raw.nope") && !err.contains(TOKEN),
+        "{err}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["/api/2.1/unity-catalog/volumes/main.raw.nope"]
+    );
+}

@@ -374,6 +374,9 @@ impl App {
             // The newest RESOLVED announced so far: one run covers every waiting RESOLVED.
             let until = until.map(|u| newest_resolved(&buffered).map_or(u, |n| n.max(u)));
             let mut opts = self.opts.clone();
+            // `crdb-delta schema --target` output, read at every run: no redeploy (config.rs).
+            opts.config =
+                crate::config::with_target_schema(&self.settings.config, &self.target).await?;
             opts.until = until;
             opts.deadline = Some(std::time::Instant::now() + self.settings.apply_budget);
             let work = sync(&self.source, &self.target, &opts);

@@ -162,6 +162,25 @@ impl Settings {
     pub fn from_env() -> Result<Self, ServeError> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
+
+    /// A `CRDB_DELTA_SOURCE` named as a Unity Catalog volume (`/Volumes/…`) becomes the
+    /// volume's Azure location (`DATABRICKS_HOST`, `DATABRICKS_TOKEN`), and events are then
+    /// expected from its storage account.
+    pub async fn resolve_volume_source(&mut self) -> Result<(), ServeError> {
+        let resolved = crate::unity_catalog::resolve_source(&self.source)
+            .await
+            .map_err(|e| ServeError::Setting {
+                name: "CRDB_DELTA_SOURCE",
+                message: e.to_string(),
+            })?;
+        if resolved != self.source {
+            self.source = resolved;
+            if self.account.is_none() {
+                self.account = account_of(&self.source, &|_: &str| None);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The storage account of an Azure source: from the URL (`https://<account>.blob…`,

@@ -63,3 +63,39 @@ pub fn create_container(base: &str, container: &str) {
         "create container failed: {resp}"
     );
 }
+
+/// `postgresql://…` of the PostgreSQL cluster `scripts/test` started (the wire protocol and the
+/// standard catalog of `schema`/`changefeed`). Without it a test fails, unless
+/// `CRDB_DELTA_SKIP_POSTGRES=1` asks to skip.
+pub fn postgres() -> Option<String> {
+    match std::env::var("CRDB_DELTA_PG_URL") {
+        Ok(u) => Some(u),
+        Err(_) if std::env::var("CRDB_DELTA_SKIP_POSTGRES").is_ok_and(|v| v == "1") => {
+            eprintln!("skipped: CRDB_DELTA_SKIP_POSTGRES=1");
+            None
+        }
+        Err(_) => panic!(
+            "CRDB_DELTA_PG_URL is not set: run scripts/test (it starts PostgreSQL), \
+             or set CRDB_DELTA_SKIP_POSTGRES=1 to skip the tests that need it"
+        ),
+    }
+}
+
+/// The same URL with another database (and, when given, another password).
+pub fn pg_url_for(url: &str, database: &str, password: Option<&str>) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.set_path(&format!("/{database}"));
+    if let Some(p) = password {
+        u.set_password(Some(p)).unwrap();
+    }
+    u.to_string()
+}
+
+/// The password of the test server's URL (to check it never shows up).
+pub fn pg_password(url: &str) -> String {
+    url::Url::parse(url)
+        .unwrap()
+        .password()
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -1,0 +1,468 @@
+//! `crdb-delta schema` and `crdb-delta changefeed` against a real server speaking the wire
+//! protocol: the PostgreSQL cluster `scripts/test` starts (CockroachDB-only outputs are covered
+//! by `crdb_fixtures.rs`). The binary runs as a user runs it; every failure must be a clear
+//! error that writes nothing and never shows a password or key.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod support;
+
+use support::{pg_password, pg_url_for, postgres};
+
+/// Creates a fresh database for one test and runs `setup` in it; returns its URL.
+async fn fresh_db(base: &str, name: &str, setup: &str) -> String {
+    let db = format!("{name}_{}", std::process::id());
+    let (admin, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test server");
+    tokio::spawn(conn);
+    for stmt in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin.batch_execute(&stmt).await.unwrap();
+    }
+    let url = pg_url_for(base, &db, None);
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(setup).await.unwrap();
+    url
+}
+
+const SETUP: &str = "
+    CREATE TABLE orders (
+        id int8 NOT NULL,
+        note text,
+        amount numeric(12,2),
+        placed_at timestamptz,
+        ref uuid,
+        region text NOT NULL,
+        PRIMARY KEY (region, id)
+    );
+    CREATE TABLE events (seq int4 PRIMARY KEY, payload jsonb, at timestamp, tags text[]);
+    CREATE TABLE nokey (a int4, b text);
+";
+
+fn bin(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crdb-delta"));
+    cmd.args(args)
+        .env("CRDB_DELTA_LOG", "warn")
+        .env_remove("PGPASSWORD")
+        .env_remove("AZURE_ACCOUNT_KEY")
+        .env_remove("AZURE_STORAGE_ACCOUNT_KEY")
+        .env_remove("AZURE_CLIENT_SECRET");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// Field name → Delta type of a table's first metaData action.
+fn delta_types(table: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
+    let meta = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|a| a.get("metaData").is_some())
+        .expect("a metaData action");
+    let schema: serde_json::Value =
+        serde_json::from_str(meta["metaData"]["schemaString"].as_str().unwrap()).unwrap();
+    schema["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap().to_owned(), f["type"].clone()))
+        .collect()
+}
+
+/// One changefeed window for `orders` (JSON, flat partition) and its RESOLVED.
+fn write_feed(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("202405031553360274740000000000000-08779498965a12e2-1-2-00000000-orders-2.ndjson"),
+        concat!(
+            r#"{"after": {"amount": 12.5, "id": 1, "note": "first", "placed_at": "2024-05-03T15:53:36.027474Z", "ref": "8f6f1f58-5b0e-4b49-9d3a-2a7f2e0f2a10", "region": "eu"}, "key": ["eu", 1], "updated": "1714751616027474000.0000000000"}"#,
+            "\n",
+            r#"{"after": {"amount": 7, "id": 2, "note": null, "placed_at": "2024-05-03T15:53:36.027474Z", "ref": "0b6f1f58-5b0e-4b49-9d3a-2a7f2e0f2a10", "region": "us"}, "key": ["us", 2], "updated": "1714751616027474000.0000000000"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("202405031553371089960000000000000.RESOLVED"),
+        r#"{"resolved":"1714751617108996000.0000000000"}"#,
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn schema_reads_keys_and_types_and_sync_applies_them() {
+    let Some(base) = postgres() else { return };
+    let url = fresh_db(&base, "cd_schema", SETUP).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // To a file: key in index order (not column order), exact types.
+    let out = dir.path().join("schema.json");
+    let o = bin(
+        &[
+            "schema",
+            "--crdb-url",
+            &url,
+            "--tables",
+            "orders,public.events",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("orders: key (region, id)"), "{stdout}");
+    assert!(!stdout.contains(&pg_password(&base)), "{stdout}");
+    let doc = read_json(&out);
+    assert_eq!(
+        doc,
+        serde_json::json!({"tables": {
+            "orders": {
+                "primary_key": ["region", "id"],
+                "columns": {"amount": "DECIMAL(12,2)", "id": "INT8", "note": "STRING",
+                            "placed_at": "TIMESTAMPTZ", "ref": "UUID", "region": "STRING"}
+            },
+            "events": {
+                "primary_key": ["seq"],
+                "columns": {"at": "TIMESTAMP", "payload": "JSONB", "seq": "INT4", "tags": "STRING[]"}
+            }
+        }})
+    );
+
+    // Into the target root, with the password from PGPASSWORD instead of the URL; a second run
+    // for another table keeps the first.
+    let target = dir.path().join("delta");
+    let no_pw = {
+        let mut u = url::Url::parse(&url).unwrap();
+        u.set_password(None).unwrap();
+        u.to_string()
+    };
+    let pw = pg_password(&base);
+    for t in ["events", "orders"] {
+        let o = bin(
+            &[
+                "schema",
+                "--crdb-url",
+                &no_pw,
+                "--tables",
+                t,
+                "--target",
+                target.to_str().unwrap(),
+            ],
+            &[("PGPASSWORD", &pw)],
+        );
+        assert!(o.status.success(), "{}", text(&o).1);
+    }
+    let written = read_json(&target.join("_crdb_delta/schema.json"));
+    assert_eq!(written, doc);
+
+    // sync finds it below the target without any --config: amount becomes decimal(12,2) and
+    // placed_at a timestamp; without it, the same files give inferred types.
+    let feed = dir.path().join("feed");
+    write_feed(&feed);
+    let o = bin(
+        &[
+            "sync",
+            "--source",
+            feed.to_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let types = delta_types(&target.join("orders"));
+    assert_eq!(types["amount"], "decimal(12,2)", "{types:?}");
+    assert_eq!(types["placed_at"], "timestamp", "{types:?}");
+    let bare = dir.path().join("bare");
+    let o = bin(
+        &[
+            "sync",
+            "--source",
+            feed.to_str().unwrap(),
+            "--target",
+            bare.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let inferred = delta_types(&bare.join("orders"));
+    assert_ne!(inferred["amount"], "decimal(12,2)", "{inferred:?}");
+
+    // The explicit config wins over schema.json, per field.
+    let cfg = dir.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"tables": {"orders": {"columns": {"amount": "DECIMAL(14,4)"}}}}"#,
+    )
+    .unwrap();
+    let t2 = dir.path().join("delta2");
+    std::fs::create_dir_all(t2.join("_crdb_delta")).unwrap();
+    std::fs::copy(
+        target.join("_crdb_delta/schema.json"),
+        t2.join("_crdb_delta/schema.json"),
+    )
+    .unwrap();
+    let o = bin(
+        &[
+            "sync",
+            "--source",
+            feed.to_str().unwrap(),
+            "--target",
+            t2.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let types = delta_types(&t2.join("orders"));
+    assert_eq!(types["amount"], "decimal(14,4)", "{types:?}");
+    assert_eq!(types["placed_at"], "timestamp", "{types:?}");
+
+    // A schema.json that does not load stops sync with its name, before anything is written.
+    let t3 = dir.path().join("delta3");
+    std::fs::create_dir_all(t3.join("_crdb_delta")).unwrap();
+    std::fs::write(
+        t3.join("_crdb_delta/schema.json"),
+        r#"{"tables": {"orders": {"columns": {"amount": "MONEY(3"}}}}"#,
+    )
+    .unwrap();
+    let o = bin(
+        &[
+            "sync",
+            "--source",
+            feed.to_str().unwrap(),
+            "--target",
+            t3.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("_crdb_delta/schema.json") && stderr.contains("amount"),
+        "{stderr}"
+    );
+    assert!(!t3.join("orders").exists());
+}
+
+#[tokio::test]
+async fn schema_errors_are_clear_write_nothing_and_hide_the_password() {
+    let Some(base) = postgres() else { return };
+    let url = fresh_db(&base, "cd_errors", SETUP).await;
+    let password = pg_password(&base);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("schema.json");
+    let target = dir.path().join("target");
+    let run = |url: &str, tables: &str| {
+        let o = bin(
+            &[
+                "schema",
+                "--crdb-url",
+                url,
+                "--tables",
+                tables,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(!o.status.success(), "{tables} succeeded");
+        let (stdout, stderr) = text(&o);
+        assert!(
+            !stdout.contains(&password) && !stderr.contains(&password),
+            "{stderr}"
+        );
+        assert!(!out.exists(), "{tables}: a file was written");
+        stderr
+    };
+
+    // Unreachable: a port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut dead = url::Url::parse(&url).unwrap();
+    dead.set_port(Some(port)).unwrap();
+    let e = run(dead.as_str(), "orders");
+    assert!(e.contains("connecting to") && e.contains("refused"), "{e}");
+    assert!(e.contains("<redacted>"), "{e}");
+
+    // Wrong password: the server's message, neither password.
+    let wrong = pg_url_for(
+        &url,
+        url::Url::parse(&url)
+            .unwrap()
+            .path()
+            .trim_start_matches('/'),
+        Some("Wr0ngPassw0rd"),
+    );
+    let e = run(&wrong, "orders");
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(!e.contains("Wr0ngPassw0rd"), "{e}");
+
+    // Unknown table.
+    let e = run(&url, "orders,missing");
+    assert!(e.contains("`missing` does not exist"), "{e}");
+
+    // No primary key: what CockroachDB would do, and what to do.
+    let e = run(&url, "nokey");
+    assert!(e.contains("no primary key") && e.contains("rowid"), "{e}");
+    assert!(e.contains("tables.nokey.primary_key"), "{e}");
+
+    // Into a target: nothing written either.
+    let o = bin(
+        &[
+            "schema",
+            "--crdb-url",
+            &url,
+            "--tables",
+            "nokey",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(!target.exists(), "the target was created");
+}
+
+#[tokio::test]
+async fn changefeed_create_on_postgres_fails_clearly_and_records_nothing() {
+    let Some(base) = postgres() else { return };
+    let url = fresh_db(&base, "cd_feed", SETUP).await;
+    let password = pg_password(&base);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    let key = "c2VjcmV0S2V5Rm9yVGVzdHM+/w==";
+    let env = [("AZURE_ACCOUNT_NAME", "acct"), ("AZURE_ACCOUNT_KEY", key)];
+    let args = |extra: &[&str]| -> Vec<String> {
+        [
+            "changefeed",
+            "create",
+            "--crdb-url",
+            url.as_str(),
+            "--tables",
+            "orders,events",
+            "--sink",
+            "azure://feeds/crdb",
+            "--target",
+            target.to_str().unwrap(),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let clean = |s: &str| {
+        !s.contains(&password)
+            && !s.contains("c2VjcmV0S2V5")
+            && !s.contains("c2VjcmV0S2V5Rm9yVGVzdHM%2B")
+    };
+
+    // --dry-run: the exact statement, key redacted.
+    let a = args(&["--dry-run"]);
+    let o = bin(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let db = url::Url::parse(&url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "CREATE CHANGEFEED FOR TABLE \"{db}\".\"public\".\"orders\", \"{db}\".\"public\".\"events\" \
+             INTO 'azure://feeds/crdb?AZURE_ACCOUNT_NAME=acct&AZURE_ACCOUNT_KEY=<redacted>' \
+             WITH format = 'json', updated, resolved = '10s', compression = 'gzip', initial_scan = 'yes';"
+        )
+    );
+    assert!(clean(&stdout) && clean(&stderr));
+
+    // For real: PostgreSQL has no CREATE CHANGEFEED. Clear error, no key, nothing recorded.
+    let a = args(&[]);
+    let o = bin(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    let (stdout, stderr) = text(&o);
+    assert!(!o.status.success(), "{stdout}");
+    assert!(stderr.contains("CREATE CHANGEFEED"), "{stderr}");
+    assert!(stderr.contains("not CockroachDB"), "{stderr}");
+    assert!(stderr.contains("<redacted>"), "{stderr}");
+    assert!(clean(&stdout) && clean(&stderr), "{stderr}");
+    assert!(!target.join("_crdb_delta/changefeed.json").exists());
+
+    // Without sink credentials: refused before connecting.
+    let o = bin(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("AZURE_ACCOUNT_NAME", "acct")],
+    );
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("AZURE_ACCOUNT_KEY"), "{stderr}");
+
+    // A table without a key is refused before any changefeed exists.
+    let o = bin(
+        &[
+            "changefeed",
+            "create",
+            "--crdb-url",
+            &url,
+            "--tables",
+            "nokey",
+            "--sink",
+            "azure://feeds/crdb",
+            "--dry-run",
+        ],
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("no primary key"));
+
+    // show / pause on PostgreSQL: the statement named, the password not.
+    for verb in ["show", "pause", "resume", "cancel"] {
+        let o = bin(
+            &["changefeed", verb, "--crdb-url", &url, "--job", "123"],
+            &[],
+        );
+        let (stdout, stderr) = text(&o);
+        assert!(!o.status.success(), "{verb}: {stdout}");
+        assert!(stderr.contains("JOB 123"), "{verb}: {stderr}");
+        assert!(clean(&stderr), "{stderr}");
+    }
+    // No job given and none recorded in the target.
+    let o = bin(
+        &[
+            "changefeed",
+            "show",
+            "--crdb-url",
+            &url,
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--job"), "{}", text(&o).1);
+}
