@@ -39,6 +39,10 @@ use crate::storage::Location;
 
 /// App id of our `txn` actions.
 pub const APP_ID: &str = "crdb-delta";
+/// App id of a second `txn` holding the applied RESOLVED's logical counter: with [`APP_ID`]'s
+/// wall time it is the exact RESOLVED, kept by checkpoints (commitInfo is not) so progress
+/// survives log cleanup.
+pub const APP_ID_LOGICAL: &str = "crdb-delta.logical";
 pub use crate::records::COMMIT_KEY;
 use crate::records::CommitRecord;
 /// Table properties we keep (Databricks shows them with `SHOW TBLPROPERTIES`).
@@ -346,13 +350,31 @@ pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaE
             return Ok(p);
         }
     }
+    // Our commitInfo is gone (log cleanup, or many foreign commits since): the exact RESOLVED
+    // is in the checkpointed `txn`s; where reading resumes is not, so every file up to it is
+    // read again (rows at or below it are filtered out, so nothing repeats).
+    let logical = snap
+        .transaction_version(table.log_store().as_ref(), APP_ID_LOGICAL)
+        .await
+        .map_err(err)?
+        .and_then(|l| u32::try_from(l).ok());
     tracing::warn!(
         table = name,
         version,
+        logical = ?logical,
         "no crdb-delta commitInfo in the recent log: re-reading every file up to the applied RESOLVED"
     );
+    if logical.is_none() {
+        // Last written by a version before the logical `txn`: the RESOLVED is taken as
+        // (wall, 0); events at that wall time with a larger logical counter may apply again.
+        tracing::warn!(
+            table = name,
+            version,
+            "the applied RESOLVED's logical counter is not recorded (table last written by an older crdb-delta): assuming 0"
+        );
+    }
     Ok(Progress {
-        applied: Some(Hlc::new(version, 0)),
+        applied: Some(Hlc::new(version, logical.unwrap_or(0))),
         pending_from: Some(crdb_delta_core::plan::PENDING_ALL.into()),
     })
 }
@@ -691,6 +713,17 @@ pub struct Commit {
     pub resolved: Hlc,
     pub figures: crate::records::Figures,
     pub mode: Mode,
+    pub kind: CommitKind,
+}
+
+/// What a commit is, for the log (`operation`) and for readers of our progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitKind {
+    /// Applies a RESOLVED: moves the `txn`s.
+    Apply,
+    /// Rewrites files without changing rows (`dataChange` false, operation OPTIMIZE); the
+    /// `txn`s stay, the commitInfo repeats the current progress.
+    Compact { target_size: i64 },
 }
 
 /// Why a commit did not land: the step must be planned again from the table's new state.
@@ -921,25 +954,39 @@ async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u
     let data_change = !c.adds.is_empty() || !c.removes.is_empty();
     actions.extend(c.adds.iter().cloned().map(Action::Add));
     actions.extend(c.removes.iter().cloned().map(Action::Remove));
-    let operation = match (c.mode, data_change) {
-        (Mode::AppendOnly, _) | (_, false) => DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: None,
+    let operation = match (c.kind, c.mode, data_change) {
+        (CommitKind::Compact { target_size }, _, _) => DeltaOperation::Optimize {
             predicate: None,
+            target_size,
         },
-        (Mode::UpdateDelete | Mode::Scd2, true) => DeltaOperation::Update { predicate: None },
+        (CommitKind::Apply, Mode::AppendOnly, _) | (CommitKind::Apply, _, false) => {
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            }
+        }
+        (CommitKind::Apply, Mode::UpdateDelete | Mode::Scd2, true) => {
+            DeltaOperation::Update { predicate: None }
+        }
     };
-    let props = CommitProperties::default()
-        .with_max_retries(0)
-        .with_application_transaction(Transaction::new(APP_ID, c.resolved.wall))
-        .with_metadata([(
-            crate::records::COMMIT_KEY.to_owned(),
-            serde_json::to_value(crate::records::CommitRecord {
-                progress: c.progress.clone(),
-                figures: c.figures.clone(),
-            })
-            .map_err(|e| err(deltalake_core::DeltaTableError::Generic(e.to_string())))?,
-        )]);
+    let mut props = CommitProperties::default().with_max_retries(0);
+    if c.kind == CommitKind::Apply {
+        props = props
+            .with_application_transaction(Transaction::new(APP_ID, c.resolved.wall))
+            .with_application_transaction(Transaction::new(
+                APP_ID_LOGICAL,
+                i64::from(c.resolved.logical),
+            ));
+    }
+    let props = props.with_metadata([(
+        crate::records::COMMIT_KEY.to_owned(),
+        serde_json::to_value(crate::records::CommitRecord {
+            progress: c.progress.clone(),
+            figures: c.figures.clone(),
+        })
+        .map_err(|e| err(deltalake_core::DeltaTableError::Generic(e.to_string())))?,
+    )]);
     let snapshot = table.snapshot().map_err(err)?;
     let done = CommitBuilder::from(props)
         .with_actions(actions)

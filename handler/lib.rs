@@ -10,6 +10,7 @@ pub mod dev;
 pub mod engine;
 pub mod functions;
 pub mod inspect;
+pub mod maintain;
 pub mod quarantine;
 pub mod records;
 pub mod serve;

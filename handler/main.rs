@@ -66,6 +66,11 @@ enum Command {
     /// external location, one external table per Delta table); idempotent. Token from
     /// DATABRICKS_TOKEN (never printed).
     UnityCatalog(Box<UcArgs>),
+    /// Table upkeep below a target root: compacts small files and files whose rows are mostly
+    /// deleted (purging deletion vectors; rows in key order), checkpoints, cleans up expired
+    /// log entries and VACUUMs unreferenced files older than the retention. Safe beside a
+    /// running sync or handler: a compaction that loses a race is dropped.
+    Maintain(Box<MaintainArgs>),
     /// Where each Delta table below a target root stands: the RESOLVED applied (as a wall time,
     /// its age and the exact HLC), the Delta version, the file it resumes from, and any
     /// quarantined file that stops it.
@@ -332,6 +337,28 @@ struct SyncArgs {
     #[arg(long)]
     max_seconds: Option<u64>,
     /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct MaintainArgs {
+    /// The Delta target root (as given to `sync --target` / CRDB_DELTA_TARGET).
+    #[arg(long)]
+    target: String,
+    /// Only these tables (Delta paths below the target); default every table.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// VACUUM keeps files unreferenced for less than this (default 168 = Delta's 7 days).
+    #[arg(long, default_value_t = crdb_delta::maintain::DEFAULT_RETAIN_HOURS)]
+    retain_hours: u64,
+    /// Target Parquet file size of compacted files, bytes.
+    #[arg(long)]
+    target_file_size: Option<u64>,
+    #[arg(long)]
+    no_compact: bool,
+    #[arg(long)]
+    no_vacuum: bool,
     #[arg(long)]
     json: bool,
 }
@@ -773,6 +800,50 @@ async fn run() -> Result<()> {
                     held.join("\n"),
                     crdb_delta::storage::redact(&args.target)
                 );
+            }
+        }
+        Command::Maintain(args) => {
+            let loc = Location::open_existing(&args.target)?;
+            let mut opts = crdb_delta::maintain::MaintainOptions {
+                retain: std::time::Duration::from_secs(args.retain_hours.saturating_mul(3600)),
+                compact: !args.no_compact,
+                vacuum: !args.no_vacuum,
+                ..Default::default()
+            };
+            if let Some(s) = args.target_file_size {
+                opts.target_file_size = s;
+            }
+            let paths: Vec<String> = if args.tables.is_empty() {
+                crdb_delta::unity_catalog::discover_tables(&args.target)
+                    .await?
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect()
+            } else {
+                args.tables.clone()
+            };
+            let mut done = Vec::new();
+            for p in &paths {
+                done.push(crdb_delta::maintain::maintain_table(&loc, p, &opts).await?);
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                for u in &done {
+                    println!(
+                        "{}: {} files compacted into {} ({} deleted rows purged){}; checkpoint at version {}; {} log files cleaned; {} files vacuumed",
+                        u.table,
+                        u.files_compacted,
+                        u.files_written,
+                        u.rows_purged,
+                        u.compaction_skipped
+                            .as_ref()
+                            .map_or(String::new(), |c| format!(" (compaction dropped: {c})")),
+                        u.checkpoint_version.map_or("-".into(), |v| v.to_string()),
+                        u.log_files_deleted,
+                        u.files_vacuumed
+                    );
+                }
             }
         }
         Command::Status { target, json } => {

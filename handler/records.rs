@@ -26,6 +26,17 @@ pub enum Figures {
     /// A data table's commit: the changes applied and the files written (Databricks'
     /// `DESCRIBE HISTORY` shows them in commitInfo).
     Table(TableFigures),
+    /// A compaction by `crdb-delta maintain` (rows unchanged).
+    Maintenance(MaintenanceFigures),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceFigures {
+    pub files_compacted: u64,
+    pub files_written: u64,
+    /// Rows hidden by the purged deletion vectors.
+    pub rows_purged: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -342,6 +342,7 @@ fn plan_commit(
         resolved,
         figures: Figures::Table(figures),
         mode: state.mode,
+        kind: delta::CommitKind::Apply,
     }
 }
 

@@ -139,6 +139,7 @@ pub(super) async fn record_resolved_once(
                 partition: partition.map(Into::into),
             }),
             mode: Mode::AppendOnly,
+            kind: delta::CommitKind::Apply,
         },
     )
     .await?;
