@@ -95,6 +95,13 @@ pub struct Config {
     /// Longest NDJSON line accepted, decompressed (default 64 MiB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_line_bytes: Option<usize>,
+    /// Table upkeep (`crdb-delta maintain`) by the handler's CatchUp timer when its apply left
+    /// time in the budget (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upkeep: Option<bool>,
+    /// VACUUM retention of that upkeep, hours (default 168).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain_hours: Option<u64>,
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
 }
@@ -251,6 +258,8 @@ impl Config {
             .max_resolved_ahead_seconds
             .or(schema.max_resolved_ahead_seconds);
         out.max_line_bytes = out.max_line_bytes.or(schema.max_line_bytes);
+        out.upkeep = out.upkeep.or(schema.upkeep);
+        out.retain_hours = out.retain_hours.or(schema.retain_hours);
         out
     }
 }

@@ -389,6 +389,45 @@ impl App {
                     _ = tick.tick() => { lease.renew(ttl).await; }
                 }
             };
+            // CatchUp with time left: table upkeep, still under the lease (never beside an
+            // apply of ours) and within the same budget.
+            let mut upkept = 0;
+            if until.is_none() && report.complete && opts.config.upkeep.unwrap_or(true) {
+                let deadline = opts.deadline.unwrap_or_else(std::time::Instant::now);
+                let upkeep = crate::maintain::MaintainOptions {
+                    target_file_size: opts.target_file_size,
+                    retain: std::time::Duration::from_secs(
+                        opts.config
+                            .retain_hours
+                            .unwrap_or(crate::maintain::DEFAULT_RETAIN_HOURS)
+                            .saturating_mul(3600),
+                    ),
+                    ..Default::default()
+                };
+                let mut paths: Vec<&str> = report.tables.values().map(|t| t.target.as_str()).collect();
+                paths.push(crate::engine::RESOLVED_LOG);
+                for p in paths {
+                    if std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    let work = crate::maintain::maintain_table(&self.target, p, &upkeep);
+                    tokio::pin!(work);
+                    let done = loop {
+                        tokio::select! {
+                            r = &mut work => break r,
+                            _ = tick.tick() => { lease.renew(ttl).await; }
+                        }
+                    };
+                    match done {
+                        Ok(u) => {
+                            upkept += 1;
+                            tracing::info!(invocation, table = %u.table, files_compacted = u.files_compacted, rows_purged = u.rows_purged, log_files_deleted = u.log_files_deleted, files_vacuumed = u.files_vacuumed, "upkeep");
+                        }
+                        // Upkeep is never worth failing the invocation for: next tick again.
+                        Err(e) => tracing::warn!(invocation, table = p, error = %e, "upkeep failed"),
+                    }
+                }
+            }
             // Markers of RESOLVEDs the run did not reach (time budget) stay for the retry.
             let asked = if report.complete {
                 until.or(report.resolved)
@@ -401,8 +440,9 @@ impl App {
                 tracing::info!(invocation, table = %t, resolved = ?r.resolved.map(|h| h.to_string()), version = ?r.version, commits = r.commits, events = r.events, inserted = r.inserted, updated = r.updated, deleted = r.deleted, files_read = r.files_read, seconds = r.seconds, "table applied");
             }
             let refused: String = report.refused.iter().map(|r| format!("; REFUSED {r}")).collect();
+            let upkeep = if upkept > 0 { format!("; upkeep of {upkept} table(s)") } else { String::new() };
             let line = format!(
-                "applied up to {} ({} step(s), {} events, {} tables, {:.2} s); {removed} buffer marker(s) consumed{refused}",
+                "applied up to {} ({} step(s), {} events, {} tables, {:.2} s); {removed} buffer marker(s) consumed{refused}{upkeep}",
                 report.resolved.map_or("nothing".into(), |h| h.to_string()),
                 report.steps,
                 report.events,
