@@ -411,23 +411,6 @@ def applied_of(target: Path, table: str) -> str | None:
     return None
 
 
-def double_removes(table_dir: Path) -> list[str]:
-    """Files removed by two commits (the sign of a commit that ignored a compaction)."""
-    removed: dict[str, int] = {}
-    twice = []
-    for entry in sorted((table_dir / "_delta_log").glob("*.json")):
-        for line in entry.read_text().splitlines():
-            if not line.strip():
-                continue
-            action = json.loads(line)
-            if "remove" in action:
-                path = action["remove"]["path"]
-                if path in removed:
-                    twice.append(f"{path} removed at {removed[path]} and at {int(entry.stem)}")
-                removed[path] = int(entry.stem)
-    return twice
-
-
 # ---------------------------------------------------------------------------------------------
 # Part 1: kills
 
@@ -563,7 +546,7 @@ def paused_compaction_case(ctx, mode: str, point: str, n: int, writer: str, seed
             case.fail(f"stopped at {report.get('resolved')}, not {o.hlc_of(s[-1])}")
     tables = check_final(case, feed, target, mode)
     figures["rows_lost"], figures["rows_unexpected"], figures["duplicate_keys"] = lost_and_unexpected(tables)
-    twice = double_removes(target / "usertable")
+    twice = o.double_removes(target / "usertable")
     figures["double_removes"] = len(twice)
     for t in twice[:3]:
         case.fail(t)
@@ -661,7 +644,7 @@ def background_case(ctx, rnd: int, mode: str, seed: int, with_vacuum: bool, one_
     if not complete:
         case.fail("never completed")
     tables = check_final(case, feed, target, mode)
-    twice = [x for t in defs if (target / t / "_delta_log").exists() for x in double_removes(target / t)]
+    twice = [x for t in defs if (target / t / "_delta_log").exists() for x in o.double_removes(target / t)]
     for x in twice[:3]:
         case.fail(x)
     lost, unexpected, dup = lost_and_unexpected(tables)

@@ -528,10 +528,23 @@ fn run(case: &Case, mode: Mode, bs: usize, keep: Keep) -> Vec<Vec<RecordBatch>> 
                     if !batches.iter().any(|b| c.touches(b).unwrap()) {
                         return file;
                     }
+                    // Merge-on-read reads only the probe columns when the mode says it may,
+                    // as the engine does.
+                    let probe_only = keep == Keep::Changed && !c.needs_table_values();
+                    let probe = c.probe_columns();
                     batches
                         .iter()
                         .map(|b| {
-                            let m = c.merge(b, keep).unwrap();
+                            let input = if probe_only {
+                                let idx: Vec<usize> = probe
+                                    .iter()
+                                    .filter_map(|p| b.schema().index_of(p).ok())
+                                    .collect();
+                                b.project(&idx).unwrap()
+                            } else {
+                                b.clone()
+                            };
+                            let m = c.merge(&input, keep).unwrap();
                             match keep {
                                 Keep::All => m.batch,
                                 Keep::Changed => {

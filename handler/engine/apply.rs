@@ -232,9 +232,12 @@ async fn write(
                 Storage::CopyOnWrite => Keep::All,
                 Storage::DeletionVectors => Keep::Changed,
             };
+            // Merge-on-read of changes that carry whole rows reads the key columns only.
+            let columns = (keep == Keep::Changed && !changes.needs_table_values())
+                .then_some(probe.as_slice());
             let mut dv = old_dv.clone();
             let mut first = 0u64;
-            for b in file.batches(None, bs)? {
+            for b in file.batches(columns, bs)? {
                 let (live, positions) = live_rows(b?, &old_dv, &mut first)?;
                 let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
                 dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));

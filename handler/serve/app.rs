@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::functions::Trigger;
 use crate::functions::events::{BlobEvent, Disposition, Scope, parse_events};
 use crate::functions::host::{HttpResponse, InvocationRequest, InvocationResponse};
 use bytes::Bytes;
@@ -101,15 +102,27 @@ impl App {
             Err(e) => return refused(format!("request refused: {e}")),
         };
         drop(_enter);
-        let out = match function.to_ascii_lowercase().as_str() {
-            "blobcreated" => self.events(&req, "event", invocation).await,
-            "blobqueue" => {
+        let Some(trigger) = Trigger::from_name(function) else {
+            let names: Vec<&str> = Trigger::ALL.iter().map(|t| t.name()).collect();
+            let msg = format!(
+                "no function `{function}` in this handler ({})",
+                names.join(", ")
+            );
+            tracing::error!(function, invocation, "{msg}");
+            return (
+                StatusCode::NOT_FOUND,
+                InvocationResponse::new().with_log(msg),
+            );
+        };
+        let out = match trigger {
+            Trigger::BlobCreated => self.events(&req, "event", invocation).await,
+            Trigger::BlobQueue => {
                 if let Some(n) = req.dequeue_count() {
                     tracing::info!(function, invocation, dequeue_count = n, "queue message");
                 }
                 self.events(&req, "message", invocation).await
             }
-            "catchup" => {
+            Trigger::CatchUp => {
                 if let Ok(t) = req.timer("timer")
                     && t.is_past_due
                 {
@@ -117,17 +130,7 @@ impl App {
                 }
                 self.run(invocation, None).await
             }
-            "status" => return self.status(&req).await,
-            other => {
-                let msg = format!(
-                    "no function `{other}` in this handler (BlobCreated, BlobQueue, CatchUp, Status)"
-                );
-                tracing::error!(function, invocation, "{msg}");
-                return (
-                    StatusCode::NOT_FOUND,
-                    InvocationResponse::new().with_log(msg),
-                );
-            }
+            Trigger::Status => return self.status(&req).await,
         };
         let ms = started.elapsed().as_millis() as u64;
         match out {

@@ -214,3 +214,26 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def double_removes(table_dir: Path) -> list[str]:
+    """Files removed while not live: removed by two commits with no re-add between (the sign
+    of a commit that ignored a compaction). A file given a new deletion vector is removed and
+    re-added in one commit: it stays live."""
+    live: set[str] = set()
+    removed_at: dict[str, int] = {}
+    twice = []
+    for entry in sorted((table_dir / "_delta_log").glob("*.json")):
+        version = int(entry.stem)
+        actions = [json.loads(line) for line in entry.read_text().splitlines() if line.strip()]
+        for a in actions:
+            if "remove" in a:
+                path = a["remove"]["path"]
+                if path not in live and path in removed_at:
+                    twice.append(f"{path} removed at {removed_at[path]} and at {version}")
+                live.discard(path)
+                removed_at[path] = version
+        for a in actions:
+            if "add" in a:
+                live.add(a["add"]["path"])
+    return twice

@@ -133,7 +133,9 @@ pub enum ChangeError {
     Arrow(#[from] ArrowError),
 }
 
-/// Rows written, by kind.
+/// What a window did, by kind: update_delete rows inserted, updated and deleted; append_only
+/// changes by operation (each one a new row); scd2 versions opened, closed by a change, and
+/// ended by a delete.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub inserted: u64,
@@ -171,6 +173,10 @@ pub trait ModeWriter: Send {
     /// Columns [`ModeWriter::touches`] needs from a table batch (a file can be checked without
     /// decoding its other columns).
     fn probe_columns(&self) -> Vec<String>;
+    /// Whether [`ModeWriter::merge`] under [`Keep::Changed`] needs the table rows' other
+    /// columns, or only [`ModeWriter::probe_columns`]: a change that carries the whole row
+    /// replaces it without reading it.
+    fn needs_table_values(&self) -> bool;
     /// Whether the window supersedes some row of a table batch.
     fn touches(&self, table: &RecordBatch) -> Result<bool, ChangeError>;
     /// A table batch with the window applied (see [`Keep`]).

@@ -70,7 +70,14 @@ impl AppendOnly {
                     .map(|s| s.unwrap_or(NULL))
                     .collect::<Vec<Slot>>(),
             );
-            op.append_value(log.op_code(c));
+            let code = log.op_code(c);
+            // Every change is a new row; counted by what it did, as a user reads a summary.
+            match code {
+                "d" => self.counts.deleted += 1,
+                "u" => self.counts.updated += 1,
+                _ => self.counts.inserted += 1,
+            }
+            op.append_value(code);
             meta.push(Some(c.updated))?;
             let parts = log.parts(c);
             file.append_value(&*log.stored[parts[0].batch as usize].file);
@@ -89,7 +96,6 @@ impl AppendOnly {
         if log.layout.split_families {
             cols.push(Arc::new(fams.finish()));
         }
-        self.counts.inserted += (end - start) as u64;
         Ok(RecordBatch::try_new(schema, cols)?)
     }
 }
@@ -109,6 +115,10 @@ impl ModeWriter for AppendOnly {
 
     fn probe_columns(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    fn needs_table_values(&self) -> bool {
+        false
     }
 
     /// History is only appended to: no table row is ever superseded.

@@ -149,6 +149,11 @@ impl ModeWriter for Scd2 {
         cols
     }
 
+    /// Always: a closed version is written again whole, with its end set.
+    fn needs_table_values(&self) -> bool {
+        true
+    }
+
     fn touches(&self, table: &RecordBatch) -> Result<bool, ChangeError> {
         Ok(!self.open_hits(table)?.is_empty())
     }

@@ -118,6 +118,15 @@ impl ModeWriter for UpdateDelete {
         self.log.layout.key.clone()
     }
 
+    /// Only when some key's new image keeps a column of the table's row (a change of some
+    /// column families only).
+    fn needs_table_values(&self) -> bool {
+        self.finals.values().any(|f| match f {
+            Final::Image { image, .. } => image.iter().any(Option::is_none),
+            Final::Delete => false,
+        })
+    }
+
     fn touches(&self, table: &RecordBatch) -> Result<bool, ChangeError> {
         Ok(self.log.table_keys(table)?.iter().any(Option::is_some))
     }
