@@ -129,6 +129,13 @@ impl Target {
         }
     }
 
+    fn kernel_schema(&self, schema: &Schema) -> Result<StructType, DeltaError> {
+        schema.try_into_kernel().map_err(|e| DeltaError::Table {
+            table: self.path.clone(),
+            message: format!("schema not representable in Delta: {e}"),
+        })
+    }
+
     fn builder(&self) -> Result<DeltaTableBuilder, DeltaError> {
         Ok(DeltaTableBuilder::from_url(self.url.clone())
             .map_err(self.err())?
@@ -182,10 +189,7 @@ impl Target {
         schema: &Schema,
         properties: Vec<(String, String)>,
     ) -> Result<DeltaTable, DeltaError> {
-        let kernel: StructType = schema.try_into_kernel().map_err(|e| DeltaError::Table {
-            table: self.path.clone(),
-            message: format!("schema not representable in Delta: {e}"),
-        })?;
+        let kernel = self.kernel_schema(schema)?;
         let ntz = schema
             .fields()
             .iter()
@@ -245,10 +249,7 @@ impl Target {
         schema: &Schema,
         properties: Vec<(String, String)>,
     ) -> Result<DeltaTable, DeltaError> {
-        let kernel: StructType = schema.try_into_kernel().map_err(|e| DeltaError::Table {
-            table: self.path.clone(),
-            message: format!("schema not representable in Delta: {e}"),
-        })?;
+        let kernel = self.kernel_schema(schema)?;
         let log_store = self.builder()?.build_storage().map_err(self.err())?;
         let table = CreateBuilder::new()
             .with_log_store(log_store)

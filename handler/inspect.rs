@@ -14,7 +14,6 @@ use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::format::keys::{self, KeyEvidence};
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::format::types::ColumnType;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::storage::{Location, StorageError};
@@ -84,14 +83,7 @@ pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, In
     let (mut resolved_files, mut last_resolved, mut data_files, mut bytes_total, mut rows_total) =
         (0, None, 0, 0u64, 0u64);
     for (name, rel, path) in objects {
-        let bytes = source
-            .store
-            .get(&path)
-            .await
-            .map_err(StorageError::from)?
-            .bytes()
-            .await
-            .map_err(StorageError::from)?;
+        let bytes = source.get_bytes(&path).await?;
         match name {
             ObjectName::Resolved(ts) => {
                 decode_resolved(&rel, bytes, Some(ts))?;

@@ -170,6 +170,12 @@ impl Location {
         Ok(self.prefix.parts().chain(rel.parts()).collect())
     }
 
+    /// The whole object at a store path, as bytes.
+    pub async fn get_bytes(&self, path: &Path) -> Result<bytes::Bytes, StorageError> {
+        use object_store::ObjectStoreExt as _;
+        Ok(self.store.get(path).await?.bytes().await?)
+    }
+
     /// The path relative to this location, or None for objects outside it.
     pub fn relative(&self, path: &Path) -> Option<String> {
         path.prefix_match(&self.prefix).map(|parts| {

@@ -214,34 +214,39 @@ async fn write(
             };
             state.report.table_files_read += 1;
             state.report.table_bytes_read += file.stored_bytes();
-            // Decide from the probe columns alone; then stream the file through the merge,
-            // one batch at a time.
-            let mut touched = false;
-            let mut first = 0u64;
-            for b in file.batches(Some(&probe), bs)? {
-                let (live, _) = live_rows(b?, &old_dv, &mut first)?;
-                if changes.touches(&live).map_err(change_err(&name))? {
-                    touched = true;
-                    break;
-                }
-            }
-            if !touched {
-                continue;
-            }
             let keep = match storage {
                 Storage::CopyOnWrite => Keep::All,
                 Storage::DeletionVectors => Keep::Changed,
             };
-            // Merge-on-read of changes that carry whole rows reads the key columns only.
-            let columns = (keep == Keep::Changed && !changes.needs_table_values())
-                .then_some(probe.as_slice());
+            // Merge-on-read of changes that carry whole rows needs the key columns only: one
+            // pass merges them. Otherwise decide from the probe columns first, then stream the
+            // whole file through the merge; one batch at a time either way.
+            let probe_only = keep == Keep::Changed && !changes.needs_table_values();
+            if !probe_only {
+                let mut touched = false;
+                let mut first = 0u64;
+                for b in file.batches(Some(&probe), bs)? {
+                    let (live, _) = live_rows(b?, &old_dv, &mut first)?;
+                    if changes.touches(&live).map_err(change_err(&name))? {
+                        touched = true;
+                        break;
+                    }
+                }
+                if !touched {
+                    continue;
+                }
+            }
             let mut dv = old_dv.clone();
             let mut first = 0u64;
-            for b in file.batches(columns, bs)? {
+            for b in file.batches(probe_only.then_some(probe.as_slice()), bs)? {
                 let (live, positions) = live_rows(b?, &old_dv, &mut first)?;
                 let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
                 dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
                 writer.write(merged.batch).await.map_err(delta_err(&name))?;
+            }
+            if dv.cardinality() == old_dv.cardinality() {
+                // Nothing of this file was superseded (only possible in the one-pass case).
+                continue;
             }
             match storage {
                 Storage::CopyOnWrite => {

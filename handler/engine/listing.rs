@@ -6,7 +6,6 @@ use crdb_delta_core::format::decode::{self};
 use crdb_delta_core::format::names::{ObjectName, PartitionFormat};
 use crdb_delta_core::plan::{self, Object};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 
 use super::table::{TableState, open_table};
 use super::{RESOLVED_LOG, SyncError, SyncOptions, delta_err};
@@ -126,15 +125,7 @@ pub(super) async fn bounded_listing(
 
 pub(super) async fn fetch(source: &Location, obj: &Object) -> Result<bytes::Bytes, SyncError> {
     let path = source.child(&obj.path)?;
-    let bytes = source
-        .store
-        .get(&path)
-        .await
-        .map_err(StorageError::from)?
-        .bytes()
-        .await
-        .map_err(StorageError::from)?;
-    Ok(bytes)
+    Ok(source.get_bytes(&path).await?)
 }
 
 /// Reads the RESOLVED object a step applies and refuses one whose content disagrees with its
