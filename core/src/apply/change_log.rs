@@ -46,6 +46,8 @@ pub struct ChangeLog {
     pub(crate) null_arrays: Vec<ArrayRef>,
     pub(crate) duplicates: usize,
     pub(crate) rows_read: u64,
+    /// Integer key → key id, built on first use (a single INT key column).
+    pub(crate) int_keys: std::sync::OnceLock<HashMap<i64, u32>>,
 }
 
 impl ChangeLog {
@@ -219,6 +221,25 @@ impl ChangeLog {
                     .map_err(|(_, e)| invalid(format!("key column `{k}`: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        // One integer key (the common case): compared as integers, no text per table row.
+        if let [col] = key_cols.as_slice()
+            && let Some(ints) = col.as_primitive_opt::<arrow_array::types::Int64Type>()
+        {
+            let ids = self.int_keys.get_or_init(|| {
+                self.key_texts
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(id, k)| match serde_json::from_str::<Value>(k) {
+                        Ok(Value::Array(v)) => Some((v.first()?.as_i64()?, id as u32)),
+                        _ => None,
+                    })
+                    .collect()
+            });
+            return Ok(ints
+                .iter()
+                .map(|k| k.and_then(|k| ids.get(&k).copied()))
+                .collect());
+        }
         Ok((0..table.num_rows())
             .map(|r| {
                 key_text(&key_cols, r)

@@ -451,6 +451,7 @@ impl Window {
             null_arrays,
             duplicates,
             rows_read: self.rows_read,
+            int_keys: std::sync::OnceLock::new(),
         })
     }
 }
