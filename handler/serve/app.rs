@@ -559,10 +559,17 @@ impl App {
                     .map(|f| f.eq_ignore_ascii_case("text"))
             })
             .unwrap_or(false);
-        let report = status::status(self).await;
-        let http = match (&report, text) {
-            (Ok(v), false) => HttpResponse::json(200, v),
-            (Ok(v), true) => HttpResponse::text(200, status::render(v)),
+        let report = status::status(
+            &self.store,
+            &self.source,
+            &self.target,
+            &self.settings.config,
+        )
+        .await;
+        let http = match (report.map(|d| (serde_json::to_value(&d), d)), text) {
+            (Ok((_, doc)), true) => HttpResponse::text(200, doc.to_string()),
+            (Ok((Ok(v), _)), false) => HttpResponse::json(200, &v),
+            (Ok((Err(e), _)), false) => HttpResponse::json(500, &json!({ "error": e.to_string() })),
             (Err(e), _) => HttpResponse::json(500, &json!({ "error": e.to_string() })),
         };
         // The HTTP caller sees the error; the invocation itself succeeded (nothing to retry).

@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::Utc;
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::Progress;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::ServeError;
-use super::app::App;
+use super::store::{ErrorRecord, Store};
 use crate::config::Config;
 use crate::delta::{self, Target};
+use crate::quarantine::{Action, Record};
 use crate::storage::Location;
 
 /// A table's Delta state.
@@ -44,11 +46,54 @@ pub async fn table_state(
     }))
 }
 
-/// The status document.
-pub async fn status(app: &App) -> Result<Value, ServeError> {
-    let state = app.store.state().await?;
-    let buffered = app.store.buffered().await?;
-    let quarantined = crate::quarantine::Quarantine::new(&app.target)
+/// One table in the status document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableStatus {
+    /// Data files announced by events and not yet consumed by an apply.
+    pub buffered_files: u64,
+    pub last_error: Option<String>,
+    /// A quarantined file holds the table (`crdb-delta quarantine`).
+    pub stopped: bool,
+    pub quarantined: Vec<Record>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `None` until the Delta table exists.
+    pub delta_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_from: Option<String>,
+}
+
+/// The `Status` document: what any instance answers, read from the Delta logs and the
+/// handler's own objects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    pub source: String,
+    pub target: String,
+    pub now: String,
+    pub tables: BTreeMap<String, TableStatus>,
+    /// RESOLVED files announced and not yet applied.
+    pub resolved_waiting: Vec<String>,
+    pub last_run: Option<Value>,
+    pub last_error: Option<ErrorRecord>,
+    pub quarantined: Vec<Record>,
+}
+
+/// The status document of the handler whose objects `store` holds.
+pub async fn status(
+    store: &Store,
+    source: &Location,
+    target: &Location,
+    config: &Config,
+) -> Result<StatusDoc, ServeError> {
+    let state = store.state().await?;
+    let buffered = store.buffered().await?;
+    let quarantined = crate::quarantine::Quarantine::new(target)
         .list()
         .await
         .map_err(crate::engine::SyncError::from)?;
@@ -68,102 +113,128 @@ pub async fn status(app: &App) -> Result<Value, ServeError> {
         .chain(quarantined.iter().map(|q| q.table.clone()))
         .collect();
     let now = Utc::now();
-    let mut tables = serde_json::Map::new();
+    let mut tables = BTreeMap::new();
     for name in names {
-        let error = state
-            .last_error
-            .as_ref()
-            .filter(|e| e.message.contains(&format!("`{name}`")))
-            .map(|e| e.message.clone());
-        let files: Vec<&crate::quarantine::Record> =
-            quarantined.iter().filter(|q| q.table == name).collect();
-        let stopped = files
+        let files: Vec<Record> = quarantined
             .iter()
-            .any(|q| q.action == crate::quarantine::Action::Hold);
-        let mut entry = json!({
-            "buffered_files": per_table.get(&name).copied().unwrap_or(0),
-            "last_error": error,
-            "stopped": stopped,
-            "quarantined": files,
-        });
-        match table_state(&app.target, &app.settings.config, &name).await {
+            .filter(|q| q.table == name)
+            .cloned()
+            .collect();
+        let mut entry = TableStatus {
+            buffered_files: per_table.get(&name).copied().unwrap_or(0),
+            last_error: state
+                .last_error
+                .as_ref()
+                .filter(|e| e.message.contains(&format!("`{name}`")))
+                .map(|e| e.message.clone()),
+            stopped: files.iter().any(|q| q.action == Action::Hold),
+            quarantined: files,
+            ..TableStatus::default()
+        };
+        match table_state(target, config, &name).await {
             Ok(Some(t)) => {
-                entry["target"] = json!(t.path);
-                entry["delta_version"] = json!(t.version);
+                entry.target = Some(t.path);
+                entry.delta_version = t.version;
                 if let Some(a) = t.progress.applied {
                     let at = a.to_datetime();
-                    entry["resolved"] = json!(a.to_string());
-                    entry["resolved_at"] = json!(at.to_rfc3339());
-                    entry["age_seconds"] =
-                        json!(((now - at).num_milliseconds() as f64 / 1000.0).max(0.0));
+                    entry.resolved = Some(a.to_string());
+                    entry.resolved_at = Some(at.to_rfc3339());
+                    entry.age_seconds =
+                        Some(((now - at).num_milliseconds() as f64 / 1000.0).max(0.0));
                 }
-                entry["pending_from"] = json!(t.progress.pending_from);
+                entry.pending_from = t.progress.pending_from;
             }
-            Ok(None) => entry["delta_version"] = Value::Null,
-            Err(e) => entry["last_error"] = json!(e.to_string()),
+            Ok(None) => {}
+            Err(e) => entry.last_error = Some(e.to_string()),
         }
         tables.insert(name, entry);
     }
-    Ok(json!({
-        "source": app.source.display,
-        "target": app.target.display,
-        "now": now.to_rfc3339(),
-        "tables": tables,
-        "resolved_waiting": resolved_waiting,
-        "last_run": state.last_run,
-        "last_error": state.last_error,
-        "quarantined": quarantined,
-    }))
+    Ok(StatusDoc {
+        source: source.display.clone(),
+        target: target.display.clone(),
+        now: now.to_rfc3339(),
+        tables,
+        resolved_waiting,
+        last_run: state.last_run,
+        last_error: state.last_error,
+        quarantined,
+    })
 }
 
 /// The compact text form: one line per table.
-pub fn render(v: &Value) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} -> {}",
-        v["source"].as_str().unwrap_or("?"),
-        v["target"].as_str().unwrap_or("?")
-    );
-    if let Some(tables) = v["tables"].as_object() {
-        for (name, t) in tables {
-            let _ = writeln!(
-                s,
+impl std::fmt::Display for StatusDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} -> {}", self.source, self.target)?;
+        for (name, t) in &self.tables {
+            writeln!(
+                f,
                 "{name}: resolved {} (age {}), version {}, buffered {}{}",
-                t["resolved"].as_str().unwrap_or("none"),
-                t["age_seconds"]
-                    .as_f64()
-                    .map_or("-".into(), |a| format!("{a:.0} s")),
-                t["delta_version"]
-                    .as_u64()
-                    .map_or("-".into(), |v| v.to_string()),
-                t["buffered_files"].as_u64().unwrap_or(0),
-                t["last_error"]
-                    .as_str()
+                t.resolved.as_deref().unwrap_or("none"),
+                t.age_seconds.map_or("-".into(), |a| format!("{a:.0} s")),
+                t.delta_version.map_or("-".into(), |v| v.to_string()),
+                t.buffered_files,
+                t.last_error
+                    .as_ref()
                     .map_or(String::new(), |e| format!(", error: {e}")),
-            );
-            for q in t["quarantined"].as_array().into_iter().flatten() {
-                let _ = writeln!(
-                    s,
+            )?;
+            for q in &t.quarantined {
+                writeln!(
+                    f,
                     "  {} {}: {}",
-                    if q["action"] == "hold" {
+                    if q.action == Action::Hold {
                         "STOPPED by"
                     } else {
                         "skipping"
                     },
-                    q["file"].as_str().unwrap_or("?"),
-                    q["reason"].as_str().unwrap_or("?"),
-                );
+                    q.file,
+                    q.reason,
+                )?;
             }
         }
+        if let Some(e) = &self.last_error {
+            writeln!(f, "last error ({}): {}", e.at, e.message)?;
+        }
+        Ok(())
     }
-    if let Some(e) = v["last_error"]["message"].as_str() {
-        let _ = writeln!(
-            s,
-            "last error ({}): {e}",
-            v["last_error"]["at"].as_str().unwrap_or("?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Monitoring reads these names: a rename must fail here.
+    #[test]
+    fn the_status_document_keeps_its_names_and_round_trips() {
+        let mut tables = BTreeMap::new();
+        tables.insert(
+            "orders".to_owned(),
+            TableStatus {
+                buffered_files: 2,
+                target: Some("orders".into()),
+                delta_version: Some(7),
+                resolved: Some("1.0000000000".into()),
+                ..TableStatus::default()
+            },
+        );
+        let doc = StatusDoc {
+            source: "s".into(),
+            target: "t".into(),
+            now: "n".into(),
+            tables,
+            resolved_waiting: vec![],
+            last_run: None,
+            last_error: None,
+            quarantined: vec![],
+        };
+        let v = serde_json::to_value(&doc).unwrap();
+        assert_eq!(v["tables"]["orders"]["buffered_files"], 2);
+        assert_eq!(v["tables"]["orders"]["delta_version"], 7);
+        assert_eq!(v["tables"]["orders"]["resolved"], "1.0000000000");
+        assert!(v["tables"]["orders"].get("age_seconds").is_none());
+        assert_eq!(serde_json::from_value::<StatusDoc>(v).unwrap(), doc);
+        assert!(
+            doc.to_string()
+                .contains("orders: resolved 1.0000000000 (age -), version 7, buffered 2")
         );
     }
-    s
 }

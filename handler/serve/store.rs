@@ -55,7 +55,7 @@ pub struct State {
     pub last_error: Option<ErrorRecord>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorRecord {
     pub at: String,
     pub invocation: String,
