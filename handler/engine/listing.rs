@@ -64,24 +64,35 @@ pub(super) async fn bounded_listing(
     let Some(table) = log.open().await? else {
         return Ok(None);
     };
-    let mut history = table.history(Some(1));
-    let Some(info) = history
+    // The newest record, past commits that are not records: compactions of the record table
+    // itself and VACUUM's start/end commits (upkeep), or another tool's.
+    let mut history = table.history(Some(20));
+    let mut found = None;
+    while let Some(info) = history
         .next()
         .await
         .transpose()
         .map_err(delta_err(RESOLVED_LOG))?
-    else {
-        return Ok(None);
-    };
-    let Some(CommitRecord {
-        figures:
-            Figures::ResolvedLog(ResolvedLogFigures {
-                tables: names,
-                partition: Some(partition),
-            }),
-        ..
-    }) = CommitRecord::from_commit_info(&info.info)
-    else {
+    {
+        match CommitRecord::from_commit_info(&info.info) {
+            None
+            | Some(CommitRecord {
+                figures: Figures::Maintenance(_),
+                ..
+            }) => continue,
+            Some(CommitRecord {
+                figures:
+                    Figures::ResolvedLog(ResolvedLogFigures {
+                        tables,
+                        partition: Some(partition),
+                    }),
+                ..
+            }) => found = Some((tables, partition)),
+            _ => {}
+        }
+        break;
+    }
+    let Some((names, partition)) = found else {
         return Ok(None);
     };
     let partition = PartitionFormat::from(partition);
