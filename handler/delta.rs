@@ -184,7 +184,7 @@ impl Target {
     /// `deletionVectors` (and `timestampNtz` when a column needs it). Committed by us:
     /// delta-rs' `CreateBuilder` also lists `invariants` at writer 7, which delta-rs without
     /// DataFusion then refuses to write to. A concurrent creator wins (its table is opened).
-    async fn create_with_deletion_vectors(
+    pub async fn create_with_deletion_vectors(
         &self,
         schema: &Schema,
         properties: Vec<(String, String)>,
