@@ -651,17 +651,12 @@ pub async fn read_live_file(
     let mut first = 0u64;
     let mut out = Vec::new();
     for b in read_file(table, &file.path, batch_size).await? {
-        let n = b.num_rows();
-        let mask = dv.keep_mask(first, n);
-        first += n as u64;
-        out.push(
-            deltalake_core::arrow::compute::filter_record_batch(&b, &mask).map_err(|e| {
-                DeltaError::Table {
-                    table: table.table_url().to_string(),
-                    message: format!("{}: {e}", file.path),
-                }
-            })?,
-        );
+        let (live, _) = dv.live_rows(&b, first).map_err(|e| DeltaError::Table {
+            table: table.table_url().to_string(),
+            message: format!("{}: {e}", file.path),
+        })?;
+        first += b.num_rows() as u64;
+        out.push(live);
     }
     Ok(out)
 }

@@ -60,6 +60,19 @@ fn bin(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+/// `crdb-delta sync` of a local feed into a local target.
+fn sync(feed: &Path, target: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "sync",
+        "--source",
+        feed.to_str().unwrap(),
+        "--target",
+        target.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    bin(&args, &[])
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -180,32 +193,13 @@ async fn schema_reads_keys_and_types_and_sync_applies_them() {
     // placed_at a timestamp; without it, the same files give inferred types.
     let feed = dir.path().join("feed");
     write_feed(&feed);
-    let o = bin(
-        &[
-            "sync",
-            "--source",
-            feed.to_str().unwrap(),
-            "--target",
-            target.to_str().unwrap(),
-            "--json",
-        ],
-        &[],
-    );
+    let o = sync(&feed, &target, &["--json"]);
     assert!(o.status.success(), "{}", text(&o).1);
     let types = delta_types(&target.join("orders"));
     assert_eq!(types["amount"], "decimal(12,2)", "{types:?}");
     assert_eq!(types["placed_at"], "timestamp", "{types:?}");
     let bare = dir.path().join("bare");
-    let o = bin(
-        &[
-            "sync",
-            "--source",
-            feed.to_str().unwrap(),
-            "--target",
-            bare.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = sync(&feed, &bare, &[]);
     assert!(o.status.success(), "{}", text(&o).1);
     let inferred = delta_types(&bare.join("orders"));
     assert_ne!(inferred["amount"], "decimal(12,2)", "{inferred:?}");
@@ -224,18 +218,7 @@ async fn schema_reads_keys_and_types_and_sync_applies_them() {
         t2.join("_crdb_delta/schema.json"),
     )
     .unwrap();
-    let o = bin(
-        &[
-            "sync",
-            "--source",
-            feed.to_str().unwrap(),
-            "--target",
-            t2.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = sync(&feed, &t2, &["--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o).1);
     let types = delta_types(&t2.join("orders"));
     assert_eq!(types["amount"], "decimal(14,4)", "{types:?}");
@@ -249,16 +232,7 @@ async fn schema_reads_keys_and_types_and_sync_applies_them() {
         r#"{"tables": {"orders": {"columns": {"amount": "MONEY(3"}}}}"#,
     )
     .unwrap();
-    let o = bin(
-        &[
-            "sync",
-            "--source",
-            feed.to_str().unwrap(),
-            "--target",
-            t3.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = sync(&feed, &t3, &[]);
     let (_, stderr) = text(&o);
     assert!(!o.status.success());
     assert!(

@@ -29,7 +29,9 @@
 use std::io::Write as _;
 use std::str::FromStr;
 
-use arrow_array::BooleanArray;
+use arrow_array::{BooleanArray, RecordBatch};
+use arrow_schema::ArrowError;
+use arrow_select::filter::filter_record_batch;
 use crc::{CRC_32_ISO_HDLC, Crc};
 use roaring::{RoaringBitmap, RoaringTreemap};
 use serde::{Deserialize, Serialize};
@@ -156,6 +158,25 @@ impl DeletionVector {
             keep[(p - first_row) as usize] = false;
         }
         BooleanArray::from(keep)
+    }
+
+    /// The rows of a batch read from the file at `first_row` that survive, and their positions
+    /// in the file (what a superseded row must be marked at).
+    pub fn live_rows(
+        &self,
+        batch: &RecordBatch,
+        first_row: u64,
+    ) -> Result<(RecordBatch, Vec<u64>), ArrowError> {
+        let n = batch.num_rows() as u64;
+        if self.rows.range_cardinality(first_row..first_row + n) == 0 {
+            return Ok((batch.clone(), (first_row..first_row + n).collect()));
+        }
+        let mask = self.keep_mask(first_row, batch.num_rows());
+        let positions = (0..n)
+            .filter(|&i| mask.value(i as usize))
+            .map(|i| first_row + i)
+            .collect();
+        Ok((filter_record_batch(batch, &mask)?, positions))
     }
 
     /// The serialized bitmap: the portable magic followed by the 64-bit Roaring treemap

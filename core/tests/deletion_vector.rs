@@ -386,3 +386,22 @@ fn databricks_descriptor_json() {
         }
     }
 }
+
+/// A batch read at a file position keeps its live rows and says where each one sits in the
+/// file (where the engine marks a row it supersedes).
+#[test]
+fn live_rows_keep_the_file_positions() {
+    use std::sync::Arc;
+    let dv: DeletionVector = [1u64, 4, 5].into_iter().collect();
+    let ids = arrow_array::Int64Array::from_iter_values(3..7);
+    let batch =
+        arrow_array::RecordBatch::try_from_iter([("id", Arc::new(ids) as arrow_array::ArrayRef)])
+            .unwrap();
+    // Rows 3..7 of the file: 4 and 5 are deleted.
+    let (live, positions) = dv.live_rows(&batch, 3).unwrap();
+    assert_eq!(positions, [3, 6]);
+    assert_eq!(live.column(0).as_primitive::<Int64Type>().values(), &[3, 6]);
+    // A batch the vector does not touch comes back whole.
+    let (same, positions) = dv.live_rows(&batch, 10).unwrap();
+    assert_eq!((same.num_rows(), positions), (4, vec![10, 11, 12, 13]));
+}

@@ -197,14 +197,11 @@ async fn write(
             if !keys.may_hold(f.key_range.as_ref()) {
                 continue;
             }
-            let fetched = match delta::read_deletion_vector(table, &f).await {
-                Ok(dv) => match delta::TableFile::fetch(table, &f.path).await {
-                    Ok(file) => Ok((dv, file)),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
+            let fetched = async {
+                let dv = delta::read_deletion_vector(table, &f).await?;
+                Ok::<_, DeltaError>((dv, delta::TableFile::fetch(table, &f.path).await?))
             };
-            let (old_dv, file) = match fetched {
+            let (old_dv, file) = match fetched.await {
                 Ok(x) => x,
                 Err(DeltaError::FileGone { path, .. }) => {
                     let version = table.version().unwrap_or(0);
@@ -226,7 +223,7 @@ async fn write(
                 let mut touched = false;
                 let mut first = 0u64;
                 for b in file.batches(Some(&probe), bs)? {
-                    let (live, _) = live_rows(b?, &old_dv, &mut first)?;
+                    let (live, _) = live_rows(&name, &b?, &old_dv, &mut first)?;
                     if changes.touches(&live).map_err(change_err(&name))? {
                         touched = true;
                         break;
@@ -239,7 +236,7 @@ async fn write(
             let mut dv = old_dv.clone();
             let mut first = 0u64;
             for b in file.batches(probe_only.then_some(probe.as_slice()), bs)? {
-                let (live, positions) = live_rows(b?, &old_dv, &mut first)?;
+                let (live, positions) = live_rows(&name, &b?, &old_dv, &mut first)?;
                 let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
                 dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
                 writer.write(merged.batch).await.map_err(delta_err(&name))?;
@@ -279,28 +276,15 @@ async fn write(
 /// The rows of a file batch its deletion vector does not hide, and their positions in the file
 /// (`first`: the position of the batch's first row, advanced past it).
 fn live_rows(
-    batch: arrow_array::RecordBatch,
+    table: &str,
+    batch: &arrow_array::RecordBatch,
     dv: &DeletionVector,
     first: &mut u64,
 ) -> Result<(arrow_array::RecordBatch, Vec<u64>), SyncError> {
-    let n = batch.num_rows();
     let start = *first;
-    *first += n as u64;
-    if dv.is_empty() {
-        return Ok((batch, (start..start + n as u64).collect()));
-    }
-    let mask = dv.keep_mask(start, n);
-    let positions = (0..n as u64)
-        .filter(|i| mask.value(*i as usize))
-        .map(|i| start + i)
-        .collect();
-    let live = deltalake_core::arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| {
-        SyncError::Change {
-            table: String::new(),
-            source: ChangeError::Arrow(e),
-        }
-    })?;
-    Ok((live, positions))
+    *first += batch.num_rows() as u64;
+    dv.live_rows(batch, start)
+        .map_err(|e| change_err(table)(ChangeError::Arrow(e)))
 }
 
 /// The commit of a step: its files, the new schema when the layout grew, the progress and the
