@@ -224,7 +224,8 @@ async fn compact(
             batches.push(conform(&b, &schema).map_err(|e| rows_err(e.to_string()))?);
         }
     }
-    let all = arrow_select_concat(&schema, &batches).map_err(|e| rows_err(e.to_string()))?;
+    let all = deltalake_core::arrow::compute::concat_batches(&schema, &batches)
+        .map_err(|e| rows_err(e.to_string()))?;
     let sorted = sort_by_key(&all, &key).map_err(|e| rows_err(e.to_string()))?;
     report.rows_rewritten = sorted.num_rows() as u64;
     let mut writer =
@@ -315,13 +316,6 @@ fn conform(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow_sch
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema.clone(), cols)
-}
-
-fn arrow_select_concat(
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    deltalake_core::arrow::compute::concat_batches(schema, batches)
 }
 
 /// Rows in key order (the key columns' natural order), so compacted files have narrow ranges.

@@ -382,16 +382,15 @@ impl App {
                 crate::config::with_target_schema(&self.settings.config, &self.target).await?;
             opts.until = until;
             opts.deadline = Some(std::time::Instant::now() + self.settings.apply_budget);
-            let work = sync(&self.source, &self.target, &opts);
-            tokio::pin!(work);
             let mut tick = tokio::time::interval(renew_every(ttl));
             tick.tick().await;
-            let report = loop {
-                tokio::select! {
-                    r = &mut work => break r?,
-                    _ = tick.tick() => { lease.renew(ttl).await; }
-                }
-            };
+            let report = renewing(
+                sync(&self.source, &self.target, &opts),
+                &mut lease,
+                &mut tick,
+                ttl,
+            )
+            .await?;
             // CatchUp with time left: table upkeep, still under the lease (never beside an
             // apply of ours) and within the same budget.
             let mut upkept = 0;
@@ -413,14 +412,13 @@ impl App {
                     if std::time::Instant::now() >= deadline {
                         break;
                     }
-                    let work = crate::maintain::maintain_table(&self.target, p, &upkeep);
-                    tokio::pin!(work);
-                    let done = loop {
-                        tokio::select! {
-                            r = &mut work => break r,
-                            _ = tick.tick() => { lease.renew(ttl).await; }
-                        }
-                    };
+                    let done = renewing(
+                        crate::maintain::maintain_table(&self.target, p, &upkeep),
+                        &mut lease,
+                        &mut tick,
+                        ttl,
+                    )
+                    .await;
                     match done {
                         Ok(u) => {
                             upkept += 1;
@@ -612,6 +610,22 @@ pub fn lease_wait(ttl: Duration) -> Duration {
 }
 
 /// How long to wait between lease renewals: never zero.
+/// Runs `work` while renewing the lease at every tick.
+async fn renewing<T>(
+    work: impl std::future::Future<Output = T>,
+    lease: &mut super::store::Lease,
+    tick: &mut tokio::time::Interval,
+    ttl: Duration,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tick.tick() => { lease.renew(ttl).await; }
+        }
+    }
+}
+
 pub fn renew_every(ttl: Duration) -> Duration {
     (ttl / 3).max(Duration::from_millis(100))
 }
