@@ -15,7 +15,7 @@ use crdb_delta_core::deletion_vector::{
     DeletionVector, DeletionVectorDescriptor as DvDescriptor, DvFileBuilder, DvLocation,
 };
 use crdb_delta_core::format::types::ColumnType;
-use crdb_delta_core::plan::Progress;
+use crdb_delta_core::plan::{Progress, Slices};
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{
@@ -43,6 +43,12 @@ pub const APP_ID: &str = "crdb-delta";
 /// wall time it is the exact RESOLVED, kept by checkpoints (commitInfo is not) so progress
 /// survives log cleanup.
 pub const APP_ID_LOGICAL: &str = "crdb-delta.logical";
+/// App ids of the `txn`s of an interval being applied in key slices ([`Slices`]): `of << 32 |
+/// done` (0 once the interval is whole), and the interval's RESOLVED. Checkpoints keep them, as
+/// they keep [`APP_ID`].
+pub const APP_ID_SLICES: &str = "crdb-delta.slices";
+pub const APP_ID_SLICES_WALL: &str = "crdb-delta.slices.wall";
+pub const APP_ID_SLICES_LOGICAL: &str = "crdb-delta.slices.logical";
 pub use crate::records::COMMIT_KEY;
 use crate::records::CommitRecord;
 /// Table properties we keep (Databricks shows them with `SHOW TBLPROPERTIES`).
@@ -335,27 +341,45 @@ pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaE
         source: Box::new(source),
     };
     let snap = table.snapshot().map_err(err)?;
-    let Some(version) = snap
-        .transaction_version(table.log_store().as_ref(), APP_ID)
-        .await
-        .map_err(err)?
-    else {
-        return Ok(Progress::default());
+    let store = table.log_store();
+    let txn = |app: &'static str| snap.transaction_version(store.as_ref(), app);
+    let version = txn(APP_ID).await.map_err(err)?;
+    let slices = match txn(APP_ID_SLICES).await.map_err(err)? {
+        Some(v) if v > 0 => {
+            let wall = txn(APP_ID_SLICES_WALL).await.map_err(err)?.unwrap_or(0);
+            let logical = txn(APP_ID_SLICES_LOGICAL).await.map_err(err)?.unwrap_or(0);
+            Some(Slices {
+                resolved: Hlc::new(wall, u32::try_from(logical).unwrap_or(0)),
+                of: (v >> 32) as u32,
+                done: (v & 0xffff_ffff) as u32,
+            })
+        }
+        _ => None,
     };
+    if version.is_none() && slices.is_none() {
+        return Ok(Progress::default());
+    }
     let mut history = table.history(Some(HISTORY_LOOKBACK));
     while let Some(info) = history.next().await {
         let info = info.map_err(err)?;
         if let Some(CommitRecord { progress: p, .. }) = CommitRecord::from_commit_info(&info.info)
-            && p.applied.is_some_and(|a| a.wall == version)
+            && p.applied.map(|a| a.wall) == version
+            && p.slices == slices
         {
             return Ok(p);
         }
     }
+    let Some(version) = version else {
+        // The first interval of the table, sliced, its record out of reach: its slices say it all.
+        return Ok(Progress {
+            slices,
+            ..Progress::default()
+        });
+    };
     // Our commitInfo is gone (log cleanup, or many foreign commits since): the exact RESOLVED
     // is in the checkpointed `txn`s; where reading resumes is not, so every file up to it is
     // read again (rows at or below it are filtered out, so nothing repeats).
-    let logical = snap
-        .transaction_version(table.log_store().as_ref(), APP_ID_LOGICAL)
+    let logical = txn(APP_ID_LOGICAL)
         .await
         .map_err(err)?
         .and_then(|l| u32::try_from(l).ok());
@@ -377,6 +401,7 @@ pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaE
     Ok(Progress {
         applied: Some(Hlc::new(version, logical.unwrap_or(0))),
         pending_from: Some(crdb_delta_core::plan::PENDING_ALL.into()),
+        slices,
     })
 }
 
@@ -705,8 +730,12 @@ pub struct Commit {
     pub removes: Vec<Remove>,
     /// New schema/properties, when the layout grew.
     pub layout: Option<(Layout, Mode)>,
+    /// What the table has applied once this commit lands: moves the `txn`s of an
+    /// [`CommitKind::Apply`] commit.
     pub progress: Progress,
     pub resolved: Hlc,
+    /// The commit completes an interval that was applied in slices (zeroes their `txn`).
+    pub ends_slices: bool,
     pub figures: crate::records::Figures,
     pub mode: Mode,
     pub kind: CommitKind,
@@ -808,7 +837,10 @@ impl Winners {
             } else if action.get("metaData").is_some() || action.get("protocol").is_some() {
                 self.metadata.get_or_insert(version);
             } else if let Some(t) = action.get("txn")
-                && t.get("appId").and_then(Value::as_str) == Some(APP_ID)
+                && matches!(
+                    t.get("appId").and_then(Value::as_str),
+                    Some(APP_ID | APP_ID_SLICES)
+                )
             {
                 self.ours.get_or_insert(version);
             }
@@ -968,12 +1000,28 @@ async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u
     };
     let mut props = CommitProperties::default().with_max_retries(0);
     if c.kind == CommitKind::Apply {
-        props = props
-            .with_application_transaction(Transaction::new(APP_ID, c.resolved.wall))
-            .with_application_transaction(Transaction::new(
-                APP_ID_LOGICAL,
-                i64::from(c.resolved.logical),
-            ));
+        props = match c.progress.slices {
+            // A slice: the RESOLVED applied stays; the slices move.
+            Some(s) => props
+                .with_application_transaction(Transaction::new(
+                    APP_ID_SLICES,
+                    (i64::from(s.of) << 32) | i64::from(s.done),
+                ))
+                .with_application_transaction(Transaction::new(APP_ID_SLICES_WALL, s.resolved.wall))
+                .with_application_transaction(Transaction::new(
+                    APP_ID_SLICES_LOGICAL,
+                    i64::from(s.resolved.logical),
+                )),
+            None => props
+                .with_application_transaction(Transaction::new(APP_ID, c.resolved.wall))
+                .with_application_transaction(Transaction::new(
+                    APP_ID_LOGICAL,
+                    i64::from(c.resolved.logical),
+                )),
+        };
+        if c.ends_slices {
+            props = props.with_application_transaction(Transaction::new(APP_ID_SLICES, 0));
+        }
     }
     let props = props.with_metadata([(
         crate::records::COMMIT_KEY.to_owned(),

@@ -862,8 +862,15 @@ async fn run() -> Result<()> {
             }
             if !json {
                 for r in &rows {
+                    let sliced = match r["slices"].as_object() {
+                        Some(s) => format!(
+                            ", applying the next interval in key slices: {} of {} done",
+                            s["done"], s["of"]
+                        ),
+                        None => String::new(),
+                    };
                     println!(
-                        "{}: RESOLVED {} ({} s ago), version {}{}",
+                        "{}: RESOLVED {} ({} s ago), version {}{sliced}{}",
                         r["table"].as_str().unwrap_or("?"),
                         r["resolved_at"].as_str().unwrap_or("none"),
                         r["age_seconds"]

@@ -270,6 +270,7 @@ async fn compact(
             layout: None,
             progress: progress.clone(),
             resolved,
+            ends_slices: false,
             figures: Figures::Maintenance(MaintenanceFigures {
                 files_compacted,
                 files_written,

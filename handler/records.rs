@@ -53,6 +53,10 @@ pub struct TableFigures {
     /// Files an operator skipped (`crdb-delta quarantine skip`) that this commit passes over.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_files: Vec<String>,
+    /// The key slice this commit applied, of an interval applied in slices (`done` counts
+    /// it): the interval's rows are complete only at the commit where `done == of`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<crdb_delta_core::plan::Slices>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +123,7 @@ mod tests {
     fn commit_records_keep_their_wire_names_and_round_trip() {
         let table = CommitRecord {
             progress: Progress {
+                slices: None,
                 applied: Some(Hlc::new(1_700_000_000_000_000_000, 3)),
                 pending_from: Some("2026-01-01/f.ndjson".into()),
             },
@@ -131,6 +136,7 @@ mod tests {
                 files_added: 1,
                 files_removed: 1,
                 skipped_files: vec!["x.ndjson".into()],
+                slice: None,
             }),
         };
         let v = serde_json::to_value(&table).unwrap();
@@ -163,5 +169,32 @@ mod tests {
                                      "duplicates": 0, "filesAdded": 1, "filesRemoved": 0}});
         let r: CommitRecord = serde_json::from_value(old).unwrap();
         assert!(matches!(r.figures, Figures::Table(t) if t.skipped_files.is_empty()));
+        // Part-way through an interval applied in key slices.
+        let sliced = CommitRecord {
+            progress: Progress {
+                slices: Some(crdb_delta_core::plan::Slices {
+                    resolved: Hlc::new(1_700_000_000_000_000_000, 3),
+                    of: 4,
+                    done: 1,
+                }),
+                ..Progress::default()
+            },
+            figures: Figures::Table(TableFigures {
+                slice: Some(crdb_delta_core::plan::Slices {
+                    resolved: Hlc::new(1_700_000_000_000_000_000, 3),
+                    of: 4,
+                    done: 1,
+                }),
+                ..TableFigures::default()
+            }),
+        };
+        let v = serde_json::to_value(&sliced).unwrap();
+        assert_eq!(
+            v["progress"],
+            json!({"applied": null, "pendingFrom": null,
+                   "slices": {"resolved": "1700000000000000000.0000000003", "of": 4, "done": 1}})
+        );
+        assert_eq!(v["figures"]["slice"]["of"], 4);
+        assert_eq!(serde_json::from_value::<CommitRecord>(v).unwrap(), sliced);
     }
 }

@@ -58,6 +58,8 @@ pub async fn target_status(target: &str) -> Result<Vec<TableStatus>, StatusError
             "resolved_at": p.applied.map(|h| h.to_datetime().to_rfc3339()),
             "age_seconds": p.applied.map(|h| (now - h.to_datetime()).num_seconds()),
             "pending_from": p.pending_from,
+            // An interval too large for one window, part-way through its key slices.
+            "slices": p.slices.map(|s| json!({"resolved": s.resolved.to_string(), "done": s.done, "of": s.of})),
             "stopped": files.iter().any(|q| q.action == Action::Hold),
             "quarantined": files,
         });

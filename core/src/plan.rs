@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use crate::format::hlc::Hlc;
 use crate::format::names::{DataFileName, ObjectName, PartitionFormat};
+use crate::format::types::ColumnType;
 
 /// One changefeed object, as listed.
 #[derive(Debug, Clone)]
@@ -34,6 +35,33 @@ pub struct Progress {
     /// Path (relative to the changefeed root) of the first file, in name order, that still held
     /// rows newer than `applied`; `None` when every file with `ts ≤ applied` was used up.
     pub pending_from: Option<String>,
+    /// A RESOLVED interval too large for one window, part-way through being applied in key
+    /// slices ([`Slices`]); `applied` and `pending_from` still describe the interval's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<Slices>,
+}
+
+/// A RESOLVED interval applied in `of` commits, one per slice of the key space (a key's every
+/// change falls into one slice: [`crate::apply::slice_of`]), so memory follows the window, not
+/// the interval — an initial scan is one interval as large as the table. `done` slices
+/// (`0..done`) are committed; the next commit applies slice `done`. The interval's end is
+/// fixed here: a RESOLVED listed later (an out-of-order event) cannot change it half way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Slices {
+    pub resolved: Hlc,
+    pub of: u32,
+    pub done: u32,
+}
+
+impl Slices {
+    /// Slices for an interval of about `bytes` (decoded) under a window of `max_bytes`: each
+    /// slice about half a window, so an uneven split or an estimate a little low still fits.
+    pub fn count(bytes: u64, max_bytes: u64) -> u32 {
+        let half = (max_bytes / 2).max(1);
+        u32::try_from(bytes.div_ceil(half))
+            .unwrap_or(u32::MAX)
+            .max(2)
+    }
 }
 
 /// `pending_from` value meaning "every file may still hold newer rows": used when the exact
@@ -312,19 +340,32 @@ pub fn next_step_weighed(
             })
             .sum()
     };
+    // A table part-way through a sliced interval finishes that interval first, to exactly its
+    // RESOLVED (every table goes there with it); until that RESOLVED is listed, nothing moves.
+    let sliced = tables
+        .iter()
+        .filter_map(|t| prog(t).slices)
+        .map(|s| s.resolved)
+        .min();
     let mut chosen = candidates[0];
-    for &r in &candidates {
-        if bytes_for(r) <= max_bytes {
-            chosen = r;
-        } else {
-            break;
+    match sliced {
+        Some(r) if candidates.contains(&r) => chosen = r,
+        Some(_) => return None,
+        None => {
+            for &r in &candidates {
+                if bytes_for(r) <= max_bytes {
+                    chosen = r;
+                } else {
+                    break;
+                }
+            }
         }
     }
     let mut step = Step {
         resolved: chosen,
         tables: BTreeMap::new(),
         bytes: 0,
-        shrinkable: chosen != candidates[0],
+        shrinkable: sliced.is_none() && chosen != candidates[0],
     };
     for t in &tables {
         if prog(t).applied.is_some_and(|a| a >= chosen) {
@@ -380,36 +421,72 @@ pub fn common_resolved(tables: &[TableAt<'_>], objects: &[Object]) -> Option<Hlc
 }
 
 /// The window's first-key values, for skipping table files by their min/max statistics.
-/// Integer keys only for now: other types (and files without statistics) are always read.
-#[derive(Debug, Clone, Default)]
+/// Integer and text keys (UUIDs included): other types (and files without statistics) are
+/// always read.
+#[derive(Debug, Clone)]
 pub struct KeyProbe {
-    sorted: Option<Vec<i64>>,
+    sorted: Sorted,
+}
+
+/// The window's first-key values, sorted, when all are of one orderable kind.
+#[derive(Debug, Clone)]
+enum Sorted {
+    Ints(Vec<i64>),
+    /// UTF-8 strings (UUIDs included) compare bytewise, as Parquet and Delta statistics do;
+    /// statistics truncated by the writer are still bounds (a truncated max is incremented).
+    Strings(Vec<String>),
+    Unknown,
 }
 
 impl KeyProbe {
-    /// From the window's first-key values as canonical JSON.
-    pub fn new(values: Vec<serde_json::Value>) -> Self {
-        let sorted = values
-            .iter()
-            .map(serde_json::Value::as_i64)
-            .collect::<Option<Vec<i64>>>()
-            .map(|mut v| {
-                v.sort_unstable();
-                v
-            });
+    /// From the window's first-key values as canonical JSON, of a key column of type `ty`.
+    /// Only where the canonical form is what statistics hold: integers, and text compared
+    /// bytewise (a timestamp's canonical text is not its statistics' text).
+    pub fn new(values: Vec<serde_json::Value>, ty: &ColumnType) -> Self {
+        let sorted = match ty {
+            ColumnType::Int32 | ColumnType::Int64 => values
+                .iter()
+                .map(serde_json::Value::as_i64)
+                .collect::<Option<Vec<i64>>>()
+                .map_or(Sorted::Unknown, |mut v| {
+                    v.sort_unstable();
+                    Sorted::Ints(v)
+                }),
+            ColumnType::Text => values
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+                .map_or(Sorted::Unknown, |mut v| {
+                    v.sort_unstable();
+                    Sorted::Strings(v)
+                }),
+            _ => Sorted::Unknown,
+        };
         Self { sorted }
     }
 
     /// Whether a file whose first key spans `range` (min, max) may hold a window key.
     pub fn may_hold(&self, range: Option<&(serde_json::Value, serde_json::Value)>) -> bool {
-        let (Some((lo, hi)), Some(keys)) = (range, &self.sorted) else {
+        let Some((lo, hi)) = range else {
             return true;
         };
-        let (Some(lo), Some(hi)) = (lo.as_i64(), hi.as_i64()) else {
-            return true;
-        };
-        let i = keys.partition_point(|k| *k < lo);
-        i < keys.len() && keys[i] <= hi
+        match &self.sorted {
+            Sorted::Ints(keys) => match (lo.as_i64(), hi.as_i64()) {
+                (Some(lo), Some(hi)) => {
+                    let i = keys.partition_point(|k| *k < lo);
+                    i < keys.len() && keys[i] <= hi
+                }
+                _ => true,
+            },
+            Sorted::Strings(keys) => match (lo.as_str(), hi.as_str()) {
+                (Some(lo), Some(hi)) => {
+                    let i = keys.partition_point(|k| k.as_str() < lo);
+                    i < keys.len() && keys[i].as_str() <= hi
+                }
+                _ => true,
+            },
+            Sorted::Unknown => true,
+        }
     }
 }
 
@@ -583,6 +660,7 @@ mod tests {
             Progress {
                 applied: Some(h(2)),
                 pending_from: None,
+                slices: None,
             },
         );
         progress.insert("u".to_owned(), progress["t"].clone());
@@ -609,6 +687,7 @@ mod tests {
             Progress {
                 applied: Some(h(1)),
                 pending_from: Some(objs[0].path.clone()),
+                slices: None,
             },
         );
         let step = next_step(&objs, &progress, u64::MAX, None).unwrap();
@@ -618,6 +697,7 @@ mod tests {
         let done = Progress {
             applied: Some(h(1)),
             pending_from: None,
+            slices: None,
         };
         assert!(consumed(&objs[0].name, &done));
         assert!(!consumed(&objs[0].name, &Progress::default()));
@@ -627,17 +707,72 @@ mod tests {
         assert!(!until.tables.contains_key("t"), "t is already at h(1)");
     }
     #[test]
-    fn key_probe_prunes_integer_ranges_only() {
+    fn a_sliced_interval_is_finished_to_its_own_resolved_first() {
+        let objs = sorted(vec![
+            data("t", h(0), 0, 1000),
+            resolved(h(1)),
+            data("t", h(1).next(), 1, 10),
+            resolved(h(2)),
+        ]);
+        let sliced = |r| Progress {
+            slices: Some(Slices {
+                resolved: r,
+                of: 4,
+                done: 1,
+            }),
+            ..Progress::default()
+        };
+        let mut progress = BTreeMap::new();
+        progress.insert("t".to_owned(), sliced(h(1)));
+        // Everything fits up to h(2), yet the sliced interval ends at h(1).
+        let step = next_step(&objs, &progress, u64::MAX, None).unwrap();
+        assert_eq!(step.resolved, h(1));
+        assert!(!step.shrinkable);
+        assert_eq!(step.tables["t"], vec![0]);
+        // Its RESOLVED not (yet) listed: no step rather than a different interval.
+        progress.insert("t".to_owned(), sliced(h(3)));
+        assert_eq!(next_step(&objs, &progress, u64::MAX, None), None);
+    }
+
+    #[test]
+    fn slice_count_keeps_each_slice_within_half_a_window() {
+        assert_eq!(Slices::count(1000, 1000), 2);
+        assert_eq!(Slices::count(1001, 1000), 3);
+        assert_eq!(Slices::count(10_000, 1000), 20);
+        assert_eq!(Slices::count(5, 1), 5);
+    }
+
+    #[test]
+    fn key_probe_prunes_integer_and_string_ranges() {
         use serde_json::json;
-        let p = KeyProbe::new(vec![json!(5), json!(1), json!(20)]);
+        let p = KeyProbe::new(vec![json!(5), json!(1), json!(20)], &ColumnType::Int64);
         assert!(p.may_hold(Some(&(json!(0), json!(1)))));
         assert!(p.may_hold(Some(&(json!(6), json!(20)))));
         assert!(!p.may_hold(Some(&(json!(6), json!(19)))));
         assert!(!p.may_hold(Some(&(json!(21), json!(99)))));
         assert!(p.may_hold(None), "no statistics: read it");
         assert!(p.may_hold(Some(&(json!("a"), json!("b")))));
-        let strings = KeyProbe::new(vec![json!("x")]);
-        assert!(strings.may_hold(Some(&(json!(6), json!(19)))));
+        // Strings (UUIDs) bytewise, as Parquet statistics order them.
+        let uuids = KeyProbe::new(
+            vec![
+                json!("8f0c2a4e-0000-4000-8000-000000000000"),
+                json!("0017c32d-f78f-8181-0733-dd545936bff8"),
+            ],
+            &ColumnType::Text,
+        );
+        assert!(uuids.may_hold(Some(&(json!("0"), json!("1")))));
+        assert!(uuids.may_hold(Some(&(json!("8"), json!("9")))));
+        assert!(!uuids.may_hold(Some(&(json!("1"), json!("8")))));
+        assert!(!uuids.may_hold(Some(&(json!("9"), json!("g")))));
+        // A truncated, incremented max is still an upper bound.
+        assert!(uuids.may_hold(Some(&(json!("8f"), json!("8f0c2b")))));
+        assert!(
+            uuids.may_hold(Some(&(json!(1), json!(2)))),
+            "other statistics: read it"
+        );
+        // Canonical text that is not the statistics' text: never pruned.
+        let ts = KeyProbe::new(vec![json!("2019-01-02T03:04:05.5")], &ColumnType::Timestamp);
+        assert!(ts.may_hold(Some(&(json!("2020"), json!("2021")))));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use crdb_delta_core::apply::{
 use crdb_delta_core::deletion_vector::DeletionVector;
 use crdb_delta_core::format::decode::DecodeOptions;
 use crdb_delta_core::format::names::ObjectName;
-use crdb_delta_core::plan::{KeyProbe, Object, Progress};
+use crdb_delta_core::format::types::ColumnType;
+use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
 use deltalake_core::kernel::{Add, Remove};
 
 use super::faults::{fault, pause};
@@ -31,7 +32,9 @@ fn change_err(table: &str) -> impl Fn(ChangeError) -> SyncError + '_ {
     }
 }
 
-/// Applies the step's `files` of one table up to `resolved` in one Delta commit.
+/// Applies the step's `files` of one table up to `resolved` in one Delta commit — or, when
+/// the interval is too large for one window and no smaller step exists, its next key slice
+/// ([`Slices`]): the step loop plans the same RESOLVED again until the last slice lands.
 pub(super) async fn apply_table(
     state: &mut TableState,
     resolved: Hlc,
@@ -45,9 +48,67 @@ pub(super) async fn apply_table(
     let layout = step_layout(state, files, objects, source, opts).await?;
     let before = layout.clone();
     let dopts = decode_options(state, &layout, opts)?;
-    let window = Window::new(layout, state.progress.applied, resolved);
-    let (window, pending) =
-        read_window(state, window, files, objects, source, &dopts, budget).await?;
+    let max = opts.max_window_bytes;
+    let mut slices = match state.progress.slices {
+        Some(s) if s.resolved != resolved => {
+            return Err(SyncError::Table {
+                table: state.name.clone(),
+                message: format!(
+                    "planned to {resolved} while slices of the interval to {} are pending",
+                    s.resolved
+                ),
+            });
+        }
+        Some(s) => Some(s),
+        None if budget.shrinkable => None,
+        None => {
+            let bytes: u64 = files
+                .iter()
+                .map(|&i| budget.expansion.weigh(&objects[i]))
+                .sum();
+            (bytes > max).then(|| Slices {
+                resolved,
+                of: Slices::count(bytes, max),
+                done: 0,
+            })
+        }
+    };
+    let (window, pending) = loop {
+        let mut window = Window::new(layout.clone(), state.progress.applied, resolved);
+        if let Some(s) = slices {
+            window = window.with_slice(s.done, s.of);
+        }
+        // Past its first slice an interval's slice count is fixed: a slice larger than
+        // estimated is read whole (and said).
+        let limit = match slices {
+            Some(s) if s.done > 0 => None,
+            _ => Some(max),
+        };
+        match read_window(
+            state,
+            window,
+            files,
+            objects,
+            source,
+            &dopts,
+            budget.expansion,
+            limit,
+        )
+        .await
+        {
+            Ok(read) => break read,
+            Err(SyncError::WindowOverflow { estimate, .. }) if !budget.shrinkable => {
+                let of = Slices::count(estimate, max).max(slices.map_or(0, |s| s.of * 2));
+                tracing::info!(table = %state.name, %resolved, estimate, slices = of, "RESOLVED interval larger than the window; applying it in key slices");
+                slices = Some(Slices {
+                    resolved,
+                    of,
+                    done: 0,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    };
     state.report.rows_read += window.rows_read();
     let log = window.finish().map_err(change_err(&state.name))?;
     let mut changes = apply::writer(state.mode, log);
@@ -56,13 +117,17 @@ pub(super) async fn apply_table(
     if !exists && !create_table(state, changes.log()).await? {
         return Ok(());
     }
-    let (adds, removes) = match write(state, exists, &mut *changes, opts).await? {
-        Written::Files { adds, removes } => (adds, removes),
+    let (adds, removes, new_files) = match write(state, exists, &mut *changes, opts).await? {
+        Written::Files {
+            adds,
+            removes,
+            new_files,
+        } => (adds, removes, new_files),
         Written::Stale(conflict) => return replan(state, resolved, conflict).await,
     };
     fault("after-write");
     let commit = plan_commit(
-        state, exists, &*changes, &before, resolved, pending, adds, removes,
+        state, exists, &*changes, &before, resolved, pending, slices, adds, removes,
     );
     pause("before-commit").await;
     let progress = commit.progress.clone();
@@ -72,6 +137,12 @@ pub(super) async fn apply_table(
         Committed::Conflict(c) => return replan(state, resolved, c).await,
     };
     fault("after-commit");
+    if progress.slices.is_some() {
+        state.slice_files.extend(new_files);
+        state.report.slice_commits += 1;
+    } else {
+        state.slice_files.clear();
+    }
     account(state, &*changes, progress, resolved, version, started);
     Ok(())
 }
@@ -162,6 +233,8 @@ enum Written {
     Files {
         adds: Vec<Add>,
         removes: Vec<Remove>,
+        /// Paths of the new data files among `adds` that hold only the window's keys.
+        new_files: Vec<String>,
     },
     /// A table file vanished while being read (VACUUM): the plan is stale.
     Stale(Conflict),
@@ -186,15 +259,19 @@ async fn write(
     let mut deleted: Vec<(FileEntry, DeletionVector)> = Vec::new();
     let bs = opts.batch_size;
     if changes.reads_table() && exists && !changes.log().is_empty() {
-        let keys = KeyProbe::new(changes.log().first_key_values());
-        let first_key = changes.log().layout().key[0].clone();
+        let layout = changes.log().layout();
+        let first_key = layout.key[0].clone();
+        let first_type = layout
+            .index_of(&first_key)
+            .map_or(ColumnType::Json, |i| layout.columns[i].1.clone());
+        let keys = KeyProbe::new(changes.log().first_key_values(), &first_type);
         let probe = changes.probe_columns();
         let candidates = delta::files(table, &first_key)
             .await
             .map_err(delta_err(&name))?;
         pause("before-fetch").await;
         for f in candidates {
-            if !keys.may_hold(f.key_range.as_ref()) {
+            if !keys.may_hold(f.key_range.as_ref()) || state.slice_files.contains(&f.path) {
                 continue;
             }
             let fetched = async {
@@ -262,6 +339,13 @@ async fn write(
         writer.write(b).await.map_err(delta_err(&name))?;
     }
     adds.extend(writer.finish().await.map_err(delta_err(&name))?);
+    // New files hold the window's keys only, unless a copy-on-write rewrite wrote other rows
+    // of a touched file into them.
+    let new_files = if removes.is_empty() {
+        adds.iter().map(|a| a.path.clone()).collect()
+    } else {
+        Vec::new()
+    };
     state.report.bytes_written += adds.iter().map(|a| a.size.max(0) as u64).sum::<u64>();
     if !deleted.is_empty() {
         let (dv_adds, dv_removes, dv_bytes) =
@@ -270,7 +354,11 @@ async fn write(
         adds.extend(dv_adds);
         removes.extend(dv_removes);
     }
-    Ok(Written::Files { adds, removes })
+    Ok(Written::Files {
+        adds,
+        removes,
+        new_files,
+    })
 }
 
 /// The rows of a file batch its deletion vector does not hide, and their positions in the file
@@ -297,6 +385,7 @@ fn plan_commit(
     before: &Layout,
     resolved: Hlc,
     pending: Option<String>,
+    slices: Option<Slices>,
     adds: Vec<Add>,
     removes: Vec<Remove>,
 ) -> Commit {
@@ -321,17 +410,36 @@ fn plan_commit(
         files_added: adds.len() as u64,
         files_removed: removes.len() as u64,
         skipped_files,
+        slice: slices.map(|s| Slices {
+            done: s.done + 1,
+            ..s
+        }),
     };
+    // A slice short of the last keeps the interval's start as the progress; the last one
+    // moves it to the RESOLVED, as an unsliced step does.
+    let progress = match slices {
+        Some(s) if s.done + 1 < s.of => Progress {
+            slices: Some(Slices {
+                done: s.done + 1,
+                ..s
+            }),
+            ..state.progress.clone()
+        },
+        _ => Progress {
+            applied: Some(resolved),
+            pending_from: pending,
+            slices: None,
+        },
+    };
+    let ends_slices = slices.is_some() && progress.slices.is_none();
     Commit {
         layout: (exists && !new_layout.same_delta_schema(before))
             .then_some((new_layout, state.mode)),
         adds,
         removes,
-        progress: Progress {
-            applied: Some(resolved),
-            pending_from: pending,
-        },
+        progress,
         resolved,
+        ends_slices,
         figures: Figures::Table(figures),
         mode: state.mode,
         kind: delta::CommitKind::Apply,

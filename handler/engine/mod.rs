@@ -86,9 +86,14 @@ pub enum SyncError {
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
     /// Control flow, never shown: a window decoded to more than the budget; the step is
-    /// planned again with the corrected estimate (nothing of it was committed).
+    /// planned again with the corrected estimate, or its interval applied in (more) key
+    /// slices (nothing of it was committed). `estimate`: what the whole read would decode.
     #[error("table `{table}`: the step decoded {decoded} bytes, over max_window_bytes")]
-    WindowOverflow { table: String, decoded: u64 },
+    WindowOverflow {
+        table: String,
+        decoded: u64,
+        estimate: u64,
+    },
 }
 
 impl SyncError {

@@ -66,15 +66,18 @@ pub(super) async fn derive_key(
         .into())
 }
 
-/// Decodes the step's files of one table into a window (one file in memory at a time).
 /// What a step may decode, and what decoding taught about stored vs. decoded sizes.
 pub(super) struct Budget<'a> {
     pub(super) expansion: &'a mut plan::Expansion,
-    /// Decoded bytes one table's window may reach before the step is planned again, smaller;
-    /// `None` when no smaller step exists (one RESOLVED interval is read whole).
-    pub(super) limit: Option<u64>,
+    /// Whether an earlier RESOLVED could end a smaller step: a window over the budget is then
+    /// planned again, smaller; otherwise it is applied in key slices.
+    pub(super) shrinkable: bool,
 }
 
+/// Decodes the step's files of one table into a window (one file in memory at a time).
+/// `limit`: decoded bytes the window may keep (counted in proportion to the rows it keeps,
+/// when it keeps one key slice) before reading stops with [`SyncError::WindowOverflow`].
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn read_window(
     state: &mut TableState,
     mut window: Window,
@@ -82,10 +85,12 @@ pub(super) async fn read_window(
     objects: &[Object],
     source: &Location,
     dopts: &DecodeOptions,
-    budget: &mut Budget<'_>,
+    expansion: &mut plan::Expansion,
+    limit: Option<u64>,
 ) -> Result<(Window, Option<String>), SyncError> {
     let mut pending = None;
     let mut decoded_total = 0u64;
+    let mut stored_read = 0u64;
     for &i in files {
         let obj = &objects[i];
         let ObjectName::Data(d) = obj.name.clone() else {
@@ -94,10 +99,11 @@ pub(super) async fn read_window(
         let bytes = fetch(source, obj).await?;
         state.report.files_read += 1;
         state.report.bytes_read += bytes.len() as u64;
+        stored_read += obj.size;
         let path = obj.path.clone();
         let dopts = dopts.clone();
         let table = state.name.clone();
-        let limit = budget.limit.map(|l| l.saturating_sub(decoded_total));
+        let before = decoded_total;
         let (w, later, decoded, over) = tokio::task::spawn_blocking(
             move || -> Result<(Window, usize, u64, bool), SyncError> {
                 let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
@@ -110,7 +116,8 @@ pub(super) async fn read_window(
                         }
                     })?;
                     later += o.later;
-                    if limit.is_some_and(|l| s.input_bytes() > l) {
+                    let kept = (before + s.input_bytes()) as f64 * window.kept_fraction();
+                    if limit.is_some_and(|l| kept > l as f64) {
                         return Ok((window, later, s.input_bytes(), true));
                     }
                 }
@@ -121,13 +128,18 @@ pub(super) async fn read_window(
         window = w;
         decoded_total += decoded;
         state.report.decoded_bytes += decoded;
-        if budget.expansion.observe(obj, decoded) || over {
+        if expansion.observe(obj, decoded) || over {
             tracing::debug!(file = %obj.path, stored = obj.size, decoded, "decoded size above the estimate");
         }
         if over {
+            // What the whole read would decode, from what its first files did.
+            let stored_all: u64 = files.iter().map(|&i| objects[i].size).sum();
+            let estimate = (decoded_total as f64 * stored_all.max(1) as f64
+                / stored_read.max(1) as f64) as u64;
             return Err(SyncError::WindowOverflow {
                 table: state.name.clone(),
                 decoded: decoded_total,
+                estimate: estimate.max(decoded_total),
             });
         }
         if later > 0 && pending.is_none() {

@@ -19,6 +19,9 @@ pub struct TableReport {
     pub pending_from: Option<String>,
     pub version: Option<u64>,
     pub commits: u64,
+    /// Of the commits, those that applied one key slice of a RESOLVED interval too large for
+    /// a window, short of the interval's last ([`crdb_delta_core::plan::Slices`]).
+    pub slice_commits: u64,
     /// Distinct changes applied (column families merged, duplicates dropped).
     pub events: u64,
     pub inserted: u64,

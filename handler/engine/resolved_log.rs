@@ -127,8 +127,10 @@ pub(super) async fn record_resolved_once(
             progress: Progress {
                 applied: Some(resolved),
                 pending_from: None,
+                slices: None,
             },
             resolved,
+            ends_slices: false,
             // What the next run's bounded listing needs.
             figures: Figures::ResolvedLog(ResolvedLogFigures {
                 tables: states

@@ -187,16 +187,14 @@ pub(super) async fn sync_known(
         }
         attempts += 1;
         if step.bytes > opts.max_window_bytes && !step.shrinkable {
-            // Once per run: a backlog of large intervals would say it at every step.
+            // Once per run: a backlog of large intervals would say it at every slice.
             if oversized == 0 {
-                tracing::warn!(
+                tracing::info!(
                     resolved = %step.resolved,
                     bytes = step.bytes,
                     max_window_bytes = opts.max_window_bytes,
-                    "one RESOLVED interval is larger than max_window_bytes; applying it whole (said once per run)"
+                    "one RESOLVED interval is larger than max_window_bytes; applying it in key slices, one commit each (said once per run)"
                 );
-            } else {
-                tracing::debug!(resolved = %step.resolved, bytes = step.bytes, "RESOLVED interval larger than max_window_bytes; applied whole");
             }
             oversized += 1;
         }
@@ -206,7 +204,7 @@ pub(super) async fn sync_known(
         let mut poisoned = Vec::new();
         let mut budget = Budget {
             expansion: &mut expansion,
-            limit: step.shrinkable.then_some(opts.max_window_bytes),
+            shrinkable: step.shrinkable,
         };
         let mut overflow = false;
         for state in &mut states {
@@ -223,7 +221,7 @@ pub(super) async fn sync_known(
                 .await
                 {
                     Ok(()) => {}
-                    Err(SyncError::WindowOverflow { table, decoded }) => {
+                    Err(SyncError::WindowOverflow { table, decoded, .. }) => {
                         tracing::info!(%table, decoded, resolved = %step.resolved, "window larger than estimated; planning a smaller step");
                         overflow = true;
                         break;
@@ -259,9 +257,10 @@ pub(super) async fn sync_known(
         if stopped.is_empty() && common_resolved(&states, &objects) == Some(step.resolved) {
             record_resolved(&log, step.resolved, &states, partition, false).await?;
         }
-        // A step whose commits all went stale (re-planned) is an attempt, not a step.
+        // A step whose commits all went stale (re-planned) is an attempt, not a step; one that
+        // applied a key slice short of its interval's last is a slice, not a step.
         let committed: u64 = states.iter().map(|s| s.report.commits).sum();
-        if committed > commits_before {
+        if committed > commits_before && states.iter().all(|s| s.progress.slices.is_none()) {
             report.steps += 1;
         }
     }

@@ -31,6 +31,10 @@ pub(super) struct TableState {
     /// Files of this table an operator chose to skip (`quarantine skip`), by name timestamp:
     /// the commit that passes over them names them.
     pub(super) skipped: Vec<(Hlc, String)>,
+    /// Data files written by this run's earlier slices of the interval being sliced that hold
+    /// those slices' keys only (no copy-on-write rewrite went into them): no later slice
+    /// reads them.
+    pub(super) slice_files: std::collections::HashSet<String>,
 }
 
 pub(super) async fn open_table(
@@ -97,6 +101,7 @@ pub(super) async fn open_table(
         report: TableReport::default(),
         conflicts: 0,
         skipped: Vec::new(),
+        slice_files: Default::default(),
     })
 }
 
@@ -115,7 +120,8 @@ pub(super) async fn replan(
         message: "the Delta table disappeared while applying".into(),
     })?;
     let p = delta::progress(&fresh, &state.target.path).await?;
-    if p.applied <= state.progress.applied {
+    let done = |p: &Progress| (p.applied, p.slices.map(|s| s.done));
+    if done(&p) <= done(&state.progress) {
         state.conflicts += 1;
         if state.conflicts > MAX_CONFLICTS {
             return Err(SyncError::Table {

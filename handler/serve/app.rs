@@ -470,6 +470,7 @@ impl App {
                     let progress = crdb_delta_core::plan::Progress {
                         applied: t.resolved,
                         pending_from: t.pending_from.clone(),
+                        slices: None,
                     };
                     crdb_delta_core::plan::consumed(&b.name, &progress)
                 }),

@@ -33,10 +33,12 @@ def run(bin_path: Path, *args: str, env: dict | None = None, check: bool = True)
     return p
 
 
-def simulate(bin_path: Path, root: Path, fmt: str = "json", windows: int = 6, *extra: str) -> Path:
+def simulate(bin_path: Path, root: Path, fmt: str = "json", windows: int = 6, *extra: str,
+             initial_rows: int = 60) -> Path:
     run(
         bin_path, "simulate", "--out", str(root / "changefeed"), "--truth", str(root / "truth"),
-        "--format", fmt, "--tables", TABLES, "--initial-rows", "60", "--windows", str(windows),
+        "--format", fmt, "--tables", TABLES, "--initial-rows", str(initial_rows),
+        "--windows", str(windows),
         "--events-per-window", "150", "--straddle", "0.25", "--duplicate-rate", "0.05",
         # ADD COLUMN (window 4, the default) and DROP COLUMN (window 5), both with backfills.
         "--drop-column-at", "5", *extra,
@@ -119,8 +121,10 @@ def test_sync_matches_ground_truth(crdb_delta_bin, tmp_path, fmt, mode, storage)
     )
     assert report["steps"] > 2, report
     check_final(root, mode)
+    # The initial scan of the wider tables is larger than this window: applied in key slices.
+    assert any(r["slice_commits"] > 0 for r in report["tables"].values()), report
     for t, r in report["tables"].items():
-        assert r["commits"] == report["steps"], (t, r)
+        assert r["commits"] == report["steps"] + r["slice_commits"], (t, r)
         assert r["duplicates"] > 0, f"{t}: the simulation duplicates messages"
     if mode == "update_delete":
         recorded = check_time_travel(root)
@@ -184,6 +188,56 @@ def test_crash_at_any_point_converges(crdb_delta_bin, tmp_path, mode, fault):
     check_final(root, mode)
     if mode == "update_delete":
         check_time_travel(root)
+
+
+# An initial scan is one RESOLVED interval as large as the table: with no smaller step to plan,
+# it is applied in key slices, one commit each, so memory follows the window.
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+@pytest.mark.parametrize("mode,storage", [
+    ("update_delete", "deletion_vectors"), ("update_delete", "copy_on_write"),
+    ("append_only", "deletion_vectors"),
+    ("scd2", "deletion_vectors"), ("scd2", "copy_on_write"),
+])
+def test_an_interval_larger_than_the_window_is_applied_in_key_slices(crdb_delta_bin, tmp_path, fmt, mode, storage):
+    root = simulate(crdb_delta_bin, tmp_path, fmt, 3, initial_rows=1500)
+    report = json.loads(sync(crdb_delta_bin, root, mode, "--max-window-bytes", "150000",
+                             "--storage", storage).stdout)
+    for t, r in report["tables"].items():
+        assert r["slice_commits"] >= 1, (t, r)
+        assert r["commits"] == report["steps"] + r["slice_commits"], (t, r)
+    check_final(root, mode)
+    if mode == "update_delete":
+        # Only whole intervals are recorded: a reader of _crdb_delta_resolved never sees a slice.
+        assert len(check_time_travel(root)) == report["steps"]
+    hist = DeltaTable(str(root / "delta" / "usertable")).history()
+    slices = [h["crdbDelta"]["figures"]["slice"] for h in hist if "slice" in h.get("crdbDelta", {}).get("figures", {})]
+    assert slices and all(s["done"] <= s["of"] for s in slices), slices
+    assert max(s["done"] for s in slices) == slices[0]["of"], "the last slice completes the interval"
+
+
+@pytest.mark.parametrize("mode", ["update_delete", "append_only", "scd2"])
+@pytest.mark.parametrize("fault", ["after-commit:2", "before-write:4", "after-write:5", "after-commit:7"])
+def test_crash_between_and_inside_key_slices_converges(crdb_delta_bin, tmp_path, mode, fault):
+    root = simulate(crdb_delta_bin, tmp_path, "json", 3, initial_rows=1500)
+    args = ("--max-window-bytes", "150000")
+    for _ in range(2):
+        p = sync(crdb_delta_bin, root, mode, *args, env={"CRDB_DELTA_FAULT": fault}, check=False)
+        assert p.returncode == -signal.SIGABRT, f"expected the injected abort:\n{p.stderr}"
+        # Every fault point here lies past a first slice's commit: `status` shows the slices.
+        status = json.loads(run(crdb_delta_bin, "status", "--target", str(root / "delta"), "--json").stdout)
+        assert any(r["slices"] and 0 < r["slices"]["done"] < r["slices"]["of"] for r in status), status
+    report = json.loads(sync(crdb_delta_bin, root, mode, *args).stdout)
+    check_final(root, mode)
+    if mode == "update_delete":
+        check_time_travel(root)
+    # The re-runs resumed the sliced interval where it stopped: no slice applied twice.
+    for t in TABLES.split(","):
+        hist = DeltaTable(str(root / "delta" / t)).history()
+        done = [h["crdbDelta"]["figures"]["slice"] for h in hist
+                if "slice" in h.get("crdbDelta", {}).get("figures", {})]
+        keys = [(s["resolved"], s["done"]) for s in done]
+        assert len(keys) == len(set(keys)), f"{t}: a slice committed twice: {sorted(keys)}"
+    assert report["resolved"]
 
 
 def test_corrupt_file_fails_clearly_and_commits_nothing(crdb_delta_bin, tmp_path):
@@ -284,7 +338,8 @@ def test_time_budget_stops_between_steps(crdb_delta_bin, tmp_path):
         assert r["steps"] <= 1, r
         if r["complete"]:
             break
-        assert runs < 20
+        # A step, or one key slice of the initial scan (larger than this window), per run.
+        assert runs < 100
     assert runs > 2, "a spent budget ends the run after one step"
     check_final(root, "update_delete")
     check_time_travel(root)

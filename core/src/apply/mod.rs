@@ -4,6 +4,8 @@
 //!   gathered file by file; [`Window::finish`] merges the column-family fragments of one
 //!   (key, HLC) into one change, drops duplicates and orders each key's changes by HLC.
 //! * [`change_log`]: the result, a [`ChangeLog`]: shared by every mode, never mode-specific.
+//! * [`slice`]: which key slice a change row belongs to, when one interval is applied in
+//!   several commits.
 //! * [`modes`]: one file per mode, each a [`ModeWriter`] over the change log. [`writer`] holds
 //!   the one `match` on [`Mode`]: adding a mode is a file plus an arm there.
 //!
@@ -13,6 +15,7 @@
 pub mod change_log;
 mod layout;
 pub mod modes;
+pub mod slice;
 pub mod window;
 
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use arrow_schema::{ArrowError, DataType, Field, TimeUnit};
 
 pub use change_log::ChangeLog;
 pub use layout::Layout;
+pub use slice::slice_of;
 pub use window::{PushOutcome, Window};
 
 /// How change events become Delta rows.

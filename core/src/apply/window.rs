@@ -53,6 +53,10 @@ pub struct Window {
     keys: HashMap<Arc<str>, u32>,
     key_texts: Vec<Arc<str>>,
     rows_read: u64,
+    /// `(index, of)`: only rows whose key is in slice `index` of `of` are kept.
+    slice: Option<(u32, u32)>,
+    /// Rows inside the window (and its slice) that were kept.
+    rows_kept: u64,
 }
 
 /// What a pushed batch held relative to the window.
@@ -83,6 +87,25 @@ impl Window {
             keys: HashMap::new(),
             key_texts: Vec::new(),
             rows_read: 0,
+            slice: None,
+            rows_kept: 0,
+        }
+    }
+
+    /// Keeps only the rows whose key falls into slice `index` of `of` ([`super::slice_of`]).
+    /// Columns are still learnt from every row's file, so each slice sees the whole
+    /// interval's columns and types.
+    pub fn with_slice(mut self, index: u32, of: u32) -> Self {
+        self.slice = Some((index, of));
+        self
+    }
+
+    /// The share of the rows read so far that the window kept (1 before any).
+    pub fn kept_fraction(&self) -> f64 {
+        if self.rows_read == 0 {
+            1.0
+        } else {
+            self.rows_kept as f64 / self.rows_read as f64
         }
     }
 
@@ -192,6 +215,27 @@ impl Window {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let batch = match self.slice {
+            Some((index, of)) => {
+                let keys: Vec<ArrayRef> =
+                    key_cols.iter().map(|&c| batch.column(c).clone()).collect();
+                let mask: BooleanArray = (0..batch.num_rows())
+                    .map(|r| Some(super::slice_of(&keys, r, of) == index))
+                    .collect();
+                let kept = mask.true_count();
+                out.taken = kept;
+                if kept == 0 {
+                    return Ok(out);
+                }
+                if kept == batch.num_rows() {
+                    batch
+                } else {
+                    filter_record_batch(&batch, &mask)?
+                }
+            }
+            None => batch,
+        };
+        self.rows_kept += batch.num_rows() as u64;
         let ops = batch
             .column_by_name(batch::OP)
             .ok_or_else(|| invalid("no operation column".into()))?
