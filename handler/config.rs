@@ -86,6 +86,10 @@ pub struct Config {
     /// to an intermediate RESOLVED.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_window_bytes: Option<u64>,
+    /// Smallest key slice (decoded bytes) of a RESOLVED interval larger than the window
+    /// (default 1 MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_slice_bytes: Option<u64>,
     /// Target size of the Parquet files written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_file_size: Option<u64>,
@@ -253,6 +257,7 @@ impl Config {
         out.mode = out.mode.or(schema.mode);
         out.storage = out.storage.or(schema.storage);
         out.max_window_bytes = out.max_window_bytes.or(schema.max_window_bytes);
+        out.min_slice_bytes = out.min_slice_bytes.or(schema.min_slice_bytes);
         out.target_file_size = out.target_file_size.or(schema.target_file_size);
         out.max_resolved_ahead_seconds = out
             .max_resolved_ahead_seconds

@@ -320,6 +320,10 @@ struct SyncArgs {
     /// Input bytes per commit: a larger backlog is applied in several commits.
     #[arg(long)]
     max_window_bytes: Option<u64>,
+    /// Smallest key slice, in decoded bytes, that a RESOLVED interval larger than the window
+    /// (an initial scan) is cut into; default 1 MiB
+    #[arg(long)]
+    min_slice_bytes: Option<u64>,
     /// Rows per decoded batch (a memory bound).
     #[arg(long, default_value_t = 8192, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch_size: usize,
@@ -386,6 +390,10 @@ impl SyncArgs {
                 .max_window_bytes
                 .or(config.max_window_bytes)
                 .unwrap_or(d.max_window_bytes),
+            min_slice_bytes: self
+                .min_slice_bytes
+                .or(config.min_slice_bytes)
+                .unwrap_or(d.min_slice_bytes),
             target_file_size: self
                 .target_file_size
                 .or(config.target_file_size)

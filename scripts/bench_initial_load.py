@@ -33,12 +33,39 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return p
 
 
+def replicate(feed: Path, copies: int) -> Path:
+    """`feed`'s initial scan COPIES times: copy k of each Parquet file has its keys shifted by
+    k x (max key + 1) and a file id of its own (same timestamp, so the same RESOLVED covers it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    out = feed.with_name(f"{feed.name}x{copies}")
+    if (out / "truth" / "manifest.json").exists():
+        return out
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    subprocess.run(["cp", "-r", str(feed), str(out)], check=True)
+    files = sorted((out / "changefeed").rglob("*.parquet"))
+    span = max(pc.max(pq.read_table(f, columns=["ycsb_key"])["ycsb_key"]).as_py() for f in files) + 1
+    for f in files:
+        t = pq.read_table(f)
+        parts = f.name.split("-")  # <ts>-<session>-<node>-<sink>-<file id>-<topic>-<schema>.parquet
+        for k in range(1, copies):
+            keys = pc.add(t["ycsb_key"], pa.scalar(k * span, pa.int64()))
+            copy = t.set_column(t.schema.get_field_index("ycsb_key"), "ycsb_key", keys)
+            name = "-".join(parts[:4] + [f"{k * 0x10000 + int(parts[4], 16):08x}"] + parts[5:])
+            pq.write_table(copy, f.with_name(name), compression="snappy")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="2000000,5000000")
     ap.add_argument("--windows", default="256,128", help="window sizes in MiB to slice under")
     ap.add_argument("--modes", default="update_delete")
     ap.add_argument("--no-whole", action="store_true", help="skip the one-commit load (it needs memory for the whole table)")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="load SIZE x COPIES rows: the simulated scan's files copied with shifted keys "
+                         "(the simulator holds its model in memory and cannot write 20M rows here)")
     ap.add_argument("--work", default=str(ROOT / "target" / "bench-initial-load"))
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "crdb-delta"))
     a = ap.parse_args()
@@ -54,6 +81,9 @@ def main() -> None:
                 "--restart-at", "0", "--schema-change-at", "0", "--drop-column-at", "0",
                 "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none",
                 "--file-size", str(64 << 20))
+        if a.copies > 1:
+            feed = replicate(feed, a.copies)
+            size *= a.copies
         stored = sum(p.stat().st_size for p in (feed / "changefeed").rglob("*.parquet"))
         for mode in a.modes.split(","):
             for label, window in ([] if a.no_whole else [("whole", WHOLE)]) + [(f"{w} MiB", int(w) << 20) for w in a.windows.split(",")]:

@@ -80,13 +80,19 @@ async fn sync_equals_the_ground_truth_and_a_second_run_commits_nothing() {
             .unwrap();
     let opts = SyncOptions {
         config: Config::from_manifest(&manifest),
-        // Small steps: several commits, copy-on-write over earlier ones, carried-over files.
+        // Small steps: several commits, copy-on-write over earlier ones, carried-over files;
+        // the initial scan, larger than the window, in key slices.
         max_window_bytes: 60_000,
+        min_slice_bytes: 20_000,
         ..SyncOptions::default()
     };
     let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
     let report = sync(&feed, &target, &opts).await.unwrap();
     assert!(report.steps > 2, "{report:?}");
+    assert!(
+        report.tables.values().any(|t| t.slice_commits > 0),
+        "{report:?}"
+    );
     assert!(report.complete && report.refused.is_empty() && report.quarantined.is_empty());
     for t in ["usertable", "orders"] {
         let r = &report.tables[t];

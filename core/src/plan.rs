@@ -54,13 +54,22 @@ pub struct Slices {
 }
 
 impl Slices {
+    /// By default no slice is planned smaller than this (decoded bytes; `min_slice_bytes`):
+    /// every slice reads the whole interval again, so a tiny window (`--max-window-bytes 1`,
+    /// one commit per RESOLVED) must not turn one interval into thousands of passes.
+    pub const MIN_BYTES: u64 = 1 << 20;
+    /// Nor more slices than this; past it a slice may exceed half a window.
+    pub const MAX: u32 = 4096;
+
     /// Slices for an interval of about `bytes` (decoded) under a window of `max_bytes`: each
-    /// slice about half a window, so an uneven split or an estimate a little low still fits.
-    pub fn count(bytes: u64, max_bytes: u64) -> u32 {
-        let half = (max_bytes / 2).max(1);
-        u32::try_from(bytes.div_ceil(half))
+    /// about half a window (so an uneven split or an estimate a little low still fits), at
+    /// least `min_bytes` (e.g. [`Self::MIN_BYTES`]), at most [`Self::MAX`] of them. Below 2
+    /// the interval is applied whole.
+    pub fn count(bytes: u64, max_bytes: u64, min_bytes: u64) -> u32 {
+        let slice = (max_bytes / 2).max(min_bytes).max(1);
+        u32::try_from(bytes.div_ceil(slice))
             .unwrap_or(u32::MAX)
-            .max(2)
+            .min(Self::MAX)
     }
 }
 
@@ -736,10 +745,14 @@ mod tests {
 
     #[test]
     fn slice_count_keeps_each_slice_within_half_a_window() {
-        assert_eq!(Slices::count(1000, 1000), 2);
-        assert_eq!(Slices::count(1001, 1000), 3);
-        assert_eq!(Slices::count(10_000, 1000), 20);
-        assert_eq!(Slices::count(5, 1), 5);
+        const M: u64 = 1 << 20;
+        assert_eq!(Slices::count(256 * M, 256 * M, Slices::MIN_BYTES), 2);
+        assert_eq!(Slices::count(256 * M + 1, 256 * M, Slices::MIN_BYTES), 3);
+        assert_eq!(Slices::count(2560 * M, 256 * M, Slices::MIN_BYTES), 20);
+        // A tiny window slices no finer than MIN_BYTES: 1 is "applied whole".
+        assert_eq!(Slices::count(M / 2, 1, Slices::MIN_BYTES), 1);
+        assert_eq!(Slices::count(5 * M, 1, Slices::MIN_BYTES), 5);
+        assert_eq!(Slices::count(u64::MAX, 1, Slices::MIN_BYTES), Slices::MAX);
     }
 
     #[test]

@@ -66,21 +66,24 @@ pub(super) async fn apply_table(
                 .iter()
                 .map(|&i| budget.expansion.weigh(&objects[i]))
                 .sum();
-            (bytes > max).then(|| Slices {
+            let of = Slices::count(bytes, max, opts.min_slice_bytes);
+            (bytes > max && of > 1).then_some(Slices {
                 resolved,
-                of: Slices::count(bytes, max),
+                of,
                 done: 0,
             })
         }
     };
+    // Read without a limit: a slice past the interval's first (the slice count is fixed
+    // then), or an interval that cannot be sliced finer.
+    let mut whole = false;
     let (window, pending) = loop {
         let mut window = Window::new(layout.clone(), state.progress.applied, resolved);
         if let Some(s) = slices {
             window = window.with_slice(s.done, s.of);
         }
-        // Past its first slice an interval's slice count is fixed: a slice larger than
-        // estimated is read whole (and said).
         let limit = match slices {
+            _ if whole => None,
             Some(s) if s.done > 0 => None,
             _ => Some(max),
         };
@@ -98,13 +101,21 @@ pub(super) async fn apply_table(
         {
             Ok(read) => break read,
             Err(SyncError::WindowOverflow { estimate, .. }) if !budget.shrinkable => {
-                let of = Slices::count(estimate, max).max(slices.map_or(0, |s| s.of * 2));
-                tracing::info!(table = %state.name, %resolved, estimate, slices = of, "RESOLVED interval larger than the window; applying it in key slices");
-                slices = Some(Slices {
-                    resolved,
-                    of,
-                    done: 0,
-                });
+                let before = slices.map_or(1, |s| s.of);
+                let of = Slices::count(estimate, max, opts.min_slice_bytes)
+                    .max(before.saturating_mul(2))
+                    .min(Slices::MAX);
+                if of <= before {
+                    tracing::warn!(table = %state.name, %resolved, estimate, "RESOLVED interval larger than the window and sliced as finely as allowed; reading it whole");
+                    whole = true;
+                } else {
+                    tracing::info!(table = %state.name, %resolved, estimate, slices = of, "RESOLVED interval larger than the window; applying it in key slices");
+                    slices = Some(Slices {
+                        resolved,
+                        of,
+                        done: 0,
+                    });
+                }
             }
             Err(e) => return Err(e),
         }

@@ -130,6 +130,9 @@ pub struct SyncOptions {
     pub mode: Option<Mode>,
     pub config: Config,
     pub max_window_bytes: u64,
+    /// Smallest key slice (decoded bytes) a RESOLVED interval larger than the window is cut
+    /// into ([`plan::Slices::count`]).
+    pub min_slice_bytes: u64,
     pub batch_size: usize,
     pub target_file_size: u64,
     /// Apply at most up to this RESOLVED.
@@ -149,6 +152,7 @@ impl Default for SyncOptions {
             mode: None,
             config: Config::default(),
             max_window_bytes: DEFAULT_MAX_WINDOW_BYTES,
+            min_slice_bytes: plan::Slices::MIN_BYTES,
             batch_size: 8192,
             target_file_size: DEFAULT_TARGET_FILE_SIZE,
             until: None,

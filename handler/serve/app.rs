@@ -53,6 +53,10 @@ impl App {
                 .config
                 .max_window_bytes
                 .unwrap_or(crate::engine::DEFAULT_MAX_WINDOW_BYTES),
+            min_slice_bytes: settings
+                .config
+                .min_slice_bytes
+                .unwrap_or(crdb_delta_core::plan::Slices::MIN_BYTES),
             target_file_size: settings
                 .config
                 .target_file_size

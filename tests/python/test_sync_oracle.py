@@ -117,7 +117,8 @@ def test_sync_matches_ground_truth(crdb_delta_bin, tmp_path, fmt, mode, storage)
     # A small window budget: the backlog is applied in several commits, through the merge and
     # the carried-over files.
     report = json.loads(
-        sync(crdb_delta_bin, root, mode, "--max-window-bytes", "60000", "--storage", storage).stdout
+        sync(crdb_delta_bin, root, mode, "--max-window-bytes", "60000", "--min-slice-bytes", "20000",
+             "--storage", storage).stdout
     )
     assert report["steps"] > 2, report
     check_final(root, mode)
@@ -201,7 +202,7 @@ def test_crash_at_any_point_converges(crdb_delta_bin, tmp_path, mode, fault):
 def test_an_interval_larger_than_the_window_is_applied_in_key_slices(crdb_delta_bin, tmp_path, fmt, mode, storage):
     root = simulate(crdb_delta_bin, tmp_path, fmt, 3, initial_rows=1500)
     report = json.loads(sync(crdb_delta_bin, root, mode, "--max-window-bytes", "150000",
-                             "--storage", storage).stdout)
+                             "--min-slice-bytes", "50000", "--storage", storage).stdout)
     for t, r in report["tables"].items():
         assert r["slice_commits"] >= 1, (t, r)
         assert r["commits"] == report["steps"] + r["slice_commits"], (t, r)
@@ -219,7 +220,7 @@ def test_an_interval_larger_than_the_window_is_applied_in_key_slices(crdb_delta_
 @pytest.mark.parametrize("fault", ["after-commit:2", "before-write:4", "after-write:5", "after-commit:7"])
 def test_crash_between_and_inside_key_slices_converges(crdb_delta_bin, tmp_path, mode, fault):
     root = simulate(crdb_delta_bin, tmp_path, "json", 3, initial_rows=1500)
-    args = ("--max-window-bytes", "150000")
+    args = ("--max-window-bytes", "150000", "--min-slice-bytes", "50000")
     for _ in range(2):
         p = sync(crdb_delta_bin, root, mode, *args, env={"CRDB_DELTA_FAULT": fault}, check=False)
         assert p.returncode == -signal.SIGABRT, f"expected the injected abort:\n{p.stderr}"
@@ -334,7 +335,7 @@ def test_time_budget_stops_between_steps(crdb_delta_bin, tmp_path):
     while True:
         runs += 1
         r = json.loads(sync(crdb_delta_bin, root, "update_delete", "--max-window-bytes", "60000",
-                            "--max-seconds", "0").stdout)
+                            "--min-slice-bytes", "20000", "--max-seconds", "0").stdout)
         assert r["steps"] <= 1, r
         if r["complete"]:
             break

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""A long-running table: 2,000 consecutive RESOLVEDs, with and without upkeep (issue 11).
+
+    scripts/bench_upkeep.py [--resolveds 2000] [--changes 50] [--every 100]
+                            [--work target/bench-upkeep] [--bin target/release/crdb-delta]
+
+Simulates a small Parquet `usertable` feed (1,000-row initial scan, then RESOLVEDS windows of
+CHANGES random-key changes, a RESOLVED after each), then applies it one commit per RESOLVED (as
+the function does), into two fresh targets side by side:
+  * `none`: no upkeep;
+  * `upkeep`: `crdb-delta maintain` after every EVERY RESOLVEDs (the CatchUp timer's work:
+    compaction, checkpoint, log cleanup, VACUUM with `--retain-hours 0` so that the bench sees
+    files go; production keeps 168 h).
+Near the start (RESOLVEDs 10–14) and at the end (the last five) each RESOLVED is applied by its
+own `sync --until` and timed (the table's apply seconds from the `--json` report, and the
+whole process); medians are printed with the live file count, the files in the table folder
+and the `_delta_log` entries at the end. Uses the release build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hlc_of(name: str) -> str:
+    t = dt.datetime.strptime(name[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+    return f"{int(t.timestamp()) * 1_000_000_000 + int(name[14:23])}.{name[23:33]}"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    p = subprocess.run(args, capture_output=True, text=True, env={"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"})
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def live_files(table: Path) -> int:
+    """Data files in the latest snapshot, from the log (checkpoint + later commits)."""
+    from deltalake import DeltaTable
+    return len(DeltaTable(str(table)).file_uris())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--resolveds", type=int, default=2000)
+    ap.add_argument("--changes", type=int, default=50)
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--work", default=str(ROOT / "target" / "bench-upkeep"))
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "crdb-delta"))
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    feed = work / f"feed-{a.resolveds}"
+    if not (feed / "truth" / "manifest.json").exists():
+        run(a.bin, "simulate", "--out", str(feed / "changefeed"), "--truth", str(feed / "truth"),
+            "--format", "parquet", "--tables", "usertable", "--ycsb-fields", "1",
+            "--initial-rows", "1000", "--windows", str(a.resolveds),
+            "--events-per-window", str(a.changes), "--mix", "0.2", "0.7", "0.1",
+            "--restart-at", "0", "--schema-change-at", "0", "--drop-column-at", "0",
+            "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none", "--partition", "hourly")
+    resolved = sorted(hlc_of(p.name) for p in (feed / "changefeed").rglob("*.RESOLVED"))
+    n = len(resolved)
+    results = {}
+    for variant in ["none", "upkeep"]:
+        target = work / f"delta-{variant}"
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+        base = [a.bin, "sync", "--source", str(feed / "changefeed"), "--target", str(target),
+                "--manifest", str(feed / "truth" / "manifest.json"), "--json"]
+
+        def upto(i: int) -> None:
+            """Applies up to resolved[i], one commit per RESOLVED, with upkeep every EVERY."""
+            start = upto.at + 1
+            for j in range(start, i + 1):
+                if variant == "upkeep" and j % a.every == 0:
+                    run(a.bin, "sync", *base[2:], "--until", resolved[j], "--max-window-bytes", "1")
+                    run(a.bin, "maintain", "--target", str(target), "--retain-hours", "0", "--json")
+            run(*base, "--until", resolved[i], "--max-window-bytes", "1")
+            upto.at = i
+        upto.at = -1
+
+        def timed(indices: range) -> tuple[float, float]:
+            apply_s, wall_s = [], []
+            for i in indices:
+                upto(i - 1)
+                r = json.loads(run(*base, "--until", resolved[i]).stdout)
+                assert r["steps"] == 1, r
+                apply_s.append(r["tables"]["usertable"]["seconds"])
+                wall_s.append(r["seconds"])
+                upto.at = i
+            return statistics.median(apply_s), statistics.median(wall_s)
+
+        early = timed(range(10, 15))
+        late = timed(range(n - 5, n))
+        table = target / "usertable"
+        log = table / "_delta_log"
+        results[variant] = {
+            "early": early, "late": late,
+            "live": live_files(table),
+            "files": sum(1 for p in table.glob("*.parquet")),
+            "commits": sum(1 for p in log.glob("*.json")),
+            "checkpoints": sum(1 for p in log.glob("*.checkpoint.parquet")),
+        }
+        r = results[variant]
+        print(f"{variant:<7} RESOLVED 10-14: apply {early[0]*1000:6.1f} ms, process {early[1]*1000:6.1f} ms | "
+              f"last 5: apply {late[0]*1000:6.1f} ms, process {late[1]*1000:6.1f} ms | ratio {late[0]/early[0]:.2f} "
+              f"| live files {r['live']}, files in folder {r['files']}, log entries {r['commits']}, "
+              f"checkpoints {r['checkpoints']}", flush=True)
+    print()
+    print(f"| upkeep | apply, RESOLVEDs 10–14 | apply, last 5 of {n} | last / tenth | sync process, 10–14 → last 5 | live files | files in folder | log entries (json) | checkpoints |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for v, r in results.items():
+        label = "none" if v == "none" else f"`maintain` every {a.every}"
+        print(f"| {label} | {r['early'][0]*1000:.1f} ms | {r['late'][0]*1000:.1f} ms | {r['late'][0]/r['early'][0]:.2f} "
+              f"| {r['early'][1]*1000:.0f} → {r['late'][1]*1000:.0f} ms | {r['live']} | {r['files']} | {r['commits']} | {r['checkpoints']} |")
+
+
+if __name__ == "__main__":
+    main()
