@@ -30,7 +30,9 @@ medians of RUNS):
   - whole backlog: plain `sync` (its default batching) vs the peer with one batch over everything
     (the latest event per key over the whole backlog; into a fresh target that batch creates the
     table);
-  - one commit per RESOLVED: `sync --max-window-bytes 1` vs the peer with one MERGE per RESOLVED;
+  - one commit per RESOLVED: `sync --max-window-bytes 1 --min-slice-bytes 1099511627776` (every
+    RESOLVED its own step, none cut into key slices: what the function does with the default
+    window, whose initial scan here is far below it) vs the peer with one MERGE per RESOLVED;
   - floor (Parquet): read every file with pyarrow, then write the final rows (the simulator's
     ground truth, prepared beforehand as one Parquet file) with one `write_deltalake`.
 
@@ -412,7 +414,7 @@ def main() -> None:
         args = [a.bin, "sync", "--source", str(f["feed"]), "--target", str(target),
                 "--manifest", str(f["manifest"]), "--json"]
         if per_resolved:
-            args += ["--max-window-bytes", "1"]
+            args += ["--max-window-bytes", "1", "--min-slice-bytes", str(1 << 40)]
         wall, rss, cpu, out = measured(*args)
         rep = json.loads(out)
         t = rep["tables"][TABLE]
