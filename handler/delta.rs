@@ -36,6 +36,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::storage::Location;
+pub use crate::table_file::TableFile;
 
 /// App id of our `txn` actions.
 pub const APP_ID: &str = "crdb-delta";
@@ -471,74 +472,6 @@ pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>
             }
         })
         .collect())
-}
-
-/// One data file of the table, fetched whole (its Parquet bytes, compressed) and decoded batch
-/// by batch on demand.
-pub struct TableFile {
-    path: String,
-    bytes: bytes::Bytes,
-}
-
-impl TableFile {
-    pub async fn fetch(table: &DeltaTable, path: &str) -> Result<Self, DeltaError> {
-        let bad = |message: String| DeltaError::Table {
-            table: table.table_url().to_string(),
-            message: format!("{path}: {message}"),
-        };
-        let location = Path::parse(path).map_err(|e| bad(e.to_string()))?;
-        let got = match table.object_store().get(&location).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(DeltaError::FileGone {
-                    table: table.table_url().to_string(),
-                    path: path.to_owned(),
-                });
-            }
-            Err(e) => return Err(bad(e.to_string())),
-        };
-        let bytes = got.bytes().await.map_err(|e| bad(e.to_string()))?;
-        Ok(Self {
-            path: path.to_owned(),
-            bytes,
-        })
-    }
-
-    /// Bytes fetched (the Parquet file as stored).
-    pub fn stored_bytes(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-
-    /// Batches of the named columns only (all when `None`); columns the file lacks are skipped.
-    pub fn batches(
-        &self,
-        columns: Option<&[String]>,
-        batch_size: usize,
-    ) -> Result<impl Iterator<Item = Result<RecordBatch, DeltaError>> + use<>, DeltaError> {
-        let path = self.path.clone();
-        let bad = move |message: String| DeltaError::Table {
-            table: path.clone(),
-            message,
-        };
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            self.bytes.clone(),
-        )
-        .map_err(|e| bad(e.to_string()))?
-        .with_batch_size(batch_size);
-        let builder = match columns {
-            Some(cols) => {
-                let schema = builder.parquet_schema();
-                let idx: Vec<usize> = (0..schema.num_columns())
-                    .filter(|&i| cols.iter().any(|c| c == schema.column(i).name()))
-                    .collect();
-                let mask = parquet::arrow::ProjectionMask::leaves(schema, idx);
-                builder.with_projection(mask)
-            }
-            None => builder,
-        };
-        let reader = builder.build().map_err(|e| bad(e.to_string()))?;
-        Ok(reader.map(move |b| b.map_err(|e| bad(e.to_string()))))
-    }
 }
 
 /// Reads one data file of the table whole (tests and small files).

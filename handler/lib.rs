@@ -1,7 +1,10 @@
 //! crdb-delta: CockroachDB changefeeds (cloud storage sink) into Delta Lake tables.
 //!
 //! The format, planning and merge logic lives in `crdb-delta-core`; this crate holds the I/O at
-//! the edges: storage, the command line and (later) the Azure Functions custom handler.
+//! the edges: storage, Delta tables (`delta`, `table_file`: a data file fetched by the byte
+//! ranges a step needs), the engine's stages (`engine`), upkeep (`maintain`), the command line
+//! and the Azure Functions custom handler (`functions`, `serve`). README "Layout" maps every
+//! module.
 
 pub mod config;
 pub mod crdb;
@@ -16,4 +19,5 @@ pub mod records;
 pub mod serve;
 pub mod status;
 pub mod storage;
+pub mod table_file;
 pub mod unity_catalog;

@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every RESOLVED its own commit, none cut into key slices (as the function applies them).
+ONE_PER_RESOLVED = ("--max-window-bytes", "1", "--min-slice-bytes", str(1 << 40))
 
 
 def hlc_of(name: str) -> str:
@@ -80,9 +82,9 @@ def main() -> None:
             start = upto.at + 1
             for j in range(start, i + 1):
                 if variant == "upkeep" and j % a.every == 0:
-                    run(a.bin, "sync", *base[2:], "--until", resolved[j], "--max-window-bytes", "1")
+                    run(a.bin, "sync", *base[2:], "--until", resolved[j], *ONE_PER_RESOLVED)
                     run(a.bin, "maintain", "--target", str(target), "--retain-hours", "0", "--json")
-            run(*base, "--until", resolved[i], "--max-window-bytes", "1")
+            run(*base, "--until", resolved[i], *ONE_PER_RESOLVED)
             upto.at = i
         upto.at = -1
 

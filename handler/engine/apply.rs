@@ -285,20 +285,23 @@ async fn write(
             if !keys.may_hold(f.key_range.as_ref()) || state.slice_files.contains(&f.path) {
                 continue;
             }
+            // The footer and the probe columns' chunks only, by byte ranges.
+            let size = u64::try_from(f.size).unwrap_or(0);
             let fetched = async {
                 let dv = delta::read_deletion_vector(table, &f).await?;
-                Ok::<_, DeltaError>((dv, delta::TableFile::fetch(table, &f.path).await?))
+                let file = delta::TableFile::fetch_columns(table, &f.path, size, &probe).await?;
+                Ok::<_, DeltaError>((dv, file))
             };
-            let (old_dv, file) = match fetched.await {
+            let gone = |path: String, table: &deltalake_core::DeltaTable| {
+                let version = table.version().unwrap_or(0);
+                Written::Stale(Conflict::FileGone { path, version })
+            };
+            let (old_dv, mut file) = match fetched.await {
                 Ok(x) => x,
-                Err(DeltaError::FileGone { path, .. }) => {
-                    let version = table.version().unwrap_or(0);
-                    return Ok(Written::Stale(Conflict::FileGone { path, version }));
-                }
+                Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path, table)),
                 Err(e) => return Err(e.into()),
             };
             state.report.table_files_read += 1;
-            state.report.table_bytes_read += file.stored_bytes();
             let keep = match storage {
                 Storage::CopyOnWrite => Keep::All,
                 Storage::DeletionVectors => Keep::Changed,
@@ -318,9 +321,16 @@ async fn write(
                     }
                 }
                 if !touched {
+                    state.report.table_bytes_read += file.stored_bytes();
                     continue;
                 }
+                match file.fetch_all(table).await {
+                    Ok(()) => {}
+                    Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path, table)),
+                    Err(e) => return Err(e.into()),
+                }
             }
+            state.report.table_bytes_read += file.stored_bytes();
             let mut dv = old_dv.clone();
             let mut first = 0u64;
             for b in file.batches(probe_only.then_some(probe.as_slice()), bs)? {
