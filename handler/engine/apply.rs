@@ -82,11 +82,15 @@ pub(super) async fn apply_table(
         if let Some(s) = slices {
             window = window.with_slice(s.done, s.of);
         }
+        // An unsliced read may grow to where slicing would cut it in two.
         let limit = match slices {
             _ if whole => None,
             Some(s) if s.done > 0 => None,
-            _ => Some(max),
+            Some(_) => Some(max),
+            None => Some(max.max(opts.min_slice_bytes.saturating_mul(2))),
         };
+        // A file is decoded ahead, while its predecessor is merged in, up to an eighth of the
+        // window.
         match read_window(
             state,
             window,
@@ -96,15 +100,19 @@ pub(super) async fn apply_table(
             &dopts,
             budget.expansion,
             limit,
+            max / 8,
         )
         .await
         {
             Ok(read) => break read,
             Err(SyncError::WindowOverflow { estimate, .. }) if !budget.shrinkable => {
+                // As the estimate says, or twice as fine as before when it says no more; never
+                // finer than min_slice_bytes.
                 let before = slices.map_or(1, |s| s.of);
+                let finest = Slices::count(estimate, 0, opts.min_slice_bytes);
                 let of = Slices::count(estimate, max, opts.min_slice_bytes)
                     .max(before.saturating_mul(2))
-                    .min(Slices::MAX);
+                    .min(finest);
                 if of <= before {
                     tracing::warn!(table = %state.name, %resolved, estimate, "RESOLVED interval larger than the window and sliced as finely as allowed; reading it whole");
                     whole = true;

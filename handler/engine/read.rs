@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use arrow_array::RecordBatch;
 use crdb_delta_core::apply::Window;
 use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::format::keys::{self, KeyError, KeyEvidence};
@@ -74,7 +75,42 @@ pub(super) struct Budget<'a> {
     pub(super) shrinkable: bool,
 }
 
-/// Decodes the step's files of one table into a window (one file in memory at a time).
+/// A file decoded ahead, while the one before it is pushed: its batches, each with the decoded
+/// input bytes up to its end, and its stored bytes.
+struct Decoded {
+    batches: Vec<(RecordBatch, u64)>,
+    fetched: u64,
+}
+
+/// Fetches and decodes one file on a blocking thread, all of it.
+fn decode_ahead(
+    obj: &Object,
+    source: &Location,
+    dopts: &DecodeOptions,
+) -> Option<tokio::task::JoinHandle<Result<Decoded, SyncError>>> {
+    let ObjectName::Data(d) = obj.name.clone() else {
+        return None;
+    };
+    let (obj, source, dopts) = (obj.clone(), source.clone(), dopts.clone());
+    Some(tokio::spawn(async move {
+        let bytes = fetch(&source, &obj).await?;
+        let fetched = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || -> Result<Decoded, SyncError> {
+            let mut s = decode::decode_bytes(&d, &obj.path, bytes, &dopts)?;
+            let mut batches = Vec::new();
+            while let Some(b) = s.next() {
+                batches.push((b?, s.input_bytes()));
+            }
+            Ok(Decoded { batches, fetched })
+        })
+        .await?
+    }))
+}
+
+/// Decodes the step's files of one table into a window, in file order. While one file is
+/// pushed into the window, the next is fetched and decoded on the other core when it is small
+/// (estimated at most `ahead_bytes` decoded), so memory grows by at most that; larger files are
+/// streamed batch by batch.
 /// `limit`: decoded bytes the window may keep (counted in proportion to the rows it keeps,
 /// when it keeps one key slice) before reading stops with [`SyncError::WindowOverflow`].
 #[allow(clippy::too_many_arguments)]
@@ -87,44 +123,80 @@ pub(super) async fn read_window(
     dopts: &DecodeOptions,
     expansion: &mut plan::Expansion,
     limit: Option<u64>,
+    ahead_bytes: u64,
 ) -> Result<(Window, Option<String>), SyncError> {
     let mut pending = None;
     let mut decoded_total = 0u64;
     let mut stored_read = 0u64;
-    for &i in files {
+    let mut ahead = None;
+    for (n, &i) in files.iter().enumerate() {
         let obj = &objects[i];
         let ObjectName::Data(d) = obj.name.clone() else {
             continue;
         };
-        let bytes = fetch(source, obj).await?;
-        state.report.files_read += 1;
-        state.report.bytes_read += bytes.len() as u64;
-        stored_read += obj.size;
+        let current = ahead.take();
+        if let Some(&next) = files.get(n + 1)
+            && expansion.weigh(&objects[next]) <= ahead_bytes
+        {
+            ahead = decode_ahead(&objects[next], source, dopts);
+        }
         let path = obj.path.clone();
-        let dopts = dopts.clone();
         let table = state.name.clone();
         let before = decoded_total;
-        let (w, later, decoded, over) = tokio::task::spawn_blocking(
-            move || -> Result<(Window, usize, u64, bool), SyncError> {
-                let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
-                let mut later = 0;
-                while let Some(b) = s.next() {
-                    let o = window.push(b?, d.topic.family(), &path).map_err(|source| {
-                        SyncError::Change {
-                            table: table.clone(),
-                            source,
+        let push_err = move |source| SyncError::Change {
+            table: table.clone(),
+            source,
+        };
+        let (w, later, decoded, over) = match current {
+            Some(handle) => {
+                let got = handle.await??;
+                state.report.bytes_read += got.fetched;
+                tokio::task::spawn_blocking(
+                    move || -> Result<(Window, usize, u64, bool), SyncError> {
+                        let mut later = 0;
+                        let mut input = 0;
+                        for (b, upto) in got.batches {
+                            later += window
+                                .push(b, d.topic.family(), &path)
+                                .map_err(&push_err)?
+                                .later;
+                            input = upto;
+                            let kept = (before + upto) as f64 * window.kept_fraction();
+                            if limit.is_some_and(|l| kept > l as f64) {
+                                return Ok((window, later, upto, true));
+                            }
                         }
-                    })?;
-                    later += o.later;
-                    let kept = (before + s.input_bytes()) as f64 * window.kept_fraction();
-                    if limit.is_some_and(|l| kept > l as f64) {
-                        return Ok((window, later, s.input_bytes(), true));
-                    }
-                }
-                Ok((window, later, s.input_bytes(), false))
-            },
-        )
-        .await??;
+                        Ok((window, later, input, false))
+                    },
+                )
+                .await??
+            }
+            None => {
+                let bytes = fetch(source, obj).await?;
+                state.report.bytes_read += bytes.len() as u64;
+                let dopts = dopts.clone();
+                tokio::task::spawn_blocking(
+                    move || -> Result<(Window, usize, u64, bool), SyncError> {
+                        let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
+                        let mut later = 0;
+                        while let Some(b) = s.next() {
+                            later += window
+                                .push(b?, d.topic.family(), &path)
+                                .map_err(&push_err)?
+                                .later;
+                            let kept = (before + s.input_bytes()) as f64 * window.kept_fraction();
+                            if limit.is_some_and(|l| kept > l as f64) {
+                                return Ok((window, later, s.input_bytes(), true));
+                            }
+                        }
+                        Ok((window, later, s.input_bytes(), false))
+                    },
+                )
+                .await??
+            }
+        };
+        state.report.files_read += 1;
+        stored_read += obj.size;
         window = w;
         decoded_total += decoded;
         state.report.decoded_bytes += decoded;

@@ -216,6 +216,17 @@ def test_an_interval_larger_than_the_window_is_applied_in_key_slices(crdb_delta_
     assert max(s["done"] for s in slices) == slices[0]["of"], "the last slice completes the interval"
 
 
+def test_a_one_byte_window_is_one_commit_per_resolved_without_slices(crdb_delta_bin, tmp_path):
+    """`--max-window-bytes 1` asks for one RESOLVED per commit; intervals below two
+    `min_slice_bytes` (default 1 MiB) are never cut into key slices (each slice re-reads them)."""
+    root = simulate(crdb_delta_bin, tmp_path, "json", 4)
+    report = json.loads(sync(crdb_delta_bin, root, "update_delete", "--max-window-bytes", "1").stdout)
+    for t, r in report["tables"].items():
+        assert r["slice_commits"] == 0, (t, r)
+        assert r["commits"] == report["steps"] == len(resolved_steps(root)), (t, r)
+    check_final(root, "update_delete")
+
+
 @pytest.mark.parametrize("mode", ["update_delete", "append_only", "scd2"])
 @pytest.mark.parametrize("fault", ["after-commit:2", "before-write:4", "after-write:5", "after-commit:7"])
 def test_crash_between_and_inside_key_slices_converges(crdb_delta_bin, tmp_path, mode, fault):
