@@ -49,6 +49,9 @@ pub(super) async fn apply_table(
     let before = layout.clone();
     let dopts = decode_options(state, &layout, opts)?;
     let max = opts.max_window_bytes;
+    if state.progress.slices.is_none() {
+        state.slice_files.clear();
+    }
     let mut slices = match state.progress.slices {
         Some(s) if s.resolved != resolved => {
             return Err(SyncError::Table {
@@ -236,7 +239,8 @@ async fn create_table(state: &mut TableState, log: &ChangeLog) -> Result<bool, S
     let dvs = state.storage == Storage::DeletionVectors && state.mode != Mode::AppendOnly;
     let created = state.target.create(log.layout(), state.mode, dvs).await?;
     let p = delta::progress(&created, &state.target.path).await?;
-    if p.applied.is_some() {
+    // Another run got there first: it applied an interval, or slices of one.
+    if p.applied.is_some() || p.slices.is_some() {
         tracing::warn!(table = %state.name, "created concurrently by another run; re-planning from its progress");
         state.layout = Some(delta::layout_of(&created, &state.target.path)?.0);
         state.progress = p;

@@ -134,6 +134,9 @@ pub(super) async fn replan(
     }
     tracing::warn!(table = %name, %resolved, applied = ?p.applied, %conflict, "concurrent commit; re-planning from the log");
     state.report.replans += 1;
+    // Another run may have finished the sliced interval: files this run wrote for its slices
+    // may then hold keys a later window changes.
+    state.slice_files.clear();
     state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
     state.progress = p;
     state.table = Some(fresh);

@@ -358,14 +358,18 @@ def test_time_budget_stops_between_steps(crdb_delta_bin, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["append_only", "update_delete"])
-def test_concurrent_syncs_never_apply_twice(crdb_delta_bin, tmp_path, mode):
+@pytest.mark.parametrize("sliced", [False, True])
+def test_concurrent_syncs_never_apply_twice(crdb_delta_bin, tmp_path, mode, sliced):
     """Two runs race on the same tables: Delta's optimistic commits, with our `txn` app id in
-    each commit, let only one apply a step; the loser re-plans from the log. append_only would
-    show any double apply as duplicate rows."""
+    each commit, let only one apply a step (or key slice); the loser re-plans from the log.
+    append_only would show any double apply as duplicate rows."""
     root = simulate(crdb_delta_bin, tmp_path, "json")
     args = [str(crdb_delta_bin), "sync", "--source", str(root / "changefeed"), "--target",
             str(root / "delta"), "--manifest", str(root / "truth" / "manifest.json"), "--mode",
             mode, "--max-window-bytes", "60000"]
+    if sliced:
+        # The initial scan in key slices: the runs race slice by slice.
+        args += ["--min-slice-bytes", "20000"]
     env = dict(os.environ, CRDB_DELTA_LOG="warn")
     procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
