@@ -41,6 +41,10 @@ fn schema() -> Schema {
 
 fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
     let v: Vec<String> = ids.clone().map(|i| format!("v{i}")).collect();
+    batch_of(ids, v)
+}
+
+fn batch_of(ids: std::ops::Range<i64>, v: Vec<String>) -> RecordBatch {
     RecordBatch::try_new(
         Arc::new(schema()),
         vec![
@@ -406,14 +410,7 @@ async fn key_columns_are_read_by_byte_ranges() {
             .clone()
             .map(|_| (0..6).map(|_| format!("{:016x}", noise())).collect())
             .collect();
-        RecordBatch::try_new(
-            Arc::new(schema()),
-            vec![
-                Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef,
-                Arc::new(StringArray::from(v)) as ArrayRef,
-            ],
-        )
-        .unwrap()
+        batch_of(ids, v)
     };
     let mut w = Writer::new(&table, u64::MAX).unwrap();
     w.write(wide(0..60_000)).await.unwrap();
