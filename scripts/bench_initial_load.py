@@ -19,18 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, run  # noqa: E402
 WHOLE = 1 << 40
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, capture_output=True, text=True, env={"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"})
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
 
 
 def replicate(feed: Path, copies: int) -> Path:

@@ -20,28 +20,18 @@ and the `_delta_log` entries at the end. Uses the release build.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, hlc_of, run  # noqa: E402
 # Every RESOLVED its own commit, none cut into key slices (as the function applies them).
 ONE_PER_RESOLVED = ("--max-window-bytes", "1", "--min-slice-bytes", str(1 << 40))
 
 
-def hlc_of(name: str) -> str:
-    t = dt.datetime.strptime(name[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
-    return f"{int(t.timestamp()) * 1_000_000_000 + int(name[14:23])}.{name[23:33]}"
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, capture_output=True, text=True, env={"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"})
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
 
 
 def live_files(table: Path) -> int:
