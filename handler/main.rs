@@ -343,6 +343,10 @@ struct SyncArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Print the steps a run would apply (per RESOLVED: tables, files, bytes, key slices)
+    /// from the listing and the tables' progress; read no data file, write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -615,6 +619,50 @@ async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary
 /// Refuses a target that would mix with the source or with a table that is not ours, before
 /// anything is written: a folder inside the source (our files would look like stray objects
 /// there), or a root that is itself a Delta table (tables go *below* the root).
+/// `sync --dry-run` output: one line per step (the first 50), or the plan as JSON.
+fn print_plan(steps: &[crdb_delta::engine::dry_run::PlannedStep], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(steps)?);
+        return Ok(());
+    }
+    if steps.is_empty() {
+        println!("nothing to apply: every table is at the newest RESOLVED (or none is listed yet)");
+    }
+    const SHOWN: usize = 50;
+    for s in steps.iter().take(SHOWN) {
+        let tables: Vec<String> = s
+            .tables
+            .iter()
+            .map(|(name, t)| {
+                let mut line = format!(
+                    "{name}{} {} file(s) {:.1} MB",
+                    if t.new { " (new)" } else { "" },
+                    t.files,
+                    t.stored_bytes as f64 / 1e6
+                );
+                if let Some(n) = t.slices {
+                    line.push_str(&format!(" in {n} key slices"));
+                }
+                line
+            })
+            .collect();
+        println!(
+            "RESOLVED {} ({}): {}",
+            s.resolved,
+            s.resolved_at,
+            tables.join(", ")
+        );
+    }
+    if steps.len() > SHOWN {
+        println!("… and {} more step(s)", steps.len() - SHOWN);
+    }
+    println!(
+        "{} step(s); nothing was read or written (--dry-run)",
+        steps.len()
+    );
+    Ok(())
+}
+
 fn check_target(source: &Location, target: &str) -> Result<()> {
     if !target.contains("://") {
         let t = std::path::Path::new(target);
@@ -785,6 +833,22 @@ async fn run() -> Result<()> {
             let source = crdb_delta::unity_catalog::resolve_source(&args.source).await?;
             let source = Location::open_existing(&source)?;
             check_target(&source, &args.target)?;
+            if args.dry_run {
+                // A local target that does not exist stays so: every table is new.
+                let target = match args.target.contains("://")
+                    || std::path::Path::new(&args.target).is_dir()
+                {
+                    true => Some(Location::open(&args.target)?),
+                    false => None,
+                };
+                if let Some(t) = &target {
+                    opts.config = crdb_delta::config::with_target_schema(&opts.config, t).await?;
+                }
+                let steps =
+                    crdb_delta::engine::dry_run::plan_run(&source, target.as_ref(), &opts).await?;
+                print_plan(&steps, args.json)?;
+                return Ok(());
+            }
             let target = Location::open(&args.target)?;
             // `crdb-delta schema --target` output, under the explicit config (config.rs).
             opts.config = crdb_delta::config::with_target_schema(&opts.config, &target).await?;

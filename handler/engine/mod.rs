@@ -19,12 +19,14 @@
 //! | [`resolved_log`] | the multi-table `_crdb_delta_resolved` record |
 //! | [`report`] | what a run did, per table |
 //! | [`faults`] | crash and pause points for tests |
+//! | [`dry_run`] | `sync --dry-run`: the steps a run would make, nothing read or written |
 //!
 //! Decisions are made in `crdb_delta_core::plan` (which RESOLVED, which files, which table
 //! files may hold a key) and `crdb_delta_core::apply` (what a mode writes); this folder does the
 //! I/O around them.
 
 pub mod apply;
+pub mod dry_run;
 pub mod faults;
 pub mod listing;
 pub mod read;

@@ -111,3 +111,28 @@ def test_help_is_specific_and_values_are_checked(crdb_delta_bin, tmp_path):
             "--function", "blobcreated")
     assert p.returncode == 2 and "BlobCreated" in p.stderr, p.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_dry_run_plans_what_sync_then_does_and_writes_nothing(crdb_delta_bin, tmp_path):
+    src, truth, out = tmp_path / "feed", tmp_path / "truth", tmp_path / "delta"
+    p = cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(truth), "--windows", "3",
+            "--tables", "usertable,orders", "--initial-rows", "1500")
+    assert p.returncode == 0, p.stderr
+    before = tree(tmp_path)
+    args = ["--source", str(src), "--target", str(out), "--manifest", str(truth / "manifest.json"),
+            "--max-window-bytes", "300000"]
+    plan = cli(crdb_delta_bin, "sync", *args, "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert tree(tmp_path) == before, "a dry run writes nothing, not even the target folder"
+    steps = json.loads(plan.stdout)
+    assert all(t["new"] for t in steps[0]["tables"].values())
+    text = cli(crdb_delta_bin, "sync", *args, "--dry-run")
+    assert f"{len(steps)} step(s); nothing was read or written" in text.stdout, text.stdout
+    report = json.loads(cli(crdb_delta_bin, "sync", *args, "--json").stdout)
+    # The plan is what the run did: its steps and, for the initial scan, its key slices.
+    assert report["steps"] == len(steps), (report["steps"], steps)
+    for name, t in report["tables"].items():
+        planned = steps[0]["tables"][name]["slices"]
+        assert t["slice_commits"] == (planned - 1 if planned else 0), (name, t, planned)
+    again = json.loads(cli(crdb_delta_bin, "sync", *args, "--dry-run", "--json").stdout)
+    assert again == [], "applied: nothing left to plan"
