@@ -21,7 +21,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from bench_common import ROOT, run  # noqa: E402
+from bench_common import ROOT, run, simulate_usertable  # noqa: E402
 WHOLE = 1 << 40
 
 
@@ -68,13 +68,7 @@ def main() -> None:
     rows = []
     for size in [int(s) for s in a.sizes.split(",")]:
         feed = work / f"usertable-{size}"
-        if not (feed / "truth" / "manifest.json").exists():
-            run(a.bin, "simulate", "--out", str(feed / "changefeed"), "--truth", str(feed / "truth"),
-                "--format", "parquet", "--tables", "usertable", "--ycsb-fields", "1",
-                "--initial-rows", str(size), "--windows", "1", "--events-per-window", "1",
-                "--restart-at", "0", "--schema-change-at", "0", "--drop-column-at", "0",
-                "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none",
-                "--file-size", str(64 << 20))
+        simulate_usertable(a.bin, feed, size, 1, 1, "--file-size", str(64 << 20))
         if a.copies > 1:
             feed = replicate(feed, a.copies)
             size *= a.copies

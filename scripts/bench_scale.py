@@ -23,7 +23,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from bench_common import ROOT, hlc_of, run  # noqa: E402
+from bench_common import ROOT, hlc_of, run, simulate_usertable  # noqa: E402
 
 
 
@@ -45,14 +45,8 @@ def main() -> None:
     rows = []
     for size in [int(s) for s in a.sizes.split(",")]:
         feed = work / f"usertable-{size}"
-        if not (feed / "truth" / "manifest.json").exists():
-            run(a.bin, "simulate", "--out", str(feed / "changefeed"), "--truth", str(feed / "truth"),
-                "--format", "parquet", "--tables", "usertable", "--ycsb-fields", "1",
-                "--initial-rows", str(size), "--windows", str(a.resolveds + 1),
-                "--events-per-window", str(a.changes), "--mix", "0", "0.9", "0.1",
-                "--restart-at", "0", "--schema-change-at", "0", "--drop-column-at", "0",
-                "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none",
-                "--file-size", str(64 << 20))
+        simulate_usertable(a.bin, feed, size, a.resolveds + 1, a.changes,
+                           "--mix", "0", "0.9", "0.1", "--file-size", str(64 << 20))
         resolved = sorted(hlc_of(p.name) for p in (feed / "changefeed").rglob("*.RESOLVED"))
         for mode in a.modes.split(","):
             for storage in a.storages.split(","):

@@ -25,7 +25,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from bench_common import ROOT, hlc_of, run  # noqa: E402
+from bench_common import ROOT, hlc_of, run, simulate_usertable  # noqa: E402
 # Every RESOLVED its own commit, none cut into key slices (as the function applies them).
 ONE_PER_RESOLVED = ("--max-window-bytes", "1", "--min-slice-bytes", str(1 << 40))
 
@@ -51,13 +51,8 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     feed = work / f"feed-{a.resolveds}"
-    if not (feed / "truth" / "manifest.json").exists():
-        run(a.bin, "simulate", "--out", str(feed / "changefeed"), "--truth", str(feed / "truth"),
-            "--format", "parquet", "--tables", "usertable", "--ycsb-fields", "1",
-            "--initial-rows", "1000", "--windows", str(a.resolveds),
-            "--events-per-window", str(a.changes), "--mix", "0.2", "0.7", "0.1",
-            "--restart-at", "0", "--schema-change-at", "0", "--drop-column-at", "0",
-            "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none", "--partition", "hourly")
+    simulate_usertable(a.bin, feed, 1000, a.resolveds, a.changes,
+                       "--mix", "0.2", "0.7", "0.1", "--partition", "hourly")
     resolved = sorted(hlc_of(p.name) for p in (feed / "changefeed").rglob("*.RESOLVED"))
     n = len(resolved)
     results = {}
