@@ -84,20 +84,36 @@ pub struct Config {
     pub storage: Option<Storage>,
     /// Input bytes one commit may read; a larger backlog is applied in several commits, each up
     /// to an intermediate RESOLVED.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::byte_size::deserialize_opt"
+    )]
     pub max_window_bytes: Option<u64>,
     /// Smallest key slice (decoded bytes) of a RESOLVED interval larger than the window
     /// (default 1 MiB).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::byte_size::deserialize_opt"
+    )]
     pub min_slice_bytes: Option<u64>,
     /// Target size of the Parquet files written.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::byte_size::deserialize_opt"
+    )]
     pub target_file_size: Option<u64>,
     /// A RESOLVED further than this ahead of the clock is refused (default 600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_resolved_ahead_seconds: Option<u64>,
     /// Longest NDJSON line accepted, decompressed (default 64 MiB).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::byte_size::deserialize_opt_usize"
+    )]
     pub max_line_bytes: Option<usize>,
     /// Table upkeep (`crdb-delta maintain`) by the handler's CatchUp timer when its apply left
     /// time in the budget (default true).

@@ -6,6 +6,7 @@
 //! and the Azure Functions custom handler (`functions`, `serve`). README "Layout" maps every
 //! module.
 
+pub mod byte_size;
 pub mod config;
 pub mod crdb;
 pub mod delta;

@@ -317,18 +317,18 @@ struct SyncArgs {
     /// Take keys and exact SQL types from a simulator manifest (`<truth>/manifest.json`).
     #[arg(long)]
     manifest: Option<String>,
-    /// Input bytes per commit: a larger backlog is applied in several commits.
-    #[arg(long)]
+    /// Input bytes per commit (e.g. 256MiB): a larger backlog is applied in several commits.
+    #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     max_window_bytes: Option<u64>,
     /// Smallest key slice, in decoded bytes, that a RESOLVED interval larger than the window
-    /// (an initial scan) is cut into; default 1 MiB
-    #[arg(long)]
+    /// (an initial scan) is cut into; default 1MiB
+    #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     min_slice_bytes: Option<u64>,
     /// Rows per decoded batch (a memory bound).
     #[arg(long, default_value_t = 8192, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch_size: usize,
-    /// Target Parquet file size written, bytes.
-    #[arg(long)]
+    /// Target Parquet file size written (bytes, or e.g. 128MiB).
+    #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     target_file_size: Option<u64>,
     /// Apply at most up to this RESOLVED (`<wall>.<logical>`).
     #[arg(long)]
@@ -360,8 +360,8 @@ struct MaintainArgs {
     /// VACUUM keeps files unreferenced for less than this (default 168 = Delta's 7 days).
     #[arg(long, default_value_t = crdb_delta::maintain::DEFAULT_RETAIN_HOURS)]
     retain_hours: u64,
-    /// Target Parquet file size of compacted files, bytes.
-    #[arg(long)]
+    /// Target Parquet file size of compacted files (bytes, or e.g. 128MiB).
+    #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     target_file_size: Option<u64>,
     #[arg(long)]
     no_compact: bool,

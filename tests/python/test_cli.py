@@ -136,3 +136,21 @@ def test_dry_run_plans_what_sync_then_does_and_writes_nothing(crdb_delta_bin, tm
         assert t["slice_commits"] == (planned - 1 if planned else 0), (name, t, planned)
     again = json.loads(cli(crdb_delta_bin, "sync", *args, "--dry-run", "--json").stdout)
     assert again == [], "applied: nothing left to plan"
+
+
+def test_byte_sizes_take_units(crdb_delta_bin, tmp_path):
+    src = tmp_path / "feed"
+    p = cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(tmp_path / "truth"),
+            "--windows", "2", "--tables", "usertable")
+    assert p.returncode == 0, p.stderr
+    base = ["sync", "--source", str(src), "--target", str(tmp_path / "out"), "--dry-run", "--json"]
+    ok = cli(crdb_delta_bin, *base, "--max-window-bytes", "256MiB", "--target-file-size", "1.5GiB")
+    assert ok.returncode == 0, ok.stderr
+    bad = cli(crdb_delta_bin, *base, "--max-window-bytes", "7apples")
+    assert bad.returncode == 2 and "7apples" in bad.stderr and "256MiB" in bad.stderr, bad.stderr
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"max_window_bytes": "lots"}))
+    bad = cli(crdb_delta_bin, *base, "--config", str(cfg))
+    assert bad.returncode == 1 and "lots" in bad.stderr, bad.stderr
+    cfg.write_text(json.dumps({"max_window_bytes": "64MiB", "max_line_bytes": 1048576}))
+    assert cli(crdb_delta_bin, *base, "--config", str(cfg)).returncode == 0
