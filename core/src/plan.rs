@@ -71,6 +71,18 @@ impl Slices {
             .unwrap_or(u32::MAX)
             .min(Self::MAX)
     }
+
+    /// The slices an interval to `resolved` of about `bytes` (decoded) is applied in, when
+    /// it is larger than the window and can be cut at least in two; `None`: applied whole.
+    /// One decision for the engine and `sync --dry-run`.
+    pub fn plan(resolved: Hlc, bytes: u64, max_bytes: u64, min_bytes: u64) -> Option<Self> {
+        let of = Self::count(bytes, max_bytes, min_bytes);
+        (bytes > max_bytes && of > 1).then_some(Self {
+            resolved,
+            of,
+            done: 0,
+        })
+    }
 }
 
 /// `pending_from` value meaning "every file may still hold newer rows": used when the exact
@@ -753,6 +765,16 @@ mod tests {
         assert_eq!(Slices::count(M / 2, 1, Slices::MIN_BYTES), 1);
         assert_eq!(Slices::count(5 * M, 1, Slices::MIN_BYTES), 5);
         assert_eq!(Slices::count(u64::MAX, 1, Slices::MIN_BYTES), Slices::MAX);
+        // Sliced only when over the window and cut at least in two.
+        let r = h(1);
+        assert_eq!(Slices::plan(r, 100 * M, 256 * M, Slices::MIN_BYTES), None);
+        assert_eq!(
+            Slices::plan(r, 3 * M / 2, 1, 2 * M),
+            None,
+            "one slice of min_bytes"
+        );
+        let s = Slices::plan(r, 5 * M, 1, Slices::MIN_BYTES).unwrap();
+        assert_eq!((s.resolved, s.of, s.done), (r, 5, 0));
     }
 
     #[test]

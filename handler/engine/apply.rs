@@ -49,6 +49,8 @@ pub(super) async fn apply_table(
     let before = layout.clone();
     let dopts = decode_options(state, &layout, opts)?;
     let max = opts.max_window_bytes;
+    // Outside a sliced interval (also when another run finished it) this run's slice files
+    // may hold keys a window changes.
     if state.progress.slices.is_none() {
         state.slice_files.clear();
     }
@@ -69,12 +71,7 @@ pub(super) async fn apply_table(
                 .iter()
                 .map(|&i| budget.expansion.weigh(&objects[i]))
                 .sum();
-            let of = Slices::count(bytes, max, opts.min_slice_bytes);
-            (bytes > max && of > 1).then_some(Slices {
-                resolved,
-                of,
-                done: 0,
-            })
+            Slices::plan(resolved, bytes, max, opts.min_slice_bytes)
         }
     };
     // Read without a limit: a slice past the interval's first (the slice count is fixed

@@ -73,9 +73,17 @@ pub async fn plan_run(
         for (name, files) in &step.tables {
             let stored_bytes = files.iter().map(|&i| objects[i].size).sum();
             let estimated_bytes: u64 = files.iter().map(|&i| weigh(&objects[i])).sum();
-            let of = Slices::count(estimated_bytes, opts.max_window_bytes, opts.min_slice_bytes);
-            let slices = (!step.shrinkable && estimated_bytes > opts.max_window_bytes && of > 1)
-                .then_some(of);
+            let slices = (!step.shrinkable)
+                .then(|| {
+                    Slices::plan(
+                        step.resolved,
+                        estimated_bytes,
+                        opts.max_window_bytes,
+                        opts.min_slice_bytes,
+                    )
+                })
+                .flatten()
+                .map(|s| s.of);
             tables.insert(
                 name.clone(),
                 PlannedTable {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use arrow_array::RecordBatch;
-use crdb_delta_core::apply::Window;
+use crdb_delta_core::apply::{ChangeError, Window};
 use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::format::keys::{self, KeyError, KeyEvidence};
 use crdb_delta_core::format::names::ObjectName;
@@ -147,51 +147,45 @@ pub(super) async fn read_window(
             table: table.clone(),
             source,
         };
+        let family = d.topic.family().map(str::to_owned);
         let (w, later, decoded, over) = match current {
             Some(handle) => {
                 let got = handle.await??;
                 state.report.bytes_read += got.fetched;
-                tokio::task::spawn_blocking(
-                    move || -> Result<(Window, usize, u64, bool), SyncError> {
-                        let mut later = 0;
-                        let mut input = 0;
-                        for (b, upto) in got.batches {
-                            later += window
-                                .push(b, d.topic.family(), &path)
-                                .map_err(&push_err)?
-                                .later;
-                            input = upto;
-                            let kept = (before + upto) as f64 * window.kept_fraction();
-                            if limit.is_some_and(|l| kept > l as f64) {
-                                return Ok((window, later, upto, true));
-                            }
-                        }
-                        Ok((window, later, input, false))
-                    },
-                )
+                tokio::task::spawn_blocking(move || {
+                    let batches = got.batches.into_iter().map(Ok);
+                    push_file(
+                        window,
+                        batches,
+                        family.as_deref(),
+                        &path,
+                        before,
+                        limit,
+                        push_err,
+                    )
+                })
                 .await??
             }
             None => {
                 let bytes = fetch(source, obj).await?;
                 state.report.bytes_read += bytes.len() as u64;
                 let dopts = dopts.clone();
-                tokio::task::spawn_blocking(
-                    move || -> Result<(Window, usize, u64, bool), SyncError> {
-                        let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
-                        let mut later = 0;
-                        while let Some(b) = s.next() {
-                            later += window
-                                .push(b?, d.topic.family(), &path)
-                                .map_err(&push_err)?
-                                .later;
-                            let kept = (before + s.input_bytes()) as f64 * window.kept_fraction();
-                            if limit.is_some_and(|l| kept > l as f64) {
-                                return Ok((window, later, s.input_bytes(), true));
-                            }
-                        }
-                        Ok((window, later, s.input_bytes(), false))
-                    },
-                )
+                tokio::task::spawn_blocking(move || {
+                    let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
+                    let batches = std::iter::from_fn(|| {
+                        let b = s.next()?;
+                        Some(b.map(|b| (b, s.input_bytes())).map_err(SyncError::from))
+                    });
+                    push_file(
+                        window,
+                        batches,
+                        family.as_deref(),
+                        &path,
+                        before,
+                        limit,
+                        push_err,
+                    )
+                })
                 .await??
             }
         };
@@ -219,4 +213,31 @@ pub(super) async fn read_window(
         }
     }
     Ok((window, pending))
+}
+
+/// Pushes one file's batches (each with the decoded input bytes up to its end) into the
+/// window; stops early when the kept share of `before` plus this file's decoded bytes passes
+/// `limit`. Returns the window, rows past its RESOLVED, the file's decoded bytes and whether
+/// it stopped early.
+fn push_file(
+    mut window: Window,
+    batches: impl Iterator<Item = Result<(RecordBatch, u64), SyncError>>,
+    family: Option<&str>,
+    path: &str,
+    before: u64,
+    limit: Option<u64>,
+    push_err: impl Fn(ChangeError) -> SyncError,
+) -> Result<(Window, usize, u64, bool), SyncError> {
+    let mut later = 0;
+    let mut input = 0;
+    for b in batches {
+        let (b, upto) = b?;
+        later += window.push(b, family, path).map_err(&push_err)?.later;
+        input = upto;
+        let kept = (before + upto) as f64 * window.kept_fraction();
+        if limit.is_some_and(|l| kept > l as f64) {
+            return Ok((window, later, upto, true));
+        }
+    }
+    Ok((window, later, input, false))
 }

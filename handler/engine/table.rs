@@ -134,8 +134,8 @@ pub(super) async fn replan(
     }
     tracing::warn!(table = %name, %resolved, applied = ?p.applied, %conflict, "concurrent commit; re-planning from the log");
     state.report.replans += 1;
-    // Another run may have finished the sliced interval: files this run wrote for its slices
-    // may then hold keys a later window changes.
+    // Another run may have finished the sliced interval, and started slicing the next: files
+    // this run wrote for its slices may then hold keys that interval changes.
     state.slice_files.clear();
     state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
     state.progress = p;
