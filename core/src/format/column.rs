@@ -129,7 +129,8 @@ impl ColumnBuilder {
         Ok(())
     }
 
-    /// Appends a JSON value given as its raw text (from an NDJSON `after` object).
+    /// Appends a JSON value given as its raw text (from an NDJSON `after` object). After an
+    /// error the builder may hold part of the value: the caller drops it (the batch is refused).
     pub fn append_json(&mut self, raw: &str) -> Result<(), ValueError> {
         let raw = raw.trim();
         if raw == "null" {
@@ -141,7 +142,11 @@ impl ColumnBuilder {
             // JSONB: the value itself, whatever its JSON kind, as CockroachDB-formatted text.
             Self::Json(b) => b.append_value(values::crdb_json_text(raw)?),
             Self::Text(b) => match first {
-                b'"' => b.append_value(unquote(raw)?),
+                b'"' => {
+                    // Decoded straight into the column's buffer; the row is closed after.
+                    values::write_json_string_text(raw, b)?;
+                    b.append_value("");
+                }
                 b'{' | b'[' => b.append_value(values::crdb_json_text(raw)?),
                 _ => b.append_value(raw),
             },
@@ -196,8 +201,8 @@ impl ColumnBuilder {
     }
 }
 
-fn unquote(raw: &str) -> Result<String, ValueError> {
-    serde_json::from_str::<String>(raw).map_err(|e| format!("invalid JSON string {raw}: {e}"))
+fn unquote(raw: &str) -> Result<std::borrow::Cow<'_, str>, ValueError> {
+    values::json_string(raw)
 }
 
 /// Converts an array as the Parquet reader delivers it into the canonical `target` type.

@@ -31,30 +31,37 @@ pub struct KeyEvidence {
 
 impl KeyEvidence {
     /// A JSON row: `after` columns (name, raw JSON) and the raw `key` array elements.
-    pub fn observe_json(&mut self, after: &[(&str, &str)], key: &[&str]) {
-        let candidates: Vec<BTreeSet<String>> = key
-            .iter()
-            .map(|k| {
-                after
-                    .iter()
-                    .filter(|(_, v)| v.trim() == k.trim())
-                    .map(|(n, _)| (*n).to_owned())
-                    .collect()
-            })
-            .collect();
+    pub fn observe_json<'v>(
+        &mut self,
+        after: impl Iterator<Item = (&'v str, &'v str)> + Clone,
+        key: impl Iterator<Item = &'v str> + Clone,
+    ) {
+        let equal = |v: &str, k: &str| v.trim() == k.trim();
         // A row of a family without the key columns says nothing: skip it rather than erase.
-        if candidates.iter().any(BTreeSet::is_empty) {
+        if !key.clone().all(|k| after.clone().any(|(_, v)| equal(v, k))) {
             return;
         }
-        self.json_positions = Some(match self.json_positions.take() {
-            None => candidates,
-            Some(prev) if prev.len() == candidates.len() => prev
-                .iter()
-                .zip(&candidates)
-                .map(|(a, b)| a.intersection(b).cloned().collect())
-                .collect(),
-            Some(prev) => prev,
-        });
+        match &mut self.json_positions {
+            // The common case, once per row: narrow the known sets in place, allocating nothing.
+            Some(prev) if prev.len() == key.clone().count() => {
+                for (set, k) in prev.iter_mut().zip(key) {
+                    set.retain(|name| after.clone().any(|(n, v)| n == name && equal(v, k)));
+                }
+            }
+            Some(_) => {}
+            None => {
+                self.json_positions = Some(
+                    key.map(|k| {
+                        after
+                            .clone()
+                            .filter(|(_, v)| equal(v, k))
+                            .map(|(n, _)| n.to_owned())
+                            .collect()
+                    })
+                    .collect(),
+                )
+            }
+        }
     }
 
     /// A Parquet delete row: the data columns that were not null.
@@ -174,20 +181,23 @@ mod tests {
     #[test]
     fn json_key_needs_unambiguous_rows() {
         let mut e = KeyEvidence::default();
-        e.observe_json(&[("p", "1"), ("v", "1")], &["1"]);
+        e.observe_json([("p", "1"), ("v", "1")].into_iter(), ["1"].into_iter());
         let err = primary_key("t", None, &[&e]).unwrap_err();
         assert!(err.to_string().contains("more than one column"), "{err}");
-        e.observe_json(&[("p", "5"), ("v", "1")], &["5"]);
+        e.observe_json([("p", "5"), ("v", "1")].into_iter(), ["5"].into_iter());
         assert_eq!(primary_key("t", None, &[&e]).unwrap(), ["p"]);
         // A family row without the key columns does not erase what is known.
-        e.observe_json(&[("owner", "\"x\"")], &["7"]);
+        e.observe_json([("owner", "\"x\"")].into_iter(), ["7"].into_iter());
         assert_eq!(primary_key("t", None, &[&e]).unwrap(), ["p"]);
     }
 
     #[test]
     fn composite_json_key_keeps_index_order() {
         let mut e = KeyEvidence::default();
-        e.observe_json(&[("a", "1"), ("b", "\"x\""), ("c", "2")], &["\"x\"", "1"]);
+        e.observe_json(
+            [("a", "1"), ("b", "\"x\""), ("c", "2")].into_iter(),
+            ["\"x\"", "1"].into_iter(),
+        );
         assert_eq!(primary_key("t", None, &[&e]).unwrap(), ["b", "a"]);
     }
 

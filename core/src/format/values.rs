@@ -239,6 +239,87 @@ pub fn write_json_string(out: &mut String, s: &str) {
 /// tokio's blocking threads and of test threads.
 pub const MAX_JSON_DEPTH: usize = 128;
 
+/// The text of a JSON string (`raw` as the parser delivered it, e.g. a `RawValue`): a slice of
+/// `raw` when it holds no escapes (no copy), decoded otherwise.
+pub fn json_string(raw: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    let raw = raw.trim();
+    if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"'))
+        && !inner.bytes().any(|b| b == b'\\' || b == b'"' || b < 0x20)
+    {
+        return Ok(std::borrow::Cow::Borrowed(inner));
+    }
+    let mut out = String::with_capacity(raw.len());
+    write_json_string_text(raw, &mut out)?;
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Writes the text of the JSON string `raw` (quotes included) to `out`, escapes decoded, as
+/// `serde_json` decodes them (a lone surrogate is an error). Writing straight into a column
+/// builder saves the copy and the allocation a `String` per value costs.
+pub fn write_json_string_text(raw: &str, out: &mut impl std::fmt::Write) -> Result<(), String> {
+    let raw = raw.trim();
+    let bad = |why: &str| format!("invalid JSON string {raw}: {why}");
+    let inner = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .ok_or_else(|| bad("not a quoted string"))?;
+    let b = inner.as_bytes();
+    let hex4 = |at: usize| -> Result<u32, String> {
+        inner
+            .get(at..at + 4)
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or_else(|| bad("invalid \\u escape"))
+    };
+    let (mut start, mut i) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                let _ = out.write_str(&inner[start..i]);
+                let esc = *b.get(i + 1).ok_or_else(|| bad("unfinished escape"))?;
+                i += 2;
+                let c = match esc {
+                    b'"' => '"',
+                    b'\\' => '\\',
+                    b'/' => '/',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'n' => '\n',
+                    b'r' => '\r',
+                    b't' => '\t',
+                    b'u' => {
+                        let hi = hex4(i)?;
+                        i += 4;
+                        let code = match hi {
+                            0xD800..=0xDBFF => {
+                                if inner.get(i..i + 2) != Some("\\u") {
+                                    return Err(bad("lone leading surrogate"));
+                                }
+                                let lo = hex4(i + 2)?;
+                                if !(0xDC00..=0xDFFF).contains(&lo) {
+                                    return Err(bad("lone leading surrogate"));
+                                }
+                                i += 6;
+                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                            }
+                            0xDC00..=0xDFFF => return Err(bad("lone trailing surrogate")),
+                            c => c,
+                        };
+                        char::from_u32(code).ok_or_else(|| bad("invalid \\u escape"))?
+                    }
+                    _ => return Err(bad("invalid escape")),
+                };
+                let _ = out.write_char(c);
+                start = i;
+            }
+            b'"' | 0..=0x1f => return Err(bad("unescaped quote or control character")),
+            _ => i += 1,
+        }
+    }
+    let _ = out.write_str(&inner[start..]);
+    Ok(())
+}
+
 /// Checks that raw JSON nests arrays and objects at most [`MAX_JSON_DEPTH`] levels (`1` is 0,
 /// `[]` is 1, `[{}]` is 2). A linear scan without recursion, stopping at the first level too
 /// deep, so it is safe on any input; brackets inside strings do not count. Malformed text is
@@ -507,5 +588,49 @@ mod tests {
             ]),
             "370117cf-d77d-4778-b0b9-01ac17c15a06"
         );
+    }
+
+    #[test]
+    fn json_strings_decode_as_serde_json_does() {
+        let cases = [
+            r#""plain""#,
+            r#""""#,
+            r#""a\"b\\c\/d\b\f\n\r\t""#,
+            r#""\u00e9\u20AC \ud83d\ude00 end""#,
+            r#""ends with \\""#,
+        ];
+        for raw in cases {
+            let want: String = serde_json::from_str(raw).unwrap();
+            assert_eq!(json_string(raw).unwrap(), want, "{raw}");
+        }
+        for raw in [
+            r#""\ud83d""#,
+            r#""\ude00""#,
+            r#""\x""#,
+            r#""\u12""#,
+            "\"a\u{1}\"",
+        ] {
+            assert!(serde_json::from_str::<String>(raw).is_err(), "{raw}");
+            let err = json_string(raw).unwrap_err();
+            assert!(err.starts_with("invalid JSON string"), "{raw}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_round_trips(text in "\\PC*|[\"\\\\\u{0}-\u{1f}\u{e9}\u{1F600}a]{0,12}") {
+            let raw = serde_json::to_string(&text).unwrap();
+            proptest::prop_assert_eq!(json_string(&raw).unwrap(), text.as_str());
+            // Escaped in every way JSON allows, not only as serde_json writes it.
+            let mut all = String::from("\"");
+            for c in text.chars() {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    all.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+            all.push('"');
+            proptest::prop_assert_eq!(json_string(&all).unwrap(), text.as_str());
+        }
     }
 }

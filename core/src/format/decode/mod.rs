@@ -3,6 +3,7 @@
 //! Decoders stream: NDJSON is read line by line from a (decompressing) reader and Parquet row
 //! group by row group, each yielding batches of at most [`DecodeOptions::batch_size`] rows.
 
+mod json_fields;
 pub mod ndjson;
 pub mod parquet;
 pub mod resolved;

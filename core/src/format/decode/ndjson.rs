@@ -3,11 +3,13 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
+use std::ops::Range;
 
 use arrow_array::RecordBatch;
 use arrow_schema::Field;
 use serde_json::value::RawValue;
 
+use super::json_fields::Fields;
 use super::{BatchStream, DecodeError, DecodeOptions};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column::ColumnBuilder;
@@ -27,6 +29,10 @@ pub struct NdjsonDecoder<R> {
     configured: BTreeMap<String, ColumnType>,
     /// Data columns in order of first appearance (JSON objects are sorted by name, §3.4).
     order: Vec<String>,
+    /// `order`, sorted: whether a message brings a new column, without a scan per name.
+    known: Vec<String>,
+    /// The lines of one batch, one after another (one buffer reused, not a string per line).
+    text: String,
     evidence: KeyEvidence,
     /// A configured key column with a reserved name: every message is refused.
     reserved_key: Option<String>,
@@ -45,7 +51,7 @@ struct Message<'a> {
     op: Op,
     updated: Hlc,
     mvcc: Option<Hlc>,
-    after: BTreeMap<Cow<'a, str>, &'a RawValue>,
+    after: Fields<'a>,
     key: Vec<&'a RawValue>,
     key_raw: Option<&'a str>,
 }
@@ -54,6 +60,9 @@ impl<R: BufRead> NdjsonDecoder<R> {
     pub fn new(file: &str, reader: R, opts: &DecodeOptions) -> Self {
         let mut order: Vec<String> = opts.primary_key.clone().unwrap_or_default();
         order.dedup();
+        let mut known = order.clone();
+        known.sort();
+        known.dedup();
         Self {
             file: file.to_owned(),
             reader,
@@ -63,6 +72,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
             types: opts.columns.clone(),
             configured: opts.columns.clone(),
             order,
+            known,
+            text: String::new(),
             evidence: KeyEvidence::default(),
             reserved_key: opts
                 .primary_key
@@ -84,23 +95,29 @@ impl<R: BufRead> NdjsonDecoder<R> {
         }
     }
 
-    fn read_lines(&mut self) -> Result<Vec<(u64, String)>, DecodeError> {
-        let mut lines = Vec::with_capacity(self.batch_size);
-        let mut text_bytes = 0;
-        while lines.len() < self.batch_size && text_bytes < BATCH_TEXT_BYTES {
-            let mut buf = String::new();
+    /// Reads the next batch of lines into `self.text`: each line's number and range there,
+    /// without its line end; blank lines are skipped.
+    fn read_lines(&mut self) -> Result<Vec<(u64, Range<usize>)>, DecodeError> {
+        let mut lines = Vec::with_capacity(self.batch_size.min(1 << 16));
+        self.text.clear();
+        while lines.len() < self.batch_size && self.text.len() < BATCH_TEXT_BYTES {
+            let start = self.text.len();
             // One byte past the limit tells an over-long line from one exactly at it.
             let limit = self.max_line_bytes as u64 + 1;
             let n = (&mut self.reader)
                 .take(limit)
-                .read_line(&mut buf)
+                .read_line(&mut self.text)
                 .map_err(|e| {
                     let message = if e.kind() == std::io::ErrorKind::InvalidData {
                         "not UTF-8 (or a corrupt compressed stream)".to_owned()
                     } else {
                         e.to_string()
                     };
-                    self.line_error(self.line_no + 1, message)
+                    DecodeError::Line {
+                        file: self.file.clone(),
+                        line: self.line_no + 1,
+                        message,
+                    }
                 })?;
             if n == 0 {
                 self.done = true;
@@ -108,7 +125,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
             }
             self.input_bytes += n as u64;
             self.line_no += 1;
-            if n as u64 >= limit && !buf.ends_with('\n') {
+            let line = &self.text[start..];
+            if n as u64 >= limit && !line.ends_with('\n') {
                 return Err(self.line_error(
                     self.line_no,
                     format!(
@@ -117,33 +135,31 @@ impl<R: BufRead> NdjsonDecoder<R> {
                     ),
                 ));
             }
-            text_bytes += n;
-            if buf.trim().is_empty() {
+            if line.trim().is_empty() {
+                self.text.truncate(start);
                 continue;
             }
-            let len = buf.trim_end_matches(['\n', '\r']).len();
-            buf.truncate(len);
-            lines.push((self.line_no, buf));
+            let end = start + line.trim_end_matches(['\n', '\r']).len();
+            lines.push((self.line_no, start..end));
         }
         Ok(lines)
     }
 
     fn parse<'a>(&self, line: u64, text: &'a str) -> Result<Message<'a>, DecodeError> {
         let bad = |m: String| self.line_error(line, m);
-        let top: BTreeMap<Cow<'a, str>, &'a RawValue> =
-            serde_json::from_str(text).map_err(|e| {
-                let what = if e.is_eof() {
-                    "truncated JSON message"
-                } else {
-                    "malformed JSON message"
-                };
-                bad(format!("{what}: {e}"))
-            })?;
-        let hlc = |v: Option<&&RawValue>, what: &str| -> Result<Option<Hlc>, DecodeError> {
+        let top: Fields<'a> = serde_json::from_str(text).map_err(|e| {
+            let what = if e.is_eof() {
+                "truncated JSON message"
+            } else {
+                "malformed JSON message"
+            };
+            bad(format!("{what}: {e}"))
+        })?;
+        let hlc = |v: Option<&RawValue>, what: &str| -> Result<Option<Hlc>, DecodeError> {
             match v.map(|r| r.get()) {
                 None | Some("null") => Ok(None),
                 Some(raw) => {
-                    let s: Cow<str> = serde_json::from_str(raw)
+                    let s = values::json_string(raw)
                         .map_err(|_| bad(format!("`{what}` is not a string")))?;
                     Hlc::parse_decimal(&s)
                         .map(Some)
@@ -158,7 +174,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 .map(|b| b.get() != "null")
                 .unwrap_or(false);
             if after.get() == "null" {
-                (Op::Delete, BTreeMap::new(), None)
+                (Op::Delete, Fields::default(), None)
             } else {
                 let cols = serde_json::from_str(after.get())
                     .map_err(|e| bad(format!("`after` is not an object: {e}")))?;
@@ -167,13 +183,9 @@ impl<R: BufRead> NdjsonDecoder<R> {
         } else if let Some(meta) = top.get("__crdb__") {
             // Bare envelope: columns at top level, metadata under `__crdb__`. Deletes cannot be told
             // from updates (format spec §3.3), so every row is an upsert.
-            let meta: BTreeMap<Cow<'a, str>, &'a RawValue> = serde_json::from_str(meta.get())
+            let meta: Fields<'a> = serde_json::from_str(meta.get())
                 .map_err(|e| bad(format!("`__crdb__` is not an object: {e}")))?;
-            let cols = top
-                .iter()
-                .filter(|(k, _)| *k != "__crdb__")
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
+            let cols = top.without("__crdb__");
             (Op::Create, cols, Some(meta))
         } else if top.contains_key("resolved") {
             return Err(bad("a resolved message inside a data file".into()));
@@ -200,7 +212,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
             return Err(bad("delete without a `key`".into()));
         }
         // Bare envelope: a top-level `before` is a column like any other.
-        let before = meta.is_none().then(|| top.get("before").copied()).flatten();
+        let before = meta.is_none().then(|| top.get("before")).flatten();
         self.check_names(line, &after, before)?;
         self.check_depths(line, &after, &key)?;
         Ok(Message {
@@ -220,7 +232,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
     fn check_names(
         &self,
         line: u64,
-        after: &BTreeMap<Cow<'_, str>, &RawValue>,
+        after: &Fields<'_>,
         before: Option<&RawValue>,
     ) -> Result<(), DecodeError> {
         let reserved = |column: &str| DecodeError::ReservedColumn {
@@ -250,7 +262,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
     fn check_depths(
         &self,
         line: u64,
-        after: &BTreeMap<Cow<'_, str>, &RawValue>,
+        after: &Fields<'_>,
         key: &[&RawValue],
     ) -> Result<(), DecodeError> {
         let nested = |raw: &RawValue| raw.get().trim_start().starts_with(['[', '{']);
@@ -260,7 +272,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
         });
         let columns = after
             .iter()
-            .map(|(k, v)| (Cow::Borrowed(k.as_ref()), *v))
+            .map(|(k, v)| (Cow::Borrowed(k), v))
             .chain(key_names.zip(key.iter().copied()));
         for (column, raw) in columns {
             if nested(raw) {
@@ -277,51 +289,53 @@ impl<R: BufRead> NdjsonDecoder<R> {
 
     /// Learns column types from JSON values; configured types never change.
     fn learn_types(&mut self, messages: &[Message<'_>]) {
-        // Disjoint field borrows: no per-value copies of column names on this hot path.
-        let (primary_key, configured, types) = (
-            self.primary_key.as_deref(),
-            &self.configured,
-            &mut self.types,
-        );
-        for m in messages {
-            let values = m
-                .after
-                .iter()
-                .map(|(k, v)| (k.as_ref(), *v))
-                .chain(key_columns(primary_key, m));
-            for (name, raw) in values {
-                if configured.contains_key(name) {
-                    continue;
-                }
-                let Some(seen) = infer(raw.get()) else {
+        for name in &self.order {
+            if self.configured.contains_key(name) {
+                continue;
+            }
+            let mut ty = self.types.get(name).cloned();
+            let before = ty.clone();
+            for (_, raw) in column_values(name, self.primary_key.as_deref(), messages) {
+                let Some(raw) = raw.map(RawValue::get) else {
                     continue;
                 };
-                let new = match types.get(name) {
+                let Some(seen) = infer(raw) else {
+                    continue;
+                };
+                ty = Some(match ty {
                     None => seen,
-                    Some(cur) if accepts(cur, &seen, raw.get()) => continue,
+                    Some(cur) if accepts(&cur, &seen, raw) => cur,
                     Some(cur) => cur.widen(&seen),
-                };
-                types.insert(name.to_owned(), new);
+                });
+            }
+            if ty != before
+                && let Some(ty) = ty
+            {
+                self.types.insert(name.clone(), ty);
             }
         }
     }
 
-    fn decode_batch(&mut self, lines: &[(u64, String)]) -> Result<RecordBatch, DecodeError> {
+    fn decode_batch(
+        &mut self,
+        text: &str,
+        lines: &[(u64, Range<usize>)],
+    ) -> Result<RecordBatch, DecodeError> {
         let messages = lines
             .iter()
-            .map(|(n, l)| self.parse(*n, l))
+            .map(|(n, r)| self.parse(*n, &text[r.clone()]))
             .collect::<Result<Vec<_>, _>>()?;
         for m in &messages {
             for name in m.after.keys() {
-                if !self.order.iter().any(|c| c == name) {
-                    self.order.push(name.to_string());
+                if let Err(at) = self.known.binary_search_by(|c| c.as_str().cmp(name)) {
+                    self.known.insert(at, name.to_owned());
+                    self.order.push(name.to_owned());
                 }
             }
             if m.op != Op::Delete {
-                let after: Vec<(&str, &str)> =
-                    m.after.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
-                let key: Vec<&str> = m.key.iter().map(|k| k.get()).collect();
-                self.evidence.observe_json(&after, &key);
+                let after = m.after.iter().map(|(k, v)| (k, v.get()));
+                self.evidence
+                    .observe_json(after, m.key.iter().map(|k| k.get()));
             }
         }
         self.evidence.observe_columns(&self.order);
@@ -336,16 +350,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 .or_insert(ColumnType::Text)
                 .clone();
             let mut b = ColumnBuilder::new(&ty, messages.len());
-            let key_pos = self
-                .primary_key
-                .as_ref()
-                .and_then(|k| k.iter().position(|c| c == name));
-            for m in &messages {
-                let raw = m
-                    .after
-                    .get(name.as_str())
-                    .copied()
-                    .or_else(|| key_pos.and_then(|i| m.key.get(i).copied()));
+            for (m, raw) in column_values(name, self.primary_key.as_deref(), &messages) {
                 match raw {
                     Some(raw) => {
                         b.append_json(raw.get())
@@ -387,7 +392,10 @@ impl<R: BufRead> Iterator for NdjsonDecoder<R> {
         if lines.is_empty() {
             return None;
         }
-        let result = self.decode_batch(&lines);
+        // Taken out while the batch borrows from it, then put back to be reused.
+        let text = std::mem::take(&mut self.text);
+        let result = self.decode_batch(&text, &lines);
+        self.text = text;
         if result.is_err() {
             self.done = true;
         }
@@ -407,17 +415,23 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
     }
 }
 
-/// Key columns missing from `after`, filled from the `key` array (when the key is known).
-fn key_columns<'m>(
-    primary_key: Option<&'m [String]>,
-    m: &'m Message<'_>,
-) -> impl Iterator<Item = (&'m str, &'m RawValue)> + 'm {
-    primary_key
-        .into_iter()
-        .flatten()
-        .zip(m.key.iter())
-        .filter(|(name, _)| !m.after.contains_key(name.as_str()))
-        .map(|(name, raw)| (name.as_str(), *raw))
+/// One column's value in each message: from `after`, or for a key column missing there (a
+/// family without it, a delete), from the `key` array when the key is known.
+fn column_values<'m, 'a>(
+    name: &'m str,
+    primary_key: Option<&[String]>,
+    messages: &'m [Message<'a>],
+) -> impl Iterator<Item = (&'m Message<'a>, Option<&'a RawValue>)> + 'm {
+    let key_pos = primary_key.and_then(|k| k.iter().position(|c| c == name));
+    // Rows of a file share their members: where the name was in the last row is the first guess.
+    let mut hint = 0;
+    messages.iter().map(move |m| {
+        let raw = m
+            .after
+            .get_hinted(name, &mut hint)
+            .or_else(|| key_pos.and_then(|i| m.key.get(i).copied()));
+        (m, raw)
+    })
 }
 
 /// The type a JSON value suggests (format spec §3.6; README "Type mapping").
