@@ -98,6 +98,10 @@ pub struct Config {
         deserialize_with = "crate::byte_size::deserialize_opt"
     )]
     pub min_slice_bytes: Option<u64>,
+    /// One commit per table at every RESOLVED, however small (a Delta version per RESOLVED, for
+    /// time travel to each), instead of one per `max_window_bytes` of backlog (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_each_resolved: Option<bool>,
     /// Target size of the Parquet files written.
     #[serde(
         default,
@@ -274,6 +278,7 @@ impl Config {
         out.storage = out.storage.or(schema.storage);
         out.max_window_bytes = out.max_window_bytes.or(schema.max_window_bytes);
         out.min_slice_bytes = out.min_slice_bytes.or(schema.min_slice_bytes);
+        out.commit_each_resolved = out.commit_each_resolved.or(schema.commit_each_resolved);
         out.target_file_size = out.target_file_size.or(schema.target_file_size);
         out.max_resolved_ahead_seconds = out
             .max_resolved_ahead_seconds

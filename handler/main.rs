@@ -333,6 +333,10 @@ struct SyncArgs {
     /// Apply at most up to this RESOLVED (`<wall>.<logical>`).
     #[arg(long)]
     until: Option<String>,
+    /// One commit per table at every RESOLVED, however small (a Delta version per RESOLVED),
+    /// instead of one per --max-window-bytes of backlog.
+    #[arg(long)]
+    commit_each_resolved: bool,
     /// Refuse RESOLVED objects further than this ahead of the clock (a stray RESOLVED would
     /// make every later event look applied). Default 600.
     #[arg(long)]
@@ -404,6 +408,8 @@ impl SyncArgs {
                 .unwrap_or(d.target_file_size),
             batch_size: self.batch_size,
             until: self.until.as_deref().map(Hlc::parse_decimal).transpose()?,
+            each_resolved: self.commit_each_resolved
+                || config.commit_each_resolved.unwrap_or(false),
             deadline: self
                 .max_seconds
                 .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s)),

@@ -30,9 +30,9 @@ medians of RUNS):
   - whole backlog: plain `sync` (its default batching) vs the peer with one batch over everything
     (the latest event per key over the whole backlog; into a fresh target that batch creates the
     table);
-  - one commit per RESOLVED: `sync --max-window-bytes 1 --min-slice-bytes 1099511627776` (every
-    RESOLVED its own step, none cut into key slices: what the function does with the default
-    window, whose initial scan here is far below it) vs the peer with one MERGE per RESOLVED;
+  - one commit per RESOLVED: `sync --commit-each-resolved` (every RESOLVED its own step with the
+    default window, as the function applies one RESOLVED per event when it keeps up) vs the peer
+    with one MERGE per RESOLVED;
   - floor (Parquet): read every file with pyarrow, then write the final rows (the simulator's
     ground truth, prepared beforehand as one Parquet file) with one `write_deltalake`.
 
@@ -414,14 +414,14 @@ def main() -> None:
         args = [a.bin, "sync", "--source", str(f["feed"]), "--target", str(target),
                 "--manifest", str(f["manifest"]), "--json"]
         if per_resolved:
-            args += ["--max-window-bytes", "1", "--min-slice-bytes", str(1 << 40)]
+            args += ["--commit-each-resolved"]
         wall, rss, cpu, out = measured(*args)
         rep = json.loads(out)
         t = rep["tables"][TABLE]
         if not rep["complete"] or t["resolved"] != f["resolved"][-1]:
             sys.exit(f"sync did not reach the last RESOLVED: {out}")
         if per_resolved and t["commits"] != len(f["resolved"]):
-            sys.exit(f"sync --max-window-bytes 1 made {t['commits']} commits for {len(f['resolved'])} RESOLVEDs")
+            sys.exit(f"sync --commit-each-resolved made {t['commits']} commits for {len(f['resolved'])} RESOLVEDs")
         return {"wall": wall, "rss": rss, "cpu": cpu, "commits": t["commits"], "self_s": rep["seconds"],
                 "feed_mb": t["bytes_read"] / 1e6, "table_mb": t["table_bytes_read"] / 1e6,
                 "written_mb": t["bytes_written"] / 1e6,

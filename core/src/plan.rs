@@ -304,15 +304,18 @@ pub fn next_step(
     max_bytes: u64,
     until: Option<Hlc>,
 ) -> Option<Step> {
-    next_step_weighed(objects, progress, max_bytes, until, &|o| o.size)
+    next_step_weighed(objects, progress, max_bytes, until, false, &|o| o.size)
 }
 
-/// [`next_step`] with `max_bytes` counted in `weigh(object)` units (e.g. [`Expansion::weigh`]).
+/// [`next_step`] with `max_bytes` counted in `weigh(object)` units (e.g. [`Expansion::weigh`]);
+/// with `each_resolved`, every step ends at the next RESOLVED however little it holds (one
+/// Delta version per RESOLVED).
 pub fn next_step_weighed(
     objects: &[Object],
     progress: &BTreeMap<String, Progress>,
     max_bytes: u64,
     until: Option<Hlc>,
+    each_resolved: bool,
     weigh: &dyn Fn(&Object) -> u64,
 ) -> Option<Step> {
     // Tables with files in the listing, and tables known from their progress (a bounded listing
@@ -372,6 +375,7 @@ pub fn next_step_weighed(
     match sliced {
         Some(r) if candidates.contains(&r) => chosen = r,
         Some(_) => return None,
+        None if each_resolved => {}
         None => {
             for &r in &candidates {
                 if bytes_for(r) <= max_bytes {
@@ -582,15 +586,18 @@ mod tests {
         assert_eq!(next_step(&objs, &none, 300, None).unwrap().resolved, h(2));
         // Decoded (prior 10×): 1,000 per file; a 2,500 budget stops at the second RESOLVED.
         let mut e = Expansion::default();
-        let step = next_step_weighed(&objs, &none, 2_500, None, &|o| e.weigh(o)).unwrap();
+        let step = next_step_weighed(&objs, &none, 2_500, None, false, &|o| e.weigh(o)).unwrap();
         assert_eq!(
             (step.resolved, step.bytes, step.shrinkable),
             (h(1), 2_000, true)
         );
         // Reading found 100× (a whitespace or repetitive feed): the next plan is smaller.
         assert!(e.observe(&objs[0], 10_000));
-        let step = next_step_weighed(&objs, &none, 2_500, None, &|o| e.weigh(o)).unwrap();
+        let step = next_step_weighed(&objs, &none, 2_500, None, false, &|o| e.weigh(o)).unwrap();
         assert_eq!((step.resolved, step.shrinkable), (h(0), false));
+        // One step per RESOLVED when asked, however much would fit.
+        let step = next_step_weighed(&objs, &none, u64::MAX, None, true, &|o| o.size).unwrap();
+        assert_eq!((step.resolved, step.bytes), (h(0), 100));
         // A smaller ratio than seen before does not shrink the estimate within a run.
         assert!(!e.observe(&objs[0], 200));
         assert_eq!(e.weigh(&objs[0]), 10_000);

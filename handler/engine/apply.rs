@@ -16,8 +16,9 @@ use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
 use deltalake_core::kernel::{Add, Remove};
 
+use super::carry::Keeper;
 use super::faults::{fault, pause};
-use super::read::{Budget, derive_key, read_window};
+use super::read::{Budget, Reuse, derive_key, read_window};
 use super::table::{TableState, replan};
 use super::{SyncError, SyncOptions, delta_err};
 use crate::config::Storage;
@@ -74,10 +75,18 @@ pub(super) async fn apply_table(
             Slices::plan(resolved, bytes, max, opts.min_slice_bytes)
         }
     };
+    // Rows the last step kept past its RESOLVED (this step's start), when it is this table's
+    // next step with the same column types; taken out, so any early return drops them.
+    let mut carried = std::mem::take(&mut state.carry).take(state.progress.applied, &dopts.columns);
     // Read without a limit: a slice past the interval's first (the slice count is fixed
     // then), or an interval that cannot be sliced finer.
     let mut whole = false;
+    let mut keeper;
     let (window, pending) = loop {
+        // Key slices re-read their interval up to its RESOLVED: nothing is kept from them.
+        keeper = slices
+            .is_none()
+            .then(|| Keeper::new(resolved, dopts.columns.clone(), max / 4));
         let mut window = Window::new(layout.clone(), state.progress.applied, resolved);
         if let Some(s) = slices {
             window = window.with_slice(s.done, s.of);
@@ -101,6 +110,10 @@ pub(super) async fn apply_table(
             budget.expansion,
             limit,
             max / 8,
+            Reuse {
+                carried: &mut carried,
+                keeper: keeper.as_mut(),
+            },
         )
         .await
         {
@@ -161,6 +174,9 @@ pub(super) async fn apply_table(
         state.report.slice_commits += 1;
     } else {
         state.slice_files.clear();
+        if let Some(k) = keeper {
+            state.carry = k.finish();
+        }
     }
     account(state, &*changes, progress, resolved, version, started);
     Ok(())

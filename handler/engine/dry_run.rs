@@ -67,6 +67,7 @@ pub async fn plan_run(
         &progress,
         opts.max_window_bytes,
         opts.until,
+        opts.each_resolved,
         &weigh,
     ) {
         let mut tables = BTreeMap::new();

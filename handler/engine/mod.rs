@@ -26,6 +26,7 @@
 //! I/O around them.
 
 pub mod apply;
+mod carry;
 pub mod dry_run;
 pub mod faults;
 pub mod listing;
@@ -139,6 +140,9 @@ pub struct SyncOptions {
     pub target_file_size: u64,
     /// Apply at most up to this RESOLVED.
     pub until: Option<Hlc>,
+    /// One step (one commit per table) per RESOLVED, however small: a Delta version at every
+    /// RESOLVED, for time travel to each.
+    pub each_resolved: bool,
     /// Start no new step after this instant (a function invocation's time budget): committed
     /// steps stay, the rest is applied by the next run.
     pub deadline: Option<Instant>,
@@ -158,6 +162,7 @@ impl Default for SyncOptions {
             batch_size: 8192,
             target_file_size: DEFAULT_TARGET_FILE_SIZE,
             until: None,
+            each_resolved: false,
             deadline: None,
             max_resolved_ahead: std::time::Duration::from_secs(
                 plan::DEFAULT_MAX_RESOLVED_AHEAD_SECONDS,

@@ -1,15 +1,17 @@
 //! Reading a table's files for a step: the key of a table that has none configured, and the
 //! window of changes (one file decoded at a time, on a blocking thread).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use arrow_array::RecordBatch;
+use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::{ChangeError, Window};
 use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::format::keys::{self, KeyError, KeyEvidence};
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::{self, Object};
 
+use super::carry::{self, Keeper};
 use super::listing::fetch;
 use super::table::TableState;
 use super::{SyncError, SyncOptions};
@@ -107,10 +109,19 @@ fn decode_ahead(
     }))
 }
 
+/// Where a step's reading starts from and what it keeps for the next step.
+pub(super) struct Reuse<'a> {
+    /// Files whose rows past the last step's RESOLVED were kept ([`carry::Carry::take`]):
+    /// pushed from memory, not fetched. Taken out as used.
+    pub(super) carried: &'a mut HashMap<String, carry::Batches>,
+    /// Keeps this step's rows past its RESOLVED; `None` when nothing is to be kept.
+    pub(super) keeper: Option<&'a mut Keeper>,
+}
+
 /// Decodes the step's files of one table into a window, in file order. While one file is
 /// pushed into the window, the next is fetched and decoded on the other core when it is small
 /// (estimated at most `ahead_bytes` decoded), so memory grows by at most that; larger files are
-/// streamed batch by batch.
+/// streamed batch by batch. Files with kept rows are pushed from memory instead.
 /// `limit`: decoded bytes the window may keep (counted in proportion to the rows it keeps,
 /// when it keeps one key slice) before reading stops with [`SyncError::WindowOverflow`].
 #[allow(clippy::too_many_arguments)]
@@ -124,7 +135,13 @@ pub(super) async fn read_window(
     expansion: &mut plan::Expansion,
     limit: Option<u64>,
     ahead_bytes: u64,
+    reuse: Reuse<'_>,
 ) -> Result<(Window, Option<String>), SyncError> {
+    let Reuse {
+        carried,
+        mut keeper,
+    } = reuse;
+    let keep_after = keeper.as_ref().map(|k| k.after());
     let mut pending = None;
     let mut decoded_total = 0u64;
     let mut stored_read = 0u64;
@@ -136,6 +153,7 @@ pub(super) async fn read_window(
         };
         let current = ahead.take();
         if let Some(&next) = files.get(n + 1)
+            && !carried.contains_key(&objects[next].path)
             && expansion.weigh(&objects[next]) <= ahead_bytes
         {
             ahead = decode_ahead(&objects[next], source, dopts);
@@ -148,10 +166,28 @@ pub(super) async fn read_window(
             source,
         };
         let family = d.topic.family().map(str::to_owned);
-        let (w, later, decoded, over) = match current {
-            Some(handle) => {
+        let reused = carried.remove(&path);
+        let was_reused = reused.is_some();
+        let pushed = match (reused, current) {
+            (Some(batches), _) => {
+                tokio::task::spawn_blocking(move || {
+                    push_file(
+                        window,
+                        batches.into_iter().map(Ok),
+                        family.as_deref(),
+                        &path,
+                        before,
+                        limit,
+                        keep_after,
+                        push_err,
+                    )
+                })
+                .await??
+            }
+            (None, Some(handle)) => {
                 let got = handle.await??;
                 state.report.bytes_read += got.fetched;
+                state.report.files_read += 1;
                 tokio::task::spawn_blocking(move || {
                     let batches = got.batches.into_iter().map(Ok);
                     push_file(
@@ -161,14 +197,16 @@ pub(super) async fn read_window(
                         &path,
                         before,
                         limit,
+                        keep_after,
                         push_err,
                     )
                 })
                 .await??
             }
-            None => {
+            (None, None) => {
                 let bytes = fetch(source, obj).await?;
                 state.report.bytes_read += bytes.len() as u64;
+                state.report.files_read += 1;
                 let dopts = dopts.clone();
                 tokio::task::spawn_blocking(move || {
                     let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
@@ -183,19 +221,24 @@ pub(super) async fn read_window(
                         &path,
                         before,
                         limit,
+                        keep_after,
                         push_err,
                     )
                 })
                 .await??
             }
         };
-        state.report.files_read += 1;
-        stored_read += obj.size;
-        window = w;
+        window = pushed.window;
+        let (decoded, over) = (pushed.decoded, pushed.over);
         decoded_total += decoded;
-        state.report.decoded_bytes += decoded;
-        if expansion.observe(obj, decoded) || over {
-            tracing::debug!(file = %obj.path, stored = obj.size, decoded, "decoded size above the estimate");
+        stored_read += obj.size;
+        if was_reused {
+            state.report.files_reused += 1;
+        } else {
+            state.report.decoded_bytes += decoded;
+            if expansion.observe(obj, decoded) || over {
+                tracing::debug!(file = %obj.path, stored = obj.size, decoded, "decoded size above the estimate");
+            }
         }
         if over {
             // What the whole read would decode, from what its first files did.
@@ -208,17 +251,33 @@ pub(super) async fn read_window(
                 estimate: estimate.max(decoded_total),
             });
         }
-        if later > 0 && pending.is_none() {
+        if let Some(k) = keeper.as_deref_mut() {
+            k.keep(&obj.path, pushed.kept);
+        }
+        if pushed.later > 0 && pending.is_none() {
             pending = Some(obj.path.clone());
         }
     }
     Ok((window, pending))
 }
 
+/// One file pushed into the window.
+struct Pushed {
+    window: Window,
+    /// Rows past the window's RESOLVED.
+    later: usize,
+    /// The file's decoded bytes (up to where it stopped).
+    decoded: u64,
+    /// Whether it stopped early, over the limit.
+    over: bool,
+    /// Its rows past `keep_after`, when asked for.
+    kept: carry::Batches,
+}
+
 /// Pushes one file's batches (each with the decoded input bytes up to its end) into the
 /// window; stops early when the kept share of `before` plus this file's decoded bytes passes
-/// `limit`. Returns the window, rows past its RESOLVED, the file's decoded bytes and whether
-/// it stopped early.
+/// `limit`. With `keep_after`, keeps the rows past that RESOLVED for the next step.
+#[allow(clippy::too_many_arguments)]
 fn push_file(
     mut window: Window,
     batches: impl Iterator<Item = Result<(RecordBatch, u64), SyncError>>,
@@ -226,18 +285,38 @@ fn push_file(
     path: &str,
     before: u64,
     limit: Option<u64>,
+    keep_after: Option<Hlc>,
     push_err: impl Fn(ChangeError) -> SyncError,
-) -> Result<(Window, usize, u64, bool), SyncError> {
+) -> Result<Pushed, SyncError> {
     let mut later = 0;
     let mut input = 0;
+    let mut kept = carry::LaterOf::default();
     for b in batches {
         let (b, upto) = b?;
-        later += window.push(b, family, path).map_err(&push_err)?.later;
+        let pushed = window.push(b.clone(), family, path).map_err(&push_err)?;
+        if pushed.later > 0
+            && let Some(after) = keep_after
+        {
+            kept.add(&b, upto - input, after);
+        }
+        later += pushed.later;
         input = upto;
-        let kept = (before + upto) as f64 * window.kept_fraction();
-        if limit.is_some_and(|l| kept > l as f64) {
-            return Ok((window, later, upto, true));
+        let kept_share = (before + upto) as f64 * window.kept_fraction();
+        if limit.is_some_and(|l| kept_share > l as f64) {
+            return Ok(Pushed {
+                window,
+                later,
+                decoded: upto,
+                over: true,
+                kept: Vec::new(),
+            });
         }
     }
-    Ok((window, later, input, false))
+    Ok(Pushed {
+        window,
+        later,
+        decoded: input,
+        over: false,
+        kept: kept.finish(),
+    })
 }

@@ -31,6 +31,9 @@ pub struct TableReport {
     /// Commits of this table that went stale (another writer) and were planned again.
     pub replans: u64,
     pub files_read: u64,
+    /// Files not read again: their rows past the previous step's RESOLVED were kept in memory
+    /// ([`super::carry`]).
+    pub files_reused: u64,
     pub bytes_read: u64,
     /// Input after decompression (what `max_window_bytes` counts).
     pub decoded_bytes: u64,

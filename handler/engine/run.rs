@@ -176,6 +176,7 @@ pub(super) async fn sync_known(
             &progress,
             opts.max_window_bytes,
             opts.until,
+            opts.each_resolved,
             &|o| expansion.weigh(o),
         ) else {
             break;

@@ -35,6 +35,8 @@ pub(super) struct TableState {
     /// those slices' keys only (no copy-on-write rewrite went into them): no later slice
     /// reads them.
     pub(super) slice_files: std::collections::HashSet<String>,
+    /// Rows the last step read past its RESOLVED, for the next step ([`super::carry`]).
+    pub(super) carry: super::carry::Carry,
 }
 
 pub(super) async fn open_table(
@@ -102,6 +104,7 @@ pub(super) async fn open_table(
         conflicts: 0,
         skipped: Vec::new(),
         slice_files: Default::default(),
+        carry: Default::default(),
     })
 }
 
@@ -137,6 +140,7 @@ pub(super) async fn replan(
     // Another run may have finished the sliced interval, and started slicing the next: files
     // this run wrote for its slices may then hold keys that interval changes.
     state.slice_files.clear();
+    state.carry = Default::default();
     state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
     state.progress = p;
     state.table = Some(fresh);

@@ -65,6 +65,7 @@ impl App {
                 .config
                 .max_line_bytes
                 .unwrap_or(crdb_delta_core::format::decode::DEFAULT_MAX_LINE_BYTES),
+            each_resolved: settings.config.commit_each_resolved.unwrap_or(false),
             max_resolved_ahead: settings.config.max_resolved_ahead_seconds.map_or(
                 SyncOptions::default().max_resolved_ahead,
                 Duration::from_secs,

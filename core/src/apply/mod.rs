@@ -26,7 +26,7 @@ use arrow_schema::{ArrowError, DataType, Field, TimeUnit};
 pub use change_log::ChangeLog;
 pub use layout::Layout;
 pub use slice::slice_of;
-pub use window::{PushOutcome, Window};
+pub use window::{PushOutcome, Window, later_rows};
 
 /// How change events become Delta rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

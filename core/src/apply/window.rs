@@ -40,6 +40,28 @@ pub(crate) struct Frag {
     pub(crate) row: u32,
 }
 
+/// The rows of a change batch with `updated` past `after` (what a window up to `after` leaves
+/// for a later one); `None` when there are none. An error when the batch has no `updated`
+/// decimals (a window refuses such a batch too).
+pub fn later_rows(batch: &RecordBatch, after: Hlc) -> Result<Option<RecordBatch>, String> {
+    let updated = batch
+        .column_by_name(batch::UPDATED)
+        .and_then(|c| c.as_primitive_opt::<Decimal128Type>())
+        .ok_or("no `updated` decimal column")?;
+    let after = after.to_decimal_i128();
+    let mask: BooleanArray = updated
+        .iter()
+        .map(|u| Some(u.is_some_and(|u| u > after)))
+        .collect();
+    match mask.true_count() {
+        0 => Ok(None),
+        n if n == batch.num_rows() => Ok(Some(batch.clone())),
+        _ => filter_record_batch(batch, &mask)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+    }
+}
+
 /// Rows of one table with `lo < updated ≤ hi`, gathered file by file.
 pub struct Window {
     layout: Layout,
