@@ -418,6 +418,7 @@ impl SyncArgs {
                 .or(config.max_resolved_ahead_seconds)
                 .map_or(d.max_resolved_ahead, std::time::Duration::from_secs),
             max_line_bytes: config.max_line_bytes.unwrap_or(d.max_line_bytes),
+            carry_cache: None,
             config,
         })
     }

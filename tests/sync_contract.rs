@@ -9,9 +9,12 @@ use std::collections::BTreeMap;
 use crdb_delta::config::Config;
 use crdb_delta::delta::{self, Target};
 use crdb_delta::dev::simulate::simulate;
+use crdb_delta::engine::carry::CarryCache;
 use crdb_delta::engine::{SyncOptions, sync};
 use crdb_delta::storage::Location;
+use crdb_delta_core::Hlc;
 use crdb_delta_core::format::canonical;
+use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::sim::SimOptions;
 use serde_json::Value;
 
@@ -151,6 +154,61 @@ async fn commit_each_resolved_makes_one_version_per_resolved() {
     // Files that straddle a RESOLVED are read once: the next step takes their later rows from
     // memory.
     assert!(report.tables["usertable"].files_reused > 0, "{report:?}");
+    let actual = table_rows(&target, "usertable").await;
+    let columns: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(&actual[0])
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(actual, truth_rows(&truth_dir, "usertable", &columns));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_one_resolved_at_a_time_reuse_kept_rows_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed_dir = dir.path().join("feed");
+    let feed = Location::open(feed_dir.to_str().unwrap()).unwrap();
+    let truth_dir = dir.path().join("truth");
+    let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
+    let sim = SimOptions {
+        tables: vec!["usertable".into()],
+        initial_rows: 40,
+        windows: 4,
+        events_per_window: 60,
+        straddle: 0.25,
+        ..SimOptions::default()
+    };
+    simulate(sim, &feed, &truth).await.unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    let root = format!("{}/", feed_dir.to_string_lossy().replace('\\', "/"));
+    let mut resolveds: Vec<Hlc> = walk(&feed_dir)
+        .iter()
+        .filter_map(
+            |p| match ObjectName::parse_relative(p.strip_prefix(&root)?) {
+                Ok((ObjectName::Resolved(r), _)) => Some(r),
+                _ => None,
+            },
+        )
+        .collect();
+    resolveds.sort();
+    // As the handler runs: one run per RESOLVED, one cache for the process.
+    let cache = CarryCache::default();
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let mut reused = 0;
+    for r in &resolveds {
+        let opts = SyncOptions {
+            config: Config::from_manifest(&manifest),
+            until: Some(*r),
+            carry_cache: Some(cache.clone()),
+            ..SyncOptions::default()
+        };
+        let report = sync(&feed, &target, &opts).await.unwrap();
+        assert_eq!(report.tables["usertable"].resolved, Some(*r), "{report:?}");
+        reused += report.tables["usertable"].files_reused;
+    }
+    assert!(reused > 0, "no file was reused across runs");
     let actual = table_rows(&target, "usertable").await;
     let columns: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(&actual[0])
         .unwrap()

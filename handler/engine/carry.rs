@@ -8,6 +8,7 @@
 //! slices (every slice of an interval reads the rows up to its RESOLVED again).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use crdb_delta_core::Hlc;
@@ -39,6 +40,33 @@ impl Carry {
             self.files
         } else {
             HashMap::new()
+        }
+    }
+}
+
+/// Carries kept between runs of one process (the handler: one run per RESOLVED event), by
+/// table path. Each is checked against the table's progress as read at the next run, so
+/// another instance's commit in between only makes it unused.
+#[derive(Clone, Default)]
+pub struct CarryCache(Arc<Mutex<HashMap<String, Carry>>>);
+
+impl std::fmt::Debug for CarryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CarryCache")
+    }
+}
+
+impl CarryCache {
+    pub(super) fn take(&self, table: &str) -> Carry {
+        self.0
+            .lock()
+            .map(|mut m| m.remove(table).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn put(&self, table: &str, carry: Carry) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(table.to_owned(), carry);
         }
     }
 }

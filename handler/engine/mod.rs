@@ -26,7 +26,7 @@
 //! I/O around them.
 
 pub mod apply;
-mod carry;
+pub mod carry;
 pub mod dry_run;
 pub mod faults;
 pub mod listing;
@@ -150,6 +150,8 @@ pub struct SyncOptions {
     pub max_resolved_ahead: std::time::Duration,
     /// Longest NDJSON line accepted (decompressed).
     pub max_line_bytes: usize,
+    /// Rows past the last RESOLVED kept from one run to the next (the handler's runs).
+    pub carry_cache: Option<carry::CarryCache>,
 }
 
 impl Default for SyncOptions {
@@ -168,6 +170,7 @@ impl Default for SyncOptions {
                 plan::DEFAULT_MAX_RESOLVED_AHEAD_SECONDS,
             ),
             max_line_bytes: decode::DEFAULT_MAX_LINE_BYTES,
+            carry_cache: None,
         }
     }
 }

@@ -117,6 +117,11 @@ pub(super) async fn sync_known(
         }
     }
     states.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(cache) = &opts.carry_cache {
+        for s in &mut states {
+            s.carry = cache.take(&s.target.path);
+        }
+    }
     for s in &mut states {
         s.skipped = skipped.remove(&s.name).unwrap_or_default();
     }
@@ -265,7 +270,10 @@ pub(super) async fn sync_known(
             report.steps += 1;
         }
     }
-    for s in states {
+    for mut s in states {
+        if let Some(cache) = &opts.carry_cache {
+            cache.put(&s.target.path, std::mem::take(&mut s.carry));
+        }
         let mut t = s.report;
         t.target = s.target.path.clone();
         t.mode = Some(s.mode);
