@@ -102,6 +102,9 @@ pub struct Config {
     /// time travel to each), instead of one per `max_window_bytes` of backlog (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_each_resolved: Option<bool>,
+    /// Tables of one step applied side by side (default 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tables_at_once: Option<usize>,
     /// Target size of the Parquet files written.
     #[serde(
         default,
@@ -279,6 +282,7 @@ impl Config {
         out.max_window_bytes = out.max_window_bytes.or(schema.max_window_bytes);
         out.min_slice_bytes = out.min_slice_bytes.or(schema.min_slice_bytes);
         out.commit_each_resolved = out.commit_each_resolved.or(schema.commit_each_resolved);
+        out.tables_at_once = out.tables_at_once.or(schema.tables_at_once);
         out.target_file_size = out.target_file_size.or(schema.target_file_size);
         out.max_resolved_ahead_seconds = out
             .max_resolved_ahead_seconds

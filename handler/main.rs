@@ -337,6 +337,9 @@ struct SyncArgs {
     /// instead of one per --max-window-bytes of backlog.
     #[arg(long)]
     commit_each_resolved: bool,
+    /// Tables of one step applied side by side (default 2).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    tables_at_once: Option<usize>,
     /// Refuse RESOLVED objects further than this ahead of the clock (a stray RESOLVED would
     /// make every later event look applied). Default 600.
     #[arg(long)]
@@ -418,6 +421,10 @@ impl SyncArgs {
                 .or(config.max_resolved_ahead_seconds)
                 .map_or(d.max_resolved_ahead, std::time::Duration::from_secs),
             max_line_bytes: config.max_line_bytes.unwrap_or(d.max_line_bytes),
+            tables_at_once: self
+                .tables_at_once
+                .or(config.tables_at_once)
+                .unwrap_or(d.tables_at_once),
             carry_cache: None,
             config,
         })

@@ -152,6 +152,16 @@ impl Expansion {
         self.seen[k] = Some(now);
         now > before
     }
+
+    /// Takes in what another reader of the same run learnt (tables applied side by side).
+    pub fn merge(&mut self, other: &Expansion) {
+        for (mine, theirs) in self.seen.iter_mut().zip(other.seen) {
+            *mine = match (*mine, theirs) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
 }
 
 /// Default tolerance for a RESOLVED ahead of the wall clock. CockroachDB only resolves

@@ -59,6 +59,8 @@ pub const DEFAULT_MAX_WINDOW_BYTES: u64 = 256 << 20;
 
 /// Default Parquet file size written.
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
+/// Tables applied side by side by default: one per core of a Flex Consumption instance.
+pub const DEFAULT_TABLES_AT_ONCE: usize = 2;
 
 /// Where the per-RESOLVED table versions are recorded, below the target root.
 pub const RESOLVED_LOG: &str = "_crdb_delta_resolved";
@@ -150,6 +152,9 @@ pub struct SyncOptions {
     pub max_resolved_ahead: std::time::Duration,
     /// Longest NDJSON line accepted (decompressed).
     pub max_line_bytes: usize,
+    /// Tables of one step applied side by side (default 2: a Flex Consumption instance's
+    /// cores). Their windows share the step's `max_window_bytes`.
+    pub tables_at_once: usize,
     /// Rows past the last RESOLVED kept from one run to the next (the handler's runs).
     pub carry_cache: Option<carry::CarryCache>,
 }
@@ -170,6 +175,7 @@ impl Default for SyncOptions {
                 plan::DEFAULT_MAX_RESOLVED_AHEAD_SECONDS,
             ),
             max_line_bytes: decode::DEFAULT_MAX_LINE_BYTES,
+            tables_at_once: DEFAULT_TABLES_AT_ONCE,
             carry_cache: None,
         }
     }

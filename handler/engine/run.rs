@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use futures::StreamExt;
+
 use crdb_delta_core::Hlc;
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::{self, Object, Progress};
@@ -17,6 +19,7 @@ use super::table::{TableState, open_table};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
 
 use super::faults::fault;
+
 use crate::delta::Target;
 use crate::quarantine::{Action, Quarantine};
 use crate::storage::Location;
@@ -208,42 +211,70 @@ pub(super) async fn sync_known(
         tracing::info!(resolved = %step.resolved, bytes = step.bytes, tables = step.tables.len(), "step");
         let commits_before: u64 = states.iter().map(|s| s.report.commits).sum();
         let mut poisoned = Vec::new();
-        let mut budget = Budget {
-            expansion: &mut expansion,
-            shrinkable: step.shrinkable,
-        };
         let mut overflow = false;
-        for state in &mut states {
-            if let Some(files) = step.tables.get(&state.name) {
-                match apply_table(
-                    state,
-                    step.resolved,
-                    files,
-                    &objects,
-                    source,
-                    opts,
-                    &mut budget,
-                )
+        // Every table's apply runs to its end (none is dropped mid-commit), then the outcomes
+        // are looked at; the first other error ends the run after all have finished.
+        type Outcome = (String, Result<(), SyncError>, plan::Expansion);
+        let outcomes: Vec<Outcome> = {
+            let objects = &objects;
+            let start = &expansion;
+            // Boxed: the stream's future type then names no closure lifetimes (rustc cannot
+            // otherwise prove the server's future `Send`).
+            let applies: Vec<futures::future::BoxFuture<'_, Outcome>> = states
+                .iter_mut()
+                .filter_map(|state| {
+                    let files = step.tables.get(&state.name)?;
+                    let fut: futures::future::BoxFuture<'_, Outcome> = Box::pin(async move {
+                        let mut learnt = start.clone();
+                        let mut budget = Budget {
+                            expansion: &mut learnt,
+                            shrinkable: step.shrinkable,
+                        };
+                        let r = apply_table(
+                            state,
+                            step.resolved,
+                            files,
+                            objects,
+                            source,
+                            opts,
+                            &mut budget,
+                        )
+                        .await;
+                        (state.name.clone(), r, learnt)
+                    });
+                    Some(fut)
+                })
+                .collect();
+            futures::stream::iter(applies)
+                .buffer_unordered(opts.tables_at_once.max(1))
+                .collect()
                 .await
-                {
-                    Ok(()) => {}
-                    Err(SyncError::WindowOverflow { table, decoded, .. }) => {
-                        tracing::info!(%table, decoded, resolved = %step.resolved, "window larger than estimated; planning a smaller step");
-                        overflow = true;
-                        break;
-                    }
-                    Err(e) => match e.poison_file() {
-                        Some(file) => {
-                            let reason = e.to_string();
-                            tracing::error!(table = %state.name, %file, error = %reason, "table stopped: file quarantined (crdb-delta quarantine list|retry|skip)");
-                            let r = quarantine.hold(&state.name, file, &reason).await?;
-                            poisoned.push(state.name.clone());
-                            report.quarantined.push(r);
-                        }
-                        None => return Err(e),
-                    },
+        };
+        let mut failed = None;
+        for (table, outcome, learnt) in outcomes {
+            expansion.merge(&learnt);
+            match outcome {
+                Ok(()) => {}
+                Err(SyncError::WindowOverflow { table, decoded, .. }) => {
+                    tracing::info!(%table, decoded, resolved = %step.resolved, "window larger than estimated; planning a smaller step");
+                    overflow = true;
                 }
+                Err(e) => match e.poison_file() {
+                    Some(file) => {
+                        let reason = e.to_string();
+                        tracing::error!(%table, %file, error = %reason, "table stopped: file quarantined (crdb-delta quarantine list|retry|skip)");
+                        let r = quarantine.hold(&table, file, &reason).await?;
+                        poisoned.push(table);
+                        report.quarantined.push(r);
+                    }
+                    None => {
+                        failed.get_or_insert(e);
+                    }
+                },
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if overflow && poisoned.is_empty() {
             report.replans += 1;

@@ -66,6 +66,10 @@ impl App {
                 .max_line_bytes
                 .unwrap_or(crdb_delta_core::format::decode::DEFAULT_MAX_LINE_BYTES),
             each_resolved: settings.config.commit_each_resolved.unwrap_or(false),
+            tables_at_once: settings
+                .config
+                .tables_at_once
+                .unwrap_or(crate::engine::DEFAULT_TABLES_AT_ONCE),
             // One run per RESOLVED event: a file straddling RESOLVEDs is read once.
             carry_cache: Some(crate::engine::carry::CarryCache::default()),
             max_resolved_ahead: settings.config.max_resolved_ahead_seconds.map_or(
