@@ -118,57 +118,19 @@ async fn sync_equals_the_ground_truth_and_a_second_run_commits_nothing() {
     assert!(again.tables.values().all(|t| t.commits == 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commit_each_resolved_makes_one_version_per_resolved() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed = Location::open(dir.path().join("feed").to_str().unwrap()).unwrap();
-    let truth_dir = dir.path().join("truth");
-    let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
-    let sim = SimOptions {
-        tables: vec!["usertable".into()],
-        initial_rows: 40,
-        windows: 4,
-        events_per_window: 60,
-        straddle: 0.25,
-        ..SimOptions::default()
-    };
-    simulate(sim, &feed, &truth).await.unwrap();
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
-            .unwrap();
-    let resolveds = walk(&dir.path().join("feed"))
-        .iter()
-        .filter(|p| p.ends_with(".RESOLVED"))
-        .count() as u64;
-    assert!(resolveds >= 5, "{resolveds} RESOLVED objects");
-    let opts = SyncOptions {
-        config: Config::from_manifest(&manifest),
-        each_resolved: true,
-        ..SyncOptions::default()
-    };
-    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
-    let report = sync(&feed, &target, &opts).await.unwrap();
-    // The default window holds the whole feed: without the option this is one step.
-    assert_eq!(report.steps, resolveds, "{report:?}");
-    assert_eq!(report.tables["usertable"].commits, resolveds, "{report:?}");
-    // Files that straddle a RESOLVED are read once: the next step takes their later rows from
-    // memory.
-    assert!(report.tables["usertable"].files_reused > 0, "{report:?}");
-    let actual = table_rows(&target, "usertable").await;
-    let columns: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(&actual[0])
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    assert_eq!(actual, truth_rows(&truth_dir, "usertable", &columns));
+/// A one-table feed whose files straddle RESOLVEDs: the feed, the truth folder, the manifest's
+/// config and the RESOLVEDs in order.
+struct SmallFeed {
+    feed: Location,
+    truth_dir: std::path::PathBuf,
+    config: Config,
+    resolveds: Vec<Hlc>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_one_resolved_at_a_time_reuse_kept_rows_across_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let feed_dir = dir.path().join("feed");
+async fn small_straddling_feed(dir: &std::path::Path) -> SmallFeed {
+    let feed_dir = dir.join("feed");
     let feed = Location::open(feed_dir.to_str().unwrap()).unwrap();
-    let truth_dir = dir.path().join("truth");
+    let truth_dir = dir.join("truth");
     let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
     let sim = SimOptions {
         tables: vec!["usertable".into()],
@@ -193,29 +155,68 @@ async fn runs_one_resolved_at_a_time_reuse_kept_rows_across_runs() {
         )
         .collect();
     resolveds.sort();
-    // As the handler runs: one run per RESOLVED, one cache for the process.
-    let cache = CarryCache::default();
-    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
-    let mut reused = 0;
-    for r in &resolveds {
-        let opts = SyncOptions {
-            config: Config::from_manifest(&manifest),
-            until: Some(*r),
-            carry_cache: Some(cache.clone()),
-            ..SyncOptions::default()
-        };
-        let report = sync(&feed, &target, &opts).await.unwrap();
-        assert_eq!(report.tables["usertable"].resolved, Some(*r), "{report:?}");
-        reused += report.tables["usertable"].files_reused;
+    assert!(resolveds.len() >= 5, "{} RESOLVED objects", resolveds.len());
+    SmallFeed {
+        feed,
+        truth_dir,
+        config: Config::from_manifest(&manifest),
+        resolveds,
     }
-    assert!(reused > 0, "no file was reused across runs");
-    let actual = table_rows(&target, "usertable").await;
+}
+
+/// The table's rows equal the simulator's final state.
+async fn assert_equals_truth(target: &Location, truth_dir: &std::path::Path, table: &str) {
+    let actual = table_rows(target, table).await;
     let columns: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(&actual[0])
         .unwrap()
         .keys()
         .cloned()
         .collect();
-    assert_eq!(actual, truth_rows(&truth_dir, "usertable", &columns));
+    assert_eq!(actual, truth_rows(truth_dir, table, &columns), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_each_resolved_makes_one_version_per_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = small_straddling_feed(dir.path()).await;
+    let resolveds = f.resolveds.len() as u64;
+    let opts = SyncOptions {
+        config: f.config.clone(),
+        each_resolved: true,
+        ..SyncOptions::default()
+    };
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let report = sync(&f.feed, &target, &opts).await.unwrap();
+    // The default window holds the whole feed: without the option this is one step.
+    assert_eq!(report.steps, resolveds, "{report:?}");
+    assert_eq!(report.tables["usertable"].commits, resolveds, "{report:?}");
+    // Files that straddle a RESOLVED are read once: the next step takes their later rows from
+    // memory.
+    assert!(report.tables["usertable"].files_reused > 0, "{report:?}");
+    assert_equals_truth(&target, &f.truth_dir, "usertable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_one_resolved_at_a_time_reuse_kept_rows_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = small_straddling_feed(dir.path()).await;
+    // As the handler runs: one run per RESOLVED, one cache for the process.
+    let cache = CarryCache::default();
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let mut reused = 0;
+    for r in &f.resolveds {
+        let opts = SyncOptions {
+            config: f.config.clone(),
+            until: Some(*r),
+            carry_cache: Some(cache.clone()),
+            ..SyncOptions::default()
+        };
+        let report = sync(&f.feed, &target, &opts).await.unwrap();
+        assert_eq!(report.tables["usertable"].resolved, Some(*r), "{report:?}");
+        reused += report.tables["usertable"].files_reused;
+    }
+    assert!(reused > 0, "no file was reused across runs");
+    assert_equals_truth(&target, &f.truth_dir, "usertable").await;
 }
 
 /// Every file below `root`, as `/`-separated paths.

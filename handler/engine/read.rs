@@ -80,8 +80,16 @@ pub(super) struct Budget<'a> {
 /// A file decoded ahead, while the one before it is pushed: its batches, each with the decoded
 /// input bytes up to its end, and its stored bytes.
 struct Decoded {
-    batches: Vec<(RecordBatch, u64)>,
+    batches: carry::Batches,
     fetched: u64,
+}
+
+/// What one file's push reads from.
+enum Input {
+    /// Batches in memory: kept from the step before, or decoded ahead.
+    Batches(carry::Batches),
+    /// The file's bytes, decoded batch by batch while pushed.
+    Stream(bytes::Bytes, DecodeOptions),
 }
 
 /// Fetches and decodes one file on a blocking thread, all of it.
@@ -168,52 +176,25 @@ pub(super) async fn read_window(
         let family = d.topic.family().map(str::to_owned);
         let reused = carried.remove(&path);
         let was_reused = reused.is_some();
-        let pushed = match (reused, current) {
-            (Some(batches), _) => {
-                tokio::task::spawn_blocking(move || {
-                    push_file(
-                        window,
-                        batches.into_iter().map(Ok),
-                        family.as_deref(),
-                        &path,
-                        before,
-                        limit,
-                        keep_after,
-                        push_err,
-                    )
-                })
-                .await??
-            }
+        // Batches already in memory (kept, or decoded ahead), or the file's bytes to stream.
+        let input = match (reused, current) {
+            (Some(batches), _) => Input::Batches(batches),
             (None, Some(handle)) => {
                 let got = handle.await??;
                 state.report.bytes_read += got.fetched;
                 state.report.files_read += 1;
-                tokio::task::spawn_blocking(move || {
-                    let batches = got.batches.into_iter().map(Ok);
-                    push_file(
-                        window,
-                        batches,
-                        family.as_deref(),
-                        &path,
-                        before,
-                        limit,
-                        keep_after,
-                        push_err,
-                    )
-                })
-                .await??
+                Input::Batches(got.batches)
             }
             (None, None) => {
                 let bytes = fetch(source, obj).await?;
                 state.report.bytes_read += bytes.len() as u64;
                 state.report.files_read += 1;
-                let dopts = dopts.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
-                    let batches = std::iter::from_fn(|| {
-                        let b = s.next()?;
-                        Some(b.map(|b| (b, s.input_bytes())).map_err(SyncError::from))
-                    });
+                Input::Stream(bytes, dopts.clone())
+            }
+        };
+        let pushed = tokio::task::spawn_blocking(move || {
+            let push =
+                |batches: &mut dyn Iterator<Item = Result<(RecordBatch, u64), SyncError>>| {
                     push_file(
                         window,
                         batches,
@@ -224,10 +205,19 @@ pub(super) async fn read_window(
                         keep_after,
                         push_err,
                     )
-                })
-                .await??
+                };
+            match input {
+                Input::Batches(batches) => push(&mut batches.into_iter().map(Ok)),
+                Input::Stream(bytes, dopts) => {
+                    let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
+                    push(&mut std::iter::from_fn(|| {
+                        let b = s.next()?;
+                        Some(b.map(|b| (b, s.input_bytes())).map_err(SyncError::from))
+                    }))
+                }
             }
-        };
+        })
+        .await??;
         window = pushed.window;
         let (decoded, over) = (pushed.decoded, pushed.over);
         decoded_total += decoded;
