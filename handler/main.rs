@@ -733,7 +733,7 @@ fn prepare_demo_dir(dir: &str) -> Result<()> {
 /// glibc gives each thread its own malloc arena; with tokio's workers and the blocking pool, a
 /// sync step's freed buffers stay spread over many arenas and peak RSS was ~1.6× what the step
 /// holds (docs/benchmarks.md). Two arenas keep it close, at the same speed. An explicit
-/// `MALLOC_ARENA_MAX` still wins. (musl, the deployed build, has one heap.)
+/// `MALLOC_ARENA_MAX` still wins. (The deployed musl build uses jemalloc: `ALLOCATOR`.)
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -743,6 +743,22 @@ fn limit_malloc_arenas() {
         }
     }
 }
+
+/// The deployed build is static musl, whose malloc hands large blocks back to the kernel as
+/// soon as they are freed and faults them in again on the next allocation: ~12× glibc's page
+/// faults, half its speed. jemalloc keeps freed pages for reuse and purges them from a background
+/// thread a second later, so it runs at the glibc build's speed without a higher peak RSS; two
+/// arenas, as `limit_malloc_arenas` gives glibc. mimalloc peaked higher (docs/benchmarks.md,
+/// `scripts/bench_build.py`).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its first allocation (`_RJEM_MALLOC_CONF` overrides them).
+#[cfg(target_env = "musl")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: &u8 =
+    &b"narenas:2,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
