@@ -744,12 +744,12 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// The deployed build is static musl, whose malloc hands large blocks back to the kernel as
-/// soon as they are freed and faults them in again on the next allocation: ~12× glibc's page
-/// faults, half its speed. jemalloc keeps freed pages for reuse and purges them from a background
-/// thread a second later, so it runs at the glibc build's speed without a higher peak RSS; two
-/// arenas, as `limit_malloc_arenas` gives glibc. mimalloc peaked higher (docs/benchmarks.md,
-/// `scripts/bench_build.py`).
+/// The deployed build is static musl, whose malloc hands freed memory back to the kernel at once
+/// and faults it in again on the next allocation: 7–12× glibc's page faults, half its speed.
+/// jemalloc keeps freed pages for reuse and purges them from a background thread after 100 ms
+/// (at 1 s peak RSS was 1.3× glibc's, at 0 it was as slow as musl); two arenas, as
+/// `limit_malloc_arenas` gives glibc. mimalloc peaked at 1.9–3.7× glibc's RSS
+/// (docs/benchmarks.md, `scripts/bench_build.py`).
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -758,7 +758,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(target_env = "musl")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_CONF: &u8 =
-    &b"narenas:2,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+    &b"narenas:2,background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0\0"[0];
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();

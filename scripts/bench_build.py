@@ -71,6 +71,7 @@ def build(work: Path) -> dict[str, Path]:
     out = work / "package"
     subprocess.run([str(ROOT / "scripts" / "package"), "--out", str(out)], cwd=ROOT, check=True)
     binary = out / "crdb-delta"
+    binary.unlink(missing_ok=True)  # not through a link left there
     with zipfile.ZipFile(out / "crdb-delta-function.zip") as z:
         binary.write_bytes(z.read("crdb-delta"))
     binary.chmod(0o755)
