@@ -747,7 +747,7 @@ fn prepare_demo_dir(dir: &str) -> Result<()> {
 /// glibc gives each thread its own malloc arena; with tokio's workers and the blocking pool, a
 /// sync step's freed buffers stay spread over many arenas and peak RSS was ~1.6× what the step
 /// holds (docs/benchmarks.md). Two arenas keep it close, at the same speed. An explicit
-/// `MALLOC_ARENA_MAX` still wins. (musl, the deployed build, has one heap.)
+/// `MALLOC_ARENA_MAX` still wins. (The deployed musl build uses jemalloc: `ALLOCATOR`.)
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -757,6 +757,22 @@ fn limit_malloc_arenas() {
         }
     }
 }
+
+/// The deployed build is static musl, whose malloc hands freed memory back to the kernel at once
+/// and faults it in again on the next allocation: 7–12× glibc's page faults, half its speed.
+/// jemalloc keeps freed pages for reuse and purges them from a background thread after 100 ms
+/// (at 1 s peak RSS was 1.3× glibc's, at 0 it was as slow as musl); two arenas, as
+/// `limit_malloc_arenas` gives glibc. mimalloc peaked at 1.9–3.7× glibc's RSS
+/// (docs/benchmarks.md, `scripts/bench_build.py`).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its first allocation (`_RJEM_MALLOC_CONF` overrides them).
+#[cfg(target_env = "musl")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: &u8 =
+    &b"narenas:2,background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0\0"[0];
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
