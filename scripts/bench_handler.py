@@ -2,6 +2,7 @@
 """Function handler figures (docs/benchmarks.md, "Function handler"), release build, Azurite.
 
     .tools/venv/bin/python scripts/bench_handler.py        # after scripts/test installed the tools
+    CRDB_DELTA_BIN=/path/to/other/crdb-delta .tools/venv/bin/python scripts/bench_handler.py
 
 Cold start: `crdb-delta serve` spawn -> port accepting (5 runs). RESOLVED -> commit: a simulated
 usertable changefeed (10 x 100-byte fields) with 10,000 and 100,000 changes per 10 s RESOLVED
@@ -29,7 +30,8 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 from oracle import free_port  # noqa: E402
 from test_sync_oracle import create_container  # noqa: E402
 
-BIN = ROOT / "target" / "release" / "crdb-delta"
+# Another binary (e.g. an older commit's, to compare side by side): CRDB_DELTA_BIN, not built.
+BIN = Path(os.environ.get("CRDB_DELTA_BIN", ROOT / "target" / "release" / "crdb-delta"))
 
 
 def wait_port(port: int, proc, timeout=60.0) -> float:
@@ -47,7 +49,8 @@ def wait_port(port: int, proc, timeout=60.0) -> float:
 
 
 def main():
-    subprocess.run(["cargo", "build", "--release", "--bin", "crdb-delta"], cwd=ROOT, check=True)
+    if "CRDB_DELTA_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "--bin", "crdb-delta"], cwd=ROOT, check=True)
     azurite = None
     endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
     if not endpoint:
