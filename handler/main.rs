@@ -394,40 +394,31 @@ impl SyncArgs {
                 config.tables.entry(t).or_insert(c);
             }
         }
-        let d = SyncOptions::default();
-        Ok(SyncOptions {
-            mode: self.mode,
-            max_window_bytes: self
-                .max_window_bytes
-                .or(config.max_window_bytes)
-                .unwrap_or(d.max_window_bytes),
-            min_slice_bytes: self
-                .min_slice_bytes
-                .or(config.min_slice_bytes)
-                .unwrap_or(d.min_slice_bytes),
-            target_file_size: self
-                .target_file_size
-                .or(config.target_file_size)
-                .unwrap_or(d.target_file_size),
-            batch_size: self.batch_size,
-            until: self.until.as_deref().map(Hlc::parse_decimal).transpose()?,
-            each_resolved: self.commit_each_resolved
-                || config.commit_each_resolved.unwrap_or(false),
-            deadline: self
-                .max_seconds
-                .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s)),
-            max_resolved_ahead: self
-                .max_resolved_ahead_seconds
-                .or(config.max_resolved_ahead_seconds)
-                .map_or(d.max_resolved_ahead, std::time::Duration::from_secs),
-            max_line_bytes: config.max_line_bytes.unwrap_or(d.max_line_bytes),
-            tables_at_once: self
-                .tables_at_once
-                .or(config.tables_at_once)
-                .unwrap_or(d.tables_at_once),
-            carry_cache: None,
-            config,
-        })
+        // The config's options, then the flags over them.
+        let mut opts = SyncOptions::from_config(config);
+        opts.mode = self.mode;
+        if let Some(v) = self.max_window_bytes {
+            opts.max_window_bytes = v;
+        }
+        if let Some(v) = self.min_slice_bytes {
+            opts.min_slice_bytes = v;
+        }
+        if let Some(v) = self.target_file_size {
+            opts.target_file_size = v;
+        }
+        if let Some(s) = self.max_resolved_ahead_seconds {
+            opts.max_resolved_ahead = std::time::Duration::from_secs(s);
+        }
+        if let Some(n) = self.tables_at_once {
+            opts.tables_at_once = n;
+        }
+        opts.each_resolved |= self.commit_each_resolved;
+        opts.batch_size = self.batch_size;
+        opts.until = self.until.as_deref().map(Hlc::parse_decimal).transpose()?;
+        opts.deadline = self
+            .max_seconds
+            .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
+        Ok(opts)
     }
 }
 

@@ -159,6 +159,28 @@ pub struct SyncOptions {
     pub carry_cache: Option<carry::CarryCache>,
 }
 
+impl SyncOptions {
+    /// The options a config sets (its byte sizes, per-RESOLVED commits, tables at once, …),
+    /// defaults for the rest: one reading of the config for `sync` (whose flags then override)
+    /// and the handler.
+    pub fn from_config(config: Config) -> Self {
+        let d = Self::default();
+        Self {
+            max_window_bytes: config.max_window_bytes.unwrap_or(d.max_window_bytes),
+            min_slice_bytes: config.min_slice_bytes.unwrap_or(d.min_slice_bytes),
+            target_file_size: config.target_file_size.unwrap_or(d.target_file_size),
+            each_resolved: config.commit_each_resolved.unwrap_or(d.each_resolved),
+            max_resolved_ahead: config
+                .max_resolved_ahead_seconds
+                .map_or(d.max_resolved_ahead, std::time::Duration::from_secs),
+            max_line_bytes: config.max_line_bytes.unwrap_or(d.max_line_bytes),
+            tables_at_once: config.tables_at_once.unwrap_or(d.tables_at_once),
+            config,
+            ..d
+        }
+    }
+}
+
 impl Default for SyncOptions {
     fn default() -> Self {
         Self {
@@ -178,5 +200,35 @@ impl Default for SyncOptions {
             tables_at_once: DEFAULT_TABLES_AT_ONCE,
             carry_cache: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_config_defaults_fill_the_rest() {
+        let config: Config = serde_json::from_str(
+            r#"{"max_window_bytes": "64MiB", "min_slice_bytes": 4096, "target_file_size": "1MiB",
+                "commit_each_resolved": true, "max_resolved_ahead_seconds": 5,
+                "max_line_bytes": 1000, "tables_at_once": 3}"#,
+        )
+        .unwrap();
+        let o = SyncOptions::from_config(config.clone());
+        assert_eq!(
+            (o.max_window_bytes, o.min_slice_bytes, o.target_file_size),
+            (64 << 20, 4096, 1 << 20)
+        );
+        assert!(o.each_resolved);
+        assert_eq!(o.max_resolved_ahead, std::time::Duration::from_secs(5));
+        assert_eq!((o.max_line_bytes, o.tables_at_once), (1000, 3));
+        assert_eq!(o.config.tables_at_once, config.tables_at_once);
+        let d = SyncOptions::from_config(Config::default());
+        let want = SyncOptions::default();
+        assert_eq!(
+            (d.max_window_bytes, d.tables_at_once, d.each_resolved),
+            (want.max_window_bytes, want.tables_at_once, false)
+        );
     }
 }

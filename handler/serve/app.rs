@@ -48,35 +48,9 @@ impl App {
         let own = container_prefix(&target).into_iter().collect();
         let opts = SyncOptions {
             mode: settings.mode,
-            config: settings.config.clone(),
-            max_window_bytes: settings
-                .config
-                .max_window_bytes
-                .unwrap_or(crate::engine::DEFAULT_MAX_WINDOW_BYTES),
-            min_slice_bytes: settings
-                .config
-                .min_slice_bytes
-                .unwrap_or(crdb_delta_core::plan::Slices::MIN_BYTES),
-            target_file_size: settings
-                .config
-                .target_file_size
-                .unwrap_or(crate::engine::DEFAULT_TARGET_FILE_SIZE),
-            max_line_bytes: settings
-                .config
-                .max_line_bytes
-                .unwrap_or(crdb_delta_core::format::decode::DEFAULT_MAX_LINE_BYTES),
-            each_resolved: settings.config.commit_each_resolved.unwrap_or(false),
-            tables_at_once: settings
-                .config
-                .tables_at_once
-                .unwrap_or(crate::engine::DEFAULT_TABLES_AT_ONCE),
             // One run per RESOLVED event: a file straddling RESOLVEDs is read once.
             carry_cache: Some(crate::engine::carry::CarryCache::default()),
-            max_resolved_ahead: settings.config.max_resolved_ahead_seconds.map_or(
-                SyncOptions::default().max_resolved_ahead,
-                Duration::from_secs,
-            ),
-            ..SyncOptions::default()
+            ..SyncOptions::from_config(settings.config.clone())
         };
         tracing::info!(source = %source.display, target = %target.display, scope = ?scope, "handler configured");
         Ok(Self {
