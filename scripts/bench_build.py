@@ -38,32 +38,15 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, run  # noqa: E402
+from bench_common import QUIET_ENV as BASE_ENV, ROOT, measured, run  # noqa: E402
 from bench_peer import TABLE, arrow_type, check, feed_files, table_manifest, truth_table  # noqa: E402
 
 ONE_PER_RESOLVED = ["--max-window-bytes", "1", "--min-slice-bytes", str(1 << 40)]
-BASE_ENV = {"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"}
-
-
-def measured(args: list[str], env: dict) -> tuple[float, float, float, str]:
-    """(wall seconds, peak RSS in MiB and CPU seconds (user + system) from GNU time, stdout) of
-    one child run to completion."""
-    with tempfile.TemporaryDirectory() as d:
-        rss_file = Path(d) / "maxrss"
-        t0 = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *args],
-                           capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t0
-        if p.returncode != 0:
-            sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        kib, user, system = rss_file.read_text().split()[-3:]
-    return wall, int(kib) / 1024, float(user) + float(system), p.stdout
 
 
 def build(work: Path) -> dict[str, Path]:
@@ -164,9 +147,9 @@ def main() -> None:
             for label, path in bins.items():
                 target = work / "target"
                 run("rm", "-rf", str(target))
-                wall, rss, cpu, out = measured([str(path), "sync", "--source", str(w["feed"]), "--target",
-                                           str(target), "--manifest", str(w["manifest"]), "--json",
-                                           *w["extra"]], envs[label])
+                wall, rss, cpu, out = measured(str(path), "sync", "--source", str(w["feed"]), "--target",
+                                               str(target), "--manifest", str(w["manifest"]), "--json",
+                                               *w["extra"], env=envs[label])
                 rep = json.loads(out)
                 t = rep["tables"][TABLE]
                 if not rep["complete"] or t["resolved"] != w["resolved"][-1]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,8 +19,32 @@ def hlc_of(name: str) -> str:
     return f"{int(t.timestamp()) * 1_000_000_000 + int(name[14:23])}.{name[23:33]}"
 
 
+QUIET_ENV = {"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"}
+
+
+def measured(*args: str, env: dict | None = None) -> tuple[float, float, float, str]:
+    """Runs a child to completion: (wall seconds, peak RSS in MiB, CPU seconds (user + system),
+    its stdout); exits with its output when it fails. `env`: default QUIET_ENV.
+
+    The peak RSS comes from GNU time (`/usr/bin/time`, Debian package `time`), which forks a
+    fresh small process for the command: this script's own `wait4` figure would not do, because
+    a child spawned straight from a large Python process starts with that process's high-water
+    mark (vfork + exec keeps the old mm's peak in the child's `maxrss`).
+    """
+    with tempfile.TemporaryDirectory() as d:
+        rss_file = Path(d) / "maxrss"
+        t0 = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *args],
+                           capture_output=True, text=True, env=QUIET_ENV if env is None else env)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            sys.exit(f"{' '.join(args[:3])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+        kib, user, system = rss_file.read_text().split()[-3:]
+    return wall, int(kib) / 1024, float(user) + float(system), p.stdout
+
+
 def run(*args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, capture_output=True, text=True, env={"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"})
+    p = subprocess.run(args, capture_output=True, text=True, env=QUIET_ENV)
     if p.returncode != 0:
         sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p

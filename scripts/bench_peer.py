@@ -54,49 +54,16 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BIN = os.environ.get("CRDB_DELTA_BIN", "/work/main/target/release/crdb-delta")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import QUIET_ENV as ENV, ROOT, hlc_of, measured, run  # noqa: E402
+
+DEFAULT_BIN = os.environ.get("CRDB_DELTA_BIN", str(ROOT / "target" / "release" / "crdb-delta"))
 TABLE = "usertable"
-ENV = {"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"}
 STARTED = time.perf_counter()  # a peer child's start-up (imports) is counted from here
-
-
-def hlc_of(name: str) -> str:
-    t = dt.datetime.strptime(name[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
-    return f"{int(t.timestamp()) * 1_000_000_000 + int(name[14:23])}.{name[23:33]}"
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, capture_output=True, text=True, env=ENV)
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-def measured(*args: str) -> tuple[float, float, float, str]:
-    """Runs a child to completion: (wall seconds, peak RSS in GiB, CPU seconds, its stdout).
-
-    The peak RSS comes from GNU time (`/usr/bin/time`, Debian package `time`), which forks a
-    fresh small process for the command: this script's own `wait4` figure would not do, because
-    a child spawned straight from a large Python process starts with that process's high-water
-    mark (vfork + exec keeps the old mm's peak in the child's `maxrss`).
-    """
-    with tempfile.TemporaryDirectory() as d:
-        rss_file = Path(d) / "maxrss"
-        t0 = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *args],
-                           capture_output=True, text=True, env=ENV)
-        wall = time.perf_counter() - t0
-        if p.returncode != 0:
-            sys.exit(f"{' '.join(args[:3])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        kib, user, system = rss_file.read_text().split()[-3:]
-    return wall, int(kib) / (1 << 20), float(user) + float(system), p.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +382,8 @@ def main() -> None:
                 "--manifest", str(f["manifest"]), "--json"]
         if per_resolved:
             args += ["--commit-each-resolved"]
-        wall, rss, cpu, out = measured(*args)
+        wall, rss, cpu, out = measured(*args, env=ENV)
+        rss /= 1024  # GiB
         rep = json.loads(out)
         t = rep["tables"][TABLE]
         if not rep["complete"] or t["resolved"] != f["resolved"][-1]:
@@ -434,7 +402,8 @@ def main() -> None:
                 "--format", fmt, "--final", str(f["final"])]
         if per_resolved:
             args.append("--per-resolved")
-        wall, rss, cpu, out = measured(*args)
+        wall, rss, cpu, out = measured(*args, env=ENV)
+        rss /= 1024  # GiB
         rep = json.loads(out.strip().splitlines()[-1])
         if per_resolved and rep["commits"] != len(f["resolved"]):
             sys.exit(f"the peer made {rep['commits']} commits for {len(f['resolved'])} RESOLVEDs")

@@ -21,30 +21,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, run  # noqa: E402
+from bench_common import ROOT, measured, run  # noqa: E402
 
 TABLES = ["usertable", "orders"]
-
-
-def measured(*args: str) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of one child run under GNU time."""
-    with tempfile.TemporaryDirectory() as d:
-        rss = Path(d) / "rss"
-        t0 = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss), *args],
-                           capture_output=True, text=True,
-                           env={"CRDB_DELTA_LOG": "error", "PATH": "/usr/bin:/bin"})
-        wall = time.perf_counter() - t0
-        if p.returncode != 0:
-            sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        return wall, int(rss.read_text().split()[-1]) / 1024, p.stdout
 
 
 def table_rows(path: Path, key: str):
@@ -105,7 +88,7 @@ def main() -> None:
                         "--manifest", str(manifest), "--json", "--tables-at-once", str(n)]
                 if per_resolved:
                     args.append("--commit-each-resolved")
-                wall, rss, out = measured(*args)
+                wall, rss, _, out = measured(*args)
                 rep = json.loads(out)
                 if not rep["complete"]:
                     sys.exit(f"{mode}, {n} at once: incomplete run")
