@@ -97,7 +97,7 @@ impl Keeper {
         self.after
     }
 
-    /// Keeps one file's later rows (from [`later_of`]), all or none.
+    /// Keeps one file's later rows (from [`LaterOf`]), all or none.
     pub(super) fn keep(&mut self, path: &str, batches: Batches) {
         let bytes = batches.last().map_or(0, |b| b.1);
         if batches.is_empty() || self.bytes + bytes > self.limit {

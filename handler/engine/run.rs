@@ -19,7 +19,6 @@ use super::table::{TableState, open_table};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
 
 use super::faults::fault;
-
 use crate::delta::Target;
 use crate::quarantine::{Action, Quarantine};
 use crate::storage::Location;

@@ -168,7 +168,7 @@ impl ColumnBuilder {
                 offsets.push(last + items.len() as i32);
                 nulls.append_non_null();
             }
-            _ if first == b'"' => self.append_text(&unquote(raw)?)?,
+            _ if first == b'"' => self.append_text(&values::json_string(raw)?)?,
             _ => self.append_text(raw)?,
         }
         Ok(())
@@ -199,10 +199,6 @@ impl ColumnBuilder {
             }
         }
     }
-}
-
-fn unquote(raw: &str) -> Result<std::borrow::Cow<'_, str>, ValueError> {
-    values::json_string(raw)
 }
 
 /// Converts an array as the Parquet reader delivers it into the canonical `target` type.

@@ -21,11 +21,12 @@ impl<'a> Fields<'a> {
         Self(self.0.iter().filter(|(n, _)| n != name).cloned().collect())
     }
 
+    fn position(&self, name: &str) -> Option<usize> {
+        self.0.binary_search_by(|(n, _)| n.as_ref().cmp(name)).ok()
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.0
-            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
-            .ok()
-            .map(|i| self.0[i].1)
+        self.position(name).map(|i| self.0[i].1)
     }
 
     /// [`get`](Self::get), trying position `hint` first (where the name was in the previous
@@ -36,10 +37,7 @@ impl<'a> Fields<'a> {
         {
             return Some(*v);
         }
-        let i = self
-            .0
-            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
-            .ok()?;
+        let i = self.position(name)?;
         *hint = i;
         Some(self.0[i].1)
     }
