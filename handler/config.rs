@@ -150,6 +150,11 @@ pub struct TableConfig {
     /// Column → CockroachDB SQL type, for exact types where the files lose them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub columns: BTreeMap<String, String>,
+    /// Written by the engine into schema.json: the highest schema id (table descriptor version,
+    /// from the file names) the table's files showed when its schema was read from CockroachDB.
+    /// A file with a higher one makes a run read the schema again (`CRDB_DELTA_CRDB_URL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_id: Option<u64>,
 }
 
 impl Config {
@@ -273,6 +278,7 @@ impl Config {
             t.storage = t.storage.or(s.storage);
             t.primary_key = t.primary_key.take().or_else(|| s.primary_key.clone());
             t.primary_family = t.primary_family.take().or_else(|| s.primary_family.clone());
+            t.schema_id = t.schema_id.or(s.schema_id);
             for (c, ty) in &s.columns {
                 t.columns.entry(c.clone()).or_insert_with(|| ty.clone());
             }
@@ -294,13 +300,18 @@ impl Config {
     }
 }
 
+/// `<target>/_crdb_delta/schema.json` as messages may show it (no credentials).
+fn shown_schema_file(target: &Location) -> String {
+    format!(
+        "{}/{SCHEMA_OBJECT}",
+        crate::storage::redact(&target.display).trim_end_matches('/')
+    )
+}
+
 /// Reads `<target>/_crdb_delta/schema.json`; `None` when there is none. A document that does
 /// not parse or validate is an error (it would silently change keys and types otherwise).
 pub async fn load_target_schema(target: &Location) -> Result<Option<Config>, ConfigError> {
-    let file = format!(
-        "{}/{SCHEMA_OBJECT}",
-        crate::storage::redact(&target.display).trim_end_matches('/')
-    );
+    let file = shown_schema_file(target);
     let err = |message: String| ConfigError::File {
         file: file.clone(),
         message,
@@ -315,6 +326,26 @@ pub async fn load_target_schema(target: &Location) -> Result<Option<Config>, Con
     };
     let text = std::str::from_utf8(&bytes).map_err(|e| err(e.to_string()))?;
     Config::parse(text).map(Some).map_err(err)
+}
+
+/// Writes `<target>/_crdb_delta/schema.json` (one put: a reader sees the old or the new
+/// document); returns where, as it may be shown.
+pub async fn save_target_schema(target: &Location, doc: &Config) -> Result<String, ConfigError> {
+    let file = shown_schema_file(target);
+    let err = |message: String| ConfigError::File {
+        file: file.clone(),
+        message,
+    };
+    let text = serde_json::to_string_pretty(doc).map_err(|e| err(e.to_string()))? + "\n";
+    let path = target
+        .child(SCHEMA_OBJECT)
+        .map_err(|e| err(e.to_string()))?;
+    target
+        .store
+        .put(&path, text.into_bytes().into())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Ok(file)
 }
 
 /// The configuration a run uses: `explicit` over the target's schema.json when there is one,

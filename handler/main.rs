@@ -309,6 +309,11 @@ struct SyncArgs {
     /// JSON configuration (tables' targets, keys, SQL types, modes).
     #[arg(long)]
     config: Option<String>,
+    /// CockroachDB SQL URL: a table whose files show a new schema id (a schema change) gets
+    /// its keys and exact types read again before it is applied, into the target's
+    /// `_crdb_delta/schema.json`. Password: in the URL or PGPASSWORD.
+    #[arg(long, env = "CRDB_DELTA_CRDB_URL", hide_env_values = true)]
+    crdb_url: Option<String>,
     /// How update_delete and scd2 supersede rows: deletion_vectors (default for new tables) or
     /// copy_on_write (rewrites files; for readers without deletion-vector support). Overrides
     /// the config's `storage`.
@@ -379,7 +384,9 @@ struct MaintainArgs {
 }
 
 impl SyncArgs {
-    fn options(&self) -> Result<SyncOptions> {
+    /// The explicit config: the config file, `--storage` and `--manifest`; checked before
+    /// anything (the target folder included) is created.
+    fn explicit_config(&self) -> Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),
@@ -394,8 +401,25 @@ impl SyncArgs {
                 config.tables.entry(t).or_insert(c);
             }
         }
+        Ok(config)
+    }
+
+    /// The options of a run: the explicit config over the target's schema.json, then the
+    /// flags over both.
+    async fn options(&self, explicit: Config, target: Option<&Location>) -> Result<SyncOptions> {
+        let config = match target {
+            // `crdb-delta schema --target` output, under the explicit config (config.rs).
+            Some(t) => crdb_delta::config::with_target_schema(&explicit, t).await?,
+            None => explicit.clone(),
+        };
         // The config's options, then the flags over them.
         let mut opts = SyncOptions::from_config(config);
+        opts.explicit = Some(explicit);
+        opts.crdb_url = self
+            .crdb_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(crdb_delta::crdb::CrdbUrl::new);
         opts.mode = self.mode;
         if let Some(v) = self.max_window_bytes {
             opts.max_window_bytes = v;
@@ -849,7 +873,7 @@ async fn run() -> Result<()> {
             }
         }
         Command::Sync(args) => {
-            let mut opts = args.options()?;
+            let explicit = args.explicit_config()?;
             // `/Volumes/<catalog>/<schema>/<volume>/…`: the volume's storage location.
             let source = crdb_delta::unity_catalog::resolve_source(&args.source).await?;
             let source = Location::open_existing(&source)?;
@@ -862,17 +886,14 @@ async fn run() -> Result<()> {
                     true => Some(Location::open(&args.target)?),
                     false => None,
                 };
-                if let Some(t) = &target {
-                    opts.config = crdb_delta::config::with_target_schema(&opts.config, t).await?;
-                }
+                let opts = args.options(explicit, target.as_ref()).await?;
                 let steps =
                     crdb_delta::engine::dry_run::plan_run(&source, target.as_ref(), &opts).await?;
                 print_plan(&steps, args.json)?;
                 return Ok(());
             }
             let target = Location::open(&args.target)?;
-            // `crdb-delta schema --target` output, under the explicit config (config.rs).
-            opts.config = crdb_delta::config::with_target_schema(&opts.config, &target).await?;
+            let opts = args.options(explicit, Some(&target)).await?;
             let report = sync(&source, &target, &opts)
                 .await
                 .with_context(|| format!("syncing {} into {}", args.source, args.target))?;
@@ -1162,7 +1183,7 @@ async fn run() -> Result<()> {
             let report = sync(
                 &Location::open(&out)?,
                 &Location::open(&target)?,
-                &args.options()?,
+                &args.options(args.explicit_config()?, None).await?,
             )
             .await?;
             print!("{}", report.render());

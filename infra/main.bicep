@@ -76,6 +76,8 @@ param eventTimeToLiveInMinutes int = 1440
 ])
 param mode string = 'update_delete'
 param configPath string = ''
+@description('Key Vault secret URI holding a CockroachDB SQL URL (schema re-reads after a schema change); empty for none.')
+param crdbUrlSecretUri string = ''
 param leaseSeconds int = 120
 
 @description('Seconds after which one apply starts no new RESOLVED step (under functionTimeout).')
@@ -142,6 +144,7 @@ module functionApp 'modules/functionApp.bicep' = {
     queueName: queueName
     mode: mode
     configPath: configPath
+    crdbUrlSecretUri: crdbUrlSecretUri
     leaseSeconds: leaseSeconds
     applyBudgetSeconds: applyBudgetSeconds
     maxBodyBytes: maxBodyBytes

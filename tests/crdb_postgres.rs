@@ -51,6 +51,7 @@ fn bin(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.args(args)
         .env("CRDB_DELTA_LOG", "warn")
         .env_remove("PGPASSWORD")
+        .env_remove("CRDB_DELTA_CRDB_URL")
         .env_remove("AZURE_ACCOUNT_KEY")
         .env_remove("AZURE_STORAGE_ACCOUNT_KEY")
         .env_remove("AZURE_CLIENT_SECRET");
@@ -240,6 +241,206 @@ async fn schema_reads_keys_and_types_and_sync_applies_them() {
         "{stderr}"
     );
     assert!(!t3.join("orders").exists());
+}
+
+/// Field name → Delta type in the table's newest metaData action (the schema after changes).
+fn latest_delta_types(table: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let mut logs: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    logs.sort();
+    let meta = logs
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .rfind(|a| a.get("metaData").is_some())
+        .expect("a metaData action");
+    let schema: serde_json::Value =
+        serde_json::from_str(meta["metaData"]["schemaString"].as_str().unwrap()).unwrap();
+    schema["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap().to_owned(), f["type"].clone()))
+        .collect()
+}
+
+/// A JSON data file of `table` at schema id `schema_id` (hex in the name) and a RESOLVED after
+/// it, `second` seconds into the feed.
+fn write_window(dir: &Path, table: &str, schema_id: u32, second: u64, rows: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let wall = 1_714_751_616_000_000_000u64 + second * 1_000_000_000;
+    let stamp = chrono::DateTime::from_timestamp_nanos(wall as i64)
+        .format("%Y%m%d%H%M%S%9f")
+        .to_string();
+    let mut body = String::new();
+    for r in rows {
+        body.push_str(&r.replace("{updated}", &format!("{wall}.0000000000")));
+        body.push('\n');
+    }
+    std::fs::write(
+        dir.join(format!(
+            "{stamp}0000000000-08779498965a12e2-1-2-{second:08x}-{table}-{schema_id:x}.ndjson"
+        )),
+        body,
+    )
+    .unwrap();
+    let resolved = wall + 500_000_000;
+    let rstamp = chrono::DateTime::from_timestamp_nanos(resolved as i64)
+        .format("%Y%m%d%H%M%S%9f")
+        .to_string();
+    std::fs::write(
+        dir.join(format!("{rstamp}0000000000.RESOLVED")),
+        format!(r#"{{"resolved":"{resolved}.0000000000"}}"#),
+    )
+    .unwrap();
+}
+
+fn log_versions(table: &Path) -> usize {
+    std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_schema_change_in_the_file_names_reads_the_table_again() {
+    let Some(base) = postgres() else { return };
+    let url = fresh_db(
+        &base,
+        "cd_refresh",
+        "CREATE TABLE items (id int8 PRIMARY KEY, note text);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    let target = dir.path().join("delta");
+    let with_url = |u: &str| {
+        let mut args = vec![
+            "sync",
+            "--source",
+            feed.to_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+            "--json",
+        ];
+        args.push("--crdb-url");
+        args.push(u);
+        bin(&args, &[])
+    };
+    // Schema id 1; `ghost` is in the feed but not in the database (dropped since).
+    write_window(
+        &feed,
+        "items",
+        1,
+        0,
+        &[r#"{"after": {"id": 1, "note": "a"}, "key": [1], "updated": "{updated}"}"#],
+    );
+    write_window(
+        &feed,
+        "ghost",
+        4,
+        1,
+        &[r#"{"after": {"k": 1}, "key": [1], "updated": "{updated}"}"#],
+    );
+    let o = with_url(&url);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["schema_read"],
+        serde_json::json!({"items": 1, "ghost": 4}),
+        "{report}"
+    );
+    let doc = read_json(&target.join("_crdb_delta/schema.json"));
+    assert_eq!(
+        doc,
+        serde_json::json!({"tables": {
+            "items": {"primary_key": ["id"], "columns": {"id": "INT8", "note": "STRING"}, "schema_id": 1},
+            "ghost": {"schema_id": 4}
+        }})
+    );
+    assert!(
+        stderr.contains("ghost") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    assert_eq!(report["tables"]["ghost"]["events"], 1, "{report}");
+
+    // No new schema id: nothing is read, so an unreachable server does not matter.
+    let unreachable = "postgresql://crdb_delta:hunter2secret@127.0.0.1:1/postgres?sslmode=disable";
+    let o = with_url(unreachable);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let report: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(report["schema_read"], serde_json::json!({}), "{report}");
+
+    // ADD COLUMN: CockroachDB bumps the descriptor version, new files carry the new id.
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute("ALTER TABLE items ADD COLUMN amount numeric(12,2)")
+        .await
+        .unwrap();
+    write_window(
+        &feed,
+        "items",
+        3,
+        2,
+        &[
+            r#"{"after": {"amount": 12.50, "id": 2, "note": "b"}, "key": [2], "updated": "{updated}"}"#,
+        ],
+    );
+    // The server cannot be reached: the run stops before applying, and says why without the
+    // password; the next run tries again.
+    let versions = log_versions(&target.join("items"));
+    let o = with_url(unreachable);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("127.0.0.1:1") && stderr.contains("schema"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2secret"), "{stderr}");
+    assert_eq!(log_versions(&target.join("items")), versions);
+    let o = with_url(&url);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["schema_read"],
+        serde_json::json!({"items": 3}),
+        "{report}"
+    );
+    let types = latest_delta_types(&target.join("items"));
+    assert_eq!(types["amount"], "decimal(12,2)", "{types:?}");
+    let doc = read_json(&target.join("_crdb_delta/schema.json"));
+    assert_eq!(doc["tables"]["items"]["schema_id"], 3, "{doc}");
+    assert_eq!(
+        doc["tables"]["items"]["columns"]["amount"], "DECIMAL(12,2)",
+        "{doc}"
+    );
+
+    // Without a connection the same files give the column a type guessed from its values.
+    let bare = dir.path().join("bare");
+    let o = sync(&feed, &bare, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_ne!(
+        latest_delta_types(&bare.join("items"))["amount"],
+        "decimal(12,2)"
+    );
 }
 
 #[tokio::test]

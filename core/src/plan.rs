@@ -258,6 +258,25 @@ pub fn late_files(objects: &[Object]) -> Vec<Late> {
 }
 
 /// The tables that appear in a listing.
+/// Tables whose files show a schema id (the table descriptor version, bumped by every schema
+/// change) above the one their schema was last read at (`read_at`, from the target's
+/// schema.json; a table missing there counts as never read), with the highest id seen: the
+/// tables whose keys and exact types should be read from CockroachDB again before applying.
+pub fn stale_schemas(
+    objects: &[Object],
+    read_at: &dyn Fn(&str) -> Option<u64>,
+) -> BTreeMap<String, u64> {
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    for o in objects {
+        if let ObjectName::Data(d) = &o.name {
+            let id = seen.entry(d.topic.table().to_owned()).or_default();
+            *id = (*id).max(d.schema_id);
+        }
+    }
+    seen.retain(|table, id| read_at(table).is_none_or(|r| r < *id));
+    seen
+}
+
 pub fn tables(objects: &[Object]) -> Vec<String> {
     let mut t: Vec<String> = objects
         .iter()
@@ -571,6 +590,37 @@ mod tests {
 
     fn h(s: i64) -> Hlc {
         Hlc::new(S + s * 1_000_000_000, 0)
+    }
+
+    #[test]
+    fn a_schema_is_stale_when_a_file_shows_a_newer_schema_id() {
+        let with_id = |table: &str, id: u64, schema_id: u64| {
+            let mut o = data(table, h(id as i64), id, 10);
+            if let ObjectName::Data(d) = &mut o.name {
+                d.schema_id = schema_id;
+            }
+            o
+        };
+        let objects = vec![
+            with_id("a", 1, 3),
+            with_id("a", 2, 0xb),
+            with_id("a+fam", 3, 0xa),
+            with_id("b", 4, 7),
+            with_id("c", 5, 2),
+            resolved(h(6)),
+        ];
+        let read_at = |t: &str| match t {
+            "a" => Some(0xa),
+            "b" => Some(7),
+            _ => None,
+        };
+        let stale = stale_schemas(&objects, &read_at);
+        // a: 0xb > 0xa (its family's files count as the table's); b: read at its id; c: never.
+        assert_eq!(
+            stale.into_iter().collect::<Vec<_>>(),
+            [("a".to_owned(), 0xb), ("c".to_owned(), 2)]
+        );
+        assert!(stale_schemas(&objects, &|_| Some(u64::MAX)).is_empty());
     }
 
     #[test]

@@ -78,6 +78,34 @@ pub fn redact_url(url: &str) -> String {
     u.to_string().replace(MARK, "<redacted>")
 }
 
+/// A `postgresql://` URL that may carry a password: shown (Debug, Display) only through
+/// [`redact_url`], so options holding it can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CrdbUrl(String);
+
+impl CrdbUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CrdbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for CrdbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
 /// Secret strings in play (password, account key, client secret): removed from any text that
 /// leaves this module, in case a server or a library echoes one.
 #[derive(Debug, Clone, Default)]

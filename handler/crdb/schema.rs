@@ -315,14 +315,21 @@ fn unquote(s: &str) -> String {
     }
 }
 
-/// Replaces `tables` in a schema document, keeping the tables it already had (so `schema
-/// --tables a` then `--tables b` accumulate).
+/// Puts what was read into a schema document: each table's key, family and columns are
+/// replaced; the tables it already had (so `schema --tables a` then `--tables b` accumulate)
+/// and a table's other fields (target, mode, storage) are kept.
 pub fn merge_tables(
     existing: crate::config::Config,
     read: BTreeMap<String, TableConfig>,
 ) -> crate::config::Config {
     let mut c = existing;
-    c.tables.extend(read);
+    for (name, r) in read {
+        let t = c.tables.entry(name).or_default();
+        t.primary_key = r.primary_key;
+        t.primary_family = r.primary_family;
+        t.columns = r.columns;
+        t.schema_id = r.schema_id;
+    }
     c
 }
 

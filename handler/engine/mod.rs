@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`run`] | the step loop: list, refuse, quarantine, plan a step, apply each table, record |
 //! | [`listing`] | listing the root (bounded by the last record), fetching objects |
+//! | [`schema_refresh`] | reading a table's schema again from CockroachDB after a schema change |
 //! | [`table`] | opening a table (mode, layout, progress) and re-planning after a conflict |
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
@@ -34,6 +35,7 @@ pub mod read;
 pub mod report;
 pub mod resolved_log;
 pub mod run;
+pub mod schema_refresh;
 pub mod table;
 
 pub use listing::list;
@@ -90,6 +92,10 @@ pub enum SyncError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
+    /// Reading a changed table's schema from CockroachDB failed: nothing was applied (new
+    /// columns would otherwise get types guessed from their values, for good).
+    #[error("reading the schema of changed tables from CockroachDB: {0}")]
+    Crdb(#[from] crate::crdb::CrdbError),
     /// Control flow, never shown: a window decoded to more than the budget; the step is
     /// planned again with the corrected estimate, or its interval applied in (more) key
     /// slices (nothing of it was committed). `estimate`: what the whole read would decode.
@@ -157,6 +163,13 @@ pub struct SyncOptions {
     pub tables_at_once: usize,
     /// Rows past the last RESOLVED kept from one run to the next (the handler's runs).
     pub carry_cache: Option<carry::CarryCache>,
+    /// The config as given, before the target's schema.json went under it: a schema read again
+    /// during the run ([`schema_refresh`]) is put under it the same way. `None`: `config` is
+    /// taken as the explicit one.
+    pub explicit: Option<Config>,
+    /// CockroachDB, to read a table's schema again when its files show a new schema id
+    /// (`CRDB_DELTA_CRDB_URL`, `sync --crdb-url`); `None`: new columns' types are inferred.
+    pub crdb_url: Option<crate::crdb::CrdbUrl>,
 }
 
 impl SyncOptions {
@@ -179,6 +192,21 @@ impl SyncOptions {
             ..d
         }
     }
+
+    /// These options with the config's options read again from `config` (e.g. one that now
+    /// includes the target's schema.json); what no config sets (mode, kept rows) stays.
+    pub fn reconfigured(&self, config: Config) -> Self {
+        Self {
+            mode: self.mode,
+            batch_size: self.batch_size,
+            until: self.until,
+            deadline: self.deadline,
+            carry_cache: self.carry_cache.clone(),
+            explicit: self.explicit.clone(),
+            crdb_url: self.crdb_url.clone(),
+            ..Self::from_config(config)
+        }
+    }
 }
 
 impl Default for SyncOptions {
@@ -199,6 +227,8 @@ impl Default for SyncOptions {
             max_line_bytes: decode::DEFAULT_MAX_LINE_BYTES,
             tables_at_once: DEFAULT_TABLES_AT_ONCE,
             carry_cache: None,
+            explicit: None,
+            crdb_url: None,
         }
     }
 }

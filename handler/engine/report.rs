@@ -70,6 +70,9 @@ pub struct SyncReport {
     pub late: Vec<String>,
     /// Quarantined files (`crdb-delta quarantine list`): `hold` ones stop their table.
     pub quarantined: Vec<crate::quarantine::Record>,
+    /// Tables whose schema this run read again from CockroachDB (their files showed a new
+    /// schema id), with that id ([`super::schema_refresh`]).
+    pub schema_read: BTreeMap<String, u64>,
     pub events: u64,
     pub bytes_read: u64,
     pub seconds: f64,
@@ -125,6 +128,12 @@ impl SyncReport {
                 s,
                 "  nothing applied: no RESOLVED file in the source yet (the changefeed writes them \
                  with `WITH resolved`); data files wait for the first one"
+            );
+        }
+        for (t, id) in &self.schema_read {
+            let _ = writeln!(
+                s,
+                "  {t}: keys and types read from CockroachDB (files at schema id {id:x})"
             );
         }
         for i in &self.ignored {

@@ -15,6 +15,7 @@ use super::listing::{bounded_listing, check_resolved_content, list};
 use super::read::Budget;
 use super::report::{SyncReport, peak_rss_mib};
 use super::resolved_log::record_resolved;
+use super::schema_refresh;
 use super::table::{TableState, open_table};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
 
@@ -65,6 +66,19 @@ pub(super) async fn sync_known(
     opts: &SyncOptions,
     started: Instant,
 ) -> Result<SyncReport, SyncError> {
+    // A table whose files show a schema change: its keys and types read again first.
+    let refreshed = schema_refresh::refresh(target, &objects, opts).await?;
+    let refreshed_opts;
+    let (opts, schema_read) = match refreshed {
+        Some(r) => {
+            refreshed_opts = SyncOptions {
+                config: r.config,
+                ..opts.clone()
+            };
+            (&refreshed_opts, r.tables)
+        }
+        None => (opts, BTreeMap::new()),
+    };
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
     let tolerance = i64::try_from(opts.max_resolved_ahead.as_nanos()).unwrap_or(i64::MAX);
     let refused: Vec<String> = plan::refuse_future_resolved(&mut objects, now, tolerance)
@@ -162,6 +176,7 @@ pub(super) async fn sync_known(
         refused,
         late,
         quarantined: records,
+        schema_read,
         ..SyncReport::default()
     };
     // A crash after the tables' commits but before the record: record it now (the tables have

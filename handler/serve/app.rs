@@ -50,6 +50,8 @@ impl App {
             mode: settings.mode,
             // One run per RESOLVED event: a file straddling RESOLVEDs is read once.
             carry_cache: Some(crate::engine::carry::CarryCache::default()),
+            explicit: Some(settings.config.clone()),
+            crdb_url: settings.crdb_url.clone(),
             ..SyncOptions::from_config(settings.config.clone())
         };
         tracing::info!(source = %source.display, target = %target.display, scope = ?scope, "handler configured");
@@ -361,10 +363,11 @@ impl App {
             let buffered = self.store.buffered().await?;
             // The newest RESOLVED announced so far: one run covers every waiting RESOLVED.
             let until = until.map(|u| newest_resolved(&buffered).map_or(u, |n| n.max(u)));
-            let mut opts = self.opts.clone();
             // `crdb-delta schema --target` output, read at every run: no redeploy (config.rs).
-            opts.config =
+            // Its options (window, slices, …) count as the app settings' own would.
+            let config =
                 crate::config::with_target_schema(&self.settings.config, &self.target).await?;
+            let mut opts = self.opts.reconfigured(config);
             opts.until = until;
             opts.deadline = Some(std::time::Instant::now() + self.settings.apply_budget);
             let mut tick = tokio::time::interval(renew_every(ttl));

@@ -86,6 +86,9 @@ pub struct Settings {
     /// `CRDB_DELTA_APPLY_BUDGET_SECONDS`: no new RESOLVED step starts after this long, so an
     /// invocation ends (and releases the lease) before the host's `functionTimeout` kills it.
     pub apply_budget: Duration,
+    /// `CRDB_DELTA_CRDB_URL`: CockroachDB, to read a changed table's schema again (in Azure a
+    /// Key Vault reference, so the password is in no setting's plain value).
+    pub crdb_url: Option<crate::crdb::CrdbUrl>,
 }
 
 /// A relative `CRDB_DELTA_CONFIG` is looked up next to the executable when it is not found
@@ -152,6 +155,9 @@ impl Settings {
             max_body_bytes: number("CRDB_DELTA_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64)?
                 as usize,
             lease: Duration::from_secs(number("CRDB_DELTA_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)?),
+            crdb_url: var("CRDB_DELTA_CRDB_URL")
+                .filter(|v| !v.trim().is_empty())
+                .map(|u| crate::crdb::CrdbUrl::new(u.trim())),
             apply_budget: Duration::from_secs(number(
                 "CRDB_DELTA_APPLY_BUDGET_SECONDS",
                 DEFAULT_APPLY_BUDGET_SECONDS,
@@ -389,5 +395,38 @@ mod tests {
         let bad: HashMap<&str, &str> =
             [("CRDB_DELTA_SOURCE", "x"), ("CRDB_DELTA_MODE", "nope")].into();
         assert!(Settings::from_vars(|k| bad.get(k).map(|v| v.to_string())).is_err());
+    }
+
+    #[test]
+    fn the_crdb_url_setting_is_read_and_never_shown_with_its_password() {
+        let vars: HashMap<&str, &str> = [
+            ("CRDB_DELTA_SOURCE", "azure://feed/cf"),
+            ("CRDB_DELTA_TARGET", "/tmp/x"),
+            (
+                "CRDB_DELTA_CRDB_URL",
+                " postgresql://u:s3cretpw@db:26257/app?sslmode=verify-full ",
+            ),
+        ]
+        .into();
+        let s = Settings::from_vars(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+        let url = s.crdb_url.clone().expect("read");
+        assert_eq!(
+            url.expose(),
+            "postgresql://u:s3cretpw@db:26257/app?sslmode=verify-full"
+        );
+        let shown = format!("{s:?} {url}");
+        assert!(
+            !shown.contains("s3cretpw") && shown.contains("db:26257"),
+            "{shown}"
+        );
+        // An empty setting (what the template sets without a Key Vault secret) is none.
+        let empty: HashMap<&str, &str> = [
+            ("CRDB_DELTA_SOURCE", "azure://feed/cf"),
+            ("CRDB_DELTA_TARGET", "/tmp/x"),
+            ("CRDB_DELTA_CRDB_URL", ""),
+        ]
+        .into();
+        let s = Settings::from_vars(|k| empty.get(k).map(|v| v.to_string())).unwrap();
+        assert!(s.crdb_url.is_none());
     }
 }

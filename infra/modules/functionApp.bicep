@@ -48,6 +48,8 @@ param queueName string
 param mode string = 'update_delete'
 @description('Path of a config JSON deployed with the app (see README "sync --config"); empty for none.')
 param configPath string = ''
+@description('Key Vault secret URI (https://<vault>.vault.azure.net/secrets/<name>) holding a CockroachDB SQL URL: a table whose files show a schema change gets its keys and types read again. The app identity needs Key Vault Secrets User on it. Empty for none.')
+param crdbUrlSecretUri string = ''
 param leaseSeconds int = 120
 
 @description('No new RESOLVED step starts after this many seconds of one apply; keep it well under functionTimeout (host.json, 10 minutes).')
@@ -162,6 +164,8 @@ var appSettings = {
   CRDB_DELTA_TARGET: 'abfss://${targetContainer}@${dataStorageAccountName}.dfs.${storageSuffix}/${targetPrefix}'
   CRDB_DELTA_MODE: mode
   CRDB_DELTA_CONFIG: configPath
+  // A Key Vault reference: the URL's password is in no app setting's plain value.
+  CRDB_DELTA_CRDB_URL: empty(crdbUrlSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${crdbUrlSecretUri})'
   CRDB_DELTA_SOURCE_ACCOUNT: dataStorageAccountName
   CRDB_DELTA_LEASE_SECONDS: string(leaseSeconds)
   CRDB_DELTA_APPLY_BUDGET_SECONDS: string(applyBudgetSeconds)

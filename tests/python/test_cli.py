@@ -154,3 +154,32 @@ def test_byte_sizes_take_units(crdb_delta_bin, tmp_path):
     assert bad.returncode == 1 and "lots" in bad.stderr, bad.stderr
     cfg.write_text(json.dumps({"max_window_bytes": "64MiB", "max_line_bytes": 1048576}))
     assert cli(crdb_delta_bin, *base, "--config", str(cfg)).returncode == 0
+
+
+def test_options_in_the_targets_schema_json_reach_the_run(crdb_delta_bin, tmp_path):
+    """`_crdb_delta/schema.json` (what `crdb-delta schema --target` writes) may carry options
+    too; they count as the config file's would, and flags still go over them."""
+    src, truth, out = tmp_path / "feed", tmp_path / "truth", tmp_path / "delta"
+    p = cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(truth), "--windows", "4",
+            "--tables", "usertable")
+    assert p.returncode == 0, p.stderr
+    args = ["sync", "--source", str(src), "--target", str(out),
+            "--manifest", str(truth / "manifest.json"), "--json"]
+    (out / "_crdb_delta").mkdir(parents=True)
+    (out / "_crdb_delta" / "schema.json").write_text(json.dumps({"commit_each_resolved": True}))
+    plan = json.loads(cli(crdb_delta_bin, *args, "--dry-run").stdout)
+    # The default window holds this whole feed: one step, unless schema.json's option counts.
+    assert len(plan) >= 4, plan
+    report = json.loads(cli(crdb_delta_bin, *args).stdout)
+    assert report["steps"] == len(plan), report
+    assert report["tables"]["usertable"]["commits"] == len(plan), report
+    # The explicit config wins over schema.json, field by field.
+    fresh = tmp_path / "delta2"
+    (fresh / "_crdb_delta").mkdir(parents=True)
+    (fresh / "_crdb_delta" / "schema.json").write_text(json.dumps({"commit_each_resolved": True}))
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"commit_each_resolved": False}))
+    whole = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(fresh),
+                "--manifest", str(truth / "manifest.json"), "--json", "--dry-run",
+                "--config", str(cfg))
+    assert len(json.loads(whole.stdout)) == 1, whole.stdout
