@@ -371,33 +371,18 @@ pub async fn with_target_schema(
 impl Config {
     /// The configuration a simulator manifest implies: each table's key and exact SQL types,
     /// as a user would configure them for a real changefeed.
-    pub fn from_manifest(manifest: &serde_json::Value) -> Self {
+    pub fn from_manifest(manifest: &crdb_delta_core::sim::Manifest) -> Self {
         let mut c = Self::default();
-        for t in manifest["tables"].as_array().into_iter().flatten() {
-            let Some(name) = t["name"].as_str() else {
-                continue;
-            };
-            let key = t["primary_key"].as_array().map(|k| {
-                k.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            });
-            let columns = t["columns"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|col| {
-                    Some((
-                        col["name"].as_str()?.to_owned(),
-                        col["type"].as_str()?.to_owned(),
-                    ))
-                })
-                .collect();
+        for t in &manifest.tables {
             c.tables.insert(
-                name.to_owned(),
+                t.name.clone(),
                 TableConfig {
-                    primary_key: key,
-                    columns,
+                    primary_key: Some(t.primary_key.clone()),
+                    columns: t
+                        .columns
+                        .iter()
+                        .map(|col| (col.name.clone(), col.sql.to_string()))
+                        .collect(),
                     ..TableConfig::default()
                 },
             );

@@ -51,12 +51,7 @@ pub const APP_ID_SLICES: &str = "crdb-delta.slices";
 pub const APP_ID_SLICES_WALL: &str = "crdb-delta.slices.wall";
 pub const APP_ID_SLICES_LOGICAL: &str = "crdb-delta.slices.logical";
 pub use crate::records::COMMIT_KEY;
-use crate::records::CommitRecord;
-/// Table properties we keep (Databricks shows them with `SHOW TBLPROPERTIES`).
-pub const PROP_KEY: &str = "crdb_delta.primaryKey";
-pub const PROP_MODE: &str = "crdb_delta.mode";
-pub const PROP_FAMILIES: &str = "crdb_delta.columnFamilies";
-pub const PROP_SPLIT: &str = "crdb_delta.splitColumnFamilies";
+use crate::records::{CommitRecord, TableProperties};
 /// How far back the log is searched for our last commitInfo (other writers, e.g. OPTIMIZE, may
 /// have committed since).
 const HISTORY_LOOKBACK: usize = 200;
@@ -283,12 +278,13 @@ impl Target {
 
 /// Our table properties for a layout.
 pub fn properties(layout: &Layout, mode: Mode) -> Vec<(String, String)> {
-    vec![
-        (PROP_KEY.into(), json!(layout.key).to_string()),
-        (PROP_MODE.into(), mode.to_string()),
-        (PROP_SPLIT.into(), layout.split_families.to_string()),
-        (PROP_FAMILIES.into(), json!(layout.families).to_string()),
-    ]
+    TableProperties {
+        key: layout.key.clone(),
+        mode: Some(mode),
+        split_families: layout.split_families,
+        families: layout.families.clone(),
+    }
+    .to_configuration()
 }
 
 /// The layout recorded in an existing table: data columns from its schema, the rest from our
@@ -299,24 +295,18 @@ pub fn layout_of(table: &DeltaTable, name: &str) -> Result<(Layout, Option<Mode>
         message,
     };
     let snap = table.snapshot().map_err(|e| bad(e.to_string()))?;
-    let conf = snap.metadata().configuration().clone();
-    let key: Vec<String> = conf
-        .get(PROP_KEY)
-        .and_then(|k| serde_json::from_str(k).ok())
+    let props = TableProperties::from_configuration(snap.metadata().configuration())
+        .map_err(|e| bad(e.to_string()))?
         .ok_or_else(|| {
             bad(format!(
-                "not created by crdb-delta (no `{PROP_KEY}` property)"
+                "not created by crdb-delta (no `{}` property)",
+                TableProperties::KEY
             ))
         })?;
-    let split = conf.get(PROP_SPLIT).is_some_and(|s| s == "true");
-    let families = conf
-        .get(PROP_FAMILIES)
-        .and_then(|f| serde_json::from_str(f).ok())
-        .unwrap_or_default();
-    let mode = conf.get(PROP_MODE).and_then(|m| m.parse().ok());
+    let mode = props.mode;
     let schema = snap.snapshot().arrow_schema();
-    let mut layout = Layout::new(key, split);
-    layout.families = families;
+    let mut layout = Layout::new(props.key, props.split_families);
+    layout.families = props.families;
     for f in schema.fields() {
         if crdb_delta_core::format::batch::is_reserved(f.name()) {
             continue;

@@ -192,13 +192,11 @@ fn decode_file(
     ))
 }
 
-impl Summary {
-    /// A compact human-readable report.
-    pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
+/// A compact human-readable report.
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
             "changefeed {}: {} data files, {} RESOLVED (last {}), {:.1} MB, {} rows",
             self.source,
             self.data_files,
@@ -206,14 +204,14 @@ impl Summary {
             self.last_resolved.map_or("none".into(), |h| h.to_string()),
             self.bytes as f64 / 1e6,
             self.rows
-        );
+        )?;
         for (name, t) in &self.tables {
             let key = match &t.primary_key_error {
                 None => t.primary_key.join(", "),
                 Some(e) => format!("unknown: {e}"),
             };
-            let _ = writeln!(
-                s,
+            writeln!(
+                f,
                 "  {name}: families [{}], schema ids {:?}, {} files, {} rows ({} upserts, {} deletes), key ({key})",
                 t.families.iter().cloned().collect::<Vec<_>>().join(", "),
                 t.schema_ids,
@@ -221,28 +219,28 @@ impl Summary {
                 t.rows,
                 t.upserts,
                 t.deletes
-            );
-            let _ = writeln!(
-                s,
+            )?;
+            writeln!(
+                f,
                 "    updated {} .. {}",
                 t.min_updated.map_or("-".into(), |h| h.to_string()),
                 t.max_updated.map_or("-".into(), |h| h.to_string())
-            );
+            )?;
             let cols: Vec<String> = t
                 .columns
                 .iter()
                 .map(|(c, ty)| format!("{c} {ty}"))
                 .collect();
-            let _ = writeln!(s, "    columns: {}", cols.join(", "));
+            writeln!(f, "    columns: {}", cols.join(", "))?;
         }
         for i in &self.ignored {
-            let _ = writeln!(s, "  ignored: {i}");
+            writeln!(f, "  ignored: {i}")?;
         }
-        let _ = writeln!(
-            s,
+        writeln!(
+            f,
             "decoded in {:.2} s: {:.1} MB/s, {:.0} rows/s",
             self.seconds, self.mb_per_s, self.rows_per_s
-        );
-        s
+        )?;
+        Ok(())
     }
 }

@@ -396,7 +396,9 @@ impl SyncArgs {
         }
         if let Some(m) = &self.manifest {
             let text = std::fs::read_to_string(m).with_context(|| format!("reading {m}"))?;
-            let from = Config::from_manifest(&serde_json::from_str(&text)?);
+            let from = Config::from_manifest(
+                &serde_json::from_str(&text).with_context(|| format!("reading {m}"))?,
+            );
             for (t, c) in from.tables {
                 config.tables.entry(t).or_insert(c);
             }
@@ -900,7 +902,7 @@ async fn run() -> Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render());
+                print!("{report}");
             }
             let held: Vec<String> = report
                 .quarantined
@@ -1126,7 +1128,7 @@ async fn run() -> Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report.document)?);
             } else {
-                print!("{}", report.render());
+                print!("{report}");
             }
         }
         Command::Changefeed { action } => print!("{}", run_changefeed(action).await?),
@@ -1144,7 +1146,7 @@ async fn run() -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
-                print!("{}", summary.render());
+                print!("{summary}");
             }
         }
         Command::Demo { dir, format } => {
@@ -1186,7 +1188,7 @@ async fn run() -> Result<()> {
                 &args.options(args.explicit_config()?, None).await?,
             )
             .await?;
-            print!("{}", report.render());
+            print!("{report}");
             println!(
                 "Delta tables in {target}; per-RESOLVED versions in {target}/_crdb_delta_resolved"
             );

@@ -1,10 +1,97 @@
 //! Documents written in one place and read in another, typed so a renamed field fails a test,
-//! not a run: our commitInfo entry (progress and figures) in every Delta commit we make.
-//! (The handler's Status and `last_run` documents live in `serve::status`.)
+//! not a run: our commitInfo entry (progress and figures) in every Delta commit we make, and
+//! our table properties. (The handler's Status and `last_run` documents live in
+//! `serve::status` and `serve::store`; the simulator's manifest in `crdb_delta_core::sim`.)
 
+use std::collections::{BTreeMap, HashMap};
+
+use crdb_delta_core::apply::Mode;
 use crdb_delta_core::format::names::PartitionFormat;
 use crdb_delta_core::plan::Progress;
 use serde::{Deserialize, Serialize};
+
+/// Our table properties (Databricks shows them with `SHOW TBLPROPERTIES`): how the table is
+/// keyed and merged, read back whenever a run opens it so every run keys it as the first did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableProperties {
+    pub key: Vec<String>,
+    /// `None` only for a table written before the mode was recorded.
+    pub mode: Option<Mode>,
+    pub split_families: bool,
+    /// Family → its columns.
+    pub families: BTreeMap<String, Vec<String>>,
+}
+
+/// A table property of ours that does not read back.
+#[derive(Debug, thiserror::Error)]
+#[error("table property `{name}` = `{value}`: {message}")]
+pub struct PropertyError {
+    pub name: &'static str,
+    pub value: String,
+    pub message: String,
+}
+
+impl TableProperties {
+    pub const KEY: &'static str = "crdb_delta.primaryKey";
+    pub const MODE: &'static str = "crdb_delta.mode";
+    pub const FAMILIES: &'static str = "crdb_delta.columnFamilies";
+    pub const SPLIT: &'static str = "crdb_delta.splitColumnFamilies";
+
+    /// The properties as the Delta table's `configuration` holds them.
+    pub fn to_configuration(&self) -> Vec<(String, String)> {
+        let mut out = vec![(Self::KEY.into(), serde_json::json!(self.key).to_string())];
+        if let Some(m) = self.mode {
+            out.push((Self::MODE.into(), m.to_string()));
+        }
+        out.push((Self::SPLIT.into(), self.split_families.to_string()));
+        out.push((
+            Self::FAMILIES.into(),
+            serde_json::json!(self.families).to_string(),
+        ));
+        out
+    }
+
+    /// `Ok(None)`: no key property, so not a table crdb-delta created. A property that is
+    /// there but does not parse is an error (a silent default would re-key or re-mode it).
+    pub fn from_configuration(
+        conf: &HashMap<String, String>,
+    ) -> Result<Option<Self>, PropertyError> {
+        let bad = |name: &'static str, value: &str, message: String| PropertyError {
+            name,
+            value: value.to_owned(),
+            message,
+        };
+        let Some(key) = conf.get(Self::KEY) else {
+            return Ok(None);
+        };
+        let key: Vec<String> =
+            serde_json::from_str(key).map_err(|e| bad(Self::KEY, key, e.to_string()))?;
+        let mode = conf
+            .get(Self::MODE)
+            .map(|m| {
+                m.parse().map_err(|e: crdb_delta_core::apply::UnknownMode| {
+                    bad(Self::MODE, m, e.to_string())
+                })
+            })
+            .transpose()?;
+        let split_families = match conf.get(Self::SPLIT).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(bad(Self::SPLIT, other, "not true or false".into())),
+        };
+        let families = conf
+            .get(Self::FAMILIES)
+            .map(|f| serde_json::from_str(f).map_err(|e| bad(Self::FAMILIES, f, e.to_string())))
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Some(Self {
+            key,
+            mode,
+            split_families,
+            families,
+        }))
+    }
+}
 
 /// commitInfo key holding our [`CommitRecord`].
 pub const COMMIT_KEY: &str = "crdbDelta";
@@ -196,5 +283,49 @@ mod tests {
         );
         assert_eq!(v["figures"]["slice"]["of"], 4);
         assert_eq!(serde_json::from_value::<CommitRecord>(v).unwrap(), sliced);
+    }
+
+    /// Table properties are read back by every run and shown by Databricks: names and
+    /// spellings pinned; a value that does not parse is an error, never a default.
+    #[test]
+    fn table_properties_keep_their_names_and_refuse_what_does_not_parse() {
+        let props = TableProperties {
+            key: vec!["region".into(), "id".into()],
+            mode: Some(Mode::Scd2),
+            split_families: true,
+            families: [("primary".to_owned(), vec!["id".to_owned()])].into(),
+        };
+        let conf: HashMap<String, String> = props.to_configuration().into_iter().collect();
+        assert_eq!(conf["crdb_delta.primaryKey"], r#"["region","id"]"#);
+        assert_eq!(conf["crdb_delta.mode"], "scd2");
+        assert_eq!(conf["crdb_delta.splitColumnFamilies"], "true");
+        assert_eq!(conf["crdb_delta.columnFamilies"], r#"{"primary":["id"]}"#);
+        assert_eq!(
+            TableProperties::from_configuration(&conf).unwrap(),
+            Some(props)
+        );
+        // Not ours; an old table without mode and families.
+        assert_eq!(
+            TableProperties::from_configuration(&HashMap::new()).unwrap(),
+            None
+        );
+        let old: HashMap<String, String> =
+            [("crdb_delta.primaryKey".to_owned(), r#"["id"]"#.to_owned())].into();
+        let read = TableProperties::from_configuration(&old).unwrap().unwrap();
+        assert_eq!((read.mode, read.split_families), (None, false));
+        for (name, value) in [
+            ("crdb_delta.mode", "upsert"),
+            ("crdb_delta.columnFamilies", "[1"),
+            ("crdb_delta.splitColumnFamilies", "yes"),
+            ("crdb_delta.primaryKey", "id"),
+        ] {
+            let mut bad = conf.clone();
+            bad.insert(name.into(), value.into());
+            let e = TableProperties::from_configuration(&bad).unwrap_err();
+            assert!(
+                e.to_string().contains(name) && e.to_string().contains(value),
+                "{e}"
+            );
+        }
     }
 }

@@ -218,25 +218,12 @@ async fn feed(tag: &str) -> Option<Feed> {
         String::from_utf8_lossy(&out.stderr)
     );
     // The keys and SQL types a user would configure, from the simulator's manifest.
-    let manifest: Value =
+    let manifest: crdb_delta_core::sim::Manifest =
         serde_json::from_str(&std::fs::read_to_string(truth.join("manifest.json")).unwrap())
             .unwrap();
-    let mut tables = serde_json::Map::new();
-    for t in manifest["tables"].as_array().unwrap() {
-        let cols: serde_json::Map<String, Value> = t["columns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| (c["name"].as_str().unwrap().to_owned(), c["type"].clone()))
-            .collect();
-        tables.insert(
-            t["name"].as_str().unwrap().to_owned(),
-            json!({ "primary_key": t["primary_key"], "columns": cols }),
-        );
-    }
     std::fs::write(
         dir.path().join("config.json"),
-        json!({ "tables": tables }).to_string(),
+        serde_json::to_string(&crdb_delta::config::Config::from_manifest(&manifest)).unwrap(),
     )
     .unwrap();
 

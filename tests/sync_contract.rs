@@ -78,7 +78,7 @@ async fn sync_equals_the_ground_truth_and_a_second_run_commits_nothing() {
         ..SimOptions::default()
     };
     simulate(sim, &feed, &truth).await.unwrap();
-    let manifest: Value =
+    let manifest: crdb_delta_core::sim::Manifest =
         serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
             .unwrap();
     let opts = SyncOptions {
@@ -141,7 +141,7 @@ async fn small_straddling_feed(dir: &std::path::Path) -> SmallFeed {
         ..SimOptions::default()
     };
     simulate(sim, &feed, &truth).await.unwrap();
-    let manifest: Value =
+    let manifest: crdb_delta_core::sim::Manifest =
         serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
             .unwrap();
     let root = format!("{}/", feed_dir.to_string_lossy().replace('\\', "/"));

@@ -42,37 +42,36 @@ pub struct SchemaReport {
     pub document: Config,
 }
 
-impl SchemaReport {
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "read from {}:", self.server);
+/// What `schema` prints: each table's key, typed columns and families, and where it wrote.
+impl std::fmt::Display for SchemaReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "read from {}:", self.server)?;
         for t in &self.tables {
-            let _ = write!(
-                s,
+            write!(
+                f,
                 "  {}: key ({}), {} typed column{}",
                 t.table,
                 t.primary_key.join(", "),
                 t.columns.len(),
                 if t.columns.len() == 1 { "" } else { "s" }
-            );
+            )?;
             if t.families.len() > 1 {
-                let _ = write!(
-                    s,
+                write!(
+                    f,
                     ", {} families (family 0: {})",
                     t.families.len(),
                     t.families[0].name
-                );
+                )?;
             }
-            let _ = writeln!(s);
+            writeln!(f)?;
             for (c, ty) in &t.skipped {
-                let _ = writeln!(
-                    s,
+                writeln!(
+                    f,
                     "    {c}: type {ty} has no mapping here; sync infers it from the files"
-                );
+                )?;
             }
         }
-        let _ = writeln!(s, "wrote {}", self.written);
-        s
+        writeln!(f, "wrote {}", self.written)
     }
 }
 

@@ -90,12 +90,11 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-impl SyncReport {
-    pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
+/// What `sync` prints: a line per table, then what was refused, late or quarantined.
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
             "sync {} -> {}: {} step(s), at RESOLVED {}",
             self.source,
             self.target,
@@ -106,10 +105,10 @@ impl SyncReport {
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 h
             ))
-        );
+        )?;
         for (name, t) in &self.tables {
-            let _ = writeln!(
-                s,
+            writeln!(
+                f,
                 "  {name} -> {} ({}): version {}, {} events: +{} ~{} -{} ({} duplicates), {} files, {:.1} MB",
                 t.target,
                 t.mode.map_or("-".into(), |m| m.to_string()),
@@ -121,46 +120,46 @@ impl SyncReport {
                 t.duplicates,
                 t.files_read,
                 t.bytes_read as f64 / 1e6
-            );
+            )?;
         }
         if self.resolved.is_none() && self.quarantined.is_empty() && self.refused.is_empty() {
-            let _ = writeln!(
-                s,
+            writeln!(
+                f,
                 "  nothing applied: no RESOLVED file in the source yet (the changefeed writes them \
                  with `WITH resolved`); data files wait for the first one"
-            );
+            )?;
         }
         for (t, id) in &self.schema_read {
-            let _ = writeln!(
-                s,
+            writeln!(
+                f,
                 "  {t}: keys and types read from CockroachDB (files at schema id {id:x})"
-            );
+            )?;
         }
         for i in &self.ignored {
-            let _ = writeln!(s, "  ignored: {i}");
+            writeln!(f, "  ignored: {i}")?;
         }
         for r in &self.refused {
-            let _ = writeln!(s, "  REFUSED: {r}");
+            writeln!(f, "  REFUSED: {r}")?;
         }
         for l in &self.late {
-            let _ = writeln!(s, "  LATE: {l}");
+            writeln!(f, "  LATE: {l}")?;
         }
         for q in &self.quarantined {
             let what = match q.action {
                 Action::Hold => "STOPPED, file quarantined",
                 Action::Skip => "file skipped by an operator",
             };
-            let _ = writeln!(s, "  {} {what}: {}: {}", q.table, q.file, q.reason);
+            writeln!(f, "  {} {what}: {}: {}", q.table, q.file, q.reason)?;
         }
-        let _ = writeln!(
-            s,
+        writeln!(
+            f,
             "{:.2} s: {:.0} events/s, {:.1} MB/s, peak RSS {}",
             self.seconds,
             self.events_per_s,
             self.mb_per_s,
             self.peak_rss_mib
                 .map_or("-".into(), |m| format!("{m:.0} MiB"))
-        );
-        s
+        )?;
+        Ok(())
     }
 }

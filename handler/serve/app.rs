@@ -19,7 +19,7 @@ use serde_json::json;
 use warp::http::StatusCode;
 
 use super::status;
-use super::store::{Acquire, ErrorRecord, Marker, Store};
+use super::store::{Acquire, ErrorRecord, Marker, RunRecord, Store};
 use super::{ServeError, Settings, container_prefix, scope_of};
 use crate::engine::{SyncOptions, SyncReport, sync};
 use crate::storage::Location;
@@ -493,14 +493,14 @@ impl App {
     }
 
     async fn record_run(&self, invocation: &str, report: &SyncReport) {
-        let run = json!({
-            "invocation": invocation,
-            "at": Utc::now().to_rfc3339(),
-            "resolved": report.resolved.map(|h| h.to_string()),
-            "steps": report.steps,
-            "events": report.events,
-            "seconds": report.seconds,
-        });
+        let run = RunRecord {
+            invocation: invocation.to_owned(),
+            at: Utc::now().to_rfc3339(),
+            resolved: report.resolved.map(|h| h.to_string()),
+            steps: report.steps,
+            events: report.events,
+            seconds: report.seconds,
+        };
         let names: Vec<String> = report.tables.keys().cloned().collect();
         let complete = report.complete;
         let mut refused: Vec<String> = report

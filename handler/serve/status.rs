@@ -8,10 +8,9 @@ use chrono::Utc;
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::Progress;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::ServeError;
-use super::store::{ErrorRecord, Store};
+use super::store::{ErrorRecord, RunRecord, Store};
 use crate::config::Config;
 use crate::delta::{self, Target};
 use crate::quarantine::{Action, Record};
@@ -79,7 +78,7 @@ pub struct StatusDoc {
     pub tables: BTreeMap<String, TableStatus>,
     /// RESOLVED files announced and not yet applied.
     pub resolved_waiting: Vec<String>,
-    pub last_run: Option<Value>,
+    pub last_run: Option<RunRecord>,
     pub last_error: Option<ErrorRecord>,
     pub quarantined: Vec<Record>,
 }
@@ -222,11 +221,21 @@ mod tests {
             now: "n".into(),
             tables,
             resolved_waiting: vec![],
-            last_run: None,
+            last_run: Some(RunRecord {
+                invocation: "i-1".into(),
+                at: "2026-12-02T13:00:00+00:00".into(),
+                resolved: Some("1.0000000000".into()),
+                steps: 1,
+                events: 10,
+                seconds: 0.5,
+            }),
             last_error: None,
             quarantined: vec![],
         };
         let v = serde_json::to_value(&doc).unwrap();
+        assert_eq!(v["last_run"]["resolved"], "1.0000000000");
+        assert_eq!(v["last_run"]["invocation"], "i-1");
+        assert_eq!(v["last_run"]["steps"], 1);
         assert_eq!(v["tables"]["orders"]["buffered_files"], 2);
         assert_eq!(v["tables"]["orders"]["delta_version"], 7);
         assert_eq!(v["tables"]["orders"]["resolved"], "1.0000000000");

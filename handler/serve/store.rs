@@ -50,9 +50,22 @@ pub struct State {
     #[serde(default)]
     pub tables: Vec<String>,
     #[serde(default)]
-    pub last_run: Option<serde_json::Value>,
+    pub last_run: Option<RunRecord>,
     #[serde(default)]
     pub last_error: Option<ErrorRecord>,
+}
+
+/// The last run an invocation made, as Status shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub invocation: String,
+    /// RFC 3339, when the run ended.
+    pub at: String,
+    /// The RESOLVED every table is at after it (`wall.logical`).
+    pub resolved: Option<String>,
+    pub steps: u64,
+    pub events: u64,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

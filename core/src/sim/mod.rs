@@ -42,7 +42,9 @@ pub enum TruthStates {
 }
 
 /// Everything that shapes a simulated changefeed. Same options and seed, same bytes.
+/// (Missing fields read as their defaults: a manifest written before an option existed.)
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SimOptions {
     pub seed: u64,
     pub format: Format,
@@ -292,8 +294,19 @@ pub enum Destination {
     Truth,
 }
 
+/// `manifest.json` in the truth folder: the options, what was written, and each table's
+/// definition (key, exact SQL types, families) — what `sync --manifest` configures from and
+/// the oracle tests read.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub options: SimOptions,
+    pub summary: SimSummary,
+    pub tables: Vec<TableDef>,
+}
+
 /// What was written.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SimSummary {
     pub data_files: usize,
     pub resolved_files: usize,
@@ -888,9 +901,13 @@ impl Sim<'_> {
                 &format!("{}/events.ndjson", def.name),
                 events.into_bytes(),
             )?;
-            tables.push(serde_json::to_value(&*def).map_err(io::Error::other)?);
+            tables.push((*def).clone());
         }
-        let manifest = json!({"options": self.opts, "summary": self.summary, "tables": tables});
+        let manifest = Manifest {
+            options: self.opts.clone(),
+            summary: self.summary.clone(),
+            tables,
+        };
         let text = serde_json::to_string_pretty(&manifest).map_err(io::Error::other)?;
         (self.sink)(Destination::Truth, "manifest.json", text.into_bytes())
     }

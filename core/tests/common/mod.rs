@@ -31,8 +31,9 @@ pub fn simulate(opts: &SimOptions) -> Simulated {
         Ok(())
     })
     .unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(&truth["manifest.json"]).unwrap();
-    let tables = serde_json::from_value(manifest["tables"].clone()).unwrap();
+    let manifest: crdb_delta_core::sim::Manifest =
+        serde_json::from_slice(&truth["manifest.json"]).unwrap();
+    let tables = manifest.tables;
     Simulated {
         objects,
         truth,
