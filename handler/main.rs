@@ -549,7 +549,7 @@ impl SimArgs {
             partition: self
                 .partition
                 .parse::<PartitionFormat>()
-                .map_err(anyhow::Error::msg)?,
+                .map_err(anyhow::Error::new)?,
             envelope: if self.bare {
                 Envelope::Bare
             } else {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Decimal128Type;
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
-use arrow_schema::DataType;
+use arrow_schema::{ArrowError, DataType};
 use arrow_select::filter::filter_record_batch;
 use serde_json::Value;
 
@@ -43,11 +43,13 @@ pub(crate) struct Frag {
 /// The rows of a change batch with `updated` past `after` (what a window up to `after` leaves
 /// for a later one); `None` when there are none. An error when the batch has no `updated`
 /// decimals (a window refuses such a batch too).
-pub fn later_rows(batch: &RecordBatch, after: Hlc) -> Result<Option<RecordBatch>, String> {
+pub fn later_rows(batch: &RecordBatch, after: Hlc) -> Result<Option<RecordBatch>, ArrowError> {
     let updated = batch
         .column_by_name(batch::UPDATED)
         .and_then(|c| c.as_primitive_opt::<Decimal128Type>())
-        .ok_or("no `updated` decimal column")?;
+        .ok_or_else(|| {
+            ArrowError::SchemaError(format!("no `{}` decimal column", batch::UPDATED))
+        })?;
     let after = after.to_decimal_i128();
     let mask: BooleanArray = updated
         .iter()
@@ -56,9 +58,7 @@ pub fn later_rows(batch: &RecordBatch, after: Hlc) -> Result<Option<RecordBatch>
     match mask.true_count() {
         0 => Ok(None),
         n if n == batch.num_rows() => Ok(Some(batch.clone())),
-        _ => filter_record_batch(batch, &mask)
-            .map(Some)
-            .map_err(|e| e.to_string()),
+        _ => filter_record_batch(batch, &mask).map(Some),
     }
 }
 

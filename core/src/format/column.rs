@@ -18,10 +18,9 @@ use arrow_schema::{DataType, Field, TimeUnit};
 use serde_json::value::RawValue;
 
 use crate::format::types::ColumnType;
-use crate::format::values;
+use crate::format::values::{self, not_a};
 
-/// A value that does not fit its column; the decoder adds file, line/row and column.
-pub type ValueError = String;
+pub use crate::format::values::ValueError;
 
 /// An Arrow builder for one canonical column type.
 pub enum ColumnBuilder {
@@ -106,16 +105,14 @@ impl ColumnBuilder {
             Self::Boolean(b) => b.append_value(match text {
                 "true" | "t" => true,
                 "false" | "f" => false,
-                _ => return Err(format!("`{text}` is not a BOOL")),
+                _ => return Err(not_a(text, "a BOOL")),
             }),
-            Self::Int32(b) => b.append_value(
-                text.parse()
-                    .map_err(|_| format!("`{text}` is not a 32-bit integer"))?,
-            ),
-            Self::Int64(b) => b.append_value(
-                text.parse()
-                    .map_err(|_| format!("`{text}` is not a 64-bit integer"))?,
-            ),
+            Self::Int32(b) => {
+                b.append_value(text.parse().map_err(|_| not_a(text, "a 32-bit integer"))?)
+            }
+            Self::Int64(b) => {
+                b.append_value(text.parse().map_err(|_| not_a(text, "a 64-bit integer"))?)
+            }
             Self::Float32(b) => b.append_value(values::parse_float(text)? as f32),
             Self::Float64(b) => b.append_value(values::parse_float(text)?),
             Self::Decimal(b, p, s) => b.append_value(values::parse_decimal(text, *p, *s)?),
@@ -124,7 +121,7 @@ impl ColumnBuilder {
             Self::Date(b) => b.append_value(values::parse_date(text)?),
             Self::Timestamp(b) => b.append_value(values::parse_timestamp(text, false)?),
             Self::TimestampTz(b) => b.append_value(values::parse_timestamp(text, true)?),
-            Self::List { .. } => return Err(format!("`{text}` is not an array")),
+            Self::List { .. } => return Err(not_a(text, "an array")),
         }
         Ok(())
     }
@@ -157,10 +154,13 @@ impl ColumnBuilder {
                 ..
             } => {
                 if first != b'[' {
-                    return Err(format!("`{raw}` is not an array"));
+                    return Err(not_a(raw, "an array"));
                 }
                 let items: Vec<&RawValue> =
-                    serde_json::from_str(raw).map_err(|e| format!("invalid array: {e}"))?;
+                    serde_json::from_str(raw).map_err(|e| ValueError::Json {
+                        what: "array",
+                        message: e.to_string(),
+                    })?;
                 for item in &items {
                     child.append_json(item.get())?;
                 }
@@ -227,7 +227,10 @@ pub fn convert(array: &ArrayRef, target: &ColumnType) -> Result<ArrayRef, (usize
         (DataType::Binary, ColumnType::Text | ColumnType::Json) => {
             let a = array.as_binary::<i32>();
             per_value(&|i, b| {
-                b.append_text(std::str::from_utf8(a.value(i)).map_err(|_| "not UTF-8".to_string())?)
+                b.append_text(
+                    std::str::from_utf8(a.value(i))
+                        .map_err(|_| not_a(&String::from_utf8_lossy(a.value(i)), "UTF-8 text"))?,
+                )
             })
         }
         (DataType::FixedSizeBinary(16), ColumnType::Text) => {
@@ -257,11 +260,22 @@ pub fn convert(array: &ArrayRef, target: &ColumnType) -> Result<ArrayRef, (usize
             if arrow_cast::can_cast_types(from, &target.arrow_type())
                 && lossless_cast(from, target) =>
         {
-            arrow_cast::cast(array, &target.arrow_type()).map_err(|e| (0, e.to_string()))
+            arrow_cast::cast(array, &target.arrow_type()).map_err(|e| {
+                (
+                    0,
+                    ValueError::Cast {
+                        from: from.to_string(),
+                        to: format!("{} ({e})", target.delta_type()),
+                    },
+                )
+            })
         }
         (from, _) => Err((
             0,
-            format!("cannot read a {from} column as {}", target.delta_type()),
+            ValueError::Cast {
+                from: from.to_string(),
+                to: target.delta_type().to_string(),
+            },
         )),
     }
 }
@@ -290,7 +304,12 @@ mod tests {
         let mut b = ColumnBuilder::new(&ColumnType::Decimal(18, 9), 4);
         b.append_json("3.140000000").unwrap();
         b.append_json("null").unwrap();
-        assert!(b.append_json("\"NaN\"").unwrap_err().contains("NaN"));
+        assert!(
+            b.append_json("\"NaN\"")
+                .unwrap_err()
+                .to_string()
+                .contains("NaN")
+        );
         let a = b.finish();
         assert_eq!(a.as_primitive::<Decimal128Type>().value(0), 3_140_000_000);
         assert!(a.is_null(1));

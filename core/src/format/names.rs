@@ -100,14 +100,19 @@ impl PartitionFormat {
     }
 }
 
+/// A `partition_format` other than daily, hourly and flat.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid partition_format of {0} (daily, hourly or flat)")]
+pub struct UnknownPartitionFormat(pub String);
+
 impl std::str::FromStr for PartitionFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownPartitionFormat;
+    fn from_str(s: &str) -> Result<Self, UnknownPartitionFormat> {
         match s {
             "daily" => Ok(Self::Daily),
             "hourly" => Ok(Self::Hourly),
             "flat" => Ok(Self::Flat),
-            _ => Err(format!("invalid partition_format of {s}")),
+            _ => Err(UnknownPartitionFormat(s.to_owned())),
         }
     }
 }

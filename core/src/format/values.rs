@@ -9,6 +9,52 @@ use std::fmt::Write as _;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use serde_json::value::RawValue;
 
+/// A value that does not read as its column's type; the decoder adds file, line/row and column
+/// ([`crate::format::decode::DecodeError::Value`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// `what` names the type as a phrase: "a BOOL", "a date (YYYY-MM-DD)", …
+    #[error("`{text}` is not {what}")]
+    NotA { text: String, what: &'static str },
+    #[error(
+        "`{text}` cannot be stored in decimal({precision},{scale}); declare the column as STRING in the configuration"
+    )]
+    DecimalSpecial {
+        text: String,
+        precision: u8,
+        scale: i8,
+    },
+    #[error("`{text}` does not fit in decimal({precision},{scale})")]
+    DecimalRange {
+        text: String,
+        precision: u8,
+        scale: i8,
+    },
+    #[error("`{text}` has more than {scale} fractional digits")]
+    DecimalScale { text: String, scale: i8 },
+    #[error("`{text}` has an odd number of hex digits")]
+    OddHex { text: String },
+    #[error("invalid JSON string {raw}: {why}")]
+    JsonString { raw: String, why: &'static str },
+    /// serde_json's message (its error is neither `Clone` nor `Eq`).
+    #[error("invalid JSON {what}: {message}")]
+    Json { what: &'static str, message: String },
+    #[error(
+        "JSON value nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects (crdb-delta's limit, against stack overflow)"
+    )]
+    TooDeep,
+    /// A Parquet column whose physical type cannot become the column's type.
+    #[error("cannot read a {from} column as {to}")]
+    Cast { from: String, to: String },
+}
+
+pub(crate) fn not_a(text: &str, what: &'static str) -> ValueError {
+    ValueError::NotA {
+        text: text.to_owned(),
+        what,
+    }
+}
+
 const EPOCH: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
     Some(d) => d,
     None => unreachable!(),
@@ -17,12 +63,14 @@ const EPOCH: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
 /// Parses decimal text (`3.140000000`, `-1E+2`, `4E+2`) into an unscaled `i128` at `scale`,
 /// refusing values that would lose digits or exceed `precision`. NaN and ±Infinity have no
 /// decimal representation in Delta and are refused with a message saying so.
-pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, String> {
-    let bad = || format!("`{text}` is not a decimal");
+pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, ValueError> {
+    let bad = || not_a(text, "a decimal");
     if matches!(text, "NaN" | "Infinity" | "-Infinity" | "+Infinity") {
-        return Err(format!(
-            "`{text}` cannot be stored in decimal({precision},{scale}); declare the column as STRING in the configuration"
-        ));
+        return Err(ValueError::DecimalSpecial {
+            text: text.to_owned(),
+            precision,
+            scale,
+        });
     }
     let (mantissa, exp) = match text.find(['e', 'E']) {
         Some(i) => (&text[..i], text[i + 1..].parse::<i32>().map_err(|_| bad())?),
@@ -47,10 +95,17 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
     let all = format!("{int_part}{frac_part}");
     let all = all.trim_start_matches('0');
     let mut unscaled: i128 = 0;
-    let too_big = || format!("`{text}` does not fit in decimal({precision},{scale})");
+    let too_big = || ValueError::DecimalRange {
+        text: text.to_owned(),
+        precision,
+        scale,
+    };
     let kept_len = (all.len() as i32 + shift.min(0)).max(0) as usize;
     if all[kept_len..].bytes().any(|b| b != b'0') {
-        return Err(format!("`{text}` has more than {scale} fractional digits"));
+        return Err(ValueError::DecimalScale {
+            text: text.to_owned(),
+            scale,
+        });
     }
     for b in all[..kept_len].bytes() {
         unscaled = unscaled
@@ -88,9 +143,9 @@ pub fn format_decimal(unscaled: i128, scale: i8) -> String {
 }
 
 /// `YYYY-MM-DD` → days since 1970-01-01.
-pub fn parse_date(text: &str) -> Result<i32, String> {
+pub fn parse_date(text: &str) -> Result<i32, ValueError> {
     let d = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)"))?;
+        .map_err(|_| not_a(text, "a date (YYYY-MM-DD)"))?;
     Ok((d - EPOCH).num_days() as i32)
 }
 
@@ -103,10 +158,16 @@ pub fn format_date(days: i32) -> String {
 /// Parses CockroachDB's timestamp texts into microseconds since the epoch (UTC for zoned values):
 /// JSON `2019-01-02T03:04:05.5` / `…Z`, Parquet `2019-01-02 03:04:05.5` / `…+00` / `…-07:30`.
 /// `zoned` says whether an offset is required (TIMESTAMPTZ) or forbidden (TIMESTAMP).
-pub fn parse_timestamp(text: &str, zoned: bool) -> Result<i64, String> {
+pub fn parse_timestamp(text: &str, zoned: bool) -> Result<i64, ValueError> {
     let bad = || {
-        let kind = if zoned { "TIMESTAMPTZ" } else { "TIMESTAMP" };
-        format!("`{text}` is not a {kind} value")
+        not_a(
+            text,
+            if zoned {
+                "a TIMESTAMPTZ value"
+            } else {
+                "a TIMESTAMP value"
+            },
+        )
     };
     if text.len() < 19 || !matches!(text.as_bytes()[10], b'T' | b' ') {
         return Err(bad());
@@ -187,16 +248,18 @@ pub fn format_uuid(b: &[u8]) -> String {
 }
 
 /// CockroachDB writes BYTES in JSON as `\x` + lowercase hex.
-pub fn parse_bytes_hex(text: &str) -> Result<Vec<u8>, String> {
+pub fn parse_bytes_hex(text: &str) -> Result<Vec<u8>, ValueError> {
     let hex = text
         .strip_prefix("\\x")
-        .ok_or_else(|| format!("`{text}` is not a \\x-hex BYTES value"))?;
+        .ok_or_else(|| not_a(text, "a \\x-hex BYTES value"))?;
     if hex.len() % 2 != 0 {
-        return Err(format!("`{text}` has an odd number of hex digits"));
+        return Err(ValueError::OddHex {
+            text: text.to_owned(),
+        });
     }
     (0..hex.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("`{text}` is not hex")))
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| not_a(text, "hex")))
         .collect()
 }
 
@@ -241,7 +304,7 @@ pub const MAX_JSON_DEPTH: usize = 128;
 
 /// The text of a JSON string (`raw` as the parser delivered it, e.g. a `RawValue`): a slice of
 /// `raw` when it holds no escapes (no copy), decoded otherwise.
-pub fn json_string(raw: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+pub fn json_string(raw: &str) -> Result<std::borrow::Cow<'_, str>, ValueError> {
     let raw = raw.trim();
     if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"'))
         && !inner.bytes().any(|b| b == b'\\' || b == b'"' || b < 0x20)
@@ -256,15 +319,18 @@ pub fn json_string(raw: &str) -> Result<std::borrow::Cow<'_, str>, String> {
 /// Writes the text of the JSON string `raw` (quotes included) to `out`, escapes decoded, as
 /// `serde_json` decodes them (a lone surrogate is an error). Writing straight into a column
 /// builder saves the copy and the allocation a `String` per value costs.
-pub fn write_json_string_text(raw: &str, out: &mut impl std::fmt::Write) -> Result<(), String> {
+pub fn write_json_string_text(raw: &str, out: &mut impl std::fmt::Write) -> Result<(), ValueError> {
     let raw = raw.trim();
-    let bad = |why: &str| format!("invalid JSON string {raw}: {why}");
+    let bad = |why: &'static str| ValueError::JsonString {
+        raw: raw.to_owned(),
+        why,
+    };
     let inner = raw
         .strip_prefix('"')
         .and_then(|r| r.strip_suffix('"'))
         .ok_or_else(|| bad("not a quoted string"))?;
     let b = inner.as_bytes();
-    let hex4 = |at: usize| -> Result<u32, String> {
+    let hex4 = |at: usize| -> Result<u32, ValueError> {
         inner
             .get(at..at + 4)
             .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
@@ -324,7 +390,7 @@ pub fn write_json_string_text(raw: &str, out: &mut impl std::fmt::Write) -> Resu
 /// `[]` is 1, `[{}]` is 2). A linear scan without recursion, stopping at the first level too
 /// deep, so it is safe on any input; brackets inside strings do not count. Malformed text is
 /// left to the parser.
-pub fn check_json_depth(raw: &str) -> Result<(), String> {
+pub fn check_json_depth(raw: &str) -> Result<(), ValueError> {
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in raw.as_bytes() {
         if in_string {
@@ -341,10 +407,7 @@ pub fn check_json_depth(raw: &str) -> Result<(), String> {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_JSON_DEPTH {
-                    return Err(format!(
-                        "JSON value nested deeper than {MAX_JSON_DEPTH} levels of arrays and \
-                         objects (crdb-delta's limit, against stack overflow)"
-                    ));
+                    return Err(ValueError::TooDeep);
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
@@ -358,15 +421,18 @@ pub fn check_json_depth(raw: &str) -> Result<(), String> {
 /// `": "` separators, numbers kept digit for digit. JSONB columns read from JSON files thereby
 /// equal the text Parquet files carry for the same value. Values nested deeper than
 /// [`MAX_JSON_DEPTH`] are refused (the rendering recurses per level).
-pub fn crdb_json_text(raw: &str) -> Result<String, String> {
+pub fn crdb_json_text(raw: &str) -> Result<String, ValueError> {
     check_json_depth(raw)?;
     let mut out = String::with_capacity(raw.len() + 8);
     write_crdb_json(&mut out, raw.trim())?;
     Ok(out)
 }
 
-fn write_crdb_json(out: &mut String, raw: &str) -> Result<(), String> {
-    let err = |e: serde_json::Error| format!("invalid JSON value: {e}");
+fn write_crdb_json(out: &mut String, raw: &str) -> Result<(), ValueError> {
+    let err = |e: serde_json::Error| ValueError::Json {
+        what: "value",
+        message: e.to_string(),
+    };
     match raw.as_bytes().first() {
         Some(b'{') => {
             let map: std::collections::BTreeMap<String, &RawValue> =
@@ -457,24 +523,22 @@ pub fn crdb_json_float(f: f64) -> String {
 }
 
 /// Parses a float from JSON number text or CockroachDB's special strings.
-pub fn parse_float(text: &str) -> Result<f64, String> {
+pub fn parse_float(text: &str) -> Result<f64, ValueError> {
     match text {
         "NaN" => Ok(f64::NAN),
         "Infinity" | "+Infinity" => Ok(f64::INFINITY),
         "-Infinity" => Ok(f64::NEG_INFINITY),
-        _ => text
-            .parse::<f64>()
-            .map_err(|_| format!("`{text}` is not a number")),
+        _ => text.parse::<f64>().map_err(|_| not_a(text, "a number")),
     }
 }
 
 /// A TIME value of the day as microseconds (`12:34:56.5`).
-pub fn parse_time_micros(text: &str) -> Result<i64, String> {
+pub fn parse_time_micros(text: &str) -> Result<i64, ValueError> {
     if text == "24:00:00" {
         return Ok(86_400_000_000);
     }
-    let t = NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
-        .map_err(|_| format!("`{text}` is not a TIME value"))?;
+    let t =
+        NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| not_a(text, "a TIME value"))?;
     Ok(i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000))
 }
 
@@ -493,14 +557,21 @@ mod tests {
         assert!(
             parse_decimal("1.234", 10, 2)
                 .unwrap_err()
+                .to_string()
                 .contains("fractional")
         );
         assert!(
             parse_decimal("123456", 5, 0)
                 .unwrap_err()
+                .to_string()
                 .contains("does not fit")
         );
-        assert!(parse_decimal("NaN", 10, 2).unwrap_err().contains("STRING"));
+        assert!(
+            parse_decimal("NaN", 10, 2)
+                .unwrap_err()
+                .to_string()
+                .contains("STRING")
+        );
         assert!(parse_decimal("1.2.3", 10, 2).is_err());
         assert_eq!(format_decimal(3_140_000_000, 9), "3.140000000");
         assert_eq!(format_decimal(-5, 3), "-0.005");
@@ -612,7 +683,7 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<String>(raw).is_err(), "{raw}");
             let err = json_string(raw).unwrap_err();
-            assert!(err.starts_with("invalid JSON string"), "{raw}: {err}");
+            assert!(matches!(err, ValueError::JsonString { .. }), "{raw}: {err}");
         }
     }
 

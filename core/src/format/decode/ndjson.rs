@@ -280,7 +280,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
                     file: self.file.clone(),
                     at: format!("line {line}"),
                     column: column.into_owned(),
-                    message,
+                    message: message.to_string(),
                 })?;
             }
         }
@@ -358,7 +358,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
                                 file: self.file.clone(),
                                 at: format!("line {}", m.line),
                                 column: name.clone(),
-                                message,
+                                message: message.to_string(),
                             })?
                     }
                     None => b.append_null(),

@@ -65,7 +65,7 @@ impl ParquetDecoder {
         let metadata = ParquetMetaDataReader::new()
             .parse_and_finish(&bytes)
             .map_err(|e| perr(e.to_string()))?;
-        let rewritten = Arc::new(text_decimals(&metadata).map_err(perr)?);
+        let rewritten = Arc::new(text_decimals(&metadata).map_err(|e| perr(e.to_string()))?);
         let arrow_meta = ArrowReaderMetadata::try_new(rewritten, ArrowReaderOptions::new())
             .map_err(|e| perr(e.to_string()))?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, arrow_meta)
@@ -117,7 +117,7 @@ impl ParquetDecoder {
                         None => file_column_type(f).map_err(|ty| DecodeError::UnknownType {
                             file: file.to_owned(),
                             column: name.to_owned(),
-                            ty,
+                            ty: ty.0,
                         })?,
                     };
                     types.insert(name.to_owned(), ty.clone());
@@ -168,8 +168,8 @@ impl ParquetDecoder {
         };
         let mut data = Vec::with_capacity(self.data.len());
         for (idx, name, ty) in &self.data {
-            let array =
-                column::convert(batch.column(*idx), ty).map_err(|(i, m)| value_err(name, i, m))?;
+            let array = column::convert(batch.column(*idx), ty)
+                .map_err(|(i, m)| value_err(name, i, m.to_string()))?;
             data.push((Field::new(name, ty.arrow_type(), true), array));
         }
         let text = |idx: Option<usize>, name: &str| -> Result<Option<ArrayRef>, DecodeError> {
@@ -271,9 +271,13 @@ impl BatchStream for ParquetDecoder {
     }
 }
 
-/// The canonical type of a Parquet column as CockroachDB writes it (format spec §4.4), or a
-/// description of the unknown type.
-pub fn file_column_type(t: &Type) -> Result<ColumnType, String> {
+/// A Parquet column type CockroachDB does not write (format spec §4.4), described.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownParquetType(pub String);
+
+/// The canonical type of a Parquet column as CockroachDB writes it (format spec §4.4).
+pub fn file_column_type(t: &Type) -> Result<ColumnType, UnknownParquetType> {
     let info = t.get_basic_info();
     if t.is_group() {
         let is_list = matches!(info.logical_type_ref(), Some(LogicalType::List))
@@ -283,17 +287,20 @@ pub fn file_column_type(t: &Type) -> Result<ColumnType, String> {
             let repeated = &fields[0];
             let element = match repeated.is_group() {
                 true if repeated.get_fields().len() == 1 => &repeated.get_fields()[0],
-                true => return Err("LIST of tuples".into()),
+                true => return Err(UnknownParquetType("LIST of tuples".into())),
                 false => repeated,
             };
             return Ok(ColumnType::List(Box::new(file_column_type(element)?)));
         }
-        return Err(format!("group (tuple) with {} fields", fields.len()));
+        return Err(UnknownParquetType(format!(
+            "group (tuple) with {} fields",
+            fields.len()
+        )));
     }
     let physical = t.get_physical_type();
     let logical = info.logical_type_ref();
     let converted = info.converted_type();
-    let unknown = || format!("{physical} ({logical:?}, {converted})");
+    let unknown = || UnknownParquetType(format!("{physical} ({logical:?}, {converted})"));
     Ok(match physical {
         PhysicalType::BOOLEAN => ColumnType::Boolean,
         PhysicalType::INT32 => match logical {
@@ -339,10 +346,10 @@ fn type_length(t: &Type) -> i32 {
 
 /// A copy of the metadata whose text-carrying BYTE_ARRAY columns (DECIMAL, ENUM) are annotated
 /// as plain strings, so Arrow reads their bytes unchanged.
-fn text_decimals(metadata: &ParquetMetaData) -> Result<ParquetMetaData, String> {
+fn text_decimals(metadata: &ParquetMetaData) -> parquet::errors::Result<ParquetMetaData> {
     let fm = metadata.file_metadata();
     let root = fm.schema_descr().root_schema_ptr();
-    let new_root = rewrite(&root).map_err(|e| e.to_string())?;
+    let new_root = rewrite(&root)?;
     if Arc::ptr_eq(&root, &new_root) {
         return Ok(metadata.clone());
     }
