@@ -36,6 +36,11 @@ pub enum ConfigError {
     File { file: String, message: String },
     #[error("table `{table}`: {message}")]
     Table { table: String, message: String },
+    /// Not JSON, or not our shape (serde names the field and position).
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cdc_config.mode: {0}")]
+    Mode(#[from] crdb_delta_core::apply::UnknownMode),
 }
 
 /// How a changed or deleted row leaves its data file.
@@ -51,15 +56,18 @@ pub enum Storage {
     CopyOnWrite,
 }
 
+/// A `storage` other than deletion_vectors and copy_on_write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown storage `{0}` (deletion_vectors, copy_on_write)")]
+pub struct UnknownStorage(pub String);
+
 impl std::str::FromStr for Storage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownStorage;
+    fn from_str(s: &str) -> Result<Self, UnknownStorage> {
         match s {
             "deletion_vectors" => Ok(Self::DeletionVectors),
             "copy_on_write" => Ok(Self::CopyOnWrite),
-            other => Err(format!(
-                "unknown storage `{other}` (deletion_vectors, copy_on_write)"
-            )),
+            other => Err(UnknownStorage(other.to_owned())),
         }
     }
 }
@@ -164,19 +172,19 @@ impl Config {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        Self::parse(&text).map_err(err)
+        Self::parse(&text).map_err(|e| err(e.to_string()))
     }
 
     /// Our shape, or the `config.json` of crdb_to_dbx (`cdc_config`, `cockroachdb_source`,
     /// `databricks_target`), so its users can move over with the file they have.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
         let config: Self = if value.get("cdc_config").is_some() {
             Self::from_crdb_to_dbx(&value)?
         } else {
-            serde_json::from_value(value).map_err(|e| e.to_string())?
+            serde_json::from_value(value)?
         };
-        config.validate().map_err(|e| e.to_string())?;
+        config.validate()?;
         Ok(config)
     }
 
@@ -205,10 +213,10 @@ impl Config {
     /// `cockroachdb_source.table_name` → the table, `databricks_target.table_name` → its Delta
     /// path below the target. `format` and `column_family_mode` are detected from the files;
     /// credentials in it are ignored (identity comes from the environment, never from a file).
-    fn from_crdb_to_dbx(v: &serde_json::Value) -> Result<Self, String> {
+    fn from_crdb_to_dbx(v: &serde_json::Value) -> Result<Self, ConfigError> {
         let cdc = &v["cdc_config"];
         let mode = match cdc.get("mode").and_then(|m| m.as_str()) {
-            Some(m) => Some(m.parse::<Mode>().map_err(|e| e.to_string())?),
+            Some(m) => Some(m.parse::<Mode>()?),
             None => None,
         };
         if v.get("azure_storage")
@@ -325,7 +333,9 @@ pub async fn load_target_schema(target: &Location) -> Result<Option<Config>, Con
         Err(e) => return Err(err(e.to_string())),
     };
     let text = std::str::from_utf8(&bytes).map_err(|e| err(e.to_string()))?;
-    Config::parse(text).map(Some).map_err(err)
+    Config::parse(text)
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Writes `<target>/_crdb_delta/schema.json` (one put: a reader sees the old or the new
@@ -407,11 +417,22 @@ impl TableConfig {
     }
 }
 
+/// A table path that [`validate_path`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPath {
+    #[error("`{0}` is not a usable table path")]
+    Length(String),
+    #[error(
+        "`{0}` is not a safe table path (segments of letters, digits, `_`, `-`, `.`; none empty or starting with `.` or `_`)"
+    )]
+    Segment(String),
+}
+
 /// A relative table path: segments of letters, digits, `_`, `-` and `.`, none starting with `.`
 /// or `_` (reserved for `_delta_log` and our own `_crdb_delta_resolved`).
-pub fn validate_path(path: &str) -> Result<(), String> {
+pub fn validate_path(path: &str) -> Result<(), InvalidPath> {
     if path.is_empty() || path.len() > 512 {
-        return Err(format!("`{path}` is not a usable table path"));
+        return Err(InvalidPath::Length(path.to_owned()));
     }
     for seg in path.split('/') {
         let ok = !seg.is_empty()
@@ -421,9 +442,7 @@ pub fn validate_path(path: &str) -> Result<(), String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !ok {
-            return Err(format!(
-                "`{path}` is not a safe table path (segments of letters, digits, `_`, `-`, `.`; none empty or starting with `.` or `_`)"
-            ));
+            return Err(InvalidPath::Segment(path.to_owned()));
         }
     }
     Ok(())
@@ -472,7 +491,9 @@ mod tests {
         let t = c.table("usertable");
         assert_eq!(t.primary_key.as_deref(), Some(&["ycsb_key".to_owned()][..]));
         assert_eq!(c.target_path("usertable").unwrap(), "usertable_cdc");
-        let bad = Config::parse(r#"{"cdc_config": {"mode": "merge"}}"#).unwrap_err();
+        let bad = Config::parse(r#"{"cdc_config": {"mode": "merge"}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("unknown mode"), "{bad}");
         // Our own shape still refuses unknown fields.
         assert!(Config::parse(r#"{"mode": "scd2", "tabels": {}}"#).is_err());
@@ -510,13 +531,17 @@ mod tests {
     fn config_mistakes_are_refused_before_anything_runs() {
         // Two tables into one Delta table: one would silently take over the other's progress.
         let e = Config::parse(r#"{"tables": {"a": {"target": "x"}, "b": {"target": "x"}}}"#)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`x`") && e.contains("own `target`"), "{e}");
-        let e = Config::parse(r#"{"tables": {"a": {}, "b": {"target": "a"}}}"#).unwrap_err();
+        let e = Config::parse(r#"{"tables": {"a": {}, "b": {"target": "a"}}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`a`"), "{e}");
         // A bad SQL type fails at load, not after another table committed.
-        let e =
-            Config::parse(r#"{"tables": {"a": {"columns": {"c": "NOTATYPE(3"}}}}"#).unwrap_err();
+        let e = Config::parse(r#"{"tables": {"a": {"columns": {"c": "NOTATYPE(3"}}}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("column `c`"), "{e}");
         Config::parse(r#"{"tables": {"a": {"target": "x"}, "b": {"target": "y"}}}"#).unwrap();
     }

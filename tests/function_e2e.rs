@@ -123,7 +123,8 @@ async fn post_blob(
         &body,
         Duration::from_secs(300),
     )
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     Ok((
         r.status,
         serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?,

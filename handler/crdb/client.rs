@@ -427,7 +427,7 @@ impl Conn {
             .ok_or_else(|| self.query_err(&what, "no create_statement column".into()))?;
         parse_families(&stmt).map_err(|m| CrdbError::Table {
             table: t.table.clone(),
-            message: m,
+            message: m.to_string(),
         })
     }
 

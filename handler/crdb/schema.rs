@@ -108,7 +108,7 @@ impl TableSchema {
             }
             match sql_type(r) {
                 Ok(t) => columns.push((r.name.clone(), t)),
-                Err(named) => skipped.push((r.name.clone(), named)),
+                Err(UnmappedType(named)) => skipped.push((r.name.clone(), named)),
             }
         }
         Ok(Self {
@@ -132,9 +132,25 @@ impl TableSchema {
     }
 }
 
-/// The SQL type of a column as `sync` spells it, or `Err(type as the server named it)` when the
-/// connector has no mapping for it.
-pub fn sql_type(row: &ColumnRow) -> Result<String, String> {
+/// A column type the connector has no mapping for, as the server named it: `sync` infers the
+/// column's type from the files instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("type {0} has no mapping here")]
+pub struct UnmappedType(pub String);
+
+/// A `SHOW CREATE TABLE` statement whose column families cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateStatementError {
+    #[error("no column list in the CREATE TABLE statement")]
+    NoColumnList,
+    #[error("unbalanced parentheses in the CREATE TABLE statement")]
+    Unbalanced,
+    #[error("cannot read family clause `{0}`")]
+    Family(String),
+}
+
+/// The SQL type of a column as `sync` spells it.
+pub fn sql_type(row: &ColumnRow) -> Result<String, UnmappedType> {
     let candidate = match &row.crdb_sql_type {
         Some(t) => normalize_crdb(t, row),
         None => postgres_type(row),
@@ -146,7 +162,7 @@ pub fn sql_type(row: &ColumnRow) -> Result<String, String> {
     };
     match candidate {
         Some(t) if t.parse::<SqlType>().is_ok() => Ok(t),
-        _ => Err(named()),
+        _ => Err(UnmappedType(named())),
     }
 }
 
@@ -228,7 +244,7 @@ fn postgres_type(row: &ColumnRow) -> Option<String> {
 
 /// The `FAMILY` clauses of a `SHOW CREATE TABLE` statement, in the order listed (family-id
 /// order). Empty when there are none (one family, which CockroachDB does not print).
-pub fn parse_families(create_statement: &str) -> Result<Vec<Family>, String> {
+pub fn parse_families(create_statement: &str) -> Result<Vec<Family>, CreateStatementError> {
     let body = table_body(create_statement)?;
     let mut out = Vec::new();
     for element in split_top_level(body) {
@@ -243,12 +259,12 @@ pub fn parse_families(create_statement: &str) -> Result<Vec<Family>, String> {
         let (name, cols) = match rest.find('(') {
             Some(0) => (None, rest),
             Some(i) => (Some(unquote(rest[..i].trim())), &rest[i..]),
-            None => return Err(format!("cannot read family clause `{e}`")),
+            None => return Err(CreateStatementError::Family(e.to_owned())),
         };
         let cols = cols
             .strip_prefix('(')
             .and_then(|c| c.trim_end().strip_suffix(')'))
-            .ok_or_else(|| format!("cannot read family clause `{e}`"))?;
+            .ok_or_else(|| CreateStatementError::Family(e.to_owned()))?;
         let columns: Vec<String> = super::split_outside_quotes(cols, ',')
             .iter()
             .map(|c| unquote(c.trim()))
@@ -261,10 +277,8 @@ pub fn parse_families(create_statement: &str) -> Result<Vec<Family>, String> {
 }
 
 /// The text between `CREATE TABLE name (` and its matching `)`.
-fn table_body(stmt: &str) -> Result<&str, String> {
-    let start = stmt
-        .find('(')
-        .ok_or("no column list in the CREATE TABLE statement")?;
+fn table_body(stmt: &str) -> Result<&str, CreateStatementError> {
+    let start = stmt.find('(').ok_or(CreateStatementError::NoColumnList)?;
     let mut depth = 0usize;
     let mut quote: Option<char> = None;
     for (i, c) in stmt[start..].char_indices() {
@@ -282,7 +296,7 @@ fn table_body(stmt: &str) -> Result<&str, String> {
             _ => {}
         }
     }
-    Err("unbalanced parentheses in the CREATE TABLE statement".into())
+    Err(CreateStatementError::Unbalanced)
 }
 
 /// Splits on commas outside parentheses and quotes.
@@ -372,7 +386,7 @@ mod tests {
         }
         assert_eq!(
             sql_type(&col("g", None, "geometry")).unwrap_err(),
-            "geometry"
+            UnmappedType("geometry".into())
         );
         let mut e = col("status", None, "mood");
         e.is_enum = true;

@@ -147,7 +147,7 @@ pub enum EventError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     #[error("event payload: {0}")]
-    NotJson(String),
+    NotJson(super::host::BindingError),
     #[error("event payload holds {count} events, more than Event Grid's {max}")]
     TooMany { count: usize, max: usize },
 }
@@ -266,7 +266,7 @@ pub fn parse_events(payload: &Value) -> Result<Vec<Result<BlobEvent, EventError>
                 .map(|item| match item {
                     Value::String(_) => match decode_json_layers(item) {
                         Ok(v) => parse_event(&v),
-                        Err(reason) => Err(malformed("", "", reason)),
+                        Err(reason) => Err(malformed("", "", reason.to_string())),
                     },
                     other => parse_event(other),
                 })
@@ -436,6 +436,21 @@ fn blob_from_subject(subject: &str) -> Option<BlobRef> {
 }
 
 /// The parts of a blob URL we use: account, and the still-encoded path.
+/// A blob URL of an event that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{0} is not an absolute URL")]
+    NotAbsolute(String),
+    #[error("scheme {0:?} is not http(s)")]
+    Scheme(String),
+    #[error("{0} has no host")]
+    NoHost(String),
+    #[error("bad percent escape in {0}")]
+    BadEscape(String),
+    #[error("percent escapes in {0} are not UTF-8")]
+    NotUtf8(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct UrlParts {
     account: String,
@@ -447,12 +462,12 @@ impl UrlParts {
     /// `https://<account>.blob.core.windows.net/<c>/<name>` (also `.dfs.`, other clouds,
     /// private endpoints) or the path-style `http://127.0.0.1:10000/<account>/<c>/<name>` of
     /// Azurite and IP hosts.
-    fn parse(url: &str) -> Result<Self, String> {
+    fn parse(url: &str) -> Result<Self, UrlError> {
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| format!("{} is not an absolute URL", preview(url)))?;
+            .ok_or_else(|| UrlError::NotAbsolute(preview(url)))?;
         if !scheme.eq_ignore_ascii_case("https") && !scheme.eq_ignore_ascii_case("http") {
-            return Err(format!("scheme {scheme:?} is not http(s)"));
+            return Err(UrlError::Scheme(scheme.to_owned()));
         }
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let authority = &rest[..end];
@@ -465,7 +480,7 @@ impl UrlParts {
             host_port.split(':').next().unwrap_or_default()
         };
         if host.is_empty() {
-            return Err(format!("{} has no host", preview(url)));
+            return Err(UrlError::NoHost(preview(url)));
         }
         let path_style = host.eq_ignore_ascii_case("localhost")
             || host.contains(':')
@@ -489,7 +504,7 @@ impl UrlParts {
     }
 
     /// Container and decoded blob name, if the path names a blob.
-    fn blob(&self) -> Result<Option<BlobRef>, String> {
+    fn blob(&self) -> Result<Option<BlobRef>, UrlError> {
         let trimmed = self.path.strip_prefix('/').unwrap_or(&self.path);
         let Some((container, name)) = trimmed.split_once('/') else {
             return Ok(None);
@@ -506,7 +521,7 @@ impl UrlParts {
 
 /// Decodes `%XX` escapes of a URL *path* once (`+` stays `+`: it means space only in queries).
 /// Malformed escapes and non-UTF-8 results are errors, not guesses.
-pub fn percent_decode(text: &str) -> Result<String, String> {
+pub fn percent_decode(text: &str) -> Result<String, UrlError> {
     if !text.contains('%') {
         return Ok(text.to_owned());
     }
@@ -518,7 +533,7 @@ pub fn percent_decode(text: &str) -> Result<String, String> {
             let digit = |at: usize| bytes.get(at).and_then(|b| char::from(*b).to_digit(16));
             match (digit(i + 1), digit(i + 2)) {
                 (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
-                _ => return Err(format!("bad percent escape in {}", preview(text))),
+                _ => return Err(UrlError::BadEscape(preview(text))),
             }
             i += 3;
         } else {
@@ -526,8 +541,7 @@ pub fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map_err(|_| format!("percent escapes in {} are not UTF-8", preview(text)))
+    String::from_utf8(out).map_err(|_| UrlError::NotUtf8(preview(text)))
 }
 
 /// Why a blob name (or prefix) is refused, or `None` if it is a plain relative path.

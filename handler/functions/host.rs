@@ -60,7 +60,47 @@ pub enum HostError {
     #[error("binding `{name}` is missing from Data (present: {present})")]
     MissingBinding { name: String, present: String },
     #[error("binding `{name}`: {reason}")]
-    BadBinding { name: String, reason: String },
+    BadBinding { name: String, reason: BindingError },
+}
+
+/// What is wrong with a binding's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindingError {
+    /// `at`: where in the value (`http request Headers`, `timer`), if not the value itself.
+    #[error("{}expected {expected}, found {found}", at_prefix(.at))]
+    Kind {
+        at: Option<String>,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("a string that is neither JSON nor base64 JSON ({json_error}): {preview}")]
+    NotJson { json_error: String, preview: String },
+    #[error(
+        "still a string after {MAX_DECODE_DEPTH} decodings (JSON nested in strings too deeply)"
+    )]
+    TooDeep,
+    #[error("{at}: no {field}")]
+    Missing {
+        at: &'static str,
+        field: &'static str,
+    },
+    #[error("{at}: {field} is {found}")]
+    Field {
+        at: &'static str,
+        field: &'static str,
+        found: &'static str,
+    },
+    /// A part of the value (`http request Query`) that is itself wrong.
+    #[error("{at}: {source}")]
+    In {
+        at: String,
+        #[source]
+        source: Box<BindingError>,
+    },
+}
+
+fn at_prefix(at: &Option<String>) -> String {
+    at.as_deref().map(|a| format!("{a}: ")).unwrap_or_default()
 }
 
 /// The body the host posts to `/<FunctionName>`.
@@ -177,38 +217,45 @@ fn scalar_text(value: &Value) -> Option<String> {
 /// UTF-8 JSON is decoded instead (a queue message read with `messageEncoding: none`, or a
 /// `dataType: binary` binding). At most [`MAX_DECODE_DEPTH`] layers are removed, so a hostile
 /// or broken payload cannot make this loop. The error says what was found.
-pub fn decode_json_layers(value: &Value) -> Result<Value, String> {
+pub fn decode_json_layers(value: &Value) -> Result<Value, BindingError> {
+    let not_json = |found| BindingError::Kind {
+        at: None,
+        expected: "a JSON object or array",
+        found,
+    };
     let mut current = value.clone();
     for _ in 0..=MAX_DECODE_DEPTH {
         let text = match current {
             Value::Object(_) | Value::Array(_) => return Ok(current),
             Value::String(ref s) => s.trim(),
-            ref other => {
-                return Err(format!(
-                    "expected a JSON object or array, found {}",
-                    kind(other)
-                ));
-            }
+            ref other => return Err(not_json(kind(other))),
         };
         if text.is_empty() {
-            return Err("expected a JSON object or array, found an empty string".to_owned());
+            return Err(not_json("an empty string"));
         }
         current = match serde_json::from_str::<Value>(text) {
             Ok(next) => next,
             Err(json_err) => match base64_json(text) {
                 Some(next) => next,
                 None => {
-                    return Err(format!(
-                        "a string that is neither JSON nor base64 JSON ({json_err}): {}",
-                        preview(text)
-                    ));
+                    return Err(BindingError::NotJson {
+                        json_error: json_err.to_string(),
+                        preview: preview(text),
+                    });
                 }
             },
         };
     }
-    Err(format!(
-        "still a string after {MAX_DECODE_DEPTH} decodings (JSON nested in strings too deeply)"
-    ))
+    Err(BindingError::TooDeep)
+}
+
+/// `at`'s value is not an object.
+fn not_an_object(at: &str, value: &Value) -> BindingError {
+    BindingError::Kind {
+        at: Some(at.to_owned()),
+        expected: "an object",
+        found: kind(value),
+    }
 }
 
 /// Standard base64 (with padding) of UTF-8 JSON, or `None`.
@@ -264,17 +311,17 @@ pub struct HttpRequestData {
 
 impl HttpRequestData {
     /// Reads `{Url, Method, Query, Headers, Params, Body}` (keys in any ASCII case).
-    pub fn from_value(value: &Value) -> Result<Self, String> {
+    pub fn from_value(value: &Value) -> Result<Self, BindingError> {
         let Value::Object(map) = value else {
-            return Err(format!(
-                "http request: expected an object, found {}",
-                kind(value)
-            ));
+            return Err(not_an_object("http request", value));
         };
         let text = |key: &str| get_ci(map, key).and_then(scalar_text).unwrap_or_default();
         let method = text("Method");
         if method.is_empty() {
-            return Err("http request: no Method".to_owned());
+            return Err(BindingError::Missing {
+                at: "http request",
+                field: "Method",
+            });
         }
         let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         if let Some(h) = get_ci(map, "Headers") {
@@ -285,7 +332,7 @@ impl HttpRequestData {
                     .extend(values);
             }
         }
-        let single = |key: &str| -> Result<BTreeMap<String, String>, String> {
+        let single = |key: &str| -> Result<BTreeMap<String, String>, BindingError> {
             Ok(match get_ci(map, key) {
                 None | Some(Value::Null) => BTreeMap::new(),
                 Some(v) => string_map(v, key)?
@@ -324,29 +371,23 @@ impl HttpRequestData {
 
 /// An object of strings or string arrays, possibly itself JSON-encoded in a string (the
 /// documented sample has `"Query": "{}"`).
-fn string_map(value: &Value, what: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+fn string_map(value: &Value, what: &str) -> Result<Vec<(String, Vec<String>)>, BindingError> {
+    let at = format!("http request {what}");
     let decoded;
     let map = match value {
         Value::Object(map) => map,
         Value::String(_) => {
-            decoded = decode_json_layers(value).map_err(|e| format!("http request {what}: {e}"))?;
+            decoded = decode_json_layers(value).map_err(|e| BindingError::In {
+                at: at.clone(),
+                source: Box::new(e),
+            })?;
             match &decoded {
                 Value::Object(map) => map,
-                other => {
-                    return Err(format!(
-                        "http request {what}: expected an object, found {}",
-                        kind(other)
-                    ));
-                }
+                other => return Err(not_an_object(&at, other)),
             }
         }
         Value::Null => return Ok(Vec::new()),
-        other => {
-            return Err(format!(
-                "http request {what}: expected an object, found {}",
-                kind(other)
-            ));
-        }
+        other => return Err(not_an_object(&at, other)),
     };
     let mut out = Vec::with_capacity(map.len());
     for (k, v) in map {
@@ -373,9 +414,9 @@ pub struct TimerInfo {
 }
 
 impl TimerInfo {
-    pub fn from_value(value: &Value) -> Result<Self, String> {
+    pub fn from_value(value: &Value) -> Result<Self, BindingError> {
         let Value::Object(map) = value else {
-            return Err(format!("timer: expected an object, found {}", kind(value)));
+            return Err(not_an_object("timer", value));
         };
         let is_past_due = match get_ci(map, "IsPastDue") {
             None | Some(Value::Null) => false,
@@ -383,7 +424,13 @@ impl TimerInfo {
             Some(other) => match scalar_text(other).as_deref() {
                 Some("true") | Some("True") => true,
                 Some("false") | Some("False") => false,
-                _ => return Err(format!("timer: IsPastDue is {}", kind(other))),
+                _ => {
+                    return Err(BindingError::Field {
+                        at: "timer",
+                        field: "IsPastDue",
+                        found: kind(other),
+                    });
+                }
             },
         };
         let status = match get_ci(map, "ScheduleStatus") {

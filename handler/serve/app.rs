@@ -71,7 +71,7 @@ impl App {
         &self,
         function: &str,
         invocation: &str,
-        body: Result<Bytes, String>,
+        body: Result<Bytes, super::BodyError>,
     ) -> (StatusCode, InvocationResponse) {
         let span = tracing::info_span!("invocation", function, invocation);
         let _enter = span.enter();

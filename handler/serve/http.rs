@@ -9,6 +9,26 @@ use crate::functions::host::INVOCATION_ID_HEADER;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Why an invocation got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("sending: {0}")]
+    Send(std::io::Error),
+    #[error("reading the reply: {0}")]
+    Read(std::io::Error),
+    #[error("no reply within {0} s")]
+    Timeout(u64),
+    #[error("connection closed before a reply")]
+    Closed,
+    #[error("bad status line: {0}")]
+    StatusLine(String),
+}
+
 /// A reply: status code and body text.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -38,11 +58,14 @@ pub async fn post_invocation(
     invocation: &str,
     body: &[u8],
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, PostError> {
     let work = async {
         let mut s = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            .map_err(|source| PostError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
         let head = format!(
             "POST /{function} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json; charset=utf-8\r\nTransfer-Encoding: chunked\r\n{INVOCATION_ID_HEADER}: {invocation}\r\nX-Azure-Functions-HostVersion: crdb-delta-pump\r\nUser-Agent: Azure-Functions-Host/crdb-delta-pump\r\nConnection: close\r\n\r\n"
         );
@@ -56,30 +79,24 @@ pub async fn post_invocation(
             }
         }
         out.extend_from_slice(b"0\r\n\r\n");
-        s.write_all(&out)
-            .await
-            .map_err(|e| format!("sending: {e}"))?;
+        s.write_all(&out).await.map_err(PostError::Send)?;
         let mut resp = Vec::new();
-        s.read_to_end(&mut resp)
-            .await
-            .map_err(|e| format!("reading the reply: {e}"))?;
+        s.read_to_end(&mut resp).await.map_err(PostError::Read)?;
         parse_reply(&resp)
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("no reply within {} s", timeout.as_secs()))?
+        .map_err(|_| PostError::Timeout(timeout.as_secs()))?
 }
 
-fn parse_reply(resp: &[u8]) -> Result<Reply, String> {
+fn parse_reply(resp: &[u8]) -> Result<Reply, PostError> {
     let text = String::from_utf8_lossy(resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "connection closed before a reply".to_owned())?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(PostError::Closed)?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line: {}", head.lines().next().unwrap_or("")))?;
+        .ok_or_else(|| PostError::StatusLine(head.lines().next().unwrap_or("").to_owned()))?;
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")

@@ -261,8 +261,17 @@ pub fn port_from_env(fallback: Option<u16>) -> Result<u16, ServeError> {
     })
 }
 
+/// A request body that was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the request body: {0}")]
+    Read(String),
+    #[error("request body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+}
+
 /// Reads a body stream to its end, refusing more than `limit` bytes whatever the headers say.
-pub async fn read_bounded<S, B, E>(mut body: S, limit: usize) -> Result<Bytes, String>
+pub async fn read_bounded<S, B, E>(mut body: S, limit: usize) -> Result<Bytes, BodyError>
 where
     S: Stream<Item = Result<B, E>> + Unpin,
     B: Buf,
@@ -270,9 +279,9 @@ where
 {
     let mut out = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| format!("reading the request body: {e}"))?;
+        let mut chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
         if out.len() + chunk.remaining() > limit {
-            return Err(format!("request body larger than {limit} bytes"));
+            return Err(BodyError::TooLarge { limit });
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -367,7 +376,10 @@ mod tests {
             Bytes::from_static(b"abcdef")
         );
         let s = futures::stream::iter(chunks);
-        assert!(read_bounded(s, 5).await.unwrap_err().contains("larger"));
+        assert!(matches!(
+            read_bounded(s, 5).await.unwrap_err(),
+            BodyError::TooLarge { limit: 5 }
+        ));
     }
 
     #[test]
