@@ -74,6 +74,16 @@ pub enum DeltaError {
     FileGone { table: String, path: String },
 }
 
+impl DeltaError {
+    /// Maps delta-rs errors of one table (the one mapping every call site uses).
+    pub fn of(table: &str) -> impl Fn(DeltaTableError) -> DeltaError + Copy + '_ {
+        move |source| DeltaError::Delta {
+            table: table.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
 /// The `az` scheme is not known to delta-rs without its Azure crate; we bring our own store, so
 /// a plain log store over it is all it needs (Azure's conditional put makes commits atomic).
 struct OwnStoreLogStores;
@@ -125,10 +135,7 @@ impl Target {
     }
 
     fn err(&self) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
-        |source| DeltaError::Delta {
-            table: self.path.clone(),
-            source: Box::new(source),
-        }
+        DeltaError::of(&self.path)
     }
 
     fn kernel_schema(&self, schema: &Schema) -> Result<StructType, DeltaError> {
@@ -327,10 +334,7 @@ pub fn layout_of(table: &DeltaTable, name: &str) -> Result<(Layout, Option<Mode>
 /// record, updated atomically with the data); our commitInfo adds its exact HLC and where to
 /// resume reading.
 pub async fn progress(table: &DeltaTable, name: &str) -> Result<Progress, DeltaError> {
-    let err = |source| DeltaError::Delta {
-        table: name.to_owned(),
-        source: Box::new(source),
-    };
+    let err = DeltaError::of(name);
     let snap = table.snapshot().map_err(err)?;
     let store = table.log_store();
     let txn = |app: &'static str| snap.transaction_version(store.as_ref(), app);
@@ -499,10 +503,7 @@ pub async fn enable_deletion_vectors(
         .with_feature(TableFeatures::DeletionVectors)
         .with_allow_protocol_versions_increase(true)
         .await
-        .map_err(|source| DeltaError::Delta {
-            table: name.to_owned(),
-            source: Box::new(source),
-        })?;
+        .map_err(DeltaError::of(name))?;
     Ok(t)
 }
 
@@ -810,10 +811,7 @@ pub async fn commit(
     name: &str,
     c: Commit,
 ) -> Result<Committed, DeltaError> {
-    let err = |source| DeltaError::Delta {
-        table: name.to_owned(),
-        source: Box::new(source),
-    };
+    let err = DeltaError::of(name);
     let merges_keys = c.mode != Mode::AppendOnly;
     let mut winners = Winners::default();
     let mut rebases = 0;
@@ -875,10 +873,7 @@ fn is_lost_race(e: &DeltaTableError) -> bool {
 }
 
 async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u64, DeltaError> {
-    let err = |source| DeltaError::Delta {
-        table: name.to_owned(),
-        source: Box::new(source),
-    };
+    let err = DeltaError::of(name);
     let mut actions: Vec<Action> = Vec::with_capacity(c.adds.len() + c.removes.len() + 1);
     if let Some((layout, mode)) = &c.layout {
         let schema: Arc<Schema> = layout.output_schema(*mode);

@@ -126,12 +126,8 @@ impl SyncError {
 }
 
 pub(super) fn delta_err(table: &str) -> impl Fn(deltalake_core::DeltaTableError) -> SyncError + '_ {
-    move |source| {
-        SyncError::Delta(DeltaError::Delta {
-            table: table.to_owned(),
-            source: Box::new(source),
-        })
-    }
+    let of = DeltaError::of(table);
+    move |source| SyncError::Delta(of(source))
 }
 
 /// How to sync.
