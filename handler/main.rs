@@ -55,9 +55,10 @@ enum Command {
     /// The Azure Functions custom handler (started by the Functions host; settings from the
     /// environment: CRDB_DELTA_SOURCE, CRDB_DELTA_TARGET, …, see function_app/README.md).
     Serve {
-        /// Port when FUNCTIONS_CUSTOMHANDLER_PORT (or FUNCTIONS_HTTPWORKER_PORT) is not set.
-        #[arg(long)]
-        port: Option<u16>,
+        /// Port when FUNCTIONS_CUSTOMHANDLER_PORT (or FUNCTIONS_HTTPWORKER_PORT) is not set: the
+        /// local loop. 7072, so `func start` (7071) can run beside it.
+        #[arg(long, default_value_t = 7072)]
+        port: u16,
     },
     /// Dev loop without Core Tools: list a container and post each new blob to a running
     /// handler as the Functions host forwards an Event Grid BlobCreated event.
@@ -634,12 +635,15 @@ async fn run_changefeed(action: ChangefeedCmd) -> Result<String> {
 async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary> {
     let opts = args.options()?;
     let out = Location::open(&args.out)?;
+    // The local loop: on the emulator the container is made; in Azure its absence is named.
+    out.check_container(true).await?;
     let truth = match &args.truth {
         Some(t) => t.clone(),
         None if !args.out.contains("://") => format!("{}.truth", args.out.trim_end_matches('/')),
         None => "sim-truth".into(),
     };
     let truth = Location::open(&truth)?;
+    truth.check_container(true).await?;
     let summary = simulate(opts, &out, &truth)
         .await
         .with_context(|| format!("simulating into {}", args.out))?;
@@ -879,6 +883,7 @@ async fn run() -> Result<()> {
             // `/Volumes/<catalog>/<schema>/<volume>/…`: the volume's storage location.
             let source = crdb_delta::unity_catalog::resolve_source(&args.source).await?;
             let source = Location::open_existing(&source)?;
+            source.check_container(false).await?;
             check_target(&source, &args.target)?;
             if args.dry_run {
                 // A local target that does not exist stays so: every table is new.
@@ -895,6 +900,7 @@ async fn run() -> Result<()> {
                 return Ok(());
             }
             let target = Location::open(&args.target)?;
+            target.check_container(true).await?;
             let opts = args.options(explicit, Some(&target)).await?;
             let report = sync(&source, &target, &opts)
                 .await
@@ -1053,7 +1059,7 @@ async fn run() -> Result<()> {
             let mut settings =
                 Settings::from_env().context("reading the handler's app settings")?;
             settings.resolve_volume_source().await?;
-            let port = port_from_env(port)?;
+            let port = port_from_env(Some(port))?;
             tracing::info!(
                 port,
                 setup_ms = started.elapsed().as_millis() as u64,

@@ -188,6 +188,48 @@ impl Location {
 }
 
 impl Location {
+    /// The Azure container of this location; `None` for a local folder.
+    pub fn container(&self) -> Option<&str> {
+        (self.url.scheme() == "az").then(|| self.url.host_str().unwrap_or_default())
+    }
+
+    /// Checks, with one listing request, that the location can be read: an Azure container
+    /// that does not exist is an error naming it (instead of the service's XML at the first
+    /// write), or, on the storage emulator (`AZURE_STORAGE_USE_EMULATOR=true`: the local loop),
+    /// is created when `create` says so. A local folder always exists (`open` made it).
+    pub async fn check_container(&self, create: bool) -> Result<(), StorageError> {
+        let Some(container) = self.container() else {
+            return Ok(());
+        };
+        let missing = match self.store.list_with_delimiter(Some(&self.prefix)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_container_not_found(&e) => e,
+            Err(e) => return Err(e.into()),
+        };
+        if create && emulator::in_use() {
+            emulator::create_container(container)
+                .await
+                .map_err(|message| StorageError::Location {
+                    location: redact(&self.display),
+                    message,
+                })?;
+            tracing::info!(container, "created the container on the storage emulator");
+            return Ok(());
+        }
+        tracing::debug!(error = %missing, "container check");
+        Err(StorageError::Location {
+            location: redact(&self.display),
+            message: format!(
+                "container `{container}` does not exist in this storage account{}",
+                if emulator::in_use() {
+                    " (the emulator: `simulate --out` or `sync --target` on it create theirs)"
+                } else {
+                    ": create it (infra/ creates the changefeed and target containers) or check the URL"
+                }
+            ),
+        })
+    }
+
     /// The URL of a folder below this location (for delta-rs), e.g. a table's root.
     pub fn child_url(&self, relative: &str) -> Result<url::Url, StorageError> {
         let mut base = self.url.as_str().trim_end_matches('/').to_owned();
@@ -199,6 +241,72 @@ impl Location {
             location: format!("{}/{relative}", self.display),
             message: e.to_string(),
         })
+    }
+}
+
+/// Azure's answer for a missing container (object_store passes it on as a generic error with
+/// the service's XML).
+fn is_container_not_found(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    text.contains("ContainerNotFound") || text.contains("The specified container does not exist")
+}
+
+/// The storage emulator (Azurite) of the local loop.
+pub mod emulator {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+
+    /// The emulator's one account and its published development key — the same for every
+    /// Azurite, documented by Microsoft, not a secret.
+    const ACCOUNT: &str = "devstoreaccount1";
+    const KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    /// `AZURE_STORAGE_USE_EMULATOR=true`, as object_store reads it.
+    pub fn in_use() -> bool {
+        std::env::var("AZURE_STORAGE_USE_EMULATOR")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+    }
+
+    /// The blob endpoint object_store talks to on the emulator.
+    fn endpoint() -> String {
+        std::env::var("AZURITE_BLOB_STORAGE_URL")
+            .unwrap_or_else(|_| "http://127.0.0.1:10000".into())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Creates a container with a Shared Key signed `Create Container` request (object_store
+    /// has no call for it). One that already exists (409) is fine.
+    pub async fn create_container(container: &str) -> Result<(), String> {
+        let date = chrono::Utc::now()
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let version = "2021-08-06";
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{container}\nrestype:container"
+        );
+        let key = STANDARD.decode(KEY).map_err(|e| e.to_string())?;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+        let signature = STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+        let url = format!("{}/{ACCOUNT}/{container}?restype=container", endpoint());
+        let reply = reqwest::Client::new()
+            .put(&url)
+            .header("x-ms-date", date)
+            .header("x-ms-version", version)
+            .header("Authorization", format!("SharedKey {ACCOUNT}:{signature}"))
+            .header("Content-Length", "0")
+            .send()
+            .await
+            .map_err(|e| {
+                format!("creating container `{container}` on the emulator ({url}): {e}")
+            })?;
+        match reply.status().as_u16() {
+            201 | 409 => Ok(()),
+            status => Err(format!(
+                "creating container `{container}` on the emulator ({url}): HTTP {status}"
+            )),
+        }
     }
 }
 

@@ -82,3 +82,57 @@ fn simulate_and_inspect_through_azurite_equal_local_folders() {
         serde_json::json!(["id"])
     );
 }
+
+/// The local loop on a fresh emulator: writing commands create the containers they write to;
+/// reading one that does not exist is an error naming it, with nothing written.
+#[test]
+fn containers_are_created_on_the_emulator_and_a_missing_source_is_named() {
+    let Some(base) = azurite() else {
+        return;
+    };
+    let id = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth").to_string_lossy().into_owned();
+    let feed = format!("azure://fresh{id}/cf");
+    let w = run(
+        Some(&base),
+        &[
+            "simulate",
+            "--out",
+            &feed,
+            "--truth",
+            &truth,
+            "--windows",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(w["data_files"].as_u64().unwrap() > 0, "{w}");
+    let target = format!("azure://tables{id}/t");
+    let r = run(
+        Some(&base),
+        &["sync", "--source", &feed, "--target", &target, "--json"],
+    );
+    assert!(r["events"].as_u64().unwrap() > 0, "{r}");
+    let local = dir.path().join("out");
+    let out = Command::new(env!("CARGO_BIN_EXE_crdb-delta"))
+        .args([
+            "sync",
+            "--source",
+            &format!("azure://nosuch{id}/cf"),
+            "--target",
+            local.to_str().unwrap(),
+        ])
+        .env("AZURE_STORAGE_USE_EMULATOR", "true")
+        .env("AZURITE_BLOB_STORAGE_URL", &base)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("container `nosuch{id}` does not exist")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("<Code>"), "no raw service XML: {stderr}");
+    assert!(!local.exists(), "nothing written");
+}

@@ -358,6 +358,31 @@ async fn handler_applies_events_exactly_once_like_sync() {
         assert_eq!(s["buffered_files"].as_u64(), Some(0), "{t}: {s}");
     }
     assert_eq!(status["tables"].as_object().unwrap().len(), 3, "{status}");
+    // The same document straight from the handler (the local loop has no host to forward it).
+    for path in ["Status", "api/Status"] {
+        let direct: Value = reqwest::get(format!("http://{addr}/{path}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // Equal but for the age, which grows meanwhile.
+        let without_age = |v: &Value| {
+            let mut t = v["tables"].clone();
+            for s in t.as_object_mut().unwrap().values_mut() {
+                s.as_object_mut().unwrap().remove("age_seconds");
+            }
+            t
+        };
+        assert_eq!(without_age(&direct), without_age(&status), "{path}");
+    }
+    let text = reqwest::get(format!("http://{addr}/Status?format=text"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(last_hlc.as_str()), "{text}");
     drop(h);
 
     // 6. The same source through plain `sync` into a local folder: same tables.

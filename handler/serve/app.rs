@@ -546,6 +546,17 @@ impl App {
                     .map(|f| f.eq_ignore_ascii_case("text"))
             })
             .unwrap_or(false);
+        let http = self.status_response(text).await;
+        // The HTTP caller sees the error; the invocation itself succeeded (nothing to retry).
+        (
+            StatusCode::OK,
+            InvocationResponse::new().with_http("res", &http),
+        )
+    }
+
+    /// The Status document as an HTTP response (JSON, or text lines): what the `Status`
+    /// function answers through the host, and `GET /Status` on the handler itself locally.
+    pub async fn status_response(&self, text: bool) -> HttpResponse {
         let report = status::status(
             &self.store,
             &self.source,
@@ -553,17 +564,12 @@ impl App {
             &self.settings.config,
         )
         .await;
-        let http = match (report.map(|d| (serde_json::to_value(&d), d)), text) {
+        match (report.map(|d| (serde_json::to_value(&d), d)), text) {
             (Ok((_, doc)), true) => HttpResponse::text(200, doc.to_string()),
             (Ok((Ok(v), _)), false) => HttpResponse::json(200, &v),
             (Ok((Err(e), _)), false) => HttpResponse::json(500, &json!({ "error": e.to_string() })),
             (Err(e), _) => HttpResponse::json(500, &json!({ "error": e.to_string() })),
-        };
-        // The HTTP caller sees the error; the invocation itself succeeded (nothing to retry).
-        (
-            StatusCode::OK,
-            InvocationResponse::new().with_http("res", &http),
-        )
+        }
     }
 }
 

@@ -298,12 +298,46 @@ where
 pub async fn serve(settings: Settings, port: u16) -> Result<(), ServeError> {
     let started = Instant::now();
     let app = Arc::new(app::App::new(settings)?);
+    // Missing containers are named at start-up, not at the first event; on the emulator (the
+    // local loop) they are created.
+    let emulator = crate::storage::emulator::in_use();
+    app.source.check_container(emulator).await?;
+    app.target.check_container(true).await?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Listen { addr, source })?;
     let limit = app.settings.max_body_bytes;
-    let routes = warp::post()
+    // `GET /Status[?format=text]` (or `/api/Status`, the host's route): the Status document
+    // straight from the handler, for the local loop where no host forwards HTTP triggers.
+    let status_app = app.clone();
+    let status = warp::get()
+        .and(warp::path("api").or(warp::any()).unify())
+        .and(warp::path("Status"))
+        .and(warp::path::end())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .then(move |query: std::collections::HashMap<String, String>| {
+            let app = status_app.clone();
+            async move {
+                let text = query
+                    .get("format")
+                    .is_some_and(|f| f.eq_ignore_ascii_case("text"));
+                let http = app.status_response(text).await;
+                let mut r = warp::reply::Response::new(http.body.into());
+                *r.status_mut() =
+                    StatusCode::from_u16(http.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                for (k, v) in http.headers {
+                    if let (Ok(k), Ok(v)) = (
+                        warp::http::HeaderName::from_bytes(k.as_bytes()),
+                        warp::http::HeaderValue::from_str(&v),
+                    ) {
+                        r.headers_mut().insert(k, v);
+                    }
+                }
+                r
+            }
+        });
+    let invocations = warp::post()
         .and(warp::path::param::<String>())
         .and(warp::path::end())
         .and(warp::header::optional::<String>(INVOCATION_ID_HEADER))
@@ -318,6 +352,7 @@ pub async fn serve(settings: Settings, port: u16) -> Result<(), ServeError> {
                 reply(status, &resp)
             }
         });
+    let routes = status.or(invocations);
     tracing::info!(%addr, ready_ms = started.elapsed().as_millis() as u64, "crdb-delta serve: listening");
     warp::serve(routes)
         .incoming(listener)
