@@ -10,7 +10,7 @@ use crdb_delta_core::apply::{
     self, ChangeError, ChangeLog, Keep, Layout, Mode, ModeWriter, Window,
 };
 use crdb_delta_core::deletion_vector::DeletionVector;
-use crdb_delta_core::format::decode::DecodeOptions;
+use crdb_delta_core::format::decode::{DecodeError, DecodeOptions};
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
@@ -138,7 +138,7 @@ pub(super) async fn apply_table(
                     });
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(type_locked(e, &state.name, &layout, opts)),
         }
     };
     state.report.rows_read += window.rows_read();
@@ -221,6 +221,27 @@ async fn step_layout(
         .clone()
         .or_else(|| (layout.split_families && seen_primary).then(|| "primary".to_owned()));
     Ok(layout)
+}
+
+/// A value that does not fit a column the Delta table typed from earlier values (no SQL type
+/// configured for it): the error says so and how to get the right type.
+fn type_locked(e: SyncError, table: &str, layout: &Layout, opts: &SyncOptions) -> SyncError {
+    let SyncError::Decode(DecodeError::Value { column, .. }) = &e else {
+        return e;
+    };
+    let configured = opts.config.table(table).columns.contains_key(column);
+    match layout.columns.iter().find(|(c, _)| c == column) {
+        Some((_, ty)) if !configured => SyncError::TypeLocked {
+            table: table.to_owned(),
+            column: column.clone(),
+            delta_type: ty.delta_type().to_string(),
+            error: match e {
+                SyncError::Decode(d) => d,
+                _ => unreachable!("matched above"),
+            },
+        },
+        _ => e,
+    }
 }
 
 /// Column types for decoding: the table's win; configured SQL types fix the rest; others are

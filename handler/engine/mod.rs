@@ -88,6 +88,20 @@ pub enum SyncError {
     Key(#[from] KeyError),
     #[error("table `{table}`: {message}")]
     Table { table: String, message: String },
+    /// A value that does not fit a column whose type the Delta table took from earlier values
+    /// (no SQL type configured): the type cannot change in place, so the message says how.
+    #[error(
+        "{error}. Column `{column}` is `{delta_type}` in the Delta table, inferred from earlier \
+         values (no SQL type configured), and Delta cannot change it to fit: configure \
+         `tables.{table}.columns.{column}` with the column's SQL type (`crdb-delta schema` reads \
+         them from CockroachDB), re-create the table, then `crdb-delta quarantine retry` the file"
+    )]
+    TypeLocked {
+        table: String,
+        column: String,
+        delta_type: String,
+        error: DecodeError,
+    },
     #[error("worker task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
@@ -113,7 +127,7 @@ impl SyncError {
     /// table. Storage and other transient errors fail the run instead.
     pub fn poison_file(&self) -> Option<&str> {
         match self {
-            Self::Decode(e) => Some(e.file()),
+            Self::Decode(e) | Self::TypeLocked { error: e, .. } => Some(e.file()),
             Self::Change { source, .. } => match source {
                 ChangeError::MissingKey { file, .. }
                 | ChangeError::Convert { file, .. }

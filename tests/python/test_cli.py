@@ -183,3 +183,32 @@ def test_options_in_the_targets_schema_json_reach_the_run(crdb_delta_bin, tmp_pa
                 "--manifest", str(truth / "manifest.json"), "--json", "--dry-run",
                 "--config", str(cfg))
     assert len(json.loads(whole.stdout)) == 1, whole.stdout
+
+
+def test_a_value_that_does_not_fit_an_inferred_column_says_how_to_fix_it(crdb_delta_bin, tmp_path):
+    """A column typed from its first values (no SQL type configured) is fixed in the Delta table;
+    a later value that does not fit stops the table with an error that says why and what to do."""
+    feed, out = tmp_path / "feed", tmp_path / "delta"
+    feed.mkdir()
+    base = 1714751616
+
+    def window(i: int, after: str) -> None:
+        ts = base + 2 * i
+        stamp = f"2024050315{53 + 0:02d}{36 + 2 * i:02d}" + "0" * 19
+        (feed / f"{stamp}-08779498965a12e2-1-2-{i:08x}-t-1.ndjson").write_text(
+            f'{{"after": {after}, "key": [{i + 1}], "updated": "{ts}000000000.0000000000"}}\n')
+        rstamp = f"2024050315{53:02d}{37 + 2 * i:02d}" + "0" * 19
+        (feed / f"{rstamp}.RESOLVED").write_text(f'{{"resolved":"{ts + 1}000000000.0000000000"}}')
+
+    window(0, '{"id": 1, "amount": 100}')
+    first = cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(out))
+    assert first.returncode == 0, first.stderr
+    window(1, '{"id": 2, "amount": 100.5}')
+    p = cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(out))
+    assert p.returncode == 1
+    message = p.stdout + p.stderr
+    assert "`100.5` is not a 64-bit integer" in message, message
+    assert "Column `amount` is `long` in the Delta table, inferred" in message, message
+    assert "tables.t.columns.amount" in message and "quarantine retry" in message, message
+    listed = cli(crdb_delta_bin, "quarantine", "--target", str(out), "list")
+    assert "inferred from earlier values" in listed.stdout, listed.stdout
