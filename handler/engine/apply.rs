@@ -236,7 +236,7 @@ fn type_locked(e: SyncError, table: &str, layout: &Layout, opts: &SyncOptions) -
             column: column.clone(),
             delta_type: ty.delta_type().to_string(),
             error: match e {
-                SyncError::Decode(d) => d,
+                SyncError::Decode(d) => Box::new(d),
                 _ => unreachable!("matched above"),
             },
         },

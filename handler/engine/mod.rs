@@ -100,7 +100,7 @@ pub enum SyncError {
         table: String,
         column: String,
         delta_type: String,
-        error: DecodeError,
+        error: Box<DecodeError>,
     },
     #[error("worker task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -127,7 +127,8 @@ impl SyncError {
     /// table. Storage and other transient errors fail the run instead.
     pub fn poison_file(&self) -> Option<&str> {
         match self {
-            Self::Decode(e) | Self::TypeLocked { error: e, .. } => Some(e.file()),
+            Self::Decode(e) => Some(e.file()),
+            Self::TypeLocked { error, .. } => Some(error.file()),
             Self::Change { source, .. } => match source {
                 ChangeError::MissingKey { file, .. }
                 | ChangeError::Convert { file, .. }
