@@ -82,6 +82,8 @@ pub(super) struct Budget<'a> {
 struct Decoded {
     batches: carry::Batches,
     fetched: u64,
+    /// Its messages are in the `bare` envelope ([`decode::BatchStream::bare_envelope`]).
+    bare: bool,
 }
 
 /// What one file's push reads from.
@@ -111,7 +113,11 @@ fn decode_ahead(
             while let Some(b) = s.next() {
                 batches.push((b?, s.input_bytes()));
             }
-            Ok(Decoded { batches, fetched })
+            Ok(Decoded {
+                batches,
+                fetched,
+                bare: s.bare_envelope(),
+            })
         })
         .await?
     }))
@@ -183,6 +189,7 @@ pub(super) async fn read_window(
                 let got = handle.await??;
                 state.report.bytes_read += got.fetched;
                 state.report.files_read += 1;
+                state.report.bare_envelope |= got.bare;
                 Input::Batches(got.batches)
             }
             (None, None) => {
@@ -207,17 +214,22 @@ pub(super) async fn read_window(
                     )
                 };
             match input {
-                Input::Batches(batches) => push(&mut batches.into_iter().map(Ok)),
+                Input::Batches(batches) => {
+                    push(&mut batches.into_iter().map(Ok)).map(|p| (p, false))
+                }
                 Input::Stream(bytes, dopts) => {
                     let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
-                    push(&mut std::iter::from_fn(|| {
+                    let pushed = push(&mut std::iter::from_fn(|| {
                         let b = s.next()?;
                         Some(b.map(|b| (b, s.input_bytes())).map_err(SyncError::from))
-                    }))
+                    }))?;
+                    Ok((pushed, s.bare_envelope()))
                 }
             }
         })
         .await??;
+        let (pushed, bare) = pushed;
+        state.report.bare_envelope |= bare;
         window = pushed.window;
         let (decoded, over) = (pushed.decoded, pushed.over);
         decoded_total += decoded;

@@ -48,6 +48,9 @@ pub struct TableReport {
     pub bytes_written: u64,
     pub rows_read: u64,
     pub seconds: f64,
+    /// Files of this run were in the `bare` envelope: a delete cannot be told from an update
+    /// to all-NULL there (format spec §3.3), so deletes were applied as such rows.
+    pub bare_envelope: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -127,6 +130,14 @@ impl std::fmt::Display for SyncReport {
                 f,
                 "  nothing applied: no RESOLVED file in the source yet (the changefeed writes them \
                  with `WITH resolved`); data files wait for the first one"
+            )?;
+        }
+        for (name, _) in self.tables.iter().filter(|(_, t)| t.bare_envelope) {
+            writeln!(
+                f,
+                "  {name}: WARNING: the changefeed uses envelope=bare, where a delete cannot be told \
+                 from an update to all-NULL: deleted rows stay, with NULL columns (use the default \
+                 envelope=wrapped)"
             )?;
         }
         for (t, id) in &self.schema_read {

@@ -320,6 +320,9 @@ pub(super) async fn sync_known(
             cache.put(&s.target.path, std::mem::take(&mut s.carry));
         }
         let mut t = s.report;
+        if t.bare_envelope {
+            tracing::warn!(table = %s.name, "the changefeed uses envelope=bare: a delete cannot be told from an update to all-NULL, so deleted rows stay with NULL columns (use envelope=wrapped)");
+        }
         t.target = s.target.path.clone();
         t.mode = Some(s.mode);
         t.resolved = s.progress.applied;

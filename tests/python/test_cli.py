@@ -212,3 +212,22 @@ def test_a_value_that_does_not_fit_an_inferred_column_says_how_to_fix_it(crdb_de
     assert "tables.t.columns.amount" in message and "quarantine retry" in message, message
     listed = cli(crdb_delta_bin, "quarantine", "--target", str(out), "list")
     assert "inferred from earlier values" in listed.stdout, listed.stdout
+
+
+def test_a_bare_envelope_feed_is_applied_with_a_warning_about_deletes(crdb_delta_bin, tmp_path):
+    src, out = tmp_path / "feed", tmp_path / "delta"
+    p = cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(tmp_path / "truth"),
+            "--windows", "2", "--tables", "usertable", "--bare")
+    assert p.returncode == 0, p.stderr
+    report = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(out), "--json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["tables"]["usertable"]["bare_envelope"] is True
+    assert "envelope=bare" in report.stderr, report.stderr
+    wrapped = cli(crdb_delta_bin, "simulate", "--out", str(tmp_path / "w"), "--truth",
+                  str(tmp_path / "wt"), "--windows", "2", "--tables", "usertable")
+    assert wrapped.returncode == 0, wrapped.stderr
+    text = cli(crdb_delta_bin, "sync", "--source", str(tmp_path / "w"), "--target",
+               str(tmp_path / "wd"))
+    assert "envelope=bare" not in text.stdout + text.stderr, text.stdout
+    bare_text = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(tmp_path / "b2"))
+    assert "WARNING: the changefeed uses envelope=bare" in bare_text.stdout, bare_text.stdout

@@ -153,4 +153,9 @@ pub trait BatchStream:
     /// Decoded input so far: NDJSON bytes after decompression, or a Parquet file's uncompressed
     /// row-group bytes. What a window's memory grows with, unlike the stored size.
     fn input_bytes(&self) -> u64;
+    /// Whether messages in the `bare` envelope were read: their deletes cannot be told from
+    /// updates to all-NULL (format spec §3.3), so the caller can say so.
+    fn bare_envelope(&self) -> bool {
+        false
+    }
 }

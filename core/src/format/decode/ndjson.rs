@@ -39,6 +39,8 @@ pub struct NdjsonDecoder<R> {
     max_line_bytes: usize,
     /// Decompressed bytes read so far.
     input_bytes: u64,
+    /// A `bare` envelope message was read (set while parsing, which borrows `self` shared).
+    bare: std::cell::Cell<bool>,
     done: bool,
 }
 
@@ -83,6 +85,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 .cloned(),
             max_line_bytes: opts.max_line_bytes.max(1),
             input_bytes: 0,
+            bare: std::cell::Cell::new(false),
             done: false,
         }
     }
@@ -186,6 +189,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
             let meta: Fields<'a> = serde_json::from_str(meta.get())
                 .map_err(|e| bad(format!("`__crdb__` is not an object: {e}")))?;
             let cols = top.without("__crdb__");
+            self.bare.set(true);
             (Op::Create, cols, Some(meta))
         } else if top.contains_key("resolved") {
             return Err(bad("a resolved message inside a data file".into()));
@@ -412,6 +416,9 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
     }
     fn input_bytes(&self) -> u64 {
         self.input_bytes
+    }
+    fn bare_envelope(&self) -> bool {
+        self.bare.get()
     }
 }
 
