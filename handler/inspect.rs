@@ -16,6 +16,7 @@ use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::format::types::ColumnType;
 use serde::Serialize;
 
+use crate::config::{Config, TableConfig};
 use crate::storage::{Location, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,9 @@ pub struct TableSummary {
     evidence: BTreeMap<String, KeyEvidence>,
     #[serde(skip)]
     types: BTreeMap<String, ColumnType>,
+    /// Some files are NDJSON: their types were inferred from JSON values, not read.
+    #[serde(skip)]
+    json: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +101,7 @@ pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, In
                 let family = d.topic.family().unwrap_or("primary").to_owned();
                 table.families.insert(family.clone());
                 table.schema_ids.insert(d.schema_id);
+                table.json |= d.format == crdb_delta_core::format::names::Format::Json;
                 table.files += 1;
                 table.bytes += bytes.len() as u64;
                 let opts = DecodeOptions {
@@ -146,6 +151,71 @@ pub async fn inspect(source: &Location, batch_size: usize) -> Result<Summary, In
         mb_per_s: bytes_total as f64 / 1e6 / seconds.max(1e-9),
         rows_per_s: rows_total as f64 / seconds.max(1e-9),
     })
+}
+
+impl Summary {
+    /// A configuration from what was read — each table's key (when the files show it) and its
+    /// columns' types as SQL types — for a person to check and give to `sync --config`, with
+    /// notes on what is a guess. Exact types come from CockroachDB (`crdb-delta schema`).
+    pub fn proposed_config(&self) -> (Config, Vec<String>) {
+        let mut config = Config::default();
+        let mut notes = Vec::new();
+        for (name, t) in &self.tables {
+            let primary_key = match &t.primary_key_error {
+                None if !t.primary_key.is_empty() => Some(t.primary_key.clone()),
+                _ => {
+                    notes.push(format!(
+                        "{name}: key unknown ({}): set tables.{name}.primary_key",
+                        t.primary_key_error.as_deref().unwrap_or("no evidence")
+                    ));
+                    None
+                }
+            };
+            if t.json {
+                let guessed: Vec<&str> = t
+                    .types
+                    .iter()
+                    .filter(|(_, ty)| {
+                        matches!(
+                            ty,
+                            ColumnType::Int64 | ColumnType::Float64 | ColumnType::Text
+                        )
+                    })
+                    .map(|(c, _)| c.as_str())
+                    .collect();
+                if !guessed.is_empty() {
+                    notes.push(format!(
+                        "{name}: types inferred from JSON values — check {}: JSON numbers become \
+                         INT8 (no fraction seen) or FLOAT8, a column seen only as NULL or as text \
+                         becomes STRING; CockroachDB's DECIMAL, INT4, UUID, TIMESTAMP… need their \
+                         own SQL types",
+                        guessed.join(", ")
+                    ));
+                }
+            }
+            if t.families.len() > 1 && !t.families.contains("primary") {
+                notes.push(format!(
+                    "{name}: several column families, none named `primary`: set \
+                     tables.{name}.primary_family to family 0's name"
+                ));
+            }
+            config.tables.insert(
+                name.clone(),
+                TableConfig {
+                    primary_key,
+                    primary_family: (t.families.len() > 1 && t.families.contains("primary"))
+                        .then(|| "primary".to_owned()),
+                    columns: t
+                        .types
+                        .iter()
+                        .map(|(c, ty)| (c.clone(), ty.sql_type()))
+                        .collect(),
+                    ..TableConfig::default()
+                },
+            );
+        }
+        (config, notes)
+    }
 }
 
 #[derive(Default)]

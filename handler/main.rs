@@ -115,6 +115,10 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Print a configuration for `sync --config` instead: each table's key and its columns'
+        /// types as SQL types, as read or inferred (notes on the guesses go to stderr).
+        #[arg(long, conflicts_with = "json")]
+        propose_config: bool,
     },
 }
 
@@ -1142,6 +1146,7 @@ async fn run() -> Result<()> {
             source,
             batch_size,
             json,
+            propose_config,
         } => {
             let loc = Location::open_existing(
                 &crdb_delta::unity_catalog::resolve_source(&source).await?,
@@ -1149,7 +1154,13 @@ async fn run() -> Result<()> {
             let summary = inspect(&loc, batch_size)
                 .await
                 .with_context(|| format!("reading {source}"))?;
-            if json {
+            if propose_config {
+                let (config, notes) = summary.proposed_config();
+                for n in notes {
+                    eprintln!("note: {n}");
+                }
+                println!("{}", serde_json::to_string_pretty(&config)?);
+            } else if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 print!("{summary}");

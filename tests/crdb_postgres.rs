@@ -443,6 +443,71 @@ async fn a_schema_change_in_the_file_names_reads_the_table_again() {
     );
 }
 
+/// A Parquet changefeed carries no key (CockroachDB writes no key metadata and an initial scan
+/// has no deletes): without configuration its first `sync` cannot start; with a connection the
+/// keys and types are read before the first apply.
+#[tokio::test]
+async fn a_parquet_feed_starts_with_no_config_when_a_connection_is_given() {
+    let Some(base) = postgres() else { return };
+    let url = fresh_db(
+        &base,
+        "cd_first",
+        "CREATE TABLE usertable (ycsb_key int8 PRIMARY KEY, field0 text, field1 text);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    let truth = dir.path().join("truth");
+    let o = bin(
+        &[
+            "simulate",
+            "--out",
+            feed.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--format",
+            "parquet",
+            "--tables",
+            "usertable",
+            "--ycsb-fields",
+            "2",
+            "--windows",
+            "3",
+            "--schema-change-at",
+            "0",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let bare = dir.path().join("bare");
+    let o = sync(&feed, &bare, &[]);
+    assert!(!o.status.success(), "no key known: {}", text(&o).0);
+    let target = dir.path().join("delta");
+    let o = sync(&feed, &target, &["--crdb-url", &url, "--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["schema_read"]["usertable"], 1, "{report}");
+    let manifest: crdb_delta_core::sim::Manifest =
+        serde_json::from_slice(&std::fs::read(truth.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["resolved"].as_str(),
+        manifest
+            .summary
+            .last_resolved
+            .map(|h| h.to_string())
+            .as_deref(),
+        "{report}"
+    );
+    let doc = read_json(&target.join("_crdb_delta/schema.json"));
+    assert_eq!(
+        doc["tables"]["usertable"]["primary_key"],
+        serde_json::json!(["ycsb_key"])
+    );
+    let types = latest_delta_types(&target.join("usertable"));
+    assert_eq!(types["ycsb_key"], "long", "{types:?}");
+}
+
 #[tokio::test]
 async fn schema_errors_are_clear_write_nothing_and_hide_the_password() {
     let Some(base) = postgres() else { return };

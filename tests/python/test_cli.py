@@ -231,3 +231,26 @@ def test_a_bare_envelope_feed_is_applied_with_a_warning_about_deletes(crdb_delta
     assert "envelope=bare" not in text.stdout + text.stderr, text.stdout
     bare_text = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(tmp_path / "b2"))
     assert "WARNING: the changefeed uses envelope=bare" in bare_text.stdout, bare_text.stdout
+
+
+def test_inspect_proposes_a_config_that_sync_takes(crdb_delta_bin, tmp_path):
+    src, truth = tmp_path / "feed", tmp_path / "truth"
+    p = cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(truth), "--windows", "3",
+            "--tables", "usertable,orders")
+    assert p.returncode == 0, p.stderr
+    proposed = cli(crdb_delta_bin, "inspect", "--source", str(src), "--propose-config")
+    assert proposed.returncode == 0, proposed.stderr
+    config = json.loads(proposed.stdout)
+    manifest = json.loads((truth / "manifest.json").read_text())
+    for t in manifest["tables"]:
+        got = config["tables"][t["name"]]
+        assert got["primary_key"] == t["primary_key"], (t["name"], got)
+        assert set(got["columns"]) >= {c["name"] for c in t["columns"]}, (t["name"], got)
+    # The guesses are named (orders' DECIMAL amount is a JSON number here).
+    assert "types inferred from JSON values" in proposed.stderr, proposed.stderr
+    cfg = tmp_path / "proposed.json"
+    cfg.write_text(proposed.stdout)
+    run = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(tmp_path / "delta"),
+              "--config", str(cfg), "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["resolved"] is not None

@@ -242,6 +242,26 @@ impl ColumnType {
         }
     }
 
+    /// A CockroachDB SQL spelling that configures this type (`SqlType::column_type` of it
+    /// gives it back): what a proposed configuration writes for an inferred column.
+    pub fn sql_type(&self) -> String {
+        match self {
+            Self::Boolean => "BOOL".into(),
+            Self::Int32 => "INT4".into(),
+            Self::Int64 => "INT8".into(),
+            Self::Float32 => "FLOAT4".into(),
+            Self::Float64 => "FLOAT8".into(),
+            Self::Decimal(p, s) => format!("DECIMAL({p},{s})"),
+            Self::Text => "STRING".into(),
+            Self::Json => "JSONB".into(),
+            Self::Binary => "BYTES".into(),
+            Self::Date => "DATE".into(),
+            Self::Timestamp => "TIMESTAMP".into(),
+            Self::TimestampTz => "TIMESTAMPTZ".into(),
+            Self::List(t) => format!("{}[]", t.sql_type()),
+        }
+    }
+
     /// The Delta Lake type name (protocol `schemaString` primitive names).
     pub fn delta_type(&self) -> String {
         match self {
@@ -317,6 +337,34 @@ pub fn parquet_decimal_type(precision: i32, scale: i32) -> ColumnType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_column_type_has_a_sql_spelling_that_gives_it_back() {
+        use ColumnType::*;
+        for t in [
+            Boolean,
+            Int32,
+            Int64,
+            Float32,
+            Float64,
+            Decimal(12, 2),
+            Decimal(38, 0),
+            Text,
+            Json,
+            Binary,
+            Date,
+            Timestamp,
+            TimestampTz,
+            List(Box::new(Int64)),
+            List(Box::new(Text)),
+        ] {
+            let sql = t.sql_type();
+            let back = sql
+                .parse::<SqlType>()
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(back.column_type(), t, "{sql}");
+        }
+    }
 
     #[test]
     fn sql_type_names_round_trip() {
