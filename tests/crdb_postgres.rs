@@ -471,9 +471,14 @@ async fn a_parquet_feed_starts_with_no_config_when_a_connection_is_given() {
             "usertable",
             "--ycsb-fields",
             "2",
+            // The initial scan only: no deletes, so nothing in the files shows the key.
             "--windows",
-            "3",
+            "1",
+            "--events-per-window",
+            "0",
             "--schema-change-at",
+            "0",
+            "--restart-at",
             "0",
         ],
         &[],
@@ -482,6 +487,7 @@ async fn a_parquet_feed_starts_with_no_config_when_a_connection_is_given() {
     let bare = dir.path().join("bare");
     let o = sync(&feed, &bare, &[]);
     assert!(!o.status.success(), "no key known: {}", text(&o).0);
+    assert!(text(&o).1.contains("primary_key"), "{}", text(&o).1);
     let target = dir.path().join("delta");
     let o = sync(&feed, &target, &["--crdb-url", &url, "--json"]);
     let (stdout, stderr) = text(&o);
