@@ -276,9 +276,15 @@ pub mod emulator {
             .to_owned()
     }
 
-    /// Creates a container with a Shared Key signed `Create Container` request (object_store
-    /// has no call for it). One that already exists (409) is fine.
+    /// Creates a container on the emulator object_store talks to.
     pub async fn create_container(container: &str) -> Result<(), String> {
+        create_container_at(&endpoint(), container).await
+    }
+
+    /// Creates a container with a Shared Key signed `Create Container` request (object_store
+    /// has no call for it) on the emulator at `endpoint` (`http://127.0.0.1:10000`). One that
+    /// already exists (409) is fine.
+    pub async fn create_container_at(endpoint: &str, container: &str) -> Result<(), String> {
         let date = chrono::Utc::now()
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string();
@@ -289,7 +295,10 @@ pub mod emulator {
         let key = STANDARD.decode(KEY).map_err(|e| e.to_string())?;
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
         let signature = STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-        let url = format!("{}/{ACCOUNT}/{container}?restype=container", endpoint());
+        let url = format!(
+            "{}/{ACCOUNT}/{container}?restype=container",
+            endpoint.trim_end_matches('/')
+        );
         let reply = reqwest::Client::new()
             .put(&url)
             .header("x-ms-date", date)

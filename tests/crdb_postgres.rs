@@ -328,19 +328,7 @@ async fn a_schema_change_in_the_file_names_reads_the_table_again() {
     let dir = tempfile::tempdir().unwrap();
     let feed = dir.path().join("feed");
     let target = dir.path().join("delta");
-    let with_url = |u: &str| {
-        let mut args = vec![
-            "sync",
-            "--source",
-            feed.to_str().unwrap(),
-            "--target",
-            target.to_str().unwrap(),
-            "--json",
-        ];
-        args.push("--crdb-url");
-        args.push(u);
-        bin(&args, &[])
-    };
+    let with_url = |u: &str| sync(&feed, &target, &["--json", "--crdb-url", u]);
     // Schema id 1; `ghost` is in the feed but not in the database (dropped since).
     write_window(
         &feed,

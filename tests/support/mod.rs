@@ -2,17 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-
 pub const ACCOUNT: &str = "devstoreaccount1";
-/// Azurite's published well-known development key (not a secret).
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
 /// `http://127.0.0.1:<port>` of the Azurite that `scripts/test` started. Without it a test
 /// fails, unless `CRDB_DELTA_SKIP_AZURITE=1` asks to skip (CI never sets it): a test that
 /// needs a service must not pass by doing nothing.
@@ -35,33 +25,22 @@ pub fn azurite() -> Option<String> {
     }
 }
 
-/// Creates a container with a Shared Key signed request (object_store cannot create containers).
+/// Creates a container (object_store cannot): the connector's own emulator call, on a thread
+/// of its own so that async tests may call it too.
 pub fn create_container(base: &str, container: &str) {
-    let date = chrono::Utc::now()
-        .format("%a, %d %b %Y %H:%M:%S GMT")
-        .to_string();
-    let version = "2021-08-06";
-    let to_sign = format!(
-        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{container}\nrestype:container"
-    );
-    let key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &STANDARD.decode(AZURITE_KEY).unwrap(),
-    );
-    let sig = STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-    let host = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(host).unwrap();
-    write!(
-        s,
-        "PUT /{ACCOUNT}/{container}?restype=container HTTP/1.1\r\nHost: {host}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(
-        resp.starts_with("HTTP/1.1 201"),
-        "create container failed: {resp}"
-    );
+    let (base, container) = (base.to_owned(), container.to_owned());
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(crdb_delta::storage::emulator::create_container_at(
+                &base, &container,
+            ))
+    })
+    .join()
+    .unwrap()
+    .unwrap_or_else(|e| panic!("create container failed: {e}"));
 }
 
 /// `postgresql://…` of the PostgreSQL cluster `scripts/test` started (the wire protocol and the
