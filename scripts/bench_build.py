@@ -2,7 +2,8 @@
 """The deployed build against the glibc release build, side by side in one run (issue 12).
 
     .tools/venv/bin/python scripts/bench_build.py [--runs 3] [--workloads backlog,peer-parquet,peer-json]
-        [--binary LABEL=PATH ...] [--env LABEL:VAR=VALUE ...] [--no-build] [--work target/bench-build]
+        [--binary LABEL=PATH ...] [--env LABEL:VAR=VALUE ...] [--arg LABEL:ARG ...] [--no-build]
+        [--work target/bench-build]
 
 Run it with the project's venv interpreter (`.tools/venv/bin/python`: the tables are checked
 through `deltalake` and `pyarrow`). Builds, unless --no-build:
@@ -11,7 +12,10 @@ through `deltalake` and `pyarrow`). Builds, unless --no-build:
     Azure runs (static x86_64-unknown-linux-musl).
 More builds to compare (e.g. musl without the allocator) come with `--binary LABEL=PATH`; `--env`
 sets an environment variable for one label's runs (e.g. `package:_RJEM_MALLOC_CONF=...` to try
-jemalloc options without a rebuild). Ratios are against `glibc`.
+jemalloc options without a rebuild), `--arg` a `sync` argument (e.g. `--storage copy_on_write`, to
+compare an engine from before deletion vectors on equal terms). Ratios are against `glibc`.
+Two engines side by side: build the other commit's release binary in a worktree and pass it with
+`--no-build --binary old=<path>`.
 
 Workloads (every build runs the same feed, into a fresh target; runs alternate build by build,
 RUNS each; medians):
@@ -113,14 +117,22 @@ def main() -> None:
                     help="another build to compare (repeatable)")
     ap.add_argument("--env", action="append", default=[], metavar="LABEL:VAR=VALUE",
                     help="an environment variable for one label's runs (repeatable)")
+    ap.add_argument("--arg", action="append", default=[], metavar="LABEL:ARG",
+                    help="one more `sync` argument for one label's runs (repeatable, in order; "
+                         "e.g. new-cow:--storage new-cow:copy_on_write)")
     ap.add_argument("--no-build", action="store_true",
-                    help="use target/release/crdb-delta and <work>/package/crdb-delta as they are")
+                    help="use target/release/crdb-delta (and <work>/package/crdb-delta if there) as they are")
     ap.add_argument("--work", default=str(ROOT / "target" / "bench-build"))
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    bins = ({"glibc": ROOT / "target" / "release" / "crdb-delta", "package": work / "package" / "crdb-delta"}
-            if a.no_build else build(work))
+    if a.no_build:
+        # The package binary only when one was built before (e.g. comparing two glibc builds).
+        bins = {"glibc": ROOT / "target" / "release" / "crdb-delta"}
+        if (work / "package" / "crdb-delta").is_file():
+            bins["package"] = work / "package" / "crdb-delta"
+    else:
+        bins = build(work)
     for spec in a.binary:
         label, _, path = spec.partition("=")
         bins[label] = Path(path)
@@ -129,11 +141,17 @@ def main() -> None:
         label, _, assignment = spec.partition(":")
         var, _, value = assignment.partition("=")
         envs[label][var] = value
+    extra_args: dict[str, list[str]] = {label: [] for label in bins}
+    for spec in a.arg:
+        label, _, arg = spec.partition(":")
+        extra_args[label].append(arg)
     for label, path in bins.items():
         if not path.is_file():
             sys.exit(f"{label}: {path} not found")
         kind = subprocess.run(["file", "-b", str(path.resolve())], capture_output=True, text=True).stdout.strip()
         extra = {k: v for k, v in envs[label].items() if k not in BASE_ENV}
+        if extra_args[label]:
+            extra["sync args"] = " ".join(extra_args[label])
         print(f"{label}: {path} ({path.stat().st_size / 1e6:.0f} MB; {kind.split(',')[0]}, "
               f"{'static' if 'static' in kind else 'dynamic'}){' ' + str(extra) if extra else ''}")
 
@@ -149,7 +167,7 @@ def main() -> None:
                 run("rm", "-rf", str(target))
                 wall, rss, cpu, out = measured(str(path), "sync", "--source", str(w["feed"]), "--target",
                                                str(target), "--manifest", str(w["manifest"]), "--json",
-                                               *w["extra"], env=envs[label])
+                                               *w["extra"], *extra_args[label], env=envs[label])
                 rep = json.loads(out)
                 t = rep["tables"][TABLE]
                 if not rep["complete"] or t["resolved"] != w["resolved"][-1]:
