@@ -19,6 +19,7 @@ pub mod quarantine;
 pub mod records;
 pub mod serve;
 pub mod status;
+pub mod status_plot;
 pub mod storage;
 pub mod table_file;
 pub mod unity_catalog;

@@ -81,6 +81,10 @@ enum Command {
         target: String,
         #[arg(long)]
         json: bool,
+        /// Also draw the lag behind CockroachDB at each RESOLVED (from `_crdb_delta_resolved`)
+        /// as an SVG line chart into this file.
+        #[arg(long)]
+        plot: Option<String>,
     },
     /// Files that stopped their table (they cannot be decoded or applied): list them, retry
     /// one (after replacing it or fixing the config), or skip one (the table goes on without
@@ -972,7 +976,14 @@ async fn run() -> Result<()> {
                 }
             }
         }
-        Command::Status { target, json } => {
+        Command::Status { target, json, plot } => {
+            if let Some(file) = &plot {
+                let loc = Location::open_existing(&target)?;
+                let points = crdb_delta::status_plot::lag_points(&loc).await?;
+                std::fs::write(file, crdb_delta::status_plot::lag_svg(&points))
+                    .with_context(|| format!("writing {file}"))?;
+                eprintln!("{file}: lag at {} RESOLVED(s)", points.len());
+            }
             let rows: Vec<serde_json::Value> = crdb_delta::status::target_status(&target)
                 .await?
                 .into_iter()

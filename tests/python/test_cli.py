@@ -254,3 +254,22 @@ def test_inspect_proposes_a_config_that_sync_takes(crdb_delta_bin, tmp_path):
               "--config", str(cfg), "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["resolved"] is not None
+
+
+def test_status_plots_the_lag_at_each_resolved(crdb_delta_bin, tmp_path):
+    import xml.etree.ElementTree as ET
+    src, out = tmp_path / "feed", tmp_path / "delta"
+    assert cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(tmp_path / "truth"),
+               "--windows", "4", "--tables", "usertable").returncode == 0
+    run = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(out),
+              "--commit-each-resolved", "--json")
+    assert run.returncode == 0, run.stderr
+    steps = json.loads(run.stdout)["steps"]
+    svg = tmp_path / "lag.svg"
+    p = cli(crdb_delta_bin, "status", "--target", str(out), "--plot", str(svg))
+    assert p.returncode == 0, p.stderr
+    root = ET.parse(svg).getroot()
+    line = root.find("{http://www.w3.org/2000/svg}polyline")
+    assert line is not None
+    assert len(line.get("points").split()) == steps, (line.get("points"), steps)
+    assert f"lag at {steps} RESOLVED(s)" in p.stderr
