@@ -57,7 +57,7 @@ pub async fn lag_points(target: &Location) -> Result<Vec<LagPoint>, delta::Delta
             }
         }
     }
-    points.sort_by(|a, b| a.resolved_at.cmp(&b.resolved_at));
+    points.sort_by_key(|p| p.resolved_at);
     points.dedup_by(|a, b| a.resolved_at == b.resolved_at);
     Ok(points)
 }
