@@ -293,16 +293,33 @@ where
     Ok(out.freeze())
 }
 
+/// How long the start-up container check may take.
+const STARTUP_CHECK: Duration = Duration::from_secs(10);
+
 /// Binds `127.0.0.1:port` (the host talks to the handler on loopback) and serves until Ctrl-C /
 /// SIGTERM. The host requires the handler to listen within 60 s (host-protocol.md §2).
 pub async fn serve(settings: Settings, port: u16) -> Result<(), ServeError> {
     let started = Instant::now();
     let app = Arc::new(app::App::new(settings)?);
     // Missing containers are named at start-up, not at the first event; on the emulator (the
-    // local loop) they are created.
+    // local loop) they are created. Storage that cannot be reached right now does not stop the
+    // start: the first event finds it again (and fails for a redelivery if it is still down).
+    // Bounded: the host wants the handler listening within 60 s, and the store's own retries
+    // could take minutes.
     let emulator = crate::storage::emulator::in_use();
-    app.source.check_container(emulator).await?;
-    app.target.check_container(true).await?;
+    for (loc, create) in [(&app.source, emulator), (&app.target, true)] {
+        let shown = crate::storage::redact(&loc.display);
+        match tokio::time::timeout(STARTUP_CHECK, loc.check_container(create)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(StorageError::Store(e))) => {
+                tracing::warn!(location = %shown, error = %e, "could not check the container at start-up; going on");
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                tracing::warn!(location = %shown, "no answer from storage within {} s at start-up; going on", STARTUP_CHECK.as_secs());
+            }
+        }
+    }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
