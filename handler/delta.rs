@@ -941,14 +941,20 @@ async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u
             props = props.with_application_transaction(Transaction::new(APP_ID_SLICES, 0));
         }
     }
-    let props = props.with_metadata([(
-        crate::records::COMMIT_KEY.to_owned(),
-        serde_json::to_value(crate::records::CommitRecord {
-            progress: c.progress.clone(),
-            figures: c.figures.clone(),
-        })
-        .map_err(|e| err(deltalake_core::DeltaTableError::Generic(e.to_string())))?,
-    )]);
+    let props = props.with_metadata([
+        (
+            crate::records::COMMIT_KEY.to_owned(),
+            serde_json::to_value(crate::records::CommitRecord {
+                progress: c.progress.clone(),
+                figures: c.figures.clone(),
+            })
+            .map_err(|e| err(deltalake_core::DeltaTableError::Generic(e.to_string())))?,
+        ),
+        (
+            crate::records::OPERATION_METRICS_KEY.to_owned(),
+            serde_json::json!(c.figures.operation_metrics()),
+        ),
+    ]);
     let snapshot = table.snapshot().map_err(err)?;
     let done = CommitBuilder::from(props)
         .with_actions(actions)

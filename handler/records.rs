@@ -117,6 +117,35 @@ pub enum Figures {
     Maintenance(MaintenanceFigures),
 }
 
+/// commitInfo key Databricks' `DESCRIBE HISTORY` shows as `operationMetrics` (string values).
+pub const OPERATION_METRICS_KEY: &str = "operationMetrics";
+
+impl Figures {
+    /// The figures under the names Databricks uses in `operationMetrics` (MERGE's row counts,
+    /// OPTIMIZE's file counts), as strings, as Delta writers record them.
+    pub fn operation_metrics(&self) -> BTreeMap<&'static str, String> {
+        let mut m = BTreeMap::new();
+        match self {
+            Figures::Table(t) => {
+                m.insert("numSourceRows", t.events.to_string());
+                m.insert("numTargetRowsInserted", t.inserted.to_string());
+                m.insert("numTargetRowsUpdated", t.updated.to_string());
+                m.insert("numTargetRowsDeleted", t.deleted.to_string());
+                m.insert("numAddedFiles", t.files_added.to_string());
+                m.insert("numRemovedFiles", t.files_removed.to_string());
+            }
+            Figures::Maintenance(f) => {
+                m.insert("numAddedFiles", f.files_written.to_string());
+                m.insert("numRemovedFiles", f.files_compacted.to_string());
+            }
+            Figures::ResolvedLog(r) => {
+                m.insert("numOutputRows", r.tables.len().to_string());
+            }
+        }
+        m
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MaintenanceFigures {
@@ -327,5 +356,34 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// Databricks shows these in DESCRIBE HISTORY: names pinned, values strings.
+    #[test]
+    fn figures_become_databricks_operation_metrics() {
+        let t = Figures::Table(TableFigures {
+            events: 10,
+            inserted: 4,
+            updated: 5,
+            deleted: 1,
+            files_added: 2,
+            files_removed: 1,
+            ..TableFigures::default()
+        });
+        let m = t.operation_metrics();
+        assert_eq!(m["numTargetRowsInserted"], "4");
+        assert_eq!(m["numTargetRowsUpdated"], "5");
+        assert_eq!(m["numTargetRowsDeleted"], "1");
+        assert_eq!(m["numSourceRows"], "10");
+        assert_eq!(
+            (m["numAddedFiles"].as_str(), m["numRemovedFiles"].as_str()),
+            ("2", "1")
+        );
+        let c = Figures::Maintenance(MaintenanceFigures {
+            files_compacted: 7,
+            files_written: 1,
+            rows_purged: 3,
+        });
+        assert_eq!(c.operation_metrics()["numRemovedFiles"], "7");
     }
 }
