@@ -870,6 +870,19 @@ async fn run() -> Result<()> {
     } else {
         subscriber.init();
     }
+    // Ctrl-C: say what state things are in instead of vanishing (`serve` shuts down gracefully
+    // on its own). Stopping anywhere is safe: every commit is whole, a run goes on from the last.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        tokio::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "interrupted: what was written so far stays, and every Delta commit is whole \
+                     (none is half made); run the command again to go on from there"
+                );
+                std::process::exit(130);
+            }
+        });
+    }
     match cli.command {
         Command::Simulate(args) => {
             let summary = run_simulate(&args).await?;

@@ -292,3 +292,21 @@ def test_describe_history_shows_operation_metrics(crdb_delta_bin, tmp_path):
     assert total == {"numTargetRowsInserted": t["inserted"], "numTargetRowsUpdated": t["updated"],
                      "numTargetRowsDeleted": t["deleted"]}, (total, t)
     assert all(isinstance(v, str) for h in history for v in h["operationMetrics"].values())
+
+
+def test_ctrl_c_says_what_state_things_are_in(crdb_delta_bin, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "feed"
+    env = {k: v for k, v in os.environ.items() if k not in ("CRDB_DELTA_LOG", "RUST_LOG")}
+    p = subprocess.Popen([str(crdb_delta_bin), "simulate", "--out", str(out), "--truth",
+                          str(tmp_path / "truth"), "--initial-rows", "2000000", "--windows", "50"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not any(out.rglob("*.ndjson")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert p.poll() is None, "finished before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, (p.returncode, stderr)
+    assert "interrupted: what was written so far stays" in stderr, stderr
