@@ -1,22 +1,31 @@
-//! `status --plot lag.svg`: how far behind CockroachDB the target was at each RESOLVED, drawn
-//! from `_crdb_delta_resolved` (each RESOLVED's wall time and when its record was written). The
-//! drawing is pure ([`lag_svg`]); reading the record is the edge ([`lag_points`]).
+//! `status --plot lag.svg`: how far behind CockroachDB the target was at each RESOLVED, and the
+//! changes applied for it, drawn from `_crdb_delta_resolved` (each RESOLVED's wall time and when
+//! its record was written) and the tables' commit records (their figures). The drawing is pure
+//! ([`lag_svg`]); reading the logs is the edge ([`lag_points`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
 use chrono::{DateTime, Utc};
+use crdb_delta_core::Hlc;
+use futures::StreamExt as _;
 
 use crate::delta::{self, Target};
 use crate::storage::Location;
 
-/// One RESOLVED: its wall time and the seconds from it to the record of its commit.
+/// One RESOLVED: its wall time, the seconds from it to the record of its commit, and the
+/// changes applied for it over all tables.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LagPoint {
     pub resolved_at: DateTime<Utc>,
     pub lag_seconds: f64,
+    pub changes: u64,
 }
+
+/// How many of a table's newest commits are read for their figures.
+const HISTORY_LIMIT: usize = 100_000;
 
 /// Every RESOLVED recorded below `target`, oldest first (one point per RESOLVED: its tables
 /// are recorded together). Empty when nothing was recorded yet.
@@ -30,18 +39,24 @@ pub async fn lag_points(target: &Location) -> Result<Vec<LagPoint>, delta::Delta
         return Ok(Vec::new());
     };
     let of = delta::DeltaError::of(crate::engine::RESOLVED_LOG);
-    let mut points: Vec<LagPoint> = Vec::new();
+    let mut points: BTreeMap<DateTime<Utc>, LagPoint> = BTreeMap::new();
+    let mut resolveds: BTreeMap<Hlc, DateTime<Utc>> = BTreeMap::new();
+    let mut tables: BTreeSet<String> = BTreeSet::new();
     for f in delta::files(&table, "resolved").await.map_err(of)? {
         for b in delta::read_live_file(&table, &f, 8192).await? {
-            let (Some(at), Some(rec)) = (
+            let (Some(hlc), Some(at), Some(rec), Some(path)) = (
+                b.column_by_name("resolved"),
                 b.column_by_name("resolved_at"),
                 b.column_by_name("recorded_at"),
+                b.column_by_name("table_path"),
             ) else {
                 continue;
             };
-            let (at, rec) = (
+            let (hlc, at, rec, path) = (
+                hlc.as_string::<i32>(),
                 at.as_primitive::<TimestampMicrosecondType>(),
                 rec.as_primitive::<TimestampMicrosecondType>(),
+                path.as_string::<i32>(),
             );
             for i in 0..b.num_rows() {
                 let (Some(a), Some(r)) = (
@@ -50,20 +65,55 @@ pub async fn lag_points(target: &Location) -> Result<Vec<LagPoint>, delta::Delta
                 ) else {
                     continue;
                 };
-                points.push(LagPoint {
+                tables.insert(path.value(i).to_owned());
+                if let Ok(h) = Hlc::parse_decimal(hlc.value(i)) {
+                    resolveds.insert(h, a);
+                }
+                points.entry(a).or_insert(LagPoint {
                     resolved_at: a,
                     lag_seconds: (r - a).num_milliseconds() as f64 / 1000.0,
+                    changes: 0,
                 });
             }
         }
     }
-    points.sort_by_key(|p| p.resolved_at);
-    points.dedup_by(|a, b| a.resolved_at == b.resolved_at);
-    Ok(points)
+    // Changes per RESOLVED: each table's commit records (a key slice counts for its interval).
+    for path in tables {
+        let t = Target::new(target, &path).map_err(|e| delta::DeltaError::Table {
+            table: path.clone(),
+            message: e.to_string(),
+        })?;
+        let Some(tb) = t.open().await? else {
+            continue;
+        };
+        let mut history = tb.history(Some(HISTORY_LIMIT));
+        while let Some(info) = history.next().await {
+            let info = info.map_err(delta::DeltaError::of(&path))?;
+            let Some(rec) = crate::records::CommitRecord::from_commit_info(&info.info) else {
+                continue;
+            };
+            let crate::records::Figures::Table(fig) = rec.figures else {
+                continue;
+            };
+            let at = rec
+                .progress
+                .slices
+                .map(|s| s.resolved)
+                .or(rec.progress.applied);
+            if let Some(p) = at
+                .and_then(|h| resolveds.get(&h))
+                .and_then(|a| points.get_mut(a))
+            {
+                p.changes += fig.events;
+            }
+        }
+    }
+    Ok(points.into_values().collect())
 }
 
-/// An SVG line chart of the lag over time: x the RESOLVED's wall time, y the seconds until its
-/// record, with the first and last times, the largest lag and the point count as labels.
+/// An SVG line chart over time (x: the RESOLVED's wall time): the lag, the seconds until the
+/// RESOLVED's record (blue, left scale), and the changes applied for it (orange, right scale),
+/// with the first and last times, the largest values and the point count as labels.
 pub fn lag_svg(points: &[LagPoint]) -> String {
     const W: f64 = 800.0;
     const H: f64 = 300.0;
@@ -110,8 +160,29 @@ pub fn lag_svg(points: &[LagPoint]) -> String {
         .collect();
     let _ = writeln!(
         s,
-        r#"<polyline fill="none" stroke="steelblue" stroke-width="1.5" points="{}"/>"#,
+        r#"<polyline class="lag" fill="none" stroke="steelblue" stroke-width="1.5" points="{}"/>"#,
         coords.join(" ")
+    );
+    let most = points.iter().map(|p| p.changes).max().unwrap_or(0).max(1) as f64;
+    let changes: Vec<String> = points
+        .iter()
+        .map(|p| {
+            let v = H - PAD - p.changes as f64 / most * (H - 2.0 * PAD);
+            format!("{:.1},{v:.1}", x(p))
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        r#"<polyline class="changes" fill="none" stroke="darkorange" stroke-width="1" points="{}"/>"#,
+        changes.join(" ")
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" fill="darkorange">{most:.0} changes</text><text x="{}" y="{}" fill="steelblue">lag</text>"#,
+        W - PAD + 4.0,
+        PAD + 4.0,
+        PAD + 4.0,
+        PAD - 8.0
     );
     let label = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     let _ = writeln!(
@@ -140,32 +211,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_chart_has_one_vertex_per_resolved_scaled_to_the_largest_lag() {
-        let at = |s: i64, lag: f64| LagPoint {
+    fn the_chart_has_one_vertex_per_resolved_scaled_to_the_largest_value() {
+        let at = |s: i64, lag: f64, changes: u64| LagPoint {
             resolved_at: DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap(),
             lag_seconds: lag,
+            changes,
         };
-        let svg = lag_svg(&[at(0, 2.0), at(10, 8.0), at(20, 4.0)]);
-        let points = svg
-            .split("points=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap();
-        let v: Vec<(f64, f64)> = points
-            .split(' ')
-            .map(|p| {
-                let (x, y) = p.split_once(',').unwrap();
-                (x.parse().unwrap(), y.parse().unwrap())
-            })
-            .collect();
-        assert_eq!(v.len(), 3);
-        // Left to right in time; the largest lag at the top of the plot area.
-        assert!(v[0].0 < v[1].0 && v[1].0 < v[2].0, "{v:?}");
-        assert_eq!(v[1].1, 50.0, "{v:?}");
+        let svg = lag_svg(&[at(0, 2.0, 100), at(10, 8.0, 50), at(20, 4.0, 0)]);
+        let line = |class: &str| -> Vec<(f64, f64)> {
+            svg.split(&format!("class=\"{class}\""))
+                .nth(1)
+                .and_then(|r| r.split("points=\"").nth(1))
+                .and_then(|r| r.split('"').next())
+                .unwrap()
+                .split(' ')
+                .map(|p| {
+                    let (x, y) = p.split_once(',').unwrap();
+                    (x.parse().unwrap(), y.parse().unwrap())
+                })
+                .collect()
+        };
+        let (lag, changes) = (line("lag"), line("changes"));
+        assert_eq!((lag.len(), changes.len()), (3, 3));
+        // Left to right in time; each line's largest value at the top of the plot area.
+        assert!(lag[0].0 < lag[1].0 && lag[1].0 < lag[2].0, "{lag:?}");
+        assert_eq!(lag[1].1, 50.0, "{lag:?}");
+        assert_eq!((changes[0].1, changes[2].1), (50.0, 250.0), "{changes:?}");
         assert!(
-            svg.contains("8.0 s") && svg.contains("3 RESOLVEDs"),
+            svg.contains("8.0 s") && svg.contains("100 changes"),
             "{svg}"
         );
+        assert!(svg.contains("3 RESOLVEDs"), "{svg}");
         assert!(lag_svg(&[]).contains("nothing recorded yet"));
     }
 }
