@@ -269,10 +269,15 @@ def test_status_plots_the_lag_at_each_resolved(crdb_delta_bin, tmp_path):
     p = cli(crdb_delta_bin, "status", "--target", str(out), "--plot", str(svg))
     assert p.returncode == 0, p.stderr
     root = ET.parse(svg).getroot()
-    line = root.find("{http://www.w3.org/2000/svg}polyline")
-    assert line is not None
-    assert len(line.get("points").split()) == steps, (line.get("points"), steps)
+    lines = {ln.get("class"): ln.get("points").split()
+             for ln in root.iter("{http://www.w3.org/2000/svg}polyline")}
+    assert len(lines["lag"]) == steps and len(lines["changes"]) == steps, (lines, steps)
     assert f"lag at {steps} RESOLVED(s)" in p.stderr
+    # The changes line is labelled with its largest value: one RESOLVED's share of the events.
+    import re
+    events = json.loads(run.stdout)["tables"]["usertable"]["events"]
+    most = int(re.search(r">(\d+) changes</text>", svg.read_text()).group(1))
+    assert 0 < most <= events, (most, events)
 
 
 def test_describe_history_shows_operation_metrics(crdb_delta_bin, tmp_path):
