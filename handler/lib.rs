@@ -15,6 +15,7 @@ pub mod engine;
 pub mod functions;
 pub mod inspect;
 pub mod maintain;
+pub mod progress;
 pub mod quarantine;
 pub mod records;
 pub mod serve;

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use crdb_delta::config::Config;
 use crdb_delta::dev::pump::{PumpOptions, pump};
-use crdb_delta::dev::simulate::simulate;
+use crdb_delta::dev::simulate::simulate_observed;
 use crdb_delta::engine::{SyncOptions, sync};
 use crdb_delta::inspect::inspect;
 use crdb_delta::quarantine::{Action, Quarantine};
@@ -640,8 +640,9 @@ async fn run_changefeed(action: ChangefeedCmd) -> Result<String> {
     })
 }
 
-async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary> {
+async fn run_simulate(args: &SimArgs, show: bool) -> Result<crdb_delta_core::sim::SimSummary> {
     let opts = args.options()?;
+    let resolved_files = (opts.windows / opts.resolved_every.max(1)) as u64 + 1;
     let out = Location::open(&args.out)?;
     // The local loop: on the emulator the container is made; in Azure its absence is named.
     out.check_container(true).await?;
@@ -652,9 +653,20 @@ async fn run_simulate(args: &SimArgs) -> Result<crdb_delta_core::sim::SimSummary
     };
     let truth = Location::open(&truth)?;
     truth.check_container(true).await?;
-    let summary = simulate(opts, &out, &truth)
-        .await
-        .with_context(|| format!("simulating into {}", args.out))?;
+    let bar = crdb_delta::progress::simulate_bar(resolved_files, show);
+    let mut written = 0u64;
+    let summary = simulate_observed(opts, &out, &truth, &mut |dest, path, len| {
+        if dest == crdb_delta_core::sim::Destination::Changefeed {
+            written += len as u64;
+            bar.set_message(format!("{:.1} MB", written as f64 / 1e6));
+            if path.ends_with(".RESOLVED") {
+                bar.inc(1);
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("simulating into {}", args.out))?;
+    bar.finish_and_clear();
     tracing::info!(out = %args.out, truth = %truth.display, data_files = summary.data_files, messages = summary.messages, bytes = summary.bytes, "simulated");
     Ok(summary)
 }
@@ -883,9 +895,11 @@ async fn run() -> Result<()> {
             }
         });
     }
+    let quiet = cli.quiet;
     match cli.command {
         Command::Simulate(args) => {
-            let summary = run_simulate(&args).await?;
+            let show = crdb_delta::progress::enabled(args.json, quiet);
+            let summary = run_simulate(&args, show).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -922,10 +936,14 @@ async fn run() -> Result<()> {
             }
             let target = Location::open(&args.target)?;
             target.check_container(true).await?;
-            let opts = args.options(explicit, Some(&target)).await?;
-            let report = sync(&source, &target, &opts)
-                .await
-                .with_context(|| format!("syncing {} into {}", args.source, args.target))?;
+            let mut opts = args.options(explicit, Some(&target)).await?;
+            let (bar, sink) =
+                crdb_delta::progress::sync_spinner(crdb_delta::progress::enabled(args.json, quiet));
+            opts.progress = sink;
+            let report = sync(&source, &target, &opts).await;
+            bar.finish_and_clear();
+            let report =
+                report.with_context(|| format!("syncing {} into {}", args.source, args.target))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -1205,7 +1223,7 @@ async fn run() -> Result<()> {
                     FormatArg::Parquet => "parquet",
                 },
             ]);
-            let sim = run_simulate(&args).await?;
+            let sim = run_simulate(&args, crdb_delta::progress::enabled(false, quiet)).await?;
             println!(
                 "simulated {} messages into {out} (ground truth in {dir}/truth)",
                 sim.messages

@@ -23,6 +23,17 @@ pub async fn simulate(
     out: &Location,
     truth: &Location,
 ) -> Result<SimSummary, SimulateError> {
+    simulate_observed(opts, out, truth, &mut |_, _, _| {}).await
+}
+
+/// [`simulate`], telling `observe` of each object once it is written (destination, relative
+/// path, bytes): what a progress display counts.
+pub async fn simulate_observed(
+    opts: SimOptions,
+    out: &Location,
+    truth: &Location,
+    observe: &mut (dyn FnMut(Destination, &str, usize) + Send),
+) -> Result<SimSummary, SimulateError> {
     let (tx, mut rx) = mpsc::channel::<(Destination, String, Vec<u8>)>(8);
     let task = tokio::task::spawn_blocking(move || {
         sim::run(&opts, &mut |dest, path, bytes| {
@@ -36,11 +47,13 @@ pub async fn simulate(
             Destination::Truth => truth,
         };
         let p = loc.child(&path)?;
+        let len = bytes.len();
         loc.store
             .put(&p, PutPayload::from(bytes))
             .await
             .map_err(StorageError::from)?;
         tracing::debug!(object = %p, "written");
+        observe(dest, &path, len);
     }
     Ok(task.await??)
 }

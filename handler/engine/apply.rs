@@ -114,6 +114,7 @@ pub(super) async fn apply_table(
                 carried: &mut carried,
                 keeper: keeper.as_mut(),
             },
+            opts.progress.as_ref(),
         )
         .await
         {

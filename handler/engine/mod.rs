@@ -181,6 +181,36 @@ pub struct SyncOptions {
     /// CockroachDB, to read a table's schema again when its files show a new schema id
     /// (`CRDB_DELTA_CRDB_URL`, `sync --crdb-url`); `None`: new columns' types are inferred.
     pub crdb_url: Option<crate::crdb::CrdbUrl>,
+    /// Told of each step and each file read (a progress display).
+    pub progress: Option<ProgressSink>,
+}
+
+/// What a run tells a progress display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncProgress {
+    /// A step starts: the RESOLVED it applies up to and how many tables it covers.
+    Step { resolved: Hlc, tables: usize },
+    /// A changefeed file was fetched (stored bytes).
+    Read { bytes: u64 },
+}
+
+/// A receiver of [`SyncProgress`].
+#[derive(Clone)]
+pub struct ProgressSink(pub std::sync::Arc<dyn Fn(&SyncProgress) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+impl SyncOptions {
+    /// Tells the progress display, if any.
+    pub(crate) fn report_progress(&self, event: SyncProgress) {
+        if let Some(p) = &self.progress {
+            (p.0)(&event);
+        }
+    }
 }
 
 impl SyncOptions {
@@ -215,6 +245,7 @@ impl SyncOptions {
             carry_cache: self.carry_cache.clone(),
             explicit: self.explicit.clone(),
             crdb_url: self.crdb_url.clone(),
+            progress: self.progress.clone(),
             ..Self::from_config(config)
         }
     }
@@ -240,6 +271,7 @@ impl Default for SyncOptions {
             carry_cache: None,
             explicit: None,
             crdb_url: None,
+            progress: None,
         }
     }
 }

@@ -150,7 +150,13 @@ pub(super) async fn read_window(
     limit: Option<u64>,
     ahead_bytes: u64,
     reuse: Reuse<'_>,
+    progress: Option<&super::ProgressSink>,
 ) -> Result<(Window, Option<String>), SyncError> {
+    let read = |bytes: u64| {
+        if let Some(p) = progress {
+            (p.0)(&super::SyncProgress::Read { bytes });
+        }
+    };
     let Reuse {
         carried,
         mut keeper,
@@ -187,6 +193,7 @@ pub(super) async fn read_window(
             (Some(batches), _) => Input::Batches(batches),
             (None, Some(handle)) => {
                 let got = handle.await??;
+                read(got.fetched);
                 state.report.bytes_read += got.fetched;
                 state.report.files_read += 1;
                 state.report.bare_envelope |= got.bare;
@@ -194,6 +201,7 @@ pub(super) async fn read_window(
             }
             (None, None) => {
                 let bytes = fetch(source, obj).await?;
+                read(bytes.len() as u64);
                 state.report.bytes_read += bytes.len() as u64;
                 state.report.files_read += 1;
                 Input::Stream(bytes, dopts.clone())

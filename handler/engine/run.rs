@@ -223,6 +223,10 @@ pub(super) async fn sync_known(
         }
         check_resolved_content(source, &objects, step.resolved).await?;
         tracing::info!(resolved = %step.resolved, bytes = step.bytes, tables = step.tables.len(), "step");
+        opts.report_progress(super::SyncProgress::Step {
+            resolved: step.resolved,
+            tables: step.tables.len(),
+        });
         let commits_before: u64 = states.iter().map(|s| s.report.commits).sum();
         let mut poisoned = Vec::new();
         let mut overflow = false;

@@ -315,3 +315,46 @@ def test_ctrl_c_says_what_state_things_are_in(crdb_delta_bin, tmp_path):
     _, stderr = p.communicate(timeout=60)
     assert p.returncode == 130, (p.returncode, stderr)
     assert "interrupted: what was written so far stays" in stderr, stderr
+
+
+def test_progress_shows_on_a_terminal_only(crdb_delta_bin, tmp_path):
+    """Long commands draw progress on stderr when it is a terminal (here a pseudo-terminal),
+    and print none of it into a pipe or with --json."""
+    import pty
+    import select
+    env = {k: v for k, v in os.environ.items() if k not in ("CRDB_DELTA_LOG", "RUST_LOG")}
+
+    def on_a_terminal(*args: str) -> str:
+        master, slave = pty.openpty()
+        p = subprocess.Popen([str(crdb_delta_bin), *args], stdout=subprocess.DEVNULL,
+                             stderr=slave, env=env)
+        os.close(slave)
+        out = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif p.poll() is not None:
+                break
+        p.wait(timeout=300)
+        os.close(master)
+        assert p.returncode == 0, out
+        return out.decode(errors="replace")
+
+    src = tmp_path / "feed"
+    sim = ["simulate", "--out", str(src), "--truth", str(tmp_path / "truth"),
+           "--tables", "usertable", "--initial-rows", "2000", "--windows", "6",
+           "--events-per-window", "300"]
+    drawn = on_a_terminal(*sim)
+    assert "RESOLVED" in drawn and "simulate [" in drawn, drawn[-500:]
+    drawn = on_a_terminal("sync", "--source", str(src), "--target", str(tmp_path / "delta"),
+                          "--commit-each-resolved")
+    assert "sync step" in drawn and "MB read" in drawn, drawn[-500:]
+    piped = cli(crdb_delta_bin, *sim[:2], str(tmp_path / "feed2"), *sim[3:])
+    assert piped.returncode == 0 and "simulate [" not in piped.stderr, piped.stderr
