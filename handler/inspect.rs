@@ -186,9 +186,9 @@ impl Summary {
                 if !guessed.is_empty() {
                     notes.push(format!(
                         "{name}: types inferred from JSON values — check {}: JSON numbers become \
-                         INT8 (no fraction seen) or FLOAT8, a column seen only as NULL or as text \
-                         becomes STRING; CockroachDB's DECIMAL, INT4, UUID, TIMESTAMP… need their \
-                         own SQL types",
+                         INT8 (no fraction seen) or FLOAT8, text becomes STRING, and a column seen \
+                         only as NULL is not listed; CockroachDB's DECIMAL, INT4, UUID, \
+                         TIMESTAMP… need their own SQL types",
                         guessed.join(", ")
                     ));
                 }

@@ -358,3 +358,35 @@ def test_progress_shows_on_a_terminal_only(crdb_delta_bin, tmp_path):
     assert "sync step" in drawn and "MB read" in drawn, drawn[-500:]
     piped = cli(crdb_delta_bin, *sim[:2], str(tmp_path / "feed2"), *sim[3:])
     assert piped.returncode == 0 and "simulate [" not in piped.stderr, piped.stderr
+
+
+def test_a_column_seen_only_as_null_waits_for_a_value_to_type_it(crdb_delta_bin, tmp_path):
+    """A column that is NULL in every row so far has no type yet: it is not made `string` for
+    good; the first window with a value adds it with that value's type."""
+    from deltalake import DeltaTable, QueryBuilder
+    feed, out = tmp_path / "feed", tmp_path / "delta"
+    feed.mkdir()
+    base = 1714751616
+
+    def window(i: int, after: str) -> None:
+        ts = base + 2 * i
+        stamp = f"20240503155{336 + 2 * i}" + "0" * 19
+        (feed / f"{stamp}-08779498965a12e2-1-2-{i:08x}-t-1.ndjson").write_text(
+            f'{{"after": {after}, "key": [{i + 1}], "updated": "{ts}000000000.0000000000"}}\n')
+        (feed / f"20240503155{337 + 2 * i}{'0' * 19}.RESOLVED").write_text(
+            f'{{"resolved":"{ts + 1}000000000.0000000000"}}')
+
+    window(0, '{"id": 1, "note": null}')
+    assert cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(out)).returncode == 0
+    first = DeltaTable(str(out / "t")).schema().to_arrow()
+    assert "note" not in first.names, first
+    window(1, '{"id": 2, "note": 7}')
+    p = cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(out))
+    assert p.returncode == 0, p.stderr
+    t = DeltaTable(str(out / "t"))
+    note = [f for f in t.schema().fields if f.name == "note"]
+    assert note and "long" in str(note[0].type), t.schema()
+    import pyarrow as pa
+    rows = sorted(pa.table(QueryBuilder().register("t", t).execute("select id, note from t"))
+                  .to_pylist(), key=lambda r: r["id"])
+    assert rows == [{"id": 1, "note": None}, {"id": 2, "note": 7}], rows

@@ -200,6 +200,11 @@ impl Window {
             if batch::is_meta(name) {
                 continue;
             }
+            // Untyped (seen only as NULL so far): not a column of the table until a value types
+            // it; where the table has it already, `finish` gives it the table's type.
+            if field.data_type() == &DataType::Null {
+                continue;
+            }
             let Some(ty) = ColumnType::from_arrow(field.data_type()) else {
                 return Err(invalid(format!(
                     "column `{name}` has unsupported type {}",

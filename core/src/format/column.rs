@@ -220,6 +220,11 @@ pub fn convert(array: &ArrayRef, target: &ColumnType) -> Result<ArrayRef, (usize
         Ok(b.finish())
     };
     match (dt, target) {
+        // A column seen only as NULL in its file: NULLs of the column's type.
+        (DataType::Null, _) => Ok(arrow_array::new_null_array(
+            &target.arrow_type(),
+            array.len(),
+        )),
         (DataType::Utf8, _) => {
             let a = array.as_string::<i32>();
             per_value(&|i, b| b.append_text(a.value(i)))

@@ -6,7 +6,7 @@ use std::io::{BufRead, Read};
 use std::ops::Range;
 
 use arrow_array::RecordBatch;
-use arrow_schema::Field;
+use arrow_schema::{DataType, Field};
 use serde_json::value::RawValue;
 
 use super::json_fields::Fields;
@@ -347,12 +347,16 @@ impl<R: BufRead> NdjsonDecoder<R> {
 
         let mut data = Vec::with_capacity(self.order.len());
         for name in &self.order {
-            // A column seen only as null so far: text until a value says otherwise.
-            let ty = self
-                .types
-                .entry(name.clone())
-                .or_insert(ColumnType::Text)
-                .clone();
+            // A column seen only as NULL so far has no type yet: an Arrow `Null` column, which
+            // the window leaves out of a new table until a value types it (instead of making it
+            // `string` for good).
+            let Some(ty) = self.types.get(name).cloned() else {
+                data.push((
+                    Field::new(name, DataType::Null, true),
+                    arrow_array::new_null_array(&DataType::Null, messages.len()),
+                ));
+                continue;
+            };
             let mut b = ColumnBuilder::new(&ty, messages.len());
             for (m, raw) in column_values(name, self.primary_key.as_deref(), &messages) {
                 match raw {
