@@ -139,6 +139,10 @@ pub struct Config {
     pub retain_hours: Option<u64>,
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
+    /// Apply only these tables (the changefeed's table names); other tables' files are left
+    /// alone. A crdb_to_dbx config, which names one table, sets it to that table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_tables: Option<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -251,6 +255,8 @@ impl Config {
                     ..TableConfig::default()
                 },
             );
+            // The file is about this one table: the others are not applied.
+            c.only_tables = Some([table.to_owned()].into());
         }
         Ok(c)
     }
@@ -304,6 +310,40 @@ impl Config {
         out.max_line_bytes = out.max_line_bytes.or(schema.max_line_bytes);
         out.upkeep = out.upkeep.or(schema.upkeep);
         out.retain_hours = out.retain_hours.or(schema.retain_hours);
+        out.only_tables = out
+            .only_tables
+            .take()
+            .or_else(|| schema.only_tables.clone());
+        out
+    }
+
+    /// Whether a table of the changefeed is applied (`only_tables`).
+    pub fn applies(&self, table: &str) -> bool {
+        self.only_tables.as_ref().is_none_or(|t| t.contains(table))
+    }
+
+    /// Configured tables the run did not see, and configured columns its tables do not have
+    /// (`seen`: each table and its columns): a typo there would otherwise pass in silence.
+    pub fn unused(&self, seen: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, t) in &self.tables {
+            if !self.applies(name) {
+                continue;
+            }
+            match seen.get(name) {
+                None => out.push(format!(
+                    "table `{name}` is configured but has no files in this run (a typo? tables \
+                     are named as in the changefeed's file names)"
+                )),
+                Some(columns) => {
+                    for c in t.columns.keys().filter(|c| !columns.contains(c)) {
+                        out.push(format!(
+                            "column `{name}.{c}` is configured but not in the table's files"
+                        ));
+                    }
+                }
+            }
+        }
         out
     }
 }
@@ -451,6 +491,25 @@ pub fn validate_path(path: &str) -> Result<(), InvalidPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_tables_and_unused_entries() {
+        let c = Config::parse(
+            r#"{"only_tables": ["a", "b"], "tables": {"a": {"columns": {"x": "INT8", "y": "STRING"}},
+                "b": {}, "c": {"primary_key": ["id"]}}}"#,
+        )
+        .unwrap();
+        assert!(c.applies("a") && !c.applies("c"));
+        let seen: BTreeMap<String, Vec<String>> = [("a".to_owned(), vec!["x".to_owned()])].into();
+        let unused = c.unused(&seen);
+        // `a.y` is not in the files, `b` had none; `c` is not applied, so not reported.
+        assert_eq!(unused.len(), 2, "{unused:?}");
+        assert!(
+            unused[0].contains("`a.y`") && unused[1].contains("`b`"),
+            "{unused:?}"
+        );
+        assert!(Config::default().applies("anything"));
+    }
 
     #[test]
     fn paths_are_validated() {

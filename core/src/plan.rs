@@ -277,6 +277,15 @@ pub fn stale_schemas(
     seen
 }
 
+/// Leaves out the data files of the tables `applies` refuses (a config's `only_tables`); RESOLVED
+/// files stay.
+pub fn keep_tables(objects: &mut Vec<Object>, applies: &dyn Fn(&str) -> bool) {
+    objects.retain(|o| match &o.name {
+        ObjectName::Data(d) => applies(d.topic.table()),
+        ObjectName::Resolved(_) => true,
+    });
+}
+
 pub fn tables(objects: &[Object]) -> Vec<String> {
     let mut t: Vec<String> = objects
         .iter()

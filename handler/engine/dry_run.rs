@@ -41,7 +41,8 @@ pub async fn plan_run(
     target: Option<&Location>,
     opts: &SyncOptions,
 ) -> Result<Vec<PlannedStep>, SyncError> {
-    let (objects, _ignored) = list(source).await?;
+    let (mut objects, _ignored) = list(source).await?;
+    plan::keep_tables(&mut objects, &|t| opts.config.applies(t));
     let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
     let mut new = BTreeMap::new();
     for name in plan::tables(&objects) {

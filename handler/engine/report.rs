@@ -76,6 +76,9 @@ pub struct SyncReport {
     /// Tables whose schema this run read again from CockroachDB (their files showed a new
     /// schema id), with that id ([`super::schema_refresh`]).
     pub schema_read: BTreeMap<String, u64>,
+    /// Configured tables this run saw no file of, and configured columns its tables lack
+    /// ([`crate::config::Config::unused`]): likely typos, said rather than ignored.
+    pub config_unused: Vec<String>,
     pub events: u64,
     pub bytes_read: u64,
     pub seconds: f64,
@@ -145,6 +148,9 @@ impl std::fmt::Display for SyncReport {
                 f,
                 "  {t}: keys and types read from CockroachDB (files at schema id {id:x})"
             )?;
+        }
+        for u in &self.config_unused {
+            writeln!(f, "  config: {u}")?;
         }
         for i in &self.ignored {
             writeln!(f, "  ignored: {i}")?;

@@ -121,8 +121,10 @@ pub(super) async fn sync_known(
     for r in records.iter().filter(|r| r.action == Action::Hold) {
         tracing::error!(table = %r.table, file = %r.file, reason = %r.reason, "table stopped: file quarantined (crdb-delta quarantine list|retry|skip)");
     }
+    // `only_tables`: other tables' files leave the plan (and their tables the run).
+    plan::keep_tables(&mut objects, &|t| opts.config.applies(t));
     let mut states = known;
-    states.retain(|s| !stopped.contains(&s.name));
+    states.retain(|s| !stopped.contains(&s.name) && opts.config.applies(&s.name));
     let mut expansion = plan::Expansion::default();
     let mut oversized = 0u32;
     // Steps tried in this run: the time budget stops the run between them, never before one.
@@ -318,6 +320,21 @@ pub(super) async fn sync_known(
         if committed > commits_before && states.iter().all(|s| s.progress.slices.is_none()) {
             report.steps += 1;
         }
+    }
+    let seen: BTreeMap<String, Vec<String>> = states
+        .iter()
+        .map(|s| {
+            let columns = s
+                .layout
+                .as_ref()
+                .map(|l| l.columns.iter().map(|(c, _)| c.clone()).collect())
+                .unwrap_or_default();
+            (s.name.clone(), columns)
+        })
+        .collect();
+    report.config_unused = opts.config.unused(&seen);
+    for u in &report.config_unused {
+        tracing::warn!("config: {u}");
     }
     for mut s in states {
         if let Some(cache) = &opts.carry_cache {

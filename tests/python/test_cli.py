@@ -390,3 +390,31 @@ def test_a_column_seen_only_as_null_waits_for_a_value_to_type_it(crdb_delta_bin,
     rows = sorted(pa.table(QueryBuilder().register("t", t).execute("select id, note from t"))
                   .to_pylist(), key=lambda r: r["id"])
     assert rows == [{"id": 1, "note": None}, {"id": 2, "note": 7}], rows
+
+
+def test_config_typos_are_said_and_a_crdb_to_dbx_config_applies_its_one_table(crdb_delta_bin,
+                                                                              tmp_path):
+    src = tmp_path / "feed"
+    assert cli(crdb_delta_bin, "simulate", "--out", str(src), "--truth", str(tmp_path / "truth"),
+               "--windows", "2", "--tables", "usertable,orders").returncode == 0
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"tables": {"nosuch": {"primary_key": ["id"]},
+                                          "usertable": {"columns": {"nocol": "INT8"}}}}))
+    p = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(tmp_path / "d"),
+            "--config", str(cfg))
+    assert p.returncode == 0, p.stderr
+    assert "config: table `nosuch` is configured but has no files" in p.stdout, p.stdout
+    assert "config: column `usertable.nocol` is configured but not in" in p.stdout, p.stdout
+    # crdb_to_dbx's config.json names one table: only it is applied.
+    dbx = tmp_path / "dbx.json"
+    dbx.write_text(json.dumps({"cdc_config": {"mode": "append_only",
+                                              "primary_key_columns": ["ycsb_key"]},
+                               "cockroachdb_source": {"table_name": "usertable"},
+                               "databricks_target": {"table_name": "ut"}}))
+    args = ["sync", "--source", str(src), "--target", str(tmp_path / "d2"), "--config", str(dbx)]
+    plan = json.loads(cli(crdb_delta_bin, *args, "--dry-run", "--json").stdout)
+    assert all(set(step["tables"]) == {"usertable"} for step in plan), plan
+    report = json.loads(cli(crdb_delta_bin, *args, "--json").stdout)
+    assert set(report["tables"]) == {"usertable"}, report["tables"].keys()
+    assert report["tables"]["usertable"]["target"] == "ut"
+    assert not (tmp_path / "d2" / "orders").exists()
