@@ -264,6 +264,7 @@ def test_status_plots_the_lag_at_each_resolved(crdb_delta_bin, tmp_path):
     run = cli(crdb_delta_bin, "sync", "--source", str(src), "--target", str(out),
               "--commit-each-resolved", "--json")
     assert run.returncode == 0, run.stderr
+    assert len(run.stderr.splitlines()) < 20, run.stderr[-3000:]
     steps = json.loads(run.stdout)["steps"]
     svg = tmp_path / "lag.svg"
     p = cli(crdb_delta_bin, "status", "--target", str(out), "--plot", str(svg))
