@@ -23,6 +23,17 @@ def tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+def window(feed: Path, i: int, after: str) -> None:
+    """Window `i` of table `t` in CockroachDB's layout: one NDJSON message (key `i + 1`,
+    `after` as given) two seconds after the last, then a RESOLVED half a second later."""
+    ts = 1714751616 + 2 * i
+    stamp = f"20240503155{336 + 2 * i}" + "0" * 19
+    (feed / f"{stamp}-08779498965a12e2-1-2-{i:08x}-t-1.ndjson").write_text(
+        f'{{"after": {after}, "key": [{i + 1}], "updated": "{ts}000000000.0000000000"}}\n')
+    (feed / f"20240503155{337 + 2 * i}{'0' * 19}.RESOLVED").write_text(
+        f'{{"resolved":"{ts + 1}000000000.0000000000"}}')
+
+
 def test_demo_never_deletes_what_it_did_not_write(crdb_delta_bin, tmp_path):
     (tmp_path / "precious.txt").write_text("my work")
     p = cli(crdb_delta_bin, "demo", "--dir", str(tmp_path))
@@ -190,20 +201,10 @@ def test_a_value_that_does_not_fit_an_inferred_column_says_how_to_fix_it(crdb_de
     a later value that does not fit stops the table with an error that says why and what to do."""
     feed, out = tmp_path / "feed", tmp_path / "delta"
     feed.mkdir()
-    base = 1714751616
-
-    def window(i: int, after: str) -> None:
-        ts = base + 2 * i
-        stamp = f"2024050315{53 + 0:02d}{36 + 2 * i:02d}" + "0" * 19
-        (feed / f"{stamp}-08779498965a12e2-1-2-{i:08x}-t-1.ndjson").write_text(
-            f'{{"after": {after}, "key": [{i + 1}], "updated": "{ts}000000000.0000000000"}}\n')
-        rstamp = f"2024050315{53:02d}{37 + 2 * i:02d}" + "0" * 19
-        (feed / f"{rstamp}.RESOLVED").write_text(f'{{"resolved":"{ts + 1}000000000.0000000000"}}')
-
-    window(0, '{"id": 1, "amount": 100}')
+    window(feed, 0, '{"id": 1, "amount": 100}')
     first = cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(out))
     assert first.returncode == 0, first.stderr
-    window(1, '{"id": 2, "amount": 100.5}')
+    window(feed, 1, '{"id": 2, "amount": 100.5}')
     p = cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(out))
     assert p.returncode == 1
     message = p.stdout + p.stderr
@@ -367,21 +368,11 @@ def test_a_column_seen_only_as_null_waits_for_a_value_to_type_it(crdb_delta_bin,
     from deltalake import DeltaTable, QueryBuilder
     feed, out = tmp_path / "feed", tmp_path / "delta"
     feed.mkdir()
-    base = 1714751616
-
-    def window(i: int, after: str) -> None:
-        ts = base + 2 * i
-        stamp = f"20240503155{336 + 2 * i}" + "0" * 19
-        (feed / f"{stamp}-08779498965a12e2-1-2-{i:08x}-t-1.ndjson").write_text(
-            f'{{"after": {after}, "key": [{i + 1}], "updated": "{ts}000000000.0000000000"}}\n')
-        (feed / f"20240503155{337 + 2 * i}{'0' * 19}.RESOLVED").write_text(
-            f'{{"resolved":"{ts + 1}000000000.0000000000"}}')
-
-    window(0, '{"id": 1, "note": null}')
+    window(feed, 0, '{"id": 1, "note": null}')
     assert cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(out)).returncode == 0
     first = DeltaTable(str(out / "t")).schema().to_arrow()
     assert "note" not in first.names, first
-    window(1, '{"id": 2, "note": 7}')
+    window(feed, 1, '{"id": 2, "note": 7}')
     p = cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(out))
     assert p.returncode == 0, p.stderr
     t = DeltaTable(str(out / "t"))
