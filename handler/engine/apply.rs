@@ -144,6 +144,7 @@ pub(super) async fn apply_table(
     };
     state.report.rows_read += window.rows_read();
     let log = window.finish().map_err(change_err(&state.name))?;
+    warn_inferred_floats(&state.name, &layout, log.layout(), files, objects, opts);
     let mut changes = apply::writer(state.mode, log);
     fault("before-write");
     let exists = state.table.is_some();
@@ -222,6 +223,35 @@ async fn step_layout(
         .clone()
         .or_else(|| (layout.split_families && seen_primary).then(|| "primary".to_owned()));
     Ok(layout)
+}
+
+/// A new column typed `double` from JSON numbers (no SQL type configured) is said: in
+/// CockroachDB it may be a DECIMAL, which the values alone cannot tell, and the Delta table keeps
+/// the type it is created with.
+fn warn_inferred_floats(
+    table: &str,
+    before: &Layout,
+    after: &Layout,
+    files: &[usize],
+    objects: &[Object],
+    opts: &SyncOptions,
+) {
+    let json = files.iter().any(|&i| {
+        matches!(&objects[i].name, ObjectName::Data(d)
+            if d.format == crdb_delta_core::format::names::Format::Json)
+    });
+    if !json {
+        return;
+    }
+    let configured = opts.config.table(table).columns;
+    for (column, ty) in &after.columns {
+        if matches!(ty, ColumnType::Float32 | ColumnType::Float64)
+            && before.index_of(column).is_none()
+            && !configured.contains_key(column)
+        {
+            tracing::warn!(%table, %column, "new column typed double from JSON numbers (no SQL type configured), which the Delta table keeps; if it is a DECIMAL in CockroachDB, configure `tables.{table}.columns.{column}` (or give --crdb-url) and re-create the table");
+        }
+    }
 }
 
 /// A value that does not fit a column the Delta table typed from earlier values (no SQL type

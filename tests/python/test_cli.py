@@ -410,3 +410,17 @@ def test_config_typos_are_said_and_a_crdb_to_dbx_config_applies_its_one_table(cr
     assert set(report["tables"]) == {"usertable"}, report["tables"].keys()
     assert report["tables"]["usertable"]["target"] == "ut"
     assert not (tmp_path / "d2" / "orders").exists()
+
+
+def test_a_column_typed_double_from_json_numbers_is_said(crdb_delta_bin, tmp_path):
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    window(feed, 0, '{"id": 1, "amount": 12.5}')
+    p = cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(tmp_path / "d"))
+    assert p.returncode == 0, p.stderr
+    assert "typed double from JSON numbers" in p.stderr and "tables.t.columns.amount" in p.stderr
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"tables": {"t": {"columns": {"amount": "DECIMAL(10,2)"}}}}))
+    p = cli(crdb_delta_bin, "sync", "--source", str(feed), "--target", str(tmp_path / "d2"),
+            "--config", str(cfg))
+    assert p.returncode == 0 and "typed double" not in p.stderr, p.stderr
