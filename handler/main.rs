@@ -642,7 +642,8 @@ async fn run_changefeed(action: ChangefeedCmd) -> Result<String> {
 
 async fn run_simulate(args: &SimArgs, show: bool) -> Result<crdb_delta_core::sim::SimSummary> {
     let opts = args.options()?;
-    let resolved_files = (opts.windows / opts.resolved_every.max(1)) as u64 + 1;
+    // One after the initial scan, then one every `resolved_every` windows and after the last.
+    let resolved_files = opts.windows.div_ceil(opts.resolved_every.max(1)) as u64 + 1;
     let out = Location::open(&args.out)?;
     // The local loop: on the emulator the container is made; in Azure its absence is named.
     out.check_container(true).await?;
@@ -1105,7 +1106,7 @@ async fn run() -> Result<()> {
             let mut settings =
                 Settings::from_env().context("reading the handler's app settings")?;
             settings.resolve_volume_source().await?;
-            let port = port_from_env(Some(port))?;
+            let port = port_from_env(port)?;
             tracing::info!(
                 port,
                 setup_ms = started.elapsed().as_millis() as u64,

@@ -239,8 +239,8 @@ pub fn container_prefix(loc: &Location) -> Option<String> {
 }
 
 /// The port the host asks for (`FUNCTIONS_CUSTOMHANDLER_PORT`, then the older
-/// `FUNCTIONS_HTTPWORKER_PORT`; host-protocol.md §1), else `fallback`.
-pub fn port_from_env(fallback: Option<u16>) -> Result<u16, ServeError> {
+/// `FUNCTIONS_HTTPWORKER_PORT`; host-protocol.md §1), else `fallback` (`serve --port`).
+pub fn port_from_env(fallback: u16) -> Result<u16, ServeError> {
     for name in PORT_ENV_VARS {
         if let Ok(v) = std::env::var(name)
             && !v.trim().is_empty()
@@ -255,10 +255,7 @@ pub fn port_from_env(fallback: Option<u16>) -> Result<u16, ServeError> {
             });
         }
     }
-    fallback.ok_or(ServeError::Setting {
-        name: PORT_ENV_VARS[0],
-        message: "not set (and no --port given)".into(),
-    })
+    Ok(fallback)
 }
 
 /// A request body that was not read.
