@@ -257,21 +257,21 @@ fn warn_inferred_floats(
 /// A value that does not fit a column the Delta table typed from earlier values (no SQL type
 /// configured for it): the error says so and how to get the right type.
 fn type_locked(e: SyncError, table: &str, layout: &Layout, opts: &SyncOptions) -> SyncError {
-    let SyncError::Decode(DecodeError::Value { column, .. }) = &e else {
+    let SyncError::Decode(d) = e else {
         return e;
+    };
+    let DecodeError::Value { column, .. } = &d else {
+        return SyncError::Decode(d);
     };
     let configured = opts.config.table(table).columns.contains_key(column);
     match layout.columns.iter().find(|(c, _)| c == column) {
         Some((_, ty)) if !configured => SyncError::TypeLocked {
             table: table.to_owned(),
             column: column.clone(),
-            delta_type: ty.delta_type().to_string(),
-            error: match e {
-                SyncError::Decode(d) => Box::new(d),
-                _ => unreachable!("matched above"),
-            },
+            delta_type: ty.delta_type(),
+            error: Box::new(d),
         },
-        _ => e,
+        _ => SyncError::Decode(d),
     }
 }
 

@@ -198,6 +198,13 @@ pub enum SyncProgress {
 #[derive(Clone)]
 pub struct ProgressSink(pub std::sync::Arc<dyn Fn(&SyncProgress) + Send + Sync>);
 
+impl ProgressSink {
+    /// Tells the display.
+    pub fn tell(&self, event: &SyncProgress) {
+        (self.0)(event);
+    }
+}
+
 impl std::fmt::Debug for ProgressSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ProgressSink")
@@ -208,7 +215,7 @@ impl SyncOptions {
     /// Tells the progress display, if any.
     pub(crate) fn report_progress(&self, event: SyncProgress) {
         if let Some(p) = &self.progress {
-            (p.0)(&event);
+            p.tell(&event);
         }
     }
 }

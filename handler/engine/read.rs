@@ -154,7 +154,7 @@ pub(super) async fn read_window(
 ) -> Result<(Window, Option<String>), SyncError> {
     let read = |bytes: u64| {
         if let Some(p) = progress {
-            (p.0)(&super::SyncProgress::Read { bytes });
+            p.tell(&super::SyncProgress::Read { bytes });
         }
     };
     let Reuse {
