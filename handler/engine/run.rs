@@ -66,6 +66,9 @@ pub(super) async fn sync_known(
     opts: &SyncOptions,
     started: Instant,
 ) -> Result<SyncReport, SyncError> {
+    // `only_tables`: other tables' files leave the plan (and their tables the run), before
+    // anything is read for them.
+    plan::keep_tables(&mut objects, &|t| opts.config.applies(t));
     // A table whose files show a schema change: its keys and types read again first.
     let refreshed = schema_refresh::refresh(target, &objects, opts).await?;
     let refreshed_opts;
@@ -121,8 +124,6 @@ pub(super) async fn sync_known(
     for r in records.iter().filter(|r| r.action == Action::Hold) {
         tracing::error!(table = %r.table, file = %r.file, reason = %r.reason, "table stopped: file quarantined (crdb-delta quarantine list|retry|skip)");
     }
-    // `only_tables`: other tables' files leave the plan (and their tables the run).
-    plan::keep_tables(&mut objects, &|t| opts.config.applies(t));
     let mut states = known;
     states.retain(|s| !stopped.contains(&s.name) && opts.config.applies(&s.name));
     let mut expansion = plan::Expansion::default();
