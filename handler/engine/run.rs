@@ -333,7 +333,9 @@ pub(super) async fn sync_known(
             (s.name.clone(), columns)
         })
         .collect();
-    report.config_unused = opts.config.unused(&seen);
+    // The config as written (not schema.json: CockroachDB lists columns a changefeed never
+    // emits, such as virtual computed ones, and tables that have written nothing yet).
+    report.config_unused = opts.explicit.as_ref().unwrap_or(&opts.config).unused(&seen);
     for u in &report.config_unused {
         tracing::warn!("config: {u}");
     }
