@@ -8,7 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::RecordBatch;
-use arrow_schema::{Schema, SchemaRef};
+use arrow_schema::Schema;
 use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::{Layout, Mode};
 use crdb_delta_core::deletion_vector::{
@@ -27,7 +27,6 @@ use deltalake_core::logstore::{
 };
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
-use deltalake_core::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
@@ -35,6 +34,7 @@ use object_store::path::Path;
 use serde_json::{Value, json};
 use url::Url;
 
+pub use crate::file_writer::Writer;
 use crate::storage::Location;
 pub use crate::table_file::TableFile;
 
@@ -608,44 +608,6 @@ pub async fn read_live_file(
         out.push(live);
     }
     Ok(out)
-}
-
-/// Streams batches into new Parquet files of the table.
-pub struct Writer {
-    inner: RecordBatchWriter,
-    schema: SchemaRef,
-}
-
-impl Writer {
-    pub fn new(table: &DeltaTable, target_file_size: u64) -> Result<Self, DeltaTableError> {
-        // Row groups of 128k rows: the writer holds one in memory per open file.
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(128 * 1024))
-            .build();
-        let inner = RecordBatchWriter::for_table(table)?
-            .with_target_file_size(target_file_size)
-            .with_writer_properties(props);
-        let schema = inner.arrow_schema();
-        Ok(Self { inner, schema })
-    }
-
-    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), DeltaTableError> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        let mode = if batch.schema().fields().len() > self.schema.fields().len() {
-            WriteMode::MergeSchema
-        } else {
-            WriteMode::Default
-        };
-        self.inner.write_with_mode(batch, mode).await
-    }
-
-    /// Finishes the files (uploaded, not yet in the log).
-    pub async fn finish(mut self) -> Result<Vec<Add>, DeltaTableError> {
-        self.inner.flush().await
-    }
 }
 
 /// What one commit applies.

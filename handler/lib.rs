@@ -12,6 +12,7 @@ pub mod crdb;
 pub mod delta;
 pub mod dev;
 pub mod engine;
+pub mod file_writer;
 pub mod functions;
 pub mod inspect;
 pub mod maintain;

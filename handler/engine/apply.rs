@@ -15,6 +15,7 @@ use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
 use deltalake_core::kernel::{Add, Remove};
+use futures::StreamExt;
 
 use super::carry::Keeper;
 use super::faults::{fault, pause};
@@ -316,6 +317,9 @@ async fn create_table(state: &mut TableState, log: &ChangeLog) -> Result<bool, S
     Ok(true)
 }
 
+/// Table files fetched ahead of the one being merged (their probe columns only).
+const FETCH_AHEAD: usize = 4;
+
 /// What the write stage produced.
 enum Written {
     Files {
@@ -358,24 +362,33 @@ async fn write(
             .await
             .map_err(delta_err(&name))?;
         pause("before-fetch").await;
-        for f in candidates {
-            if !keys.may_hold(f.key_range.as_ref()) || state.slice_files.contains(&f.path) {
-                continue;
-            }
-            // The footer and the probe columns' chunks only, by byte ranges.
-            let size = u64::try_from(f.size).unwrap_or(0);
-            let fetched = async {
+        let candidates: Vec<FileEntry> = candidates
+            .into_iter()
+            .filter(|f| keys.may_hold(f.key_range.as_ref()) && !state.slice_files.contains(&f.path))
+            .collect();
+        // Decided once per step: whether any change needs the old row's values.
+        let needs_values = changes.needs_table_values();
+        let table: &deltalake_core::DeltaTable = table;
+        // The footer and the probe columns' chunks only, by byte ranges; a few files ahead, in
+        // order, so the store's latency overlaps the merge (memory: FETCH_AHEAD probe sets).
+        let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
+            let probe = &probe;
+            async move {
+                let size = u64::try_from(f.size).unwrap_or(0);
                 let dv = delta::read_deletion_vector(table, &f).await?;
-                let file = delta::TableFile::fetch_columns(table, &f.path, size, &probe).await?;
-                Ok::<_, DeltaError>((dv, file))
-            };
-            let gone = |path: String, table: &deltalake_core::DeltaTable| {
-                let version = table.version().unwrap_or(0);
-                Written::Stale(Conflict::FileGone { path, version })
-            };
-            let (old_dv, mut file) = match fetched.await {
+                let file = delta::TableFile::fetch_columns(table, &f.path, size, probe).await?;
+                Ok::<_, DeltaError>((f, dv, file))
+            }
+        }))
+        .buffered(FETCH_AHEAD);
+        let gone = |path: String| {
+            let version = table.version().unwrap_or(0);
+            Written::Stale(Conflict::FileGone { path, version })
+        };
+        while let Some(fetched) = fetches.next().await {
+            let (f, old_dv, mut file) = match fetched {
                 Ok(x) => x,
-                Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path, table)),
+                Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path)),
                 Err(e) => return Err(e.into()),
             };
             state.report.table_files_read += 1;
@@ -386,7 +399,7 @@ async fn write(
             // Merge-on-read of changes that carry whole rows needs the key columns only: one
             // pass merges them. Otherwise decide from the probe columns first, then stream the
             // whole file through the merge; one batch at a time either way.
-            let probe_only = keep == Keep::Changed && !changes.needs_table_values();
+            let probe_only = keep == Keep::Changed && !needs_values;
             if !probe_only {
                 let mut touched = false;
                 let mut first = 0u64;
@@ -403,7 +416,7 @@ async fn write(
                 }
                 match file.fetch_all(table).await {
                     Ok(()) => {}
-                    Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path, table)),
+                    Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path)),
                     Err(e) => return Err(e.into()),
                 }
             }
