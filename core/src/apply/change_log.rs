@@ -1,7 +1,6 @@
 //! The merged changes of one window: per key, in HLC order, one change per (key, HLC) with its
 //! column-family fragments, duplicates dropped. Shared by every mode; holds no mode's state.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder};
@@ -39,7 +38,7 @@ pub struct ChangeLog {
     pub(crate) stored: Vec<Stored>,
     pub(crate) frags: Vec<Frag>,
     pub(crate) changes: Vec<Change>,
-    pub(crate) keys: HashMap<Arc<str>, u32>,
+    pub(crate) keys: foldhash::HashMap<Arc<str>, u32>,
     pub(crate) key_texts: Vec<Arc<str>>,
     pub(crate) primary: Option<u16>,
     pub(crate) families_known: Vec<u16>,
@@ -47,7 +46,7 @@ pub struct ChangeLog {
     pub(crate) duplicates: usize,
     pub(crate) rows_read: u64,
     /// Integer key → key id, built on first use (a single INT key column).
-    pub(crate) int_keys: std::sync::OnceLock<HashMap<i64, u32>>,
+    pub(crate) int_keys: std::sync::OnceLock<foldhash::HashMap<i64, u32>>,
 }
 
 impl ChangeLog {
@@ -82,9 +81,12 @@ impl ChangeLog {
     pub fn first_key_values(&self) -> Vec<Value> {
         self.key_texts
             .iter()
-            .filter_map(|k| match serde_json::from_str::<Value>(k) {
-                Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
-                _ => None,
+            .filter_map(|k| match single_int(k) {
+                Some(i) => Some(Value::from(i)),
+                None => match serde_json::from_str::<Value>(k) {
+                    Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
+                    _ => None,
+                },
             })
             .collect()
     }
@@ -229,9 +231,12 @@ impl ChangeLog {
                 self.key_texts
                     .iter()
                     .enumerate()
-                    .filter_map(|(id, k)| match serde_json::from_str::<Value>(k) {
-                        Ok(Value::Array(v)) => Some((v.first()?.as_i64()?, id as u32)),
-                        _ => None,
+                    .filter_map(|(id, k)| match single_int(k) {
+                        Some(i) => Some((i, id as u32)),
+                        None => match serde_json::from_str::<Value>(k) {
+                            Ok(Value::Array(v)) => Some((v.first()?.as_i64()?, id as u32)),
+                            _ => None,
+                        },
                     })
                     .collect()
             });
@@ -248,6 +253,12 @@ impl ChangeLog {
             })
             .collect())
     }
+}
+
+/// The integer of a one-integer key text (`[42]`, canonical JSON), without a JSON parse: the
+/// common key, looked up once per window key. Anything else is `None` (parsed as JSON).
+fn single_int(key: &str) -> Option<i64> {
+    key.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 /// An HLC kept as its decimal (see [`Hlc::to_decimal_i128`]); every one came from a parsed

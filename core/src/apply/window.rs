@@ -1,7 +1,6 @@
 //! A window: every change row of one table with `lo < updated ≤ hi` (one RESOLVED step),
 //! gathered file by file, then merged into a [`ChangeLog`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -72,7 +71,7 @@ pub struct Window {
     family_names: Vec<String>,
     stored: Vec<Stored>,
     frags: Vec<Frag>,
-    keys: HashMap<Arc<str>, u32>,
+    keys: foldhash::HashMap<Arc<str>, u32>,
     key_texts: Vec<Arc<str>>,
     rows_read: u64,
     /// `(index, of)`: only rows whose key is in slice `index` of `of` are kept.
@@ -106,7 +105,7 @@ impl Window {
             family_names,
             stored: Vec::new(),
             frags: Vec::new(),
-            keys: HashMap::new(),
+            keys: foldhash::HashMap::default(),
             key_texts: Vec::new(),
             rows_read: 0,
             slice: None,
@@ -403,23 +402,17 @@ impl Window {
             s.arrays = arrays;
         }
         self.assign_keys()?;
+        // In key text order: the distinct keys are ranked once, so the fragments sort on
+        // integers (a fragment's batch and row make every tuple distinct).
         let key_texts = &self.key_texts;
-        self.frags.sort_by(|a, b| {
-            (
-                &*key_texts[a.key as usize],
-                a.updated,
-                a.family,
-                a.batch,
-                a.row,
-            )
-                .cmp(&(
-                    &*key_texts[b.key as usize],
-                    b.updated,
-                    b.family,
-                    b.batch,
-                    b.row,
-                ))
-        });
+        let mut by_text: Vec<u32> = (0..key_texts.len() as u32).collect();
+        by_text.sort_unstable_by(|a, b| key_texts[*a as usize].cmp(&key_texts[*b as usize]));
+        let mut rank = vec![0u32; by_text.len()];
+        for (r, &k) in by_text.iter().enumerate() {
+            rank[k as usize] = r as u32;
+        }
+        self.frags
+            .sort_unstable_by_key(|f| (rank[f.key as usize], f.updated, f.family, f.batch, f.row));
         let before = self.frags.len();
         self.frags
             .dedup_by(|b, a| a.key == b.key && a.updated == b.updated && a.family == b.family);

@@ -4,7 +4,6 @@
 //! changed keys are replaced by their new image or dropped, and keys the table did not have
 //! become new rows, in key order (integers numerically) so new files' key ranges stay tight.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -22,20 +21,21 @@ pub(crate) fn meta_fields() -> Vec<Field> {
     ]
 }
 
-/// The net effect of a window on one key.
-#[derive(Debug, Clone)]
+/// The net effect of a window on one key; its image (column → new value, `None` keeps the
+/// table's current value) is the key's row of [`UpdateDelete::images`].
+#[derive(Debug, Clone, Copy)]
 enum Final {
     Delete,
-    /// Column → new value; `None` keeps the table's current value.
-    Image {
-        image: Vec<Option<Slot>>,
-        updated: i128,
-    },
+    Image { updated: i128 },
 }
 
 pub struct UpdateDelete {
     log: ChangeLog,
-    finals: HashMap<u32, Final>,
+    /// Key id → its net effect (`None`: no change of the window has that key); dense, as key
+    /// ids are, so the probe path does no hashing.
+    finals: Vec<Option<Final>>,
+    /// Key id × column → the image's slot, one flat array (no allocation per key).
+    images: Vec<Option<Slot>>,
     /// Key id → the table had it (its row was merged).
     matched: Vec<bool>,
     counts: Counts,
@@ -46,47 +46,49 @@ pub struct UpdateDelete {
 impl UpdateDelete {
     pub fn new(log: ChangeLog) -> Self {
         let ncols = log.layout.columns.len();
-        let mut finals = HashMap::new();
+        let nkeys = log.key_texts.len();
+        let mut finals = vec![None; nkeys];
+        let mut images = vec![None; nkeys * ncols];
         for r in log.ranges_by_key() {
+            let key = log.changes[r.start].key as usize;
+            let image = &mut images[key * ncols..(key + 1) * ncols];
             let mut fin: Option<Final> = None;
             for c in &log.changes[r.clone()] {
                 if log.is_row_delete(c) {
                     fin = Some(Final::Delete);
                     continue;
                 }
-                let mut image = match fin.take() {
+                if let Some(Final::Delete) = fin {
                     // Re-inserted after a delete: nothing of the old row survives.
-                    Some(Final::Delete) => vec![Some(NULL); ncols],
-                    Some(Final::Image { image, .. }) => image,
-                    None => vec![None; ncols],
-                };
-                log.apply(c, &mut image);
-                fin = Some(Final::Image {
-                    image,
-                    updated: c.updated,
-                });
+                    image.fill(Some(NULL));
+                }
+                log.apply(c, image);
+                fin = Some(Final::Image { updated: c.updated });
             }
-            if let Some(f) = fin {
-                finals.insert(log.changes[r.start].key, f);
-            }
+            finals[key] = fin;
         }
-        let matched = vec![false; log.key_texts.len()];
         Self {
             log,
             finals,
-            matched,
+            images,
+            matched: vec![false; nkeys],
             counts: Counts::default(),
             inserts: None,
         }
     }
 
+    fn image(&self, key: u32) -> &[Option<Slot>] {
+        let ncols = self.log.layout.columns.len();
+        &self.images[key as usize * ncols..(key as usize + 1) * ncols]
+    }
+
     fn build_inserts(&mut self, keys: &[u32]) -> Result<RecordBatch, ChangeError> {
         let mut rows: Vec<Vec<Slot>> = Vec::with_capacity(keys.len());
         let mut meta = HlcColumns::new();
-        for k in keys {
-            if let Some(Final::Image { image, updated }) = self.finals.get(k) {
-                rows.push(image.iter().map(|s| s.unwrap_or(NULL)).collect());
-                meta.push(Some(*updated))?;
+        for &k in keys {
+            if let Some(Final::Image { updated }) = self.finals[k as usize] {
+                rows.push(self.image(k).iter().map(|s| s.unwrap_or(NULL)).collect());
+                meta.push(Some(updated))?;
             }
         }
         let mut cols = self.log.gather(&rows, &[])?;
@@ -121,9 +123,9 @@ impl ModeWriter for UpdateDelete {
     /// Only when some key's new image keeps a column of the table's row (a change of some
     /// column families only).
     fn needs_table_values(&self) -> bool {
-        self.finals.values().any(|f| match f {
-            Final::Image { image, .. } => image.iter().any(Option::is_none),
-            Final::Delete => false,
+        self.finals.iter().enumerate().any(|(k, f)| match f {
+            Some(Final::Image { .. }) => self.image(k as u32).iter().any(Option::is_none),
+            Some(Final::Delete) | None => false,
         })
     }
 
@@ -139,7 +141,7 @@ impl ModeWriter for UpdateDelete {
         let mut meta_rows: Vec<(usize, Option<i128>)> = Vec::new();
         let mut superseded = Vec::new();
         for (r, k) in keys.iter().enumerate() {
-            match k.and_then(|k| self.finals.get(&k).map(|f| (k, f))) {
+            match k.and_then(|k| self.finals[k as usize].map(|f| (k, f))) {
                 None => {
                     if keep == Keep::All {
                         rows.push(vec![(t, r); ncols]);
@@ -151,12 +153,12 @@ impl ModeWriter for UpdateDelete {
                     self.counts.deleted += 1;
                     superseded.push(r as u32);
                 }
-                Some((k, Final::Image { image, updated })) => {
+                Some((k, Final::Image { updated })) => {
                     self.matched[k as usize] = true;
                     self.counts.updated += 1;
                     superseded.push(r as u32);
-                    rows.push(image.iter().map(|s| s.unwrap_or((t, r))).collect());
-                    meta_rows.push((r, Some(*updated)));
+                    rows.push(self.image(k).iter().map(|s| s.unwrap_or((t, r))).collect());
+                    meta_rows.push((r, Some(updated)));
                 }
             }
         }
@@ -183,13 +185,11 @@ impl ModeWriter for UpdateDelete {
         let (keys, pos) = match self.inserts.take() {
             Some(cursor) => cursor,
             None => {
-                let mut keys: Vec<u32> = self
-                    .finals
-                    .iter()
-                    .filter(|(k, f)| {
-                        !self.matched[**k as usize] && matches!(f, Final::Image { .. })
+                let mut keys: Vec<u32> = (0..self.finals.len() as u32)
+                    .filter(|&k| {
+                        !self.matched[k as usize]
+                            && matches!(self.finals[k as usize], Some(Final::Image { .. }))
                     })
-                    .map(|(k, _)| *k)
                     .collect();
                 let texts: &[Arc<str>] = &self.log.key_texts;
                 keys.sort_by(|a, b| {
