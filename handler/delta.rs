@@ -878,7 +878,12 @@ async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u
             DeltaOperation::Update { predicate: None }
         }
     };
-    let mut props = CommitProperties::default().with_max_retries(0);
+    // No log cleanup after each commit: it lists the whole `_delta_log`, a cost that grows with
+    // the log for as long as the table's log retention (30 days) keeps it. Upkeep
+    // (`maintain`, the CatchUp timer) cleans the log instead.
+    let mut props = CommitProperties::default()
+        .with_max_retries(0)
+        .with_cleanup_expired_logs(Some(false));
     if c.kind == CommitKind::Apply {
         props = match c.progress.slices {
             // A slice: the RESOLVED applied stays; the slices move.
@@ -924,6 +929,9 @@ async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u
         .await
         .map_err(err)?;
     let version = done.version();
-    table.update_incremental(None).await.map_err(err)?;
+    // The state as of our commit, from the commit itself: listing the log again would cost a
+    // listing of `_delta_log` per commit. A later writer's commit is met by the next commit's
+    // conflict check, as any commit after our read is.
+    table.state = Some(done.snapshot());
     Ok(version)
 }

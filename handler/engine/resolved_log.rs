@@ -16,6 +16,7 @@ use super::{DEFAULT_TARGET_FILE_SIZE, RESOLVED_LOG, SyncError, delta_err};
 use crate::records::{Figures, ResolvedLogFigures};
 
 use crate::delta::{self, Commit, Committed, Target};
+use deltalake_core::DeltaTable;
 
 pub(super) fn resolved_log_schema() -> Arc<Schema> {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")));
@@ -29,10 +30,28 @@ pub(super) fn resolved_log_schema() -> Arc<Schema> {
     ]))
 }
 
+/// The record table of one run, opened once: opening replays its log since the last
+/// checkpoint, which each step's record would otherwise pay again.
+pub(super) struct ResolvedLog {
+    target: Target,
+    /// As of this run's last record; `None` until opened, and after a failed or stale attempt
+    /// (the next one opens it afresh and sees what the other writer did).
+    table: Option<DeltaTable>,
+}
+
+impl ResolvedLog {
+    pub(super) fn new(target: Target) -> Self {
+        Self {
+            target,
+            table: None,
+        }
+    }
+}
+
 /// Appends one row per table to `_crdb_delta_resolved` for `resolved`, exactly once (its own
 /// `txn`). `if_missing`: only when not recorded yet (recovery at start).
 pub(super) async fn record_resolved(
-    log: &Target,
+    log: &mut ResolvedLog,
     resolved: Hlc,
     states: &[TableState],
     partition: Option<PartitionFormat>,
@@ -42,7 +61,13 @@ pub(super) async fn record_resolved(
     // starts from its commit (and finds the record there if it wrote this one).
     const ATTEMPTS: u32 = 3;
     for attempt in 1..=ATTEMPTS {
-        match record_resolved_once(log, resolved, states, partition, if_missing).await {
+        let table = log.table.take();
+        match record_resolved_once(&log.target, table, resolved, states, partition, if_missing)
+            .await
+            .map(|(done, table)| {
+                log.table = table;
+                done
+            }) {
             Ok(true) => return Ok(()),
             Ok(false) => {
                 tracing::warn!(%resolved, attempt, "recording the RESOLVED raced another writer; retrying")
@@ -59,19 +84,24 @@ pub(super) async fn record_resolved(
     })
 }
 
-/// One attempt: `Ok(true)` when the record is there (ours or a concurrent run's), `Ok(false)`
-/// when another writer's commit made this one stale.
+/// One attempt, on `table` if this run has it open: `true` when the record is there (ours or a
+/// concurrent run's), `false` when another writer's commit made this one stale; with the table
+/// to keep open (none after a stale attempt).
 pub(super) async fn record_resolved_once(
     log: &Target,
+    table: Option<DeltaTable>,
     resolved: Hlc,
     states: &[TableState],
     partition: Option<PartitionFormat>,
     if_missing: bool,
-) -> Result<bool, SyncError> {
+) -> Result<(bool, Option<DeltaTable>), SyncError> {
     let schema = resolved_log_schema();
-    let mut table = match log.open().await? {
+    let mut table = match table {
         Some(t) => t,
-        None => log.create_with(&schema, vec![]).await?,
+        None => match log.open().await? {
+            Some(t) => t,
+            None => log.create_with(&schema, vec![]).await?,
+        },
     };
     let done = table
         .snapshot()
@@ -80,10 +110,10 @@ pub(super) async fn record_resolved_once(
         .await
         .map_err(delta_err(RESOLVED_LOG))?;
     if done.is_some_and(|v| v >= resolved.wall) {
-        return Ok(true);
+        return Ok((true, Some(table)));
     }
     if if_missing && states.iter().all(|s| s.table.is_none()) {
-        return Ok(true);
+        return Ok((true, Some(table)));
     }
     let now = chrono::Utc::now().timestamp_micros();
     let mut r = StringBuilder::new();
@@ -147,7 +177,7 @@ pub(super) async fn record_resolved_once(
     .await?;
     if let Committed::Conflict(conflict) = committed {
         tracing::debug!(%resolved, %conflict, "recording the RESOLVED conflicted");
-        return Ok(false);
+        return Ok((false, None));
     }
-    Ok(true)
+    Ok((true, Some(table)))
 }

@@ -14,7 +14,7 @@ use super::apply::apply_table;
 use super::listing::{bounded_listing, check_resolved_content, list};
 use super::read::Budget;
 use super::report::{SyncReport, peak_rss_mib};
-use super::resolved_log::record_resolved;
+use super::resolved_log::{ResolvedLog, record_resolved};
 use super::schema_refresh;
 use super::table::{TableState, open_table};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
@@ -158,7 +158,7 @@ pub(super) async fn sync_known(
             });
         }
     }
-    let log = Target::new(target, RESOLVED_LOG)?;
+    let mut log = ResolvedLog::new(Target::new(target, RESOLVED_LOG)?);
     let late: Vec<String> = plan::late_files(&objects)
         .into_iter()
         .map(|l| {
@@ -189,7 +189,7 @@ pub(super) async fn sync_known(
     if stopped.is_empty()
         && let Some(r) = common_resolved(&states, &objects)
     {
-        record_resolved(&log, r, &states, partition, true).await?;
+        record_resolved(&mut log, r, &states, partition, true).await?;
     }
     loop {
         let progress: BTreeMap<String, Progress> = states
@@ -313,7 +313,7 @@ pub(super) async fn sync_known(
         }
         fault("before-record");
         if stopped.is_empty() && common_resolved(&states, &objects) == Some(step.resolved) {
-            record_resolved(&log, step.resolved, &states, partition, false).await?;
+            record_resolved(&mut log, step.resolved, &states, partition, false).await?;
         }
         // A step whose commits all went stale (re-planned) is an attempt, not a step; one that
         // applied a key slice short of its interval's last is a slice, not a step.
