@@ -106,6 +106,15 @@ pub struct Config {
         deserialize_with = "crate::byte_size::deserialize_opt"
     )]
     pub min_slice_bytes: Option<u64>,
+    /// With deletion vectors, once the table has 8 files smaller than this, a step rewrites the
+    /// ones it changes (their rows merge into its new file) instead of marking rows deleted, so
+    /// small files do not pile up between compactions (default 4 MiB; 0: never).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::byte_size::deserialize_opt"
+    )]
+    pub rewrite_files_below: Option<u64>,
     /// One commit per table at every RESOLVED, however small (a Delta version per RESOLVED, for
     /// time travel to each), instead of one per `max_window_bytes` of backlog (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,6 +310,7 @@ impl Config {
         out.storage = out.storage.or(schema.storage);
         out.max_window_bytes = out.max_window_bytes.or(schema.max_window_bytes);
         out.min_slice_bytes = out.min_slice_bytes.or(schema.min_slice_bytes);
+        out.rewrite_files_below = out.rewrite_files_below.or(schema.rewrite_files_below);
         out.commit_each_resolved = out.commit_each_resolved.or(schema.commit_each_resolved);
         out.tables_at_once = out.tables_at_once.or(schema.tables_at_once);
         out.target_file_size = out.target_file_size.or(schema.target_file_size);

@@ -338,6 +338,10 @@ struct SyncArgs {
     /// (an initial scan) is cut into; default 1MiB
     #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     min_slice_bytes: Option<u64>,
+    /// With deletion vectors, once the table has 8 files smaller than this, a step rewrites the
+    /// ones it changes, so small files do not pile up between compactions; default 4MiB, 0 never
+    #[arg(long, value_parser = crdb_delta::byte_size::parse)]
+    rewrite_files_below: Option<u64>,
     /// Rows per decoded batch (a memory bound).
     #[arg(long, default_value_t = 8192, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch_size: usize,
@@ -437,6 +441,9 @@ impl SyncArgs {
         }
         if let Some(v) = self.min_slice_bytes {
             opts.min_slice_bytes = v;
+        }
+        if let Some(v) = self.rewrite_files_below {
+            opts.rewrite_below = v;
         }
         if let Some(v) = self.target_file_size {
             opts.target_file_size = v;

@@ -320,6 +320,11 @@ async fn create_table(state: &mut TableState, log: &ChangeLog) -> Result<bool, S
 /// Table files fetched ahead of the one being merged (their probe columns only).
 const FETCH_AHEAD: usize = 4;
 
+/// Deletion vectors: from this many files below [`SyncOptions::rewrite_below`] on, the small
+/// files a step changes are rewritten (like Databricks' auto compaction, whose
+/// `minNumFiles` is 50; fewer here, as each one costs every step a probe).
+const SMALL_FILES: usize = 8;
+
 /// What the write stage produced.
 enum Written {
     Files {
@@ -362,6 +367,11 @@ async fn write(
             .await
             .map_err(delta_err(&name))?;
         pause("before-fetch").await;
+        // Once small files pile up (the new files of recent steps), the ones this step changes
+        // are rewritten even with deletion vectors: their rows merge into this step's new file,
+        // instead of every later step probing each of them until a compaction.
+        let small = |f: &FileEntry| u64::try_from(f.size).unwrap_or(0) < opts.rewrite_below;
+        let rewrite_small = candidates.iter().filter(|f| small(f)).count() >= SMALL_FILES;
         let candidates: Vec<FileEntry> = candidates
             .into_iter()
             .filter(|f| keys.may_hold(f.key_range.as_ref()) && !state.slice_files.contains(&f.path))
@@ -392,10 +402,11 @@ async fn write(
                 Err(e) => return Err(e.into()),
             };
             state.report.table_files_read += 1;
-            let keep = match storage {
-                Storage::CopyOnWrite => Keep::All,
-                Storage::DeletionVectors => Keep::Changed,
+            let rewrite = match storage {
+                Storage::CopyOnWrite => true,
+                Storage::DeletionVectors => rewrite_small && small(&f),
             };
+            let keep = if rewrite { Keep::All } else { Keep::Changed };
             // Merge-on-read of changes that carry whole rows needs the key columns only: one
             // pass merges them. Otherwise decide from the probe columns first, then stream the
             // whole file through the merge; one batch at a time either way.
@@ -433,15 +444,12 @@ async fn write(
                 // Nothing of this file was superseded (only possible in the one-pass case).
                 continue;
             }
-            match storage {
-                Storage::CopyOnWrite => {
-                    state.report.files_rewritten += 1;
-                    removes.push(f.remove);
-                }
-                Storage::DeletionVectors => {
-                    state.report.files_with_deletion_vectors += 1;
-                    deleted.push((f, dv));
-                }
+            if rewrite {
+                state.report.files_rewritten += 1;
+                removes.push(f.remove);
+            } else {
+                state.report.files_with_deletion_vectors += 1;
+                deleted.push((f, dv));
             }
         }
     }

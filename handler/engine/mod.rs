@@ -61,6 +61,10 @@ pub const DEFAULT_MAX_WINDOW_BYTES: u64 = 256 << 20;
 
 /// Default Parquet file size written.
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
+/// Deletion vectors: changed files below this are rewritten ([`SyncOptions::rewrite_below`]).
+/// Small enough that a step's rewrite stays within a few times its own new bytes at 10k
+/// changes of short rows; large enough that the small files of recent steps merge.
+pub const DEFAULT_REWRITE_BELOW: u64 = 4 << 20;
 /// Tables applied side by side by default: one per core of a Flex Consumption instance.
 pub const DEFAULT_TABLES_AT_ONCE: usize = 2;
 
@@ -155,6 +159,9 @@ pub struct SyncOptions {
     /// Smallest key slice (decoded bytes) a RESOLVED interval larger than the window is cut
     /// into ([`plan::Slices::count`]).
     pub min_slice_bytes: u64,
+    /// Deletion vectors: once the table has 8 files smaller than this, a step rewrites the ones
+    /// it changes (they merge into its new file rather than pile up).
+    pub rewrite_below: u64,
     pub batch_size: usize,
     pub target_file_size: u64,
     /// Apply at most up to this RESOLVED.
@@ -229,6 +236,7 @@ impl SyncOptions {
         Self {
             max_window_bytes: config.max_window_bytes.unwrap_or(d.max_window_bytes),
             min_slice_bytes: config.min_slice_bytes.unwrap_or(d.min_slice_bytes),
+            rewrite_below: config.rewrite_files_below.unwrap_or(d.rewrite_below),
             target_file_size: config.target_file_size.unwrap_or(d.target_file_size),
             each_resolved: config.commit_each_resolved.unwrap_or(d.each_resolved),
             max_resolved_ahead: config
@@ -265,6 +273,7 @@ impl Default for SyncOptions {
             config: Config::default(),
             max_window_bytes: DEFAULT_MAX_WINDOW_BYTES,
             min_slice_bytes: plan::Slices::MIN_BYTES,
+            rewrite_below: DEFAULT_REWRITE_BELOW,
             batch_size: 8192,
             target_file_size: DEFAULT_TARGET_FILE_SIZE,
             until: None,

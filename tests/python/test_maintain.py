@@ -5,6 +5,7 @@ simulator's ground truth with Python `deltalake` as the reader."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -77,3 +78,28 @@ def test_log_cleanup_keeps_progress_exact_and_nothing_repeats(crdb_delta_bin, tm
     # append_only would show any event applied twice.
     sync(crdb_delta_bin, root, "append_only", "--max-window-bytes", "20000")
     check_final(root, "append_only")
+
+
+def test_small_files_a_step_changes_are_rewritten_once_they_pile_up(crdb_delta_bin, tmp_path):
+    """Between compactions, one commit per RESOLVED adds a small file per step. With deletion
+    vectors alone they pile up (each probed by every later step); from 8 small files on, a
+    step rewrites the small files it changes into its new file, for update_delete and scd2."""
+    root = simulate(crdb_delta_bin, tmp_path, "json", 24)
+    for mode in ["update_delete", "scd2"]:
+        counts = {}
+        for label, extra in [("pure", ["--rewrite-files-below", "0"]), ("default", [])]:
+            shutil.rmtree(root / "delta", ignore_errors=True)
+            report = json.loads(sync(crdb_delta_bin, root, mode, "--commit-each-resolved",
+                                     *extra).stdout)
+            check_final(root, mode)
+            t = report["tables"]["usertable"]
+            counts[label] = (files_and_dvs(str(root / "delta" / "usertable"))[0],
+                             t["files_rewritten"], t["files_with_deletion_vectors"])
+        pure, default = counts["pure"], counts["default"]
+        # Pure deletion vectors: nothing rewritten, files grow with the steps (a file goes only
+        # when all of its rows are deleted).
+        assert pure[1] == 0 and pure[2] > 0 and pure[0] > 12, (mode, counts)
+        # Default: small files were rewritten once 8 had piled up, and the live files stay
+        # near that bound instead of growing with the steps.
+        assert default[1] > 0 and default[2] > 0, (mode, counts)
+        assert default[0] <= 9, (mode, counts)
