@@ -219,7 +219,7 @@ impl Target {
         })?;
         let mut config: Vec<(String, String)> =
             vec![("delta.enableDeletionVectors".into(), "true".into())];
-        config.extend(properties);
+        config.extend(with_checkpoint_interval(properties));
         let metadata = deltalake_core::kernel::new_metadata(&kernel, Vec::<String>::new(), config)
             .map_err(|e| self.err()(e.into()))?;
         let metadata = metadata
@@ -265,7 +265,11 @@ impl Target {
             .with_table_name(self.path.replace('/', "_"))
             .with_comment("CockroachDB changefeed applied by crdb-delta")
             .with_columns(kernel.fields().cloned())
-            .with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v))))
+            .with_configuration(
+                with_checkpoint_interval(properties)
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v))),
+            )
             .with_raise_if_key_not_exists(false)
             .with_save_mode(SaveMode::Ignore)
             .await;
@@ -608,6 +612,21 @@ pub async fn read_live_file(
         out.push(live);
     }
     Ok(out)
+}
+
+/// Versions between checkpoints of the tables we create: Spark's and Databricks' default (10)
+/// rather than delta-rs' (100). Every open of a table, and delta-rs' state update after each
+/// commit, replays the commits since the last checkpoint; with one commit per RESOLVED that
+/// replay grew to 99 commits before each checkpoint.
+pub const CHECKPOINT_INTERVAL: &str = "10";
+
+/// `properties` plus `delta.checkpointInterval` ([`CHECKPOINT_INTERVAL`]) unless they set it.
+fn with_checkpoint_interval(mut properties: Vec<(String, String)>) -> Vec<(String, String)> {
+    const KEY: &str = "delta.checkpointInterval";
+    if !properties.iter().any(|(k, _)| k == KEY) {
+        properties.push((KEY.into(), CHECKPOINT_INTERVAL.into()));
+    }
+    properties
 }
 
 /// What one commit applies.

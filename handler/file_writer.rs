@@ -8,9 +8,11 @@
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
+use crdb_delta_core::apply::{END_HLC, HLC, START_HLC};
 use deltalake_core::kernel::Add;
 use deltalake_core::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake_core::{DeltaTable, DeltaTableError};
+use parquet::schema::types::ColumnPath;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -32,10 +34,14 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(table: &DeltaTable, target_file_size: u64) -> Result<Self, DeltaTableError> {
-        let props = parquet::file::properties::WriterProperties::builder()
+        let mut props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+        // HLC text is unique per row: a dictionary would only be built and then abandoned.
+        for column in [HLC, START_HLC, END_HLC] {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
+        let props = props.build();
         let inner = RecordBatchWriter::for_table(table)?
             .with_target_file_size(target_file_size)
             .with_writer_properties(props);
