@@ -1,6 +1,7 @@
 //! The step loop of a run.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -23,6 +24,73 @@ use super::faults::fault;
 use crate::delta::Target;
 use crate::quarantine::{Action, Quarantine};
 use crate::storage::Location;
+
+/// What a table's apply reports back: its name, the outcome, and what it learnt about decoded
+/// sizes.
+type Outcome = (String, Result<(), SyncError>, plan::Expansion);
+
+/// What every table's apply task of a step reads.
+struct Shared {
+    objects: Vec<Object>,
+    source: Location,
+    opts: SyncOptions,
+}
+
+/// One table's apply of a step, on a task of its own: owns the table's state and hands it back
+/// (`pos`: its place among the run's tables).
+async fn apply_task(
+    shared: Arc<Shared>,
+    pos: usize,
+    mut state: TableState,
+    resolved: Hlc,
+    files: Vec<usize>,
+    start: plan::Expansion,
+    shrinkable: bool,
+) -> (usize, TableState, Outcome) {
+    let mut learnt = start;
+    let mut budget = Budget {
+        expansion: &mut learnt,
+        shrinkable,
+    };
+    let r = apply_table(
+        &mut state,
+        resolved,
+        &files,
+        &shared.objects,
+        &shared.source,
+        &shared.opts,
+        &mut budget,
+    )
+    .await;
+    let name = state.name.clone();
+    (pos, state, (name, r, learnt))
+}
+
+/// A spawned apply, aborted if the run is dropped (a lost lease, Ctrl-C): it stops like a crash
+/// would, which every stage is safe against, instead of going on unsupervised.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only `abort`, which runs when this handle is dropped, cancels the task.
+            Err(e) => unreachable!("apply task cancelled while awaited: {e}"),
+        })
+    }
+}
 
 /// Applies everything up to the newest RESOLVED (or `opts.until`).
 pub async fn sync(
@@ -234,42 +302,45 @@ pub(super) async fn sync_known(
         let mut poisoned = Vec::new();
         let mut overflow = false;
         // Every table's apply runs to its end (none is dropped mid-commit), then the outcomes
-        // are looked at; the first other error ends the run after all have finished.
-        type Outcome = (String, Result<(), SyncError>, plan::Expansion);
+        // are looked at; the first other error ends the run after all have finished. Each
+        // apply is a task of its own, so tables of a step merge on both cores: the step's
+        // tables move into their tasks and come back with the outcome.
         let outcomes: Vec<Outcome> = {
-            let objects = &objects;
-            let start = &expansion;
-            // Boxed: the stream's future type then names no closure lifetimes (rustc cannot
-            // otherwise prove the server's future `Send`).
-            let applies: Vec<futures::future::BoxFuture<'_, Outcome>> = states
-                .iter_mut()
-                .filter_map(|state| {
-                    let files = step.tables.get(&state.name)?;
-                    let fut: futures::future::BoxFuture<'_, Outcome> = Box::pin(async move {
-                        let mut learnt = start.clone();
-                        let mut budget = Budget {
-                            expansion: &mut learnt,
-                            shrinkable: step.shrinkable,
-                        };
-                        let r = apply_table(
-                            state,
-                            step.resolved,
-                            files,
-                            objects,
-                            source,
-                            opts,
-                            &mut budget,
-                        )
-                        .await;
-                        (state.name.clone(), r, learnt)
-                    });
-                    Some(fut)
-                })
-                .collect();
-            futures::stream::iter(applies)
+            let shared = Arc::new(Shared {
+                objects: objects.clone(),
+                source: source.clone(),
+                opts: opts.clone(),
+            });
+            let (applying, idle): (Vec<_>, Vec<_>) = std::mem::take(&mut states)
+                .into_iter()
+                .enumerate()
+                .partition(|(_, s)| step.tables.contains_key(&s.name));
+            let applies = applying.into_iter().map(|(pos, state)| {
+                let files = step.tables[&state.name].clone();
+                let task = tokio::spawn(apply_task(
+                    shared.clone(),
+                    pos,
+                    state,
+                    step.resolved,
+                    files,
+                    expansion.clone(),
+                    step.shrinkable,
+                ));
+                AbortOnDrop(task)
+            });
+            let done: Vec<(usize, TableState, Outcome)> = futures::stream::iter(applies)
                 .buffer_unordered(opts.tables_at_once.max(1))
                 .collect()
-                .await
+                .await;
+            let mut back: Vec<(usize, TableState)> = idle;
+            let mut outcomes = Vec::with_capacity(done.len());
+            for (pos, state, outcome) in done {
+                back.push((pos, state));
+                outcomes.push(outcome);
+            }
+            back.sort_by_key(|(pos, _)| *pos);
+            states = back.into_iter().map(|(_, s)| s).collect();
+            outcomes
         };
         let mut failed = None;
         for (table, outcome, learnt) in outcomes {
