@@ -385,6 +385,10 @@ struct MaintainArgs {
     /// VACUUM keeps files unreferenced for less than this (default 168 = Delta's 7 days).
     #[arg(long, default_value_t = crdb_delta::maintain::DEFAULT_RETAIN_HOURS)]
     retain_hours: u64,
+    /// Log entries older than this many hours are cleaned up (default: the table's
+    /// `delta.logRetentionDuration`, 30 days unless set). Time travel reaches no further back.
+    #[arg(long)]
+    log_retention_hours: Option<u64>,
     /// Target Parquet file size of compacted files (bytes, or e.g. 128MiB).
     #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     target_file_size: Option<u64>,
@@ -975,6 +979,9 @@ async fn run() -> Result<()> {
             let loc = Location::open_existing(&args.target)?;
             let mut opts = crdb_delta::maintain::MaintainOptions {
                 retain: std::time::Duration::from_secs(args.retain_hours.saturating_mul(3600)),
+                log_retention: args
+                    .log_retention_hours
+                    .map(|h| std::time::Duration::from_secs(h.saturating_mul(3600))),
                 compact: !args.no_compact,
                 vacuum: !args.no_vacuum,
                 ..Default::default()

@@ -36,6 +36,9 @@ pub struct MaintainOptions {
     /// A file with at least this share of its rows deleted is rewritten.
     pub purge_ratio: f64,
     pub retain: Duration,
+    /// Log entries older than this are cleaned up; `None`: the table's
+    /// `delta.logRetentionDuration` (30 days unless set).
+    pub log_retention: Option<Duration>,
     pub compact: bool,
     pub checkpoint: bool,
     pub cleanup: bool,
@@ -49,6 +52,7 @@ impl Default for MaintainOptions {
             max_bytes: 128 << 20,
             purge_ratio: 0.5,
             retain: Duration::from_secs(DEFAULT_RETAIN_HOURS * 3600),
+            log_retention: None,
             compact: true,
             checkpoint: true,
             cleanup: true,
@@ -115,10 +119,23 @@ pub async fn maintain_table(
         report.checkpoint_version = table.version();
     }
     if opts.cleanup {
-        report.log_files_deleted =
-            deltalake_core::protocol::checkpoints::cleanup_metadata(&table, None)
+        report.log_files_deleted = match opts.log_retention {
+            None => deltalake_core::protocol::checkpoints::cleanup_metadata(&table, None)
                 .await
-                .map_err(err)? as u64;
+                .map_err(err)?,
+            Some(keep) => {
+                let cutoff = chrono::Utc::now()
+                    - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+                deltalake_core::protocol::checkpoints::cleanup_expired_logs_for(
+                    table.version().unwrap_or(0) as _,
+                    table.log_store().as_ref(),
+                    cutoff.timestamp_millis(),
+                    None,
+                )
+                .await
+                .map_err(err)?
+            }
+        } as u64;
     }
     if opts.vacuum {
         // Opened again: the snapshot read before the cleanup may name commits it deleted.

@@ -9,8 +9,9 @@ CHANGES random-key changes, a RESOLVED after each), then applies it one commit p
 the function does), into two fresh targets side by side:
   * `none`: no upkeep;
   * `upkeep`: `crdb-delta maintain` after every EVERY RESOLVEDs (the CatchUp timer's work:
-    compaction, checkpoint, log cleanup, VACUUM with `--retain-hours 0` so that the bench sees
-    files go; production keeps 168 h).
+    compaction, checkpoint, log cleanup, VACUUM), with `--retain-hours 0` and
+    `--log-retention-hours 0` so that the bench sees files and log entries go within its
+    minutes (production keeps 168 h of files and the table's 30 days of log).
 Near the start (RESOLVEDs 10–14) and at the end (the last five) each RESOLVED is applied by its
 own `sync --until` and timed (the table's apply seconds from the `--json` report, and the
 whole process); medians are printed with the live file count, the files in the table folder
@@ -68,7 +69,8 @@ def main() -> None:
             for j in range(start, i + 1):
                 if variant == "upkeep" and j % a.every == 0:
                     run(a.bin, "sync", *base[2:], "--until", resolved[j], *ONE_PER_RESOLVED)
-                    run(a.bin, "maintain", "--target", str(target), "--retain-hours", "0", "--json")
+                    run(a.bin, "maintain", "--target", str(target), "--retain-hours", "0",
+                        "--log-retention-hours", "0", "--json")
             run(*base, "--until", resolved[i], *ONE_PER_RESOLVED)
             upto.at = i
         upto.at = -1

@@ -103,3 +103,21 @@ def test_small_files_a_step_changes_are_rewritten_once_they_pile_up(crdb_delta_b
         # near that bound instead of growing with the steps.
         assert default[1] > 0 and default[2] > 0, (mode, counts)
         assert default[0] <= 9, (mode, counts)
+
+
+def test_log_retention_hours_overrides_the_tables_retention(crdb_delta_bin, tmp_path):
+    """`maintain --log-retention-hours 0` cleans the log up to the checkpoint without the table
+    property, and the next run resumes at the exact RESOLVED (append_only shows repeats)."""
+    root = simulate(crdb_delta_bin, tmp_path, "json", 8)
+    steps = resolved_steps(root)
+    sync(crdb_delta_bin, root, "append_only", "--until", o.hlc_of(steps[3]),
+         "--max-window-bytes", "20000")
+    kept = {u["table"]: u["log_files_deleted"] for u in maintain(crdb_delta_bin, root, "--no-compact")}
+    assert kept["usertable"] == 0, kept  # 30 days by default: nothing is that old
+    done = {u["table"]: u["log_files_deleted"]
+            for u in maintain(crdb_delta_bin, root, "--no-compact", "--log-retention-hours", "0")}
+    assert done["usertable"] > 0, done
+    log = sorted((root / "delta" / "usertable" / "_delta_log").glob("*.json"))
+    assert int(log[0].stem) > 0, "version 0 was cleaned up"
+    sync(crdb_delta_bin, root, "append_only", "--max-window-bytes", "20000")
+    check_final(root, "append_only")
