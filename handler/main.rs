@@ -501,6 +501,9 @@ struct SimArgs {
     tables: Vec<String>,
     #[arg(long, default_value_t = 10)]
     ycsb_fields: usize,
+    /// Key `usertable` by random UUIDs (as `gen_random_uuid()`) instead of sequential integers.
+    #[arg(long)]
+    uuid_keys: bool,
     #[arg(long, default_value_t = 100)]
     initial_rows: usize,
     #[arg(long, default_value_t = 6)]
@@ -579,6 +582,7 @@ impl SimArgs {
             mvcc_timestamp: self.mvcc_timestamp,
             tables: self.tables.clone(),
             ycsb_fields: self.ycsb_fields,
+            uuid_keys: self.uuid_keys,
             initial_rows: self.initial_rows,
             windows: self.windows,
             events_per_window: self.events_per_window,

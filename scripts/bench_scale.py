@@ -2,9 +2,10 @@
 """Apply cost against table size: copy-on-write vs deletion vectors, side by side in one run.
 
     scripts/bench_scale.py [--sizes 200000,2000000] [--changes 10000] [--resolveds 5]
-                           [--modes update_delete,scd2] [--work target/bench-scale]
+                           [--modes update_delete,scd2] [--keys int|uuid] [--work target/bench-scale]
 
-For each table size it simulates a YCSB `usertable` (integer key, one short field) whose initial
+For each table size it simulates a YCSB `usertable` (integer key, or random UUIDs with
+`--keys uuid`; one short field) whose initial
 scan holds SIZE rows, followed by RESOLVEDS windows of CHANGES random-key changes each (90%
 updates, 10% deletes). Then, per mode and storage, into a fresh target:
   1. `sync --until <first RESOLVED>` loads the initial scan;
@@ -39,18 +40,22 @@ def main() -> None:
     ap.add_argument("--storages", default="copy_on_write,deletion_vectors")
     ap.add_argument("--work", default=str(ROOT / "target" / "bench-scale"))
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "crdb-delta"))
+    ap.add_argument("--keys", default="int", choices=["int", "uuid"],
+                    help="usertable's key: sequential INT8 or random UUIDs (gen_random_uuid())")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in [int(s) for s in a.sizes.split(",")]:
-        feed = work / f"usertable-{size}"
+        uuid = a.keys == "uuid"
+        feed = work / (f"usertable-uuid-{size}" if uuid else f"usertable-{size}")
         simulate_usertable(a.bin, feed, size, a.resolveds + 1, a.changes,
-                           "--mix", "0", "0.9", "0.1", "--file-size", str(64 << 20))
+                           "--mix", "0", "0.9", "0.1", "--file-size", str(64 << 20),
+                           *(["--uuid-keys"] if uuid else []))
         resolved = sorted(hlc_of(p.name) for p in (feed / "changefeed").rglob("*.RESOLVED"))
         for mode in a.modes.split(","):
             for storage in a.storages.split(","):
-                target = work / f"delta-{size}-{mode}-{storage}"
+                target = work / f"delta-{a.keys}-{size}-{mode}-{storage}"
                 subprocess.run(["rm", "-rf", str(target)], check=True)
                 base = [a.bin, "sync", "--source", str(feed / "changefeed"), "--target", str(target),
                         "--manifest", str(feed / "truth" / "manifest.json"), "--mode", mode,

@@ -57,6 +57,9 @@ pub struct SimOptions {
     /// Any of `usertable`, `orders`, `kitchen_sink`.
     pub tables: Vec<String>,
     pub ycsb_fields: usize,
+    /// `usertable` keyed by random UUIDs (CockroachDB's recommended `gen_random_uuid()`
+    /// keys) instead of sequential integers.
+    pub uuid_keys: bool,
     pub initial_rows: usize,
     pub windows: usize,
     pub events_per_window: usize,
@@ -102,6 +105,7 @@ impl Default for SimOptions {
             mvcc_timestamp: false,
             tables: vec!["usertable".into(), "orders".into(), "kitchen_sink".into()],
             ycsb_fields: 10,
+            uuid_keys: false,
             initial_rows: 100,
             windows: 6,
             events_per_window: 200,
@@ -396,7 +400,7 @@ pub fn run(opts: &SimOptions, sink: &mut Sink<'_>) -> io::Result<SimSummary> {
     let mut tables = Vec::new();
     for name in &opts.tables {
         let def = match name.as_str() {
-            "usertable" => TableDef::usertable(opts.ycsb_fields),
+            "usertable" => TableDef::usertable(opts.ycsb_fields, opts.uuid_keys),
             "orders" => TableDef::orders(),
             "kitchen_sink" => TableDef::kitchen_sink(),
             other => {
@@ -527,7 +531,9 @@ impl Sim<'_> {
             return row;
         }
         let mut row = self.random_values(&def);
-        if def.name != "kitchen_sink" {
+        // Integer keys are sequential; UUID keys stay as drawn (random, as gen_random_uuid()).
+        let key = &def.columns[def.key_indices()[0]];
+        if def.name != "kitchen_sink" && key.sql != crate::format::types::SqlType::Uuid {
             row[def.key_indices()[0]] = Datum::Int(self.tables[t].next_id);
             self.tables[t].next_id += 1;
         }

@@ -97,9 +97,10 @@ impl TableDef {
         }
     }
 
-    /// The YCSB `usertable`: `ycsb_key INT8` key and `field0..fieldN STRING`.
-    pub fn usertable(fields: usize) -> Self {
-        let mut columns = vec![col("ycsb_key", "INT8", false, "primary")];
+    /// The YCSB `usertable`: `ycsb_key INT8` key (or UUID) and `field0..fieldN STRING`.
+    pub fn usertable(fields: usize, uuid_key: bool) -> Self {
+        let key_type = if uuid_key { "UUID" } else { "INT8" };
+        let mut columns = vec![col("ycsb_key", key_type, false, "primary")];
         for i in 0..fields {
             columns.push(col(&format!("field{i}"), "STRING", true, "primary"));
         }
