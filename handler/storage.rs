@@ -209,9 +209,9 @@ impl Location {
         if create && emulator::in_use() {
             emulator::create_container(container)
                 .await
-                .map_err(|message| StorageError::Location {
+                .map_err(|e| StorageError::Location {
                     location: redact(&self.display),
-                    message,
+                    message: e.to_string(),
                 })?;
             tracing::info!(container, "created the container on the storage emulator");
             return Ok(());
@@ -276,15 +276,32 @@ pub mod emulator {
             .to_owned()
     }
 
+    /// Creating a container on the emulator failed.
+    #[derive(Debug, thiserror::Error)]
+    pub enum EmulatorError {
+        #[error("creating container `{container}` on the emulator ({url}): {source}")]
+        Request {
+            container: String,
+            url: String,
+            source: reqwest::Error,
+        },
+        #[error("creating container `{container}` on the emulator ({url}): HTTP {status}")]
+        Status {
+            container: String,
+            url: String,
+            status: u16,
+        },
+    }
+
     /// Creates a container on the emulator object_store talks to.
-    pub async fn create_container(container: &str) -> Result<(), String> {
+    pub async fn create_container(container: &str) -> Result<(), EmulatorError> {
         create_container_at(&endpoint(), container).await
     }
 
     /// Creates a container with a Shared Key signed `Create Container` request (object_store
     /// has no call for it) on the emulator at `endpoint` (`http://127.0.0.1:10000`). One that
     /// already exists (409) is fine.
-    pub async fn create_container_at(endpoint: &str, container: &str) -> Result<(), String> {
+    pub async fn create_container_at(endpoint: &str, container: &str) -> Result<(), EmulatorError> {
         let date = chrono::Utc::now()
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string();
@@ -292,7 +309,9 @@ pub mod emulator {
         let to_sign = format!(
             "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{container}\nrestype:container"
         );
-        let key = STANDARD.decode(KEY).map_err(|e| e.to_string())?;
+        let key = STANDARD
+            .decode(KEY)
+            .expect("the emulator's published key is base64");
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
         let signature = STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
         let url = format!(
@@ -307,14 +326,18 @@ pub mod emulator {
             .header("Content-Length", "0")
             .send()
             .await
-            .map_err(|e| {
-                format!("creating container `{container}` on the emulator ({url}): {e}")
+            .map_err(|source| EmulatorError::Request {
+                container: container.to_owned(),
+                url: url.clone(),
+                source,
             })?;
         match reply.status().as_u16() {
             201 | 409 => Ok(()),
-            status => Err(format!(
-                "creating container `{container}` on the emulator ({url}): HTTP {status}"
-            )),
+            status => Err(EmulatorError::Status {
+                container: container.to_owned(),
+                url,
+                status,
+            }),
         }
     }
 }
