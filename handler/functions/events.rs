@@ -435,7 +435,6 @@ fn blob_from_subject(subject: &str) -> Option<BlobRef> {
     })
 }
 
-/// The parts of a blob URL we use: account, and the still-encoded path.
 /// A blob URL of an event that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
@@ -451,6 +450,7 @@ pub enum UrlError {
     NotUtf8(String),
 }
 
+/// The parts of a blob URL we use: account, and the still-encoded path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct UrlParts {
     account: String,
