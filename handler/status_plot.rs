@@ -30,11 +30,7 @@ const HISTORY_LIMIT: usize = 100_000;
 /// Every RESOLVED recorded below `target`, oldest first (one point per RESOLVED: its tables
 /// are recorded together). Empty when nothing was recorded yet.
 pub async fn lag_points(target: &Location) -> Result<Vec<LagPoint>, delta::DeltaError> {
-    let log =
-        Target::new(target, crate::engine::RESOLVED_LOG).map_err(|e| delta::DeltaError::Table {
-            table: crate::engine::RESOLVED_LOG.into(),
-            message: e.to_string(),
-        })?;
+    let log = Target::new(target, crate::engine::RESOLVED_LOG)?;
     let Some(table) = log.open().await? else {
         return Ok(Vec::new());
     };
@@ -79,10 +75,7 @@ pub async fn lag_points(target: &Location) -> Result<Vec<LagPoint>, delta::Delta
     }
     // Changes per RESOLVED: each table's commit records (a key slice counts for its interval).
     for path in tables {
-        let t = Target::new(target, &path).map_err(|e| delta::DeltaError::Table {
-            table: path.clone(),
-            message: e.to_string(),
-        })?;
+        let t = Target::new(target, &path)?;
         let Some(tb) = t.open().await? else {
             continue;
         };
