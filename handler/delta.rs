@@ -615,9 +615,9 @@ pub async fn read_live_file(
 }
 
 /// Versions between checkpoints of the tables we create: Spark's and Databricks' default (10)
-/// rather than delta-rs' (100). Every open of a table, and delta-rs' state update after each
-/// commit, replays the commits since the last checkpoint; with one commit per RESOLVED that
-/// replay grew to 99 commits before each checkpoint.
+/// rather than delta-rs' (100). Every open of a table (each handler invocation, each `sync`)
+/// replays the commits since the last checkpoint; with one commit per RESOLVED that replay
+/// grew to 99 commits before each checkpoint.
 pub const CHECKPOINT_INTERVAL: &str = "10";
 
 /// `properties` plus `delta.checkpointInterval` ([`CHECKPOINT_INTERVAL`]) unless they set it.

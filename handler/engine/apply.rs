@@ -321,8 +321,8 @@ async fn create_table(state: &mut TableState, log: &ChangeLog) -> Result<bool, S
 const FETCH_AHEAD: usize = 4;
 
 /// Deletion vectors: from this many files below [`SyncOptions::rewrite_below`] on, the small
-/// files a step changes are rewritten (like Databricks' auto compaction, whose
-/// `minNumFiles` is 50; fewer here, as each one costs every step a probe).
+/// files a step changes are rewritten (like Databricks' auto compaction, which also waits for
+/// a minimum number of small files; few here, as each one costs every later step a probe).
 const SMALL_FILES: usize = 8;
 
 /// What the write stage produced.
