@@ -49,6 +49,12 @@ param deadLetterContainer string = 'eventgrid-deadletter'
 @minLength(3)
 @maxLength(56)
 param queueName string = 'crdb-delta-blobs'
+@description('Queue of the fan-out: one message per table of a RESOLVED, applied by ApplyTable (%CRDB_DELTA_APPLY_QUEUE%); failed messages go to <name>-poison.')
+@minLength(3)
+@maxLength(56)
+param applyQueueName string = 'crdb-delta-tables'
+@description('Fan the tables of a RESOLVED out across instances (CRDB_DELTA_FAN_OUT): one ApplyTable message per table, each applied under its own lease.')
+param fanOut bool = true
 
 @description('azureFunction: Event Grid pushes to BlobCreated; storageQueue: Event Grid writes a queue BlobQueue pulls.')
 @allowed([
@@ -124,6 +130,7 @@ module storage 'modules/storage.bicep' = {
     targetContainer: targetContainer
     deadLetterContainer: deadLetterContainer
     queueName: queueName
+    applyQueueName: applyQueueName
   }
 }
 
@@ -142,6 +149,8 @@ module functionApp 'modules/functionApp.bicep' = {
     targetContainer: targetContainer
     targetPrefix: targetPrefix
     queueName: queueName
+    applyQueueName: applyQueueName
+    fanOut: fanOut
     mode: mode
     configPath: configPath
     crdbUrlSecretUri: crdbUrlSecretUri
@@ -183,6 +192,7 @@ module roles 'modules/roles.bicep' = {
     targetContainer: targetContainer
     deadLetterContainer: deadLetterContainer
     queueName: queueName
+    applyQueueName: applyQueueName
     functionPrincipalId: functionApp.outputs.principalId
     topicPrincipalId: topic.outputs.principalId
     accessConnectorPrincipalId: deployAccessConnector ? accessConnector.outputs.principalId : ''

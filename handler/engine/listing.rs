@@ -99,6 +99,11 @@ pub(super) async fn bounded_listing(
     let mut start: Option<String> = None;
     let mut opened = Vec::with_capacity(names.len());
     for name in &names {
+        // A run of some tables (`only_tables`, one table of a fan-out) opens and lists for
+        // those alone.
+        if !opts.config.applies(name) {
+            continue;
+        }
         // Opened once here and handed to the run, which then does not open them again.
         let state = open_table(target, name, opts).await?;
         if state.table.is_none() {

@@ -18,6 +18,7 @@
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
 //! | [`resolved_log`] | the multi-table `_crdb_delta_resolved` record |
+//! | [`fan_out`] | the tables a RESOLVED covers, and its record, when each table is applied apart |
 //! | [`report`] | what a run did, per table |
 //! | [`faults`] | crash and pause points for tests |
 //! | [`dry_run`] | `sync --dry-run`: the steps a run would make, nothing read or written |
@@ -29,6 +30,7 @@
 pub mod apply;
 pub mod carry;
 pub mod dry_run;
+pub mod fan_out;
 pub mod faults;
 pub mod listing;
 pub mod read;
@@ -190,6 +192,10 @@ pub struct SyncOptions {
     pub crdb_url: Option<crate::crdb::CrdbUrl>,
     /// Told of each step and each file read (a progress display).
     pub progress: Option<ProgressSink>,
+    /// Writes the multi-table `_crdb_delta_resolved` record after each step. Off for one table
+    /// of a fanned-out RESOLVED ([`fan_out`]): its run sees one table, and the record of all of
+    /// them is written by the apply that finds every table there.
+    pub record: bool,
 }
 
 /// What a run tells a progress display.
@@ -261,6 +267,7 @@ impl SyncOptions {
             explicit: self.explicit.clone(),
             crdb_url: self.crdb_url.clone(),
             progress: self.progress.clone(),
+            record: self.record,
             ..Self::from_config(config)
         }
     }
@@ -288,6 +295,7 @@ impl Default for SyncOptions {
             explicit: None,
             crdb_url: None,
             progress: None,
+            record: true,
         }
     }
 }

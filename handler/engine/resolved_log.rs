@@ -30,9 +30,34 @@ pub(super) fn resolved_log_schema() -> Arc<Schema> {
     ]))
 }
 
+/// One table's row of a record: where it is and its Delta version at the RESOLVED.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordRow {
+    pub name: String,
+    /// The Delta table's path below the target root.
+    pub path: String,
+    pub version: u64,
+}
+
+impl RecordRow {
+    /// The rows of a run's tables as they are now (tables not created yet have none).
+    pub(super) fn of(states: &[TableState]) -> Vec<Self> {
+        states
+            .iter()
+            .filter_map(|s| {
+                s.table.as_ref().map(|t| Self {
+                    name: s.name.clone(),
+                    path: s.target.path.clone(),
+                    version: t.version().unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
+
 /// The record table of one run, opened once: opening replays its log since the last
 /// checkpoint, which each step's record would otherwise pay again.
-pub(super) struct ResolvedLog {
+pub struct ResolvedLog {
     target: Target,
     /// As of this run's last record; `None` until opened, and after a failed or stale attempt
     /// (the next one opens it afresh and sees what the other writer did).
@@ -40,7 +65,7 @@ pub(super) struct ResolvedLog {
 }
 
 impl ResolvedLog {
-    pub(super) fn new(target: Target) -> Self {
+    pub fn new(target: Target) -> Self {
         Self {
             target,
             table: None,
@@ -49,11 +74,12 @@ impl ResolvedLog {
 }
 
 /// Appends one row per table to `_crdb_delta_resolved` for `resolved`, exactly once (its own
-/// `txn`). `if_missing`: only when not recorded yet (recovery at start).
-pub(super) async fn record_resolved(
+/// `txn`). `if_missing`: only when not recorded yet (recovery at start). A RESOLVED older than
+/// the last recorded one is not recorded (the record only moves forward).
+pub async fn record_resolved(
     log: &mut ResolvedLog,
     resolved: Hlc,
-    states: &[TableState],
+    rows: &[RecordRow],
     partition: Option<PartitionFormat>,
     if_missing: bool,
 ) -> Result<(), SyncError> {
@@ -62,7 +88,7 @@ pub(super) async fn record_resolved(
     const ATTEMPTS: u32 = 3;
     for attempt in 1..=ATTEMPTS {
         let table = log.table.take();
-        match record_resolved_once(&log.target, table, resolved, states, partition, if_missing)
+        match record_resolved_once(&log.target, table, resolved, rows, partition, if_missing)
             .await
             .map(|(done, table)| {
                 log.table = table;
@@ -91,7 +117,7 @@ pub(super) async fn record_resolved_once(
     log: &Target,
     table: Option<DeltaTable>,
     resolved: Hlc,
-    states: &[TableState],
+    rows: &[RecordRow],
     partition: Option<PartitionFormat>,
     if_missing: bool,
 ) -> Result<(bool, Option<DeltaTable>), SyncError> {
@@ -112,7 +138,7 @@ pub(super) async fn record_resolved_once(
     if done.is_some_and(|v| v >= resolved.wall) {
         return Ok((true, Some(table)));
     }
-    if if_missing && states.iter().all(|s| s.table.is_none()) {
+    if if_missing && rows.is_empty() {
         return Ok((true, Some(table)));
     }
     let now = chrono::Utc::now().timestamp_micros();
@@ -122,13 +148,12 @@ pub(super) async fn record_resolved_once(
     let mut tp = StringBuilder::new();
     let mut v = Int64Builder::new();
     let mut rec = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    for s in states {
-        let Some(t) = &s.table else { continue };
+    for row in rows {
         r.append_value(resolved.to_string());
         ra.append_value(resolved.wall_micros());
-        tn.append_value(&s.name);
-        tp.append_value(&s.target.path);
-        v.append_value(t.version().unwrap_or(0) as i64);
+        tn.append_value(&row.name);
+        tp.append_value(&row.path);
+        v.append_value(row.version as i64);
         rec.append_value(now);
     }
     let cols: Vec<ArrayRef> = vec![
@@ -163,11 +188,7 @@ pub(super) async fn record_resolved_once(
             ends_slices: false,
             // What the next run's bounded listing needs.
             figures: Figures::ResolvedLog(ResolvedLogFigures {
-                tables: states
-                    .iter()
-                    .filter(|s| s.table.is_some())
-                    .map(|s| s.name.clone())
-                    .collect(),
+                tables: rows.iter().map(|r| r.name.clone()).collect(),
                 partition: partition.map(Into::into),
             }),
             mode: Mode::AppendOnly,

@@ -15,7 +15,7 @@ use super::apply::apply_table;
 use super::listing::{bounded_listing, check_resolved_content, list};
 use super::read::Budget;
 use super::report::{SyncReport, peak_rss_mib};
-use super::resolved_log::{ResolvedLog, record_resolved};
+use super::resolved_log::{RecordRow, ResolvedLog, record_resolved};
 use super::schema_refresh;
 use super::table::{TableState, open_table};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
@@ -254,10 +254,13 @@ pub(super) async fn sync_known(
     // not moved since, so their current versions are the ones at that RESOLVED).
     // Never while a table is stopped: the record would leave it out, and later runs' bounded
     // listings (which start from the record) would no longer list its files.
-    if stopped.is_empty()
+    // A table of a fanned-out RESOLVED (`opts.record` off) is recorded with the others by the
+    // fan-out instead.
+    if opts.record
+        && stopped.is_empty()
         && let Some(r) = common_resolved(&states, &objects)
     {
-        record_resolved(&mut log, r, &states, partition, true).await?;
+        record_resolved(&mut log, r, &RecordRow::of(&states), partition, true).await?;
     }
     loop {
         let progress: BTreeMap<String, Progress> = states
@@ -383,8 +386,12 @@ pub(super) async fn sync_known(
             continue;
         }
         fault("before-record");
-        if stopped.is_empty() && common_resolved(&states, &objects) == Some(step.resolved) {
-            record_resolved(&mut log, step.resolved, &states, partition, false).await?;
+        if opts.record
+            && stopped.is_empty()
+            && common_resolved(&states, &objects) == Some(step.resolved)
+        {
+            let rows = RecordRow::of(&states);
+            record_resolved(&mut log, step.resolved, &rows, partition, false).await?;
         }
         // A step whose commits all went stale (re-planned) is an attempt, not a step; one that
         // applied a key slice short of its interval's last is a slice, not a step.

@@ -16,14 +16,17 @@ pub enum Trigger {
     CatchUp,
     /// HTTP: where each table stands.
     Status,
+    /// A queue message naming one table of one RESOLVED (fan-out): apply that table.
+    ApplyTable,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 4] = [
+    pub const ALL: [Trigger; 5] = [
         Trigger::BlobCreated,
         Trigger::BlobQueue,
         Trigger::CatchUp,
         Trigger::Status,
+        Trigger::ApplyTable,
     ];
 
     /// The function's name (its folder, and the path the host posts to).
@@ -33,6 +36,7 @@ impl Trigger {
             Self::BlobQueue => "BlobQueue",
             Self::CatchUp => "CatchUp",
             Self::Status => "Status",
+            Self::ApplyTable => "ApplyTable",
         }
     }
 

@@ -18,6 +18,7 @@ use object_store::ObjectStoreExt as _;
 use serde_json::json;
 use warp::http::StatusCode;
 
+use super::fan_out::{OUTPUT_BINDING, TableMessage};
 use super::status;
 use super::store::{Acquire, ErrorRecord, Marker, RunRecord, Store};
 use super::{ServeError, Settings, container_prefix, scope_of};
@@ -34,11 +35,12 @@ pub struct App {
     scope: Option<Scope>,
     /// `container/prefix` of the target: every event below it is one of our own writes.
     own: Vec<String>,
-    opts: SyncOptions,
+    pub(super) opts: SyncOptions,
 }
 
-/// The outcome of one event or run, as a log line for the host.
-type Outcome = Result<String, ServeError>;
+/// The outcome of one event or run, as a log line for the host, and the table messages of a
+/// fanned-out RESOLVED.
+type Outcome = Result<(String, Vec<TableMessage>), ServeError>;
 
 impl App {
     pub fn new(settings: Settings) -> Result<Self, ServeError> {
@@ -101,30 +103,51 @@ impl App {
                 InvocationResponse::new().with_log(msg),
             );
         };
+        if matches!(trigger, Trigger::BlobQueue | Trigger::ApplyTable)
+            && let Some(n) = req.dequeue_count()
+        {
+            tracing::info!(function, invocation, dequeue_count = n, "queue message");
+        }
         let out = match trigger {
             Trigger::BlobCreated => self.events(&req, "event", invocation).await,
-            Trigger::BlobQueue => {
-                if let Some(n) = req.dequeue_count() {
-                    tracing::info!(function, invocation, dequeue_count = n, "queue message");
-                }
-                self.events(&req, "message", invocation).await
-            }
+            Trigger::BlobQueue => self.events(&req, "message", invocation).await,
             Trigger::CatchUp => {
                 if let Ok(t) = req.timer("timer")
                     && t.is_past_due
                 {
                     tracing::info!(function, invocation, "timer is past due");
                 }
-                self.run(invocation, None).await
+                if self.settings.fan_out {
+                    self.catch_up_fanned(invocation).await
+                } else {
+                    self.run(invocation, None).await.map(|l| (l, Vec::new()))
+                }
             }
+            Trigger::ApplyTable => self
+                .apply_table(&req, invocation)
+                .await
+                .map(|l| (l, Vec::new())),
             Trigger::Status => return self.status(&req).await,
         };
         let ms = started.elapsed().as_millis() as u64;
         match out {
-            Ok(lines) => {
-                tracing::info!(function, invocation, ms, "invocation done");
+            Ok((lines, messages)) => {
+                tracing::info!(
+                    function,
+                    invocation,
+                    ms,
+                    messages = messages.len(),
+                    "invocation done"
+                );
                 let mut r = InvocationResponse::new();
                 r.logs = lines;
+                if !messages.is_empty() {
+                    // The host writes one queue message per element (host-protocol.md).
+                    r.outputs.insert(
+                        OUTPUT_BINDING.to_owned(),
+                        serde_json::to_value(&messages).unwrap_or_default(),
+                    );
+                }
                 (StatusCode::OK, r)
             }
             Err(e) => {
@@ -156,10 +179,10 @@ impl App {
         req: &InvocationRequest,
         binding: &str,
         invocation: &str,
-    ) -> Result<Vec<String>, ServeError> {
+    ) -> Result<(Vec<String>, Vec<TableMessage>), ServeError> {
         let refused = |msg: String| {
             tracing::warn!(invocation, "{msg}");
-            Ok(vec![msg])
+            Ok((vec![msg], Vec::new()))
         };
         let value = match req.binding(binding) {
             Ok(v) => v,
@@ -170,6 +193,7 @@ impl App {
             Err(e) => return refused(format!("payload refused: {e}")),
         };
         let mut lines = Vec::new();
+        let mut messages = Vec::new();
         let mut first_error = None;
         for ev in events {
             match ev {
@@ -180,7 +204,10 @@ impl App {
                     lines.push(format!("event refused: {e}"));
                 }
                 Ok(ev) => match self.event(&ev, invocation).await {
-                    Ok(line) => lines.push(line),
+                    Ok((line, m)) => {
+                        lines.push(line);
+                        messages.extend(m);
+                    }
                     Err(e) => {
                         lines.push(format!("event {}: {e}", ev.id));
                         first_error.get_or_insert(e);
@@ -190,7 +217,7 @@ impl App {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(lines),
+            None => Ok((lines, messages)),
         }
     }
 
@@ -203,17 +230,17 @@ impl App {
                 ev.subject.len()
             );
             tracing::warn!(invocation, "{msg}");
-            return Ok(msg);
+            return Ok((msg, Vec::new()));
         }
         let own: Vec<&str> = self.own.iter().map(String::as_str).collect();
         // Our own Delta and buffer writes raise events too: dropped before any other work.
         if ev.is_own_write(&own) {
             tracing::debug!(invocation, subject = %ev.subject, "own write; skipped");
-            return Ok(format!("own write skipped: {}", ev.subject));
+            return Ok((format!("own write skipped: {}", ev.subject), Vec::new()));
         }
         if let Disposition::Skip(reason) = ev.disposition() {
             tracing::info!(invocation, id = %ev.id, subject = %ev.subject, %reason, "event skipped");
-            return Ok(format!("event {} skipped: {reason}", ev.id));
+            return Ok((format!("event {} skipped: {reason}", ev.id), Vec::new()));
         }
         let Some(scope) = &self.scope else {
             let msg = format!(
@@ -221,7 +248,7 @@ impl App {
                 ev.id
             );
             tracing::warn!(invocation, "{msg}");
-            return Ok(msg);
+            return Ok((msg, Vec::new()));
         };
         let rel = match scope.relative(ev) {
             Ok(r) => r,
@@ -229,7 +256,7 @@ impl App {
                 let e = e.to_string();
                 let e = clip(&e);
                 tracing::warn!(invocation, error = %e, "event refused");
-                return Ok(format!("event refused: {e}"));
+                return Ok((format!("event refused: {e}"), Vec::new()));
             }
         };
         let name = match ObjectName::parse_relative(&rel) {
@@ -238,7 +265,7 @@ impl App {
                 let e = e.to_string();
                 let e = clip(&e);
                 tracing::warn!(invocation, id = %clip(&ev.id), error = %e, "not a changefeed file; refused");
-                return Ok(format!("event {} refused: {e}", clip(&ev.id)));
+                return Ok((format!("event {} refused: {e}", clip(&ev.id)), Vec::new()));
             }
         };
         self.store
@@ -252,11 +279,17 @@ impl App {
         match name {
             ObjectName::Data(d) => {
                 tracing::info!(invocation, table = d.topic.table(), file = %rel, "buffered");
-                Ok(format!("buffered {rel}"))
+                Ok((format!("buffered {rel}"), Vec::new()))
+            }
+            ObjectName::Resolved(r) if self.settings.fan_out => {
+                tracing::info!(invocation, resolved = %r, "RESOLVED: fanning its tables out");
+                self.dispatch(r, false, invocation).await
             }
             ObjectName::Resolved(r) => {
                 tracing::info!(invocation, resolved = %r, "RESOLVED: applying");
-                self.run(invocation, Some(r)).await.map(|l| l.join("; "))
+                self.run(invocation, Some(r))
+                    .await
+                    .map(|l| (l.join("; "), Vec::new()))
             }
         }
     }
@@ -274,13 +307,7 @@ impl App {
         invocation: &str,
         until: Option<Hlc>,
     ) -> Result<Vec<String>, ServeError> {
-        let holder = format!(
-            "{}/{}/{invocation}",
-            std::env::var("WEBSITE_INSTANCE_ID")
-                .or_else(|_| std::env::var("HOSTNAME"))
-                .unwrap_or_else(|_| "local".into()),
-            std::process::id()
-        );
+        let holder = holder(invocation);
         let mut lines = Vec::new();
         let mut until = until;
         let waiting_since = Instant::now();
@@ -384,16 +411,7 @@ impl App {
             let mut upkept = 0;
             if until.is_none() && report.complete && opts.config.upkeep.unwrap_or(true) {
                 let deadline = opts.deadline.unwrap_or_else(std::time::Instant::now);
-                let upkeep = crate::maintain::MaintainOptions {
-                    target_file_size: opts.target_file_size,
-                    retain: std::time::Duration::from_secs(
-                        opts.config
-                            .retain_hours
-                            .unwrap_or(crate::maintain::DEFAULT_RETAIN_HOURS)
-                            .saturating_mul(3600),
-                    ),
-                    ..Default::default()
-                };
+                let upkeep = upkeep_options(&opts);
                 let mut paths: Vec<&str> = report.tables.values().map(|t| t.target.as_str()).collect();
                 paths.push(crate::engine::RESOLVED_LOG);
                 for p in paths {
@@ -423,7 +441,7 @@ impl App {
             } else {
                 report.resolved
             };
-            let removed = self.cleanup(&report, asked).await?;
+            let removed = self.cleanup(&report, asked, None).await?;
             self.record_run(invocation, &report).await;
             for (t, r) in &report.tables {
                 tracing::info!(invocation, table = %t, resolved = ?r.resolved.map(|h| h.to_string()), version = ?r.version, commits = r.commits, events = r.events, inserted = r.inserted, updated = r.updated, deleted = r.deleted, files_read = r.files_read, seconds = r.seconds, "table applied");
@@ -447,10 +465,21 @@ impl App {
 
     /// Deletes the markers of RESOLVED files at or below `asked` and of data files every row of
     /// which is applied (name timestamp ≤ the table's RESOLVED and before its `pendingFrom`).
-    async fn cleanup(&self, report: &SyncReport, asked: Option<Hlc>) -> Result<usize, ServeError> {
+    /// `only`: a run of that table alone, which leaves other tables' markers alone.
+    pub(super) async fn cleanup(
+        &self,
+        report: &SyncReport,
+        asked: Option<Hlc>,
+        only: Option<&str>,
+    ) -> Result<usize, ServeError> {
         let buffered = self.store.buffered().await?;
         let mut done = Vec::new();
         for b in &buffered {
+            if let (Some(t), ObjectName::Data(d)) = (only, &b.name)
+                && d.topic.table() != t
+            {
+                continue;
+            }
             let consumed = match &b.name {
                 ObjectName::Resolved(r) => asked.is_some_and(|a| *r <= a),
                 // The run's report says where each table is: no need to read its log again.
@@ -492,7 +521,7 @@ impl App {
         self.store.unbuffer(&done).await
     }
 
-    async fn record_run(&self, invocation: &str, report: &SyncReport) {
+    pub(super) async fn record_run(&self, invocation: &str, report: &SyncReport) {
         let run = RunRecord {
             invocation: invocation.to_owned(),
             at: Utc::now().to_rfc3339(),
@@ -573,6 +602,31 @@ impl App {
     }
 }
 
+/// Who holds a lease: the instance, the process and the invocation.
+pub(super) fn holder(invocation: &str) -> String {
+    format!(
+        "{}/{}/{invocation}",
+        std::env::var("WEBSITE_INSTANCE_ID")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "local".into()),
+        std::process::id()
+    )
+}
+
+/// The timer's table upkeep, as the config sets it.
+pub(super) fn upkeep_options(opts: &SyncOptions) -> crate::maintain::MaintainOptions {
+    crate::maintain::MaintainOptions {
+        target_file_size: opts.target_file_size,
+        retain: std::time::Duration::from_secs(
+            opts.config
+                .retain_hours
+                .unwrap_or(crate::maintain::DEFAULT_RETAIN_HOURS)
+                .saturating_mul(3600),
+        ),
+        ..Default::default()
+    }
+}
+
 fn newest_resolved(buffered: &[super::store::Buffered]) -> Option<Hlc> {
     buffered
         .iter()
@@ -587,7 +641,7 @@ fn newest_resolved(buffered: &[super::store::Buffered]) -> Option<Hlc> {
 const MAX_SUBJECT_BYTES: usize = 1200;
 
 /// Untrusted text for a log line or reply: at most 256 characters, the length said.
-fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
     const MAX: usize = 256;
     match s.char_indices().nth(MAX) {
         None => s.into(),
@@ -596,7 +650,7 @@ fn clip(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// How often a waiting RESOLVED invocation looks at the lease and its marker.
-const LEASE_POLL: Duration = Duration::from_millis(500);
+pub(super) const LEASE_POLL: Duration = Duration::from_millis(500);
 
 /// How long a RESOLVED invocation waits for a held lease: one full term, so a crashed holder's
 /// lease has expired by then and is taken over.
@@ -606,7 +660,7 @@ pub fn lease_wait(ttl: Duration) -> Duration {
 
 /// How long to wait between lease renewals: never zero.
 /// Runs `work` while renewing the lease at every tick.
-async fn renewing<T>(
+pub(super) async fn renewing<T>(
     work: impl std::future::Future<Output = T>,
     lease: &mut super::store::Lease,
     tick: &mut tokio::time::Interval,

@@ -7,6 +7,7 @@
 //! a RESOLVED file applies every table up to it with the engine under a lease (see [`store`]).
 
 pub mod app;
+pub mod fan_out;
 pub mod http;
 pub mod status;
 pub mod store;
@@ -89,6 +90,12 @@ pub struct Settings {
     /// `CRDB_DELTA_CRDB_URL`: CockroachDB, to read a changed table's schema again (in Azure a
     /// Key Vault reference, so the password is in no setting's plain value).
     pub crdb_url: Option<crate::crdb::CrdbUrl>,
+    /// `CRDB_DELTA_FAN_OUT`: a RESOLVED is applied table by table, one queue message each
+    /// (`ApplyTable`, on whichever instance takes it) instead of all tables in its invocation.
+    pub fan_out: bool,
+    /// `CRDB_DELTA_APPLY_QUEUE`: the queue of those messages (the functions' bindings name it;
+    /// the handler only checks it is set when fanning out).
+    pub apply_queue: Option<String>,
 }
 
 /// A relative `CRDB_DELTA_CONFIG` is looked up next to the executable when it is not found
@@ -146,6 +153,9 @@ impl Settings {
             .filter(|v| !v.trim().is_empty())
             .map(|a| a.trim().to_ascii_lowercase())
             .or_else(|| account_of(&source, &var));
+        let apply_queue = var("CRDB_DELTA_APPLY_QUEUE")
+            .map(|q| q.trim().to_owned())
+            .filter(|q| !q.is_empty());
         Ok(Self {
             target: get("CRDB_DELTA_TARGET")?,
             source,
@@ -162,6 +172,28 @@ impl Settings {
                 "CRDB_DELTA_APPLY_BUDGET_SECONDS",
                 DEFAULT_APPLY_BUDGET_SECONDS,
             )?),
+            fan_out: match var("CRDB_DELTA_FAN_OUT").map(|v| v.trim().to_ascii_lowercase()) {
+                None => false,
+                Some(v) if v.is_empty() || v == "false" || v == "0" => false,
+                Some(v) if v == "true" || v == "1" => {
+                    if apply_queue.is_none() {
+                        return Err(ServeError::Setting {
+                            name: "CRDB_DELTA_APPLY_QUEUE",
+                            message: "not set: CRDB_DELTA_FAN_OUT sends each table of a RESOLVED \
+                                      through that queue"
+                                .into(),
+                        });
+                    }
+                    true
+                }
+                Some(v) => {
+                    return Err(ServeError::Setting {
+                        name: "CRDB_DELTA_FAN_OUT",
+                        message: format!("`{v}` is neither true nor false"),
+                    });
+                }
+            },
+            apply_queue,
         })
     }
 
@@ -456,6 +488,32 @@ mod tests {
         let bad: HashMap<&str, &str> =
             [("CRDB_DELTA_SOURCE", "x"), ("CRDB_DELTA_MODE", "nope")].into();
         assert!(Settings::from_vars(|k| bad.get(k).map(|v| v.to_string())).is_err());
+        assert!(!s.fan_out);
+    }
+
+    #[test]
+    fn fan_out_needs_its_queue_and_a_clear_switch() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars: HashMap<&str, &str> = [
+                ("CRDB_DELTA_SOURCE", "azure://feed/cf"),
+                ("CRDB_DELTA_TARGET", "/tmp/x"),
+            ]
+            .into();
+            vars.extend(extra.iter().copied());
+            Settings::from_vars(|k| vars.get(k).map(|v| v.to_string()))
+        };
+        let on = with(&[
+            ("CRDB_DELTA_FAN_OUT", "True"),
+            ("CRDB_DELTA_APPLY_QUEUE", "q"),
+        ])
+        .unwrap();
+        assert!(on.fan_out);
+        assert_eq!(on.apply_queue.as_deref(), Some("q"));
+        assert!(!with(&[("CRDB_DELTA_FAN_OUT", "false")]).unwrap().fan_out);
+        let e = with(&[("CRDB_DELTA_FAN_OUT", "true")]).unwrap_err();
+        assert!(e.to_string().contains("CRDB_DELTA_APPLY_QUEUE"), "{e}");
+        let e = with(&[("CRDB_DELTA_FAN_OUT", "yes please")]).unwrap_err();
+        assert!(e.to_string().contains("CRDB_DELTA_FAN_OUT"), "{e}");
     }
 
     #[test]

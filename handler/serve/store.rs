@@ -8,6 +8,8 @@
 //!   a stale lease is taken over with a conditional update on its ETag (`If-Match`), so two
 //!   invocations never both hold it. Delta's optimistic commits with `txn` are the second line.
 //! - `state.json`: the tables seen, the last run and the last error, for `Status`.
+//! - `fanout/<resolved>/`, `locks/<table>`: a RESOLVED applied table by table
+//!   ([`super::fan_out`]).
 
 use std::time::Duration;
 
@@ -90,6 +92,15 @@ impl Store {
         Ok(self.target.child(&format!("{STATE_DIR}/{rel}"))?)
     }
 
+    /// A path below `_crdb_delta/`.
+    pub(super) fn state_path(&self, rel: &str) -> Result<Path, ServeError> {
+        self.path(rel)
+    }
+
+    pub(super) fn location(&self) -> &Location {
+        &self.target
+    }
+
     /// Records a file announced by an event (the name was validated by the caller).
     pub async fn buffer(&self, marker: &Marker) -> Result<(), ServeError> {
         let path = self.path(&format!("buffer/{}", marker.path))?;
@@ -167,9 +178,18 @@ impl Store {
         Ok(())
     }
 
-    /// Tries to take the apply lease for `ttl`.
+    /// Tries to take the apply lease (of every table) for `ttl`.
     pub async fn acquire(&self, holder: &str, ttl: Duration) -> Result<Acquire, ServeError> {
-        let path = self.path("lock")?;
+        self.acquire_at(self.path("lock")?, holder, ttl).await
+    }
+
+    /// Tries to take the lease at `path` for `ttl`.
+    pub async fn acquire_at(
+        &self,
+        path: Path,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Acquire, ServeError> {
         let store = self.target.store.clone();
         for _ in 0..4 {
             let body = LockBody::new(holder, ttl);

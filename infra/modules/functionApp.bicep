@@ -39,6 +39,10 @@ param changefeedPrefix string
 param targetContainer string
 param targetPrefix string
 param queueName string
+@description('Queue of the fan-out (%CRDB_DELTA_APPLY_QUEUE%: ApplyTable\'s trigger and the `tables` output bindings).')
+param applyQueueName string
+@description('Fan the tables of a RESOLVED out to ApplyTable, one queue message per table (CRDB_DELTA_FAN_OUT); false: the RESOLVED invocation applies every table itself.')
+param fanOut bool = true
 
 @allowed([
   'update_delete'
@@ -173,6 +177,12 @@ var appSettings = {
   CRDB_DELTA_LOG: logFilter
   AZURE_STORAGE_ACCOUNT_NAME: dataStorageAccountName
   CRDB_DELTA_QUEUE: queueName
+  // Set even with fan-out off: the `tables` output bindings and ApplyTable name
+  // %CRDB_DELTA_APPLY_QUEUE%, and the host does not index a function whose %setting% does not
+  // resolve ("'%…%' does not resolve to a value").
+  CRDB_DELTA_APPLY_QUEUE: applyQueueName
+  // Spelled out rather than string(fanOut), which ARM may render as 'True'.
+  CRDB_DELTA_FAN_OUT: fanOut ? 'true' : 'false'
   CRDB_DELTA_QUEUE_CONNECTION__queueServiceUri: 'https://${dataStorageAccountName}.queue.${storageSuffix}'
   CRDB_DELTA_CATCHUP_SCHEDULE: catchUpSchedule
 }

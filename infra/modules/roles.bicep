@@ -13,6 +13,8 @@ param changefeedContainer string
 param targetContainer string
 param deadLetterContainer string
 param queueName string
+@description('Queue of the fan-out (ApplyTable reads it, the RESOLVED invocations write it).')
+param applyQueueName string
 
 @description('Principal id of the Function App system-assigned identity.')
 param functionPrincipalId string
@@ -72,6 +74,16 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
   name: '${queueName}-poison'
 }
 
+resource applyQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' existing = {
+  parent: queueService
+  name: applyQueueName
+}
+
+resource applyPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' existing = {
+  parent: queueService
+  name: '${applyQueueName}-poison'
+}
+
 // The handler only lists and reads the changefeed; everything it writes (buffer markers, lease,
 // Delta tables) is below the target.
 resource fnReadsChangefeed 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -121,6 +133,50 @@ resource fnProcessesQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 resource fnSendsPoisonQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: poisonQueue
   name: guid(poisonQueue.id, functionPrincipalId, roles.storageQueueDataMessageSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageSender)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The fan-out queue: ApplyTable's trigger needs Reader + Message Processor, like BlobQueue's; the
+// `tables` output binding of BlobCreated/BlobQueue/CatchUp adds messages: Message Sender
+// (https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue-output#identity-based-connections).
+resource fnReadsApplyQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: applyQueue
+  name: guid(applyQueue.id, functionPrincipalId, roles.storageQueueDataReader)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataReader)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnProcessesApplyQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: applyQueue
+  name: guid(applyQueue.id, functionPrincipalId, roles.storageQueueDataMessageProcessor)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageProcessor)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource fnSendsApplyQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: applyQueue
+  name: guid(applyQueue.id, functionPrincipalId, roles.storageQueueDataMessageSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageSender)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// An ApplyTable message that failed maxDequeueCount times moves to `<apply queue>-poison`.
+resource fnSendsApplyPoisonQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: applyPoisonQueue
+  name: guid(applyPoisonQueue.id, functionPrincipalId, roles.storageQueueDataMessageSender)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageSender)
     principalId: functionPrincipalId

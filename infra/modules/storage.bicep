@@ -1,7 +1,7 @@
 // The data account: ADLS Gen2 (hierarchical namespace, which Unity Catalog external locations
 // need), the changefeed container CockroachDB writes, the Delta target container (kept apart
 // from any Unity Catalog volume: a table may not live inside a volume), the Event Grid
-// dead-letter container and the queue of the queue route.
+// dead-letter container, the queue of the queue route and the apply queue of the fan-out.
 //
 // Storage account resource: https://learn.microsoft.com/azure/templates/microsoft.storage/storageaccounts
 // HNS accounts for ADLS Gen2: https://learn.microsoft.com/azure/storage/blobs/create-data-lake-storage-account
@@ -20,6 +20,10 @@ param deadLetterContainer string
 @minLength(3)
 @maxLength(56)
 param queueName string
+@description('Queue of the fan-out: one message per table of a RESOLVED, read by ApplyTable; its poison queue is `<name>-poison`.')
+@minLength(3)
+@maxLength(56)
+param applyQueueName string
 @description('CockroachDB with AZURE_ACCOUNT_KEY needs shared keys; keep false with AUTH=implicit or AUTH=specified (Entra ID).')
 param allowSharedKeyAccess bool = false
 @allowed([
@@ -99,6 +103,20 @@ resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-0
 resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' = {
   parent: queueService
   name: '${queueName}-poison'
+}
+
+// The fan-out: a RESOLVED invocation answers with one message per table through its `tables`
+// output binding (%CRDB_DELTA_APPLY_QUEUE%) and ApplyTable applies each. Always created, like the
+// queue above: the output binding's %CRDB_DELTA_APPLY_QUEUE% must resolve even with fan-out off,
+// and the app's identity cannot create queues. Its poison queue for the same reason.
+resource applyQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' = {
+  parent: queueService
+  name: applyQueueName
+}
+
+resource applyPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' = {
+  parent: queueService
+  name: '${applyQueueName}-poison'
 }
 
 output id string = account.id

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod handler;
+
 pub const ACCOUNT: &str = "devstoreaccount1";
 /// `http://127.0.0.1:<port>` of the Azurite that `scripts/test` started. Without it a test
 /// fails, unless `CRDB_DELTA_SKIP_AZURITE=1` asks to skip (CI never sets it): a test that

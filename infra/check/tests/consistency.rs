@@ -92,6 +92,14 @@ const NOT_APP_SETTINGS: &[(&str, &str)] = &[
 /// handler/functions/host.rs), the `%SETTING%` and `connection` names of the function folders, and
 /// the first column of the settings table in function_app/README.md.
 fn handler_settings() -> BTreeSet<String> {
+    let mut names = handler_source_settings();
+    names.extend(readme_settings());
+    names.extend(binding_settings());
+    names
+}
+
+/// Setting names quoted in the handler's sources: handler/serve/*.rs and handler/functions/host.rs.
+fn handler_source_settings() -> BTreeSet<String> {
     let root = repo_root();
     let mut names = BTreeSet::new();
     for f in files_with_ext(&root.join("handler/serve"), ".rs") {
@@ -100,16 +108,39 @@ fn handler_settings() -> BTreeSet<String> {
     names.extend(setting_names(
         &read(&root.join("handler/functions/host.rs")).unwrap(),
     ));
-    let readme = read(&root.join("function_app/README.md")).unwrap();
-    let table = readme
-        .split("## Settings")
+    names
+}
+
+/// The section of function_app/README.md below `## <title>`, up to the next `## `.
+fn readme_section(title: &str) -> String {
+    let readme = read(&repo_root().join("function_app/README.md")).unwrap();
+    readme
+        .split(&format!("\n## {title}\n"))
         .nth(1)
         .and_then(|s| s.split("\n## ").next())
-        .unwrap();
-    for row in table.lines().filter(|l| l.starts_with("| `")) {
-        let first = row.split('|').nth(1).unwrap_or_default();
-        names.extend(setting_names(first));
-    }
+        .unwrap_or_else(|| panic!("function_app/README.md has no section {title}"))
+        .to_owned()
+}
+
+/// The first column of each row of the Markdown tables in `text` that starts with a code span.
+fn first_column(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|row| row.split('|').nth(1).unwrap_or_default().trim().to_owned())
+        .collect()
+}
+
+/// The names in the first column of the settings table in function_app/README.md.
+fn readme_settings() -> BTreeSet<String> {
+    first_column(&readme_section("Settings"))
+        .iter()
+        .flat_map(|cell| setting_names(cell))
+        .collect()
+}
+
+/// The `%SETTING%` and `connection` names of the function folders.
+fn binding_settings() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
     for (name, json) in function_jsons() {
         for b in json["bindings"].as_array().unwrap() {
             for (k, v) in b.as_object().unwrap() {
@@ -188,6 +219,15 @@ fn function_app_sets_every_setting_the_handler_reads() {
         assert!(
             handler.contains(must),
             "{must} not found in the handler sources: {handler:?}"
+        );
+    }
+    // The fan-out settings are read by the handler itself (the apply queue is also named by the
+    // bindings, which alone would satisfy the list above).
+    let source = handler_source_settings();
+    for must in ["CRDB_DELTA_APPLY_QUEUE", "CRDB_DELTA_FAN_OUT"] {
+        assert!(
+            source.contains(must),
+            "{must} not read in handler/serve/*.rs: {source:?}"
         );
     }
     let missing = missing_settings(&handler, &app_settings, &module.source);
@@ -273,6 +313,241 @@ fn subscriptions_target_existing_functions() {
     assert!(!functions.contains_key("BlobCreatedTypo"));
 }
 
+/// The functions that can receive a RESOLVED and answer with one apply message per table.
+const FAN_OUT_FUNCTIONS: &[&str] = &["BlobCreated", "BlobQueue", "CatchUp"];
+
+/// The `tables` output binding the handler fills with one message per table, and ApplyTable's
+/// trigger on the same queue; both through the identity-based connection of BlobQueue.
+fn apply_bindings() -> (serde_json::Value, serde_json::Value) {
+    let output = serde_json::json!({
+        "type": "queue",
+        "direction": "out",
+        "name": "tables",
+        "queueName": "%CRDB_DELTA_APPLY_QUEUE%",
+        "connection": "CRDB_DELTA_QUEUE_CONNECTION",
+    });
+    let trigger = serde_json::json!({
+        "type": "queueTrigger",
+        "direction": "in",
+        "name": "message",
+        "queueName": "%CRDB_DELTA_APPLY_QUEUE%",
+        "connection": "CRDB_DELTA_QUEUE_CONNECTION",
+    });
+    (output, trigger)
+}
+
+/// What is wrong with the fan-out in the function folders: ApplyTable's trigger, the `tables`
+/// output of each RESOLVED-receiving function (and of no other), one connection for every queue
+/// binding, unique binding names.
+fn fan_out_binding_problems(functions: &BTreeMap<String, serde_json::Value>) -> Vec<String> {
+    let (output, trigger) = apply_bindings();
+    let mut out = Vec::new();
+    match functions.get("ApplyTable") {
+        Some(json) if json["bindings"] == serde_json::json!([trigger]) => {}
+        Some(json) => out.push(format!("ApplyTable bindings {}", json["bindings"])),
+        None => out.push("function_app/ApplyTable/function.json missing".into()),
+    }
+    for (name, json) in functions {
+        let bindings = json["bindings"].as_array().cloned().unwrap_or_default();
+        let tables: Vec<&serde_json::Value> =
+            bindings.iter().filter(|b| b["name"] == "tables").collect();
+        let wanted = FAN_OUT_FUNCTIONS.contains(&name.as_str());
+        match (wanted, tables.as_slice()) {
+            (true, [b]) if **b == output => {}
+            (false, []) => {}
+            (_, found) => out.push(format!("{name}: `tables` bindings {found:?}")),
+        }
+        let mut seen = BTreeSet::new();
+        for b in &bindings {
+            if !seen.insert(b["name"].as_str().unwrap_or_default()) {
+                out.push(format!("{name}: binding name {} twice", b["name"]));
+            }
+            let queue = b["type"] == "queue" || b["type"] == "queueTrigger";
+            if queue && b["connection"] != "CRDB_DELTA_QUEUE_CONNECTION" {
+                out.push(format!(
+                    "{name}: queue binding connection {}",
+                    b["connection"]
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// What is wrong with the fan-out in the templates: the two parameters of main.bicep handed to
+/// the modules, the two app settings, the apply queue created and the app's three roles on it.
+fn fan_out_template_problems(
+    main: &Bicep,
+    app: &Bicep,
+    storage: &Bicep,
+    roles: &Bicep,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let params = main.params();
+    let param = |name: &str| {
+        params
+            .get(name)
+            .map(|p| (p.type_name.as_str(), p.default.as_deref()))
+    };
+    if param("applyQueueName") != Some(("string", Some("'crdb-delta-tables'"))) {
+        out.push(format!(
+            "main.bicep: applyQueueName {:?}",
+            param("applyQueueName")
+        ));
+    }
+    if param("fanOut") != Some(("bool", Some("true"))) {
+        out.push(format!("main.bicep: fanOut {:?}", param("fanOut")));
+    }
+    let modules = main.modules();
+    for (path, key) in [
+        ("modules/storage.bicep", "applyQueueName"),
+        ("modules/roles.bicep", "applyQueueName"),
+        ("modules/functionApp.bicep", "applyQueueName"),
+        ("modules/functionApp.bicep", "fanOut"),
+    ] {
+        let given = modules
+            .iter()
+            .find(|(_, p, _)| p == path)
+            .and_then(|(_, _, params)| params.get(key));
+        if given.map(String::as_str) != Some(key) {
+            out.push(format!("main.bicep: {path} gets {key} = {given:?}"));
+        }
+    }
+    let app_params = app.params();
+    for (name, ty) in [("applyQueueName", "string"), ("fanOut", "bool")] {
+        if app_params.get(name).map(|p| p.type_name.as_str()) != Some(ty) {
+            out.push(format!("{}: no {ty} param {name}", app.name));
+        }
+    }
+    // 'true'/'false' as the handler reads them, not string(fanOut).
+    for setting in [
+        "CRDB_DELTA_APPLY_QUEUE: applyQueueName",
+        "CRDB_DELTA_FAN_OUT: fanOut ? 'true' : 'false'",
+    ] {
+        if !app.source.contains(setting) {
+            out.push(format!("{}: no `{setting}`", app.name));
+        }
+    }
+    let creates = storage
+        .resource_names()
+        .into_iter()
+        .any(|(_, ty, name)| ty.starts_with(QUEUES) && name == "applyQueueName");
+    if !creates {
+        out.push(format!("{}: no queue named applyQueueName", storage.name));
+    }
+    let symbol = roles
+        .resource_names()
+        .into_iter()
+        .find(|(_, ty, name)| ty.starts_with(QUEUES) && name == "applyQueueName")
+        .map(|(symbol, _, _)| symbol);
+    let Some(symbol) = symbol else {
+        out.push(format!(
+            "{}: no existing queue named applyQueueName",
+            roles.name
+        ));
+        return out;
+    };
+    let assignments = roles.role_assignments();
+    for role in [
+        "storageQueueDataReader",
+        "storageQueueDataMessageProcessor",
+        "storageQueueDataMessageSender",
+    ] {
+        let found = assignments.iter().any(|a| {
+            a.scope == symbol
+                && a.role == format!("roles.{role}")
+                && a.principal == "functionPrincipalId"
+        });
+        if !found {
+            out.push(format!("{}: the app has no {role} on {symbol}", roles.name));
+        }
+    }
+    out
+}
+
+#[test]
+fn fan_out_queue_is_wired() {
+    let functions = function_jsons();
+    let problems = fan_out_binding_problems(&functions);
+    assert!(problems.is_empty(), "{problems:?}");
+    let main = bicep("infra/main.bicep");
+    let app = bicep("infra/modules/functionApp.bicep");
+    let storage = bicep("infra/modules/storage.bicep");
+    let roles = bicep("infra/modules/roles.bicep");
+    let problems = fan_out_template_problems(&main, &app, &storage, &roles);
+    assert!(problems.is_empty(), "{problems:?}");
+    // Both settings are in the README's settings table and set by functionApp.bicep.
+    let documented = readme_settings();
+    let set = app.object_keys_of_var("appSettings").unwrap();
+    for name in ["CRDB_DELTA_APPLY_QUEUE", "CRDB_DELTA_FAN_OUT"] {
+        assert!(
+            documented.contains(name),
+            "{name} not in the README settings table"
+        );
+        assert!(set.iter().any(|s| s == name), "{name} not in appSettings");
+    }
+
+    // Detection: CatchUp without its output, ApplyTable on the blob queue, a second `tables`.
+    let mut broken = functions.clone();
+    broken.get_mut("CatchUp").unwrap()["bindings"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|b| b["name"] != "tables");
+    broken.get_mut("ApplyTable").unwrap()["bindings"][0]["queueName"] = "%CRDB_DELTA_QUEUE%".into();
+    let (output, _) = apply_bindings();
+    broken.get_mut("Status").unwrap()["bindings"]
+        .as_array_mut()
+        .unwrap()
+        .push(output);
+    let problems = fan_out_binding_problems(&broken);
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    // The app setting naming the blob queue; no Message Sender on the apply queue.
+    let wrong_setting = Bicep::parse(
+        "functionApp",
+        app.source.replace(
+            "CRDB_DELTA_APPLY_QUEUE: applyQueueName",
+            "CRDB_DELTA_APPLY_QUEUE: queueName",
+        ),
+    )
+    .unwrap();
+    let sender = "scope: applyQueue\n  name: guid(applyQueue.id, functionPrincipalId, roles.storageQueueDataMessageSender)";
+    assert!(roles.source.contains(sender));
+    let no_sender = Bicep::parse(
+        "roles",
+        roles.source.replace(
+            sender,
+            "scope: queue\n  name: guid(queue.id, functionPrincipalId, roles.storageQueueDataMessageSender)",
+        ),
+    )
+    .unwrap();
+    let problems = fan_out_template_problems(&main, &wrong_setting, &storage, &no_sender);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+#[test]
+fn every_function_folder_has_a_readme_row() {
+    // The function table comes before the first section.
+    let readme = read(&repo_root().join("function_app/README.md")).unwrap();
+    let intro = readme.split("\n## ").next().unwrap_or_default();
+    let rows: BTreeSet<String> = first_column(intro)
+        .iter()
+        .map(|c| c.trim_matches('`').to_owned())
+        .collect();
+    let folders: BTreeSet<String> = function_jsons().into_keys().collect();
+    assert!(folders.contains("ApplyTable"), "{folders:?}");
+    assert_eq!(rows, folders, "function table of function_app/README.md");
+    // And every name the bindings resolve is in its settings table.
+    let documented = readme_settings();
+    let missing: Vec<String> = binding_settings()
+        .into_iter()
+        .filter(|n| !documented.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the README settings table: {missing:?}"
+    );
+}
+
 fn default_of(b: &Bicep, param: &str) -> String {
     b.params()[param]
         .default
@@ -291,6 +566,7 @@ fn container_and_prefix_names_agree() {
     let target = default_of(&main, "targetContainer");
     let target_prefix = default_of(&main, "targetPrefix");
     let queue = default_of(&main, "queueName");
+    let apply_queue = default_of(&main, "applyQueueName");
 
     // Parameter files: only declared params, allowed values, the same names as the defaults.
     let params = main.params();
@@ -316,6 +592,7 @@ fn container_and_prefix_names_agree() {
             ("targetContainer", &target),
             ("targetPrefix", &target_prefix),
             ("queueName", &queue),
+            ("applyQueueName", &apply_queue),
         ] {
             if let Some(v) = json["parameters"][k]["value"].as_str() {
                 assert_eq!(v, want, "{file}: {k}");
@@ -356,6 +633,11 @@ fn container_and_prefix_names_agree() {
         docs.contains(&format!("azure-blob://{changefeed}/{prefix}")),
         "no sink URI in docs/deploy.md"
     );
+    for q in [&queue, &apply_queue] {
+        for name in [format!("`{q}`"), format!("`{q}-poison`")] {
+            assert!(docs.contains(&name), "docs/deploy.md does not name {name}");
+        }
+    }
     // Detection: a URI with another container is reported.
     let bad = docs.replacen(
         &format!("azure-blob://{changefeed}/"),
@@ -477,6 +759,14 @@ fn role_assignments_are_least_privilege() {
         "storageQueueDataMessageSender",
         "topicPrincipalId"
     ));
+    // The fan-out queue: ApplyTable's trigger reads it, the `tables` output bindings add to it.
+    for role in [
+        "storageQueueDataReader",
+        "storageQueueDataMessageProcessor",
+        "storageQueueDataMessageSender",
+    ] {
+        assert!(has("applyQueue", role, "functionPrincipalId"), "{role}");
+    }
     // The function never writes the changefeed, and no data role is account-wide.
     for a in &assignments {
         assert!(
@@ -486,8 +776,16 @@ fn role_assignments_are_least_privilege() {
             "{a:?}"
         );
         assert!(
-            ["changefeed", "target", "queue", "poisonQueue", "deadLetter"]
-                .contains(&a.scope.as_str()),
+            [
+                "changefeed",
+                "target",
+                "queue",
+                "poisonQueue",
+                "applyQueue",
+                "applyPoisonQueue",
+                "deadLetter"
+            ]
+            .contains(&a.scope.as_str()),
             "{a:?} is not scoped to a container or queue"
         );
     }
@@ -627,6 +925,19 @@ fn poison_queue_exists_and_the_app_can_send_to_it() {
         problems.iter().any(|p| p.contains("has no")),
         "{problems:?}"
     );
+    // The apply queue's poison queue is checked the same way.
+    let no_apply_poison = Bicep::parse(
+        "storage",
+        storage
+            .source
+            .replace("'${applyQueueName}-poison'", "'${applyQueueName}-other'"),
+    )
+    .unwrap();
+    let problems = poison_queue_problems(&no_apply_poison, &roles);
+    assert!(
+        problems.iter().any(|p| p.contains("applyQueueName")),
+        "{problems:?}"
+    );
     let no_sender = Bicep::parse(
         "roles",
         roles.source.replace("scope: poisonQueue", "scope: queue"),
@@ -700,6 +1011,8 @@ const BOUNDED: &[(&str, &str, i64, i64)] = &[
     ("infra/main.bicep", "namePrefix", 3, 11),
     ("infra/main.bicep", "queueName", 3, 56),
     ("infra/modules/storage.bicep", "queueName", 3, 56),
+    ("infra/main.bicep", "applyQueueName", 3, 56),
+    ("infra/modules/storage.bicep", "applyQueueName", 3, 56),
     ("infra/main.bicep", "maxDeliveryAttempts", 1, 30),
     ("infra/main.bicep", "eventTimeToLiveInMinutes", 1, 1440),
     (

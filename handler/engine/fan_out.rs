@@ -1,0 +1,103 @@
+//! One RESOLVED applied table by table, possibly by several instances at once: which tables it
+//! covers, and its multi-table record once every one of them is there.
+//!
+//! Each table's apply is an ordinary run restricted to that table (`only_tables`), stopped at
+//! the RESOLVED (`until`) and without a record of its own ([`SyncOptions::record`] off): its
+//! commit is exactly once through the table's own `txn`, whoever runs it and however often.
+//! The record needs every table's version *at* the RESOLVED, which only each table's apply
+//! knows; the caller keeps them ([`RecordRow`]) and calls [`record`] when all are there.
+
+use crdb_delta_core::Hlc;
+use crdb_delta_core::format::names::ObjectName;
+use crdb_delta_core::plan;
+
+use super::listing::{bounded_listing, list};
+use super::resolved_log::{ResolvedLog, record_resolved};
+use super::{RESOLVED_LOG, SyncError, SyncOptions};
+use crate::delta::Target;
+use crate::records::PartitionName;
+use crate::storage::Location;
+
+pub use super::resolved_log::RecordRow;
+
+/// The tables one RESOLVED covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cover {
+    /// The RESOLVED: the one asked for, else the newest listed (`None`: none listed yet).
+    pub resolved: Option<Hlc>,
+    /// Tables the run would advance to it: those with a file at or before it, and those
+    /// already in the last record (they advance without files). Sorted.
+    pub tables: Vec<String>,
+    /// How the changefeed partitions its files (what the record keeps for bounded listings).
+    pub partition: Option<PartitionName>,
+}
+
+/// The tables RESOLVED `until` covers (the newest listed RESOLVED when `None`), as a run of
+/// all tables up to it would apply them: the same listing (bounded by the last record), the
+/// same `only_tables`.
+pub async fn cover(
+    source: &Location,
+    target: &Location,
+    opts: &SyncOptions,
+    until: Option<Hlc>,
+) -> Result<Cover, SyncError> {
+    let (mut objects, known) = match bounded_listing(source, target, opts).await? {
+        Some((objects, _, known)) => {
+            let known: Vec<String> = known
+                .into_iter()
+                .filter(|s| s.table.is_some())
+                .map(|s| s.name)
+                .collect();
+            (objects, known)
+        }
+        None => (list(source).await?.0, Vec::new()),
+    };
+    plan::keep_tables(&mut objects, &|t| opts.config.applies(t));
+    let resolved = until.or_else(|| {
+        objects
+            .iter()
+            .filter_map(|o| match o.name {
+                ObjectName::Resolved(r) => Some(r),
+                ObjectName::Data(_) => None,
+            })
+            .max()
+    });
+    let partition = objects
+        .first()
+        .and_then(|o| ObjectName::parse_relative(&o.path).ok())
+        .map(|(_, p)| p.into());
+    let Some(resolved) = resolved else {
+        return Ok(Cover {
+            resolved: None,
+            tables: Vec::new(),
+            partition,
+        });
+    };
+    objects.retain(|o| match &o.name {
+        ObjectName::Data(d) => d.ts <= resolved,
+        ObjectName::Resolved(_) => false,
+    });
+    let mut tables = plan::tables(&objects);
+    tables.extend(known.into_iter().filter(|t| opts.config.applies(t)));
+    tables.sort();
+    tables.dedup();
+    Ok(Cover {
+        resolved: Some(resolved),
+        tables,
+        partition,
+    })
+}
+
+/// Writes the record of `resolved` from each table's version at it (exactly once: the record
+/// table's `txn`; nothing when it or a newer RESOLVED is recorded already).
+pub async fn record(
+    target: &Location,
+    resolved: Hlc,
+    rows: &[RecordRow],
+    partition: Option<PartitionName>,
+) -> Result<(), SyncError> {
+    let mut log = ResolvedLog::new(Target::new(target, RESOLVED_LOG)?);
+    let mut rows = rows.to_vec();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    record_resolved(&mut log, resolved, &rows, partition.map(Into::into), false).await
+}
