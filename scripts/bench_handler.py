@@ -8,7 +8,8 @@
 Cold start: `crdb-delta serve` spawn -> port accepting (5 runs). RESOLVED -> commit: a simulated
 usertable changefeed (10 x 100-byte fields) with 10,000 and 100,000 changes per 10 s RESOLVED
 window is posted by `crdb-delta pump` one blob at a time in name order, as Event Grid delivers
-them; a RESOLVED invocation returns once its apply is committed, so its duration is the latency.
+them; a RESOLVED invocation returns once its apply is committed, so its duration is the latency
+(with `--fan-out`, pump posts the answer's table messages to ApplyTable and waits for them all).
 Sustained rate: the changes per window divided by that latency is what one instance keeps up
 with at resolved='10s' while the latency stays under 10 s.
 """
@@ -59,7 +60,13 @@ def main():
     import argparse
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=4, help="RESOLVED windows per size (default 4)")
+    ap.add_argument("--tables", default="usertable",
+                    help="simulated tables (comma-separated; default usertable)")
+    ap.add_argument("--fan-out", action="store_true",
+                    help="CRDB_DELTA_FAN_OUT: each RESOLVED's tables as ApplyTable messages, "
+                         "which pump delivers; the latency is then RESOLVED -> every table committed")
     args = ap.parse_args()
+    fan_out = dict(CRDB_DELTA_FAN_OUT="true", CRDB_DELTA_APPLY_QUEUE="t") if args.fan_out else {}
     if "CRDB_DELTA_BIN" not in os.environ:
         subprocess.run(["cargo", "build", "--release", "--bin", "crdb-delta"], cwd=ROOT, check=True)
     azurite = None
@@ -102,7 +109,7 @@ def main():
             truth = work / f"truth-{per_window}"
             subprocess.run(
                 [str(BIN), "simulate", "--out", f"azure://{container}/feed", "--truth", str(truth),
-                 "--tables", "usertable", "--initial-rows", "1000", "--windows", str(args.windows),
+                 "--tables", args.tables, "--initial-rows", "1000", "--windows", str(args.windows),
                  "--events-per-window", str(per_window), "--window-ms", "10000",
                  "--restart-at", "0", "--schema-change-at", "0", "--truth-states", "none"],
                 env=env, check=True, stdout=subprocess.DEVNULL)
@@ -117,7 +124,7 @@ def main():
                 env, FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
                 CRDB_DELTA_SOURCE=f"azure://{container}/feed",
                 CRDB_DELTA_TARGET=f"azure://{container}/delta",
-                CRDB_DELTA_CONFIG=str(work / "config.json")),
+                CRDB_DELTA_CONFIG=str(work / "config.json"), **fan_out),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 wait_port(port, serve)

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use arrow_array::{Array, Int64Array, StringArray};
 use crdb_delta::delta::{self, Target};
+use crdb_delta::dev::pump::apply_table_body;
 use crdb_delta::serve::http::{new_id, post_invocation};
 use crdb_delta::storage::Location;
 use futures::TryStreamExt;
@@ -29,13 +30,11 @@ const TABLES: [&str; 3] = ["kitchen_sink", "orders", "usertable"];
 
 /// Delivers one queue message to `ApplyTable` as the host does (the text in `Data.message`).
 async fn deliver(addr: &str, msg: &Value) -> Result<(u16, Value), String> {
-    let body = json!({"Data": {"message": msg.to_string()},
-        "Metadata": {"DequeueCount": "1", "sys": {"MethodName": "ApplyTable"}}});
     let r = post_invocation(
         addr,
         "ApplyTable",
         &new_id(),
-        body.to_string().as_bytes(),
+        &apply_table_body(msg),
         Duration::from_secs(300),
     )
     .await

@@ -120,6 +120,43 @@ pub fn invocation_body(function: &str, event: &Value) -> Value {
     }
 }
 
+/// The host's part in fan-out: each message of the reply's `tables` output goes to
+/// `ApplyTable`, all at once (as instances taking them from the queue would). A failed one fails
+/// the event's post, whose retry dispatches the RESOLVED again.
+async fn deliver_tables(addr: &str, reply: &str, timeout: Duration) -> Result<(), String> {
+    let reply: Value = serde_json::from_str(reply).unwrap_or_default();
+    let Some(messages) = reply["Outputs"][crate::serve::fan_out::OUTPUT_BINDING].as_array() else {
+        return Ok(());
+    };
+    let posts = messages.iter().map(|m| async move {
+        let body = apply_table_body(m);
+        match post_invocation(addr, "ApplyTable", &new_id(), &body, timeout).await {
+            Ok(r) if (200..300).contains(&r.status) => Ok(()),
+            Ok(r) => Err(format!("ApplyTable {m}: HTTP {}: {}", r.status, r.body)),
+            Err(e) => Err(format!("ApplyTable {m}: {e}")),
+        }
+    });
+    futures::future::join_all(posts)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()
+        .map(|_| ())
+}
+
+/// One `tables` message as the host forwards it to `ApplyTable` (its text in `Data.message`).
+pub fn apply_table_body(message: &Value) -> Vec<u8> {
+    let body = json!({
+        "Data": { "message": message.to_string() },
+        "Metadata": {
+            "DequeueCount": "1",
+            "Id": new_id(),
+            "InsertionTime": Utc::now().to_rfc3339(),
+            "sys": { "MethodName": "ApplyTable", "UtcNow": Utc::now().to_rfc3339(), "RandGuid": new_id() },
+        }
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 /// Runs passes until killed (or one with `once`). Returns the last pass's report.
 pub async fn pump(opts: &PumpOptions) -> Result<PassReport, ServeError> {
     let loc = Location::open(&opts.source)?;
@@ -173,7 +210,11 @@ pub async fn pump(opts: &PumpOptions) -> Result<PassReport, ServeError> {
                     )
                     .await
                     {
-                        Ok(r) if (200..300).contains(&r.status) => Ok(()),
+                        Ok(r) if (200..300).contains(&r.status) => {
+                            deliver_tables(&addr, &r.body, opts.timeout)
+                                .await
+                                .map_err(|e| format!("{}: {e}", m.location))
+                        }
                         Ok(r) => Err(format!("{}: HTTP {}: {}", m.location, r.status, r.body)),
                         Err(e) => Err(format!("{}: {e}", m.location)),
                     };

@@ -3,7 +3,8 @@ independent reader against the simulator's ground truth.
 
 `pump` posts every blob of the container as the Functions host forwards an Event Grid
 BlobCreated invocation (twice, newest first); the handler buffers data files and applies each
-RESOLVED. The Delta tables must equal the truth at the last RESOLVED.
+RESOLVED (or, with fan-out, answers with one `tables` message per table, which pump delivers
+to ApplyTable as the host would). The Delta tables must equal the truth at the last RESOLVED.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ def config_from_manifest(manifest: dict) -> dict:
     }}
 
 
-@pytest.mark.parametrize("function", ["BlobCreated", "BlobQueue"])
-def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch, function):
+@pytest.mark.parametrize("function,fan_out", [("BlobCreated", False), ("BlobQueue", False),
+                                               ("BlobCreated", True)])
+def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch, function,
+                                           fan_out):
     endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
     if not endpoint:
         if os.environ.get("CRDB_DELTA_SKIP_AZURITE") == "1":
@@ -54,6 +57,10 @@ def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch
                      CRDB_DELTA_TARGET=f"azure://{container}/delta",
                      CRDB_DELTA_CONFIG=str(tmp_path / "config.json"),
                      CRDB_DELTA_LOG="info,buoyant_kernel=warn")
+    if fan_out:
+        # Each RESOLVED's tables come back as `tables` messages; pump delivers them to
+        # ApplyTable as the host and the queue would.
+        serve_env.update(CRDB_DELTA_FAN_OUT="true", CRDB_DELTA_APPLY_QUEUE="crdb-delta-tables")
     log = open(tmp_path / "serve.log", "w")
     handler = subprocess.Popen([str(crdb_delta_bin), "serve"], env=serve_env,
                                stdout=subprocess.DEVNULL, stderr=log)
@@ -81,3 +88,11 @@ def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch
     opts = {"account_name": "devstoreaccount1", "use_emulator": "true", "allow_http": "true"}
     check_final(tmp_path, "update_delete", reader_options=opts,
                 uri=lambda t: f"az://{container}/delta/{t}")
+    if fan_out:
+        # The last RESOLVED is recorded with every table (the fan-out's own record).
+        from deltalake import DeltaTable
+        rec = DeltaTable(f"az://{container}/delta/_crdb_delta_resolved",
+                         storage_options=opts).to_pyarrow_table().to_pylist()
+        last = max(r["resolved"] for r in rec)
+        want = sorted(t["name"] for t in manifest["tables"])
+        assert sorted(r["table_name"] for r in rec if r["resolved"] == last) == want, rec
