@@ -278,6 +278,10 @@ struct PumpArgs {
     /// The running handler, `http://127.0.0.1:<port>`.
     #[arg(long)]
     handler: String,
+    /// Fan-out: where the answers' `tables` messages go, in turn (as instances taking them
+    /// from the queue); repeat for several. Default: `--handler`.
+    #[arg(long = "apply-handler")]
+    apply_handlers: Vec<String>,
     /// The Event Grid route (BlobCreated) or the queue route (BlobQueue).
     #[arg(long, default_value = "BlobCreated", value_parser = ["BlobCreated", "BlobQueue"])]
     function: String,
@@ -1141,6 +1145,7 @@ async fn run() -> Result<()> {
             let opts = PumpOptions {
                 source: a.source.clone(),
                 handler: a.handler.clone(),
+                apply_handlers: a.apply_handlers.clone(),
                 function: a.function.clone(),
                 once: a.once,
                 interval: std::time::Duration::from_millis(a.interval_ms),

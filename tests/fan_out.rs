@@ -71,6 +71,20 @@ async fn records(root: &Location) -> BTreeMap<String, BTreeMap<String, i64>> {
     out
 }
 
+/// The records so far (none before the record table exists).
+async fn root_records(f: &support::handler::Feed) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let root = Location::open(&format!("azure://{}/delta", f.container)).unwrap();
+    match Target::new(&root, "_crdb_delta_resolved")
+        .unwrap()
+        .open()
+        .await
+        .unwrap()
+    {
+        Some(_) => records(&root).await,
+        None => BTreeMap::new(),
+    }
+}
+
 /// Objects left below `_crdb_delta/<dir>` of the target.
 async fn left(root: &Location, dir: &str) -> Vec<String> {
     let p = root.child(&format!("_crdb_delta/{dir}")).unwrap();
@@ -137,11 +151,13 @@ async fn fanned_out_tables_apply_exactly_once_on_any_instance_and_record_consist
 
     // 3. The batches, the second and third swapped (out of order); in each, every message
     // twice at once on both instances. The victim's batch waits out the dead lease (3 s).
-    // Before the last batch, another instance dies after a table's commit, before anything
-    // notes it.
+    // In the last batch, one instance dies after a table's commit, before anything notes it;
+    // the other tables are applied; then another instance takes the first one's message over,
+    // notes the last table and dies before writing the record.
     batches.swap(1, 2);
     for (i, batch) in batches.iter().enumerate() {
         if i + 1 == batches.len() {
+            assert_eq!(batch.len(), TABLES.len());
             let (dying, _) =
                 Handler::start_with(&f.base, dir, &f.container, Some("before-record"), FAN_OUT);
             let killed = deliver(&dying.addr(), &batch[0]).await;
@@ -149,7 +165,30 @@ async fn fanned_out_tables_apply_exactly_once_on_any_instance_and_record_consist
                 killed.is_err(),
                 "the fault should have killed it: {killed:?}"
             );
-            eprintln!("killed after committing {}", batch[0]);
+            drop(dying);
+            for m in &batch[1..] {
+                let (status, reply) = deliver(&addrs[0], m).await.unwrap();
+                assert_eq!(status, 200, "{reply}");
+                assert!(!reply["Logs"].to_string().contains("recorded"), "{reply}");
+            }
+            let (dying, _) = Handler::start_with(
+                &f.base,
+                dir,
+                &f.container,
+                Some("before-fan-out-record"),
+                FAN_OUT,
+            );
+            let killed = deliver(&dying.addr(), &batch[0]).await;
+            assert!(
+                killed.is_err(),
+                "the fault should have killed it: {killed:?}"
+            );
+            let so_far = root_records(&f).await;
+            assert!(!so_far.contains_key(&f.last_resolved()), "{so_far:?}");
+            eprintln!(
+                "killed after committing {}, then before recording it",
+                batch[0]
+            );
         }
         let deliveries = batch
             .iter()

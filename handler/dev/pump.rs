@@ -26,6 +26,8 @@ pub struct PumpOptions {
     pub source: String,
     /// `http://127.0.0.1:<port>` of the running handler.
     pub handler: String,
+    /// Where fan-out messages go, in turn (empty: `handler`).
+    pub apply_handlers: Vec<String>,
     /// `BlobCreated` (Event Grid route) or `BlobQueue` (the queue route).
     pub function: String,
     pub once: bool,
@@ -121,14 +123,16 @@ pub fn invocation_body(function: &str, event: &Value) -> Value {
 }
 
 /// The host's part in fan-out: each message of the reply's `tables` output goes to
-/// `ApplyTable`, all at once (as instances taking them from the queue would). A failed one fails
+/// `ApplyTable`, all at once, spread over `addrs` (as instances taking them from the queue
+/// would). A failed one fails
 /// the event's post, whose retry dispatches the RESOLVED again.
-async fn deliver_tables(addr: &str, reply: &str, timeout: Duration) -> Result<(), String> {
+async fn deliver_tables(addrs: &[String], reply: &str, timeout: Duration) -> Result<(), String> {
     let reply: Value = serde_json::from_str(reply).unwrap_or_default();
     let Some(messages) = reply["Outputs"][crate::serve::fan_out::OUTPUT_BINDING].as_array() else {
         return Ok(());
     };
-    let posts = messages.iter().map(|m| async move {
+    let posts = messages.iter().enumerate().map(|(i, m)| async move {
+        let addr = &addrs[i % addrs.len()];
         let body = apply_table_body(m);
         match post_invocation(addr, "ApplyTable", &new_id(), &body, timeout).await {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
@@ -167,10 +171,22 @@ pub async fn pump(opts: &PumpOptions) -> Result<PassReport, ServeError> {
         )));
     }
     let container = loc.url.host_str().unwrap_or_default().to_owned();
-    let addr = url::Url::parse(&opts.handler)
-        .ok()
-        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
-        .ok_or_else(|| ServeError::Other(format!("--handler {}: not an http URL", opts.handler)))?;
+    let addr_of = |url: &str| {
+        url::Url::parse(url)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .ok_or_else(|| ServeError::Other(format!("{url}: not an http URL")))
+    };
+    let addr = addr_of(&opts.handler)?;
+    let apply_addrs = match opts.apply_handlers.is_empty() {
+        true => vec![addr.clone()],
+        false => opts
+            .apply_handlers
+            .iter()
+            .map(|h| addr_of(h))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let apply_addrs = &apply_addrs;
     let mut posted: BTreeSet<String> = BTreeSet::new();
     loop {
         let mut report = PassReport::default();
@@ -211,7 +227,7 @@ pub async fn pump(opts: &PumpOptions) -> Result<PassReport, ServeError> {
                     .await
                     {
                         Ok(r) if (200..300).contains(&r.status) => {
-                            deliver_tables(&addr, &r.body, opts.timeout)
+                            deliver_tables(apply_addrs, &r.body, opts.timeout)
                                 .await
                                 .map_err(|e| format!("{}: {e}", m.location))
                         }

@@ -480,7 +480,7 @@ impl App {
             tracing::debug!(invocation, %resolved, done = done.len(), tables = plan.tables.len(), "not every table is there yet");
             return Ok(None);
         };
-        fault("before-record");
+        fault("before-fan-out-record");
         fan_out::record(&self.target, resolved, &rows, plan.partition).await?;
         self.consume_resolved(resolved).await?;
         let ended = self.store.end_fan_outs(resolved).await?;
