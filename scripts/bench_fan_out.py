@@ -18,8 +18,10 @@ time in name order, as Event Grid delivers them; with fan-out, pump hands each a
           from the queue would
 
 Pinning (`taskset`) stands for instances that each have their own cores: on one 2-core machine
-it is the only way to show what a second instance adds. Ratios, not absolute times: the
-machine is noisy.
+it is the only way to show what a second instance adds. The CPU seconds of each `serve` and of
+Azurite (found with `pgrep`, when it runs) are printed per set-up: Azurite is one Node process on
+the same two cores, and can be what bounds a set-up. Ratios, not absolute times: the machine is
+noisy.
 """
 
 from __future__ import annotations
@@ -57,22 +59,40 @@ def serve(env: dict, container: str, target: str, config: Path, cpu: int, extra:
     return p, f"http://127.0.0.1:{port}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def azurite_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-f", "azurite-blob"], capture_output=True, text=True).stdout
+    pids = [int(p) for p in out.split()]
+    return pids[0] if pids else None
+
+
 def run_setup(env, container, config, name, instances, fan_out):
     procs = [serve(env, container, f"delta-{name}", config, cpu, FAN_OUT if fan_out else {})
              for cpu in range(instances)]
+    emulator = azurite_pid()
+    emulator_before = cpu_seconds(emulator) if emulator else 0.0
+    cpu = {}
     try:
         cmd = [str(BIN), "pump", "--source", f"azure://{container}/feed",
                "--handler", procs[0][1], "--once", "--concurrency", "1"]
         for _, url in procs:
             cmd += ["--apply-handler", url]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+        cpu["serve"] = [round(cpu_seconds(p.pid), 2) for p, _ in procs]
+        if emulator:
+            cpu["azurite"] = round(cpu_seconds(emulator) - emulator_before, 2)
     finally:
         for p, _ in procs:
             p.terminate()
             p.wait()
     report = json.loads(out)
     assert report["failed"] == 0, report
-    return [ms for _, ms in report["resolved_ms"]]
+    return [ms for _, ms in report["resolved_ms"]], cpu
 
 
 def fingerprint(base: str, container: str, target: str, tables: list[str]) -> dict:
@@ -136,10 +156,11 @@ def main():
         lat: dict[str, list[int]] = {s[0]: [] for s in setups}
         for r in range(args.rounds):
             for name, instances, fan_out in setups:
-                ms = run_setup(env, container, config, f"{name}-{r}", instances, fan_out)
+                ms, cpu = run_setup(env, container, config, f"{name}-{r}", instances, fan_out)
                 # The first RESOLVED applies the initial scan; the others one window each.
                 lat[name] += ms[1:]
-                print(f"round {r} {name:>6}: RESOLVED -> all tables committed ms {ms}", flush=True)
+                print(f"round {r} {name:>6}: RESOLVED -> all tables committed ms {ms}; "
+                      f"CPU s {cpu}", flush=True)
         # Every set-up's tables hold the same rows.
         names = [t["name"] for t in manifest["tables"]]
         states = {f"{name}-{r}": fingerprint(base, container, f"delta-{name}-{r}", names)
