@@ -53,8 +53,8 @@ param queueName string = 'crdb-delta-blobs'
 @minLength(3)
 @maxLength(56)
 param applyQueueName string = 'crdb-delta-tables'
-@description('Fan the tables of a RESOLVED out across instances (CRDB_DELTA_FAN_OUT): one ApplyTable message per table, each applied under its own lease.')
-param fanOut bool = true
+@description('Fan the tables of a RESOLVED out across instances (CRDB_DELTA_FAN_OUT): one ApplyTable message per table, each applied under its own lease. Off by default: on one instance it costs about a fifth more (docs/benchmarks.md); turn it on when the tables of a RESOLVED together need more than one instance.')
+param fanOut bool = false
 
 @description('azureFunction: Event Grid pushes to BlobCreated; storageQueue: Event Grid writes a queue BlobQueue pulls.')
 @allowed([

@@ -395,7 +395,7 @@ fn fan_out_template_problems(
             param("applyQueueName")
         ));
     }
-    if param("fanOut") != Some(("bool", Some("true"))) {
+    if param("fanOut") != Some(("bool", Some("false"))) {
         out.push(format!("main.bicep: fanOut {:?}", param("fanOut")));
     }
     let modules = main.modules();
