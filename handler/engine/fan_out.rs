@@ -11,12 +11,14 @@ use crdb_delta_core::Hlc;
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan;
 
-use super::listing::{bounded_listing, list};
+use futures::TryStreamExt;
+
+use super::listing::{LastRecord, collect_objects, last_record, list};
 use super::resolved_log::{ResolvedLog, record_resolved};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
 use crate::delta::Target;
 use crate::records::PartitionName;
-use crate::storage::Location;
+use crate::storage::{Location, StorageError};
 
 pub use super::resolved_log::RecordRow;
 
@@ -33,24 +35,39 @@ pub struct Cover {
 }
 
 /// The tables RESOLVED `until` covers (the newest listed RESOLVED when `None`), as a run of
-/// all tables up to it would apply them: the same listing (bounded by the last record), the
-/// same `only_tables`.
+/// all tables up to it would apply them (the same `only_tables`).
 pub async fn cover(
     source: &Location,
     target: &Location,
     opts: &SyncOptions,
     until: Option<Hlc>,
 ) -> Result<Cover, SyncError> {
-    let (mut objects, known) = match bounded_listing(source, target, opts).await? {
-        Some((objects, _, known)) => {
-            let known: Vec<String> = known
-                .into_iter()
-                .filter(|s| s.table.is_some())
-                .map(|s| s.name)
-                .collect();
-            (objects, known)
+    // From the last record's RESOLVED on: a table it does not name had no file up to it, so
+    // every file of such a table is listed there. No table is opened (a RESOLVED of many
+    // tables is dispatched in one listing).
+    let (mut objects, known) = match last_record(target).await? {
+        Some(LastRecord {
+            tables,
+            partition,
+            resolved: Some(recorded),
+        }) if !plan::partition_start(
+            &ObjectName::Resolved(recorded).render(partition),
+            partition,
+        )
+        .is_empty() =>
+        {
+            let start =
+                plan::partition_start(&ObjectName::Resolved(recorded).render(partition), partition);
+            let offset = source.child(&start)?;
+            let metas: Vec<_> = source
+                .store
+                .list_with_offset(Some(&source.prefix), &offset)
+                .try_collect()
+                .await
+                .map_err(StorageError::from)?;
+            (collect_objects(source, metas).0, tables)
         }
-        None => (list(source).await?.0, Vec::new()),
+        _ => (list(source).await?.0, Vec::new()),
     };
     plan::keep_tables(&mut objects, &|t| opts.config.applies(t));
     let resolved = until.or_else(|| {

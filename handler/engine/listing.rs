@@ -52,6 +52,52 @@ pub(super) fn collect_objects(
     (objects, ignored)
 }
 
+/// The newest `_crdb_delta_resolved` record: its tables, the changefeed's partitioning and the
+/// RESOLVED it recorded.
+pub(super) struct LastRecord {
+    pub(super) tables: Vec<String>,
+    pub(super) partition: PartitionFormat,
+    pub(super) resolved: Option<Hlc>,
+}
+
+/// The newest record, past commits that are not records (compactions of the record table itself
+/// and VACUUM's start/end commits, or another tool's); `None` without one.
+pub(super) async fn last_record(target: &Location) -> Result<Option<LastRecord>, SyncError> {
+    let log = Target::new(target, RESOLVED_LOG)?;
+    let Some(table) = log.open().await? else {
+        return Ok(None);
+    };
+    let mut history = table.history(Some(20));
+    while let Some(info) = history
+        .next()
+        .await
+        .transpose()
+        .map_err(delta_err(RESOLVED_LOG))?
+    {
+        return Ok(match CommitRecord::from_commit_info(&info.info) {
+            None
+            | Some(CommitRecord {
+                figures: Figures::Maintenance(_),
+                ..
+            }) => continue,
+            Some(CommitRecord {
+                progress,
+                figures:
+                    Figures::ResolvedLog(ResolvedLogFigures {
+                        tables,
+                        partition: Some(partition),
+                    }),
+            }) => Some(LastRecord {
+                tables,
+                partition: partition.into(),
+                resolved: progress.applied,
+            }),
+            _ => None,
+        });
+    }
+    Ok(None)
+}
+
 /// Lists only what can still matter: objects from the partition of the oldest applied RESOLVED
 /// (or of the oldest file that still held newer rows) on, as recorded by the last step in
 /// `_crdb_delta_resolved`. `None` when that is not known: list everything.
@@ -60,42 +106,14 @@ pub(super) async fn bounded_listing(
     target: &Location,
     opts: &SyncOptions,
 ) -> Result<Option<(Vec<Object>, Vec<String>, Vec<TableState>)>, SyncError> {
-    let log = Target::new(target, RESOLVED_LOG)?;
-    let Some(table) = log.open().await? else {
+    let Some(LastRecord {
+        tables: names,
+        partition,
+        ..
+    }) = last_record(target).await?
+    else {
         return Ok(None);
     };
-    // The newest record, past commits that are not records: compactions of the record table
-    // itself and VACUUM's start/end commits (upkeep), or another tool's.
-    let mut history = table.history(Some(20));
-    let mut found = None;
-    while let Some(info) = history
-        .next()
-        .await
-        .transpose()
-        .map_err(delta_err(RESOLVED_LOG))?
-    {
-        match CommitRecord::from_commit_info(&info.info) {
-            None
-            | Some(CommitRecord {
-                figures: Figures::Maintenance(_),
-                ..
-            }) => continue,
-            Some(CommitRecord {
-                figures:
-                    Figures::ResolvedLog(ResolvedLogFigures {
-                        tables,
-                        partition: Some(partition),
-                    }),
-                ..
-            }) => found = Some((tables, partition)),
-            _ => {}
-        }
-        break;
-    }
-    let Some((names, partition)) = found else {
-        return Ok(None);
-    };
-    let partition = PartitionFormat::from(partition);
     let mut start: Option<String> = None;
     let mut opened = Vec::with_capacity(names.len());
     for name in &names {
