@@ -53,7 +53,7 @@ param queueName string = 'crdb-delta-blobs'
 @minLength(3)
 @maxLength(56)
 param applyQueueName string = 'crdb-delta-tables'
-@description('Fan the tables of a RESOLVED out across instances (CRDB_DELTA_FAN_OUT): one ApplyTable message per table, each applied under its own lease. Off by default: on one instance it costs about a fifth more (docs/benchmarks.md); turn it on when the tables of a RESOLVED together need more than one instance.')
+@description('Fan the tables of a RESOLVED out across instances (CRDB_DELTA_FAN_OUT): one ApplyTable message per table, each applied under its own lease. Off by default: on one instance it gains nothing and makes about a fifth more storage requests (docs/benchmarks.md); turn it on when the tables of a RESOLVED together need more than one instance.')
 param fanOut bool = false
 
 @description('azureFunction: Event Grid pushes to BlobCreated; storageQueue: Event Grid writes a queue BlobQueue pulls.')
