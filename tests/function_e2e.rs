@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::handler::{Handler, feed, fingerprint, post_blob, run};
+use support::handler::{Handler, feed, fingerprint, post_blob, post_timer, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_applies_events_exactly_once_like_sync() {
@@ -81,21 +81,14 @@ async fn handler_applies_events_exactly_once_like_sync() {
 
     // 4. The timer: nothing new to apply, but it consumes the markers of data files whose
     // events came after their RESOLVED had been applied (out-of-order delivery).
-    let timer = json!({"Data": {"timer": {"Schedule": {}, "ScheduleStatus": null, "IsPastDue": true}},
-        "Metadata": {"sys": {"MethodName": "CatchUp"}}});
-    let r = post_invocation(
-        &addr,
-        "CatchUp",
-        &new_id(),
-        timer.to_string().as_bytes(),
-        Duration::from_secs(300),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, reply) = post_timer(&addr, true).await.unwrap();
+    assert_eq!(status, 200, "{reply}");
     // With time left in its budget, the timer also keeps the tables up (compaction,
     // checkpoint, log cleanup, VACUUM): the three tables and the RESOLVED record.
-    assert!(r.body.contains("upkeep of 4 table(s)"), "{}", r.body);
+    assert!(
+        reply.to_string().contains("upkeep of 4 table(s)"),
+        "{reply}"
+    );
 
     // 5. Status: every table at the last RESOLVED, nothing left buffered.
     let body = json!({"Data": {"req": {"Url": "http://localhost/api/status", "Method": "GET",

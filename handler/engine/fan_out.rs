@@ -11,14 +11,12 @@ use crdb_delta_core::Hlc;
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan;
 
-use futures::TryStreamExt;
-
-use super::listing::{LastRecord, collect_objects, last_record, list};
+use super::listing::{last_record, list, list_from};
 use super::resolved_log::{ResolvedLog, record_resolved};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
 use crate::delta::Target;
 use crate::records::PartitionName;
-use crate::storage::{Location, StorageError};
+use crate::storage::Location;
 
 pub use super::resolved_log::RecordRow;
 
@@ -45,28 +43,13 @@ pub async fn cover(
     // From the last record's RESOLVED on: a table it does not name had no file up to it, so
     // every file of such a table is listed there. No table is opened (a RESOLVED of many
     // tables is dispatched in one listing).
-    let (mut objects, known) = match last_record(target).await? {
-        Some(LastRecord {
-            tables,
-            partition,
-            resolved: Some(recorded),
-        }) if !plan::partition_start(
-            &ObjectName::Resolved(recorded).render(partition),
-            partition,
-        )
-        .is_empty() =>
-        {
-            let start =
-                plan::partition_start(&ObjectName::Resolved(recorded).render(partition), partition);
-            let offset = source.child(&start)?;
-            let metas: Vec<_> = source
-                .store
-                .list_with_offset(Some(&source.prefix), &offset)
-                .try_collect()
-                .await
-                .map_err(StorageError::from)?;
-            (collect_objects(source, metas).0, tables)
-        }
+    let record = last_record(target).await?;
+    let start = record.as_ref().and_then(|r| {
+        let recorded = ObjectName::Resolved(r.resolved?).render(r.partition);
+        Some(plan::partition_start(&recorded, r.partition)).filter(|s| !s.is_empty())
+    });
+    let (mut objects, known) = match (record, start) {
+        (Some(r), Some(start)) => (list_from(source, &start).await?.0, r.tables),
         _ => (list(source).await?.0, Vec::new()),
     };
     plan::keep_tables(&mut objects, &|t| opts.config.applies(t));

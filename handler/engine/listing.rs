@@ -145,7 +145,16 @@ pub(super) async fn bounded_listing(
     let Some(start) = start.filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let offset = source.child(&start)?;
+    let (objects, ignored) = list_from(source, &start).await?;
+    Ok(Some((objects, ignored, opened)))
+}
+
+/// Lists the changefeed root from `start` (a path relative to it) on, as [`list`] does.
+pub(super) async fn list_from(
+    source: &Location,
+    start: &str,
+) -> Result<(Vec<Object>, Vec<String>), SyncError> {
+    let offset = source.child(start)?;
     let metas: Vec<_> = source
         .store
         .list_with_offset(Some(&source.prefix), &offset)
@@ -153,8 +162,7 @@ pub(super) async fn bounded_listing(
         .await
         .map_err(StorageError::from)?;
     tracing::debug!(from = %start, objects = metas.len(), "bounded listing");
-    let (objects, ignored) = collect_objects(source, metas);
-    Ok(Some((objects, ignored, opened)))
+    Ok(collect_objects(source, metas))
 }
 
 pub(super) async fn fetch(source: &Location, obj: &Object) -> Result<bytes::Bytes, SyncError> {

@@ -396,16 +396,7 @@ impl App {
                 crate::config::with_target_schema(&self.settings.config, &self.target).await?;
             let mut opts = self.opts.reconfigured(config);
             opts.until = until;
-            opts.deadline = Some(std::time::Instant::now() + self.settings.apply_budget);
-            let mut tick = tokio::time::interval(renew_every(ttl));
-            tick.tick().await;
-            let report = renewing(
-                sync(&self.source, &self.target, &opts),
-                &mut lease,
-                &mut tick,
-                ttl,
-            )
-            .await?;
+            let (report, mut tick) = self.sync_renewing(&mut opts, &mut lease).await?;
             // CatchUp with time left: table upkeep, still under the lease (never beside an
             // apply of ours) and within the same budget.
             let mut upkept = 0;
@@ -461,6 +452,27 @@ impl App {
         .await;
         lease.release().await;
         out
+    }
+
+    /// One engine run within the apply budget, renewing `lease` meanwhile; the ticker goes on
+    /// renewing it for what follows under the same lease (upkeep).
+    pub(super) async fn sync_renewing(
+        &self,
+        opts: &mut SyncOptions,
+        lease: &mut super::store::Lease,
+    ) -> Result<(SyncReport, tokio::time::Interval), ServeError> {
+        let ttl = self.settings.lease;
+        opts.deadline = Some(Instant::now() + self.settings.apply_budget);
+        let mut tick = tokio::time::interval(renew_every(ttl));
+        tick.tick().await;
+        let report = renewing(
+            sync(&self.source, &self.target, opts),
+            lease,
+            &mut tick,
+            ttl,
+        )
+        .await?;
+        Ok((report, tick))
     }
 
     /// Deletes the markers of RESOLVED files at or below `asked` and of data files every row of

@@ -36,7 +36,7 @@ use super::app::{
 use super::store::{Acquire, Lease, STATE_DIR, Store};
 use crate::engine::fan_out::{self, RecordRow};
 use crate::engine::faults::fault;
-use crate::engine::{RESOLVED_LOG, SyncOptions, sync};
+use crate::engine::{RESOLVED_LOG, SyncOptions};
 use crate::functions::host::InvocationRequest;
 use crate::records::PartitionName;
 
@@ -142,25 +142,29 @@ impl Store {
     pub async fn end_fan_outs(&self, resolved: Hlc) -> Result<usize, ServeError> {
         let dir = self.state_path("fanout")?;
         let store = &self.location().store;
-        let mut metas: Vec<_> = store.list(Some(&dir)).try_collect().await?;
-        // Plans first: an apply that notes its table after this listing sees the plan gone
-        // and takes its note back.
-        metas.sort_by_key(|m| !m.location.as_ref().ends_with("/plan.json"));
-        let mut n = 0;
-        for m in metas {
-            let ended = m
-                .location
-                .prefix_match(&dir)
+        let ended = |p: &Path| {
+            p.prefix_match(&dir)
                 .and_then(|mut parts| parts.next())
                 .and_then(|p| p.as_ref().parse::<Hlc>().ok())
-                .is_some_and(|r| r <= resolved);
-            if !ended {
-                continue;
-            }
-            match store.delete(&m.location).await {
-                Ok(()) => n += 1,
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
+                .is_some_and(|r| r <= resolved)
+        };
+        // Plans first, then a second listing for the notes: an apply that notes its table
+        // and then still finds the plan noted it before the plan was deleted, so before the
+        // second listing, which finds its note; one that finds the plan gone takes its note
+        // back itself.
+        let mut n = 0;
+        for pass in [true, false] {
+            let metas: Vec<_> = store.list(Some(&dir)).try_collect().await?;
+            for m in metas {
+                let plan = m.location.as_ref().ends_with("/plan.json");
+                if plan != pass || !ended(&m.location) {
+                    continue;
+                }
+                match store.delete(&m.location).await {
+                    Ok(()) => n += 1,
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(n)
@@ -399,16 +403,7 @@ impl App {
             opts.config.only_tables = Some([table.to_owned()].into());
             opts.until = Some(resolved);
             opts.record = false;
-            opts.deadline = Some(Instant::now() + self.settings.apply_budget);
-            let mut tick = tokio::time::interval(renew_every(ttl));
-            tick.tick().await;
-            let report = renewing(
-                sync(&self.source, &self.target, &opts),
-                &mut lease,
-                &mut tick,
-                ttl,
-            )
-            .await?;
+            let (report, mut tick) = self.sync_renewing(&mut opts, &mut lease).await?;
             let Some(t) = report.tables.get(table) else {
                 // No file of it and no Delta table: quarantined (held), or not applied
                 // (`only_tables`); the plan said otherwise, so the record waits for it.

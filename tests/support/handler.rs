@@ -124,19 +124,25 @@ pub async fn post_blob(
         None,
     );
     let body = serde_json::to_vec(&invocation_body("BlobCreated", &ev)).unwrap();
-    let r = post_invocation(
-        addr,
-        "BlobCreated",
-        &new_id(),
-        &body,
-        Duration::from_secs(300),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    post(addr, "BlobCreated", &body).await
+}
+
+/// Posts one invocation of `function` as the host does; returns (status, reply body).
+pub async fn post(addr: &str, function: &str, body: &[u8]) -> Result<(u16, Value), String> {
+    let r = post_invocation(addr, function, &new_id(), body, Duration::from_secs(300))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((
         r.status,
         serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?,
     ))
+}
+
+/// Posts a CatchUp (timer) invocation; returns (status, reply body).
+pub async fn post_timer(addr: &str, past_due: bool) -> Result<(u16, Value), String> {
+    let timer = serde_json::json!({"Data": {"timer": {"Schedule": {}, "ScheduleStatus": null,
+        "IsPastDue": past_due}}, "Metadata": {"sys": {"MethodName": "CatchUp"}}});
+    post(addr, "CatchUp", timer.to_string().as_bytes()).await
 }
 
 /// Every row's `__crdb_hlc` of a table, sorted: with the row count, a fingerprint of its state
