@@ -289,4 +289,16 @@ async fn fanned_out_tables_apply_exactly_once_on_any_instance_and_record_consist
     let (status, reply) = deliver(&addrs[0], &json!({"table": "x"})).await.unwrap();
     assert_eq!(status, 200);
     assert!(reply["Logs"].to_string().contains("refused"), "{reply}");
+
+    // 8. A RESOLVED far ahead of the clock is refused at dispatch, as a run refuses it: no
+    // message goes out.
+    let (name, size, _) = f.resolved().last().copied().unwrap().clone();
+    let future = name.replace("/2024", "/2099").replace("/2024", "/2099");
+    assert_ne!(future, name);
+    let (status, reply) = post_blob(&addrs[0], &f.container, &future, size)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["Logs"].to_string().contains("REFUSED"), "{reply}");
+    assert!(reply["Outputs"].get("tables").is_none(), "{reply}");
 }

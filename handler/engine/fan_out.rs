@@ -53,6 +53,9 @@ pub async fn cover(
         _ => (list(source).await?.0, Vec::new()),
     };
     plan::keep_tables(&mut objects, &|t| opts.config.applies(t));
+    // A RESOLVED far ahead of the clock is never the newest to fan out (a run refuses it too).
+    let (now, tolerance) = clock(opts);
+    plan::refuse_future_resolved(&mut objects, now, tolerance);
     let resolved = until.or_else(|| {
         objects
             .iter()
@@ -88,6 +91,29 @@ pub async fn cover(
     })
 }
 
+/// Why `resolved` is refused, when it is further ahead of the clock than
+/// `max_resolved_ahead` (as a run refuses it: [`plan::refuse_future_resolved`]).
+pub fn refused(resolved: Hlc, opts: &SyncOptions) -> Option<String> {
+    let (now, tolerance) = clock(opts);
+    let mut one = vec![plan::Object {
+        name: ObjectName::Resolved(resolved),
+        path: resolved.to_string(),
+        size: 0,
+        modified: None,
+    }];
+    plan::refuse_future_resolved(&mut one, now, tolerance)
+        .into_iter()
+        .next()
+        .map(|r| r.reason)
+}
+
+/// Now and the tolerance for RESOLVEDs ahead of it, in wall nanoseconds.
+fn clock(opts: &SyncOptions) -> (i64, i64) {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let tolerance = i64::try_from(opts.max_resolved_ahead.as_nanos()).unwrap_or(i64::MAX);
+    (now, tolerance)
+}
+
 /// Writes the record of `resolved` from each table's version at it (exactly once: the record
 /// table's `txn`; nothing when it or a newer RESOLVED is recorded already).
 pub async fn record(
@@ -100,4 +126,26 @@ pub async fn record(
     let mut rows = rows.to_vec();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     record_resolved(&mut log, resolved, &rows, partition.map(Into::into), false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resolved_far_ahead_of_the_clock_is_refused_as_a_run_refuses_it() {
+        let opts = SyncOptions {
+            max_resolved_ahead: std::time::Duration::from_secs(60),
+            ..SyncOptions::default()
+        };
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+        let at = |s: i64| Hlc {
+            wall: now + s * 1_000_000_000,
+            logical: 0,
+        };
+        assert_eq!(refused(at(-3600), &opts), None);
+        assert_eq!(refused(at(30), &opts), None);
+        let why = refused(at(3600), &opts).expect("an hour ahead is refused");
+        assert!(why.contains("ahead of this machine's clock"), "{why}");
+    }
 }

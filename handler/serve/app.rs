@@ -162,7 +162,7 @@ impl App {
         }
     }
 
-    async fn record_error(&self, invocation: &str, message: &str) {
+    pub(super) async fn record_error(&self, invocation: &str, message: &str) {
         let rec = ErrorRecord {
             at: Utc::now().to_rfc3339(),
             invocation: invocation.to_owned(),

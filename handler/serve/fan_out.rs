@@ -214,6 +214,12 @@ impl App {
             Some(p) => p,
             None => {
                 let opts = self.configured().await?;
+                // Refused as a run would refuse it; no message would apply anything.
+                if let Some(reason) = fan_out::refused(resolved, &opts) {
+                    tracing::error!(invocation, %resolved, %reason, "RESOLVED refused");
+                    self.record_error(invocation, &reason).await;
+                    return Ok((format!("REFUSED {reason}"), Vec::new()));
+                }
                 let cover =
                     fan_out::cover(&self.source, &self.target, &opts, Some(resolved)).await?;
                 let plan = Plan {
