@@ -310,8 +310,7 @@ impl App {
         let holder = holder(invocation);
         let mut lines = Vec::new();
         let mut until = until;
-        let waiting_since = Instant::now();
-        let mut logged_wait = false;
+        let mut wait = LeaseWait::new(self.settings.lease);
         loop {
             let lease = match self.store.acquire(&holder, self.settings.lease).await? {
                 Acquire::Held {
@@ -333,18 +332,10 @@ impl App {
                         lines.push(msg);
                         return Ok(lines);
                     }
-                    let waited = waiting_since.elapsed();
-                    if waited > lease_wait(self.settings.lease) {
-                        return Err(ServeError::LeaseBusy {
-                            holder,
-                            waited_s: waited.as_secs(),
-                        });
-                    }
-                    if !logged_wait {
+                    wait.poll(holder, |holder| {
                         tracing::info!(invocation, %holder, expires_in_ms, resolved = %asked, "apply lease held; waiting for the holder or the lease's expiry");
-                        logged_wait = true;
-                    }
-                    tokio::time::sleep(LEASE_POLL).await;
+                    })
+                    .await?;
                     continue;
                 }
                 Acquire::Acquired(l) => l,
@@ -658,6 +649,46 @@ pub(super) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
     match s.char_indices().nth(MAX) {
         None => s.into(),
         Some((i, _)) => format!("{}…({} bytes)", &s[..i], s.len()).into(),
+    }
+}
+
+/// An invocation waiting for a lease another one holds: at most a lease term (then the lease
+/// has expired if its holder crashed, and is taken over), said once.
+pub(super) struct LeaseWait {
+    since: Instant,
+    limit: Duration,
+    logged: bool,
+}
+
+impl LeaseWait {
+    pub(super) fn new(ttl: Duration) -> Self {
+        Self {
+            since: Instant::now(),
+            limit: lease_wait(ttl),
+            logged: false,
+        }
+    }
+
+    /// Sleeps one poll; `LeaseBusy` (retryable) once the wait is longer than a lease term.
+    /// `first`: the log line of the first wait.
+    pub(super) async fn poll(
+        &mut self,
+        holder: String,
+        first: impl FnOnce(&str),
+    ) -> Result<(), ServeError> {
+        let waited = self.since.elapsed();
+        if waited > self.limit {
+            return Err(ServeError::LeaseBusy {
+                holder,
+                waited_s: waited.as_secs(),
+            });
+        }
+        if !self.logged {
+            first(&holder);
+            self.logged = true;
+        }
+        tokio::time::sleep(LEASE_POLL).await;
+        Ok(())
     }
 }
 

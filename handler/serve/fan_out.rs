@@ -20,19 +20,14 @@
 use std::collections::BTreeMap;
 
 use crdb_delta_core::Hlc;
+use crdb_delta_core::format::names::ObjectName;
 use futures::TryStreamExt;
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use std::time::Instant;
-
-use crdb_delta_core::format::names::ObjectName;
-
 use super::ServeError;
-use super::app::{
-    App, LEASE_POLL, clip, holder, lease_wait, renew_every, renewing, upkeep_options,
-};
+use super::app::{App, LeaseWait, clip, holder, renew_every, renewing, upkeep_options};
 use super::store::{Acquire, Lease, STATE_DIR, Store};
 use crate::engine::fan_out::{self, RecordRow};
 use crate::engine::faults::fault;
@@ -340,8 +335,7 @@ impl App {
         let table = msg.table.as_str();
         let holder = holder(invocation);
         let lock = self.store.table_lock(table)?;
-        let waiting_since = Instant::now();
-        let mut logged_wait = false;
+        let mut wait = LeaseWait::new(self.settings.lease);
         let mut lines = Vec::new();
         loop {
             match self
@@ -368,18 +362,10 @@ impl App {
                         lines.push(line);
                         break;
                     }
-                    let waited = waiting_since.elapsed();
-                    if waited > lease_wait(self.settings.lease) {
-                        return Err(ServeError::LeaseBusy {
-                            holder,
-                            waited_s: waited.as_secs(),
-                        });
-                    }
-                    if !logged_wait {
+                    wait.poll(holder, |holder| {
                         tracing::info!(invocation, table, %holder, expires_in_ms, %resolved, "table lease held; waiting for the holder or the lease's expiry");
-                        logged_wait = true;
-                    }
-                    tokio::time::sleep(LEASE_POLL).await;
+                    })
+                    .await?;
                 }
             }
         }
