@@ -36,6 +36,10 @@ pub struct App {
     /// `container/prefix` of the target: every event below it is one of our own writes.
     own: Vec<String>,
     pub(super) opts: SyncOptions,
+    /// Fan-out: tables this process applies at once (`tables_at_once`), however many
+    /// `ApplyTable` invocations the host runs side by side: each gets a slot and a share of
+    /// the window, so memory stays bounded as without fan-out.
+    pub(super) apply_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The outcome of one event or run, as a log line for the host, and the table messages of a
@@ -58,6 +62,9 @@ impl App {
         };
         tracing::info!(source = %source.display, target = %target.display, scope = ?scope, "handler configured");
         Ok(Self {
+            apply_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                opts.tables_at_once.max(1),
+            )),
             store: Store::new(target.clone()),
             settings,
             source,

@@ -27,7 +27,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::ServeError;
-use super::app::{App, LeaseWait, clip, holder, renew_every, renewing, upkeep_options};
+use super::app::{App, LeaseWait, clip, holder, lease_wait, renew_every, renewing, upkeep_options};
 use super::store::{Acquire, Lease, STATE_DIR, Store};
 use crate::engine::fan_out::{self, RecordRow};
 use crate::engine::faults::fault;
@@ -333,6 +333,23 @@ impl App {
             ));
         }
         let table = msg.table.as_str();
+        // A slot of this process first (the host runs many ApplyTable invocations at once);
+        // none within a lease term: answered 500, for the queue to deliver it again.
+        let slots = self.opts.tables_at_once.max(1);
+        let slot = match tokio::time::timeout(
+            lease_wait(self.settings.lease),
+            self.apply_slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(ServeError::Busy {
+                    slots,
+                    waited_s: lease_wait(self.settings.lease).as_secs(),
+                });
+            }
+        };
         let holder = holder(invocation);
         let lock = self.store.table_lock(table)?;
         let mut wait = LeaseWait::new(self.settings.lease);
@@ -369,6 +386,7 @@ impl App {
                 }
             }
         }
+        drop(slot);
         if let Some(line) = self.try_record(resolved, &plan, invocation).await? {
             lines.push(line);
         }
@@ -395,6 +413,8 @@ impl App {
             opts.config.only_tables = Some([table.to_owned()].into());
             opts.until = Some(resolved);
             opts.record = false;
+            // Its share of the window: the tables of this process share it, as a step's do.
+            opts.max_window_bytes /= self.opts.tables_at_once.max(1) as u64;
             let (report, mut tick) = self.sync_renewing(&mut opts, &mut lease).await?;
             let Some(t) = report.tables.get(table) else {
                 // No file of it and no Delta table: quarantined (held), or not applied

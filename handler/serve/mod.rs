@@ -62,6 +62,13 @@ pub enum ServeError {
     /// invocation's RESOLVED waited; the trigger redelivers it.
     #[error("apply lease held by {holder} for {waited_s} s while this RESOLVED waited; retry")]
     LeaseBusy { holder: String, waited_s: u64 },
+    /// Retryable: this instance already applies as many tables as it has slots for
+    /// (`tables_at_once`) and none came free within a lease term; the queue delivers the
+    /// message again, possibly to another instance.
+    #[error(
+        "this instance applies {slots} table(s) already; none came free in {waited_s} s; retry"
+    )]
+    Busy { slots: usize, waited_s: u64 },
     /// Retryable: the apply's time budget ran out with RESOLVEDs left to apply.
     #[error("time budget spent with RESOLVEDs left (applied up to {applied}); the retry continues")]
     Incomplete { applied: String },
