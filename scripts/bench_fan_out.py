@@ -65,6 +65,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory of a process so far (Linux `VmHWM`), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def azurite_pid() -> int | None:
     out = subprocess.run(["pgrep", "-f", "azurite-blob"], capture_output=True, text=True).stdout
     pids = [int(p) for p in out.split()]
@@ -84,6 +92,7 @@ def run_setup(env, container, config, name, instances, fan_out):
             cmd += ["--apply-handler", url]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         cpu["serve"] = [round(cpu_seconds(p.pid), 2) for p, _ in procs]
+        cpu["serve_peak_rss_mib"] = [round(peak_rss_mib(p.pid)) for p, _ in procs]
         if emulator:
             cpu["azurite"] = round(cpu_seconds(emulator) - emulator_before, 2)
     finally:
@@ -160,7 +169,7 @@ def main():
                 # The first RESOLVED applies the initial scan; the others one window each.
                 lat[name] += ms[1:]
                 print(f"round {r} {name:>6}: RESOLVED -> all tables committed ms {ms}; "
-                      f"CPU s {cpu}", flush=True)
+                      f"CPU s and peak RSS {cpu}", flush=True)
         # Every set-up's tables hold the same rows.
         names = [t["name"] for t in manifest["tables"]]
         states = {f"{name}-{r}": fingerprint(base, container, f"delta-{name}-{r}", names)

@@ -290,7 +290,7 @@ impl App {
             }
             ObjectName::Resolved(r) if self.settings.fan_out => {
                 tracing::info!(invocation, resolved = %r, "RESOLVED: fanning its tables out");
-                self.dispatch(r, false, invocation).await
+                self.dispatch(r, None, false, invocation).await
             }
             ObjectName::Resolved(r) => {
                 tracing::info!(invocation, resolved = %r, "RESOLVED: applying");

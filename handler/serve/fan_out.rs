@@ -199,15 +199,19 @@ impl Store {
 impl App {
     /// Fixes the tables of `resolved` (once) and returns one message per table for the host to
     /// queue. A RESOLVED that covers no table yet has its marker consumed at once.
+    /// `covered`: the tables of `resolved` when the caller has just listed them.
     pub(super) async fn dispatch(
         &self,
         resolved: Hlc,
+        covered: Option<Plan>,
         upkeep: bool,
         invocation: &str,
     ) -> Result<(String, Vec<TableMessage>), ServeError> {
-        let plan = match self.store.plan(resolved).await? {
-            Some(p) => p,
-            None => {
+        let plan = match (self.store.plan(resolved).await?, covered) {
+            (Some(p), _) => p,
+            // The timer's listing never picks a RESOLVED it would refuse.
+            (None, Some(plan)) => self.store.create_plan(resolved, &plan).await?,
+            (None, None) => {
                 let opts = self.configured().await?;
                 // Refused as a run would refuse it; no message would apply anything.
                 if let Some(reason) = fan_out::refused(resolved, &opts) {
@@ -260,7 +264,12 @@ impl App {
         let mut lines = Vec::new();
         let mut messages = Vec::new();
         if let Some(r) = cover.resolved {
-            let (line, m) = self.dispatch(r, true, invocation).await?;
+            // The listing just made covers the newest RESOLVED: its plan, unless one is there.
+            let plan = Plan {
+                tables: cover.tables,
+                partition: cover.partition,
+            };
+            let (line, m) = self.dispatch(r, Some(plan), true, invocation).await?;
             lines.push(line);
             messages = m;
         }
