@@ -620,13 +620,52 @@ pub async fn read_live_file(
 /// grew to 99 commits before each checkpoint.
 pub const CHECKPOINT_INTERVAL: &str = "10";
 
+/// The table property [`CHECKPOINT_INTERVAL`] sets.
+pub const CHECKPOINT_INTERVAL_KEY: &str = "delta.checkpointInterval";
+
 /// `properties` plus `delta.checkpointInterval` ([`CHECKPOINT_INTERVAL`]) unless they set it.
 fn with_checkpoint_interval(mut properties: Vec<(String, String)>) -> Vec<(String, String)> {
-    const KEY: &str = "delta.checkpointInterval";
-    if !properties.iter().any(|(k, _)| k == KEY) {
-        properties.push((KEY.into(), CHECKPOINT_INTERVAL.into()));
+    if !properties.iter().any(|(k, _)| k == CHECKPOINT_INTERVAL_KEY) {
+        properties.push((CHECKPOINT_INTERVAL_KEY.into(), CHECKPOINT_INTERVAL.into()));
     }
     properties
+}
+
+/// Gives a table made before [`CHECKPOINT_INTERVAL`] was set at creation that interval, unless
+/// it has one (set by whoever made it): one metadata commit, once. `None`: nothing to do.
+///
+/// The commit holds the metadata action alone. delta-rs' `set_tbl_properties` would also move
+/// the table to a writer-features protocol listing `invariants`, which delta-rs itself then
+/// refuses to write to.
+pub async fn set_checkpoint_interval(
+    table: &DeltaTable,
+    name: &str,
+) -> Result<Option<DeltaTable>, DeltaError> {
+    let err = DeltaError::of(name);
+    let snapshot = table.snapshot().map_err(err)?;
+    if snapshot
+        .metadata()
+        .configuration()
+        .contains_key(CHECKPOINT_INTERVAL_KEY)
+    {
+        return Ok(None);
+    }
+    let meta = snapshot
+        .metadata()
+        .clone()
+        .add_config_key(CHECKPOINT_INTERVAL_KEY.into(), CHECKPOINT_INTERVAL.into())
+        .map_err(|e| err(e.into()))?;
+    let operation = DeltaOperation::SetTableProperties {
+        properties: [(CHECKPOINT_INTERVAL_KEY.into(), CHECKPOINT_INTERVAL.into())].into(),
+    };
+    let done = CommitBuilder::default()
+        .with_actions(vec![Action::Metadata(meta)])
+        .build(Some(snapshot), table.log_store(), operation)
+        .await
+        .map_err(err)?;
+    let mut t = table.clone();
+    t.state = Some(done.snapshot());
+    Ok(Some(t))
 }
 
 /// What one commit applies.

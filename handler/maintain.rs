@@ -73,6 +73,8 @@ pub struct TableUpkeep {
     /// Why a compaction that was planned did not commit (another writer won).
     pub compaction_skipped: Option<String>,
     pub checkpoint_version: Option<u64>,
+    /// `delta.checkpointInterval` was missing and set ([`crate::delta::CHECKPOINT_INTERVAL`]).
+    pub checkpoint_interval_set: bool,
     pub log_files_deleted: u64,
     pub files_vacuumed: u64,
 }
@@ -111,6 +113,14 @@ pub async fn maintain_table(
     };
     if opts.compact {
         compact(&mut table, path, opts, &mut report).await?;
+    }
+    // Tables made before new ones got a checkpoint interval of 10 replay up to 99 commits at
+    // every open: they get it here.
+    if opts.checkpoint
+        && let Some(t) = crate::delta::set_checkpoint_interval(&table, path).await?
+    {
+        table = t;
+        report.checkpoint_interval_set = true;
     }
     if opts.checkpoint {
         deltalake_core::protocol::checkpoints::create_checkpoint(&table, None)

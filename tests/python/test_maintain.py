@@ -121,3 +121,38 @@ def test_log_retention_hours_overrides_the_tables_retention(crdb_delta_bin, tmp_
     assert int(log[0].stem) > 0, "version 0 was cleaned up"
     sync(crdb_delta_bin, root, "append_only", "--max-window-bytes", "20000")
     check_final(root, "append_only")
+
+
+def test_older_tables_get_the_checkpoint_interval_once(crdb_delta_bin, tmp_path):
+    """A table made before new tables got `delta.checkpointInterval` 10 (its create commit
+    without the property, as older crdb-delta versions wrote it) gets it from `maintain`, once;
+    the applies after that metadata commit go on exactly once."""
+    root = simulate(crdb_delta_bin, tmp_path, "json", 6)
+    steps = resolved_steps(root)
+    sync(crdb_delta_bin, root, "update_delete", "--until", o.hlc_of(steps[1]))
+    uri = str(root / "delta" / "usertable")
+    key = "delta.checkpointInterval"
+    assert DeltaTable(uri).metadata().configuration.get(key) == "10"
+    log = root / "delta" / "usertable" / "_delta_log"
+    assert not list(log.glob("*.checkpoint.parquet")), "a checkpoint would also hold the property"
+    # The create commit as an older version wrote it: the same metadata without the property.
+    first = log / "00000000000000000000.json"
+    lines = []
+    for line in first.read_text().splitlines():
+        action = json.loads(line)
+        if "metaData" in action:
+            del action["metaData"]["configuration"][key]
+        lines.append(json.dumps(action))
+    first.write_text("\n".join(lines) + "\n")
+    assert key not in DeltaTable(uri).metadata().configuration
+    protocol = DeltaTable(uri).protocol()
+    done = {u["table"]: u for u in maintain(crdb_delta_bin, root, "--no-compact")}
+    assert done["usertable"]["checkpoint_interval_set"] is True, done
+    assert DeltaTable(uri).metadata().configuration.get(key) == "10"
+    # The property alone: no protocol change (delta-rs' own property operation adds writer
+    # features that delta-rs then refuses to write to).
+    assert DeltaTable(uri).protocol() == protocol
+    again = {u["table"]: u for u in maintain(crdb_delta_bin, root, "--no-compact")}
+    assert again["usertable"]["checkpoint_interval_set"] is False, again
+    sync(crdb_delta_bin, root, "update_delete")
+    check_final(root, "update_delete")
