@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 sys.path.insert(0, str(ROOT / "scripts"))
 from oracle import free_port  # noqa: E402
 from test_sync_oracle import create_container  # noqa: E402
-from bench_handler import BIN, p95, wait_port  # noqa: E402
+from bench_handler import BIN, p95, setup, wait_port  # noqa: E402
 
 FAN_OUT = dict(CRDB_DELTA_FAN_OUT="true", CRDB_DELTA_APPLY_QUEUE="crdb-delta-tables")
 
@@ -128,22 +127,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="the three set-ups this many times, alternating (default 1)")
     args = ap.parse_args()
-    if "CRDB_DELTA_BIN" not in os.environ:
-        subprocess.run(["cargo", "build", "--release", "--bin", "crdb-delta"], cwd=ROOT, check=True)
-    azurite = None
-    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
-    if not endpoint:
-        port = free_port()
-        azurite = subprocess.Popen(
-            [str(ROOT / ".tools/node/node_modules/.bin/azurite-blob"), "--blobHost", "127.0.0.1",
-             "--blobPort", str(port), "--inMemoryPersistence", "--extentMemoryLimit", "8192",
-             "--disableTelemetry", "--skipApiVersionCheck"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
-        time.sleep(2)
-    base = endpoint.rsplit("/", 1)[0]
-    env = dict(os.environ, AZURE_STORAGE_USE_EMULATOR="true", AZURITE_BLOB_STORAGE_URL=base,
-               CRDB_DELTA_LOG="warn")
+    azurite, endpoint, env = setup(extent_mib=8192)
+    base = env["AZURITE_BLOB_STORAGE_URL"]
     try:
         work = Path(tempfile.mkdtemp(prefix="bench-fan-out-"))
         container = "fo" + uuid.uuid4().hex[:10]

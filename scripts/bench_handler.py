@@ -40,14 +40,37 @@ def wait_port(port: int, proc, timeout=60.0) -> float:
     t0 = time.perf_counter()
     while True:
         if proc.poll() is not None:
-            raise SystemExit("serve exited")
+            raise SystemExit(f"{proc.args[0]} exited")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return time.perf_counter() - t0
         except OSError:
             if time.perf_counter() - t0 > timeout:
-                raise SystemExit("serve did not listen")
+                raise SystemExit(f"{proc.args[0]} did not listen")
             time.sleep(0.001)
+
+
+def setup(extent_mib: int):
+    """The release binary (built unless CRDB_DELTA_BIN names one), and Azurite: the one
+    AZURITE_BLOB_ENDPOINT names, else a fresh one started here (returned, to stop). Returns
+    (Azurite process or None, blob endpoint, environment for crdb-delta)."""
+    if "CRDB_DELTA_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "--bin", "crdb-delta"], cwd=ROOT, check=True)
+    azurite = None
+    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
+    if not endpoint:
+        port = free_port()
+        azurite = subprocess.Popen(
+            [str(ROOT / ".tools/node/node_modules/.bin/azurite-blob"), "--blobHost", "127.0.0.1",
+             "--blobPort", str(port), "--inMemoryPersistence", "--extentMemoryLimit",
+             str(extent_mib), "--disableTelemetry", "--skipApiVersionCheck"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
+        wait_port(port, azurite, timeout=30.0)  # a fixed sleep was sometimes too short
+    base = endpoint.rsplit("/", 1)[0]
+    env = dict(os.environ, AZURE_STORAGE_USE_EMULATOR="true", AZURITE_BLOB_STORAGE_URL=base,
+               CRDB_DELTA_LOG="warn")
+    return azurite, endpoint, env
 
 
 def p95(values: list[float]) -> float:
@@ -67,22 +90,7 @@ def main():
                          "which pump delivers; the latency is then RESOLVED -> every table committed")
     args = ap.parse_args()
     fan_out = dict(CRDB_DELTA_FAN_OUT="true", CRDB_DELTA_APPLY_QUEUE="t") if args.fan_out else {}
-    if "CRDB_DELTA_BIN" not in os.environ:
-        subprocess.run(["cargo", "build", "--release", "--bin", "crdb-delta"], cwd=ROOT, check=True)
-    azurite = None
-    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
-    if not endpoint:
-        port = free_port()
-        azurite = subprocess.Popen(
-            [str(ROOT / ".tools/node/node_modules/.bin/azurite-blob"), "--blobHost", "127.0.0.1",
-             "--blobPort", str(port), "--inMemoryPersistence", "--extentMemoryLimit", "4096",
-             "--disableTelemetry", "--skipApiVersionCheck"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
-        time.sleep(2)
-    base = endpoint.rsplit("/", 1)[0]
-    env = dict(os.environ, AZURE_STORAGE_USE_EMULATOR="true", AZURITE_BLOB_STORAGE_URL=base,
-               CRDB_DELTA_LOG="warn")
+    azurite, endpoint, env = setup(extent_mib=4096)
     results = {}
     try:
         work = Path(tempfile.mkdtemp(prefix="bench-handler-"))
