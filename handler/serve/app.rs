@@ -383,44 +383,26 @@ impl App {
         invocation: &str,
         until: Option<Hlc>,
     ) -> Result<(Option<Hlc>, String, bool), ServeError> {
-        let ttl = self.settings.lease;
         let out = async {
             let buffered = self.store.buffered().await?;
             // The newest RESOLVED announced so far: one run covers every waiting RESOLVED.
             let until = until.map(|u| newest_resolved(&buffered).map_or(u, |n| n.max(u)));
-            // `crdb-delta schema --target` output, read at every run: no redeploy (config.rs).
-            // Its options (window, slices, …) count as the app settings' own would.
-            let config =
-                crate::config::with_target_schema(&self.settings.config, &self.target).await?;
-            let mut opts = self.opts.reconfigured(config);
+            let mut opts = self.configured().await?;
             opts.until = until;
-            let (report, mut tick) = self.sync_renewing(&mut opts, &mut lease).await?;
+            let report = self.sync_held(&mut opts, &mut lease).await?;
             // CatchUp with time left: table upkeep, still under the lease (never beside an
             // apply of ours) and within the same budget.
             let mut upkept = 0;
             if until.is_none() && report.complete && opts.config.upkeep.unwrap_or(true) {
                 let deadline = opts.deadline.unwrap_or_else(std::time::Instant::now);
-                let upkeep = upkeep_options(&opts);
                 let mut paths: Vec<&str> = report.tables.values().map(|t| t.target.as_str()).collect();
                 paths.push(crate::engine::RESOLVED_LOG);
                 for p in paths {
                     if std::time::Instant::now() >= deadline {
                         break;
                     }
-                    let done = renewing(
-                        crate::maintain::maintain_table(&self.target, p, &upkeep),
-                        &mut lease,
-                        &mut tick,
-                        ttl,
-                    )
-                    .await;
-                    match done {
-                        Ok(u) => {
-                            upkept += 1;
-                            tracing::info!(invocation, table = %u.table, files_compacted = u.files_compacted, rows_purged = u.rows_purged, log_files_deleted = u.log_files_deleted, files_vacuumed = u.files_vacuumed, "upkeep");
-                        }
-                        // Upkeep is never worth failing the invocation for: next tick again.
-                        Err(e) => tracing::warn!(invocation, table = p, error = %e, "upkeep failed"),
+                    if self.upkeep_held(&mut lease, p, &opts, invocation).await {
+                        upkept += 1;
                     }
                 }
             }
@@ -452,25 +434,46 @@ impl App {
         out
     }
 
-    /// One engine run within the apply budget, renewing `lease` meanwhile; the ticker goes on
-    /// renewing it for what follows under the same lease (upkeep).
-    pub(super) async fn sync_renewing(
+    /// One engine run within the apply budget, holding `lease` meanwhile.
+    pub(super) async fn sync_held(
         &self,
         opts: &mut SyncOptions,
         lease: &mut super::store::Lease,
-    ) -> Result<(SyncReport, tokio::time::Interval), ServeError> {
-        let ttl = self.settings.lease;
+    ) -> Result<SyncReport, ServeError> {
         opts.deadline = Some(Instant::now() + self.settings.apply_budget);
-        let mut tick = tokio::time::interval(renew_every(ttl));
-        tick.tick().await;
-        let report = renewing(
-            sync(&self.source, &self.target, opts),
-            lease,
-            &mut tick,
-            ttl,
-        )
-        .await?;
-        Ok((report, tick))
+        let work = sync(&self.source, &self.target, opts);
+        Ok(lease.hold(self.settings.lease, work).await?)
+    }
+
+    /// Upkeep of one Delta table (`path` below the target) while holding `lease`: logged, never
+    /// an error (upkeep is not worth failing an invocation for: the next tick tries again).
+    pub(super) async fn upkeep_held(
+        &self,
+        lease: &mut super::store::Lease,
+        path: &str,
+        opts: &SyncOptions,
+        invocation: &str,
+    ) -> bool {
+        let upkeep = upkeep_options(opts);
+        let work = crate::maintain::maintain_table(&self.target, path, &upkeep);
+        match lease.hold(self.settings.lease, work).await {
+            Ok(u) => {
+                tracing::info!(invocation, table = %u.table, files_compacted = u.files_compacted, rows_purged = u.rows_purged, log_files_deleted = u.log_files_deleted, files_vacuumed = u.files_vacuumed, checkpoint_interval_set = u.checkpoint_interval_set, "upkeep");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(invocation, table = path, error = %e, "upkeep failed");
+                false
+            }
+        }
+    }
+
+    /// The options of a run, with the target's schema.json read again (as every run does:
+    /// `crdb-delta schema --target` output applies without a redeploy, and its options —
+    /// window, slices, … — count as the app settings' own would).
+    pub(super) async fn configured(&self) -> Result<SyncOptions, ServeError> {
+        let config = crate::config::with_target_schema(&self.settings.config, &self.target).await?;
+        Ok(self.opts.reconfigured(config))
     }
 
     /// Deletes the markers of RESOLVED files at or below `asked` and of data files every row of
@@ -624,7 +627,7 @@ pub(super) fn holder(invocation: &str) -> String {
 }
 
 /// The timer's table upkeep, as the config sets it.
-pub(super) fn upkeep_options(opts: &SyncOptions) -> crate::maintain::MaintainOptions {
+fn upkeep_options(opts: &SyncOptions) -> crate::maintain::MaintainOptions {
     crate::maintain::MaintainOptions {
         target_file_size: opts.target_file_size,
         retain: std::time::Duration::from_secs(
@@ -706,25 +709,4 @@ pub(super) const LEASE_POLL: Duration = Duration::from_millis(500);
 /// lease has expired by then and is taken over.
 pub fn lease_wait(ttl: Duration) -> Duration {
     ttl + Duration::from_secs(2)
-}
-
-/// How long to wait between lease renewals: never zero.
-/// Runs `work` while renewing the lease at every tick.
-pub(super) async fn renewing<T>(
-    work: impl std::future::Future<Output = T>,
-    lease: &mut super::store::Lease,
-    tick: &mut tokio::time::Interval,
-    ttl: Duration,
-) -> T {
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            r = &mut work => return r,
-            _ = tick.tick() => { lease.renew(ttl).await; }
-        }
-    }
-}
-
-pub fn renew_every(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(100))
 }

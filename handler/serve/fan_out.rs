@@ -27,11 +27,11 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::ServeError;
-use super::app::{App, LeaseWait, clip, holder, lease_wait, renew_every, renewing, upkeep_options};
+use super::app::{App, LeaseWait, clip, holder, lease_wait};
 use super::store::{Acquire, Lease, STATE_DIR, Store};
+use crate::engine::RESOLVED_LOG;
 use crate::engine::fan_out::{self, RecordRow};
 use crate::engine::faults::fault;
-use crate::engine::{RESOLVED_LOG, SyncOptions};
 use crate::functions::host::InvocationRequest;
 use crate::records::PartitionName;
 
@@ -55,6 +55,15 @@ pub struct TableMessage {
 pub struct Plan {
     pub tables: Vec<String>,
     pub partition: Option<PartitionName>,
+}
+
+impl From<fan_out::Cover> for Plan {
+    fn from(c: fan_out::Cover) -> Self {
+        Self {
+            tables: c.tables,
+            partition: c.partition,
+        }
+    }
 }
 
 impl Store {
@@ -221,11 +230,7 @@ impl App {
                 }
                 let cover =
                     fan_out::cover(&self.source, &self.target, &opts, Some(resolved)).await?;
-                let plan = Plan {
-                    tables: cover.tables,
-                    partition: cover.partition,
-                };
-                self.store.create_plan(resolved, &plan).await?
+                self.store.create_plan(resolved, &cover.into()).await?
             }
         };
         if plan.tables.is_empty() {
@@ -265,11 +270,9 @@ impl App {
         let mut messages = Vec::new();
         if let Some(r) = cover.resolved {
             // The listing just made covers the newest RESOLVED: its plan, unless one is there.
-            let plan = Plan {
-                tables: cover.tables,
-                partition: cover.partition,
-            };
-            let (line, m) = self.dispatch(r, Some(plan), true, invocation).await?;
+            let (line, m) = self
+                .dispatch(r, Some(cover.into()), true, invocation)
+                .await?;
             lines.push(line);
             messages = m;
         }
@@ -278,24 +281,12 @@ impl App {
             if let Acquire::Acquired(mut lease) =
                 self.store.acquire(&holder, self.settings.lease).await?
             {
-                let ttl = self.settings.lease;
-                let mut tick = tokio::time::interval(renew_every(ttl));
-                tick.tick().await;
-                let upkeep = upkeep_options(&opts);
-                let done = renewing(
-                    crate::maintain::maintain_table(&self.target, RESOLVED_LOG, &upkeep),
-                    &mut lease,
-                    &mut tick,
-                    ttl,
-                )
-                .await;
+                let done = self
+                    .upkeep_held(&mut lease, RESOLVED_LOG, &opts, invocation)
+                    .await;
                 lease.release().await;
-                match done {
-                    Ok(_) => lines.push("upkeep of the record table".into()),
-                    // A missing record table (nothing recorded yet) or a lost race: next tick.
-                    Err(e) => {
-                        tracing::info!(invocation, error = %e, "record table upkeep not done")
-                    }
+                if done {
+                    lines.push("upkeep of the record table".into());
                 }
             }
         }
@@ -412,7 +403,6 @@ impl App {
         upkeep: bool,
         invocation: &str,
     ) -> Result<String, ServeError> {
-        let ttl = self.settings.lease;
         let out = async {
             // Recorded (and ended) while this message waited for the lease: a duplicate.
             if self.store.plan(resolved).await?.is_none() {
@@ -424,7 +414,7 @@ impl App {
             opts.record = false;
             // Its share of the window: the tables of this process share it, as a step's do.
             opts.max_window_bytes /= self.opts.tables_at_once.max(1) as u64;
-            let (report, mut tick) = self.sync_renewing(&mut opts, &mut lease).await?;
+            let report = self.sync_held(&mut opts, &mut lease).await?;
             let Some(t) = report.tables.get(table) else {
                 // No file of it and no Delta table: quarantined (held), or not applied
                 // (`only_tables`); the plan said otherwise, so the record waits for it.
@@ -453,17 +443,7 @@ impl App {
                 }
             }
             if upkeep && opts.config.upkeep.unwrap_or(true) {
-                let done = renewing(
-                    crate::maintain::maintain_table(&self.target, &t.target, &upkeep_options(&opts)),
-                    &mut lease,
-                    &mut tick,
-                    ttl,
-                )
-                .await;
-                match done {
-                    Ok(u) => tracing::info!(invocation, table = %u.table, files_compacted = u.files_compacted, rows_purged = u.rows_purged, log_files_deleted = u.log_files_deleted, files_vacuumed = u.files_vacuumed, "upkeep"),
-                    Err(e) => tracing::warn!(invocation, table, error = %e, "upkeep failed"),
-                }
+                self.upkeep_held(&mut lease, &t.target, &opts, invocation).await;
             }
             let removed = self.cleanup(&report, None, Some(table)).await?;
             self.record_run(invocation, &report).await;
@@ -516,12 +496,6 @@ impl App {
             .map(|b| &b.marker)
             .collect();
         self.store.unbuffer(&done).await
-    }
-
-    /// The options of a run, with the target's schema.json read again (as every run does).
-    async fn configured(&self) -> Result<SyncOptions, ServeError> {
-        let config = crate::config::with_target_schema(&self.settings.config, &self.target).await?;
-        Ok(self.opts.reconfigured(config))
     }
 }
 

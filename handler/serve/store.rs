@@ -319,6 +319,24 @@ impl Lease {
         }
     }
 
+    /// Runs `work` while renewing the lease every third of `ttl` (never more often than every
+    /// 100 ms), so only a crashed holder's lease expires.
+    pub async fn hold<T>(
+        &mut self,
+        ttl: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut tick = tokio::time::interval(renew_every(ttl));
+        tick.tick().await;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                _ = tick.tick() => { self.renew(ttl).await; }
+            }
+        }
+    }
+
     /// Deletes the lock if it is still ours (a stale-broken lease belongs to someone else).
     pub async fn release(self) {
         let ours = match self.store.get(&self.path).await {
@@ -334,4 +352,9 @@ impl Lease {
             tracing::warn!(error = %e, "releasing the apply lease failed; it expires by itself");
         }
     }
+}
+
+/// How long to wait between lease renewals: never zero.
+pub fn renew_every(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(100))
 }
