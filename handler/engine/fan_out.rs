@@ -11,7 +11,7 @@ use crdb_delta_core::Hlc;
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan;
 
-use super::listing::{last_record, list, list_from};
+use super::listing::{last_record, list, list_from, partition_of};
 use super::resolved_log::{ResolvedLog, record_resolved};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
 use crate::delta::Target;
@@ -48,10 +48,15 @@ pub async fn cover(
         let recorded = ObjectName::Resolved(r.resolved?).render(r.partition);
         Some(plan::partition_start(&recorded, r.partition)).filter(|s| !s.is_empty())
     });
+    let recorded_partition = record.as_ref().map(|r| r.partition);
     let (mut objects, known) = match (record, start) {
         (Some(r), Some(start)) => (list_from(source, &start).await?.0, r.tables),
         _ => (list(source).await?.0, Vec::new()),
     };
+    // Nothing listed since the record (a RESOLVED event ahead of its listing): the record's.
+    let partition = partition_of(&objects)
+        .or(recorded_partition)
+        .map(Into::into);
     plan::keep_tables(&mut objects, &|t| opts.config.applies(t));
     // A RESOLVED far ahead of the clock is never the newest to fan out (a run refuses it too).
     let (now, tolerance) = clock(opts);
@@ -65,10 +70,6 @@ pub async fn cover(
             })
             .max()
     });
-    let partition = objects
-        .first()
-        .and_then(|o| ObjectName::parse_relative(&o.path).ok())
-        .map(|(_, p)| p.into());
     let Some(resolved) = resolved else {
         return Ok(Cover {
             resolved: None,

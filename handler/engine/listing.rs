@@ -165,6 +165,14 @@ pub(super) async fn list_from(
     Ok(collect_objects(source, metas))
 }
 
+/// How the changefeed partitions its files, from the first listed object's path.
+pub(super) fn partition_of(objects: &[Object]) -> Option<PartitionFormat> {
+    objects
+        .first()
+        .and_then(|o| ObjectName::parse_relative(&o.path).ok())
+        .map(|(_, p)| p)
+}
+
 pub(super) async fn fetch(source: &Location, obj: &Object) -> Result<bytes::Bytes, SyncError> {
     let path = source.child(&obj.path)?;
     Ok(source.get_bytes(&path).await?)

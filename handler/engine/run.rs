@@ -12,7 +12,7 @@ use crdb_delta_core::plan::{self, Object, Progress};
 use deltalake_core::DeltaTable;
 
 use super::apply::apply_table;
-use super::listing::{bounded_listing, check_resolved_content, list};
+use super::listing::{bounded_listing, check_resolved_content, list, partition_of};
 use super::read::Budget;
 use super::report::{SyncReport, peak_rss_mib};
 use super::resolved_log::{RecordRow, ResolvedLog, record_resolved};
@@ -159,10 +159,7 @@ pub(super) async fn sync_known(
             format!("{}: {}", r.path, r.reason)
         })
         .collect();
-    let partition = objects
-        .first()
-        .and_then(|o| ObjectName::parse_relative(&o.path).ok())
-        .map(|(_, p)| p);
+    let partition = partition_of(&objects);
     // Quarantined files: a held one stops its table (its files leave the plan), a skipped one
     // leaves the plan alone.
     let quarantine = Quarantine::new(target);
