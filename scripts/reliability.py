@@ -416,13 +416,16 @@ def applied_of(target: Path, table: str) -> str | None:
 
 
 def kill_case(ctx, mode: str, fmt: str, point: str, n: int, seed: int) -> dict:
-    case = Case("kills", f"{mode}-{fmt}-{point}-{n}-s{seed}", ctx.workdir, ctx.bin)
+    # Even hits run one step per RESOLVED, where each step reads the next one ahead while it
+    # writes (handler/engine/ahead.rs): the kill lands with a read-ahead under way.
+    each = n % 2 == 0
+    case = Case("kills", f"{mode}-{fmt}-{point}-{n}{'-each' if each else ''}-s{seed}", ctx.workdir, ctx.bin)
     feed, sim = ctx.feeds.get(f"std-{fmt}-{seed}-{ctx.preset['kill_windows']}",
                               standard_feed_args(fmt, seed, ctx.preset["kill_windows"]))
     case.commands.append(shlex.join(sim))
     target = case.dir / "delta"
-    args = sync_args(feed / "changefeed", target, feed / "truth", mode,
-                     "--max-window-bytes", "60000")
+    steps = ["--commit-each-resolved"] if each else ["--max-window-bytes", "60000"]
+    args = sync_args(feed / "changefeed", target, feed / "truth", mode, *steps)
     fault = {"CRDB_DELTA_FAULT": f"{point}:{n}"}
     kills = 0
     r1 = case.run(*args, env=fault)
@@ -448,7 +451,8 @@ def kill_case(ctx, mode: str, fmt: str, point: str, n: int, seed: int) -> dict:
     after = versions_of(target, defs)
     if r4.returncode != 0 or after != before:
         case.fail(f"a run with nothing new: {describe(r4)}, versions {before} -> {after}")
-    case.figures = {"mode": mode, "format": fmt, "point": point, "n": n, "runs": 4, "kills": kills,
+    case.figures = {"mode": mode, "format": fmt, "point": point, "n": n, "each_resolved": each,
+                    "runs": 4, "kills": kills,
                     "second_run": "killed" if r2.aborted else describe(r2),
                     "rows_lost": lost, "rows_unexpected": unexpected, "duplicate_keys": dup,
                     "time_travel": tt, "tables": tables}
@@ -946,13 +950,18 @@ def part_bad_inputs(ctx) -> list[dict]:
 # Part 4: concurrent syncs
 
 
-def race_case(ctx, mode: str, seed: int, windows: tuple[int, int]) -> dict:
+def race_case(ctx, mode: str, seed: int, windows: tuple) -> dict:
+    """Two syncs into one target; a window of "each" is one step per RESOLVED, each step
+    reading the next ahead (a read-ahead that a conflict must drop)."""
     case = Case("races", f"{mode}-s{seed}-w{windows[0]}-{windows[1]}", ctx.workdir, ctx.bin)
     feed, sim = ctx.feeds.get(f"std-json-{seed}-6", standard_feed_args("json", seed, 6))
     case.commands.append(shlex.join(sim))
     target = case.dir / "delta"
-    procs = [case.popen(*sync_args(feed / "changefeed", target, feed / "truth", mode,
-                                   "--max-window-bytes", str(w))) for w in windows]
+
+    def steps(w) -> list[str]:
+        return ["--commit-each-resolved"] if w == "each" else ["--max-window-bytes", str(w)]
+    procs = [case.popen(*sync_args(feed / "changefeed", target, feed / "truth", mode, *steps(w)))
+             for w in windows]
     case.note("wait")
     exits, replans, replans_logged, steps, commits = [], 0, 0, [], []
     for p in procs:
@@ -995,6 +1004,8 @@ def part_races(ctx) -> list[dict]:
             jobs.append((mode, ctx.seed + k, (60000, 60000)))
         # Different step boundaries: one process applies several RESOLVEDs in one commit.
         jobs.append((MODES[k % 3], ctx.seed + k, (30000, 250000)))
+        # One step per RESOLVED (reading ahead) against one process of larger steps.
+        jobs.append((MODES[(k + 1) % 3], ctx.seed + k, ("each", 60000)))
     # Each case runs two processes: one case at a time on two cores.
     return ctx.map(lambda j: race_case(ctx, *j), jobs, jobs_override=max(1, ctx.jobs // 2))
 

@@ -193,7 +193,59 @@ async fn commit_each_resolved_makes_one_version_per_resolved() {
     // Files that straddle a RESOLVED are read once: the next step takes their later rows from
     // memory.
     assert!(report.tables["usertable"].files_reused > 0, "{report:?}");
+    // Every step after the first was read while the one before it wrote.
+    assert_eq!(
+        report.tables["usertable"].steps_read_ahead,
+        resolveds - 1,
+        "{report:?}"
+    );
     assert_equals_truth(&target, &f.truth_dir, "usertable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_read_ahead_stops_its_table_at_the_step_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = small_straddling_feed(dir.path()).await;
+    // A data file named after the third RESOLVED (so not in the first two steps) cut short: the
+    // second step reads it ahead, fails, and the third step reads it again and quarantines it.
+    let root = format!(
+        "{}/",
+        dir.path().join("feed").to_string_lossy().replace('\\', "/")
+    );
+    let victim = walk(&dir.path().join("feed"))
+        .into_iter()
+        .filter_map(|p| {
+            let rel = p.strip_prefix(&root)?.to_owned();
+            match ObjectName::parse_relative(&rel) {
+                Ok((ObjectName::Data(d), _)) if d.ts > f.resolveds[1] && d.ts <= f.resolveds[2] => {
+                    Some((d.ts, p.clone(), rel))
+                }
+                _ => None,
+            }
+        })
+        .min()
+        .expect("a data file in the third RESOLVED interval");
+    let bytes = std::fs::read(&victim.1).unwrap();
+    std::fs::write(&victim.1, &bytes[..bytes.len() / 2]).unwrap();
+    let opts = SyncOptions {
+        config: f.config.clone(),
+        each_resolved: true,
+        ..SyncOptions::default()
+    };
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let report = sync(&f.feed, &target, &opts).await.unwrap();
+    // The stopped table leaves the run's report; its log says where it stopped.
+    let tb = Target::new(&target, "usertable")
+        .unwrap()
+        .open()
+        .await
+        .unwrap()
+        .expect("table exists");
+    let progress = delta::progress(&tb, "usertable").await.unwrap();
+    assert_eq!(progress.applied, Some(f.resolveds[1]), "{report:?}");
+    assert_eq!(tb.version(), Some(2), "{report:?}");
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    assert_eq!(report.quarantined[0].file, victim.2, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

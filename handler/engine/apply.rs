@@ -3,6 +3,7 @@
 //!
 //! [`apply_table`] reads as its stages: layout → read → merge → create → write → commit.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crdb_delta_core::Hlc;
@@ -17,6 +18,7 @@ use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
 use deltalake_core::kernel::{Add, Remove};
 use futures::StreamExt;
 
+use super::ahead::{self, Read, Shared};
 use super::carry::Keeper;
 use super::faults::{fault, pause};
 use super::read::{Budget, Reuse, derive_key, read_window};
@@ -37,25 +39,111 @@ fn change_err(table: &str) -> impl Fn(ChangeError) -> SyncError + '_ {
 /// Applies the step's `files` of one table up to `resolved` in one Delta commit — or, when
 /// the interval is too large for one window and no smaller step exists, its next key slice
 /// ([`Slices`]): the step loop plans the same RESOLVED again until the last slice lands.
+/// While it writes and commits, the table's next step may be read ahead ([`ahead`]).
 pub(super) async fn apply_table(
     state: &mut TableState,
     resolved: Hlc,
     files: &[usize],
-    objects: &[Object],
-    source: &Location,
-    opts: &SyncOptions,
+    shared: &Arc<Shared>,
     budget: &mut Budget<'_>,
 ) -> Result<(), SyncError> {
     let started = Instant::now();
+    let (objects, source, opts) = (&shared.objects, &shared.source, &shared.opts);
     let layout = step_layout(state, files, objects, source, opts).await?;
     let before = layout.clone();
-    let dopts = decode_options(state, &layout, opts)?;
-    let max = opts.max_window_bytes;
+    let dopts = decode_options(&state.name, &layout, opts)?;
     // Outside a sliced interval (also when another run finished it) this run's slice files
     // may hold keys a window changes.
     if state.progress.slices.is_none() {
         state.slice_files.clear();
     }
+    let (read, slices) = match ahead::take(
+        state,
+        resolved,
+        files,
+        &layout,
+        &dopts.columns,
+        budget.expansion,
+    )
+    .await
+    {
+        Some(read) => (read, None),
+        None => read_stage(state, resolved, files, shared, budget, &layout, &dopts).await?,
+    };
+    let Read {
+        log,
+        pending,
+        mut keeper,
+    } = read;
+    warn_inferred_floats(&state.name, &layout, log.layout(), files, objects, opts);
+    // The next step is read while this one writes and commits; it takes the kept rows.
+    let next = match slices {
+        None => ahead::start(
+            shared,
+            state,
+            ahead::Next {
+                resolved,
+                pending: pending.clone(),
+                layout: log.layout(),
+                expansion: budget.expansion,
+            },
+            &mut keeper,
+        ),
+        Some(_) => None,
+    };
+    let mut changes = apply::writer(state.mode, log);
+    fault("before-write");
+    let exists = state.table.is_some();
+    if !exists && !create_table(state, changes.log()).await? {
+        return Ok(());
+    }
+    let (adds, removes, new_files) = match write(state, exists, &mut *changes, opts).await? {
+        Written::Files {
+            adds,
+            removes,
+            new_files,
+        } => (adds, removes, new_files),
+        Written::Stale(conflict) => return replan(state, resolved, conflict).await,
+    };
+    fault("after-write");
+    let commit = plan_commit(
+        state, exists, &*changes, &before, resolved, pending, slices, adds, removes,
+    );
+    pause("before-commit").await;
+    let progress = commit.progress.clone();
+    let table = state.table.as_mut().expect("created above");
+    let version = match delta::commit(table, &state.target.path, commit).await? {
+        Committed::Version(v) => v,
+        Committed::Conflict(c) => return replan(state, resolved, c).await,
+    };
+    fault("after-commit");
+    if progress.slices.is_some() {
+        state.slice_files.extend(new_files);
+        state.report.slice_commits += 1;
+    } else {
+        state.slice_files.clear();
+        if let Some(k) = keeper {
+            state.carry = k.finish();
+        }
+    }
+    state.ahead = next;
+    account(state, &*changes, progress, resolved, version, started);
+    Ok(())
+}
+
+/// The read stage: the step's window, decoded and finished, and the key slice it holds when
+/// the interval is larger than the window (`None`: all of it).
+async fn read_stage(
+    state: &mut TableState,
+    resolved: Hlc,
+    files: &[usize],
+    shared: &Shared,
+    budget: &mut Budget<'_>,
+    layout: &Layout,
+    dopts: &DecodeOptions,
+) -> Result<(Read, Option<Slices>), SyncError> {
+    let (objects, source, opts) = (&shared.objects, &shared.source, &shared.opts);
+    let max = opts.max_window_bytes;
     let mut slices = match state.progress.slices {
         Some(s) if s.resolved != resolved => {
             return Err(SyncError::Table {
@@ -102,12 +190,13 @@ pub(super) async fn apply_table(
         // A file is decoded ahead, while its predecessor is merged in, up to an eighth of the
         // window.
         match read_window(
-            state,
+            &state.name,
+            &mut state.report,
             window,
             files,
             objects,
             source,
-            &dopts,
+            dopts,
             budget.expansion,
             limit,
             max / 8,
@@ -140,49 +229,19 @@ pub(super) async fn apply_table(
                     });
                 }
             }
-            Err(e) => return Err(type_locked(e, &state.name, &layout, opts)),
+            Err(e) => return Err(type_locked(e, &state.name, layout, opts)),
         }
     };
     state.report.rows_read += window.rows_read();
     let log = window.finish().map_err(change_err(&state.name))?;
-    warn_inferred_floats(&state.name, &layout, log.layout(), files, objects, opts);
-    let mut changes = apply::writer(state.mode, log);
-    fault("before-write");
-    let exists = state.table.is_some();
-    if !exists && !create_table(state, changes.log()).await? {
-        return Ok(());
-    }
-    let (adds, removes, new_files) = match write(state, exists, &mut *changes, opts).await? {
-        Written::Files {
-            adds,
-            removes,
-            new_files,
-        } => (adds, removes, new_files),
-        Written::Stale(conflict) => return replan(state, resolved, conflict).await,
-    };
-    fault("after-write");
-    let commit = plan_commit(
-        state, exists, &*changes, &before, resolved, pending, slices, adds, removes,
-    );
-    pause("before-commit").await;
-    let progress = commit.progress.clone();
-    let table = state.table.as_mut().expect("created above");
-    let version = match delta::commit(table, &state.target.path, commit).await? {
-        Committed::Version(v) => v,
-        Committed::Conflict(c) => return replan(state, resolved, c).await,
-    };
-    fault("after-commit");
-    if progress.slices.is_some() {
-        state.slice_files.extend(new_files);
-        state.report.slice_commits += 1;
-    } else {
-        state.slice_files.clear();
-        if let Some(k) = keeper {
-            state.carry = k.finish();
-        }
-    }
-    account(state, &*changes, progress, resolved, version, started);
-    Ok(())
+    Ok((
+        Read {
+            log,
+            pending,
+            keeper,
+        },
+        slices,
+    ))
 }
 
 /// The layout the step starts from: the table's, or for a new table the key (configured or
@@ -197,7 +256,7 @@ async fn step_layout(
 ) -> Result<Layout, SyncError> {
     let name = &state.name;
     let cfg = opts.config.table(name);
-    let mut layout = match &state.layout {
+    let layout = match &state.layout {
         Some(l) => l.clone(),
         None => {
             let key = match &cfg.primary_key {
@@ -211,19 +270,31 @@ async fn step_layout(
             Layout::new(key, split)
         }
     };
-    // Family 0 decides row deletes. Unconfigured, it is `primary` (CockroachDB's name for it
-    // unless the table names its families) once a file of that family was seen; otherwise it
-    // stays unknown and a row is deleted only when every known family reports a delete.
+    Ok(with_primary_family(layout, name, files, objects, opts))
+}
+
+/// Family 0 decides row deletes. Unconfigured, it is `primary` (CockroachDB's name for it
+/// unless the table names its families) once a file of that family was seen; otherwise it
+/// stays unknown and a row is deleted only when every known family reports a delete.
+pub(super) fn with_primary_family(
+    mut layout: Layout,
+    table: &str,
+    files: &[usize],
+    objects: &[Object],
+    opts: &SyncOptions,
+) -> Layout {
     let seen_primary = layout.families.contains_key("primary")
         || files.iter().any(|&i| match &objects[i].name {
             ObjectName::Data(d) => d.topic.family() == Some("primary"),
             ObjectName::Resolved(_) => false,
         });
-    layout.primary_family = cfg
+    layout.primary_family = opts
+        .config
+        .table(table)
         .primary_family
         .clone()
         .or_else(|| (layout.split_families && seen_primary).then(|| "primary".to_owned()));
-    Ok(layout)
+    layout
 }
 
 /// A new column typed `double` from JSON numbers (no SQL type configured) is said: in
@@ -278,12 +349,12 @@ fn type_locked(e: SyncError, table: &str, layout: &Layout, opts: &SyncOptions) -
 
 /// Column types for decoding: the table's win; configured SQL types fix the rest; others are
 /// inferred.
-fn decode_options(
-    state: &TableState,
+pub(super) fn decode_options(
+    table: &str,
     layout: &Layout,
     opts: &SyncOptions,
 ) -> Result<DecodeOptions, SyncError> {
-    let mut columns = opts.config.table(&state.name).column_types(&state.name)?;
+    let mut columns = opts.config.table(table).column_types(table)?;
     for (c, t) in &layout.columns {
         columns.insert(c.clone(), t.clone());
     }
@@ -379,15 +450,38 @@ async fn write(
         // Decided once per step: whether any change needs the old row's values.
         let needs_values = changes.needs_table_values();
         let table: &deltalake_core::DeltaTable = table;
+        // Whether a file is rewritten whole rather than given a deletion vector.
+        let rewrites = |f: &FileEntry| match storage {
+            Storage::CopyOnWrite => true,
+            Storage::DeletionVectors => rewrite_small && small(f),
+        };
         // The footer and the probe columns' chunks only, by byte ranges; a few files ahead, in
         // order, so the store's latency overlaps the merge (memory: FETCH_AHEAD probe sets).
+        // Files merged in one pass (deletion vectors, changes carrying whole rows) also have
+        // their probe columns decoded there, on a blocking thread, while earlier ones merge.
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let probe = &probe;
+            let one_pass = !rewrites(&f) && !needs_values;
+            let name = name.clone();
             async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
                 let dv = delta::read_deletion_vector(table, &f).await?;
                 let file = delta::TableFile::fetch_columns(table, &f.path, size, probe).await?;
-                Ok::<_, DeltaError>((f, dv, file))
+                if !one_pass {
+                    return Ok::<_, DeltaError>((f, dv, file, None));
+                }
+                let probe = probe.clone();
+                let table_name = name.clone();
+                let (dv, file, decoded) = tokio::task::spawn_blocking(move || {
+                    let decoded = decode_live(&table_name, &file, &probe, &dv, bs);
+                    (dv, file, decoded)
+                })
+                .await
+                .map_err(|e| DeltaError::Table {
+                    table: name,
+                    message: format!("decoding a table file: {e}"),
+                })?;
+                Ok((f, dv, file, Some(decoded)))
             }
         }))
         .buffered(FETCH_AHEAD);
@@ -396,52 +490,61 @@ async fn write(
             Written::Stale(Conflict::FileGone { path, version })
         };
         while let Some(fetched) = fetches.next().await {
-            let (f, old_dv, mut file) = match fetched {
+            let (f, old_dv, mut file, decoded) = match fetched {
                 Ok(x) => x,
                 Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path)),
                 Err(e) => return Err(e.into()),
             };
             state.report.table_files_read += 1;
-            let rewrite = match storage {
-                Storage::CopyOnWrite => true,
-                Storage::DeletionVectors => rewrite_small && small(&f),
-            };
+            let rewrite = rewrites(&f);
             let keep = if rewrite { Keep::All } else { Keep::Changed };
             // Merge-on-read of changes that carry whole rows needs the key columns only: one
-            // pass merges them. Otherwise decide from the probe columns first, then stream the
-            // whole file through the merge; one batch at a time either way.
-            let probe_only = keep == Keep::Changed && !needs_values;
-            if !probe_only {
-                let mut touched = false;
-                let mut first = 0u64;
-                for b in file.batches(Some(&probe), bs)? {
-                    let (live, _) = live_rows(&name, &b?, &old_dv, &mut first)?;
-                    if changes.touches(&live).map_err(change_err(&name))? {
-                        touched = true;
-                        break;
-                    }
+            // pass merges them (decoded above). Otherwise decide from the probe columns first,
+            // then stream the whole file through the merge; one batch at a time either way.
+            if let Some(decoded) = decoded {
+                state.report.table_bytes_read += file.stored_bytes();
+                let mut dv = old_dv.clone();
+                for (live, positions) in decoded? {
+                    let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
+                    dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
+                    writer.write(merged.batch).await.map_err(delta_err(&name))?;
                 }
-                if !touched {
-                    state.report.table_bytes_read += file.stored_bytes();
-                    continue;
+                // Nothing of this file superseded: no new deletion vector.
+                if dv.cardinality() != old_dv.cardinality() {
+                    state.report.files_with_deletion_vectors += 1;
+                    deleted.push((f, dv));
                 }
-                match file.fetch_all(table).await {
-                    Ok(()) => {}
-                    Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path)),
-                    Err(e) => return Err(e.into()),
+                continue;
+            }
+            let mut touched = false;
+            let mut first = 0u64;
+            for b in file.batches(Some(&probe), bs)? {
+                let (live, _) = live_rows(&name, &b?, &old_dv, &mut first)?;
+                if changes.touches(&live).map_err(change_err(&name))? {
+                    touched = true;
+                    break;
                 }
+            }
+            if !touched {
+                state.report.table_bytes_read += file.stored_bytes();
+                continue;
+            }
+            match file.fetch_all(table).await {
+                Ok(()) => {}
+                Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path)),
+                Err(e) => return Err(e.into()),
             }
             state.report.table_bytes_read += file.stored_bytes();
             let mut dv = old_dv.clone();
             let mut first = 0u64;
-            for b in file.batches(probe_only.then_some(probe.as_slice()), bs)? {
+            for b in file.batches(None, bs)? {
                 let (live, positions) = live_rows(&name, &b?, &old_dv, &mut first)?;
                 let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
                 dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
                 writer.write(merged.batch).await.map_err(delta_err(&name))?;
             }
             if dv.cardinality() == old_dv.cardinality() {
-                // Nothing of this file was superseded (only possible in the one-pass case).
+                // Nothing of this file was superseded.
                 continue;
             }
             if rewrite {
@@ -478,6 +581,23 @@ async fn write(
         removes,
         new_files,
     })
+}
+
+/// A table file's probe columns, decoded: each batch's rows its deletion vector does not hide,
+/// with their positions in the file.
+fn decode_live(
+    table: &str,
+    file: &delta::TableFile,
+    probe: &[String],
+    dv: &DeletionVector,
+    batch_size: usize,
+) -> Result<Vec<(arrow_array::RecordBatch, Vec<u64>)>, SyncError> {
+    let mut first = 0u64;
+    let mut out = Vec::new();
+    for b in file.batches(Some(probe), batch_size)? {
+        out.push(live_rows(table, &b?, dv, &mut first)?);
+    }
+    Ok(out)
 }
 
 /// The rows of a file batch its deletion vector does not hide, and their positions in the file

@@ -17,6 +17,7 @@
 //! | [`table`] | opening a table (mode, layout, progress) and re-planning after a conflict |
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
+//! | [`ahead`] | a table's next step read while this one writes (one RESOLVED per step) |
 //! | [`resolved_log`] | the multi-table `_crdb_delta_resolved` record |
 //! | [`fan_out`] | the tables a RESOLVED covers, and its record, when each table is applied apart |
 //! | [`report`] | what a run did, per table |
@@ -27,6 +28,7 @@
 //! files may hold a key) and `crdb_delta_core::apply` (what a mode writes); this folder does the
 //! I/O around them.
 
+pub mod ahead;
 pub mod apply;
 pub mod carry;
 pub mod dry_run;

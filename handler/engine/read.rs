@@ -13,6 +13,7 @@ use crdb_delta_core::plan::{self, Object};
 
 use super::carry::{self, Keeper};
 use super::listing::fetch;
+use super::report::TableReport;
 use super::table::TableState;
 use super::{SyncError, SyncOptions};
 
@@ -140,7 +141,8 @@ pub(super) struct Reuse<'a> {
 /// when it keeps one key slice) before reading stops with [`SyncError::WindowOverflow`].
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_window(
-    state: &mut TableState,
+    name: &str,
+    report: &mut TableReport,
     mut window: Window,
     files: &[usize],
     objects: &[Object],
@@ -179,7 +181,7 @@ pub(super) async fn read_window(
             ahead = decode_ahead(&objects[next], source, dopts);
         }
         let path = obj.path.clone();
-        let table = state.name.clone();
+        let table = name.to_owned();
         let before = decoded_total;
         let push_err = move |source| SyncError::Change {
             table: table.clone(),
@@ -194,16 +196,16 @@ pub(super) async fn read_window(
             (None, Some(handle)) => {
                 let got = handle.await??;
                 read(got.fetched);
-                state.report.bytes_read += got.fetched;
-                state.report.files_read += 1;
-                state.report.bare_envelope |= got.bare;
+                report.bytes_read += got.fetched;
+                report.files_read += 1;
+                report.bare_envelope |= got.bare;
                 Input::Batches(got.batches)
             }
             (None, None) => {
                 let bytes = fetch(source, obj).await?;
                 read(bytes.len() as u64);
-                state.report.bytes_read += bytes.len() as u64;
-                state.report.files_read += 1;
+                report.bytes_read += bytes.len() as u64;
+                report.files_read += 1;
                 Input::Stream(bytes, dopts.clone())
             }
         };
@@ -237,15 +239,15 @@ pub(super) async fn read_window(
         })
         .await??;
         let (pushed, bare) = pushed;
-        state.report.bare_envelope |= bare;
+        report.bare_envelope |= bare;
         window = pushed.window;
         let (decoded, over) = (pushed.decoded, pushed.over);
         decoded_total += decoded;
         stored_read += obj.size;
         if was_reused {
-            state.report.files_reused += 1;
+            report.files_reused += 1;
         } else {
-            state.report.decoded_bytes += decoded;
+            report.decoded_bytes += decoded;
             if expansion.observe(obj, decoded) || over {
                 tracing::debug!(file = %obj.path, stored = obj.size, decoded, "decoded size above the estimate");
             }
@@ -256,7 +258,7 @@ pub(super) async fn read_window(
             let estimate = (decoded_total as f64 * stored_all.max(1) as f64
                 / stored_read.max(1) as f64) as u64;
             return Err(SyncError::WindowOverflow {
-                table: state.name.clone(),
+                table: name.to_owned(),
                 decoded: decoded_total,
                 estimate: estimate.max(decoded_total),
             });

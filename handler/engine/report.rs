@@ -34,6 +34,9 @@ pub struct TableReport {
     /// Files not read again: their rows past the previous step's RESOLVED were kept in memory
     /// ([`super::carry`]).
     pub files_reused: u64,
+    /// Steps whose window was read while the step before wrote and committed
+    /// ([`super::ahead`]; one step per RESOLVED only).
+    pub steps_read_ahead: u64,
     pub bytes_read: u64,
     /// Input after decompression (what `max_window_bytes` counts).
     pub decoded_bytes: u64,
@@ -51,6 +54,18 @@ pub struct TableReport {
     /// Files of this run were in the `bare` envelope: a delete cannot be told from an update
     /// to all-NULL there (format spec §3.3), so deletes were applied as such rows.
     pub bare_envelope: bool,
+}
+
+impl TableReport {
+    /// Adds the read figures of `other` (a read made ahead, [`super::ahead`]).
+    pub(super) fn add_read(&mut self, other: &TableReport) {
+        self.files_read += other.files_read;
+        self.files_reused += other.files_reused;
+        self.bytes_read += other.bytes_read;
+        self.decoded_bytes += other.decoded_bytes;
+        self.rows_read += other.rows_read;
+        self.bare_envelope |= other.bare_envelope;
+    }
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -11,6 +11,7 @@ use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::{self, Object, Progress};
 use deltalake_core::DeltaTable;
 
+use super::ahead::{AbortOnDrop, Shared};
 use super::apply::apply_table;
 use super::listing::{bounded_listing, check_resolved_content, list, partition_of};
 use super::read::Budget;
@@ -29,13 +30,6 @@ use crate::storage::Location;
 /// sizes.
 type Outcome = (String, Result<(), SyncError>, plan::Expansion);
 
-/// What every table's apply task of a step reads.
-struct Shared {
-    objects: Vec<Object>,
-    source: Location,
-    opts: SyncOptions,
-}
-
 /// One table's apply of a step, on a task of its own: owns the table's state and hands it back
 /// (`pos`: its place among the run's tables).
 async fn apply_task(
@@ -52,44 +46,9 @@ async fn apply_task(
         expansion: &mut learnt,
         shrinkable,
     };
-    let r = apply_table(
-        &mut state,
-        resolved,
-        &files,
-        &shared.objects,
-        &shared.source,
-        &shared.opts,
-        &mut budget,
-    )
-    .await;
+    let r = apply_table(&mut state, resolved, &files, &shared, &mut budget).await;
     let name = state.name.clone();
     (pos, state, (name, r, learnt))
-}
-
-/// A spawned apply, aborted if the run is dropped (a lost lease, Ctrl-C): it stops like a crash
-/// would, which every stage is safe against, instead of going on unsupervised.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = T;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<T> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
-            Ok(v) => v,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only `abort`, which runs when this handle is dropped, cancels the task.
-            Err(e) => unreachable!("apply task cancelled while awaited: {e}"),
-        })
-    }
 }
 
 /// Applies everything up to the newest RESOLVED (or `opts.until`).
@@ -306,11 +265,7 @@ pub(super) async fn sync_known(
         // apply is a task of its own, so tables of a step merge on both cores: the step's
         // tables move into their tasks and come back with the outcome.
         let outcomes: Vec<Outcome> = {
-            let shared = Arc::new(Shared {
-                objects: objects.clone(),
-                source: source.clone(),
-                opts: opts.clone(),
-            });
+            let shared = Arc::new(Shared::new(objects.clone(), source, opts, &step, &progress));
             let (applying, idle): (Vec<_>, Vec<_>) = std::mem::take(&mut states)
                 .into_iter()
                 .enumerate()

@@ -37,6 +37,8 @@ pub(super) struct TableState {
     pub(super) slice_files: std::collections::HashSet<String>,
     /// Rows the last step read past its RESOLVED, for the next step ([`super::carry`]).
     pub(super) carry: super::carry::Carry,
+    /// The table's next step, being read while this one was written ([`super::ahead`]).
+    pub(super) ahead: Option<super::ahead::Ahead>,
 }
 
 pub(super) async fn open_table(
@@ -105,6 +107,7 @@ pub(super) async fn open_table(
         skipped: Vec::new(),
         slice_files: Default::default(),
         carry: Default::default(),
+        ahead: None,
     })
 }
 
@@ -141,6 +144,7 @@ pub(super) async fn replan(
     // this run wrote for its slices may then hold keys that interval changes.
     state.slice_files.clear();
     state.carry = Default::default();
+    state.ahead = None;
     state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
     state.progress = p;
     state.table = Some(fresh);
