@@ -391,6 +391,10 @@ async fn create_table(state: &mut TableState, log: &ChangeLog) -> Result<bool, S
 /// Table files fetched ahead of the one being merged (their probe columns only).
 const FETCH_AHEAD: usize = 4;
 
+/// Decoded bytes per row assumed of a file's probe columns with each row's position (a key of a
+/// few dozen bytes, its offset, the position): what a file decoded ahead is budgeted at.
+const PROBE_ROW_BYTES: u64 = 64;
+
 /// Deletion vectors: from this many files below [`SyncOptions::rewrite_below`] on, the small
 /// files a step changes are rewritten (like Databricks' auto compaction, which also waits for
 /// a minimum number of small files; few here, as each one costs every later step a probe).
@@ -458,10 +462,14 @@ async fn write(
         // The footer and the probe columns' chunks only, by byte ranges; a few files ahead, in
         // order, so the store's latency overlaps the merge (memory: FETCH_AHEAD probe sets).
         // Files merged in one pass (deletion vectors, changes carrying whole rows) also have
-        // their probe columns decoded there, on a blocking thread, while earlier ones merge.
+        // their probe columns decoded there, on a blocking thread, while earlier ones merge:
+        // those whose rows fit an eighth of the window shared by the files ahead (larger ones,
+        // and files of unknown row count, are decoded batch by batch as they merge).
+        let ahead_rows = opts.max_window_bytes / 8 / FETCH_AHEAD as u64 / PROBE_ROW_BYTES;
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let probe = &probe;
-            let one_pass = !rewrites(&f) && !needs_values;
+            let one_pass =
+                !rewrites(&f) && !needs_values && f.num_records.is_some_and(|n| n <= ahead_rows);
             let name = name.clone();
             async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
@@ -499,12 +507,25 @@ async fn write(
             let rewrite = rewrites(&f);
             let keep = if rewrite { Keep::All } else { Keep::Changed };
             // Merge-on-read of changes that carry whole rows needs the key columns only: one
-            // pass merges them (decoded above). Otherwise decide from the probe columns first,
-            // then stream the whole file through the merge; one batch at a time either way.
-            if let Some(decoded) = decoded {
+            // pass merges them (decoded above, or here batch by batch). Otherwise decide from
+            // the probe columns first, then stream the whole file through the merge; one batch
+            // at a time either way.
+            if !rewrite && !needs_values {
                 state.report.table_bytes_read += file.stored_bytes();
                 let mut dv = old_dv.clone();
-                for (live, positions) in decoded? {
+                let batches: Box<dyn Iterator<Item = _> + Send> = match decoded {
+                    Some(decoded) => Box::new(decoded?.into_iter().map(Ok)),
+                    None => {
+                        let mut first = 0u64;
+                        let (name, old_dv) = (&name, &old_dv);
+                        Box::new(
+                            file.batches(Some(&probe), bs)?
+                                .map(move |b| live_rows(name, &b?, old_dv, &mut first)),
+                        )
+                    }
+                };
+                for b in batches {
+                    let (live, positions) = b?;
                     let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
                     dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
                     writer.write(merged.batch).await.map_err(delta_err(&name))?;
