@@ -468,14 +468,14 @@ async fn write(
         let ahead_rows = opts.max_window_bytes / 8 / FETCH_AHEAD as u64 / PROBE_ROW_BYTES;
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let probe = &probe;
-            let one_pass =
+            let decode_ahead =
                 !rewrites(&f) && !needs_values && f.num_records.is_some_and(|n| n <= ahead_rows);
             let name = name.clone();
             async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
                 let dv = delta::read_deletion_vector(table, &f).await?;
                 let file = delta::TableFile::fetch_columns(table, &f.path, size, probe).await?;
-                if !one_pass {
+                if !decode_ahead {
                     return Ok::<_, DeltaError>((f, dv, file, None));
                 }
                 let probe = probe.clone();
