@@ -175,18 +175,27 @@ async fn assert_equals_truth(target: &Location, truth_dir: &std::path::Path, tab
     assert_eq!(actual, truth_rows(truth_dir, table, &columns), "{table}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commit_each_resolved_makes_one_version_per_resolved() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = small_straddling_feed(dir.path()).await;
-    let resolveds = f.resolveds.len() as u64;
+/// `sync --commit-each-resolved` of the feed into `dir/delta`.
+async fn sync_each_resolved(
+    dir: &std::path::Path,
+    f: &SmallFeed,
+) -> (Location, crdb_delta::engine::SyncReport) {
     let opts = SyncOptions {
         config: f.config.clone(),
         each_resolved: true,
         ..SyncOptions::default()
     };
-    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let target = Location::open(dir.join("delta").to_str().unwrap()).unwrap();
     let report = sync(&f.feed, &target, &opts).await.unwrap();
+    (target, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_each_resolved_makes_one_version_per_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = small_straddling_feed(dir.path()).await;
+    let resolveds = f.resolveds.len() as u64;
+    let (target, report) = sync_each_resolved(dir.path(), &f).await;
     // The default window holds the whole feed: without the option this is one step.
     assert_eq!(report.steps, resolveds, "{report:?}");
     assert_eq!(report.tables["usertable"].commits, resolveds, "{report:?}");
@@ -227,13 +236,7 @@ async fn a_bad_file_read_ahead_stops_its_table_at_the_step_before() {
         .expect("a data file in the third RESOLVED interval");
     let bytes = std::fs::read(&victim.1).unwrap();
     std::fs::write(&victim.1, &bytes[..bytes.len() / 2]).unwrap();
-    let opts = SyncOptions {
-        config: f.config.clone(),
-        each_resolved: true,
-        ..SyncOptions::default()
-    };
-    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
-    let report = sync(&f.feed, &target, &opts).await.unwrap();
+    let (target, report) = sync_each_resolved(dir.path(), &f).await;
     // The stopped table leaves the run's report; its log says where it stopped.
     let tb = Target::new(&target, "usertable")
         .unwrap()

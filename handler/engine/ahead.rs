@@ -17,6 +17,7 @@ use crdb_delta_core::format::decode::DecodeOptions;
 use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::plan::{self, Object, Progress};
 
+use super::AbortOnDrop;
 use super::carry::{Batches, Keeper};
 use super::read::{Reuse, read_window};
 use super::report::TableReport;
@@ -70,32 +71,6 @@ impl Shared {
             after,
             room,
         }
-    }
-}
-
-/// A spawned task, aborted when dropped (a dropped read-ahead, a lost lease, Ctrl-C): it stops
-/// like a crash would, which every stage is safe against, instead of going on unsupervised.
-pub(super) struct AbortOnDrop<T>(pub(super) tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = T;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<T> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
-            Ok(v) => v,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only `abort`, which runs when this handle is dropped, cancels the task.
-            Err(e) => unreachable!("task cancelled while awaited: {e}"),
-        })
     }
 }
 

@@ -18,6 +18,7 @@ use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
 use deltalake_core::kernel::{Add, Remove};
 use futures::StreamExt;
 
+use super::AbortOnDrop;
 use super::ahead::{self, Read, Shared};
 use super::carry::Keeper;
 use super::faults::{fault, pause};
@@ -466,19 +467,22 @@ async fn write(
         // those whose rows fit an eighth of the window shared by the files ahead (larger ones,
         // and files of unknown row count, are decoded batch by batch as they merge).
         let ahead_rows = opts.max_window_bytes / 8 / FETCH_AHEAD as u64 / PROBE_ROW_BYTES;
+        // Each file's fetch (and decode) is a task of its own, so it goes on while the loop
+        // below merges; dropped with the loop, the tasks are aborted.
+        let fetch_from = Arc::new(table.clone());
+        let probe_shared = Arc::new(probe.clone());
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
-            let probe = &probe;
+            let (table, probe) = (fetch_from.clone(), probe_shared.clone());
             let decode_ahead =
                 !rewrites(&f) && !needs_values && f.num_records.is_some_and(|n| n <= ahead_rows);
             let name = name.clone();
-            async move {
+            AbortOnDrop(tokio::spawn(async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
-                let dv = delta::read_deletion_vector(table, &f).await?;
-                let file = delta::TableFile::fetch_columns(table, &f.path, size, probe).await?;
+                let dv = delta::read_deletion_vector(&table, &f).await?;
+                let file = delta::TableFile::fetch_columns(&table, &f.path, size, &probe).await?;
                 if !decode_ahead {
                     return Ok::<_, DeltaError>((f, dv, file, None));
                 }
-                let probe = probe.clone();
                 let table_name = name.clone();
                 let (dv, file, decoded) = tokio::task::spawn_blocking(move || {
                     let decoded = decode_live(&table_name, &file, &probe, &dv, bs);
@@ -490,7 +494,7 @@ async fn write(
                     message: format!("decoding a table file: {e}"),
                 })?;
                 Ok((f, dv, file, Some(decoded)))
-            }
+            }))
         }))
         .buffered(FETCH_AHEAD);
         let gone = |path: String| {

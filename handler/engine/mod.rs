@@ -302,6 +302,32 @@ impl Default for SyncOptions {
     }
 }
 
+/// A spawned task, aborted when dropped (a dropped read-ahead or fetch, a lost lease, Ctrl-C): it stops
+/// like a crash would, which every stage is safe against, instead of going on unsupervised.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only `abort`, which runs when this handle is dropped, cancels the task.
+            Err(e) => unreachable!("task cancelled while awaited: {e}"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,8 @@ use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::{self, Object, Progress};
 use deltalake_core::DeltaTable;
 
-use super::ahead::{AbortOnDrop, Shared};
+use super::AbortOnDrop;
+use super::ahead::Shared;
 use super::apply::apply_table;
 use super::listing::{bounded_listing, check_resolved_content, list, partition_of};
 use super::read::Budget;
