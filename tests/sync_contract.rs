@@ -212,6 +212,28 @@ async fn commit_each_resolved_makes_one_version_per_resolved() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_step_is_read_ahead_when_the_window_leaves_no_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = small_straddling_feed(dir.path()).await;
+    let resolveds = f.resolveds.len() as u64;
+    // Every step is larger than the window (and too small to slice): none leaves room for the
+    // next one's read.
+    let opts = SyncOptions {
+        config: f.config.clone(),
+        each_resolved: true,
+        max_window_bytes: 1,
+        min_slice_bytes: 1 << 40,
+        ..SyncOptions::default()
+    };
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let report = sync(&f.feed, &target, &opts).await.unwrap();
+    let t = &report.tables["usertable"];
+    assert_eq!(t.commits, resolveds, "{report:?}");
+    assert_eq!(t.steps_read_ahead, 0, "{report:?}");
+    assert_equals_truth(&target, &f.truth_dir, "usertable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_read_ahead_stops_its_table_at_the_step_before() {
     let dir = tempfile::tempdir().unwrap();
     let f = small_straddling_feed(dir.path()).await;

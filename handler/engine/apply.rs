@@ -460,6 +460,8 @@ async fn write(
             Storage::CopyOnWrite => true,
             Storage::DeletionVectors => rewrite_small && small(f),
         };
+        // Whether a file merges in one pass over its probe columns (see the loop below).
+        let one_pass = |f: &FileEntry| !rewrites(f) && !needs_values;
         // The footer and the probe columns' chunks only, by byte ranges; a few files ahead, in
         // order, so the store's latency overlaps the merge (memory: FETCH_AHEAD probe sets).
         // Files merged in one pass (deletion vectors, changes carrying whole rows) also have
@@ -473,8 +475,7 @@ async fn write(
         let probe_shared = Arc::new(probe.clone());
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let (table, probe) = (fetch_from.clone(), probe_shared.clone());
-            let decode_ahead =
-                !rewrites(&f) && !needs_values && f.num_records.is_some_and(|n| n <= ahead_rows);
+            let decode_ahead = one_pass(&f) && f.num_records.is_some_and(|n| n <= ahead_rows);
             let name = name.clone();
             AbortOnDrop(tokio::spawn(async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
@@ -483,16 +484,11 @@ async fn write(
                 if !decode_ahead {
                     return Ok::<_, DeltaError>((f, dv, file, None));
                 }
-                let table_name = name.clone();
-                let (dv, file, decoded) = tokio::task::spawn_blocking(move || {
-                    let decoded = decode_live(&table_name, &file, &probe, &dv, bs);
+                let (dv, file, decoded) = AbortOnDrop(tokio::task::spawn_blocking(move || {
+                    let decoded = decode_live(&name, &file, &probe, &dv, bs);
                     (dv, file, decoded)
-                })
-                .await
-                .map_err(|e| DeltaError::Table {
-                    table: name,
-                    message: format!("decoding a table file: {e}"),
-                })?;
+                }))
+                .await;
                 Ok((f, dv, file, Some(decoded)))
             }))
         }))
@@ -514,7 +510,7 @@ async fn write(
             // pass merges them (decoded above, or here batch by batch). Otherwise decide from
             // the probe columns first, then stream the whole file through the merge; one batch
             // at a time either way.
-            if !rewrite && !needs_values {
+            if one_pass(&f) {
                 state.report.table_bytes_read += file.stored_bytes();
                 let mut dv = old_dv.clone();
                 let batches: Box<dyn Iterator<Item = _> + Send> = match decoded {

@@ -302,8 +302,9 @@ impl Default for SyncOptions {
     }
 }
 
-/// A spawned task, aborted when dropped (a dropped read-ahead or fetch, a lost lease, Ctrl-C): it stops
-/// like a crash would, which every stage is safe against, instead of going on unsupervised.
+/// A spawned task, aborted when dropped (a dropped read-ahead or fetch, a lost lease, Ctrl-C):
+/// it stops like a crash would, which every stage is safe against, instead of going on
+/// unsupervised. A panic in it is resumed where it is awaited.
 pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
