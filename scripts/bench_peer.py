@@ -2,7 +2,8 @@
 """`crdb-delta sync` against a Python peer, side by side in one run (issue 12).
 
     /work/main/.tools/venv/bin/python scripts/bench_peer.py [--changes 1000000] [--initial-rows 100000]
-        [--resolveds 20] [--ycsb-fields 3] [--runs 3] [--formats parquet,json] [--work target/bench-peer]
+        [--resolveds 20] [--ycsb-fields 3] [--runs 3] [--formats parquet,json]
+        [--workloads whole,per-resolved] [--work target/bench-peer]
 
 Run it with the project's venv interpreter (`.tools/venv/bin/python`, which has `deltalake` and
 `pyarrow`): the peer runs as `sys.executable` of this script. The binary is `$CRDB_DELTA_BIN`
@@ -34,7 +35,12 @@ medians of RUNS):
     default window, as the function applies one RESOLVED per event when it keeps up) vs the peer
     with one MERGE per RESOLVED;
   - floor (Parquet): read every file with pyarrow, then write the final rows (the simulator's
-    ground truth, prepared beforehand as one Parquet file) with one `write_deltalake`.
+    ground truth, prepared beforehand as one Parquet file) with one `write_deltalake`. Its runs
+    alternate with the Parquet whole-backlog runs (crdb-delta, peer, floor, ...), since the floor
+    moves with the machine's state as much as anything: besides the ratio of medians, the median
+    of each run's whole-backlog / floor ratio is printed.
+`--workloads whole` (or `per-resolved`) runs one kind only, e.g. more rounds of the floor
+comparison: `--formats parquet --workloads whole --runs 9`.
 
 Wall time and peak RSS of every run are measured the same way from outside: each run is a child
 process of this script (the peer too: `bench_peer.py --peer-run ...`), its wall clock taken around
@@ -328,6 +334,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--formats", default="parquet,json")
     ap.add_argument("--no-floor", action="store_true")
+    ap.add_argument("--workloads", default="whole,per-resolved",
+                    help="which to run: whole (backlog), per-resolved (one commit per RESOLVED), or both")
     ap.add_argument("--work", default=str(ROOT / "target" / "bench-peer"))
     ap.add_argument("--bin", default=DEFAULT_BIN)
     # a child's run
@@ -373,8 +381,16 @@ def main() -> None:
               f"{json.loads((truth_dir / 'manifest.json').read_text())['summary']['messages']:,} messages, "
               f"final table {truth.num_rows:,} rows", flush=True)
         name = "Parquet" if fmt == "parquet" else "NDJSON"
-        workloads.append((f"{name}, whole backlog", fmt, False))
-        workloads.append((f"{name}, one commit per RESOLVED", fmt, True))
+        kinds = a.workloads.split(",")
+        if "whole" in kinds:
+            workloads.append((f"{name}, whole backlog", fmt, False))
+        if "per-resolved" in kinds:
+            workloads.append((f"{name}, one commit per RESOLVED", fmt, True))
+    if not workloads:
+        sys.exit("--workloads names none of: whole, per-resolved")
+    floor_label = None
+    if "parquet" in feeds and "whole" in a.workloads.split(",") and not a.no_floor:
+        floor_label = "Parquet floor: read every file, write the final rows once"
 
     def crdb(fmt: str, per_resolved: bool, target: Path) -> dict:
         f = feeds[fmt]
@@ -411,32 +427,26 @@ def main() -> None:
                 "import_s": rep["import_s"], "read_s": rep["read_s"], "prep_s": rep["prep_s"], "write_s": rep["write_s"]}
 
     results = {}  # label -> {"crdb": [...], "peer": [...]}
+    if floor_label:
+        results[floor_label] = {"crdb": [], "peer": []}
     for label, fmt, per_resolved in workloads:
         f = feeds[fmt]
         results[label] = {"crdb": [], "peer": []}
+        with_floor = floor_label is not None and fmt == "parquet" and not per_resolved
         for i in range(a.runs):
-            for side in ("crdb", "peer"):
+            for side in ("crdb", "peer") + (("floor",) if with_floor else ()):
                 target = work / f"target-{side}"
                 run("rm", "-rf", str(target))
-                r = (crdb if side == "crdb" else peer)(fmt, per_resolved, target)
+                if side == "floor":
+                    r = peer(fmt, False, target, floor=True)
+                    results[floor_label]["peer"].append(r)
+                else:
+                    r = (crdb if side == "crdb" else peer)(fmt, per_resolved, target)
+                    results[label][side].append(r)
                 check(target / TABLE, f["truth"], f["keys"], f["data"], f"{side} {label} run {i + 1}")
-                results[label][side].append(r)
-                print(f"{label:<36} run {i + 1} {side:<4} {r['wall']:7.2f} s  {r['rss']:5.2f} GiB  {r['cpu']:6.2f} s CPU  "
+                print(f"{label:<36} run {i + 1} {side:<5} {r['wall']:7.2f} s  {r['rss']:5.2f} GiB  {r['cpu']:6.2f} s CPU  "
                       f"{r['commits']:2} commits  (equals the ground truth)", flush=True)
                 run("rm", "-rf", str(target))
-    floor_label = None
-    if "parquet" in feeds and not a.no_floor:
-        floor_label = "Parquet floor: read every file, write the final rows once"
-        results[floor_label] = {"crdb": [], "peer": []}
-        f = feeds["parquet"]
-        for i in range(a.runs):
-            target = work / "target-floor"
-            run("rm", "-rf", str(target))
-            r = peer("parquet", False, target, floor=True)
-            check(target / TABLE, f["truth"], f["keys"], f["data"], f"floor run {i + 1}")
-            results[floor_label]["peer"].append(r)
-            print(f"{'floor':<36} run {i + 1} peer {r['wall']:7.2f} s  {r['rss']:5.2f} GiB", flush=True)
-            run("rm", "-rf", str(target))
     total = time.perf_counter() - started
     load1 = os.getloadavg()
 
@@ -459,8 +469,9 @@ def main() -> None:
     if floor_label:
         p = results[floor_label]["peer"]
         c = results["Parquet, whole backlog"]["crdb"]
+        per_run = statistics.median(x["wall"] / y["wall"] for x, y in zip(c, p))
         print(f"| {floor_label} | — | {cell(p)} | whole-backlog sync / floor: {med(c, 'wall') / med(p, 'wall'):.2f}× "
-              f"| {med(c, 'rss') / med(p, 'rss'):.2f}× |")
+              f"(median of each run's ratio: {per_run:.2f}×) | {med(c, 'rss') / med(p, 'rss'):.2f}× |")
     print()
     print("Where the time went (medians, seconds; CPU = user + system of the child; crdb-delta: its own "
           "`--json` report, table MB read = the Delta table's files it fetched; peer: its own timers):")

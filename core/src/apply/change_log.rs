@@ -9,7 +9,8 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecon
 use arrow_select::interleave::interleave;
 use serde_json::Value;
 
-use super::window::{Frag, Stored, key_text};
+use super::key_text::key_text_into;
+use super::window::{Frag, Stored};
 use super::{ChangeError, Layout};
 use crate::format::batch::Op;
 use crate::format::column;
@@ -245,11 +246,12 @@ impl ChangeLog {
                 .map(|k| k.and_then(|k| ids.get(&k).copied()))
                 .collect());
         }
+        let mut text = String::new();
         Ok((0..table.num_rows())
             .map(|r| {
-                key_text(&key_cols, r)
+                key_text_into(&key_cols, r, &mut text)
                     .ok()
-                    .and_then(|k| self.keys.get(k.as_str()).copied())
+                    .and_then(|()| self.keys.get(text.as_str()).copied())
             })
             .collect())
     }

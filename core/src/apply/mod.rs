@@ -4,6 +4,7 @@
 //!   gathered file by file; [`Window::finish`] merges the column-family fragments of one
 //!   (key, HLC) into one change, drops duplicates and orders each key's changes by HLC.
 //! * [`change_log`]: the result, a [`ChangeLog`]: shared by every mode, never mode-specific.
+//! * [`key_text`]: a row's key identity, the JSON text of its key values.
 //! * [`slice`]: which key slice a change row belongs to, when one interval is applied in
 //!   several commits.
 //! * [`modes`]: one file per mode, each a [`ModeWriter`] over the change log. [`writer`] holds
@@ -13,6 +14,7 @@
 //! columns are gathered with Arrow's `interleave` from (source, row) pairs.
 
 pub mod change_log;
+mod key_text;
 mod layout;
 pub mod modes;
 pub mod slice;

@@ -3,7 +3,7 @@
 //! in several commits, each holding every change of its keys and nothing of the others'.
 //!
 //! The slice must not depend on how a file happened to type a key value: the key identity
-//! ([`super::window`]'s `key_text`) is decided only after every file of the window has been
+//! ([`super::key_text`]) is decided only after every file of the window has been
 //! converted to the layout's types, while a slice is chosen file by file, before. So the hash
 //! is taken over a coarser form of each value — numbers, and strings that read as numbers,
 //! hash as the same `f64` (`1`, `1.0`, `"1"`, `"1.50"` and `"1.5"` alike) — under which values

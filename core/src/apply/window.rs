@@ -8,12 +8,11 @@ use arrow_array::types::Decimal128Type;
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use arrow_schema::{ArrowError, DataType};
 use arrow_select::filter::filter_record_batch;
-use serde_json::Value;
 
 use super::change_log::{Change, ChangeLog};
+use super::key_text::key_text_into;
 use super::{ChangeError, Layout};
 use crate::format::batch::{self, Op};
-use crate::format::canonical;
 use crate::format::column;
 use crate::format::hlc::Hlc;
 use crate::format::types::ColumnType;
@@ -324,7 +323,7 @@ impl Window {
     }
 
     /// Gives every fragment its key id, from the key columns in the layout's types (see
-    /// [`key_text`]): only after `finish` converted the stored batches can a key written as a
+    /// [`super::key_text`]): only after `finish` converted the stored batches can a key written as a
     /// number in one file and as a string in another be seen to be the same key.
     fn assign_keys(&mut self) -> Result<(), ChangeError> {
         let key_idx: Vec<usize> = self
@@ -352,21 +351,23 @@ impl Window {
                 .collect::<Result<Vec<ArrayRef>, _>>()?;
             key_arrays.push(arrays);
         }
+        let mut key = String::new();
         for f in &mut self.frags {
             let s = f.batch as usize;
             // `push` refused NULL keys and conversions keep values, so this cannot fail; the
             // row given is the one within the stored batch.
-            let key =
-                key_text(&key_arrays[s], f.row as usize).map_err(|i| ChangeError::MissingKey {
+            key_text_into(&key_arrays[s], f.row as usize, &mut key).map_err(|i| {
+                ChangeError::MissingKey {
                     file: self.stored[s].file.to_string(),
                     row: f.row as usize + 1,
                     column: self.layout.key[i].clone(),
-                })?;
+                }
+            })?;
             f.key = match self.keys.get(key.as_str()) {
                 Some(id) => *id,
                 None => {
                     let id = self.key_texts.len() as u32;
-                    let k: Arc<str> = Arc::from(key);
+                    let k: Arc<str> = Arc::from(key.as_str());
                     self.key_texts.push(k.clone());
                     self.keys.insert(k, id);
                     id
@@ -518,29 +519,4 @@ impl Window {
             int_keys: std::sync::OnceLock::new(),
         })
     }
-}
-
-/// A row's key identity: the JSON array of its key values, or the index of a NULL key column.
-///
-/// Identity follows the key column's type in the layout (the Delta table's type), never how a
-/// file happened to write the value: `finish` converts every batch to those types first. So an
-/// INT key written `1` in one event and `"1"` in another (or inferred as a number from one file
-/// and as text from another, which widens the column to STRING) is one key: compared by integer
-/// value in an INT column, by the text `1` in a STRING column. FLOAT keys compare by value with
-/// `-0` equal to `0`, as in CockroachDB's key encoding. A JSONB key keeps JSON's distinction
-/// between `1` and `"1"`.
-pub(crate) fn key_text(columns: &[ArrayRef], row: usize) -> Result<String, usize> {
-    let mut values = Vec::with_capacity(columns.len());
-    for (i, a) in columns.iter().enumerate() {
-        if a.is_null(row) {
-            return Err(i);
-        }
-        let mut v = canonical::value(a.as_ref(), row);
-        if matches!(a.data_type(), DataType::Float32 | DataType::Float64) && v.as_f64() == Some(0.0)
-        {
-            v = canonical::float_json(0.0);
-        }
-        values.push(v);
-    }
-    Ok(Value::Array(values).to_string())
 }

@@ -240,7 +240,7 @@ pub fn convert(array: &ArrayRef, target: &ColumnType) -> Result<ArrayRef, (usize
         }
         (DataType::FixedSizeBinary(16), ColumnType::Text) => {
             let a = array.as_fixed_size_binary();
-            per_value(&|i, b| b.append_text(&values::format_uuid(a.value(i))))
+            per_value(&|i, b| b.append_text(values::uuid_text(a.value(i), &mut [0; 36])))
         }
         (DataType::Time64(TimeUnit::Microsecond), ColumnType::Text) => {
             let a = array.as_primitive::<Time64MicrosecondType>();

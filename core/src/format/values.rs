@@ -234,17 +234,26 @@ pub fn format_timestamp(micros: i64, zoned: bool, parquet: bool) -> String {
     s
 }
 
-/// Canonical lowercase UUID text from its 16 bytes.
+/// Canonical lowercase UUID text (8-4-4-4-12) from its 16 bytes.
 pub fn format_uuid(b: &[u8]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid_text(b, &mut [0; 36]).to_owned()
+}
+
+/// [`format_uuid`] into `buf`, without allocating: every value of a UUID column (the key of
+/// tables keyed by `gen_random_uuid()`) is printed on the way in.
+pub fn uuid_text<'a>(b: &[u8], buf: &'a mut [u8; 36]) -> &'a str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut o = 0;
+    for (i, x) in b.iter().take(16).enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            buf[o] = b'-';
+            o += 1;
+        }
+        buf[o] = HEX[usize::from(x >> 4)];
+        buf[o + 1] = HEX[usize::from(x & 15)];
+        o += 2;
+    }
+    std::str::from_utf8(&buf[..o]).expect("hex digits and dashes are ASCII")
 }
 
 /// CockroachDB writes BYTES in JSON as `\x` + lowercase hex.

@@ -192,7 +192,7 @@ impl ModeWriter for UpdateDelete {
                     })
                     .collect();
                 let texts: &[Arc<str>] = &self.log.key_texts;
-                keys.sort_by(|a, b| {
+                keys.sort_unstable_by(|a, b| {
                     let (a, b) = (&texts[*a as usize], &texts[*b as usize]);
                     (a.len(), a).cmp(&(b.len(), b))
                 });
