@@ -312,3 +312,55 @@ fn walk(root: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// An initial scan larger than the window is sliced by what its Parquet files decode to (read
+/// from the largest file's footer), not by the planner's prior for Parquet (3× the stored size),
+/// which would make about three times as many passes over the interval here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = Location::open(dir.path().join("feed").to_str().unwrap()).unwrap();
+    let truth_dir = dir.path().join("truth");
+    let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
+    let sim = SimOptions {
+        tables: vec!["usertable".into()],
+        format: crdb_delta_core::format::names::Format::Parquet,
+        initial_rows: 4000,
+        windows: 1,
+        events_per_window: 50,
+        file_size: 64 << 10,
+        ..SimOptions::default()
+    };
+    simulate(sim, &feed, &truth).await.unwrap();
+    let manifest: crdb_delta_core::sim::Manifest =
+        serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    let max = 200_000u64;
+    let opts = SyncOptions {
+        config: Config::from_manifest(&manifest),
+        max_window_bytes: max,
+        min_slice_bytes: 10_000,
+        each_resolved: true,
+        ..SyncOptions::default()
+    };
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let report = sync(&feed, &target, &opts).await.unwrap();
+    assert!(report.complete, "{report:?}");
+    let t = &report.tables["usertable"];
+    let slices = t.slice_commits + 1;
+    assert!(slices > 1, "the scan is sliced: {t:?}");
+    // Every slice decodes the interval once; slices are about half a window each.
+    let interval = t.decoded_bytes / slices;
+    let by_size = interval.div_ceil(max / 2);
+    let stored: u64 = walk(dir.path().join("feed").as_path())
+        .iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let by_prior = (3 * stored).div_ceil(max / 2);
+    assert!(
+        slices <= by_size + 1 && slices < by_prior,
+        "{slices} slices; {by_size} by decoded size, {by_prior} by the prior: {t:?}"
+    );
+    assert_equals_truth(&target, &truth_dir, "usertable").await;
+}

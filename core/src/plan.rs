@@ -138,6 +138,11 @@ impl Expansion {
         }
     }
 
+    /// Whether the factor for `o`'s kind comes from a file read in this run, not the prior.
+    pub fn knows(&self, o: &Object) -> bool {
+        Self::kind(&o.name).is_none_or(|k| self.seen[k].is_some())
+    }
+
     /// Records what reading an object decoded to. Returns whether the estimate grew.
     pub fn observe(&mut self, o: &Object, decoded: u64) -> bool {
         let Some(k) = Self::kind(&o.name) else {

@@ -11,7 +11,7 @@ use crdb_delta_core::apply::{
     self, ChangeError, ChangeLog, Keep, Layout, Mode, ModeWriter, Window,
 };
 use crdb_delta_core::deletion_vector::DeletionVector;
-use crdb_delta_core::format::decode::{DecodeError, DecodeOptions};
+use crdb_delta_core::format::decode::{DecodeError, DecodeOptions, SliceFilter};
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
@@ -22,7 +22,7 @@ use super::AbortOnDrop;
 use super::ahead::{self, Read, Shared};
 use super::carry::Keeper;
 use super::faults::{fault, pause};
-use super::read::{Budget, Reuse, derive_key, read_window};
+use super::read::{Budget, Reuse, derive_key, learn_expansion, read_window};
 use super::table::{TableState, replan};
 use super::{SyncError, SyncOptions, delta_err};
 use crate::config::Storage;
@@ -158,11 +158,26 @@ async fn read_stage(
         Some(s) => Some(s),
         None if budget.shrinkable => None,
         None => {
-            let bytes: u64 = files
-                .iter()
-                .map(|&i| budget.expansion.weigh(&objects[i]))
-                .sum();
-            Slices::plan(resolved, bytes, max, opts.min_slice_bytes)
+            let weigh = |e: &crdb_delta_core::plan::Expansion| -> u64 {
+                files.iter().map(|&i| e.weigh(&objects[i])).sum()
+            };
+            let planned =
+                Slices::plan(resolved, weigh(budget.expansion), max, opts.min_slice_bytes);
+            // Sliced by the priors: worth one file's read to slice by what the files decode to.
+            if planned.is_some() {
+                learn_expansion(
+                    &mut state.report,
+                    files,
+                    objects,
+                    source,
+                    dopts,
+                    budget.expansion,
+                )
+                .await?;
+                Slices::plan(resolved, weigh(budget.expansion), max, opts.min_slice_bytes)
+            } else {
+                planned
+            }
         }
     };
     // Rows the last step kept past its RESOLVED (this step's start), when it is this table's
@@ -187,6 +202,24 @@ async fn read_stage(
             Some(s) if s.done > 0 => None,
             Some(_) => Some(max),
             None => Some(max.max(opts.min_slice_bytes.saturating_mul(2))),
+        };
+        // A slice past the first has its decoder skip the other slices' rows where it can (a
+        // Parquet file's); the slice count is fixed by then, so no size is measured from it.
+        let sliced;
+        let dopts = match slices {
+            Some(s) if s.done > 0 => {
+                sliced = DecodeOptions {
+                    slice: Some(SliceFilter {
+                        index: s.done,
+                        of: s.of,
+                        lo: state.progress.applied,
+                        hi: resolved,
+                    }),
+                    ..dopts.clone()
+                };
+                &sliced
+            }
+            _ => dopts,
         };
         // A file is decoded ahead, while its predecessor is merged in, up to an eighth of the
         // window.
@@ -364,6 +397,7 @@ pub(super) fn decode_options(
         columns,
         primary_key: Some(layout.key.clone()),
         max_line_bytes: opts.max_line_bytes,
+        slice: None,
     })
 }
 

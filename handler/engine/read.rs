@@ -8,7 +8,7 @@ use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::{ChangeError, Window};
 use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
 use crdb_delta_core::format::keys::{self, KeyError, KeyEvidence};
-use crdb_delta_core::format::names::ObjectName;
+use crdb_delta_core::format::names::{Format, ObjectName};
 use crdb_delta_core::plan::{self, Object};
 
 use super::carry::{self, Keeper};
@@ -85,12 +85,15 @@ struct Decoded {
     fetched: u64,
     /// Its messages are in the `bare` envelope ([`decode::BatchStream::bare_envelope`]).
     bare: bool,
+    /// Rows its decoder skipped ([`decode::BatchStream::rows_skipped`]).
+    skipped: u64,
 }
 
 /// What one file's push reads from.
 enum Input {
-    /// Batches in memory: kept from the step before, or decoded ahead.
-    Batches(carry::Batches),
+    /// Batches in memory: kept from the step before, or decoded ahead (with the rows its
+    /// decoder skipped).
+    Batches(carry::Batches, u64),
     /// The file's bytes, decoded batch by batch while pushed.
     Stream(bytes::Bytes, DecodeOptions),
 }
@@ -118,10 +121,47 @@ fn decode_ahead(
                 batches,
                 fetched,
                 bare: s.bare_envelope(),
+                skipped: s.rows_skipped(),
             })
         })
         .await?
     }))
+}
+
+/// Before an interval's slice count is chosen from the planner's estimate: when none of the
+/// interval's files is weighed from experience yet (the first step of a run) and the largest is
+/// Parquet, fetches it and learns its decoded size from its footer (the row groups'
+/// uncompressed size, what the window counts). The Parquet prior (3×) is several times what
+/// typical files decode to, and every slice reads the whole interval again: an initial scan
+/// sliced by the prior takes that many times more passes than it needs. Slice 0 still checks
+/// the estimate against what it decodes.
+pub(super) async fn learn_expansion(
+    report: &mut TableReport,
+    files: &[usize],
+    objects: &[Object],
+    source: &Location,
+    dopts: &DecodeOptions,
+    expansion: &mut plan::Expansion,
+) -> Result<(), SyncError> {
+    let largest = files
+        .iter()
+        .map(|&i| &objects[i])
+        .filter(|o| matches!(&o.name, ObjectName::Data(d) if d.format == Format::Parquet))
+        .max_by_key(|o| o.size);
+    let Some(obj) = largest else {
+        return Ok(());
+    };
+    let ObjectName::Data(d) = &obj.name else {
+        return Ok(());
+    };
+    if expansion.knows(obj) {
+        return Ok(());
+    }
+    let bytes = fetch(source, obj).await?;
+    report.bytes_read += bytes.len() as u64;
+    let decoded = decode::decode_bytes(d, &obj.path, bytes, dopts)?.input_bytes();
+    expansion.observe(obj, decoded);
+    Ok(())
 }
 
 /// Where a step's reading starts from and what it keeps for the next step.
@@ -192,14 +232,14 @@ pub(super) async fn read_window(
         let was_reused = reused.is_some();
         // Batches already in memory (kept, or decoded ahead), or the file's bytes to stream.
         let input = match (reused, current) {
-            (Some(batches), _) => Input::Batches(batches),
+            (Some(batches), _) => Input::Batches(batches, 0),
             (None, Some(handle)) => {
                 let got = handle.await??;
                 read(got.fetched);
                 report.bytes_read += got.fetched;
                 report.files_read += 1;
                 report.bare_envelope |= got.bare;
-                Input::Batches(got.batches)
+                Input::Batches(got.batches, got.skipped)
             }
             (None, None) => {
                 let bytes = fetch(source, obj).await?;
@@ -223,9 +263,9 @@ pub(super) async fn read_window(
                         push_err,
                     )
                 };
-            match input {
-                Input::Batches(batches) => {
-                    push(&mut batches.into_iter().map(Ok)).map(|p| (p, false))
+            let (mut pushed, bare, skipped) = match input {
+                Input::Batches(batches, skipped) => {
+                    (push(&mut batches.into_iter().map(Ok))?, false, skipped)
                 }
                 Input::Stream(bytes, dopts) => {
                     let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
@@ -233,13 +273,16 @@ pub(super) async fn read_window(
                         let b = s.next()?;
                         Some(b.map(|b| (b, s.input_bytes())).map_err(SyncError::from))
                     }))?;
-                    Ok((pushed, s.bare_envelope()))
+                    (pushed, s.bare_envelope(), s.rows_skipped())
                 }
-            }
+            };
+            pushed.window.count_skipped(skipped);
+            Ok::<_, SyncError>((pushed, bare, skipped))
         })
         .await??;
-        let (pushed, bare) = pushed;
+        let (pushed, bare, skipped) = pushed;
         report.bare_envelope |= bare;
+        report.rows_skipped += skipped;
         window = pushed.window;
         let (decoded, over) = (pushed.decoded, pushed.over);
         decoded_total += decoded;

@@ -50,6 +50,9 @@ pub struct TableReport {
     /// Bytes of new data files and deletion-vector files written.
     pub bytes_written: u64,
     pub rows_read: u64,
+    /// Of the rows read, those of other key slices a decoder skipped without decoding them
+    /// (Parquet, slices past an interval's first: [`crdb_delta_core::format::decode::SliceFilter`]).
+    pub rows_skipped: u64,
     pub seconds: f64,
     /// Files of this run were in the `bare` envelope: a delete cannot be told from an update
     /// to all-NULL there (format spec §3.3), so deletes were applied as such rows.
@@ -64,6 +67,7 @@ impl TableReport {
         self.bytes_read += other.bytes_read;
         self.decoded_bytes += other.decoded_bytes;
         self.rows_read += other.rows_read;
+        self.rows_skipped += other.rows_skipped;
         self.bare_envelope |= other.bare_envelope;
     }
 }

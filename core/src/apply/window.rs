@@ -133,6 +133,13 @@ impl Window {
         &self.layout
     }
 
+    /// Counts rows a decoder skipped for this window's slice
+    /// ([`crate::format::decode::SliceFilter`]) as read: `rows_read` still counts every row of
+    /// the files.
+    pub fn count_skipped(&mut self, rows: u64) {
+        self.rows_read += rows;
+    }
+
     pub fn rows_read(&self) -> u64 {
         self.rows_read
     }

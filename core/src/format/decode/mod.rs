@@ -10,6 +10,7 @@ pub mod resolved;
 
 use std::collections::BTreeMap;
 
+use crate::format::hlc::Hlc;
 use crate::format::names::{Compression, DataFileName, Format};
 use crate::format::types::ColumnType;
 
@@ -30,6 +31,23 @@ pub struct DecodeOptions {
     /// Longest NDJSON line accepted (decompressed bytes): one line is held whole, so this
     /// bounds memory whatever a compressed file expands to.
     pub max_line_bytes: usize,
+    /// Rows the caller will drop by key slice: a decoder may skip decoding them.
+    pub slice: Option<SliceFilter>,
+}
+
+/// The rows one key slice of an interval does not need: those inside the interval
+/// (`lo < updated ≤ hi`) whose key falls into another slice ([`crate::apply::slice_of`]). The
+/// window drops them anyway ([`crate::apply::Window::with_slice`]); a decoder that can tell them
+/// from the key and timestamp columns alone (Parquet) skips decoding their other columns, so
+/// each slice of an interval does not cost a whole decode of it. Rows outside the interval are
+/// always decoded (the window counts those past it), and so is a file's first row inside it
+/// (the window learns the file's columns from it), whatever its slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceFilter {
+    pub index: u32,
+    pub of: u32,
+    pub lo: Option<Hlc>,
+    pub hi: Hlc,
 }
 
 /// Default [`DecodeOptions::max_line_bytes`]: CockroachDB refuses rows over its 64 MiB raft
@@ -43,6 +61,7 @@ impl Default for DecodeOptions {
             columns: BTreeMap::new(),
             primary_key: None,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            slice: None,
         }
     }
 }
@@ -157,5 +176,9 @@ pub trait BatchStream:
     /// updates to all-NULL (format spec §3.3), so the caller can say so.
     fn bare_envelope(&self) -> bool {
         false
+    }
+    /// Rows skipped so far under [`DecodeOptions::slice`]: never decoded, never yielded.
+    fn rows_skipped(&self) -> u64 {
+        0
     }
 }

@@ -9,18 +9,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow_schema::Field;
 use bytes::Bytes;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
-    ParquetRecordBatchReaderBuilder,
+    ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::basic::{ConvertedType, LogicalType, TimeUnit, Type as PhysicalType};
 use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataReader};
 use parquet::schema::types::{SchemaDescriptor, Type, TypePtr};
 
-use super::{BatchStream, DecodeError, DecodeOptions};
+use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column;
 use crate::format::hlc::Hlc;
@@ -47,7 +48,20 @@ pub struct ParquetDecoder {
     evidence: KeyEvidence,
     /// Uncompressed size of the file's row groups.
     input_bytes: u64,
+    /// Under a [`SliceFilter`]: the file row (0-based) of each row read, in order.
+    selected: Option<Vec<u32>>,
+    skipped: u64,
     done: bool,
+}
+
+/// The file row (1-based) of the `n`th row read (0-based).
+fn file_row(selected: &Option<Vec<u32>>, n: u64) -> u64 {
+    let at = usize::try_from(n).ok();
+    selected
+        .as_ref()
+        .and_then(|s| s.get(at?))
+        .map_or(n, |&r| u64::from(r))
+        + 1
 }
 
 impl ParquetDecoder {
@@ -78,7 +92,7 @@ impl ParquetDecoder {
             file: file.to_owned(),
             message,
         };
-        let (metadata, builder) = Self::open(file, bytes, opts.batch_size.max(1))?;
+        let (metadata, mut builder) = Self::open(file, bytes.clone(), opts.batch_size.max(1))?;
         let input_bytes = metadata
             .row_groups()
             .iter()
@@ -140,6 +154,37 @@ impl ParquetDecoder {
             });
         }
 
+        let mut selected = None;
+        let mut skipped = 0;
+        if let (Some(filter), Some(key)) = (opts.slice, opts.primary_key.as_deref()) {
+            let key: Option<Vec<(usize, &ColumnType)>> = key
+                .iter()
+                .map(|k| {
+                    data.iter()
+                        .find(|(_, n, _)| n == k)
+                        .map(|(i, _, t)| (*i, t))
+                })
+                .collect();
+            let (_, keys_builder) = Self::open(file, bytes, opts.batch_size.max(1))?;
+            if let Some(keep) =
+                key.and_then(|key| slice_rows(keys_builder, &key, updated, mvcc, filter))
+            {
+                let rows: Vec<u32> = keep
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| **k)
+                    .filter_map(|(r, _)| u32::try_from(r).ok())
+                    .collect();
+                if rows.len() < keep.len() {
+                    skipped = (keep.len() - rows.len()) as u64;
+                    builder = builder.with_row_selection(RowSelection::from_filters(&[
+                        BooleanArray::from(keep),
+                    ]));
+                    selected = Some(rows);
+                }
+            }
+        }
+
         let reader = builder.build().map_err(|e| perr(e.to_string()))?;
         let mut evidence = KeyEvidence::default();
         evidence.observe_columns(&data.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>());
@@ -154,15 +199,19 @@ impl ParquetDecoder {
             types,
             evidence,
             input_bytes,
+            selected,
+            skipped,
             done: false,
         })
     }
 
     fn decode(&mut self, batch: RecordBatch) -> Result<RecordBatch, DecodeError> {
         let n = batch.num_rows();
+        let (rows, selected) = (self.rows, &self.selected);
+        let row_of = |i: usize| file_row(selected, rows + i as u64);
         let value_err = |column: &str, i: usize, message: String| DecodeError::Value {
             file: self.file.clone(),
-            at: format!("row {}", self.rows + i as u64 + 1),
+            at: format!("row {}", row_of(i)),
             column: column.to_owned(),
             message,
         };
@@ -221,14 +270,7 @@ impl ParquetDecoder {
                     .collect();
                 self.evidence.observe_delete(non_null);
             }
-            meta.append(
-                op,
-                updated_ts,
-                mvcc_ts,
-                None,
-                &self.file,
-                self.rows + i as u64 + 1,
-            );
+            meta.append(op, updated_ts, mvcc_ts, None, &self.file, row_of(i));
         }
         self.rows += n as u64;
         batch::assemble(data, meta.finish()).map_err(|e| DecodeError::Invalid {
@@ -249,7 +291,10 @@ impl Iterator for ParquetDecoder {
             Ok(b) => self.decode(b),
             Err(e) => Err(DecodeError::Parquet {
                 file: self.file.clone(),
-                message: format!("after row {}: {e}", self.rows),
+                message: format!(
+                    "after row {}: {e}",
+                    file_row(&self.selected, self.rows + 1) - 1
+                ),
             }),
         };
         if result.is_err() {
@@ -269,6 +314,75 @@ impl BatchStream for ParquetDecoder {
     fn input_bytes(&self) -> u64 {
         self.input_bytes
     }
+    fn rows_skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+/// Which rows of the file a slice reads (see [`SliceFilter`]), from its key and timestamp
+/// columns alone; `None` (read every row) when one does not convert or parse: the full decode
+/// then names the row.
+fn slice_rows(
+    builder: ParquetRecordBatchReaderBuilder<Bytes>,
+    key: &[(usize, &ColumnType)],
+    updated: Option<usize>,
+    mvcc: Option<usize>,
+    filter: SliceFilter,
+) -> Option<Vec<bool>> {
+    let mut roots: Vec<usize> = key.iter().map(|(i, _)| *i).collect();
+    roots.extend(updated.iter().chain(mvcc.iter()));
+    let schema = builder.parquet_schema();
+    let names: Vec<String> = roots
+        .iter()
+        .map(|&i| schema.root_schema().get_fields()[i].name().to_owned())
+        .collect();
+    let mask = ProjectionMask::roots(schema, roots.iter().copied());
+    let reader = builder.with_projection(mask).build().ok()?;
+    let (lo, hi) = (
+        filter.lo.map(Hlc::to_decimal_i128),
+        filter.hi.to_decimal_i128(),
+    );
+    let mut keep = Vec::new();
+    let mut learnt = false;
+    // The initial scan's rows share one timestamp: parsed once.
+    let mut last: Option<(String, i128)> = None;
+    for batch in reader {
+        let batch = batch.ok()?;
+        let keys: Vec<ArrayRef> = key
+            .iter()
+            .zip(&names)
+            .map(|((_, ty), name)| column::convert(batch.column_by_name(name)?, ty).ok())
+            .collect::<Option<_>>()?;
+        let text = |at: usize| {
+            let a = batch.column_by_name(&names[at])?;
+            a.as_string_opt::<i32>().cloned()
+        };
+        let mut stamps = Vec::new();
+        let mut at = key.len();
+        if updated.is_some() {
+            stamps.push(text(at)?);
+            at += 1;
+        }
+        if mvcc.is_some() {
+            stamps.push(text(at)?);
+        }
+        for r in 0..batch.num_rows() {
+            let stamp = stamps.iter().find(|a| a.is_valid(r))?.value(r);
+            let ts = match &last {
+                Some((s, ts)) if s == stamp => *ts,
+                _ => {
+                    let ts = Hlc::parse_decimal(stamp).ok()?.to_decimal_i128();
+                    last = Some((stamp.to_owned(), ts));
+                    ts
+                }
+            };
+            let inside = lo.is_none_or(|lo| ts > lo) && ts <= hi;
+            let mine = crate::apply::slice_of(&keys, r, filter.of) == filter.index;
+            keep.push(!inside || mine || !learnt);
+            learnt |= inside;
+        }
+    }
+    Some(keep)
 }
 
 /// A Parquet column type CockroachDB does not write (format spec §4.4), described.

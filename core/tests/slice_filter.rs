@@ -1,0 +1,211 @@
+//! A slice's decoder skipping the other slices' rows ([`SliceFilter`]) leaves the window with
+//! exactly what it keeps without the filter: the same changes, layout, rows counted and rows
+//! past the RESOLVED, for every table, interval and slice of a simulated Parquet changefeed
+//! (split column families, duplicates, deletes, and `mvcc_timestamp` in one of them).
+
+mod common;
+
+use crdb_delta_core::Hlc;
+use crdb_delta_core::apply::{Mode, Window, writer};
+use crdb_delta_core::format::canonical;
+use crdb_delta_core::format::decode::{self, DecodeOptions, SliceFilter};
+use crdb_delta_core::format::names::{Format, ObjectName};
+use crdb_delta_core::sim::SimOptions;
+use crdb_delta_core::sim::model::TableDef;
+
+use common::*;
+
+/// What a window kept: its layout, rows read and past the RESOLVED, and every change as the
+/// append_only rows it writes (one per distinct change).
+#[derive(Debug, PartialEq)]
+struct Kept {
+    layout: String,
+    rows_read: u64,
+    later: usize,
+    changes: Vec<String>,
+}
+
+fn window_of(
+    sim: &Simulated,
+    def: &TableDef,
+    lo: Option<Hlc>,
+    hi: Hlc,
+    slice: (u32, u32),
+    filter: bool,
+) -> (Kept, u64) {
+    let layout = crdb_delta_core::apply::Layout::new(def.primary_key.clone(), def.has_families());
+    let mut w = Window::new(layout, lo, hi).with_slice(slice.0, slice.1);
+    let opts = DecodeOptions {
+        slice: filter.then_some(SliceFilter {
+            index: slice.0,
+            of: slice.1,
+            lo,
+            hi,
+        }),
+        ..options_for(def)
+    };
+    let (mut later, mut skipped) = (0, 0);
+    for (name, path, bytes) in ordered(&sim.objects) {
+        let ObjectName::Data(d) = &name else { continue };
+        if d.topic.table() != def.name {
+            continue;
+        }
+        let mut s =
+            decode::decode_bytes(d, &path, bytes::Bytes::copy_from_slice(bytes), &opts).unwrap();
+        for b in s.by_ref() {
+            later += w.push(b.unwrap(), d.topic.family(), &path).unwrap().later;
+        }
+        skipped += s.rows_skipped();
+        w.count_skipped(s.rows_skipped());
+    }
+    let rows_read = w.rows_read();
+    let log = w.finish().unwrap();
+    let layout = format!("{:?}", log.layout());
+    let mut out = writer(Mode::AppendOnly, log);
+    let mut changes = Vec::new();
+    while let Some(b) = out.next_output(1000).unwrap() {
+        changes.extend(
+            canonical::rows(&b, None)
+                .into_iter()
+                .map(|r| serde_json::Value::Object(r).to_string()),
+        );
+    }
+    changes.sort();
+    let kept = Kept {
+        layout,
+        rows_read,
+        later,
+        changes,
+    };
+    (kept, skipped)
+}
+
+fn same_with_and_without_the_filter(opts: &SimOptions) {
+    let sim = simulate(opts);
+    let mut resolved: Vec<Hlc> = ordered(&sim.objects)
+        .iter()
+        .filter_map(|(n, _, _)| match n {
+            ObjectName::Resolved(ts) => Some(*ts),
+            ObjectName::Data(_) => None,
+        })
+        .collect();
+    resolved.dedup();
+    let mut skipped_total = 0;
+    for def in &sim.tables {
+        let mut lo = None;
+        for &hi in &resolved {
+            for of in [2, 3] {
+                for index in 0..of {
+                    let (plain, none) = window_of(&sim, def, lo, hi, (index, of), false);
+                    let (filtered, skipped) = window_of(&sim, def, lo, hi, (index, of), true);
+                    assert_eq!(none, 0);
+                    assert_eq!(
+                        filtered, plain,
+                        "{} to {hi}, slice {index} of {of}",
+                        def.name
+                    );
+                    skipped_total += skipped;
+                }
+            }
+            lo = Some(hi);
+        }
+    }
+    assert!(skipped_total > 0, "the filter skipped no row");
+}
+
+#[test]
+fn a_filtered_slice_keeps_what_the_window_keeps() {
+    same_with_and_without_the_filter(&SimOptions {
+        format: Format::Parquet,
+        initial_rows: 60,
+        windows: 4,
+        events_per_window: 150,
+        duplicate_rate: 0.1,
+        file_size: 8 << 10,
+        ..SimOptions::default()
+    });
+}
+
+#[test]
+fn a_filtered_slice_keeps_what_the_window_keeps_with_mvcc_timestamps() {
+    same_with_and_without_the_filter(&SimOptions {
+        format: Format::Parquet,
+        initial_rows: 40,
+        windows: 3,
+        events_per_window: 100,
+        mvcc_timestamp: true,
+        seed: 7,
+        file_size: 4 << 10,
+        ..SimOptions::default()
+    });
+}
+
+/// A Parquet file of `id INT8, price DECIMAL(18,9)` rows 1..=n at one timestamp, row `bad`'s
+/// price not a number.
+fn prices(n: i64, bad: i64) -> Vec<u8> {
+    use crdb_delta_core::format::batch::Op;
+    use crdb_delta_core::sim::Message;
+    use crdb_delta_core::sim::model::{ColumnDef, Datum};
+    let column = |name: &str, sql: &str| ColumnDef {
+        name: name.into(),
+        sql: sql.parse().unwrap(),
+        nullable: name != "id",
+        family: "primary".into(),
+    };
+    let def = std::sync::Arc::new(TableDef {
+        name: "t".into(),
+        columns: vec![column("id", "INT8"), column("price", "DECIMAL(18,9)")],
+        primary_key: vec!["id".into()],
+        families: vec!["primary".into()],
+        version: 1,
+    });
+    let messages: Vec<Message> = (1..=n)
+        .map(|id| Message {
+            table: def.clone(),
+            family: "primary".into(),
+            op: Op::Create,
+            updated: Hlc::new(10, 0),
+            mvcc: Hlc::new(10, 0),
+            row: vec![
+                Datum::Int(id),
+                Datum::Decimal(if id == bad { "twelve" } else { "1.5" }.into()),
+            ],
+            before: None,
+            backfill: false,
+        })
+        .collect();
+    crdb_delta_core::sim::parquet::encode(&def, &[0, 1], &messages, &SimOptions::default()).unwrap()
+}
+
+#[test]
+fn a_bad_value_read_under_the_filter_is_named_by_its_row_in_the_file() {
+    let (n, bad, of) = (40, 25, 4);
+    let slice_of_id = |id: i64| {
+        let key: arrow_array::ArrayRef =
+            std::sync::Arc::new(arrow_array::Int64Array::from(vec![id]));
+        crdb_delta_core::apply::slice_of(&[key], 0, of)
+    };
+    let index = slice_of_id(bad);
+    assert!(
+        (1..bad).any(|id| slice_of_id(id) != index),
+        "some rows before the bad one are skipped"
+    );
+    let opts = DecodeOptions {
+        primary_key: Some(vec!["id".into()]),
+        slice: Some(SliceFilter {
+            index,
+            of,
+            lo: None,
+            hi: Hlc::new(20, 0),
+        }),
+        ..DecodeOptions::default()
+    };
+    let err = decode::ParquetDecoder::try_new("t.parquet", prices(n, bad).into(), &opts)
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("t.parquet: row 25: column `price`"),
+        "{err}"
+    );
+}
