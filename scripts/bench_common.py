@@ -63,3 +63,47 @@ def simulate_usertable(bin_path: str, feed: Path, rows: int, windows: int, chang
         "--initial-rows", str(rows), "--windows", str(windows), "--events-per-window", str(changes),
         "--restart-at", "0", "--schema-change-at", "0", "--drop-column-at", "0",
         "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none", *extra)
+
+
+def replicate(feed: Path, copies: int) -> Path:
+    """A simulated Parquet `usertable` feed (integer key) scaled to COPIES times its table,
+    in `<feed>x<copies>` (kept when there): the simulator holds its model in memory and cannot
+    write 20M rows here.
+
+    Copy k of each initial-scan file has its keys shifted by k x (max key + 1) and a file id of
+    its own (same timestamp, so the first RESOLVED covers it). Each later change moves to the copy
+    a hash of its key picks (every change of a key to the same copy, so each copy's history stays
+    valid): the RESOLVEDs keep their number of changes, spread over the whole table.
+    The truth folder is the original's: tables built from this feed are not checked against it.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    out = feed.with_name(f"{feed.name}x{copies}")
+    if (out / "truth" / "manifest.json").exists():
+        return out
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    subprocess.run(["cp", "-r", str(feed), str(out)], check=True)
+    first = min((hlc_of(p.name) for p in (out / "changefeed").rglob("*.RESOLVED")),
+                key=lambda h: tuple(int(x) for x in h.split(".")))
+    first_key = tuple(int(x) for x in first.split("."))
+    files = sorted((out / "changefeed").rglob("*.parquet"))
+    span = max(pc.max(pq.read_table(f, columns=["ycsb_key"])["ycsb_key"]).as_py() for f in files) + 1
+    for f in files:
+        t = pq.read_table(f)
+        keys = t["ycsb_key"]
+        col = t.schema.get_field_index("ycsb_key")
+        last = max(tuple(int(x) for x in u.split(".")) for u in t["__crdb__updated"].to_pylist())
+        if last > first_key:  # changes: each to its key's copy (a multiplicative hash)
+            k = keys.to_numpy().astype(np.uint64)
+            copy_of = (((k * np.uint64(2654435761)) & np.uint64(0x7FFFFFFF)) * np.uint64(copies)) >> np.uint64(31)
+            shifted = pa.array(k.astype(np.int64) + copy_of.astype(np.int64) * span, pa.int64())
+            pq.write_table(t.set_column(col, "ycsb_key", shifted), f, compression="snappy")
+            continue
+        parts = f.name.split("-")  # <ts>-<session>-<node>-<sink>-<file id>-<topic>-<schema>.parquet
+        for k in range(1, copies):
+            copy = t.set_column(col, "ycsb_key", pc.add(keys, pa.scalar(k * span, pa.int64())))
+            name = "-".join(parts[:4] + [f"{k * 0x10000 + int(parts[4], 16):08x}"] + parts[5:])
+            pq.write_table(copy, f.with_name(name), compression="snappy")
+    return out

@@ -21,34 +21,10 @@ import json
 import subprocess
 from pathlib import Path
 
-from bench_common import ROOT, run, simulate_usertable  # noqa: E402
+from bench_common import ROOT, replicate, run, simulate_usertable  # noqa: E402
 WHOLE = 1 << 40
 
 
-
-
-def replicate(feed: Path, copies: int) -> Path:
-    """`feed`'s initial scan COPIES times: copy k of each Parquet file has its keys shifted by
-    k x (max key + 1) and a file id of its own (same timestamp, so the same RESOLVED covers it)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    out = feed.with_name(f"{feed.name}x{copies}")
-    if (out / "truth" / "manifest.json").exists():
-        return out
-    subprocess.run(["rm", "-rf", str(out)], check=True)
-    subprocess.run(["cp", "-r", str(feed), str(out)], check=True)
-    files = sorted((out / "changefeed").rglob("*.parquet"))
-    span = max(pc.max(pq.read_table(f, columns=["ycsb_key"])["ycsb_key"]).as_py() for f in files) + 1
-    for f in files:
-        t = pq.read_table(f)
-        parts = f.name.split("-")  # <ts>-<session>-<node>-<sink>-<file id>-<topic>-<schema>.parquet
-        for k in range(1, copies):
-            keys = pc.add(t["ycsb_key"], pa.scalar(k * span, pa.int64()))
-            copy = t.set_column(t.schema.get_field_index("ycsb_key"), "ycsb_key", keys)
-            name = "-".join(parts[:4] + [f"{k * 0x10000 + int(parts[4], 16):08x}"] + parts[5:])
-            pq.write_table(copy, f.with_name(name), compression="snappy")
-    return out
 
 
 def main() -> None:

@@ -2,7 +2,11 @@
 """Apply cost against table size: copy-on-write vs deletion vectors, side by side in one run.
 
     scripts/bench_scale.py [--sizes 200000,2000000] [--changes 10000] [--resolveds 5]
-                           [--modes update_delete,scd2] [--keys int|uuid] [--work target/bench-scale]
+                           [--modes update_delete,scd2] [--keys int|uuid] [--copies N]
+                           [--work target/bench-scale]
+
+`--sizes 2000000 --copies 10` gives the 20M-row table (integer keys): the 2M-row feed scaled
+by `bench_common.replicate`.
 
 For each table size it simulates a YCSB `usertable` (integer key, or random UUIDs with
 `--keys uuid`; one short field) whose initial
@@ -22,9 +26,10 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
-from bench_common import ROOT, hlc_of, run, simulate_usertable  # noqa: E402
+from bench_common import ROOT, hlc_of, replicate, run, simulate_usertable  # noqa: E402
 
 
 
@@ -40,6 +45,10 @@ def main() -> None:
     ap.add_argument("--storages", default="copy_on_write,deletion_vectors")
     ap.add_argument("--work", default=str(ROOT / "target" / "bench-scale"))
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "crdb-delta"))
+    ap.add_argument("--copies", type=int, default=1,
+                    help="tables of SIZE x COPIES rows (integer keys): the simulated feed's initial scan "
+                         "copied with shifted keys, its changes spread over the copies "
+                         "(bench_common.replicate; the simulator cannot write 20M rows here)")
     ap.add_argument("--keys", default="int", choices=["int", "uuid"],
                     help="usertable's key: sequential INT8 or random UUIDs (gen_random_uuid())")
     a = ap.parse_args()
@@ -52,6 +61,11 @@ def main() -> None:
         simulate_usertable(a.bin, feed, size, a.resolveds + 1, a.changes,
                            "--mix", "0", "0.9", "0.1", "--file-size", str(64 << 20),
                            *(["--uuid-keys"] if uuid else []))
+        if a.copies > 1:
+            if uuid:
+                sys.exit("--copies works on integer keys only")
+            feed = replicate(feed, a.copies)
+            size *= a.copies
         resolved = sorted(hlc_of(p.name) for p in (feed / "changefeed").rglob("*.RESOLVED"))
         for mode in a.modes.split(","):
             for storage in a.storages.split(","):

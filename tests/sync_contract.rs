@@ -65,9 +65,7 @@ fn truth_rows(truth: &std::path::Path, table: &str, columns: &[String]) -> Vec<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_equals_the_ground_truth_and_a_second_run_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let feed = Location::open(dir.path().join("feed").to_str().unwrap()).unwrap();
     let truth_dir = dir.path().join("truth");
-    let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
     let sim = SimOptions {
         tables: vec!["usertable".into(), "orders".into()],
         initial_rows: 60,
@@ -77,12 +75,9 @@ async fn sync_equals_the_ground_truth_and_a_second_run_commits_nothing() {
         straddle: 0.25,
         ..SimOptions::default()
     };
-    simulate(sim, &feed, &truth).await.unwrap();
-    let manifest: crdb_delta_core::sim::Manifest =
-        serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
-            .unwrap();
+    let (feed, config) = simulated(dir.path(), sim).await;
     let opts = SyncOptions {
-        config: Config::from_manifest(&manifest),
+        config,
         // Small steps: several commits, copy-on-write over earlier ones, carried-over files;
         // the initial scan, larger than the window, in key slices.
         max_window_bytes: 60_000,
@@ -118,6 +113,18 @@ async fn sync_equals_the_ground_truth_and_a_second_run_commits_nothing() {
     assert!(again.tables.values().all(|t| t.commits == 0));
 }
 
+/// A simulated feed in `dir/feed`, its truth in `dir/truth`: the feed and the manifest's config.
+async fn simulated(dir: &std::path::Path, sim: SimOptions) -> (Location, Config) {
+    let feed = Location::open(dir.join("feed").to_str().unwrap()).unwrap();
+    let truth_dir = dir.join("truth");
+    let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
+    simulate(sim, &feed, &truth).await.unwrap();
+    let manifest: crdb_delta_core::sim::Manifest =
+        serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    (feed, Config::from_manifest(&manifest))
+}
+
 /// A one-table feed whose files straddle RESOLVEDs: the feed, the truth folder, the manifest's
 /// config and the RESOLVEDs in order.
 struct SmallFeed {
@@ -129,9 +136,6 @@ struct SmallFeed {
 
 async fn small_straddling_feed(dir: &std::path::Path) -> SmallFeed {
     let feed_dir = dir.join("feed");
-    let feed = Location::open(feed_dir.to_str().unwrap()).unwrap();
-    let truth_dir = dir.join("truth");
-    let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
     let sim = SimOptions {
         tables: vec!["usertable".into()],
         initial_rows: 40,
@@ -140,10 +144,7 @@ async fn small_straddling_feed(dir: &std::path::Path) -> SmallFeed {
         straddle: 0.25,
         ..SimOptions::default()
     };
-    simulate(sim, &feed, &truth).await.unwrap();
-    let manifest: crdb_delta_core::sim::Manifest =
-        serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
-            .unwrap();
+    let (feed, config) = simulated(dir, sim).await;
     let root = format!("{}/", feed_dir.to_string_lossy().replace('\\', "/"));
     let mut resolveds: Vec<Hlc> = walk(&feed_dir)
         .iter()
@@ -158,8 +159,8 @@ async fn small_straddling_feed(dir: &std::path::Path) -> SmallFeed {
     assert!(resolveds.len() >= 5, "{} RESOLVED objects", resolveds.len());
     SmallFeed {
         feed,
-        truth_dir,
-        config: Config::from_manifest(&manifest),
+        truth_dir: dir.join("truth"),
+        config,
         resolveds,
     }
 }
@@ -319,9 +320,6 @@ fn walk(root: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
     let dir = tempfile::tempdir().unwrap();
-    let feed = Location::open(dir.path().join("feed").to_str().unwrap()).unwrap();
-    let truth_dir = dir.path().join("truth");
-    let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
     let sim = SimOptions {
         tables: vec!["usertable".into()],
         format: crdb_delta_core::format::names::Format::Parquet,
@@ -331,13 +329,10 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
         file_size: 64 << 10,
         ..SimOptions::default()
     };
-    simulate(sim, &feed, &truth).await.unwrap();
-    let manifest: crdb_delta_core::sim::Manifest =
-        serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
-            .unwrap();
+    let (feed, config) = simulated(dir.path(), sim).await;
     let max = 200_000u64;
     let opts = SyncOptions {
-        config: Config::from_manifest(&manifest),
+        config,
         max_window_bytes: max,
         min_slice_bytes: 10_000,
         each_resolved: true,
@@ -362,5 +357,5 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
         slices <= by_size + 1 && slices < by_prior,
         "{slices} slices; {by_size} by decoded size, {by_prior} by the prior: {t:?}"
     );
-    assert_equals_truth(&target, &truth_dir, "usertable").await;
+    assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
 }

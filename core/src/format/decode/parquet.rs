@@ -169,13 +169,14 @@ impl ParquetDecoder {
             if let Some(keep) =
                 key.and_then(|key| slice_rows(keys_builder, &key, updated, mvcc, filter))
             {
-                let rows: Vec<u32> = keep
+                // Row numbers fit u32 in any real file; past that, no filter.
+                let rows: Option<Vec<u32>> = keep
                     .iter()
                     .enumerate()
                     .filter(|(_, k)| **k)
-                    .filter_map(|(r, _)| u32::try_from(r).ok())
+                    .map(|(r, _)| u32::try_from(r).ok())
                     .collect();
-                if rows.len() < keep.len() {
+                if let Some(rows) = rows.filter(|r| r.len() < keep.len()) {
                     skipped = (keep.len() - rows.len()) as u64;
                     builder = builder.with_row_selection(RowSelection::from_filters(&[
                         BooleanArray::from(keep),
@@ -293,7 +294,9 @@ impl Iterator for ParquetDecoder {
                 file: self.file.clone(),
                 message: format!(
                     "after row {}: {e}",
-                    file_row(&self.selected, self.rows + 1) - 1
+                    self.rows
+                        .checked_sub(1)
+                        .map_or(0, |last| file_row(&self.selected, last))
                 ),
             }),
         };
