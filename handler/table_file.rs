@@ -13,7 +13,7 @@ use deltalake_core::DeltaTable;
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::{ChunkReader, Length};
 
@@ -251,6 +251,44 @@ impl TableFile {
     /// Bytes fetched from storage for this file.
     pub fn stored_bytes(&self) -> u64 {
         self.fetched
+    }
+
+    /// Batches of every column at the given rows only (positions in the file, ascending; the
+    /// file must be fetched whole): the rows a step supersedes, when those are all it needs.
+    pub fn rows(
+        &self,
+        positions: &[u64],
+        batch_size: usize,
+    ) -> Result<impl Iterator<Item = Result<RecordBatch, DeltaError>> + use<>, DeltaError> {
+        let path = self.path.clone();
+        let bad = move |message: String| DeltaError::Table {
+            table: path.clone(),
+            message,
+        };
+        if !self.whole {
+            return Err(bad("rows asked of a file fetched in part".into()));
+        }
+        let builder = ParquetRecordBatchReaderBuilder::try_new(self.data.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .with_batch_size(batch_size);
+        let total = builder.metadata().file_metadata().num_rows();
+        let total = usize::try_from(total).map_err(|e| bad(e.to_string()))?;
+        // Consecutive positions as one range each.
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        for &p in positions {
+            let p = usize::try_from(p).map_err(|e| bad(e.to_string()))?;
+            match ranges.last_mut() {
+                Some(r) if r.end == p => r.end = p + 1,
+                Some(r) if r.end > p => return Err(bad(format!("row {p} asked out of order"))),
+                _ => ranges.push(p..p + 1),
+            }
+        }
+        let selection = RowSelection::from_consecutive_ranges(ranges.into_iter(), total);
+        let reader = builder
+            .with_row_selection(selection)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(reader.map(move |b| b.map_err(|e| bad(e.to_string()))))
     }
 
     /// Batches of the named columns only (all when `None`: the file must be fetched whole);

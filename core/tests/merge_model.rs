@@ -525,7 +525,7 @@ fn run(case: &Case, mode: Mode, bs: usize, keep: Keep) -> Vec<Vec<RecordBatch>> 
                 .into_iter()
                 .map(|file| {
                     let batches = reread(&file, bs);
-                    if !batches.iter().any(|b| c.touches(b).unwrap()) {
+                    if !batches.iter().any(|b| !c.hits(b).unwrap().is_empty()) {
                         return file;
                     }
                     // Merge-on-read reads only the probe columns when the mode says it may,
@@ -535,6 +535,18 @@ fn run(case: &Case, mode: Mode, bs: usize, keep: Keep) -> Vec<Vec<RecordBatch>> 
                     batches
                         .iter()
                         .map(|b| {
+                            if keep == Keep::Changed && !probe_only {
+                                // As the engine reads a touched file under merge-on-read when
+                                // the merge needs the rows' values: its hit rows only.
+                                let hits = c.hits(b).unwrap();
+                                let idx = arrow_array::UInt32Array::from(hits.clone());
+                                let rows = arrow_select::take::take_record_batch(b, &idx).unwrap();
+                                let m = c.merge(&rows, keep).unwrap();
+                                replacements.push(m.batch);
+                                let superseded: Vec<u32> =
+                                    m.superseded.iter().map(|&r| hits[r as usize]).collect();
+                                return without(b, &superseded);
+                            }
                             let input = if probe_only {
                                 let idx: Vec<usize> = probe
                                     .iter()

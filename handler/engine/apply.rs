@@ -571,16 +571,19 @@ async fn write(
                 }
                 continue;
             }
-            let mut touched = false;
+            // The positions of the rows the window supersedes; a rewrite needs only to know
+            // whether there is one.
+            let mut hits: Vec<u64> = Vec::new();
             let mut first = 0u64;
             for b in file.batches(Some(&probe), bs)? {
-                let (live, _) = live_rows(&name, &b?, &old_dv, &mut first)?;
-                if changes.touches(&live).map_err(change_err(&name))? {
-                    touched = true;
+                let (live, positions) = live_rows(&name, &b?, &old_dv, &mut first)?;
+                let hit = changes.hits(&live).map_err(change_err(&name))?;
+                hits.extend(hit.iter().map(|&r| positions[r as usize]));
+                if rewrite && !hits.is_empty() {
                     break;
                 }
             }
-            if !touched {
+            if hits.is_empty() {
                 state.report.table_bytes_read += file.stored_bytes();
                 continue;
             }
@@ -591,12 +594,31 @@ async fn write(
             }
             state.report.table_bytes_read += file.stored_bytes();
             let mut dv = old_dv.clone();
-            let mut first = 0u64;
-            for b in file.batches(None, bs)? {
-                let (live, positions) = live_rows(&name, &b?, &old_dv, &mut first)?;
-                let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
-                dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
-                writer.write(merged.batch).await.map_err(delta_err(&name))?;
+            if rewrite {
+                let mut first = 0u64;
+                for b in file.batches(None, bs)? {
+                    let (live, positions) = live_rows(&name, &b?, &old_dv, &mut first)?;
+                    let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
+                    dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
+                    writer.write(merged.batch).await.map_err(delta_err(&name))?;
+                }
+            } else {
+                // Merge-on-read keeps the changed rows only: those are all it decodes (each
+                // live, as the probe found them).
+                let mut at = 0usize;
+                for b in file.rows(&hits, bs)? {
+                    let b = b?;
+                    let positions =
+                        hits.get(at..at + b.num_rows())
+                            .ok_or_else(|| SyncError::Table {
+                                table: name.clone(),
+                                message: format!("{}: more rows read than asked", f.path),
+                            })?;
+                    at += b.num_rows();
+                    let merged = changes.merge(&b, keep).map_err(change_err(&name))?;
+                    dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
+                    writer.write(merged.batch).await.map_err(delta_err(&name))?;
+                }
             }
             if dv.cardinality() == old_dv.cardinality() {
                 // Nothing of this file was superseded.

@@ -229,17 +229,20 @@ impl ChangeLog {
             && let Some(ints) = col.as_primitive_opt::<arrow_array::types::Int64Type>()
         {
             let ids = self.int_keys.get_or_init(|| {
-                self.key_texts
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(id, k)| match single_int(k) {
+                let mut ids = foldhash::HashMap::with_capacity_and_hasher(
+                    self.key_texts.len(),
+                    Default::default(),
+                );
+                ids.extend(self.key_texts.iter().enumerate().filter_map(
+                    |(id, k)| match single_int(k) {
                         Some(i) => Some((i, id as u32)),
                         None => match serde_json::from_str::<Value>(k) {
                             Ok(Value::Array(v)) => Some((v.first()?.as_i64()?, id as u32)),
                             _ => None,
                         },
-                    })
-                    .collect()
+                    },
+                ));
+                ids
             });
             return Ok(ints
                 .iter()
@@ -291,7 +294,7 @@ impl HlcColumns {
         match updated {
             Some(u) => {
                 let h = hlc_of(u)?;
-                self.text.append_value(h.to_string());
+                self.text.append_value(h.decimal_text(&mut [0; 32]));
                 self.at.append_value(h.wall_micros());
             }
             None => {

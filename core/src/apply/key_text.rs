@@ -39,12 +39,8 @@ pub(crate) fn key_text_into(
             out.push(',');
         }
         match a.data_type() {
-            DataType::Int64 => {
-                let _ = write!(out, "{}", a.as_primitive::<Int64Type>().value(row));
-            }
-            DataType::Int32 => {
-                let _ = write!(out, "{}", a.as_primitive::<Int32Type>().value(row));
-            }
+            DataType::Int64 => push_int(out, a.as_primitive::<Int64Type>().value(row)),
+            DataType::Int32 => push_int(out, a.as_primitive::<Int32Type>().value(row).into()),
             DataType::Utf8 => push_json_string(out, a.as_string::<i32>().value(row)),
             DataType::Float32 | DataType::Float64 => {
                 let mut v = canonical::value(a.as_ref(), row);
@@ -60,6 +56,25 @@ pub(crate) fn key_text_into(
     }
     out.push(']');
     Ok(())
+}
+
+/// `v`'s decimal digits, as `Display` (and serde_json) print them.
+fn push_int(out: &mut String, v: i64) {
+    let mut buf = [0u8; 20];
+    let mut n = buf.len();
+    let mut m = v.unsigned_abs();
+    loop {
+        n -= 1;
+        buf[n] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    out.push_str(std::str::from_utf8(&buf[n..]).expect("digits are ASCII"));
 }
 
 /// `s` as a JSON string, escaped as serde_json escapes it: text needing no escape (the common

@@ -176,15 +176,17 @@ pub trait ModeWriter: Send {
     fn log(&self) -> &ChangeLog;
     /// Whether the table's current rows matter. When not, [`ModeWriter::merge`] is never needed.
     fn reads_table(&self) -> bool;
-    /// Columns [`ModeWriter::touches`] needs from a table batch (a file can be checked without
+    /// Columns [`ModeWriter::hits`] needs from a table batch (a file can be checked without
     /// decoding its other columns).
     fn probe_columns(&self) -> Vec<String>;
     /// Whether [`ModeWriter::merge`] under [`Keep::Changed`] needs the table rows' other
     /// columns, or only [`ModeWriter::probe_columns`]: a change that carries the whole row
     /// replaces it without reading it.
     fn needs_table_values(&self) -> bool;
-    /// Whether the window supersedes some row of a table batch.
-    fn touches(&self, table: &RecordBatch) -> Result<bool, ChangeError>;
+    /// The rows of a table batch the window supersedes: all that [`ModeWriter::merge`] under
+    /// [`Keep::Changed`] needs of it (merged alone, they give the same output), so a file can
+    /// be read at those rows only.
+    fn hits(&self, table: &RecordBatch) -> Result<Vec<u32>, ChangeError>;
     /// A table batch with the window applied (see [`Keep`]).
     fn merge(&mut self, table: &RecordBatch, keep: Keep) -> Result<Merged, ChangeError>;
     /// The next batch of new rows (after every table batch was merged): every change

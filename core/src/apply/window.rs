@@ -359,6 +359,8 @@ impl Window {
             key_arrays.push(arrays);
         }
         let mut key = String::new();
+        self.keys
+            .reserve(self.frags.len().saturating_sub(self.keys.len()));
         for f in &mut self.frags {
             let s = f.batch as usize;
             // `push` refused NULL keys and conversions keep values, so this cannot fail; the

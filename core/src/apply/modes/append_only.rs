@@ -122,8 +122,8 @@ impl ModeWriter for AppendOnly {
     }
 
     /// History is only appended to: no table row is ever superseded.
-    fn touches(&self, _table: &RecordBatch) -> Result<bool, ChangeError> {
-        Ok(false)
+    fn hits(&self, _table: &RecordBatch) -> Result<Vec<u32>, ChangeError> {
+        Ok(Vec::new())
     }
 
     fn merge(&mut self, table: &RecordBatch, keep: Keep) -> Result<Merged, ChangeError> {

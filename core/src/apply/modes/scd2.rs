@@ -154,8 +154,12 @@ impl ModeWriter for Scd2 {
         true
     }
 
-    fn touches(&self, table: &RecordBatch) -> Result<bool, ChangeError> {
-        Ok(!self.open_hits(table)?.is_empty())
+    fn hits(&self, table: &RecordBatch) -> Result<Vec<u32>, ChangeError> {
+        Ok(self
+            .open_hits(table)?
+            .iter()
+            .map(|(r, _)| *r as u32)
+            .collect())
     }
 
     /// Ends the open versions of changed keys at the key's first change; they become the base

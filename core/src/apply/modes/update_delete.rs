@@ -129,8 +129,11 @@ impl ModeWriter for UpdateDelete {
         })
     }
 
-    fn touches(&self, table: &RecordBatch) -> Result<bool, ChangeError> {
-        Ok(self.log.table_keys(table)?.iter().any(Option::is_some))
+    fn hits(&self, table: &RecordBatch) -> Result<Vec<u32>, ChangeError> {
+        let keys = self.log.table_keys(table)?;
+        Ok((0..keys.len() as u32)
+            .filter(|&r| keys[r as usize].is_some_and(|k| self.finals[k as usize].is_some()))
+            .collect())
     }
 
     fn merge(&mut self, table: &RecordBatch, keep: Keep) -> Result<Merged, ChangeError> {
