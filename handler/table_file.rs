@@ -253,6 +253,35 @@ impl TableFile {
         self.fetched
     }
 
+    /// A reader of what was fetched, and how its errors name the file. `whole_for`: what is
+    /// asked needs every byte (named in the error when the file was fetched in part).
+    fn reader(
+        &self,
+        batch_size: usize,
+        whole_for: Option<&str>,
+    ) -> Result<
+        (
+            ParquetRecordBatchReaderBuilder<Sparse>,
+            impl Fn(String) -> DeltaError + use<>,
+        ),
+        DeltaError,
+    > {
+        let path = self.path.clone();
+        let bad = move |message: String| DeltaError::Table {
+            table: path.clone(),
+            message,
+        };
+        if let Some(asked) = whole_for
+            && !self.whole
+        {
+            return Err(bad(format!("{asked} asked of a file fetched in part")));
+        }
+        let builder = ParquetRecordBatchReaderBuilder::try_new(self.data.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .with_batch_size(batch_size);
+        Ok((builder, bad))
+    }
+
     /// Batches of every column at the given rows only (positions in the file, ascending; the
     /// file must be fetched whole): the rows a step supersedes, when those are all it needs.
     pub fn rows(
@@ -260,17 +289,7 @@ impl TableFile {
         positions: &[u64],
         batch_size: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch, DeltaError>> + use<>, DeltaError> {
-        let path = self.path.clone();
-        let bad = move |message: String| DeltaError::Table {
-            table: path.clone(),
-            message,
-        };
-        if !self.whole {
-            return Err(bad("rows asked of a file fetched in part".into()));
-        }
-        let builder = ParquetRecordBatchReaderBuilder::try_new(self.data.clone())
-            .map_err(|e| bad(e.to_string()))?
-            .with_batch_size(batch_size);
+        let (builder, bad) = self.reader(batch_size, Some("rows"))?;
         let total = builder.metadata().file_metadata().num_rows();
         let total = usize::try_from(total).map_err(|e| bad(e.to_string()))?;
         // Consecutive positions as one range each.
@@ -298,17 +317,8 @@ impl TableFile {
         columns: Option<&[String]>,
         batch_size: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch, DeltaError>> + use<>, DeltaError> {
-        let path = self.path.clone();
-        let bad = move |message: String| DeltaError::Table {
-            table: path.clone(),
-            message,
-        };
-        if columns.is_none() && !self.whole {
-            return Err(bad("every column asked of a file fetched in part".into()));
-        }
-        let builder = ParquetRecordBatchReaderBuilder::try_new(self.data.clone())
-            .map_err(|e| bad(e.to_string()))?
-            .with_batch_size(batch_size);
+        let whole = columns.is_none().then_some("every column");
+        let (builder, bad) = self.reader(batch_size, whole)?;
         let builder = match columns {
             Some(cols) => {
                 let schema = builder.parquet_schema();

@@ -61,16 +61,7 @@ pub(crate) fn key_text_into(
 /// `v`'s decimal digits, as `Display` (and serde_json) print them.
 fn push_int(out: &mut String, v: i64) {
     let mut buf = [0u8; 20];
-    let mut n = buf.len();
-    let mut m = v.unsigned_abs();
-    loop {
-        n -= 1;
-        buf[n] = b'0' + (m % 10) as u8;
-        m /= 10;
-        if m == 0 {
-            break;
-        }
-    }
+    let n = crate::format::values::digits_before(&mut buf, 20, v.unsigned_abs());
     if v < 0 {
         out.push('-');
     }

@@ -131,24 +131,11 @@ impl Hlc {
     /// The [`Display`](fmt::Display) text (`%d.%010d`) written into `buf`, without the
     /// formatting machinery or an allocation: every row a step writes carries one.
     pub fn decimal_text(self, buf: &mut [u8; 32]) -> &str {
-        let mut n = buf.len();
-        let mut logical = self.logical;
-        for _ in 0..10 {
-            n -= 1;
-            buf[n] = b'0' + (logical % 10) as u8;
-            logical /= 10;
-        }
-        n -= 1;
-        buf[n] = b'.';
-        let mut wall = self.wall.unsigned_abs();
-        loop {
-            n -= 1;
-            buf[n] = b'0' + (wall % 10) as u8;
-            wall /= 10;
-            if wall == 0 {
-                break;
-            }
-        }
+        // The logical part, zero-padded to its 10 digits, after the dot.
+        buf[21..].fill(b'0');
+        crate::format::values::digits_before(buf, 32, u64::from(self.logical));
+        buf[21] = b'.';
+        let mut n = crate::format::values::digits_before(buf, 21, self.wall.unsigned_abs());
         if self.wall < 0 {
             n -= 1;
             buf[n] = b'-';

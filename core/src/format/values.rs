@@ -234,6 +234,20 @@ pub fn format_timestamp(micros: i64, zoned: bool, parquet: bool) -> String {
     s
 }
 
+/// Writes `v`'s decimal digits to end just before `buf[end]`; returns where they start. No
+/// formatting machinery: every row a step keys or writes prints some (key texts, HLC texts).
+pub fn digits_before(buf: &mut [u8], end: usize, mut v: u64) -> usize {
+    let mut n = end;
+    loop {
+        n -= 1;
+        buf[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return n;
+        }
+    }
+}
+
 /// Canonical lowercase UUID text (8-4-4-4-12) from its 16 bytes.
 pub fn format_uuid(b: &[u8]) -> String {
     uuid_text(b, &mut [0; 36]).to_owned()
