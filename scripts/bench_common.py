@@ -66,20 +66,22 @@ def simulate_usertable(bin_path: str, feed: Path, rows: int, windows: int, chang
 
 
 def replicate(feed: Path, copies: int) -> Path:
-    """A simulated Parquet `usertable` feed (integer key) scaled to COPIES times its table,
-    in `<feed>x<copies>` (kept when there): the simulator holds its model in memory and cannot
+    """A simulated Parquet `usertable` feed scaled to COPIES times its table, in
+    `<feed>x<copies>` (kept when there): the simulator holds its model in memory and cannot
     write 20M rows here.
 
-    Copy k of each initial-scan file has its keys shifted by k x (max key + 1) and a file id of
-    its own (same timestamp, so the first RESOLVED covers it). Each later change moves to the copy
-    a hash of its key picks (every change of a key to the same copy, so each copy's history stays
-    valid): the RESOLVEDs keep their number of changes, spread over the whole table.
-    The truth folder is the original's: tables built from this feed are not checked against it.
+    Copy k of each initial-scan file has its keys moved to copy k (integer keys shifted by
+    k x (max key + 1); UUID keys with their last byte XORed with k) and a file id of its own
+    (same timestamp, so the first RESOLVED covers it). Each later change moves to the copy a
+    hash of its key picks (every change of a key to the same copy, so each copy's history stays
+    valid): the RESOLVEDs keep their number of changes, spread over the whole table. The truth
+    folder is the original's: tables built from this feed are not checked against it.
     """
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
+    if copies > 256:
+        sys.exit("replicate: at most 256 copies")
     out = feed.with_name(f"{feed.name}x{copies}")
     if (out / "truth" / "manifest.json").exists():
         return out
@@ -89,21 +91,41 @@ def replicate(feed: Path, copies: int) -> Path:
                 key=lambda h: tuple(int(x) for x in h.split(".")))
     first_key = tuple(int(x) for x in first.split("."))
     files = sorted((out / "changefeed").rglob("*.parquet"))
-    span = max(pc.max(pq.read_table(f, columns=["ycsb_key"])["ycsb_key"]).as_py() for f in files) + 1
+    uuid = not pa.types.is_integer(pq.read_table(files[0], columns=["ycsb_key"]).schema.field("ycsb_key").type)
+    if uuid:
+        def as_bytes(keys):  # n x 16 bytes of the UUIDs
+            storage = keys.combine_chunks().storage
+            return np.frombuffer(storage.buffers()[1], dtype=np.uint8)[
+                storage.offset * 16:(storage.offset + len(storage)) * 16].reshape(-1, 16).copy()
+
+        def moved(keys, copy_of):
+            b = as_bytes(keys)
+            b[:, 15] ^= copy_of.astype(np.uint8)
+            storage = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(b), [None, pa.py_buffer(b.tobytes())])
+            return pa.ExtensionArray.from_storage(keys.type, storage)
+
+        def hash_of(keys):
+            return as_bytes(keys)[:, :4].copy().view("<u4").ravel().astype(np.uint64)
+    else:
+        span = max(pq.read_table(f, columns=["ycsb_key"])["ycsb_key"].to_numpy().max() for f in files) + 1
+
+        def moved(keys, copy_of):
+            return pa.array(keys.to_numpy().astype(np.int64) + copy_of.astype(np.int64) * int(span), pa.int64())
+
+        def hash_of(keys):
+            return (keys.to_numpy().astype(np.uint64) * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
     for f in files:
         t = pq.read_table(f)
         keys = t["ycsb_key"]
         col = t.schema.get_field_index("ycsb_key")
         last = max(tuple(int(x) for x in u.split(".")) for u in t["__crdb__updated"].to_pylist())
-        if last > first_key:  # changes: each to its key's copy (a multiplicative hash)
-            k = keys.to_numpy().astype(np.uint64)
-            copy_of = (((k * np.uint64(2654435761)) & np.uint64(0x7FFFFFFF)) * np.uint64(copies)) >> np.uint64(31)
-            shifted = pa.array(k.astype(np.int64) + copy_of.astype(np.int64) * span, pa.int64())
-            pq.write_table(t.set_column(col, "ycsb_key", shifted), f, compression="snappy")
+        if last > first_key:  # changes: each to its key's copy
+            copy_of = (hash_of(keys) * np.uint64(copies)) >> np.uint64(32)
+            pq.write_table(t.set_column(col, "ycsb_key", moved(keys, copy_of)), f, compression="snappy")
             continue
         parts = f.name.split("-")  # <ts>-<session>-<node>-<sink>-<file id>-<topic>-<schema>.parquet
         for k in range(1, copies):
-            copy = t.set_column(col, "ycsb_key", pc.add(keys, pa.scalar(k * span, pa.int64())))
+            copy = t.set_column(col, "ycsb_key", moved(keys, np.full(len(keys), k, dtype=np.uint64)))
             name = "-".join(parts[:4] + [f"{k * 0x10000 + int(parts[4], 16):08x}"] + parts[5:])
             pq.write_table(copy, f.with_name(name), compression="snappy")
     return out
