@@ -71,7 +71,8 @@ def replicate(feed: Path, copies: int) -> Path:
     write 20M rows here.
 
     Copy k of each initial-scan file has its keys moved to copy k (integer keys shifted by
-    k x (max key + 1); UUID keys with their last byte XORed with k) and a file id of its own
+    k x (max key + 1); UUID keys XORed with copy k's own random 16 bytes, so the copies look as
+    random as the originals: no shared prefixes to sort together or compress) and a file id of its own
     (same timestamp, so the first RESOLVED covers it). Each later change moves to the copy a
     hash of its key picks (every change of a key to the same copy, so each copy's history stays
     valid): the RESOLVEDs keep their number of changes, spread over the whole table. The truth
@@ -98,9 +99,11 @@ def replicate(feed: Path, copies: int) -> Path:
             return np.frombuffer(storage.buffers()[1], dtype=np.uint8)[
                 storage.offset * 16:(storage.offset + len(storage)) * 16].reshape(-1, 16).copy()
 
+        masks = np.random.default_rng(1).integers(0, 256, size=(copies, 16), dtype=np.uint8)
+        masks[0] = 0
+
         def moved(keys, copy_of):
-            b = as_bytes(keys)
-            b[:, 15] ^= copy_of.astype(np.uint8)
+            b = as_bytes(keys) ^ masks[copy_of.astype(np.int64)]
             storage = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(b), [None, pa.py_buffer(b.tobytes())])
             return pa.ExtensionArray.from_storage(keys.type, storage)
 
