@@ -163,20 +163,24 @@ async fn read_stage(
             };
             let planned =
                 Slices::plan(resolved, weigh(budget.expansion), max, opts.min_slice_bytes);
-            // Sliced by the priors: worth one file's read to slice by what the files decode to.
-            if planned.is_some() {
-                learn_expansion(
-                    &mut state.report,
-                    files,
-                    objects,
-                    source,
-                    dopts,
-                    budget.expansion,
-                )
-                .await?;
-                Slices::plan(resolved, weigh(budget.expansion), max, opts.min_slice_bytes)
-            } else {
-                planned
+            // Sliced by the priors: worth one file's read to count the slices by what the files
+            // decode to. Still at least two, so an interval this large is never applied as one
+            // pass of the whole window (its peak memory would be several times the window).
+            match planned {
+                Some(p) => {
+                    learn_expansion(
+                        &mut state.report,
+                        files,
+                        objects,
+                        source,
+                        dopts,
+                        budget.expansion,
+                    )
+                    .await?;
+                    let of = Slices::count(weigh(budget.expansion), max, opts.min_slice_bytes);
+                    Some(Slices { of: of.max(2), ..p })
+                }
+                None => None,
             }
         }
     };
