@@ -191,6 +191,8 @@ impl<'de> serde::Deserialize<'de> for Hlc {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn decimal_text_prints_what_display_prints() {
@@ -208,9 +210,6 @@ mod tests {
             assert_eq!(h.decimal_text(&mut buf), h.to_string());
         }
     }
-
-    use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn fixture_values() {

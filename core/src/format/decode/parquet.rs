@@ -165,7 +165,11 @@ impl ParquetDecoder {
                         .map(|(i, _, t)| (*i, t))
                 })
                 .collect();
-            let (_, keys_builder) = Self::open(file, bytes, opts.batch_size.max(1))?;
+            // A second reader over the same footer, already parsed and rewritten.
+            let meta = ArrowReaderMetadata::try_new(builder.metadata().clone(), Default::default())
+                .map_err(|e| perr(e.to_string()))?;
+            let keys_builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
+                .with_batch_size(opts.batch_size.max(1));
             if let Some(keep) =
                 key.and_then(|key| slice_rows(keys_builder, &key, updated, mvcc, filter))
             {
