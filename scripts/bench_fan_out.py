@@ -129,8 +129,10 @@ def main():
     args = ap.parse_args()
     azurite, endpoint, env = setup(extent_mib=8192)
     base = env["AZURITE_BLOB_STORAGE_URL"]
+    scratch = None
     try:
-        work = Path(tempfile.mkdtemp(prefix="bench-fan-out-"))
+        scratch = tempfile.TemporaryDirectory(prefix="bench-fan-out-")
+        work = Path(scratch.name)
         container = "fo" + uuid.uuid4().hex[:10]
         create_container(endpoint, container)
         truth = work / "truth"
@@ -173,6 +175,9 @@ def main():
     finally:
         if azurite:
             azurite.terminate()
+        # Truth files of large windows run to gigabytes: never leave them behind.
+        if scratch:
+            scratch.cleanup()
 
 
 if __name__ == "__main__":

@@ -92,8 +92,10 @@ def main():
     fan_out = dict(CRDB_DELTA_FAN_OUT="true", CRDB_DELTA_APPLY_QUEUE="t") if args.fan_out else {}
     azurite, endpoint, env = setup(extent_mib=4096)
     results = {}
+    scratch = None
     try:
-        work = Path(tempfile.mkdtemp(prefix="bench-handler-"))
+        scratch = tempfile.TemporaryDirectory(prefix="bench-handler-")
+        work = Path(scratch.name)
         # Cold start.
         container = "cold" + uuid.uuid4().hex[:10]
         create_container(endpoint, container)
@@ -157,6 +159,9 @@ def main():
     finally:
         if azurite:
             azurite.terminate()
+        # Truth files of large windows run to gigabytes: never leave them behind.
+        if scratch:
+            scratch.cleanup()
     print(json.dumps(results))
 
 
