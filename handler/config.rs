@@ -115,6 +115,15 @@ pub struct Config {
         deserialize_with = "crate::byte_size::deserialize_opt"
     )]
     pub rewrite_files_below: Option<u64>,
+    /// Memory for table files' key indexes kept between steps, so a step looks its keys up
+    /// instead of reading every candidate file's key column (single-column integer or text
+    /// keys; default 256 MiB: 20M integer keys; 0: none).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::byte_size::deserialize_opt"
+    )]
+    pub key_index_bytes: Option<u64>,
     /// One commit per table at every RESOLVED, however small (a Delta version per RESOLVED, for
     /// time travel to each), instead of one per `max_window_bytes` of backlog (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -311,6 +320,7 @@ impl Config {
         out.max_window_bytes = out.max_window_bytes.or(schema.max_window_bytes);
         out.min_slice_bytes = out.min_slice_bytes.or(schema.min_slice_bytes);
         out.rewrite_files_below = out.rewrite_files_below.or(schema.rewrite_files_below);
+        out.key_index_bytes = out.key_index_bytes.or(schema.key_index_bytes);
         out.commit_each_resolved = out.commit_each_resolved.or(schema.commit_each_resolved);
         out.tables_at_once = out.tables_at_once.or(schema.tables_at_once);
         out.target_file_size = out.target_file_size.or(schema.target_file_size);

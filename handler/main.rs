@@ -346,6 +346,10 @@ struct SyncArgs {
     /// ones it changes, so small files do not pile up between compactions; default 4MiB, 0 never
     #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     rewrite_files_below: Option<u64>,
+    /// Memory for table files' key indexes kept between steps (single-column integer or text
+    /// keys looked up instead of read); default 256MiB, 0 none
+    #[arg(long, value_parser = crdb_delta::byte_size::parse)]
+    key_index_bytes: Option<u64>,
     /// Rows per decoded batch (a memory bound).
     #[arg(long, default_value_t = 8192, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch_size: usize,
@@ -452,6 +456,9 @@ impl SyncArgs {
         }
         if let Some(v) = self.rewrite_files_below {
             opts.rewrite_below = v;
+        }
+        if let Some(v) = self.key_index_bytes {
+            opts.key_cache = crdb_delta::engine::key_cache::KeyCache::new(v);
         }
         if let Some(v) = self.target_file_size {
             opts.target_file_size = v;

@@ -136,6 +136,22 @@ impl TableFile {
         })
     }
 
+    /// Nothing fetched yet: a file whose key column the index knows ([`Self::fetch_all`]
+    /// fetches it when its rows are needed).
+    pub fn deferred(table: &DeltaTable, path: &str) -> Result<Self, DeltaError> {
+        let location = Path::parse(path).map_err(|e| Self::bad(table, path, e))?;
+        Ok(Self {
+            path: path.to_owned(),
+            location,
+            data: Sparse {
+                len: 0,
+                parts: Vec::new(),
+            },
+            whole: false,
+            fetched: 0,
+        })
+    }
+
     /// The footer and the column chunks of `columns` (all row groups) of a file of `size`
     /// bytes; small files whole.
     pub async fn fetch_columns(

@@ -13,9 +13,13 @@ For each table size it simulates a YCSB `usertable` (integer key, or random UUID
 scan holds SIZE rows, followed by RESOLVEDS windows of CHANGES random-key changes each (90%
 updates, 10% deletes). Then, per mode and storage, into a fresh target:
   1. `sync --until <first RESOLVED>` loads the initial scan;
-  2. each later RESOLVED is applied by its own `sync --until <it>` (one commit per RESOLVED, as
-     the function runs), and its seconds, bytes read from the table, bytes written and peak RSS
-     are taken from the `--json` report.
+  2. each later RESOLVED is applied by its own `sync --until <it>` (one commit per RESOLVED, in
+     a process of its own: a cold start), and its seconds, bytes read from the table, bytes
+     written and peak RSS are taken from the `--json` report;
+  3. the same RESOLVEDs, from a copy of the loaded table, by one `sync --commit-each-resolved`
+     process, as a warm function instance applies them (the key index kept between steps): the
+     seconds between consecutive commits (from the `committed` log lines), the first one (which
+     learns the index) apart, and the run's bytes and peak RSS.
 Prints a Markdown table (medians over the RESOLVEDs) for docs/benchmarks.md. Uses the release
 build (`cargo build --release` first).
 """
@@ -24,11 +28,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 
-from bench_common import ROOT, hlc_of, replicate, run, simulate_usertable  # noqa: E402
+from bench_common import QUIET_ENV, ROOT, hlc_of, replicate, run, simulate_usertable  # noqa: E402
+
+
+def one_process(base: list[str], until: str) -> dict:
+    """The RESOLVEDs up to UNTIL applied by one `sync --commit-each-resolved`: seconds to the
+    first commit, the median between later ones, and the `--json` report."""
+    started = time.time()
+    p = subprocess.run([base[0], "--log-json", *base[1:], "--commit-each-resolved", "--until", until],
+                       capture_output=True, text=True,
+                       env=QUIET_ENV | {"CRDB_DELTA_LOG": "crdb_delta::engine::apply=info"})
+    if p.returncode != 0:
+        raise SystemExit(f"sync failed ({p.returncode}):\n{p.stderr[-4000:]}")
+    commits = [datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+               for line in map(json.loads, p.stderr.splitlines())
+               if line.get("fields", {}).get("message") == "committed"]
+    gaps = [b - a for a, b in zip(commits, commits[1:])]
+    return {"first_s": commits[0] - started, "s": statistics.median(gaps),
+            "report": json.loads(p.stdout), "commits": len(commits)}
 
 
 
@@ -72,12 +96,19 @@ def main() -> None:
                         "--manifest", str(feed / "truth" / "manifest.json"), "--mode", mode,
                         "--storage", storage, "--json"]
                 load = json.loads(run(*base, "--until", resolved[0]).stdout)
+                warm = Path(f"{target}-one-process")
+                shutil.rmtree(warm, ignore_errors=True)
+                shutil.copytree(target, warm)
                 steps = []
                 for r in resolved[1:]:
                     rep = json.loads(run(*base, "--until", r).stdout)
                     t = rep["tables"]["usertable"]
                     steps.append(rep | {"t": t})
                 med = lambda f: statistics.median(f(s) for s in steps)  # noqa: E731
+                one = one_process([*base[:5], str(warm), *base[6:]], resolved[-1])
+                shutil.rmtree(warm)
+                n = one["commits"]
+                ot = one["report"]["tables"]["usertable"]
                 rows.append({
                     "rows": size, "mode": mode, "storage": storage,
                     "load_s": load["seconds"], "load_rss": load["peak_rss_mib"],
@@ -87,18 +118,33 @@ def main() -> None:
                     "window_mb": med(lambda s: s["bytes_read"] / 1e6),
                     "rss": max(s["peak_rss_mib"] for s in steps),
                     "events": med(lambda s: s["events"]),
+                    "one_first_s": one["first_s"], "one_s": one["s"],
+                    "one_read_mb": ot.get("table_bytes_read", 0) / n / 1e6,
+                    "one_indexed": ot.get("table_files_indexed", 0) / max(1, ot.get("table_files_read", 0)),
+                    "one_rss": one["report"]["peak_rss_mib"],
                 })
                 r = rows[-1]
                 print(f"{size:>9} {mode:<13} {storage:<16} load {r['load_s']:6.1f} s  "
                       f"per RESOLVED {r['s']:6.2f} s  read {r['read_mb']:8.1f} MB  "
                       f"written {r['written_mb']:8.1f} MB  window {r['window_mb']:6.1f} MB  "
                       f"RSS {r['rss']:6.0f} MiB", flush=True)
+                print(f"{'':>9} {'':<13} {'one process':<16} first  {r['one_first_s']:6.2f} s  "
+                      f"per RESOLVED {r['one_s']:6.2f} s  read {r['one_read_mb']:8.1f} MB  "
+                      f"files looked up {r['one_indexed']:.0%}  RSS {r['one_rss']:6.0f} MiB", flush=True)
     print()
     print("| table rows | mode | storage | initial load | s per RESOLVED | table MB read | MB written | window MB (changefeed) | peak RSS per RESOLVED |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {r['load_s']:.1f} s, {r['load_rss']:.0f} MiB "
               f"| {r['s']:.2f} | {r['read_mb']:.1f} | {r['written_mb']:.1f} | {r['window_mb']:.1f} | {r['rss']:.0f} MiB |")
+    print()
+    print("One process (a warm instance), the same RESOLVEDs:")
+    print()
+    print("| table rows | mode | storage | first RESOLVED s | s per RESOLVED after | table MB read per RESOLVED | files looked up | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {r['one_first_s']:.2f} | {r['one_s']:.2f} "
+              f"| {r['one_read_mb']:.1f} | {r['one_indexed']:.0%} | {r['one_rss']:.0f} MiB |")
 
 
 if __name__ == "__main__":

@@ -359,3 +359,52 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
     );
     assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
 }
+
+/// From the second step on, a table file's key column is looked up in memory rather than read
+/// again, in one run and across the handler's runs (one cache per process); the tables equal
+/// the truth either way, and without the index nothing is looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_files_key_columns_are_looked_up_from_the_second_step_on() {
+    use crdb_delta::engine::key_cache::KeyCache;
+    let dir = tempfile::tempdir().unwrap();
+    let f = small_straddling_feed(dir.path()).await;
+    let target = |name: &str| Location::open(dir.path().join(name).to_str().unwrap()).unwrap();
+    let run = |cache: KeyCache, until: Option<Hlc>| SyncOptions {
+        config: f.config.clone(),
+        each_resolved: true,
+        until,
+        key_cache: cache,
+        ..SyncOptions::default()
+    };
+    let (indexed, none) = (target("indexed"), target("none"));
+    let one = sync(&f.feed, &indexed, &run(KeyCache::default(), None))
+        .await
+        .unwrap();
+    let plain = sync(&f.feed, &none, &run(KeyCache::new(0), None))
+        .await
+        .unwrap();
+    let (one, plain) = (&one.tables["usertable"], &plain.tables["usertable"]);
+    assert!(one.table_files_indexed > 0, "{one:?}");
+    assert_eq!(plain.table_files_indexed, 0, "{plain:?}");
+    assert_eq!(one.table_files_read, plain.table_files_read);
+    assert!(
+        one.table_bytes_read < plain.table_bytes_read,
+        "{one:?} {plain:?}"
+    );
+    assert_equals_truth(&indexed, &f.truth_dir, "usertable").await;
+    assert_equals_truth(&none, &f.truth_dir, "usertable").await;
+
+    // The handler: one run per RESOLVED, one cache for the process.
+    let cache = KeyCache::default();
+    let runs = target("runs");
+    let mut looked_up = 0;
+    for r in &f.resolveds {
+        let report = sync(&f.feed, &runs, &run(cache.clone(), Some(*r)))
+            .await
+            .unwrap();
+        looked_up += report.tables["usertable"].table_files_indexed;
+    }
+    assert!(looked_up > 0, "no file was looked up across runs");
+    assert!(cache.bytes() > 0);
+    assert_equals_truth(&runs, &f.truth_dir, "usertable").await;
+}

@@ -533,6 +533,22 @@ impl KeyProbe {
         Self { sorted }
     }
 
+    /// The window's first-key integers, sorted (when they are integers).
+    pub fn ints(&self) -> Option<&[i64]> {
+        match &self.sorted {
+            Sorted::Ints(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The window's first-key texts, sorted bytewise (when they are text).
+    pub fn strings(&self) -> Option<&[String]> {
+        match &self.sorted {
+            Sorted::Strings(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Whether a file whose first key spans `range` (min, max) may hold a window key.
     pub fn may_hold(&self, range: Option<&(serde_json::Value, serde_json::Value)>) -> bool {
         let Some((lo, hi)) = range else {

@@ -14,6 +14,7 @@ use crdb_delta_core::deletion_vector::DeletionVector;
 use crdb_delta_core::format::decode::{DecodeError, DecodeOptions, SliceFilter};
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::format::types::ColumnType;
+use crdb_delta_core::key_index::FileKeys;
 use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
 use deltalake_core::kernel::{Add, Remove};
 use futures::StreamExt;
@@ -22,6 +23,7 @@ use super::AbortOnDrop;
 use super::ahead::{self, Read, Shared};
 use super::carry::Keeper;
 use super::faults::{fault, pause};
+use super::key_cache::KeyCache;
 use super::read::{Budget, Reuse, derive_key, learn_expansion, read_window};
 use super::table::{TableState, replan};
 use super::{SyncError, SyncOptions, delta_err};
@@ -475,11 +477,26 @@ async fn write(
         let first_type = layout
             .index_of(&first_key)
             .map_or(ColumnType::Json, |i| layout.columns[i].1.clone());
-        let keys = KeyProbe::new(changes.log().first_key_values(), &first_type);
+        let keys = Arc::new(KeyProbe::new(changes.log().first_key_values(), &first_type));
         let probe = changes.probe_columns();
         let candidates = delta::files(table, &first_key)
             .await
             .map_err(delta_err(&name))?;
+        // Key indexes: learned from and used for a key of one integer or text column, whose
+        // column is then the whole probe (see [`super::key_cache`]).
+        let table_url = Arc::new(table.table_url().to_string());
+        let index = opts.key_cache.enabled().then(|| opts.key_cache.clone());
+        if let Some(cache) = &index {
+            cache.retain(
+                &table_url,
+                &candidates.iter().map(|f| f.path.as_str()).collect(),
+            );
+        }
+        let index = index.filter(|_| {
+            probe.len() == 1
+                && probe[0] == first_key
+                && (keys.ints().is_some() || keys.strings().is_some())
+        });
         pause("before-fetch").await;
         // Once small files pile up (the new files of recent steps), the ones this step changes
         // are rewritten even with deletion vectors: their rows merge into this step's new file,
@@ -514,20 +531,34 @@ async fn write(
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let (table, probe) = (fetch_from.clone(), probe_shared.clone());
             let decode_ahead = one_pass(&f) && f.num_records.is_some_and(|n| n <= ahead_rows);
-            let name = name.clone();
+            let (name, index, keys, url) =
+                (name.clone(), index.clone(), keys.clone(), table_url.clone());
             AbortOnDrop(tokio::spawn(async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
                 let dv = delta::read_deletion_vector(&table, &f).await?;
+                // Indexed: the rows of the window's keys, without reading the file.
+                let known = index.as_ref().and_then(|c| c.get(&url, &f.path, f.size));
+                if let Some(found) = known.and_then(|k| k.lookup(&keys, &dv)) {
+                    let file = delta::TableFile::deferred(&table, &f.path)?;
+                    let decoded = found
+                        .map(|b| vec![b])
+                        .map_err(|e| change_err(&name)(ChangeError::Arrow(e)));
+                    return Ok::<_, DeltaError>((f, dv, file, Some(decoded), true));
+                }
                 let file = delta::TableFile::fetch_columns(&table, &f.path, size, &probe).await?;
                 if !decode_ahead {
-                    return Ok::<_, DeltaError>((f, dv, file, None));
+                    return Ok((f, dv, file, None, false));
                 }
+                let mut learn = index.map(|c| Learn::new(c, &url, &f.path, f.size));
                 let (dv, file, decoded) = AbortOnDrop(tokio::task::spawn_blocking(move || {
-                    let decoded = decode_live(&name, &file, &probe, &dv, bs);
+                    let decoded = decode_live(&name, &file, &probe, &dv, bs, learn.as_mut());
+                    if let (Ok(_), Some(l)) = (&decoded, learn) {
+                        l.finish();
+                    }
                     (dv, file, decoded)
                 }))
                 .await;
-                Ok((f, dv, file, Some(decoded)))
+                Ok((f, dv, file, Some(decoded), false))
             }))
         }))
         .buffered(FETCH_AHEAD);
@@ -536,12 +567,18 @@ async fn write(
             Written::Stale(Conflict::FileGone { path, version })
         };
         while let Some(fetched) = fetches.next().await {
-            let (f, old_dv, mut file, decoded) = match fetched {
+            let (f, old_dv, mut file, decoded, indexed) = match fetched {
                 Ok(x) => x,
                 Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path)),
                 Err(e) => return Err(e.into()),
             };
             state.report.table_files_read += 1;
+            state.report.table_files_indexed += u64::from(indexed);
+            // A file read batch by batch below teaches the index as it goes.
+            let mut learn = index
+                .as_ref()
+                .filter(|_| !indexed && decoded.is_none())
+                .map(|c| Learn::new(c.clone(), &table_url, &f.path, f.size));
             let rewrite = rewrites(&f);
             let keep = if rewrite { Keep::All } else { Keep::Changed };
             // Merge-on-read of changes that carry whole rows needs the key columns only: one
@@ -555,11 +592,14 @@ async fn write(
                     Some(decoded) => Box::new(decoded?.into_iter().map(Ok)),
                     None => {
                         let mut first = 0u64;
-                        let (name, old_dv) = (&name, &old_dv);
-                        Box::new(
-                            file.batches(Some(&probe), bs)?
-                                .map(move |b| live_rows(name, &b?, old_dv, &mut first)),
-                        )
+                        let (name, old_dv, learn) = (&name, &old_dv, &mut learn);
+                        Box::new(file.batches(Some(&probe), bs)?.map(move |b| {
+                            let b = b?;
+                            if let Some(l) = learn.as_mut() {
+                                l.add(&b);
+                            }
+                            live_rows(name, &b, old_dv, &mut first)
+                        }))
                     }
                 };
                 for b in batches {
@@ -567,6 +607,9 @@ async fn write(
                     let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
                     dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
                     writer.write(merged.batch).await.map_err(delta_err(&name))?;
+                }
+                if let Some(l) = learn {
+                    l.finish();
                 }
                 // Nothing of this file superseded: no new deletion vector.
                 if dv.cardinality() != old_dv.cardinality() {
@@ -579,13 +622,28 @@ async fn write(
             // whether there is one.
             let mut hits: Vec<u64> = Vec::new();
             let mut first = 0u64;
-            for b in file.batches(Some(&probe), bs)? {
-                let (live, positions) = live_rows(&name, &b?, &old_dv, &mut first)?;
+            let probed: Box<dyn Iterator<Item = Result<_, SyncError>> + Send> = match decoded {
+                Some(decoded) => Box::new(decoded?.into_iter().map(Ok)),
+                None => Box::new(file.batches(Some(&probe), bs)?.map(|b| {
+                    let b = b?;
+                    if let Some(l) = learn.as_mut() {
+                        l.add(&b);
+                    }
+                    live_rows(&name, &b, &old_dv, &mut first)
+                })),
+            };
+            let mut complete = true;
+            for b in probed {
+                let (live, positions) = b?;
                 let hit = changes.hits(&live).map_err(change_err(&name))?;
                 hits.extend(hit.iter().map(|&r| positions[r as usize]));
                 if rewrite && !hits.is_empty() {
+                    complete = false;
                     break;
                 }
+            }
+            if let Some(l) = learn.take().filter(|_| complete) {
+                l.finish();
             }
             if hits.is_empty() {
                 state.report.table_bytes_read += file.stored_bytes();
@@ -672,13 +730,57 @@ fn decode_live(
     probe: &[String],
     dv: &DeletionVector,
     batch_size: usize,
+    mut learn: Option<&mut Learn>,
 ) -> Result<Vec<(arrow_array::RecordBatch, Vec<u64>)>, SyncError> {
     let mut first = 0u64;
     let mut out = Vec::new();
     for b in file.batches(Some(probe), batch_size)? {
-        out.push(live_rows(table, &b?, dv, &mut first)?);
+        let b = b?;
+        if let Some(l) = learn.as_deref_mut() {
+            l.add(&b);
+        }
+        out.push(live_rows(table, &b, dv, &mut first)?);
     }
     Ok(out)
+}
+
+/// A file's key column gathered as its batches are decoded (every row, hidden ones too: a
+/// deletion vector is applied at each lookup), kept in the cache once the file is read whole.
+struct Learn {
+    cache: KeyCache,
+    table: Arc<String>,
+    path: String,
+    size: i64,
+    field: Option<arrow_schema::FieldRef>,
+    columns: Vec<arrow_array::ArrayRef>,
+}
+
+impl Learn {
+    fn new(cache: KeyCache, table: &Arc<String>, path: &str, size: i64) -> Self {
+        Self {
+            cache,
+            table: table.clone(),
+            path: path.to_owned(),
+            size,
+            field: None,
+            columns: Vec::new(),
+        }
+    }
+
+    /// A batch of the file's probe column, in file order.
+    fn add(&mut self, batch: &arrow_array::RecordBatch) {
+        if batch.num_columns() == 1 {
+            self.field
+                .get_or_insert_with(|| batch.schema().field(0).clone().into());
+            self.columns.push(batch.column(0).clone());
+        }
+    }
+
+    fn finish(self) {
+        if let Some(keys) = self.field.and_then(|f| FileKeys::build(f, &self.columns)) {
+            self.cache.put(&self.table, &self.path, self.size, keys);
+        }
+    }
 }
 
 /// The rows of a file batch its deletion vector does not hide, and their positions in the file

@@ -17,6 +17,7 @@
 //! | [`table`] | opening a table (mode, layout, progress) and re-planning after a conflict |
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
+//! | [`key_cache`] | table files' key columns kept sorted in memory between steps (looked up, not read) |
 //! | [`ahead`] | a table's next step read while this one writes (one RESOLVED per step) |
 //! | [`resolved_log`] | the multi-table `_crdb_delta_resolved` record |
 //! | [`fan_out`] | the tables a RESOLVED covers, and its record, when each table is applied apart |
@@ -34,6 +35,7 @@ pub mod carry;
 pub mod dry_run;
 pub mod fan_out;
 pub mod faults;
+pub mod key_cache;
 pub mod listing;
 pub mod read;
 pub mod report;
@@ -185,6 +187,9 @@ pub struct SyncOptions {
     pub tables_at_once: usize,
     /// Rows past the last RESOLVED kept from one run to the next (the handler's runs).
     pub carry_cache: Option<carry::CarryCache>,
+    /// Table files' key indexes kept from one step (and run) to the next, within
+    /// `key_index_bytes`.
+    pub key_cache: key_cache::KeyCache,
     /// The config as given, before the target's schema.json went under it: a schema read again
     /// during the run ([`schema_refresh`]) is put under it the same way. `None`: `config` is
     /// taken as the explicit one.
@@ -252,6 +257,9 @@ impl SyncOptions {
                 .map_or(d.max_resolved_ahead, std::time::Duration::from_secs),
             max_line_bytes: config.max_line_bytes.unwrap_or(d.max_line_bytes),
             tables_at_once: config.tables_at_once.unwrap_or(d.tables_at_once),
+            key_cache: config
+                .key_index_bytes
+                .map_or(d.key_cache, key_cache::KeyCache::new),
             config,
             ..d
         }
@@ -266,6 +274,7 @@ impl SyncOptions {
             until: self.until,
             deadline: self.deadline,
             carry_cache: self.carry_cache.clone(),
+            key_cache: self.key_cache.clone(),
             explicit: self.explicit.clone(),
             crdb_url: self.crdb_url.clone(),
             progress: self.progress.clone(),
@@ -294,6 +303,7 @@ impl Default for SyncOptions {
             max_line_bytes: decode::DEFAULT_MAX_LINE_BYTES,
             tables_at_once: DEFAULT_TABLES_AT_ONCE,
             carry_cache: None,
+            key_cache: key_cache::KeyCache::default(),
             explicit: None,
             crdb_url: None,
             progress: None,

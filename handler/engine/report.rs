@@ -44,6 +44,10 @@ pub struct TableReport {
     /// their stored bytes: what applying cost beyond the changefeed itself.
     pub table_files_read: u64,
     pub table_bytes_read: u64,
+    /// Of the table files read, those whose key column was looked up in memory instead
+    /// ([`super::key_cache`]): only their deletion vector was fetched (and their rows, when a
+    /// mode needs the superseded rows whole).
+    pub table_files_indexed: u64,
     /// Table files rewritten whole (copy-on-write) or given a new deletion vector.
     pub files_rewritten: u64,
     pub files_with_deletion_vectors: u64,
@@ -64,6 +68,7 @@ impl TableReport {
     pub(super) fn add_read(&mut self, other: &TableReport) {
         self.files_read += other.files_read;
         self.files_reused += other.files_reused;
+        self.table_files_indexed += other.table_files_indexed;
         self.bytes_read += other.bytes_read;
         self.decoded_bytes += other.decoded_bytes;
         self.rows_read += other.rows_read;

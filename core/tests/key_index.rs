@@ -1,0 +1,123 @@
+//! The key index finds exactly the rows a scan of the key column finds: every row (duplicates
+//! included) whose key is one of the window's, none its deletion vector hides, in file order.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{ArrayRef, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow_schema::{DataType, Field, FieldRef};
+use crdb_delta_core::deletion_vector::DeletionVector;
+use crdb_delta_core::format::types::ColumnType;
+use crdb_delta_core::key_index::FileKeys;
+use crdb_delta_core::plan::KeyProbe;
+use proptest::prelude::*;
+
+fn field(ty: DataType) -> FieldRef {
+    Arc::new(Field::new("id", ty, false))
+}
+
+/// The file's key column cut into batches of `cut` rows (as a decoder hands them over).
+fn batches<T>(values: &[T], cut: usize, array: impl Fn(&[T]) -> ArrayRef) -> Vec<ArrayRef> {
+    values.chunks(cut.max(1)).map(array).collect()
+}
+
+fn dv_of(hidden: &[u32]) -> DeletionVector {
+    let mut dv = DeletionVector::new();
+    for &h in hidden {
+        dv.insert(u64::from(h));
+    }
+    dv
+}
+
+/// What a scan finds: positions of live rows whose key is wanted.
+fn scan<T: PartialEq>(values: &[T], wanted: &[T], dv: &DeletionVector) -> Vec<u64> {
+    (0..values.len() as u64)
+        .filter(|&p| !dv.contains(p) && wanted.contains(&values[p as usize]))
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn integer_keys_are_found_as_a_scan_finds_them(
+        values in prop::collection::vec(-50i64..50, 0..400),
+        wanted in prop::collection::vec(-60i64..60, 0..40),
+        hidden in prop::collection::vec(0u32..400, 0..60),
+        cut in 1usize..97,
+        narrow in any::<bool>(),
+    ) {
+        let dv = dv_of(&hidden);
+        let (f, cols) = if narrow {
+            (field(DataType::Int32), batches(&values, cut, |c| {
+                Arc::new(Int32Array::from_iter_values(c.iter().map(|&v| v as i32))) as ArrayRef
+            }))
+        } else {
+            (field(DataType::Int64), batches(&values, cut, |c| {
+                Arc::new(Int64Array::from(c.to_vec())) as ArrayRef
+            }))
+        };
+        let keys = FileKeys::build(f, &cols).expect("indexed");
+        prop_assert_eq!(keys.len(), values.len());
+        let probe = KeyProbe::new(wanted.iter().map(|&w| w.into()).collect(), &ColumnType::Int64);
+        let (batch, positions) = keys.lookup(&probe, &dv).expect("integers").expect("batch");
+        prop_assert_eq!(&positions, &scan(&values, &wanted, &dv));
+        // The batch holds each found row's key, in the file's type.
+        let got: Vec<i64> = if narrow {
+            batch.column(0).as_primitive::<Int32Type>().values().iter().map(|&v| v.into()).collect()
+        } else {
+            batch.column(0).as_primitive::<Int64Type>().values().to_vec()
+        };
+        let expected: Vec<i64> = positions.iter().map(|&p| values[p as usize]).collect();
+        prop_assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn text_keys_are_found_as_a_scan_finds_them(
+        values in prop::collection::vec("[a-c]{0,3}|é|\u{1F600}", 0..300),
+        wanted in prop::collection::vec("[a-c]{0,3}|é", 0..30),
+        hidden in prop::collection::vec(0u32..300, 0..40),
+        cut in 1usize..64,
+    ) {
+        let dv = dv_of(&hidden);
+        let cols = batches(&values, cut, |c| Arc::new(StringArray::from(c.to_vec())) as ArrayRef);
+        let keys = FileKeys::build(field(DataType::Utf8), &cols).expect("indexed");
+        let probe = KeyProbe::new(
+            wanted.iter().map(|w| serde_json::Value::from(w.as_str())).collect(),
+            &ColumnType::Text,
+        );
+        let (batch, positions) = keys.lookup(&probe, &dv).expect("text").expect("batch");
+        prop_assert_eq!(&positions, &scan(&values, &wanted, &dv));
+        let got: Vec<&str> = batch.column(0).as_string::<i32>().iter().map(Option::unwrap).collect();
+        let expected: Vec<&str> = positions.iter().map(|&p| values[p as usize].as_str()).collect();
+        prop_assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn keys_that_cannot_be_indexed_are_refused() {
+    // Another type.
+    let floats: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 2.0]));
+    assert!(FileKeys::build(field(DataType::Float64), &[floats]).is_none());
+    // A null key.
+    let nulls: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None]));
+    assert!(FileKeys::build(field(DataType::Int64), &[nulls]).is_none());
+    // A batch of another type than the field.
+    let ints: ArrayRef = Arc::new(Int32Array::from(vec![1]));
+    assert!(FileKeys::build(field(DataType::Int64), &[ints]).is_none());
+}
+
+#[test]
+fn window_keys_of_another_kind_are_not_looked_up() {
+    let ints: ArrayRef = Arc::new(Int64Array::from(vec![3, 1, 2]));
+    let keys = FileKeys::build(field(DataType::Int64), &[ints]).expect("indexed");
+    let texts = KeyProbe::new(vec!["1".into()], &ColumnType::Text);
+    assert!(keys.lookup(&texts, &DeletionVector::new()).is_none());
+    let probe = KeyProbe::new(vec![1.into(), 3.into(), 4.into()], &ColumnType::Int64);
+    let (_, positions) = keys
+        .lookup(&probe, &DeletionVector::new())
+        .expect("integers")
+        .expect("batch");
+    assert_eq!(positions, vec![0, 1]);
+    // 3 integers: their 8 bytes and a 4-byte position each.
+    assert_eq!(keys.bytes(), 36);
+}
