@@ -117,7 +117,7 @@ pub struct Config {
     pub rewrite_files_below: Option<u64>,
     /// Memory for table files' key indexes kept between steps, so a step looks its keys up
     /// instead of reading every candidate file's key column (single-column integer or text
-    /// keys; default 256 MiB: 20M integer keys; 0: none).
+    /// keys; default 512 MiB: 40M integer or 25M UUID keys; 0: none).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -347,7 +347,7 @@ struct SyncArgs {
     #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     rewrite_files_below: Option<u64>,
     /// Memory for table files' key indexes kept between steps (single-column integer or text
-    /// keys looked up instead of read); default 256MiB, 0 none
+    /// keys looked up instead of read); default 512MiB, 0 none
     #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     key_index_bytes: Option<u64>,
     /// Rows per decoded batch (a memory bound).

@@ -93,6 +93,58 @@ proptest! {
     }
 }
 
+fn uuid(v: u128) -> String {
+    let h = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+proptest! {
+    /// Canonical UUID texts are held as 16 bytes; the rows found and the texts handed back are
+    /// those a scan finds, and texts in another spelling match nothing.
+    #[test]
+    fn uuid_keys_are_found_as_a_scan_finds_them(
+        picks in prop::collection::vec(0usize..60, 0..300),
+        wanted in prop::collection::vec((0usize..70, any::<bool>()), 0..30),
+        hidden in prop::collection::vec(0u32..300, 0..40),
+        cut in 1usize..64,
+        seed in any::<u128>(),
+    ) {
+        // 60 distinct random UUIDs, some picked many times; the same bits in upper case match
+        // no row.
+        let pool: Vec<String> = (0..70u128)
+            .map(|i| uuid(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(i as u32) ^ i))
+            .collect();
+        let values: Vec<String> = picks.iter().map(|&p| pool[p].clone()).collect();
+        let wanted: Vec<String> = wanted
+            .iter()
+            .map(|&(p, upper)| if upper { pool[p].to_uppercase() } else { pool[p].clone() })
+            .collect();
+        let dv = dv_of(&hidden);
+        let cols = batches(&values, cut, |c| Arc::new(StringArray::from(c.to_vec())) as ArrayRef);
+        let keys = FileKeys::build(field(DataType::Utf8), &cols).expect("indexed");
+        // 16 bytes a row (and a 4-byte position unless in key order), not the text.
+        let n = values.len() as u64;
+        let in_order = values.windows(2).all(|w| w[0] <= w[1]);
+        prop_assert_eq!(keys.bytes(), if in_order { 16 * n } else { 20 * n });
+        let probe = KeyProbe::new(
+            wanted.iter().map(|w| serde_json::Value::from(w.as_str())).collect(),
+            &ColumnType::Text,
+        );
+        let (batch, positions) = keys.lookup(&probe, &dv).expect("text").expect("batch");
+        prop_assert_eq!(&positions, &scan(&values, &wanted, &dv));
+        let got: Vec<&str> = batch.column(0).as_string::<i32>().iter().map(Option::unwrap).collect();
+        let expected: Vec<&str> = positions.iter().map(|&p| values[p as usize].as_str()).collect();
+        prop_assert_eq!(got, expected);
+    }
+}
+
 #[test]
 fn keys_that_cannot_be_indexed_are_refused() {
     // Another type.
@@ -118,6 +170,9 @@ fn window_keys_of_another_kind_are_not_looked_up() {
         .expect("integers")
         .expect("batch");
     assert_eq!(positions, vec![0, 1]);
-    // 3 integers: their 8 bytes and a 4-byte position each.
+    // 3 integers: their 8 bytes and a 4-byte position each; in key order, no positions.
     assert_eq!(keys.bytes(), 36);
+    let ordered: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+    let ordered = FileKeys::build(field(DataType::Int64), &[ordered]).expect("indexed");
+    assert_eq!(ordered.bytes(), 24);
 }

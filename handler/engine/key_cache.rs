@@ -6,16 +6,19 @@
 //! its deletion vector. Entries are keyed by table, path and size; a Delta data file is never
 //! rewritten under its name, so an entry can only go stale by its file leaving the table,
 //! and such entries are dropped at the next step. Least recently used entries make room for
-//! new ones; a file whose index alone exceeds the budget is not kept. In memory only: after a
-//! restart the first step reads the key columns again.
+//! new ones, but never those the current step used: a table larger than the budget keeps a
+//! stable part of its files indexed instead of evicting each file just before the next step
+//! needs it again. A file whose index alone exceeds the budget is not kept. In memory only:
+//! after a restart the first step reads the key columns again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crdb_delta_core::key_index::FileKeys;
 
-/// Default `key_index_bytes`: 20M integer keys (12 bytes each), or about 6M UUID keys.
-pub const DEFAULT_KEY_INDEX_BYTES: u64 = 256 << 20;
+/// Default `key_index_bytes`: 40M integer keys (12 bytes each) or 25M UUID keys (20 bytes);
+/// with a step's own peak (under 1 GiB at the default window) within a 2 GB instance.
+pub const DEFAULT_KEY_INDEX_BYTES: u64 = 512 << 20;
 
 /// A table file, as the cache knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,6 +34,8 @@ struct Inner {
     used: u64,
     /// Advanced at every use: an entry's last use orders evictions.
     clock: u64,
+    /// The clock when the latest step started: entries used since are not evicted.
+    step_start: u64,
     files: HashMap<FileId, (Arc<FileKeys>, u64)>,
 }
 
@@ -98,13 +103,15 @@ impl KeyCache {
             return;
         }
         while inner.used + bytes > inner.budget {
+            let step_start = inner.step_start;
             let Some(oldest) = inner
                 .files
                 .iter()
+                .filter(|(_, (_, used))| *used < step_start)
                 .min_by_key(|(_, (_, used))| *used)
                 .map(|(id, _)| id.clone())
             else {
-                break;
+                return;
             };
             if let Some((k, _)) = inner.files.remove(&oldest) {
                 inner.used -= k.bytes();
@@ -123,9 +130,12 @@ impl KeyCache {
         inner.used += bytes;
     }
 
-    /// Drops the table's entries for files it no longer has (compacted, rewritten, vacuumed).
+    /// At the start of a table's step: drops the table's entries for files it no longer has
+    /// (compacted, rewritten, vacuumed).
     pub(super) fn retain(&self, table: &str, live: &HashSet<&str>) {
         let mut inner = self.lock();
+        inner.clock += 1;
+        inner.step_start = inner.clock;
         let mut freed = 0;
         inner.files.retain(|id, (keys, _)| {
             let keep = id.table != table || live.contains(id.path.as_str());
@@ -135,5 +145,56 @@ impl KeyCache {
             keep
         });
         inner.used -= freed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{ArrayRef, Int64Array};
+    use arrow_schema::{DataType, Field};
+
+    /// A file index of `rows` integer keys in key order: 8 bytes a row.
+    fn keys(rows: i64) -> FileKeys {
+        let column: ArrayRef = Arc::new(Int64Array::from_iter_values(0..rows));
+        let field = Arc::new(Field::new("id", DataType::Int64, false));
+        FileKeys::build(field, &[column]).unwrap()
+    }
+
+    fn step(cache: &KeyCache, live: &[&str]) {
+        cache.retain("t", &live.iter().copied().collect());
+    }
+
+    #[test]
+    fn a_step_keeps_what_it_uses_and_files_that_left_the_table_go() {
+        // Room for two files of 10 rows.
+        let cache = KeyCache::new(160);
+        step(&cache, &["a", "b", "c"]);
+        cache.put("t", "a", 1, keys(10));
+        cache.put("t", "b", 1, keys(10));
+        assert_eq!(cache.bytes(), 160);
+        // Another size is another file.
+        assert!(cache.get("t", "a", 2).is_none());
+        // The next step uses both: a third file is not kept at their expense.
+        step(&cache, &["a", "b", "c"]);
+        assert!(cache.get("t", "a", 1).is_some() && cache.get("t", "b", 1).is_some());
+        cache.put("t", "c", 1, keys(10));
+        assert!(cache.get("t", "c", 1).is_none());
+        // A step that uses only `a`: `b`, unused since, makes room for `c`.
+        step(&cache, &["a", "b", "c"]);
+        assert!(cache.get("t", "a", 1).is_some());
+        cache.put("t", "c", 1, keys(10));
+        assert!(cache.get("t", "c", 1).is_some() && cache.get("t", "b", 1).is_none());
+        // `a` left the table (compacted away); another table's entry stays.
+        step(&cache, &["c"]);
+        assert!(cache.get("t", "a", 1).is_none());
+        cache.put("u", "a", 1, keys(5));
+        step(&cache, &["c"]);
+        assert!(cache.get("u", "a", 1).is_some());
+        assert_eq!(cache.bytes(), 80 + 40);
+        // An index larger than the budget is not kept.
+        cache.put("t", "big", 1, keys(21));
+        assert!(cache.get("t", "big", 1).is_none());
+        assert!(!KeyCache::new(0).enabled());
     }
 }
