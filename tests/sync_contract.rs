@@ -135,11 +135,15 @@ struct SmallFeed {
 }
 
 async fn small_straddling_feed(dir: &std::path::Path) -> SmallFeed {
+    straddling_feed(dir, 4).await
+}
+
+async fn straddling_feed(dir: &std::path::Path, windows: usize) -> SmallFeed {
     let feed_dir = dir.join("feed");
     let sim = SimOptions {
         tables: vec!["usertable".into()],
         initial_rows: 40,
-        windows: 4,
+        windows,
         events_per_window: 60,
         straddle: 0.25,
         ..SimOptions::default()
@@ -407,4 +411,51 @@ async fn table_files_key_columns_are_looked_up_from_the_second_step_on() {
     assert!(looked_up > 0, "no file was looked up across runs");
     assert!(cache.bytes() > 0);
     assert_equals_truth(&runs, &f.truth_dir, "usertable").await;
+}
+
+/// A compaction between two steps of one process (the handler's CatchUp upkeep between two
+/// RESOLVEDs): the index drops the files it removed, learns the one it wrote, and the table
+/// equals the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_index_follows_a_compaction_between_steps() {
+    use crdb_delta::engine::key_cache::KeyCache;
+    use crdb_delta::maintain::{MaintainOptions, maintain_table};
+    let dir = tempfile::tempdir().unwrap();
+    let f = straddling_feed(dir.path(), 8).await;
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let cache = KeyCache::default();
+    let run = |until: Option<Hlc>| SyncOptions {
+        config: f.config.clone(),
+        each_resolved: true,
+        until,
+        key_cache: cache.clone(),
+        ..SyncOptions::default()
+    };
+    // The first step creates the table, the second probes it, the third learns its files'
+    // keys (from a table's second step in a process), the fourth looks them up.
+    let first = sync(&f.feed, &target, &run(Some(f.resolveds[3])))
+        .await
+        .unwrap();
+    assert!(
+        first.tables["usertable"].table_files_indexed > 0,
+        "{first:?}"
+    );
+    let learned = cache.bytes();
+    let upkeep = maintain_table(
+        &target,
+        "usertable",
+        &MaintainOptions {
+            vacuum: false,
+            ..MaintainOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(upkeep.files_compacted >= 2, "{upkeep:?}");
+    let rest = sync(&f.feed, &target, &run(None)).await.unwrap();
+    let rest = &rest.tables["usertable"];
+    assert!(rest.commits > 0 && rest.table_files_indexed > 0, "{rest:?}");
+    // The compacted files' entries went; the index holds what the later steps learned.
+    assert_ne!(cache.bytes(), learned);
+    assert_equals_truth(&target, &f.truth_dir, "usertable").await;
 }

@@ -41,23 +41,59 @@ enum Keys {
     Strings(StringArray),
 }
 
+/// Each byte's value as a lowercase hex digit; 0xFF for any other byte.
+static HEX: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// A canonical UUID text's 16 bytes; `None` for any other text (upper case, no hyphens, …).
-fn parse_uuid(text: &str) -> Option<u128> {
-    let b = text.as_bytes();
-    if b.len() != 36 {
+/// Every key of a file goes through here once, so it is a table lookup per digit, no branch.
+fn parse_uuid(b: &[u8]) -> Option<u128> {
+    let b: &[u8; 36] = b.try_into().ok()?;
+    if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }
-    let mut v: u128 = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let digit = match c {
-            b'-' if matches!(i, 8 | 13 | 18 | 23) => continue,
-            b'0'..=b'9' if !matches!(i, 8 | 13 | 18 | 23) => c - b'0',
-            b'a'..=b'f' if !matches!(i, 8 | 13 | 18 | 23) => c - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u128::from(digit);
+    // The four groups' digits, each pair of hex digits one byte.
+    let mut out = [0u8; 16];
+    let mut bad = 0u8;
+    let mut o = 0;
+    for group in [&b[0..8], &b[9..13], &b[14..18], &b[19..23], &b[24..36]] {
+        for pair in group.chunks_exact(2) {
+            let (h, l) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+            bad |= h | l;
+            out[o] = (h << 4) | (l & 15);
+            o += 1;
+        }
     }
-    Some(v)
+    (bad & 0xF0 == 0).then_some(u128::from_be_bytes(out))
+}
+
+/// Every text of the arrays as a UUID's 16 bytes, if all are canonical UUIDs: 36 bytes each,
+/// read straight from the values buffer (offsets checked once per array).
+fn uuids(arrays: &[&StringArray], total: usize) -> Option<Vec<u128>> {
+    let mut out = Vec::with_capacity(total);
+    for a in arrays {
+        let offsets = a.value_offsets();
+        let (first, last) = (offsets[0] as usize, offsets[a.len()] as usize);
+        if last - first != 36 * a.len() || offsets.windows(2).any(|w| w[1] - w[0] != 36) {
+            return None;
+        }
+        for text in a.values()[first..last].chunks_exact(36) {
+            out.push(parse_uuid(text)?);
+        }
+    }
+    Some(out)
 }
 
 fn uuid_text(v: u128, buf: &mut [u8; 36]) -> &str {
@@ -99,12 +135,9 @@ impl FileKeys {
                     .iter()
                     .map(|c| c.as_any().downcast_ref::<StringArray>())
                     .collect::<Option<_>>()?;
-                let texts = || {
-                    arrays
-                        .iter()
-                        .flat_map(|a| a.iter().map(Option::unwrap_or_default))
-                };
-                if let Some(uuids) = texts().map(parse_uuid).collect::<Option<Vec<u128>>>() {
+                // No nulls (checked above): values read without a validity check each.
+                let texts = || arrays.iter().flat_map(|a| (0..a.len()).map(|i| a.value(i)));
+                if let Some(uuids) = uuids(&arrays, total) {
                     let (keys, rows) = sorted(uuids);
                     (Keys::Uuids(keys), rows)
                 } else {
@@ -166,7 +199,10 @@ impl FileKeys {
             ),
             (Keys::Uuids(keys), _, Some(wanted)) => {
                 // Texts that are not canonical UUIDs are in no row of this file.
-                let wanted: Vec<u128> = wanted.iter().filter_map(|w| parse_uuid(w)).collect();
+                let wanted: Vec<u128> = wanted
+                    .iter()
+                    .filter_map(|w| parse_uuid(w.as_bytes()))
+                    .collect();
                 equal_ranges(
                     keys.len(),
                     &wanted,

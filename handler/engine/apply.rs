@@ -470,6 +470,8 @@ async fn write(
     let mut removes = Vec::new();
     let mut adds = Vec::new();
     let mut deleted: Vec<(FileEntry, DeletionVector)> = Vec::new();
+    // Key indexes being built aside ([`Learn::finish_aside`]).
+    let mut learning: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let bs = opts.batch_size;
     if changes.reads_table() && exists && !changes.log().is_empty() {
         let layout = changes.log().layout();
@@ -486,17 +488,19 @@ async fn write(
         // column is then the whole probe (see [`super::key_cache`]).
         let table_url = Arc::new(table.table_url().to_string());
         let index = opts.key_cache.enabled().then(|| opts.key_cache.clone());
-        if let Some(cache) = &index {
+        let seen = index.as_ref().is_some_and(|cache| {
             cache.retain(
                 &table_url,
                 &candidates.iter().map(|f| f.path.as_str()).collect(),
-            );
-        }
+            )
+        });
         let index = index.filter(|_| {
             probe.len() == 1
                 && probe[0] == first_key
                 && (keys.ints().is_some() || keys.strings().is_some())
         });
+        // Looked up always; learned from the table's second step in this process on.
+        let teach = index.clone().filter(|_| seen);
         pause("before-fetch").await;
         // Once small files pile up (the new files of recent steps), the ones this step changes
         // are rewritten even with deletion vectors: their rows merge into this step's new file,
@@ -531,8 +535,13 @@ async fn write(
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let (table, probe) = (fetch_from.clone(), probe_shared.clone());
             let decode_ahead = one_pass(&f) && f.num_records.is_some_and(|n| n <= ahead_rows);
-            let (name, index, keys, url) =
-                (name.clone(), index.clone(), keys.clone(), table_url.clone());
+            let (name, index, teach, keys, url) = (
+                name.clone(),
+                index.clone(),
+                teach.clone(),
+                keys.clone(),
+                table_url.clone(),
+            );
             AbortOnDrop(tokio::spawn(async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
                 let dv = delta::read_deletion_vector(&table, &f).await?;
@@ -549,7 +558,7 @@ async fn write(
                 if !decode_ahead {
                     return Ok((f, dv, file, None, false));
                 }
-                let mut learn = index.map(|c| Learn::new(c, &url, &f.path, f.size));
+                let mut learn = teach.map(|c| Learn::new(c, &url, &f.path, f.size));
                 let (dv, file, decoded) = AbortOnDrop(tokio::task::spawn_blocking(move || {
                     let decoded = decode_live(&name, &file, &probe, &dv, bs, learn.as_mut());
                     if let (Ok(_), Some(l)) = (&decoded, learn) {
@@ -575,7 +584,7 @@ async fn write(
             state.report.table_files_read += 1;
             state.report.table_files_indexed += u64::from(indexed);
             // A file read batch by batch below teaches the index as it goes.
-            let mut learn = index
+            let mut learn = teach
                 .as_ref()
                 .filter(|_| !indexed && decoded.is_none())
                 .map(|c| Learn::new(c.clone(), &table_url, &f.path, f.size));
@@ -609,7 +618,7 @@ async fn write(
                     writer.write(merged.batch).await.map_err(delta_err(&name))?;
                 }
                 if let Some(l) = learn {
-                    l.finish();
+                    learning.push(l.finish_aside());
                 }
                 // Nothing of this file superseded: no new deletion vector.
                 if dv.cardinality() != old_dv.cardinality() {
@@ -643,7 +652,7 @@ async fn write(
                 }
             }
             if let Some(l) = learn.take().filter(|_| complete) {
-                l.finish();
+                learning.push(l.finish_aside());
             }
             if hits.is_empty() {
                 state.report.table_bytes_read += file.stored_bytes();
@@ -694,6 +703,10 @@ async fn write(
                 deleted.push((f, dv));
             }
         }
+    }
+    for l in learning {
+        // A build that failed only leaves its file unindexed.
+        let _ = l.await;
     }
     // New rows (every change, new keys, or new versions), built and written one batch at a time.
     while let Some(b) = changes.next_output(bs).map_err(change_err(&name))? {
@@ -776,10 +789,18 @@ impl Learn {
         }
     }
 
+    /// Builds and keeps the index (on a blocking thread: it sorts or parses every key).
     fn finish(self) {
         if let Some(keys) = self.field.and_then(|f| FileKeys::build(f, &self.columns)) {
             self.cache.put(&self.table, &self.path, self.size, keys);
         }
+    }
+
+    /// [`Self::finish`] on a blocking thread (the other core), off the merge's path: sorting or
+    /// parsing a large file's keys takes milliseconds. The step waits for it before it returns,
+    /// so the next step finds every index this one learned.
+    fn finish_aside(self) -> tokio::task::JoinHandle<()> {
+        tokio::task::spawn_blocking(move || self.finish())
     }
 }
 

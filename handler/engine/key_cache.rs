@@ -37,6 +37,8 @@ struct Inner {
     /// The clock when the latest step started: entries used since are not evicted.
     step_start: u64,
     files: HashMap<FileId, (Arc<FileKeys>, u64)>,
+    /// Tables that made a step with this cache.
+    tables: HashSet<String>,
 }
 
 /// Shared by clones (one per process: `sync` keeps it for its run, the handler for its life).
@@ -131,11 +133,14 @@ impl KeyCache {
     }
 
     /// At the start of a table's step: drops the table's entries for files it no longer has
-    /// (compacted, rewritten, vacuumed).
-    pub(super) fn retain(&self, table: &str, live: &HashSet<&str>) {
+    /// (compacted, rewritten, vacuumed). Whether the table made a step with this cache before:
+    /// indexes are learned from a table's second step on, so a process that makes one step
+    /// (a cold start, `sync --until` per RESOLVED) spends nothing on them.
+    pub(super) fn retain(&self, table: &str, live: &HashSet<&str>) -> bool {
         let mut inner = self.lock();
         inner.clock += 1;
         inner.step_start = inner.clock;
+        let seen = !inner.tables.insert(table.to_owned());
         let mut freed = 0;
         inner.files.retain(|id, (keys, _)| {
             let keep = id.table != table || live.contains(id.path.as_str());
@@ -145,6 +150,7 @@ impl KeyCache {
             keep
         });
         inner.used -= freed;
+        seen
     }
 }
 
@@ -161,15 +167,17 @@ mod tests {
         FileKeys::build(field, &[column]).unwrap()
     }
 
-    fn step(cache: &KeyCache, live: &[&str]) {
-        cache.retain("t", &live.iter().copied().collect());
+    fn step(cache: &KeyCache, live: &[&str]) -> bool {
+        cache.retain("t", &live.iter().copied().collect())
     }
 
     #[test]
     fn a_step_keeps_what_it_uses_and_files_that_left_the_table_go() {
         // Room for two files of 10 rows.
         let cache = KeyCache::new(160);
-        step(&cache, &["a", "b", "c"]);
+        // The table's first step with this cache, then not.
+        assert!(!step(&cache, &["a", "b", "c"]));
+        assert!(step(&cache, &["a", "b", "c"]));
         cache.put("t", "a", 1, keys(10));
         cache.put("t", "b", 1, keys(10));
         assert_eq!(cache.bytes(), 160);
