@@ -129,10 +129,12 @@ proptest! {
         let dv = dv_of(&hidden);
         let cols = batches(&values, cut, |c| Arc::new(StringArray::from(c.to_vec())) as ArrayRef);
         let keys = FileKeys::build(field(DataType::Utf8), &cols).expect("indexed");
-        // 16 bytes a row (and a 4-byte position unless in key order), not the text.
+        // 16 bytes a row (and a 4-byte position unless in key order), not the text; and every
+        // 64th key again in the fence.
         let n = values.len() as u64;
         let in_order = values.windows(2).all(|w| w[0] <= w[1]);
-        prop_assert_eq!(keys.bytes(), if in_order { 16 * n } else { 20 * n });
+        let fence = 16 * n.div_ceil(64);
+        prop_assert_eq!(keys.bytes(), fence + if in_order { 16 * n } else { 20 * n });
         let probe = KeyProbe::new(
             wanted.iter().map(|w| serde_json::Value::from(w.as_str())).collect(),
             &ColumnType::Text,
@@ -170,9 +172,35 @@ fn window_keys_of_another_kind_are_not_looked_up() {
         .expect("integers")
         .expect("batch");
     assert_eq!(positions, vec![0, 1]);
-    // 3 integers: their 8 bytes and a 4-byte position each; in key order, no positions.
-    assert_eq!(keys.bytes(), 36);
+    // 3 integers: their 8 bytes and a 4-byte position each, and the fence's one key; in key
+    // order, no positions.
+    assert_eq!(keys.bytes(), 44);
     let ordered: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
     let ordered = FileKeys::build(field(DataType::Int64), &[ordered]).expect("indexed");
-    assert_eq!(ordered.bytes(), 24);
+    assert_eq!(ordered.bytes(), 32);
+}
+
+/// Many blocks of the fence, runs of one key across block boundaries, keys wanted before,
+/// between and after the file's: found as a scan finds them.
+#[test]
+fn a_large_file_is_searched_through_its_fence() {
+    // Keys 0, 0, 0, 3, 3, 3, 6, ...: each run of three crosses a 64-key block boundary often.
+    let values: Vec<i64> = (0..200_000i64).map(|i| (i / 3) * 3).collect();
+    let cols = batches(&values, 8192, |c| {
+        Arc::new(Int64Array::from(c.to_vec())) as ArrayRef
+    });
+    let keys = FileKeys::build(field(DataType::Int64), &cols).expect("indexed");
+    let wanted: Vec<i64> = (-10..200_010i64).step_by(97).collect();
+    let dv = dv_of(&(0..200_000u32).step_by(11).collect::<Vec<_>>());
+    let probe = KeyProbe::new(
+        wanted.iter().map(|&w| w.into()).collect(),
+        &ColumnType::Int64,
+    );
+    let (_, positions) = keys.lookup(&probe, &dv).expect("integers").expect("batch");
+    let set: std::collections::HashSet<i64> = wanted.into_iter().collect();
+    let expected: Vec<u64> = (0..values.len() as u64)
+        .filter(|&p| !dv.contains(p) && set.contains(&values[p as usize]))
+        .collect();
+    assert!(expected.len() > 500);
+    assert_eq!(positions, expected);
 }
