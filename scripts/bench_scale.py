@@ -129,7 +129,7 @@ def main() -> None:
                       f"written {r['written_mb']:8.1f} MB  window {r['window_mb']:6.1f} MB  "
                       f"RSS {r['rss']:6.0f} MiB", flush=True)
                 print(f"{'':>9} {'':<13} {'one process':<16} first  {r['one_first_s']:6.2f} s  "
-                      f"per RESOLVED {r['one_s']:6.2f} s  read {r['one_read_mb']:8.1f} MB  "
+                      f"per RESOLVED {r['one_s']:6.3f} s  read {r['one_read_mb']:8.1f} MB  "
                       f"files looked up {r['one_indexed']:.0%}  RSS {r['one_rss']:6.0f} MiB", flush=True)
     print()
     print("| table rows | mode | storage | initial load | s per RESOLVED | table MB read | MB written | window MB (changefeed) | peak RSS per RESOLVED |")
@@ -143,7 +143,7 @@ def main() -> None:
     print("| table rows | mode | storage | first RESOLVED s | s per RESOLVED after | table MB read per RESOLVED | files looked up | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {r['one_first_s']:.2f} | {r['one_s']:.2f} "
+        print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {r['one_first_s']:.2f} | {r['one_s']:.3f} "
               f"| {r['one_read_mb']:.1f} | {r['one_indexed']:.0%} | {r['one_rss']:.0f} MiB |")
 
 

@@ -28,6 +28,16 @@ struct FileId {
     size: i64,
 }
 
+impl FileId {
+    fn new(table: &str, path: &str, size: i64) -> Self {
+        Self {
+            table: table.to_owned(),
+            path: path.to_owned(),
+            size,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     budget: u64,
@@ -39,6 +49,14 @@ struct Inner {
     files: HashMap<FileId, (Arc<FileKeys>, u64)>,
     /// Tables that made a step with this cache.
     tables: HashSet<String>,
+}
+
+impl Inner {
+    /// The clock, advanced.
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
 }
 
 /// Shared by clones (one per process: `sync` keeps it for its run, the handler for its life).
@@ -85,14 +103,8 @@ impl KeyCache {
 
     pub(super) fn get(&self, table: &str, path: &str, size: i64) -> Option<Arc<FileKeys>> {
         let mut inner = self.lock();
-        inner.clock += 1;
-        let now = inner.clock;
-        let id = FileId {
-            table: table.to_owned(),
-            path: path.to_owned(),
-            size,
-        };
-        let (keys, used) = inner.files.get_mut(&id)?;
+        let now = inner.tick();
+        let (keys, used) = inner.files.get_mut(&FileId::new(table, path, size))?;
         *used = now;
         Some(keys.clone())
     }
@@ -119,13 +131,8 @@ impl KeyCache {
                 inner.used -= k.bytes();
             }
         }
-        inner.clock += 1;
-        let now = inner.clock;
-        let id = FileId {
-            table: table.to_owned(),
-            path: path.to_owned(),
-            size,
-        };
+        let now = inner.tick();
+        let id = FileId::new(table, path, size);
         if let Some((old, _)) = inner.files.insert(id, (Arc::new(keys), now)) {
             inner.used -= old.bytes();
         }
@@ -138,8 +145,7 @@ impl KeyCache {
     /// (a cold start, `sync --until` per RESOLVED) spends nothing on them.
     pub(super) fn retain(&self, table: &str, live: &HashSet<&str>) -> bool {
         let mut inner = self.lock();
-        inner.clock += 1;
-        inner.step_start = inner.clock;
+        inner.step_start = inner.tick();
         let seen = !inner.tables.insert(table.to_owned());
         let mut freed = 0;
         inner.files.retain(|id, (keys, _)| {
