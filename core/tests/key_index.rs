@@ -172,6 +172,8 @@ fn keys_that_cannot_be_indexed_are_refused() {
 fn window_keys_of_another_kind_are_not_looked_up() {
     let ints: ArrayRef = Arc::new(Int64Array::from(vec![3, 1, 2]));
     let keys = FileKeys::build(field(DataType::Int64), &[ints]).expect("indexed");
+    // The engine uses an index only for the key column it was learned from.
+    assert!(keys.is_of("id") && !keys.is_of("other"));
     let texts = KeyProbe::new(vec!["1".into()], &ColumnType::Text);
     assert!(keys.lookup(&texts, &DeletionVector::new()).is_none());
     let probe = KeyProbe::new(vec![1.into(), 3.into(), 4.into()], &ColumnType::Int64);

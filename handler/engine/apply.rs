@@ -535,18 +535,23 @@ async fn write(
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let (table, probe) = (fetch_from.clone(), probe_shared.clone());
             let decode_ahead = one_pass(&f) && f.num_records.is_some_and(|n| n <= ahead_rows);
-            let (name, index, teach, keys, url) = (
+            let (name, index, teach, keys, url, key_column) = (
                 name.clone(),
                 index.clone(),
                 teach.clone(),
                 keys.clone(),
                 table_url.clone(),
+                first_key.clone(),
             );
             AbortOnDrop(tokio::spawn(async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
                 let dv = delta::read_deletion_vector(&table, &f).await?;
                 // Indexed: the rows of the window's keys, without reading the file.
-                let known = index.as_ref().and_then(|c| c.get(&url, &f.path, f.size));
+                // Learned under another key (the config changed in between): not used.
+                let known = index
+                    .as_ref()
+                    .and_then(|c| c.get(&url, &f.path, f.size))
+                    .filter(|k| k.is_of(&key_column));
                 if let Some(found) = known.and_then(|k| k.lookup(&keys, &dv)) {
                     let file = delta::TableFile::deferred(&table, &f.path)?;
                     let decoded = found
