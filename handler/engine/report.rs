@@ -68,7 +68,6 @@ impl TableReport {
     pub(super) fn add_read(&mut self, other: &TableReport) {
         self.files_read += other.files_read;
         self.files_reused += other.files_reused;
-        self.table_files_indexed += other.table_files_indexed;
         self.bytes_read += other.bytes_read;
         self.decoded_bytes += other.decoded_bytes;
         self.rows_read += other.rows_read;
