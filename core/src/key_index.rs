@@ -18,6 +18,7 @@ use arrow_array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringAr
 use arrow_schema::{ArrowError, DataType, FieldRef, Schema};
 
 use crate::deletion_vector::DeletionVector;
+use crate::format::values;
 use crate::plan::KeyProbe;
 
 /// One file's key column, sorted by key (ties by position).
@@ -53,44 +54,6 @@ enum Keys {
     Strings(StringArray),
 }
 
-/// Each byte's value as a lowercase hex digit; 0xFF for any other byte.
-static HEX: [u8; 256] = {
-    let mut t = [0xFF; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    t
-};
-
-/// A canonical UUID text's 16 bytes; `None` for any other text (upper case, no hyphens, …).
-/// Every key of a file goes through here once, so it is a table lookup per digit, no branch.
-fn parse_uuid(b: &[u8]) -> Option<u128> {
-    let b: &[u8; 36] = b.try_into().ok()?;
-    if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
-        return None;
-    }
-    // The four groups' digits, each pair of hex digits one byte.
-    let mut out = [0u8; 16];
-    let mut bad = 0u8;
-    let mut o = 0;
-    for group in [&b[0..8], &b[9..13], &b[14..18], &b[19..23], &b[24..36]] {
-        for pair in group.chunks_exact(2) {
-            let (h, l) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
-            bad |= h | l;
-            out[o] = (h << 4) | (l & 15);
-            o += 1;
-        }
-    }
-    (bad & 0xF0 == 0).then_some(u128::from_be_bytes(out))
-}
-
 /// Every text of the arrays as a UUID's 16 bytes, if all are canonical UUIDs: 36 bytes each,
 /// read straight from the values buffer (offsets checked once per array).
 fn uuids(arrays: &[&StringArray], total: usize) -> Option<Vec<u128>> {
@@ -102,14 +65,14 @@ fn uuids(arrays: &[&StringArray], total: usize) -> Option<Vec<u128>> {
             return None;
         }
         for text in a.values()[first..last].chunks_exact(36) {
-            out.push(parse_uuid(text)?);
+            out.push(u128::from_be_bytes(values::parse_uuid(text)?));
         }
     }
     Some(out)
 }
 
 fn uuid_text(v: u128, buf: &mut [u8; 36]) -> &str {
-    crate::format::values::uuid_text(&v.to_be_bytes(), buf)
+    values::uuid_text(&v.to_be_bytes(), buf)
 }
 
 impl FileKeys {
@@ -147,13 +110,13 @@ impl FileKeys {
                     .iter()
                     .map(|c| c.as_any().downcast_ref::<StringArray>())
                     .collect::<Option<_>>()?;
-                // No nulls (checked above): values read without a validity check each.
-                let texts = || arrays.iter().flat_map(|a| (0..a.len()).map(|i| a.value(i)));
                 if let Some(uuids) = uuids(&arrays, total) {
                     let (keys, rows) = sorted(uuids);
                     (Keys::Uuids(fence(&keys), keys), rows)
                 } else {
-                    let (order, rows) = sorted(texts().collect::<Vec<&str>>());
+                    // No nulls (checked above): values read without a validity check each.
+                    let texts = arrays.iter().flat_map(|a| (0..a.len()).map(|i| a.value(i)));
+                    let (order, rows) = sorted(texts.collect::<Vec<&str>>());
                     (Keys::Strings(order.into_iter().map(Some).collect()), rows)
                 }
             }
@@ -201,8 +164,8 @@ impl FileKeys {
     ) -> Option<Result<(RecordBatch, Vec<u64>), ArrowError>> {
         // (position, index into the sorted keys) of every match.
         let mut found: Vec<(u32, usize)> = Vec::new();
-        match (&self.keys, probe.ints(), probe.strings()) {
-            (Keys::Ints(fence, keys), Some(wanted), _) => equal_ranges(
+        match (&self.keys, probe.ints(), probe.uuids(), probe.strings()) {
+            (Keys::Ints(fence, keys), Some(wanted), _, _) => equal_ranges(
                 keys.len(),
                 fence,
                 wanted,
@@ -210,22 +173,16 @@ impl FileKeys {
                 &mut found,
                 self.rows.as_deref(),
             ),
-            (Keys::Uuids(fence, keys), _, Some(wanted)) => {
-                // Texts that are not canonical UUIDs are in no row of this file.
-                let wanted: Vec<u128> = wanted
-                    .iter()
-                    .filter_map(|w| parse_uuid(w.as_bytes()))
-                    .collect();
-                equal_ranges(
-                    keys.len(),
-                    fence,
-                    &wanted,
-                    |i| keys[i],
-                    &mut found,
-                    self.rows.as_deref(),
-                )
-            }
-            (Keys::Strings(keys), _, Some(wanted)) => {
+            // Texts that are not canonical UUIDs are in no row of this file.
+            (Keys::Uuids(fence, keys), _, Some(wanted), _) => equal_ranges(
+                keys.len(),
+                fence,
+                wanted,
+                |i| keys[i],
+                &mut found,
+                self.rows.as_deref(),
+            ),
+            (Keys::Strings(keys), _, _, Some(wanted)) => {
                 let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
                 equal_ranges(
                     keys.len(),
@@ -289,7 +246,8 @@ fn ints<T: 'static>(c: &ArrayRef) -> Option<&T> {
     c.as_any().downcast_ref::<T>()
 }
 
-/// For each wanted key (sorted), every index of a sorted key column equal to it.
+/// For each wanted key (sorted, each once: [`KeyProbe`] dedups), every index of a sorted key
+/// column equal to it.
 ///
 /// With a fence, each key's block is found in the fence (in cache), then the blocks are
 /// searched [`LANES`] keys at a time in lockstep: their loads do not depend on each other, so
@@ -311,13 +269,11 @@ fn equal_ranges<K: Ord + Copy>(
     let (lo, hi) = (key(0), key(len - 1));
     let first = wanted.partition_point(|w| *w < lo);
     let last = first + wanted[first..].partition_point(|w| *w <= hi);
-    let mut wanted = wanted[first..last].to_vec();
-    // A key wanted twice (the first column of composite keys repeats) is found once.
-    wanted.dedup();
+    let wanted = &wanted[first..last];
     let mut starts: Vec<usize> = Vec::with_capacity(wanted.len());
     if fence.is_empty() {
         let mut from = 0usize;
-        for &w in &wanted {
+        for &w in wanted {
             from += partition(len - from, |j| key(from + j) < w);
             starts.push(from);
         }
@@ -338,7 +294,8 @@ fn equal_ranges<K: Ord + Copy>(
             for (l, &(s, e)) in bs.iter().enumerate() {
                 (base[l], n[l]) = (s, e - s);
             }
-            // Branch-free lower bound, all lanes a step at a time.
+            // A lower bound per lane, all lanes a halving at a time (no lane's load waits for
+            // another's).
             for _ in 0..=STRIDE.ilog2() {
                 for l in 0..ws.len() {
                     if n[l] > 1 {

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use crate::format::hlc::Hlc;
 use crate::format::names::{DataFileName, ObjectName, PartitionFormat};
 use crate::format::types::ColumnType;
+use crate::format::values;
 
 /// One changefeed object, as listed.
 #[derive(Debug, Clone)]
@@ -502,7 +503,9 @@ enum Sorted {
     Ints(Vec<i64>),
     /// UTF-8 strings (UUIDs included) compare bytewise, as Parquet and Delta statistics do;
     /// statistics truncated by the writer are still bounds (a truncated max is incremented).
-    Strings(Vec<String>),
+    /// With them, the 16 bytes of those that are canonical UUID texts, in the same order
+    /// (parsed once per step, not once per file the key index looks them up in).
+    Strings(Vec<String>, Vec<u128>),
     Unknown,
 }
 
@@ -518,6 +521,7 @@ impl KeyProbe {
                 .collect::<Option<Vec<i64>>>()
                 .map_or(Sorted::Unknown, |mut v| {
                     v.sort_unstable();
+                    v.dedup();
                     Sorted::Ints(v)
                 }),
             ColumnType::Text => values
@@ -525,8 +529,15 @@ impl KeyProbe {
                 .map(|v| v.as_str().map(str::to_owned))
                 .collect::<Option<Vec<String>>>()
                 .map_or(Sorted::Unknown, |mut v| {
+                    // The first column of composite keys repeats: each value once.
                     v.sort_unstable();
-                    Sorted::Strings(v)
+                    v.dedup();
+                    let uuids = v
+                        .iter()
+                        .filter_map(|t| values::parse_uuid(t.as_bytes()))
+                        .map(u128::from_be_bytes)
+                        .collect();
+                    Sorted::Strings(v, uuids)
                 }),
             _ => Sorted::Unknown,
         };
@@ -544,7 +555,16 @@ impl KeyProbe {
     /// The window's first-key texts, sorted bytewise (when they are text).
     pub fn strings(&self) -> Option<&[String]> {
         match &self.sorted {
-            Sorted::Strings(v) => Some(v),
+            Sorted::Strings(v, _) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Of the window's first-key texts, the canonical UUIDs as 16 bytes, sorted (numeric order
+    /// is their text's bytewise order).
+    pub fn uuids(&self) -> Option<&[u128]> {
+        match &self.sorted {
+            Sorted::Strings(_, u) => Some(u),
             _ => None,
         }
     }
@@ -562,7 +582,7 @@ impl KeyProbe {
                 }
                 _ => true,
             },
-            Sorted::Strings(keys) => match (lo.as_str(), hi.as_str()) {
+            Sorted::Strings(keys, _) => match (lo.as_str(), hi.as_str()) {
                 (Some(lo), Some(hi)) => {
                     let i = keys.partition_point(|k| k.as_str() < lo);
                     i < keys.len() && keys[i].as_str() <= hi

@@ -270,6 +270,45 @@ pub fn uuid_text<'a>(b: &[u8], buf: &'a mut [u8; 36]) -> &'a str {
     std::str::from_utf8(&buf[..o]).expect("hex digits and dashes are ASCII")
 }
 
+/// Each byte's value as a lowercase hex digit; 0xFF for any other byte.
+static HEX: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The 16 bytes of a UUID text as [`uuid_text`] prints it (lowercase, hyphenated); `None` for
+/// any other text (upper case, no hyphens, …). The key index parses every key of a file here,
+/// so it is a table lookup per digit.
+pub fn parse_uuid(b: &[u8]) -> Option<[u8; 16]> {
+    let b: &[u8; 36] = b.try_into().ok()?;
+    if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+        return None;
+    }
+    // The four groups' digits, each pair of hex digits one byte.
+    let mut out = [0u8; 16];
+    let mut bad = 0u8;
+    let mut o = 0;
+    for group in [&b[0..8], &b[9..13], &b[14..18], &b[19..23], &b[24..36]] {
+        for pair in group.chunks_exact(2) {
+            let (h, l) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+            bad |= h | l;
+            out[o] = (h << 4) | (l & 15);
+            o += 1;
+        }
+    }
+    (bad & 0xF0 == 0).then_some(out)
+}
+
 /// CockroachDB writes BYTES in JSON as `\x` + lowercase hex.
 pub fn parse_bytes_hex(text: &str) -> Result<Vec<u8>, ValueError> {
     let hex = text
@@ -568,6 +607,26 @@ pub fn parse_time_micros(text: &str) -> Result<i64, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `parse_uuid` reads back exactly what `uuid_text` prints, and nothing else.
+    #[test]
+    fn uuid_texts_parse_back_to_their_bytes() {
+        for seed in 0..200u128 {
+            let bytes = seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+                .to_be_bytes();
+            let text = uuid_text(&bytes, &mut [0; 36]).to_owned();
+            assert_eq!(parse_uuid(text.as_bytes()), Some(bytes), "{text}");
+            let upper = text.to_uppercase();
+            if upper != text {
+                assert_eq!(parse_uuid(upper.as_bytes()), None, "{text}");
+            }
+            assert_eq!(parse_uuid(text.replace('-', "").as_bytes()), None);
+            assert_eq!(parse_uuid(format!("{text} ").as_bytes()), None);
+        }
+        assert_eq!(parse_uuid(b"0123456-789a-bcde-f012-3456789abcdef"), None);
+        assert_eq!(parse_uuid(b"g0000000-0000-0000-0000-000000000000"), None);
+    }
 
     #[test]
     fn decimals() {
