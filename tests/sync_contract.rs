@@ -364,11 +364,11 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
     assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
 }
 
-/// From the second step on, a table file's key column is looked up in memory rather than read
-/// again, in one run and across the handler's runs (one cache per process); the tables equal
+/// Once learned (from a table's second step in a process), a table file's key column is looked
+/// up in memory rather than read again, in one run and across the handler's runs (one cache per process); the tables equal
 /// the truth either way, and without the index nothing is looked up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_files_key_columns_are_looked_up_from_the_second_step_on() {
+async fn table_files_key_columns_are_looked_up_once_learned() {
     use crdb_delta::engine::key_cache::KeyCache;
     let dir = tempfile::tempdir().unwrap();
     let f = small_straddling_feed(dir.path()).await;
@@ -440,7 +440,21 @@ async fn the_key_index_follows_a_compaction_between_steps() {
         first.tables["usertable"].table_files_indexed > 0,
         "{first:?}"
     );
+    // The table's live files and those the index holds, by path.
+    let live_and_held = || async {
+        let t = Target::new(&target, "usertable").unwrap();
+        let tb = t.open().await.unwrap().expect("table exists");
+        let live: std::collections::BTreeSet<String> = delta::files(&tb, "id")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        (live, cache.paths(tb.table_url().as_ref()))
+    };
     let learned = cache.bytes();
+    let (_, held_before) = live_and_held().await;
+    assert!(!held_before.is_empty());
     let upkeep = maintain_table(
         &target,
         "usertable",
@@ -452,10 +466,19 @@ async fn the_key_index_follows_a_compaction_between_steps() {
     .await
     .unwrap();
     assert!(upkeep.files_compacted >= 2, "{upkeep:?}");
+    // The compaction removed files the index holds.
+    let (live, _) = live_and_held().await;
+    assert!(
+        held_before.iter().any(|p| !live.contains(p)),
+        "{held_before:?} {live:?}"
+    );
     let rest = sync(&f.feed, &target, &run(None)).await.unwrap();
     let rest = &rest.tables["usertable"];
     assert!(rest.commits > 0 && rest.table_files_indexed > 0, "{rest:?}");
-    // The compacted files' entries went; the index holds what the later steps learned.
+    // The compacted files' entries went: the index holds live files only, and what the later
+    // steps learned.
+    let (live, held) = live_and_held().await;
+    assert!(held.iter().all(|p| live.contains(p)), "{held:?} {live:?}");
     assert_ne!(cache.bytes(), learned);
     assert_equals_truth(&target, &f.truth_dir, "usertable").await;
 }

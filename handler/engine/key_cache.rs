@@ -101,6 +101,13 @@ impl KeyCache {
         self.lock().used
     }
 
+    /// The files of a table (by its URL) whose index is held.
+    pub fn paths(&self, table: &str) -> Vec<String> {
+        let inner = self.lock();
+        let ids = inner.files.keys().filter(|id| id.table == table);
+        ids.map(|id| id.path.clone()).collect()
+    }
+
     pub(super) fn get(&self, table: &str, path: &str, size: i64) -> Option<Arc<FileKeys>> {
         let mut inner = self.lock();
         let now = inner.tick();
