@@ -180,6 +180,16 @@ async fn assert_equals_truth(target: &Location, truth_dir: &std::path::Path, tab
     assert_eq!(actual, truth_rows(truth_dir, table, &columns), "{table}");
 }
 
+/// The target's Delta table, which must exist.
+async fn open_table(target: &Location, table: &str) -> deltalake_core::DeltaTable {
+    Target::new(target, table)
+        .unwrap()
+        .open()
+        .await
+        .unwrap()
+        .expect("table exists")
+}
+
 /// `sync --commit-each-resolved` of the feed into `dir/delta`.
 async fn sync_each_resolved(
     dir: &std::path::Path,
@@ -213,6 +223,22 @@ async fn commit_each_resolved_makes_one_version_per_resolved() {
         resolveds - 1,
         "{report:?}"
     );
+    // Each step's record is written while the next step applies: by the end of the run every
+    // RESOLVED is recorded, in order, at the table version of its own commit.
+    let mut recorded: Vec<(String, i64)> = table_rows(&target, "_crdb_delta_resolved")
+        .await
+        .iter()
+        .map(|r| {
+            let r: Value = serde_json::from_str(r).unwrap();
+            let resolved = r["resolved"].as_str().unwrap().to_owned();
+            (resolved, r["delta_version"].as_i64().unwrap())
+        })
+        .collect();
+    recorded.sort_by_key(|(_, v)| *v);
+    let expected: Vec<(String, i64)> = (f.resolveds.iter().map(|r| r.to_string()))
+        .zip(1..)
+        .collect();
+    assert_eq!(recorded, expected);
     assert_equals_truth(&target, &f.truth_dir, "usertable").await;
 }
 
@@ -265,12 +291,7 @@ async fn a_bad_file_read_ahead_stops_its_table_at_the_step_before() {
     std::fs::write(&victim.1, &bytes[..bytes.len() / 2]).unwrap();
     let (target, report) = sync_each_resolved(dir.path(), &f).await;
     // The stopped table leaves the run's report; its log says where it stopped.
-    let tb = Target::new(&target, "usertable")
-        .unwrap()
-        .open()
-        .await
-        .unwrap()
-        .expect("table exists");
+    let tb = open_table(&target, "usertable").await;
     let progress = delta::progress(&tb, "usertable").await.unwrap();
     assert_eq!(progress.applied, Some(f.resolveds[1]), "{report:?}");
     assert_eq!(tb.version(), Some(2), "{report:?}");
@@ -442,8 +463,7 @@ async fn the_key_index_follows_a_compaction_between_steps() {
     );
     // The table's live files and those the index holds, by path.
     let live_and_held = || async {
-        let t = Target::new(&target, "usertable").unwrap();
-        let tb = t.open().await.unwrap().expect("table exists");
+        let tb = open_table(&target, "usertable").await;
         let live: std::collections::BTreeSet<String> = delta::files(&tb, "id")
             .await
             .unwrap()
@@ -481,4 +501,38 @@ async fn the_key_index_follows_a_compaction_between_steps() {
     assert!(held.iter().all(|p| live.contains(p)), "{held:?} {live:?}");
     assert_ne!(cache.bytes(), learned);
     assert_equals_truth(&target, &f.truth_dir, "usertable").await;
+}
+
+/// Deletion vectors, one commit per RESOLVED into a table larger than its windows: each step
+/// adds a small file, which later windows change only in part. Once 8 small files pile up, a
+/// step rewrites every small file it probes, changed or not, so the files each step probes
+/// fall back to a few instead of staying near the 8 that trip the rewrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_a_step_probes_are_rewritten_once_they_pile_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimOptions {
+        tables: vec!["usertable".into()],
+        initial_rows: 3000,
+        windows: 40,
+        events_per_window: 4,
+        mix: [0.25, 0.5, 0.25],
+        ..SimOptions::default()
+    };
+    let (feed, config) = simulated(dir.path(), sim).await;
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let opts = SyncOptions {
+        config,
+        each_resolved: true,
+        ..SyncOptions::default()
+    };
+    let report = sync(&feed, &target, &opts).await.unwrap();
+    let t = &report.tables["usertable"];
+    assert!(t.commits >= 30, "{report:?}");
+    assert!(t.files_rewritten > 0, "{report:?}");
+    // 2.8 files a step here; 5.4 when only the small files a window changes are rewritten.
+    assert!(t.table_files_read <= 4 * t.commits, "{report:?}");
+    let tb = open_table(&target, "usertable").await;
+    let live = delta::files(&tb, "id").await.unwrap().len();
+    assert!(live <= 9, "{live} live files");
+    assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
 }

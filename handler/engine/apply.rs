@@ -437,7 +437,7 @@ const FETCH_AHEAD: usize = 4;
 const PROBE_ROW_BYTES: u64 = 64;
 
 /// Deletion vectors: from this many files below [`SyncOptions::rewrite_below`] on, the small
-/// files a step changes are rewritten (like Databricks' auto compaction, which also waits for
+/// files a step probes are rewritten (like Databricks' auto compaction, which also waits for
 /// a minimum number of small files; few here, as each one costs every later step a probe).
 const SMALL_FILES: usize = 8;
 
@@ -502,7 +502,7 @@ async fn write(
         // Looked up always; learned from the table's second step in this process on.
         let teach = index.clone().filter(|_| seen);
         pause("before-fetch").await;
-        // Once small files pile up (the new files of recent steps), the ones this step changes
+        // Once small files pile up (the new files of recent steps), the ones this step probes
         // are rewritten even with deletion vectors: their rows merge into this step's new file,
         // instead of every later step probing each of them until a compaction.
         let small = |f: &FileEntry| u64::try_from(f.size).unwrap_or(0) < opts.rewrite_below;
@@ -594,6 +594,11 @@ async fn write(
                 .filter(|_| !indexed && decoded.is_none())
                 .map(|c| Learn::new(c.clone(), &table_url, &f.path, f.size));
             let rewrite = rewrites(&f);
+            // Deletion vectors, small files piled up: a small file this step probes is
+            // rewritten whether or not the window changes it. Rewriting only changed ones
+            // leaves those a window misses (most, in a table much larger than its windows),
+            // and every later step probes them.
+            let compact = rewrite && storage == Storage::DeletionVectors;
             let keep = if rewrite { Keep::All } else { Keep::Changed };
             // Merge-on-read of changes that carry whole rows needs the key columns only: one
             // pass merges them (decoded above, or here batch by batch). Otherwise decide from
@@ -659,7 +664,7 @@ async fn write(
             if let Some(l) = learn.take().filter(|_| complete) {
                 learning.push(l.finish_aside());
             }
-            if hits.is_empty() {
+            if hits.is_empty() && !compact {
                 state.report.table_bytes_read += file.stored_bytes();
                 continue;
             }
@@ -696,7 +701,7 @@ async fn write(
                     writer.write(merged.batch).await.map_err(delta_err(&name))?;
                 }
             }
-            if dv.cardinality() == old_dv.cardinality() {
+            if dv.cardinality() == old_dv.cardinality() && !compact {
                 // Nothing of this file was superseded.
                 continue;
             }

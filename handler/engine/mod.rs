@@ -69,7 +69,7 @@ pub const DEFAULT_MAX_WINDOW_BYTES: u64 = 256 << 20;
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 /// Deletion vectors: changed files below this are rewritten ([`SyncOptions::rewrite_below`]).
 /// The small files of recent steps merge into one until it passes this size; a step rewrites
-/// only the small files it changes, each below this size.
+/// only the small files it probes, each below this size.
 pub const DEFAULT_REWRITE_BELOW: u64 = 4 << 20;
 /// Tables applied side by side by default: one per core of a Flex Consumption instance.
 pub const DEFAULT_TABLES_AT_ONCE: usize = 2;
