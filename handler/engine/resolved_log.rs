@@ -73,6 +73,67 @@ impl ResolvedLog {
     }
 }
 
+/// A run's records, each written behind its step: while the next step applies, as no table's
+/// commit waits for the record. Each is awaited before the next one starts, so records stay in
+/// order. A run that ends before one is written (an error, a crash) leaves the record behind
+/// its tables, which the next run's start mends.
+pub struct Recorder {
+    /// The log, when no record is being written.
+    idle: Option<ResolvedLog>,
+    writing: Option<tokio::task::JoinHandle<Result<ResolvedLog, SyncError>>>,
+}
+
+impl Recorder {
+    pub fn new(log: ResolvedLog) -> Self {
+        Self {
+            idle: Some(log),
+            writing: None,
+        }
+    }
+
+    /// The log, once the record being written (if any) is.
+    pub async fn settled(&mut self) -> Result<&mut ResolvedLog, SyncError> {
+        let log = self.take().await?;
+        Ok(self.idle.insert(log))
+    }
+
+    /// The log out of the recorder, once the record being written (if any) is.
+    async fn take(&mut self) -> Result<ResolvedLog, SyncError> {
+        if let Some(writing) = self.writing.take() {
+            return match writing.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(recording_stopped(e.to_string())),
+            };
+        }
+        self.idle
+            .take()
+            .ok_or_else(|| recording_stopped("an earlier record failed".into()))
+    }
+
+    /// Starts writing the record of `resolved` (after the one being written, if any).
+    pub async fn record_behind(
+        &mut self,
+        resolved: Hlc,
+        rows: Vec<RecordRow>,
+        partition: Option<PartitionFormat>,
+    ) -> Result<(), SyncError> {
+        let mut log = self.take().await?;
+        self.writing = Some(tokio::spawn(async move {
+            record_resolved(&mut log, resolved, &rows, partition, false).await?;
+            Ok(log)
+        }));
+        Ok(())
+    }
+}
+
+fn recording_stopped(message: String) -> SyncError {
+    SyncError::Table {
+        table: RESOLVED_LOG.into(),
+        message: format!("recording the RESOLVED: {message}"),
+    }
+}
+
 /// Appends one row per table to `_crdb_delta_resolved` for `resolved`, exactly once (its own
 /// `txn`). `if_missing`: only when not recorded yet (recovery at start). A RESOLVED older than
 /// the last recorded one is not recorded (the record only moves forward).

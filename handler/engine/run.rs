@@ -17,7 +17,7 @@ use super::apply::apply_table;
 use super::listing::{bounded_listing, check_resolved_content, list, partition_of};
 use super::read::Budget;
 use super::report::{SyncReport, peak_rss_mib};
-use super::resolved_log::{RecordRow, ResolvedLog, record_resolved};
+use super::resolved_log::{RecordRow, Recorder, ResolvedLog, record_resolved};
 use super::schema_refresh;
 use super::table::{TableState, open_table};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
@@ -183,7 +183,7 @@ pub(super) async fn sync_known(
             });
         }
     }
-    let mut log = ResolvedLog::new(Target::new(target, RESOLVED_LOG)?);
+    let mut recorder = Recorder::new(ResolvedLog::new(Target::new(target, RESOLVED_LOG)?));
     let late: Vec<String> = plan::late_files(&objects)
         .into_iter()
         .map(|l| {
@@ -217,7 +217,14 @@ pub(super) async fn sync_known(
         && stopped.is_empty()
         && let Some(r) = common_resolved(&states, &objects)
     {
-        record_resolved(&mut log, r, &RecordRow::of(&states), partition, true).await?;
+        record_resolved(
+            recorder.settled().await?,
+            r,
+            &RecordRow::of(&states),
+            partition,
+            true,
+        )
+        .await?;
     }
     loop {
         let progress: BTreeMap<String, Progress> = states
@@ -343,8 +350,9 @@ pub(super) async fn sync_known(
             && stopped.is_empty()
             && common_resolved(&states, &objects) == Some(step.resolved)
         {
-            let rows = RecordRow::of(&states);
-            record_resolved(&mut log, step.resolved, &rows, partition, false).await?;
+            recorder
+                .record_behind(step.resolved, RecordRow::of(&states), partition)
+                .await?;
         }
         // A step whose commits all went stale (re-planned) is an attempt, not a step; one that
         // applied a key slice short of its interval's last is a slice, not a step.
@@ -353,6 +361,7 @@ pub(super) async fn sync_known(
             report.steps += 1;
         }
     }
+    recorder.settled().await?;
     let seen: BTreeMap<String, Vec<String>> = states
         .iter()
         .map(|s| {
