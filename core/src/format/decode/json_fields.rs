@@ -81,6 +81,34 @@ impl<'de> Deserialize<'de> for Name<'de> {
     }
 }
 
+impl<'a> Fields<'a> {
+    /// Members in the order read: sorted by name, of a repeated name the last kept.
+    fn sorted(mut members: Vec<(Cow<'a, str>, &'a RawValue)>) -> Self {
+        if !members.is_sorted_by(|a, b| a.0 < b.0) {
+            // Stable: of equal names the last stays last, and is the one kept.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut unique: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(members.len());
+            for m in members {
+                match unique.last_mut() {
+                    Some(last) if last.0 == m.0 => *last = m,
+                    _ => unique.push(m),
+                }
+            }
+            members = unique;
+        }
+        Fields(members)
+    }
+}
+
+/// The members of the object `map` reads.
+fn members<'de, M: MapAccess<'de>>(mut map: M) -> Result<Fields<'de>, M::Error> {
+    let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+    while let Some((Name(name), value)) = map.next_entry::<Name, &RawValue>()? {
+        members.push((name, value));
+    }
+    Ok(Fields::sorted(members))
+}
+
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -89,26 +117,97 @@ impl<'de> Deserialize<'de> for Fields<'de> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                members(map)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A changefeed message's top level, with `after` (the wrapped envelope's row, most of the
+/// line) parsed into its members in the same pass: capturing its text and parsing that again
+/// would scan the row twice.
+#[derive(Debug, Default)]
+pub(crate) struct Envelope<'a> {
+    /// Every member but `after`.
+    pub(crate) members: Fields<'a>,
+    pub(crate) after: Option<After<'a>>,
+}
+
+/// The value of `after`.
+#[derive(Debug)]
+pub(crate) enum After<'a> {
+    Null,
+    Row(Fields<'a>),
+    /// Neither an object nor `null`.
+    Other,
+}
+
+impl<'de> Deserialize<'de> for After<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = After<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(After::Null)
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                members(map).map(After::Row)
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<Self::Value, S::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(After::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(After::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(After::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(After::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(After::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(After::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut members: Vec<(Cow<'de, str>, &'de RawValue)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((Name(name), value)) = map.next_entry::<Name, &RawValue>()? {
-                    members.push((name, value));
-                }
-                if !members.is_sorted_by(|a, b| a.0 < b.0) {
-                    // Stable: of equal names the last stays last, and is the one kept.
-                    members.sort_by(|a, b| a.0.cmp(&b.0));
-                    let mut unique: Vec<(Cow<'de, str>, &'de RawValue)> =
-                        Vec::with_capacity(members.len());
-                    for m in members {
-                        match unique.last_mut() {
-                            Some(last) if last.0 == m.0 => *last = m,
-                            _ => unique.push(m),
-                        }
+                let mut members = Vec::with_capacity(8);
+                let mut after = None;
+                while let Some(Name(name)) = map.next_key::<Name>()? {
+                    if name == "after" {
+                        // Of a repeated name the last wins, as with the other members.
+                        after = Some(map.next_value::<After>()?);
+                    } else {
+                        members.push((name, map.next_value::<&RawValue>()?));
                     }
-                    members = unique;
                 }
-                Ok(Fields(members))
+                Ok(Envelope {
+                    members: Fields::sorted(members),
+                    after,
+                })
             }
         }
         d.deserialize_map(V)
@@ -136,6 +235,30 @@ mod tests {
             matches!(f.0[1].0, Cow::Owned(_)),
             "escaped names are decoded"
         );
+    }
+
+    #[test]
+    fn an_envelope_parses_after_into_its_members() {
+        let text = r#"{"key": [1], "after": {"b": "x", "a": 1}, "updated": "1.0"}"#;
+        let e: Envelope = serde_json::from_str(text).unwrap();
+        let names: Vec<&str> = e.members.keys().collect();
+        assert_eq!(names, ["key", "updated"]);
+        let Some(After::Row(row)) = e.after else {
+            panic!("{:?}", e.after)
+        };
+        assert_eq!(row.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(row.get("b").unwrap().get(), r#""x""#);
+        let null: Envelope = serde_json::from_str(r#"{"after": null, "key": [1]}"#).unwrap();
+        assert!(matches!(null.after, Some(After::Null)));
+        for other in [r#""x""#, "[1, [2]]", "3", "true", "-1.5"] {
+            let text = format!(r#"{{"after": {other}, "key": [1]}}"#);
+            let e: Envelope = serde_json::from_str(&text).unwrap();
+            assert!(matches!(e.after, Some(After::Other)), "{other}");
+            assert_eq!(e.members.get("key").unwrap().get(), "[1]", "{other}");
+        }
+        let bare: Envelope = serde_json::from_str(r#"{"a": 1, "__crdb__": {}}"#).unwrap();
+        assert!(bare.after.is_none());
+        assert!(serde_json::from_str::<Envelope>(r#"{"after": {"a": }}"#).is_err());
     }
 
     #[test]

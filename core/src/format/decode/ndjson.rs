@@ -9,7 +9,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field};
 use serde_json::value::RawValue;
 
-use super::json_fields::Fields;
+use super::json_fields::{After, Envelope, Fields};
 use super::{BatchStream, DecodeError, DecodeOptions};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column::ColumnBuilder;
@@ -150,7 +150,10 @@ impl<R: BufRead> NdjsonDecoder<R> {
 
     fn parse<'a>(&self, line: u64, text: &'a str) -> Result<Message<'a>, DecodeError> {
         let bad = |m: String| self.line_error(line, m);
-        let top: Fields<'a> = serde_json::from_str(text).map_err(|e| {
+        let Envelope {
+            members: top,
+            after,
+        } = serde_json::from_str(text).map_err(|e| {
             let what = if e.is_eof() {
                 "truncated JSON message"
             } else {
@@ -170,18 +173,16 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 }
             }
         };
-        let (op, after, meta) = if let Some(after) = top.get("after") {
+        let (op, after, meta) = if let Some(after) = after {
             // Wrapped envelope.
             let before = top
                 .get("before")
                 .map(|b| b.get() != "null")
                 .unwrap_or(false);
-            if after.get() == "null" {
-                (Op::Delete, Fields::default(), None)
-            } else {
-                let cols = serde_json::from_str(after.get())
-                    .map_err(|e| bad(format!("`after` is not an object: {e}")))?;
-                (if before { Op::Update } else { Op::Create }, cols, None)
+            match after {
+                After::Null => (Op::Delete, Fields::default(), None),
+                After::Row(cols) => (if before { Op::Update } else { Op::Create }, cols, None),
+                After::Other => return Err(bad("`after` is not an object".into())),
             }
         } else if let Some(meta) = top.get("__crdb__") {
             // Bare envelope: columns at top level, metadata under `__crdb__`. Deletes cannot be told
