@@ -165,23 +165,13 @@ impl FileKeys {
         // (position, index into the sorted keys) of every match.
         let mut found: Vec<(u32, usize)> = Vec::new();
         match (&self.keys, probe.ints(), probe.uuids(), probe.strings()) {
-            (Keys::Ints(fence, keys), Some(wanted), _, _) => equal_ranges(
-                keys.len(),
-                fence,
-                wanted,
-                |i| keys[i],
-                &mut found,
-                self.rows.as_deref(),
-            ),
+            (Keys::Ints(fence, keys), Some(wanted), _, _) => {
+                in_slice(keys, fence, wanted, &mut found, self.rows.as_deref())
+            }
             // Texts that are not canonical UUIDs are in no row of this file.
-            (Keys::Uuids(fence, keys), _, Some(wanted), _) => equal_ranges(
-                keys.len(),
-                fence,
-                wanted,
-                |i| keys[i],
-                &mut found,
-                self.rows.as_deref(),
-            ),
+            (Keys::Uuids(fence, keys), _, Some(wanted), _) => {
+                in_slice(keys, fence, wanted, &mut found, self.rows.as_deref())
+            }
             (Keys::Strings(keys), _, _, Some(wanted)) => {
                 let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
                 equal_ranges(
@@ -244,6 +234,17 @@ fn sorted<K: Ord + Copy>(mut keys: Vec<K>) -> (Vec<K>, Option<Vec<u32>>) {
 
 fn ints<T: 'static>(c: &ArrayRef) -> Option<&T> {
     c.as_any().downcast_ref::<T>()
+}
+
+/// [`equal_ranges`] over keys held as a slice.
+fn in_slice<K: Ord + Copy>(
+    keys: &[K],
+    fence: &[K],
+    wanted: &[K],
+    found: &mut Vec<(u32, usize)>,
+    rows: Option<&[u32]>,
+) {
+    equal_ranges(keys.len(), fence, wanted, |i| keys[i], found, rows);
 }
 
 /// For each wanted key (sorted, each once: [`KeyProbe`] dedups), every index of a sorted key
