@@ -39,14 +39,16 @@ pub struct ChangeLog {
     pub(crate) stored: Vec<Stored>,
     pub(crate) frags: Vec<Frag>,
     pub(crate) changes: Vec<Change>,
-    pub(crate) keys: foldhash::HashMap<Arc<str>, u32>,
+    /// Key id → key text, ids in key order.
     pub(crate) key_texts: Vec<Arc<str>>,
+    /// Key text → id, built on first use where the window did not look keys up by text.
+    pub(crate) text_keys: std::sync::OnceLock<foldhash::HashMap<Arc<str>, u32>>,
     pub(crate) primary: Option<u16>,
     pub(crate) families_known: Vec<u16>,
     pub(crate) null_arrays: Vec<ArrayRef>,
     pub(crate) duplicates: usize,
     pub(crate) rows_read: u64,
-    /// Integer key → key id, built on first use (a single INT key column).
+    /// Integer key → key id (a single INT key column): the window's, or built on first use.
     pub(crate) int_keys: std::sync::OnceLock<foldhash::HashMap<i64, u32>>,
 }
 
@@ -249,12 +251,19 @@ impl ChangeLog {
                 .map(|k| k.and_then(|k| ids.get(&k).copied()))
                 .collect());
         }
+        let text_ids = self.text_keys.get_or_init(|| {
+            self.key_texts
+                .iter()
+                .enumerate()
+                .map(|(id, k)| (k.clone(), id as u32))
+                .collect()
+        });
         let mut text = String::new();
         Ok((0..table.num_rows())
             .map(|r| {
                 key_text_into(&key_cols, r, &mut text)
                     .ok()
-                    .and_then(|()| self.keys.get(text.as_str()).copied())
+                    .and_then(|()| text_ids.get(text.as_str()).copied())
             })
             .collect())
     }

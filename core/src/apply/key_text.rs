@@ -58,6 +58,15 @@ pub(crate) fn key_text_into(
     Ok(())
 }
 
+/// The key text of a one-integer key, `[v]`.
+pub(crate) fn int_key_text(v: i64) -> String {
+    let mut out = String::with_capacity(22);
+    out.push('[');
+    push_int(&mut out, v);
+    out.push(']');
+    out
+}
+
 /// `v`'s decimal digits, as `Display` (and serde_json) print them.
 fn push_int(out: &mut String, v: i64) {
     let mut buf = [0u8; 20];

@@ -1,16 +1,16 @@
 //! A window: every change row of one table with `lo < updated ≤ hi` (one RESOLVED step),
 //! gathered file by file, then merged into a [`ChangeLog`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::Decimal128Type;
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow_array::types::{Decimal128Type, Int64Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, new_null_array};
 use arrow_schema::{ArrowError, DataType};
 use arrow_select::filter::filter_record_batch;
 
 use super::change_log::{Change, ChangeLog};
-use super::key_text::key_text_into;
+use super::key_text::{int_key_text, key_text_into};
 use super::{ChangeError, Layout};
 use crate::format::batch::{self, Op};
 use crate::format::column;
@@ -60,6 +60,49 @@ pub fn later_rows(batch: &RecordBatch, after: Hlc) -> Result<Option<RecordBatch>
     }
 }
 
+/// Key ids of a window whose key is one integer column: hashed as integers, a text made once
+/// per distinct key.
+struct IntKeyIds {
+    ids: foldhash::HashMap<i64, u32>,
+    texts: Vec<Arc<str>>,
+}
+
+/// Numbers the fragments' keys (`ints[batch][row]`) in ascending order of value.
+fn int_key_ids(frags: &mut [Frag], ints: &[&Int64Array]) -> IntKeyIds {
+    let mut ids: foldhash::HashMap<i64, u32> = foldhash::HashMap::default();
+    let mut values: Vec<i64> = Vec::new();
+    for f in frags.iter_mut() {
+        let v = ints[f.batch as usize].value(f.row as usize);
+        f.key = *ids.entry(v).or_insert_with(|| {
+            values.push(v);
+            (values.len() - 1) as u32
+        });
+    }
+    let mut order: Vec<u32> = (0..values.len() as u32).collect();
+    order.sort_unstable_by_key(|&k| values[k as usize]);
+    let new_id = renumber(frags, &order);
+    for id in ids.values_mut() {
+        *id = new_id[*id as usize];
+    }
+    let texts = order
+        .iter()
+        .map(|&k| Arc::from(int_key_text(values[k as usize])))
+        .collect();
+    IntKeyIds { ids, texts }
+}
+
+/// Renumbers the fragments' key ids so that key `order[i]` becomes `i`; returns old id → new.
+fn renumber(frags: &mut [Frag], order: &[u32]) -> Vec<u32> {
+    let mut new_id = vec![0u32; order.len()];
+    for (i, &k) in order.iter().enumerate() {
+        new_id[k as usize] = i as u32;
+    }
+    for f in frags {
+        f.key = new_id[f.key as usize];
+    }
+    new_id
+}
+
 /// Rows of one table with `lo < updated ≤ hi`, gathered file by file.
 pub struct Window {
     layout: Layout,
@@ -70,8 +113,12 @@ pub struct Window {
     family_names: Vec<String>,
     stored: Vec<Stored>,
     frags: Vec<Frag>,
-    keys: foldhash::HashMap<Arc<str>, u32>,
+    /// Key id → key text, in key order (filled by `finish`).
     key_texts: Vec<Arc<str>>,
+    /// Key text → id, when `finish` looked keys up by text.
+    text_keys: Option<foldhash::HashMap<Arc<str>, u32>>,
+    /// Integer key → id, when the key is one integer column.
+    int_keys: Option<foldhash::HashMap<i64, u32>>,
     rows_read: u64,
     /// `(index, of)`: only rows whose key is in slice `index` of `of` are kept.
     slice: Option<(u32, u32)>,
@@ -104,8 +151,9 @@ impl Window {
             family_names,
             stored: Vec::new(),
             frags: Vec::new(),
-            keys: foldhash::HashMap::default(),
             key_texts: Vec::new(),
+            text_keys: None,
+            int_keys: None,
             rows_read: 0,
             slice: None,
             rows_kept: 0,
@@ -331,7 +379,9 @@ impl Window {
 
     /// Gives every fragment its key id, from the key columns in the layout's types (see
     /// [`super::key_text`]): only after `finish` converted the stored batches can a key written as a
-    /// number in one file and as a string in another be seen to be the same key.
+    /// number in one file and as a string in another be seen to be the same key. Ids are
+    /// numbered in key order (by value for one integer column, by key text otherwise), so the
+    /// fragments sort on integers.
     fn assign_keys(&mut self) -> Result<(), ChangeError> {
         let key_idx: Vec<usize> = self
             .layout
@@ -358,9 +408,29 @@ impl Window {
                 .collect::<Result<Vec<ArrayRef>, _>>()?;
             key_arrays.push(arrays);
         }
+        let ints: Option<Vec<&Int64Array>> = key_arrays
+            .iter()
+            .map(|a| match a.as_slice() {
+                [a] => a.as_primitive_opt::<Int64Type>(),
+                _ => None,
+            })
+            .collect();
+        match ints {
+            Some(ints) if !ints.is_empty() => {
+                let ids = int_key_ids(&mut self.frags, &ints);
+                self.key_texts = ids.texts;
+                self.int_keys = Some(ids.ids);
+                Ok(())
+            }
+            _ => self.assign_text_keys(&key_arrays),
+        }
+    }
+
+    /// [`Self::assign_keys`] for any key: one key text per fragment, looked up by text.
+    fn assign_text_keys(&mut self, key_arrays: &[Vec<ArrayRef>]) -> Result<(), ChangeError> {
+        let mut keys: foldhash::HashMap<Arc<str>, u32> = foldhash::HashMap::default();
+        let mut texts: Vec<Arc<str>> = Vec::new();
         let mut key = String::new();
-        self.keys
-            .reserve(self.frags.len().saturating_sub(self.keys.len()));
         for f in &mut self.frags {
             let s = f.batch as usize;
             // `push` refused NULL keys and conversions keep values, so this cannot fail; the
@@ -372,17 +442,25 @@ impl Window {
                     column: self.layout.key[i].clone(),
                 }
             })?;
-            f.key = match self.keys.get(key.as_str()) {
+            f.key = match keys.get(key.as_str()) {
                 Some(id) => *id,
                 None => {
-                    let id = self.key_texts.len() as u32;
+                    let id = texts.len() as u32;
                     let k: Arc<str> = Arc::from(key.as_str());
-                    self.key_texts.push(k.clone());
-                    self.keys.insert(k, id);
+                    texts.push(k.clone());
+                    keys.insert(k, id);
                     id
                 }
             };
         }
+        let mut order: Vec<u32> = (0..texts.len() as u32).collect();
+        order.sort_unstable_by(|a, b| texts[*a as usize].cmp(&texts[*b as usize]));
+        let new_id = renumber(&mut self.frags, &order);
+        for id in keys.values_mut() {
+            *id = new_id[*id as usize];
+        }
+        self.key_texts = order.iter().map(|&k| texts[k as usize].clone()).collect();
+        self.text_keys = Some(keys);
         Ok(())
     }
 
@@ -412,17 +490,10 @@ impl Window {
             s.arrays = arrays;
         }
         self.assign_keys()?;
-        // In key text order: the distinct keys are ranked once, so the fragments sort on
-        // integers (a fragment's batch and row make every tuple distinct).
-        let key_texts = &self.key_texts;
-        let mut by_text: Vec<u32> = (0..key_texts.len() as u32).collect();
-        by_text.sort_unstable_by(|a, b| key_texts[*a as usize].cmp(&key_texts[*b as usize]));
-        let mut rank = vec![0u32; by_text.len()];
-        for (r, &k) in by_text.iter().enumerate() {
-            rank[k as usize] = r as u32;
-        }
+        // Key ids are in key order: the fragments sort on integers (a fragment's batch and row
+        // make every tuple distinct).
         self.frags
-            .sort_unstable_by_key(|f| (rank[f.key as usize], f.updated, f.family, f.batch, f.row));
+            .sort_unstable_by_key(|f| (f.key, f.updated, f.family, f.batch, f.row));
         let before = self.frags.len();
         self.frags
             .dedup_by(|b, a| a.key == b.key && a.updated == b.updated && a.family == b.family);
@@ -518,14 +589,14 @@ impl Window {
             stored: self.stored,
             frags: self.frags,
             changes,
-            keys: self.keys,
+            text_keys: self.text_keys.map(OnceLock::from).unwrap_or_default(),
             key_texts: self.key_texts,
             primary,
             families_known,
             null_arrays,
             duplicates,
             rows_read: self.rows_read,
-            int_keys: std::sync::OnceLock::new(),
+            int_keys: self.int_keys.map(OnceLock::from).unwrap_or_default(),
         })
     }
 }

@@ -4,8 +4,6 @@
 //! changed keys are replaced by their new image or dropped, and keys the table did not have
 //! become new rows, in key order (integers numerically) so new files' key ranges stay tight.
 
-use std::sync::Arc;
-
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field};
 
@@ -188,17 +186,13 @@ impl ModeWriter for UpdateDelete {
         let (keys, pos) = match self.inserts.take() {
             Some(cursor) => cursor,
             None => {
-                let mut keys: Vec<u32> = (0..self.finals.len() as u32)
+                // Key ids are in key order already.
+                let keys: Vec<u32> = (0..self.finals.len() as u32)
                     .filter(|&k| {
                         !self.matched[k as usize]
                             && matches!(self.finals[k as usize], Some(Final::Image { .. }))
                     })
                     .collect();
-                let texts: &[Arc<str>] = &self.log.key_texts;
-                keys.sort_unstable_by(|a, b| {
-                    let (a, b) = (&texts[*a as usize], &texts[*b as usize]);
-                    (a.len(), a).cmp(&(b.len(), b))
-                });
                 (keys, 0)
             }
         };
