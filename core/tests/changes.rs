@@ -425,7 +425,10 @@ fn new_rows_come_out_in_key_order_integers_by_value() {
     let ids = [10, -3, 2, 9, -20, 100];
     let window = || {
         let mut w = Window::new(Layout::new(vec!["id".into()], false), None, h(100));
-        let rows: Vec<Row> = ids.iter().map(|&id| (Op::Create, id, id, &[][..])).collect();
+        let rows: Vec<Row> = ids
+            .iter()
+            .map(|&id| (Op::Create, id, id, &[][..]))
+            .collect();
         w.push(batch(&[], &rows), None, "f.parquet").unwrap();
         w.finish().unwrap()
     };
@@ -449,7 +452,10 @@ fn new_rows_come_out_in_key_order_integers_by_value() {
     let (_, table) = written(Mode::UpdateDelete);
     let mut w = Window::new(Layout::new(vec!["id".into()], false), Some(h(100)), h(200));
     w.push(
-        batch(&[], &[(Op::Delete, 150, 9, &[]), (Op::Delete, 151, -20, &[])]),
+        batch(
+            &[],
+            &[(Op::Delete, 150, 9, &[]), (Op::Delete, 151, -20, &[])],
+        ),
         None,
         "g.parquet",
     )

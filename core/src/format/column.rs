@@ -46,6 +46,12 @@ pub enum ColumnBuilder {
 
 impl ColumnBuilder {
     pub fn new(ty: &ColumnType, capacity: usize) -> Self {
+        Self::with_bytes(ty, capacity, capacity * 16)
+    }
+
+    /// A builder for `capacity` values whose text (for text, JSON and binary columns) takes
+    /// about `bytes`: sized once instead of grown by copying.
+    pub fn with_bytes(ty: &ColumnType, capacity: usize, bytes: usize) -> Self {
         match ty {
             ColumnType::Boolean => Self::Boolean(BooleanBuilder::with_capacity(capacity)),
             ColumnType::Int32 => Self::Int32(Int32Builder::with_capacity(capacity)),
@@ -58,11 +64,9 @@ impl ColumnBuilder {
                 *p,
                 *s,
             ),
-            ColumnType::Text => Self::Text(StringBuilder::with_capacity(capacity, capacity * 16)),
-            ColumnType::Json => Self::Json(StringBuilder::with_capacity(capacity, capacity * 32)),
-            ColumnType::Binary => {
-                Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16))
-            }
+            ColumnType::Text => Self::Text(StringBuilder::with_capacity(capacity, bytes)),
+            ColumnType::Json => Self::Json(StringBuilder::with_capacity(capacity, bytes)),
+            ColumnType::Binary => Self::Binary(BinaryBuilder::with_capacity(capacity, bytes)),
             ColumnType::Date => Self::Date(Date32Builder::with_capacity(capacity)),
             ColumnType::Timestamp => {
                 Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity))

@@ -400,7 +400,11 @@ pub fn write_json_string_text(raw: &str, out: &mut impl std::fmt::Write) -> Resu
             .ok_or_else(|| bad("invalid \\u escape"))
     };
     let (mut start, mut i) = (0, 0);
-    while i < b.len() {
+    loop {
+        i += plain_run(&b[i..]);
+        if i >= b.len() {
+            break;
+        }
         match b[i] {
             b'\\' => {
                 let _ = out.write_str(&inner[start..i]);
@@ -440,12 +444,35 @@ pub fn write_json_string_text(raw: &str, out: &mut impl std::fmt::Write) -> Resu
                 let _ = out.write_char(c);
                 start = i;
             }
-            b'"' | 0..=0x1f => return Err(bad("unescaped quote or control character")),
-            _ => i += 1,
+            _ => return Err(bad("unescaped quote or control character")),
         }
     }
     let _ = out.write_str(&inner[start..]);
     Ok(())
+}
+
+/// The length of the prefix of `b` that a JSON string holds as is: no `"`, `\\` or control
+/// character. Eight bytes at a time (string values are mostly such runs); for each word the
+/// lowest flagged byte is exact, as a borrow only flags bytes above a true match.
+fn plain_run(b: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let special = (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | zero_byte(w ^ (ONES * u64::from(b'"')))
+            | zero_byte(w ^ (ONES * u64::from(b'\\')));
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + b[i..]
+        .iter()
+        .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))
+        .unwrap_or(b.len() - i)
 }
 
 /// Checks that raw JSON nests arrays and objects at most [`MAX_JSON_DEPTH`] levels (`1` is 0,
@@ -607,6 +634,32 @@ pub fn parse_time_micros(text: &str) -> Result<i64, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_run_stops_at_the_first_quote_backslash_or_control_byte() {
+        let by_byte = |b: &[u8]| {
+            b.iter()
+                .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))
+                .unwrap_or(b.len())
+        };
+        // Every byte value at every position of a word and its neighbours, among fills that
+        // sit next to the flagged values (0x20, 0x21, 0x23, 0x5b, 0x5d) or carry the high bit.
+        for fill in [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff] {
+            for len in 0..20 {
+                for at in 0..len {
+                    for v in 0..=255u8 {
+                        let mut b = vec![fill; len];
+                        b[at] = v;
+                        assert_eq!(plain_run(&b), by_byte(&b), "{b:?}");
+                        if at + 1 < len {
+                            b[at + 1] = 0;
+                            assert_eq!(plain_run(&b), by_byte(&b), "{b:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// `parse_uuid` reads back exactly what `uuid_text` prints, and nothing else.
     #[test]

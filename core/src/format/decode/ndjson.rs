@@ -358,8 +358,15 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 ));
                 continue;
             };
-            let mut b = ColumnBuilder::new(&ty, messages.len());
-            for (m, raw) in column_values(name, self.primary_key.as_deref(), &messages) {
+            let values: Vec<_> =
+                column_values(name, self.primary_key.as_deref(), &messages).collect();
+            // A value's text is at most its JSON text.
+            let bytes = values
+                .iter()
+                .filter_map(|(_, r)| r.map(|r| r.get().len()))
+                .sum();
+            let mut b = ColumnBuilder::with_bytes(&ty, messages.len(), bytes);
+            for (m, raw) in values {
                 match raw {
                     Some(raw) => {
                         b.append_json(raw.get())
