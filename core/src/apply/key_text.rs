@@ -67,6 +67,15 @@ pub(crate) fn int_key_text(v: i64) -> String {
     out
 }
 
+/// The key text of a one-string key, `["v"]`.
+pub(crate) fn string_key_text(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 4);
+    out.push('[');
+    push_json_string(&mut out, v);
+    out.push(']');
+    out
+}
+
 /// `v`'s decimal digits, as `Display` (and serde_json) print them.
 fn push_int(out: &mut String, v: i64) {
     let mut buf = [0u8; 20];
@@ -80,7 +89,7 @@ fn push_int(out: &mut String, v: i64) {
 /// `s` as a JSON string, escaped as serde_json escapes it: text needing no escape (the common
 /// case: UUIDs, names) is copied as is.
 fn push_json_string(out: &mut String, s: &str) {
-    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if crate::format::values::plain_run(s.as_bytes()) < s.len() {
         let _ = write!(out, "{}", serde_json::Value::from(s));
     } else {
         out.push('"');

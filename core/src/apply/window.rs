@@ -5,12 +5,14 @@ use std::sync::{Arc, OnceLock};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Decimal128Type, Int64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, new_null_array};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, new_null_array,
+};
 use arrow_schema::{ArrowError, DataType};
 use arrow_select::filter::filter_record_batch;
 
 use super::change_log::{Change, ChangeLog};
-use super::key_text::{int_key_text, key_text_into};
+use super::key_text::{int_key_text, key_text_into, string_key_text};
 use super::{ChangeError, Layout};
 use crate::format::batch::{self, Op};
 use crate::format::column;
@@ -89,6 +91,43 @@ fn int_key_ids(frags: &mut [Frag], ints: &[&Int64Array]) -> IntKeyIds {
         .map(|&k| Arc::from(int_key_text(values[k as usize])))
         .collect();
     IntKeyIds { ids, texts }
+}
+
+/// Numbers the fragments' keys (`strings[batch][row]`, one string column such as a UUID) in
+/// ascending order of value, hashed as the strings themselves; returns the key texts, made
+/// once per distinct key.
+fn string_key_texts(frags: &mut [Frag], strings: &[&StringArray]) -> Vec<Arc<str>> {
+    let mut ids: foldhash::HashMap<&str, u32> = foldhash::HashMap::default();
+    let mut values: Vec<&str> = Vec::new();
+    for f in frags.iter_mut() {
+        let v = strings[f.batch as usize].value(f.row as usize);
+        f.key = *ids.entry(v).or_insert_with(|| {
+            values.push(v);
+            (values.len() - 1) as u32
+        });
+    }
+    // Sorted on each value's first eight bytes as an integer, the text compared only on a tie
+    // (random UUIDs almost never tie).
+    let mut sorted: Vec<(u64, &str, u32)> = values
+        .iter()
+        .enumerate()
+        .map(|(k, v)| (prefix(v), *v, k as u32))
+        .collect();
+    sorted.sort_unstable();
+    let order: Vec<u32> = sorted.iter().map(|&(_, _, k)| k).collect();
+    renumber(frags, &order);
+    sorted
+        .iter()
+        .map(|&(_, v, _)| Arc::from(string_key_text(v)))
+        .collect()
+}
+
+/// The first eight bytes of `v`, big-endian (zero-padded): ordered as `v`'s bytes are.
+fn prefix(v: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v.as_bytes()[..n]);
+    u64::from_be_bytes(b)
 }
 
 /// Renumbers the fragments' key ids so that key `order[i]` becomes `i`; returns old id → new.
@@ -380,7 +419,7 @@ impl Window {
     /// Gives every fragment its key id, from the key columns in the layout's types (see
     /// [`super::key_text`]): only after `finish` converted the stored batches can a key written as a
     /// number in one file and as a string in another be seen to be the same key. Ids are
-    /// numbered in key order (by value for one integer column, by key text otherwise), so the
+    /// numbered in key order (by value for one integer or string column, by key text otherwise), so the
     /// fragments sort on integers.
     fn assign_keys(&mut self) -> Result<(), ChangeError> {
         let key_idx: Vec<usize> = self
@@ -415,15 +454,24 @@ impl Window {
                 _ => None,
             })
             .collect();
-        match ints {
-            Some(ints) if !ints.is_empty() => {
-                let ids = int_key_ids(&mut self.frags, &ints);
-                self.key_texts = ids.texts;
-                self.int_keys = Some(ids.ids);
-                Ok(())
-            }
-            _ => self.assign_text_keys(&key_arrays),
+        if let Some(ints) = ints.filter(|i| !i.is_empty()) {
+            let ids = int_key_ids(&mut self.frags, &ints);
+            self.key_texts = ids.texts;
+            self.int_keys = Some(ids.ids);
+            return Ok(());
         }
+        let strings: Option<Vec<&StringArray>> = key_arrays
+            .iter()
+            .map(|a| match a.as_slice() {
+                [a] => a.as_string_opt::<i32>(),
+                _ => None,
+            })
+            .collect();
+        if let Some(strings) = strings.filter(|s| !s.is_empty()) {
+            self.key_texts = string_key_texts(&mut self.frags, &strings);
+            return Ok(());
+        }
+        self.assign_text_keys(&key_arrays)
     }
 
     /// [`Self::assign_keys`] for any key: one key text per fragment, looked up by text.

@@ -454,7 +454,7 @@ pub fn write_json_string_text(raw: &str, out: &mut impl std::fmt::Write) -> Resu
 /// The length of the prefix of `b` that a JSON string holds as is: no `"`, `\\` or control
 /// character. Eight bytes at a time (string values are mostly such runs); for each word the
 /// lowest flagged byte is exact, as a borrow only flags bytes above a true match.
-fn plain_run(b: &[u8]) -> usize {
+pub(crate) fn plain_run(b: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
