@@ -501,8 +501,14 @@ impl Window {
                 }
             };
         }
-        let mut order: Vec<u32> = (0..texts.len() as u32).collect();
-        order.sort_unstable_by(|a, b| texts[*a as usize].cmp(&texts[*b as usize]));
+        // Every text starts with `[`: the eight bytes after it rank most pairs.
+        let mut sorted: Vec<(u64, &str, u32)> = texts
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (prefix(&t[1..]), t.as_ref(), k as u32))
+            .collect();
+        sorted.sort_unstable();
+        let order: Vec<u32> = sorted.iter().map(|&(_, _, k)| k).collect();
         let new_id = renumber(&mut self.frags, &order);
         for id in keys.values_mut() {
             *id = new_id[*id as usize];
