@@ -62,6 +62,21 @@ pub fn later_rows(batch: &RecordBatch, after: Hlc) -> Result<Option<RecordBatch>
     }
 }
 
+/// Each stored batch's key column as a `T`, when the key is one column of that array type.
+fn single_key<'a, T>(
+    key_arrays: &'a [Vec<ArrayRef>],
+    cast: impl Fn(&'a ArrayRef) -> Option<&'a T>,
+) -> Option<Vec<&'a T>> {
+    let columns: Option<Vec<&T>> = key_arrays
+        .iter()
+        .map(|a| match a.as_slice() {
+            [a] => cast(a),
+            _ => None,
+        })
+        .collect();
+    columns.filter(|c| !c.is_empty())
+}
+
 /// Key ids of a window whose key is one integer column: hashed as integers, a text made once
 /// per distinct key.
 struct IntKeyIds {
@@ -447,27 +462,13 @@ impl Window {
                 .collect::<Result<Vec<ArrayRef>, _>>()?;
             key_arrays.push(arrays);
         }
-        let ints: Option<Vec<&Int64Array>> = key_arrays
-            .iter()
-            .map(|a| match a.as_slice() {
-                [a] => a.as_primitive_opt::<Int64Type>(),
-                _ => None,
-            })
-            .collect();
-        if let Some(ints) = ints.filter(|i| !i.is_empty()) {
+        if let Some(ints) = single_key(&key_arrays, |a| a.as_primitive_opt::<Int64Type>()) {
             let ids = int_key_ids(&mut self.frags, &ints);
             self.key_texts = ids.texts;
             self.int_keys = Some(ids.ids);
             return Ok(());
         }
-        let strings: Option<Vec<&StringArray>> = key_arrays
-            .iter()
-            .map(|a| match a.as_slice() {
-                [a] => a.as_string_opt::<i32>(),
-                _ => None,
-            })
-            .collect();
-        if let Some(strings) = strings.filter(|s| !s.is_empty()) {
+        if let Some(strings) = single_key(&key_arrays, |a| a.as_string_opt::<i32>()) {
             self.key_texts = string_key_texts(&mut self.frags, &strings);
             return Ok(());
         }
