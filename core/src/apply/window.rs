@@ -1,13 +1,12 @@
 //! A window: every change row of one table with `lo < updated ≤ hi` (one RESOLVED step),
 //! gathered file by file, then merged into a [`ChangeLog`].
 
+use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Decimal128Type, Int64Type};
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, new_null_array,
-};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use arrow_schema::{ArrowError, DataType};
 use arrow_select::filter::filter_record_batch;
 
@@ -77,84 +76,63 @@ fn single_key<'a, T>(
     columns.filter(|c| !c.is_empty())
 }
 
-/// Key ids of a window whose key is one integer column: hashed as integers, a text made once
-/// per distinct key.
-struct IntKeyIds {
-    ids: foldhash::HashMap<i64, u32>,
-    texts: Vec<Arc<str>>,
-}
-
-/// Numbers the fragments' keys (`ints[batch][row]`) in ascending order of value.
-fn int_key_ids(frags: &mut [Frag], ints: &[&Int64Array]) -> IntKeyIds {
-    let mut ids: foldhash::HashMap<i64, u32> = foldhash::HashMap::default();
-    let mut values: Vec<i64> = Vec::new();
+/// Numbers the fragments' keys by `value` in the order first seen; returns value → id and the
+/// distinct values by id.
+fn first_seen<K: Hash + Eq + Copy>(
+    frags: &mut [Frag],
+    value: impl Fn(&Frag) -> K,
+) -> (foldhash::HashMap<K, u32>, Vec<K>) {
+    let mut ids: foldhash::HashMap<K, u32> = foldhash::HashMap::default();
+    let mut values: Vec<K> = Vec::new();
     for f in frags.iter_mut() {
-        let v = ints[f.batch as usize].value(f.row as usize);
+        let v = value(f);
         f.key = *ids.entry(v).or_insert_with(|| {
             values.push(v);
             (values.len() - 1) as u32
         });
     }
-    let mut order: Vec<u32> = (0..values.len() as u32).collect();
-    order.sort_unstable_by_key(|&k| values[k as usize]);
-    let new_id = renumber(frags, &order);
+    (ids, values)
+}
+
+/// Renumbers key ids in ascending order of `values` (by id), in the fragments and in `ids`;
+/// returns the values in the new order. Sorted on `prefix` (an order-preserving 64-bit image
+/// of a value) first, the values compared only on a tie: random UUIDs and integers never tie.
+fn in_key_order<K: Ord + Clone>(
+    frags: &mut [Frag],
+    ids: &mut foldhash::HashMap<K, u32>,
+    values: &[K],
+    prefix: impl Fn(&K) -> u64,
+) -> Vec<K> {
+    let mut sorted: Vec<(u64, K, u32)> = values
+        .iter()
+        .enumerate()
+        .map(|(k, v)| (prefix(v), v.clone(), k as u32))
+        .collect();
+    sorted.sort_unstable();
+    let mut new_id = vec![0u32; sorted.len()];
+    for (i, &(_, _, k)) in sorted.iter().enumerate() {
+        new_id[k as usize] = i as u32;
+    }
+    for f in frags {
+        f.key = new_id[f.key as usize];
+    }
     for id in ids.values_mut() {
         *id = new_id[*id as usize];
     }
-    let texts = order
-        .iter()
-        .map(|&k| Arc::from(int_key_text(values[k as usize])))
-        .collect();
-    IntKeyIds { ids, texts }
-}
-
-/// Numbers the fragments' keys (`strings[batch][row]`, one string column such as a UUID) in
-/// ascending order of value, hashed as the strings themselves; returns the key texts, made
-/// once per distinct key.
-fn string_key_texts(frags: &mut [Frag], strings: &[&StringArray]) -> Vec<Arc<str>> {
-    let mut ids: foldhash::HashMap<&str, u32> = foldhash::HashMap::default();
-    let mut values: Vec<&str> = Vec::new();
-    for f in frags.iter_mut() {
-        let v = strings[f.batch as usize].value(f.row as usize);
-        f.key = *ids.entry(v).or_insert_with(|| {
-            values.push(v);
-            (values.len() - 1) as u32
-        });
-    }
-    // Sorted on each value's first eight bytes as an integer, the text compared only on a tie
-    // (random UUIDs almost never tie).
-    let mut sorted: Vec<(u64, &str, u32)> = values
-        .iter()
-        .enumerate()
-        .map(|(k, v)| (prefix(v), *v, k as u32))
-        .collect();
-    sorted.sort_unstable();
-    let order: Vec<u32> = sorted.iter().map(|&(_, _, k)| k).collect();
-    renumber(frags, &order);
-    sorted
-        .iter()
-        .map(|&(_, v, _)| Arc::from(string_key_text(v)))
-        .collect()
+    sorted.into_iter().map(|(_, v, _)| v).collect()
 }
 
 /// The first eight bytes of `v`, big-endian (zero-padded): ordered as `v`'s bytes are.
-fn prefix(v: &str) -> u64 {
+fn text_prefix(v: &str) -> u64 {
     let mut b = [0u8; 8];
     let n = v.len().min(8);
     b[..n].copy_from_slice(&v.as_bytes()[..n]);
     u64::from_be_bytes(b)
 }
 
-/// Renumbers the fragments' key ids so that key `order[i]` becomes `i`; returns old id → new.
-fn renumber(frags: &mut [Frag], order: &[u32]) -> Vec<u32> {
-    let mut new_id = vec![0u32; order.len()];
-    for (i, &k) in order.iter().enumerate() {
-        new_id[k as usize] = i as u32;
-    }
-    for f in frags {
-        f.key = new_id[f.key as usize];
-    }
-    new_id
+/// `v` with its sign bit flipped: ordered as `v` is.
+fn int_prefix(v: &i64) -> u64 {
+    (*v as u64) ^ (1 << 63)
 }
 
 /// Rows of one table with `lo < updated ≤ hi`, gathered file by file.
@@ -463,13 +441,23 @@ impl Window {
             key_arrays.push(arrays);
         }
         if let Some(ints) = single_key(&key_arrays, |a| a.as_primitive_opt::<Int64Type>()) {
-            let ids = int_key_ids(&mut self.frags, &ints);
-            self.key_texts = ids.texts;
-            self.int_keys = Some(ids.ids);
+            let (mut ids, values) = first_seen(&mut self.frags, |f| {
+                ints[f.batch as usize].value(f.row as usize)
+            });
+            let values = in_key_order(&mut self.frags, &mut ids, &values, int_prefix);
+            self.key_texts = values.into_iter().map(|v| int_key_text(v).into()).collect();
+            self.int_keys = Some(ids);
             return Ok(());
         }
         if let Some(strings) = single_key(&key_arrays, |a| a.as_string_opt::<i32>()) {
-            self.key_texts = string_key_texts(&mut self.frags, &strings);
+            let (mut ids, values) = first_seen(&mut self.frags, |f| {
+                strings[f.batch as usize].value(f.row as usize)
+            });
+            let values = in_key_order(&mut self.frags, &mut ids, &values, |v| text_prefix(v));
+            self.key_texts = values
+                .into_iter()
+                .map(|v| string_key_text(v).into())
+                .collect();
             return Ok(());
         }
         self.assign_text_keys(&key_arrays)
@@ -503,18 +491,7 @@ impl Window {
             };
         }
         // Every text starts with `[`: the eight bytes after it rank most pairs.
-        let mut sorted: Vec<(u64, &str, u32)> = texts
-            .iter()
-            .enumerate()
-            .map(|(k, t)| (prefix(&t[1..]), t.as_ref(), k as u32))
-            .collect();
-        sorted.sort_unstable();
-        let order: Vec<u32> = sorted.iter().map(|&(_, _, k)| k).collect();
-        let new_id = renumber(&mut self.frags, &order);
-        for id in keys.values_mut() {
-            *id = new_id[*id as usize];
-        }
-        self.key_texts = order.iter().map(|&k| texts[k as usize].clone()).collect();
+        self.key_texts = in_key_order(&mut self.frags, &mut keys, &texts, |t| text_prefix(&t[1..]));
         self.text_keys = Some(keys);
         Ok(())
     }
