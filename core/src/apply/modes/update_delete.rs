@@ -2,7 +2,8 @@
 //!
 //! Each changed key's net effect over the window is computed once ([`Final`]); table rows of
 //! changed keys are replaced by their new image or dropped, and keys the table did not have
-//! become new rows, in key order (integers numerically) so new files' key ranges stay tight.
+//! become new rows, in key order (one integer or string key by value, see
+//! [`crate::apply::Window`]) so new files' key ranges stay tight.
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field};
