@@ -133,7 +133,7 @@ impl ColumnBuilder {
     /// Appends a JSON value given as its raw text (from an NDJSON `after` object). After an
     /// error the builder may hold part of the value: the caller drops it (the batch is refused).
     pub fn append_json(&mut self, raw: &str) -> Result<(), ValueError> {
-        let raw = raw.trim();
+        let raw = raw.trim_ascii(); // JSON whitespace is ASCII: no char decoding per value
         if raw == "null" {
             self.append_null();
             return Ok(());

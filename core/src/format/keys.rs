@@ -36,7 +36,7 @@ impl KeyEvidence {
         after: impl Iterator<Item = (&'v str, &'v str)> + Clone,
         key: impl Iterator<Item = &'v str> + Clone,
     ) {
-        let equal = |v: &str, k: &str| v.trim() == k.trim();
+        let equal = |v: &str, k: &str| v.trim_ascii() == k.trim_ascii();
         // A row of a family without the key columns says nothing: skip it rather than erase.
         if !key.clone().all(|k| after.clone().any(|(_, v)| equal(v, k))) {
             return;

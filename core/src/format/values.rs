@@ -367,7 +367,7 @@ pub const MAX_JSON_DEPTH: usize = 128;
 /// The text of a JSON string (`raw` as the parser delivered it, e.g. a `RawValue`): a slice of
 /// `raw` when it holds no escapes (no copy), decoded otherwise.
 pub fn json_string(raw: &str) -> Result<std::borrow::Cow<'_, str>, ValueError> {
-    let raw = raw.trim();
+    let raw = raw.trim_ascii();
     if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"'))
         && !inner.bytes().any(|b| b == b'\\' || b == b'"' || b < 0x20)
     {
@@ -382,7 +382,7 @@ pub fn json_string(raw: &str) -> Result<std::borrow::Cow<'_, str>, ValueError> {
 /// `serde_json` decodes them (a lone surrogate is an error). Writing straight into a column
 /// builder saves the copy and the allocation a `String` per value costs.
 pub fn write_json_string_text(raw: &str, out: &mut impl std::fmt::Write) -> Result<(), ValueError> {
-    let raw = raw.trim();
+    let raw = raw.trim_ascii();
     let bad = |why: &'static str| ValueError::JsonString {
         raw: raw.to_owned(),
         why,

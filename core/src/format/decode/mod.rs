@@ -4,6 +4,7 @@
 //! group by row group, each yielding batches of at most [`DecodeOptions::batch_size`] rows.
 
 mod json_fields;
+mod json_scan;
 pub mod ndjson;
 pub mod parquet;
 pub mod resolved;

@@ -9,7 +9,8 @@ use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field};
 use serde_json::value::RawValue;
 
-use super::json_fields::{After, Envelope, Fields};
+use super::json_fields::{After, Envelope, Fields, Raw};
+use super::json_scan::{self, ScanError};
 use super::{BatchStream, DecodeError, DecodeOptions};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column::ColumnBuilder;
@@ -54,7 +55,7 @@ struct Message<'a> {
     updated: Hlc,
     mvcc: Option<Hlc>,
     after: Fields<'a>,
-    key: Vec<&'a RawValue>,
+    key: Vec<Raw<'a>>,
     key_raw: Option<&'a str>,
 }
 
@@ -153,15 +154,15 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let Envelope {
             members: top,
             after,
-        } = serde_json::from_str(text).map_err(|e| {
-            let what = if e.is_eof() {
+        } = json_scan::envelope(text).map_err(|e: ScanError| {
+            let what = if e.eof {
                 "truncated JSON message"
             } else {
                 "malformed JSON message"
             };
             bad(format!("{what}: {e}"))
         })?;
-        let hlc = |v: Option<&RawValue>, what: &str| -> Result<Option<Hlc>, DecodeError> {
+        let hlc = |v: Option<Raw<'_>>, what: &str| -> Result<Option<Hlc>, DecodeError> {
             match v.map(|r| r.get()) {
                 None | Some("null") => Ok(None),
                 Some(raw) => {
@@ -187,7 +188,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
         } else if let Some(meta) = top.get("__crdb__") {
             // Bare envelope: columns at top level, metadata under `__crdb__`. Deletes cannot be told
             // from updates (format spec §3.3), so every row is an upsert.
-            let meta: Fields<'a> = serde_json::from_str(meta.get())
+            let meta = json_scan::object(meta.get())
                 .map_err(|e| bad(format!("`__crdb__` is not an object: {e}")))?;
             let cols = top.without("__crdb__");
             self.bare.set(true);
@@ -211,7 +212,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let key_raw = fields.get("key").map(|k| k.get());
         let key = match key_raw {
             None | Some("null") => Vec::new(),
-            Some(k) => serde_json::from_str(k).map_err(|_| bad("`key` is not an array".into()))?,
+            Some(k) => json_scan::array(k).map_err(|_| bad("`key` is not an array".into()))?,
         };
         if op == Op::Delete && key.is_empty() {
             return Err(bad("delete without a `key`".into()));
@@ -238,7 +239,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
         &self,
         line: u64,
         after: &Fields<'_>,
-        before: Option<&RawValue>,
+        before: Option<Raw<'_>>,
     ) -> Result<(), DecodeError> {
         let reserved = |column: &str| DecodeError::ReservedColumn {
             file: self.file.clone(),
@@ -268,9 +269,9 @@ impl<R: BufRead> NdjsonDecoder<R> {
         &self,
         line: u64,
         after: &Fields<'_>,
-        key: &[&RawValue],
+        key: &[Raw<'_>],
     ) -> Result<(), DecodeError> {
-        let nested = |raw: &RawValue| raw.get().trim_start().starts_with(['[', '{']);
+        let nested = |raw: Raw<'_>| raw.get().starts_with(['[', '{']);
         let key_names = (0..key.len()).map(|i| match &self.primary_key {
             Some(k) if i < k.len() => Cow::Borrowed(k[i].as_str()),
             _ => Cow::Owned(format!("key[{i}]")),
@@ -301,7 +302,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
             let mut ty = self.types.get(name).cloned();
             let before = ty.clone();
             for (_, raw) in column_values(name, self.primary_key.as_deref(), messages) {
-                let Some(raw) = raw.map(RawValue::get) else {
+                let Some(raw) = raw.map(Raw::get) else {
                     continue;
                 };
                 let Some(seen) = infer(raw) else {
@@ -440,7 +441,7 @@ fn column_values<'m, 'a>(
     name: &'m str,
     primary_key: Option<&[String]>,
     messages: &'m [Message<'a>],
-) -> impl Iterator<Item = (&'m Message<'a>, Option<&'a RawValue>)> + 'm {
+) -> impl Iterator<Item = (&'m Message<'a>, Option<Raw<'a>>)> + 'm {
     let key_pos = primary_key.and_then(|k| k.iter().position(|c| c == name));
     // Rows of a file share their members: where the name was in the last row is the first guess.
     let mut hint = 0;
