@@ -229,24 +229,17 @@ impl<'a> Scanner<'a> {
         'value: loop {
             self.ws();
             match self.peek() {
-                Some(b'{') => {
+                Some(c @ (b'{' | b'[')) => {
+                    let in_object = c == b'{';
                     self.pos += 1;
                     self.ws();
-                    if self.peek() == Some(b'}') {
+                    if self.peek() == Some(if in_object { b'}' } else { b']' }) {
                         self.pos += 1;
                     } else {
-                        self.open.push(true);
-                        self.member_name()?;
-                        continue 'value;
-                    }
-                }
-                Some(b'[') => {
-                    self.pos += 1;
-                    self.ws();
-                    if self.peek() == Some(b']') {
-                        self.pos += 1;
-                    } else {
-                        self.open.push(false);
+                        self.open.push(in_object);
+                        if in_object {
+                            self.member_name()?;
+                        }
                         continue 'value;
                     }
                 }
