@@ -463,7 +463,7 @@ mod tests {
                         serde_json::from_str::<std::collections::BTreeMap<&str, &RawValue>>(&text)
                             .unwrap()["m"]
                     } else {
-                        *serde_json::from_str::<Vec<&RawValue>>(&text)
+                        serde_json::from_str::<Vec<&RawValue>>(&text)
                             .unwrap()
                             .last()
                             .unwrap()
