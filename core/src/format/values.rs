@@ -369,7 +369,7 @@ pub const MAX_JSON_DEPTH: usize = 128;
 pub fn json_string(raw: &str) -> Result<std::borrow::Cow<'_, str>, ValueError> {
     let raw = raw.trim_ascii();
     if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"'))
-        && !inner.bytes().any(|b| b == b'\\' || b == b'"' || b < 0x20)
+        && plain_run(inner.as_bytes()) == inner.len()
     {
         return Ok(std::borrow::Cow::Borrowed(inner));
     }
