@@ -1,29 +1,39 @@
 //! A JSON object's members, borrowed from its line: the NDJSON decoder's per-message map.
 //!
 //! One `Vec` per object instead of a `BTreeMap` (one allocation, not one per member), names
-//! borrowed unless they hold escapes, sorted by name for binary-search lookups. CockroachDB writes members sorted (format spec §3.4); any other order
-//! is sorted here, and of a repeated name the last wins, as with a map.
+//! borrowed unless they hold escapes, sorted by name for binary-search lookups. CockroachDB
+//! writes members sorted (format spec §3.4); any other order is sorted here, and of a repeated
+//! name the last wins, as with a map.
 
 use std::borrow::Cow;
 use std::fmt;
 
-/// A JSON value's text as it stands in its line ([`super::json_scan`] checked it).
+/// A JSON value's text as it stands in its line ([`super::json_scan`] checked it), with how
+/// deeply it nests arrays and objects (`1` is 0, `[]` is 1, `[{}]` is 2), counted while
+/// scanning so that no second pass walks it to refuse a value too deep.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Raw<'a>(&'a str);
+pub(crate) struct Raw<'a> {
+    text: &'a str,
+    depth: usize,
+}
 
 impl<'a> Raw<'a> {
-    pub(crate) fn new(text: &'a str) -> Self {
-        Self(text)
+    pub(crate) fn new(text: &'a str, depth: usize) -> Self {
+        Self { text, depth }
     }
 
     pub(crate) fn get(self) -> &'a str {
-        self.0
+        self.text
+    }
+
+    pub(crate) fn depth(self) -> usize {
+        self.depth
     }
 }
 
 impl fmt::Debug for Raw<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.text)
     }
 }
 

@@ -1,10 +1,9 @@
 //! One NDJSON changefeed message read in a single pass: member names and value texts borrowed
 //! from the line, every value checked to be well-formed JSON (RFC 8259), no parse tree.
 //!
-//! serde_json's borrowed `RawValue`s gave the same result but dispatched through its visitor
-//! machinery per member; this scanner is a third of the decode's CPU cheaper. Values are
-//! skipped without recursion, so any nesting is safe here: depth is refused later, by column
-//! ([`crate::format::values::check_json_depth`]).
+//! serde_json's borrowed `RawValue`s gave the same result through its visitor machinery per
+//! member. Values are skipped without recursion, so any nesting is safe here; each value's
+//! depth is counted on the way ([`Raw::depth`]) and refused later, by column.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -218,19 +217,22 @@ impl<'a> Scanner<'a> {
     fn value(&mut self) -> Result<Raw<'a>, ScanError> {
         self.ws();
         let start = self.pos;
-        self.skip_value()?;
-        Ok(Raw::new(&self.text[start..self.pos]))
+        let depth = self.skip_value()?;
+        Ok(Raw::new(&self.text[start..self.pos], depth))
     }
 
-    /// Past one value, nested arrays and objects kept on `open` rather than the call stack.
-    fn skip_value(&mut self) -> Result<(), ScanError> {
+    /// Past one value, nested arrays and objects kept on `open` rather than the call stack;
+    /// returns how deeply the value nests.
+    fn skip_value(&mut self) -> Result<usize, ScanError> {
         // An earlier value may have stopped at an error with items still open.
         self.open.clear();
+        let mut depth = 0;
         'value: loop {
             self.ws();
             match self.peek() {
                 Some(c @ (b'{' | b'[')) => {
                     let in_object = c == b'{';
+                    depth = depth.max(self.open.len() + 1);
                     self.pos += 1;
                     self.ws();
                     if self.peek() == Some(if in_object { b'}' } else { b']' }) {
@@ -256,7 +258,7 @@ impl<'a> Scanner<'a> {
             // After a value: close what ends here, or go on to the next item.
             loop {
                 let Some(&in_object) = self.open.last() else {
-                    return Ok(());
+                    return Ok(depth);
                 };
                 self.ws();
                 match self.bump() {
@@ -528,6 +530,33 @@ mod tests {
         let e = envelope(r#"{"after": {"a": 1} "key": [1]}"#).unwrap_err();
         assert!(!e.eof);
         assert_eq!(e.to_string(), "expected `,` or `}` at column 20");
+    }
+
+    #[test]
+    fn depth_is_counted_as_check_json_depth_counts_it() {
+        for (value, depth) in [
+            ("1", 0),
+            (r#""[{""#, 0),
+            ("[]", 1),
+            ("{}", 1),
+            ("[{}]", 2),
+            (r#"[1, [2, {"a": [3]}], {}]"#, 4),
+            (r#"{"a": [[]], "b": {"c": "]]"}}"#, 3),
+        ] {
+            let member = format!(r#"{{"m": {value}}}"#);
+            let f = object(&member).unwrap();
+            assert_eq!(f.get("m").unwrap().depth(), depth, "{value}");
+            let limit = crate::format::values::MAX_JSON_DEPTH;
+            let nested = format!(
+                "{}{value}{}",
+                "[".repeat(limit - depth),
+                "]".repeat(limit - depth)
+            );
+            assert!(crate::format::values::check_json_depth(&nested).is_ok());
+            assert_eq!(array(&format!("[{nested}]")).unwrap()[0].depth(), limit);
+            let deeper = format!("[{nested}]");
+            assert!(crate::format::values::check_json_depth(&deeper).is_err());
+        }
     }
 
     #[test]

@@ -264,33 +264,31 @@ impl<R: BufRead> NdjsonDecoder<R> {
     }
 
     /// Refuses column values nested deeper than [`values::MAX_JSON_DEPTH`] before anything
-    /// walks them recursively (type inference, JSONB rendering), naming the column.
+    /// walks them recursively (type inference, JSONB rendering), naming the column. The depth
+    /// was counted by the scanner.
     fn check_depths(
         &self,
         line: u64,
         after: &Fields<'_>,
         key: &[Raw<'_>],
     ) -> Result<(), DecodeError> {
-        let nested = |raw: Raw<'_>| raw.get().starts_with(['[', '{']);
-        let key_names = (0..key.len()).map(|i| match &self.primary_key {
-            Some(k) if i < k.len() => Cow::Borrowed(k[i].as_str()),
-            _ => Cow::Owned(format!("key[{i}]")),
-        });
-        let columns = after
-            .iter()
-            .map(|(k, v)| (Cow::Borrowed(k), v))
-            .chain(key_names.zip(key.iter().copied()));
-        for (column, raw) in columns {
-            if nested(raw) {
-                values::check_json_depth(raw.get()).map_err(|message| DecodeError::Value {
-                    file: self.file.clone(),
-                    at: format!("line {line}"),
-                    column: column.into_owned(),
-                    message: message.to_string(),
-                })?;
+        let too_deep = |raw: &Raw<'_>| raw.depth() > values::MAX_JSON_DEPTH;
+        let column = if let Some((name, _)) = after.iter().find(|(_, v)| too_deep(v)) {
+            name.to_owned()
+        } else if let Some(i) = key.iter().position(too_deep) {
+            match &self.primary_key {
+                Some(k) if i < k.len() => k[i].clone(),
+                _ => format!("key[{i}]"),
             }
-        }
-        Ok(())
+        } else {
+            return Ok(());
+        };
+        Err(DecodeError::Value {
+            file: self.file.clone(),
+            at: format!("line {line}"),
+            column,
+            message: values::ValueError::TooDeep.to_string(),
+        })
     }
 
     /// Learns column types from JSON values; configured types never change.
