@@ -450,20 +450,21 @@ fn new_rows_come_out_in_key_order_integers_by_value() {
     }
     // A later window finds those rows by integer key.
     let (_, table) = written(Mode::UpdateDelete);
-    let mut w = Window::new(Layout::new(vec!["id".into()], false), Some(h(100)), h(200));
-    w.push(
-        batch(
-            &[],
-            &[(Op::Delete, 150, 9, &[]), (Op::Delete, 151, -20, &[])],
-        ),
-        None,
-        "g.parquet",
-    )
-    .unwrap();
+    let deletes = batch(
+        &[],
+        &[(Op::Delete, 150, 9, &[]), (Op::Delete, 151, -20, &[])],
+    );
+    assert_eq!(later_deletes_merged("id", deletes, &table[0]), (2, 4));
+}
+
+/// A later window (100, 200] of `deletes` keyed by `key`, merged into `table` rows: the rows it
+/// supersedes and the rows the merge keeps.
+fn later_deletes_merged(key: &str, deletes: RecordBatch, table: &RecordBatch) -> (usize, usize) {
+    let mut w = Window::new(Layout::new(vec![key.into()], false), Some(h(100)), h(200));
+    w.push(deletes, None, "later.parquet").unwrap();
     let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
-    let m = c.merge(&table[0], Keep::All).unwrap();
-    assert_eq!(m.superseded.len(), 2);
-    assert_eq!(m.batch.num_rows(), 4);
+    let m = c.merge(table, Keep::All).unwrap();
+    (m.superseded.len(), m.batch.num_rows())
 }
 
 /// A change batch keyed by one string column `k`.
@@ -508,15 +509,6 @@ fn string_keys_are_one_key_per_value_and_come_out_in_value_order() {
         .collect();
     assert_eq!(got, ["a\"q", "a\\", "ab", "ab!", "b", "é"]);
     // A later window finds rows by their key text, escapes included.
-    let mut w = Window::new(layout(), Some(h(100)), h(200));
-    w.push(
-        string_keyed(&[(Op::Delete, 150, "a\"q"), (Op::Delete, 151, "ab!")]),
-        None,
-        "t.parquet",
-    )
-    .unwrap();
-    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
-    let m = c.merge(&table[0], Keep::All).unwrap();
-    assert_eq!(m.superseded.len(), 2);
-    assert_eq!(m.batch.num_rows(), 4);
+    let deletes = string_keyed(&[(Op::Delete, 150, "a\"q"), (Op::Delete, 151, "ab!")]);
+    assert_eq!(later_deletes_merged("k", deletes, &table[0]), (2, 4));
 }
