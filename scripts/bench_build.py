@@ -9,8 +9,9 @@ Run it with the project's venv interpreter (`.tools/venv/bin/python`: the tables
 through `deltalake` and `pyarrow`). Builds, unless --no-build:
   - `glibc`: `cargo build --release --bin crdb-delta` (target/release/crdb-delta);
   - `package`: `scripts/package --out <work>/package`, the binary taken back out of the zip that
-    Azure runs (static x86_64-unknown-linux-musl).
-More builds to compare (e.g. musl without the allocator) come with `--binary LABEL=PATH`; `--env`
+    Azure runs (glibc 2.28 baseline, built with cargo-zigbuild).
+More builds to compare (e.g. `scripts/package --libc musl`, the static build) come with
+`--binary LABEL=PATH`; `--env`
 sets an environment variable for one label's runs (e.g. `package:_RJEM_MALLOC_CONF=...` to try
 jemalloc options without a rebuild), `--arg` a `sync` argument (e.g. `--storage copy_on_write`, to
 compare an engine from before deletion vectors on equal terms). Ratios are against `glibc`.

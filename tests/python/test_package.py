@@ -1,0 +1,83 @@
+"""scripts/package: the binaries it refuses, and the zip it makes.
+
+The release build itself (cargo-zigbuild against glibc 2.28, ~20 minutes cold here) is not run
+in CI; these tests hand the script small binaries compiled with the system's C compiler through
+`--binary`, which takes the same checks as its own build.
+"""
+
+import stat
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "scripts" / "package"
+
+# close_range() came with glibc 2.34, so a program calling it needs GLIBC_2.34.
+NEW_GLIBC = """
+#define _GNU_SOURCE
+#include <unistd.h>
+int main(void) { return close_range(1000, 1001, 0); }
+"""
+
+PLAIN = "int main(void) { return 0; }\n"
+
+
+def compile_c(tmp_path: Path, name: str, source: str, *flags: str) -> Path:
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    out = tmp_path / name
+    subprocess.run(["cc", "-O1", "-o", str(out), str(src), *flags], check=True)
+    return out
+
+
+def package(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PACKAGE), "--out", str(tmp_path / "out"), *args],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def glibc_version() -> tuple[int, ...]:
+    out = subprocess.run(["ldd", "--version"], capture_output=True, text=True, check=True).stdout
+    return tuple(int(p) for p in out.splitlines()[0].split()[-1].split("."))
+
+
+def test_a_binary_needing_a_newer_glibc_than_the_baseline_is_refused(tmp_path):
+    if glibc_version() < (2, 34):
+        pytest.fail("this test needs glibc >= 2.34 on the build machine (close_range)")
+    binary = compile_c(tmp_path, "new-glibc", NEW_GLIBC)
+    res = package(tmp_path, "--binary", str(binary))
+    assert res.returncode != 0
+    assert f"{binary} needs glibc 2.34, newer than the baseline 2.28" in res.stderr
+    assert not (tmp_path / "out" / "crdb-delta-function.zip").exists()
+
+
+def test_a_binary_needing_a_library_beyond_glibc_is_refused(tmp_path):
+    # libstdc++ comes with the C toolchain; the Functions host need not have it.
+    binary = compile_c(tmp_path, "cxx", PLAIN, "-Wl,--no-as-needed", "-lstdc++")
+    res = package(tmp_path, "--binary", str(binary))
+    assert res.returncode != 0
+    assert "needs libraries beyond glibc's: libstdc++.so.6" in res.stderr
+
+
+def test_a_static_binary_is_zipped_with_the_host_and_every_function(tmp_path):
+    binary = compile_c(tmp_path, "static", PLAIN, "-static")
+    res = package(tmp_path, "--binary", str(binary))
+    assert res.returncode == 0, res.stderr
+    functions = sorted(p.parent.name for p in (REPO_ROOT / "function_app").glob("*/function.json"))
+    assert len(functions) >= 4
+    with zipfile.ZipFile(tmp_path / "out" / "crdb-delta-function.zip") as z:
+        names = {i.filename for i in z.infolist() if not i.is_dir()}
+        assert names == {"crdb-delta", "host.json", *(f"{f}/function.json" for f in functions)}
+        exe = z.getinfo("crdb-delta")
+        assert stat.S_IMODE(exe.external_attr >> 16) == 0o755
+        assert z.read("crdb-delta") == binary.read_bytes()
+        assert z.read("host.json") == (REPO_ROOT / "host.json").read_bytes()
+
+
+def test_an_unknown_libc_is_refused_before_anything_is_built(tmp_path):
+    res = package(tmp_path, "--libc", "bionic")
+    assert res.returncode != 0
+    assert "--libc must be gnu or musl, not bionic" in res.stderr
