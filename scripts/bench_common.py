@@ -51,15 +51,15 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def simulate_usertable(bin_path: str, feed: Path, rows: int, windows: int, changes: int,
-                       *extra: str) -> None:
-    """A Parquet YCSB `usertable` (integer key, one 100-byte field) in `feed/changefeed`, its
+                       *extra: str, fmt: str = "parquet") -> None:
+    """A Parquet (or `fmt` json: NDJSON) YCSB `usertable` (integer key, one 100-byte field) in `feed/changefeed`, its
     truth in `feed/truth`: ROWS in the initial scan, then WINDOWS - 1 windows of CHANGES
     changes; no restarts, schema changes, duplicates or straddling, so each RESOLVED's cost is
     its own. Kept when already there (deterministic seed)."""
     if (feed / "truth" / "manifest.json").exists():
         return
     run(bin_path, "simulate", "--out", str(feed / "changefeed"), "--truth", str(feed / "truth"),
-        "--format", "parquet", "--tables", "usertable", "--ycsb-fields", "1",
+        "--format", fmt, "--tables", "usertable", "--ycsb-fields", "1",
         "--initial-rows", str(rows), "--windows", str(windows), "--events-per-window", str(changes),
         "--restart-at", "0", "--schema-change-at", "0", "--drop-column-at", "0",
         "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none", *extra)

@@ -1,7 +1,8 @@
 //! A slice's decoder skipping the other slices' rows ([`SliceFilter`]) leaves the window with
 //! exactly what it keeps without the filter: the same changes, layout, rows counted and rows
-//! past the RESOLVED, for every table, interval and slice of a simulated Parquet changefeed
-//! (split column families, duplicates, deletes, and `mvcc_timestamp` in one of them).
+//! past the RESOLVED, for every table, interval and slice of a simulated Parquet or NDJSON
+//! changefeed (split column families, duplicates, deletes, and `mvcc_timestamp` or the bare
+//! envelope in some of them).
 
 mod common;
 
@@ -32,6 +33,7 @@ fn window_of(
     hi: Hlc,
     slice: (u32, u32),
     filter: bool,
+    inferred: bool,
 ) -> (Kept, u64) {
     let layout = crdb_delta_core::apply::Layout::new(def.primary_key.clone(), def.has_families());
     let mut w = Window::new(layout, lo, hi).with_slice(slice.0, slice.1);
@@ -42,7 +44,7 @@ fn window_of(
             lo,
             hi,
         }),
-        ..options_for(def)
+        ..base_options(def, inferred)
     };
     let (mut later, mut skipped) = (0, 0);
     for (name, path, bytes) in ordered(&sim.objects) {
@@ -80,7 +82,22 @@ fn window_of(
     (kept, skipped)
 }
 
+/// The table's key, and its column types from the definition, or (`inferred`) none: types are
+/// then learnt from the values, in batches of 7 rows so that later batches widen them.
+fn base_options(def: &TableDef, inferred: bool) -> DecodeOptions {
+    let mut opts = options_for(def);
+    if inferred {
+        opts.columns.clear();
+        opts.batch_size = 7;
+    }
+    opts
+}
+
 fn same_with_and_without_the_filter(opts: &SimOptions) {
+    same_with_and_without_the_filter_typed(opts, false)
+}
+
+fn same_with_and_without_the_filter_typed(opts: &SimOptions, inferred: bool) {
     let sim = simulate(opts);
     let mut resolved: Vec<Hlc> = ordered(&sim.objects)
         .iter()
@@ -96,8 +113,9 @@ fn same_with_and_without_the_filter(opts: &SimOptions) {
         for &hi in &resolved {
             for of in [2, 3] {
                 for index in 0..of {
-                    let (plain, none) = window_of(&sim, def, lo, hi, (index, of), false);
-                    let (filtered, skipped) = window_of(&sim, def, lo, hi, (index, of), true);
+                    let (plain, none) = window_of(&sim, def, lo, hi, (index, of), false, inferred);
+                    let (filtered, skipped) =
+                        window_of(&sim, def, lo, hi, (index, of), true, inferred);
                     assert_eq!(none, 0);
                     assert_eq!(
                         filtered, plain,
@@ -135,6 +153,39 @@ fn a_filtered_slice_keeps_what_the_window_keeps_with_mvcc_timestamps() {
         events_per_window: 100,
         mvcc_timestamp: true,
         seed: 7,
+        file_size: 4 << 10,
+        ..SimOptions::default()
+    });
+}
+
+#[test]
+fn a_filtered_ndjson_slice_keeps_what_the_window_keeps_with_types_learnt_from_the_values() {
+    same_with_and_without_the_filter_typed(
+        &SimOptions {
+            format: Format::Json,
+            initial_rows: 60,
+            windows: 4,
+            events_per_window: 150,
+            duplicate_rate: 0.1,
+            file_size: 8 << 10,
+            seed: 3,
+            ..SimOptions::default()
+        },
+        true,
+    );
+}
+
+#[test]
+fn a_filtered_ndjson_slice_keeps_what_the_window_keeps_with_bare_messages_and_mvcc_timestamps() {
+    same_with_and_without_the_filter(&SimOptions {
+        format: Format::Json,
+        envelope: crdb_delta_core::sim::Envelope::Bare,
+        compression: crdb_delta_core::format::names::Compression::Gzip,
+        initial_rows: 40,
+        windows: 3,
+        events_per_window: 100,
+        mvcc_timestamp: true,
+        seed: 11,
         file_size: 4 << 10,
         ..SimOptions::default()
     });

@@ -209,8 +209,8 @@ async fn read_stage(
             Some(_) => Some(max),
             None => Some(max.max(opts.min_slice_bytes.saturating_mul(2))),
         };
-        // A slice past the first has its decoder skip the other slices' rows where it can (a
-        // Parquet file's); the slice count is fixed by then, so no size is measured from it.
+        // A slice past the first has its decoder skip building the other slices' rows; the
+        // slice count is fixed by then, so no size is measured from it.
         let sliced;
         let dopts = match slices {
             Some(s) if s.done > 0 => {

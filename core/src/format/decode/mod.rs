@@ -38,11 +38,13 @@ pub struct DecodeOptions {
 
 /// The rows one key slice of an interval does not need: those inside the interval
 /// (`lo < updated ≤ hi`) whose key falls into another slice ([`crate::apply::slice_of`]). The
-/// window drops them anyway ([`crate::apply::Window::with_slice`]); a decoder that can tell them
-/// from the key and timestamp columns alone (Parquet) skips decoding their other columns, so
-/// each slice of an interval does not cost a whole decode of it. Rows outside the interval are
-/// always decoded (the window counts those past it), and so is a file's first row inside it
-/// (the window learns the file's columns from it), whatever its slice.
+/// window drops them anyway ([`crate::apply::Window::with_slice`]), so a decoder skips building
+/// their other columns, and each slice of an interval does not cost a whole decode of it.
+/// Parquet reads only the key and timestamp columns to tell them; NDJSON still parses every
+/// line (to learn every column and type, so each slice commits the same ones) but builds only
+/// the key columns of other slices' rows. Rows outside the interval are always decoded (the
+/// window counts those past it), and so is a file's (NDJSON: a batch's) first row inside it
+/// (the window learns the columns from it), whatever its slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SliceFilter {
     pub index: u32,

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::ops::Range;
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
 use serde_json::value::RawValue;
 
 use super::json_fields::{After, Envelope, Fields, Raw};
 use super::json_scan::{self, ScanError};
-use super::{BatchStream, DecodeError, DecodeOptions};
+use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column::ColumnBuilder;
 use crate::format::hlc::Hlc;
@@ -42,6 +42,10 @@ pub struct NdjsonDecoder<R> {
     input_bytes: u64,
     /// A `bare` envelope message was read (set while parsing, which borrows `self` shared).
     bare: std::cell::Cell<bool>,
+    /// Other slices' rows are not built into columns (see [`NdjsonDecoder::slice_keep`]).
+    slice: Option<SliceFilter>,
+    /// Rows left out under `slice`.
+    skipped: u64,
     done: bool,
 }
 
@@ -87,6 +91,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
             max_line_bytes: opts.max_line_bytes.max(1),
             input_bytes: 0,
             bare: std::cell::Cell::new(false),
+            slice: opts.slice.filter(|_| opts.primary_key.is_some()),
+            skipped: 0,
             done: false,
         }
     }
@@ -291,6 +297,73 @@ impl<R: BufRead> NdjsonDecoder<R> {
         })
     }
 
+    /// One column of a batch, typed as learnt so far. A column seen only as NULL has no type
+    /// yet: an Arrow `Null` column, which the window leaves out of a new table until a value
+    /// types it (instead of making it `string` for good).
+    fn column(
+        &self,
+        name: &str,
+        messages: &[Message<'_>],
+    ) -> Result<(Field, ArrayRef), DecodeError> {
+        let Some(ty) = self.types.get(name) else {
+            return Ok((
+                Field::new(name, DataType::Null, true),
+                arrow_array::new_null_array(&DataType::Null, messages.len()),
+            ));
+        };
+        let values: Vec<_> = column_values(name, self.primary_key.as_deref(), messages).collect();
+        // A value's text is at most its JSON text.
+        let bytes = values
+            .iter()
+            .filter_map(|(_, r)| r.map(|r| r.get().len()))
+            .sum();
+        let mut b = ColumnBuilder::with_bytes(ty, messages.len(), bytes);
+        for (m, raw) in values {
+            match raw {
+                Some(raw) => b
+                    .append_json(raw.get())
+                    .map_err(|message| DecodeError::Value {
+                        file: self.file.clone(),
+                        at: format!("line {}", m.line),
+                        column: name.to_owned(),
+                        message: message.to_string(),
+                    })?,
+                None => b.append_null(),
+            }
+        }
+        Ok((Field::new(name, ty.arrow_type(), true), b.finish()))
+    }
+
+    /// Which messages of a batch to build under [`DecodeOptions::slice`], by the rule the
+    /// Parquet decoder follows ([`SliceFilter`]): all but those inside the interval whose key
+    /// is in another slice, keeping the batch's first row inside it, so the window learns the
+    /// batch's columns. The key columns are built as the batch builds them, so
+    /// [`crate::apply::slice_of`] sees what the window will see. `None` (build every row)
+    /// without a filter, or when a key value does not convert: the whole batch then names it.
+    fn slice_keep(&self, messages: &[Message<'_>]) -> Option<Vec<bool>> {
+        let filter = self.slice?;
+        let keys: Vec<ArrayRef> = self
+            .primary_key
+            .as_deref()?
+            .iter()
+            .map(|k| self.column(k, messages).ok().map(|(_, a)| a))
+            .collect::<Option<_>>()?;
+        let mut learnt = false;
+        let keep = messages
+            .iter()
+            .enumerate()
+            .map(|(r, m)| {
+                let inside = filter.lo.is_none_or(|lo| m.updated > lo) && m.updated <= filter.hi;
+                let keep = !inside
+                    || !learnt
+                    || crate::apply::slice_of(&keys, r, filter.of) == filter.index;
+                learnt |= inside;
+                keep
+            })
+            .collect();
+        Some(keep)
+    }
+
     /// Learns column types from JSON values; configured types never change.
     fn learn_types(&mut self, messages: &[Message<'_>]) {
         for name in &self.order {
@@ -345,42 +418,25 @@ impl<R: BufRead> NdjsonDecoder<R> {
         self.evidence.observe_columns(&self.order);
         self.learn_types(&messages);
 
-        let mut data = Vec::with_capacity(self.order.len());
-        for name in &self.order {
-            // A column seen only as NULL so far has no type yet: an Arrow `Null` column, which
-            // the window leaves out of a new table until a value types it (instead of making it
-            // `string` for good).
-            let Some(ty) = self.types.get(name).cloned() else {
-                data.push((
-                    Field::new(name, DataType::Null, true),
-                    arrow_array::new_null_array(&DataType::Null, messages.len()),
-                ));
-                continue;
-            };
-            let values: Vec<_> =
-                column_values(name, self.primary_key.as_deref(), &messages).collect();
-            // A value's text is at most its JSON text.
-            let bytes = values
-                .iter()
-                .filter_map(|(_, r)| r.map(|r| r.get().len()))
-                .sum();
-            let mut b = ColumnBuilder::with_bytes(&ty, messages.len(), bytes);
-            for (m, raw) in values {
-                match raw {
-                    Some(raw) => {
-                        b.append_json(raw.get())
-                            .map_err(|message| DecodeError::Value {
-                                file: self.file.clone(),
-                                at: format!("line {}", m.line),
-                                column: name.clone(),
-                                message: message.to_string(),
-                            })?
-                    }
-                    None => b.append_null(),
-                }
+        // Every line was parsed, and its columns and types learnt, whatever its slice: each
+        // slice's batches carry the same columns and types.
+        let messages = match self.slice_keep(&messages) {
+            Some(keep) if keep.iter().any(|k| !k) => {
+                let kept: Vec<_> = messages
+                    .into_iter()
+                    .zip(keep)
+                    .filter_map(|(m, k)| k.then_some(m))
+                    .collect();
+                self.skipped += (lines.len() - kept.len()) as u64;
+                kept
             }
-            data.push((Field::new(name, ty.arrow_type(), true), b.finish()));
-        }
+            _ => messages,
+        };
+        let data = self
+            .order
+            .iter()
+            .map(|name| self.column(name, &messages))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut meta = MetaBuilder::new(messages.len());
         for m in &messages {
             meta.append(m.op, m.updated, m.mvcc, m.key_raw, &self.file, m.line);
@@ -430,6 +486,9 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
     }
     fn bare_envelope(&self) -> bool {
         self.bare.get()
+    }
+    fn rows_skipped(&self) -> u64 {
+        self.skipped
     }
 }
 
