@@ -55,11 +55,15 @@ def test_a_binary_needing_a_newer_glibc_than_the_baseline_is_refused(tmp_path):
 
 
 def test_a_binary_needing_a_library_beyond_glibc_is_refused(tmp_path):
-    # libstdc++ comes with the C toolchain; the Functions host need not have it.
-    binary = compile_c(tmp_path, "cxx", PLAIN, "-Wl,--no-as-needed", "-lstdc++")
+    # A shared library of its own, which the Functions host would not have.
+    lib = tmp_path / "libextra.so"
+    (tmp_path / "extra.c").write_text("int extra(void) { return 0; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "extra.c")], check=True)
+    binary = compile_c(tmp_path, "uses-extra", "int extra(void);\nint main(void) { return extra(); }\n",
+                       f"-L{tmp_path}", "-lextra")
     res = package(tmp_path, "--binary", str(binary))
     assert res.returncode != 0
-    assert "needs libraries beyond glibc's: libstdc++.so.6" in res.stderr
+    assert "needs libraries beyond glibc's: libextra.so" in res.stderr
 
 
 def test_a_static_binary_is_zipped_with_the_host_and_every_function(tmp_path):
