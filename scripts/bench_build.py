@@ -155,8 +155,11 @@ def main() -> None:
         extra = {k: v for k, v in envs[label].items() if k not in BASE_ENV}
         if extra_args[label]:
             extra["sync args"] = " ".join(extra_args[label])
+        # The build time too: with --no-build, <work>/package may hold an older run's package.
+        built = dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         print(f"{label}: {path} ({path.stat().st_size / 1e6:.0f} MB; {kind.split(',')[0]}, "
-              f"{'static' if 'static' in kind else 'dynamic'}){' ' + str(extra) if extra else ''}")
+              f"{'static' if 'static' in kind else 'dynamic'}; built {built})"
+              f"{' ' + str(extra) if extra else ''}")
 
     load0 = os.getloadavg()
     started = time.perf_counter()
