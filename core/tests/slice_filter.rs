@@ -260,3 +260,43 @@ fn a_bad_value_read_under_the_filter_is_named_by_its_row_in_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn a_key_that_does_not_convert_under_the_filter_is_named_by_its_line() {
+    // Lines 1..=40 of `id INT8` at one timestamp; line 25's key is not a number. The filter
+    // cannot slice the batch, so it builds every row and the bad key is named, not skipped.
+    let (n, bad, of) = (40, 25, 4);
+    let text: String = (1..=n)
+        .map(|id| {
+            let key = if id == bad {
+                "\"twelve\"".to_owned()
+            } else {
+                id.to_string()
+            };
+            format!(
+                "{{\"after\":{{\"id\":{key},\"v\":\"x\"}},\"key\":[{key}],\"updated\":\"10.0000000000\"}}\n"
+            )
+        })
+        .collect();
+    let opts = DecodeOptions {
+        columns: [(
+            "id".to_owned(),
+            crdb_delta_core::format::types::ColumnType::Int64,
+        )]
+        .into_iter()
+        .collect(),
+        primary_key: Some(vec!["id".into()]),
+        slice: Some(SliceFilter {
+            index: 1,
+            of,
+            lo: None,
+            hi: Hlc::new(20, 0),
+        }),
+        ..DecodeOptions::default()
+    };
+    let err = decode::NdjsonDecoder::new("t.ndjson", std::io::Cursor::new(text), &opts)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("t.ndjson: line 25: column `id`"), "{err}");
+}

@@ -91,7 +91,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
             max_line_bytes: opts.max_line_bytes.max(1),
             input_bytes: 0,
             bare: std::cell::Cell::new(false),
-            slice: opts.slice.filter(|_| opts.primary_key.is_some()),
+            slice: opts.slice,
             skipped: 0,
             done: false,
         }
