@@ -1,7 +1,7 @@
 //! `scripts/package --binary <stub>` lays out the zip-deploy archive as the Functions host needs
-//! it: the binary at the root with its run bit, host.json, one folder per function. A static C
-//! stub stands in for the release build (too slow for a test); the script refuses a binary built
-//! against this machine's newer glibc (tests/python/test_package.py).
+//! it: the binary at the root with its run bit, host.json, one folder per function; and it
+//! refuses a binary that would not run there. Small C programs stand in for the release build
+//! (cargo-zigbuild against glibc 2.28, ~20 minutes cold): `--binary` takes the same checks.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,20 +50,42 @@ fn entries(zip: &[u8]) -> Vec<Entry> {
     out
 }
 
-/// A static x86-64 program (`cc -static`): it needs no glibc symbol, so the script's check of
-/// what a binary needs passes, as it does for the glibc 2.28 release build.
-fn stub_binary(dir: &Path) -> PathBuf {
-    let src = dir.join("stub.c");
-    std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
-    let bin = dir.join("stub");
+/// Compiles `source` with `cc` (the C compiler Rust links with) into `dir/name`.
+fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let bin = dir.join(name);
     let built = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
+        .args(["-O1", "-o"])
         .arg(&bin)
         .arg(&src)
+        .args(flags)
         .status()
-        .expect("running cc (the C compiler Rust links with)");
-    assert!(built.success(), "cc -static failed");
+        .expect("running cc");
+    assert!(built.success(), "cc {flags:?} failed for {name}");
     bin
+}
+
+/// A static x86-64 program: it needs no glibc symbol, so the script's check of what a binary
+/// needs passes, as it does for the glibc 2.28 release build.
+fn stub_binary(dir: &Path) -> PathBuf {
+    compile_c(dir, "stub", "int main(void) { return 0; }\n", &["-static"])
+}
+
+/// The build machine's glibc version, from `ldd --version`'s first line.
+fn glibc_version() -> (u32, u32) {
+    let out = Command::new("ldd")
+        .arg("--version")
+        .output()
+        .expect("running ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("");
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 fn package(args: &[&str], out: &Path) -> std::process::Output {
@@ -148,5 +170,72 @@ fn a_binary_that_is_not_linux_x86_64_is_refused() {
     let missing = package(&["--binary", "/nonexistent/crdb-delta"], &out);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_binary_needing_a_newer_glibc_than_the_baseline_is_refused() {
+    assert!(
+        glibc_version() >= (2, 34),
+        "this test needs glibc >= 2.34 on the build machine (close_range)"
+    );
+    let out = temp_dir("new-glibc");
+    // close_range() came with glibc 2.34, so a program calling it needs GLIBC_2.34.
+    let bin = compile_c(
+        &out,
+        "new-glibc",
+        "#define _GNU_SOURCE\n#include <unistd.h>\nint main(void) { return close_range(1000, 1001, 0); }\n",
+        &[],
+    );
+    let run = package(&["--binary", bin.to_str().unwrap()], &out);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{} needs glibc 2.34, newer than the baseline 2.28",
+            bin.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!out.join("crdb-delta-function.zip").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_binary_needing_a_library_beyond_glibc_is_refused() {
+    let out = temp_dir("extra-lib");
+    // A shared library of the test's own, which the Functions host would not have.
+    let lib = compile_c(
+        &out,
+        "libextra.so",
+        "int extra(void) { return 0; }\n",
+        &["-shared", "-fPIC"],
+    );
+    assert!(lib.is_file());
+    let dir = format!("-L{}", out.display());
+    let bin = compile_c(
+        &out,
+        "uses-extra",
+        "int extra(void);\nint main(void) { return extra(); }\n",
+        &[&dir, "-lextra"],
+    );
+    let run = package(&["--binary", bin.to_str().unwrap()], &out);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("needs libraries beyond glibc's: libextra.so"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn an_unknown_libc_is_refused_before_anything_is_built() {
+    let out = temp_dir("libc");
+    let run = package(&["--libc", "bionic"], &out);
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("--libc must be gnu or musl, not bionic")
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
