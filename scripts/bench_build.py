@@ -25,8 +25,8 @@ RUNS each; medians):
     with the default 256 MiB window;
   - peer-parquet, peer-json: the feed of `scripts/bench_peer.py` (usertable, 3 fields, 100,000-row
     initial scan, 19 windows: 1M events, duplicates, straddling files and a restart left on),
-    applied one commit per RESOLVED (`--commit-each-resolved`), as the function does. (Until
-    c7f93cb this was `--max-window-bytes 1 --min-slice-bytes 1099511627776`, which also left no
+    applied one commit per RESOLVED (`--commit-each-resolved`), as the function does. (Before
+    e79afd3 this was `--max-window-bytes 1 --min-slice-bytes 1099511627776`, which also left no
     room to keep a straddling file's later rows for the next step: the NDJSON feed was read
     1.86 times.)
 Wall time is taken around spawn..exit, peak RSS (`ru_maxrss`) and CPU seconds (user + system)
