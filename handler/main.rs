@@ -823,7 +823,8 @@ fn prepare_demo_dir(dir: &str) -> Result<()> {
 /// kept up to 128 MiB: page faults halved, wall 0.86–0.90× per RESOLVED (Parquet) and
 /// 0.90–0.92× on an initial load, peak RSS up to 15% higher (docs/benchmarks.md). An
 /// explicit `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` still
-/// wins. (The deployed musl build uses jemalloc: `ALLOCATOR`.)
+/// wins. The deployed build (`scripts/package`, glibc 2.28) gets the same; the static musl
+/// build (`--libc musl`) uses jemalloc instead: `ALLOCATOR`.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     for (var, param, value) in [
@@ -841,8 +842,9 @@ fn tune_malloc() {
     }
 }
 
-/// The deployed build is static musl, whose malloc hands freed memory back to the kernel at once
-/// and faults it in again on the next allocation: 7–12× glibc's page faults, half its speed.
+/// The static build (`scripts/package --libc musl`): musl's malloc hands freed memory back to
+/// the kernel at once and faults it in again on the next allocation: 7–12× glibc's page
+/// faults, half its speed.
 /// jemalloc keeps freed pages for reuse and purges them from a background thread after 100 ms
 /// (at 1 s peak RSS was 1.3× glibc's, at 0 it was as slow as musl); two arenas, as
 /// `tune_malloc` gives glibc. mimalloc peaked at 1.9–3.7× glibc's RSS
