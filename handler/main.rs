@@ -515,6 +515,9 @@ struct SimArgs {
     /// Key `usertable` by random UUIDs (as `gen_random_uuid()`) instead of sequential integers.
     #[arg(long)]
     uuid_keys: bool,
+    /// Key `usertable` by `(crdb_region, ycsb_key)`, as a REGIONAL BY ROW table.
+    #[arg(long)]
+    region_keys: bool,
     #[arg(long, default_value_t = 100)]
     initial_rows: usize,
     #[arg(long, default_value_t = 6)]
@@ -594,6 +597,7 @@ impl SimArgs {
             tables: self.tables.clone(),
             ycsb_fields: self.ycsb_fields,
             uuid_keys: self.uuid_keys,
+            region_keys: self.region_keys,
             initial_rows: self.initial_rows,
             windows: self.windows,
             events_per_window: self.events_per_window,

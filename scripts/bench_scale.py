@@ -2,14 +2,15 @@
 """Apply cost against table size: copy-on-write vs deletion vectors, side by side in one run.
 
     scripts/bench_scale.py [--sizes 200000,2000000] [--changes 10000] [--resolveds 5]
-                           [--modes update_delete,scd2] [--keys int|uuid] [--copies N]
+                           [--modes update_delete,scd2] [--keys int|uuid|region] [--copies N]
                            [--work target/bench-scale]
 
 `--sizes 2000000 --copies 10` gives the 20M-row table: the 2M-row feed scaled
 by `bench_common.replicate`.
 
 For each table size it simulates a YCSB `usertable` (integer key, or random UUIDs with
-`--keys uuid`; one short field) whose initial
+`--keys uuid`, or `(crdb_region, ycsb_key)` as a REGIONAL BY ROW table with `--keys region`;
+one short field) whose initial
 scan holds SIZE rows, followed by RESOLVEDS windows of CHANGES random-key changes each (90%
 updates, 10% deletes). Then, per mode and storage, into a fresh target:
   1. `sync --until <first RESOLVED>` loads the initial scan;
@@ -72,18 +73,18 @@ def main() -> None:
                     help="tables of SIZE x COPIES rows: the simulated feed's initial scan "
                          "copied with shifted keys, its changes spread over the copies "
                          "(bench_common.replicate; the simulator cannot write 20M rows here)")
-    ap.add_argument("--keys", default="int", choices=["int", "uuid"],
-                    help="usertable's key: sequential INT8 or random UUIDs (gen_random_uuid())")
+    ap.add_argument("--keys", default="int", choices=["int", "uuid", "region"],
+                    help="usertable's key: sequential INT8, random UUIDs (gen_random_uuid()), or "
+                         "(crdb_region, ycsb_key) with three regions (REGIONAL BY ROW)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in [int(s) for s in a.sizes.split(",")]:
-        uuid = a.keys == "uuid"
-        feed = work / (f"usertable-uuid-{size}" if uuid else f"usertable-{size}")
+        feed = work / (f"usertable-{size}" if a.keys == "int" else f"usertable-{a.keys}-{size}")
         simulate_usertable(a.bin, feed, size, a.resolveds + 1, a.changes,
                            "--mix", "0", "0.9", "0.1", "--file-size", str(64 << 20),
-                           *(["--uuid-keys"] if uuid else []))
+                           *{"int": [], "uuid": ["--uuid-keys"], "region": ["--region-keys"]}[a.keys])
         if a.copies > 1:
             feed = replicate(feed, a.copies)
             size *= a.copies

@@ -14,7 +14,7 @@ use crdb_delta::engine::{SyncOptions, sync};
 use crdb_delta::storage::Location;
 use crdb_delta_core::Hlc;
 use crdb_delta_core::format::canonical;
-use crdb_delta_core::format::names::ObjectName;
+use crdb_delta_core::format::names::{Format, ObjectName};
 use crdb_delta_core::sim::SimOptions;
 use serde_json::Value;
 
@@ -139,15 +139,22 @@ async fn small_straddling_feed(dir: &std::path::Path) -> SmallFeed {
 }
 
 async fn straddling_feed(dir: &std::path::Path, windows: usize) -> SmallFeed {
-    let feed_dir = dir.join("feed");
-    let sim = SimOptions {
+    straddling_feed_of(dir, straddling_sim(windows)).await
+}
+
+fn straddling_sim(windows: usize) -> SimOptions {
+    SimOptions {
         tables: vec!["usertable".into()],
         initial_rows: 40,
         windows,
         events_per_window: 60,
         straddle: 0.25,
         ..SimOptions::default()
-    };
+    }
+}
+
+async fn straddling_feed_of(dir: &std::path::Path, sim: SimOptions) -> SmallFeed {
+    let feed_dir = dir.join("feed");
     let (feed, config) = simulated(dir, sim).await;
     let root = format!("{}/", feed_dir.to_string_lossy().replace('\\', "/"));
     let mut resolveds: Vec<Hlc> = walk(&feed_dir)
@@ -347,7 +354,7 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimOptions {
         tables: vec!["usertable".into()],
-        format: crdb_delta_core::format::names::Format::Parquet,
+        format: Format::Parquet,
         initial_rows: 4000,
         windows: 1,
         events_per_window: 50,
@@ -386,13 +393,32 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
 }
 
 /// Once learned (from a table's second step in a process), a table file's key column is looked
-/// up in memory rather than read again, in one run and across the handler's runs (one cache per process); the tables equal
-/// the truth either way, and without the index nothing is looked up.
+/// up in memory rather than read again, in one run and across the handler's runs (one cache
+/// per process); the tables equal the truth either way, and without the index nothing is
+/// looked up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_files_key_columns_are_looked_up_once_learned() {
+    key_columns_are_looked_up_once_learned(straddling_sim(4)).await;
+}
+
+/// The same for a key of two columns, `(crdb_region, ycsb_key)` as a REGIONAL BY ROW table
+/// has (held in the index by its text's hash), in both formats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_two_columns_are_looked_up_once_learned() {
+    for format in [Format::Json, Format::Parquet] {
+        key_columns_are_looked_up_once_learned(SimOptions {
+            region_keys: true,
+            format,
+            ..straddling_sim(4)
+        })
+        .await;
+    }
+}
+
+async fn key_columns_are_looked_up_once_learned(sim: SimOptions) {
     use crdb_delta::engine::key_cache::KeyCache;
     let dir = tempfile::tempdir().unwrap();
-    let f = small_straddling_feed(dir.path()).await;
+    let f = straddling_feed_of(dir.path(), sim).await;
     let target = |name: &str| Location::open(dir.path().join(name).to_str().unwrap()).unwrap();
     let run = |cache: KeyCache, until: Option<Hlc>| SyncOptions {
         config: f.config.clone(),

@@ -9,22 +9,29 @@
 //! still matches keys exactly. Deletion vectors change between steps, so they are applied at
 //! each lookup, never stored.
 //!
-//! Single-column keys of integers or text (UUIDs included) only: the index is the whole probe
-//! of such a key, so the merge's input is built from it without reading the file.
+//! The index is the whole probe of the key (the merge matches rows by their key columns
+//! alone), so the merge's input is built from it without reading the file. One integer or
+//! text column (UUIDs included) is held as its values; any other key (several columns:
+//! `(crdb_region, id)` of a REGIONAL BY ROW table; or another type) as each row's key-text
+//! hash, sorted, beside the key columns themselves.
 
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow_schema::{ArrowError, DataType, FieldRef, Schema};
+use arrow_schema::{ArrowError, DataType, FieldRef, Schema, SchemaRef};
 
+use crate::apply::{key_hash, key_text_into};
 use crate::deletion_vector::DeletionVector;
+use crate::format::column;
+use crate::format::types::ColumnType;
 use crate::format::values;
 use crate::plan::KeyProbe;
 
 /// One file's key column, sorted by key (ties by position).
 #[derive(Debug)]
 pub struct FileKeys {
-    field: FieldRef,
+    /// The key columns, in key order.
+    schema: SchemaRef,
     keys: Keys,
     /// The position in the file of each key's row; `None` when the file is in key order (as
     /// the files we write are): the i-th key is then at row i.
@@ -52,6 +59,11 @@ enum Keys {
     Uuids(Vec<u128>, Vec<u128>),
     /// Sorted bytewise, as [`KeyProbe`]'s strings are.
     Strings(StringArray),
+    /// Any other key: each row's key text hashed ([`key_hash`]), sorted, with their fence; the
+    /// key columns in file order, handed to the merge for the rows a hash finds; and the types
+    /// the texts were printed in (a text printed in other types is another text). The merge
+    /// matches rows by their key, so a collision costs one row compared, never a wrong match.
+    Hashed(Vec<u64>, Vec<u64>, Vec<ArrayRef>, Vec<ColumnType>),
 }
 
 /// Every text of the arrays as a UUID's 16 bytes, if all are canonical UUIDs: 36 bytes each,
@@ -122,7 +134,50 @@ impl FileKeys {
             }
             _ => return None,
         };
-        Some(Self { field, keys, rows })
+        let schema = Arc::new(Schema::new(vec![field]));
+        Some(Self { schema, keys, rows })
+    }
+
+    /// From every row of a file's key columns (`batches`, in file order, the columns in key
+    /// order), for any key: each row's key text hashed, the text built as the merge builds it
+    /// (the columns converted to `types`, the layout's). `None` when a batch does not convert, a
+    /// key column is NULL, or there are more rows than positions of 32 bits.
+    pub fn build_hashed(batches: &[RecordBatch], types: &[ColumnType]) -> Option<Self> {
+        let schema = batches.first()?.schema();
+        if schema.fields().len() != types.len() {
+            return None;
+        }
+        let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        u32::try_from(total).ok()?;
+        let mut hashes: Vec<u64> = Vec::with_capacity(total);
+        let mut text = String::new();
+        for b in batches {
+            if b.schema() != schema {
+                return None;
+            }
+            let converted: Vec<ArrayRef> = b
+                .columns()
+                .iter()
+                .zip(types)
+                .map(|(c, ty)| column::convert(c, ty).ok())
+                .collect::<Option<_>>()?;
+            for r in 0..b.num_rows() {
+                key_text_into(&converted, r, &mut text).ok()?;
+                hashes.push(key_hash(&text));
+            }
+        }
+        let columns = (0..schema.fields().len())
+            .map(|i| {
+                let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+                arrow_select::concat::concat(&parts).ok().map(compact)
+            })
+            .collect::<Option<Vec<ArrayRef>>>()?;
+        let (hashes, rows) = sorted(hashes);
+        Some(Self {
+            schema,
+            keys: Keys::Hashed(fence(&hashes), hashes, columns, types.to_vec()),
+            rows,
+        })
     }
 
     /// Rows indexed.
@@ -131,6 +186,7 @@ impl FileKeys {
             Keys::Ints(_, k) => k.len(),
             Keys::Uuids(_, k) => k.len(),
             Keys::Strings(k) => k.len(),
+            Keys::Hashed(_, h, ..) => h.len(),
         }
     }
 
@@ -144,19 +200,37 @@ impl FileKeys {
             Keys::Ints(f, k) => (f.capacity() + k.capacity()) * 8,
             Keys::Uuids(f, k) => (f.capacity() + k.capacity()) * 16,
             Keys::Strings(k) => k.get_array_memory_size(),
+            Keys::Hashed(f, h, columns, _) => {
+                (f.capacity() + h.capacity()) * 8
+                    + columns
+                        .iter()
+                        .map(|c| c.get_array_memory_size())
+                        .sum::<usize>()
+            }
         };
         (keys + self.rows.as_ref().map_or(0, |r| r.capacity() * 4)) as u64
     }
 
-    /// Whether the file's key column is of this field (name and type): an index learned under
-    /// another layout is not used.
-    pub fn is_of(&self, field: &str) -> bool {
-        self.field.name() == field
+    /// Whether the index is of these key columns, by name, and (hashed keys) of these key
+    /// types: an index learned under another layout is not used.
+    pub fn is_of(&self, key: &[String], types: &[ColumnType]) -> bool {
+        self.schema.fields().len() == key.len()
+            && self
+                .schema
+                .fields()
+                .iter()
+                .zip(key)
+                .all(|(f, k)| f.name() == k)
+            && match &self.keys {
+                Keys::Hashed(.., printed) => printed.as_slice() == types,
+                _ => true,
+            }
     }
 
     /// The rows holding one of the window's keys that `dv` does not hide: a batch of their key
-    /// column (the field the index was built from) and their positions in the file, ascending.
-    /// `None` when the probe's keys are not of the index's kind (they are then not looked up).
+    /// columns (the fields the index was built from) and their positions in the file,
+    /// ascending. `None` when the probe's keys are not of the index's kind (they are then not
+    /// looked up). Hashed keys also hand over a colliding row now and then.
     pub fn lookup(
         &self,
         probe: &KeyProbe,
@@ -183,11 +257,16 @@ impl FileKeys {
                     self.rows.as_deref(),
                 )
             }
+            (Keys::Hashed(fence, hashes, ..), ..) => {
+                let wanted = probe.key_hashes()?;
+                in_slice(hashes, fence, wanted, &mut found, self.rows.as_deref())
+            }
             _ => return None,
         }
         found.retain(|&(row, _)| !dv.contains(u64::from(row)));
         found.sort_unstable();
-        let column: ArrayRef = match (&self.keys, self.field.data_type()) {
+        let field_type = self.schema.field(0).data_type();
+        let column: ArrayRef = match (&self.keys, field_type) {
             (Keys::Ints(_, k), DataType::Int32) => Arc::new(Int32Array::from_iter_values(
                 found.iter().map(|&(_, i)| k[i] as i32),
             )),
@@ -208,12 +287,44 @@ impl FileKeys {
             (Keys::Strings(k), _) => Arc::new(StringArray::from_iter_values(
                 found.iter().map(|&(_, i)| k.value(i)),
             )),
+            (Keys::Hashed(_, _, columns, _), _) => {
+                // The columns are in file order: taken at the rows found, in the file's types.
+                let at = arrow_array::UInt32Array::from_iter_values(found.iter().map(|&(r, _)| r));
+                let positions = found.iter().map(|&(r, _)| u64::from(r)).collect();
+                return Some(
+                    columns
+                        .iter()
+                        .zip(self.schema.fields())
+                        .map(|(c, f)| {
+                            let taken = arrow_select::take::take(c.as_ref(), &at, None)?;
+                            match taken.data_type() == f.data_type() {
+                                true => Ok(taken),
+                                false => arrow_cast::cast(&taken, f.data_type()),
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .and_then(|cols| RecordBatch::try_new(self.schema.clone(), cols))
+                        .map(|b| (b, positions)),
+                );
+            }
         };
-        let schema = Arc::new(Schema::new(vec![self.field.clone()]));
         Some(
-            RecordBatch::try_new(schema, vec![column])
+            RecordBatch::try_new(self.schema.clone(), vec![column])
                 .map(|b| (b, found.iter().map(|&(r, _)| u64::from(r)).collect())),
         )
+    }
+}
+
+/// A key column as held by a hashed index: a text column of few distinct values (a region)
+/// as a dictionary of 16-bit codes, 2 bytes a row instead of its text and offset.
+fn compact(column: ArrayRef) -> ArrayRef {
+    let dictionary = DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8));
+    if column.data_type() != &DataType::Utf8 || column.len() < 64 {
+        return column;
+    }
+    match arrow_cast::cast(&column, &dictionary) {
+        Ok(d) if d.get_array_memory_size() < column.get_array_memory_size() => d,
+        _ => column,
     }
 }
 

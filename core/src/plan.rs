@@ -495,6 +495,8 @@ pub fn common_resolved(tables: &[TableAt<'_>], objects: &[Object]) -> Option<Hlc
 #[derive(Debug, Clone)]
 pub struct KeyProbe {
     sorted: Sorted,
+    /// The window's whole keys' text hashes, sorted (see [`Self::with_key_hashes`]).
+    hashes: Option<Vec<u64>>,
 }
 
 /// The window's first-key values, sorted, when all are of one orderable kind.
@@ -541,7 +543,22 @@ impl KeyProbe {
                 }),
             _ => Sorted::Unknown,
         };
-        Self { sorted }
+        Self {
+            sorted,
+            hashes: None,
+        }
+    }
+
+    /// With the window's whole keys hashed ([`crate::apply::ChangeLog::key_hashes`]): keys of
+    /// several columns (or of another type) are then looked up in a key index by them.
+    pub fn with_key_hashes(mut self, hashes: Vec<u64>) -> Self {
+        self.hashes = Some(hashes);
+        self
+    }
+
+    /// The window's key-text hashes, sorted, when given.
+    pub fn key_hashes(&self) -> Option<&[u64]> {
+        self.hashes.as_deref()
     }
 
     /// The window's first-key integers, sorted (when they are integers).

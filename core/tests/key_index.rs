@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{ArrayRef, Float64Array, Int32Array, Int64Array, StringArray};
-use arrow_schema::{DataType, Field, FieldRef};
+use arrow_array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, FieldRef, Schema};
+use crdb_delta_core::apply::key_hash;
 use crdb_delta_core::deletion_vector::DeletionVector;
 use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::key_index::FileKeys;
@@ -173,7 +174,8 @@ fn window_keys_of_another_kind_are_not_looked_up() {
     let ints: ArrayRef = Arc::new(Int64Array::from(vec![3, 1, 2]));
     let keys = FileKeys::build(field(DataType::Int64), &[ints]).expect("indexed");
     // The engine uses an index only for the key column it was learned from.
-    assert!(keys.is_of("id") && !keys.is_of("other"));
+    let id = ["id".to_owned()];
+    assert!(keys.is_of(&id, &[]) && !keys.is_of(&["other".to_owned()], &[]));
     let texts = KeyProbe::new(vec!["1".into()], &ColumnType::Text);
     assert!(keys.lookup(&texts, &DeletionVector::new()).is_none());
     let probe = KeyProbe::new(vec![1.into(), 3.into(), 4.into()], &ColumnType::Int64);
@@ -213,4 +215,129 @@ fn a_large_file_is_searched_through_its_fence() {
         .collect();
     assert!(expected.len() > 500);
     assert_eq!(positions, expected);
+}
+
+/// `(region, id)` keys as a REGIONAL BY ROW table's, in batches of `cut` rows.
+fn regional(values: &[(u8, i64)], cut: usize) -> Vec<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("crdb_region", DataType::Utf8, false),
+        Field::new("id", DataType::Int64, false),
+    ]));
+    values
+        .chunks(cut.max(1))
+        .map(|c| {
+            let region: ArrayRef = Arc::new(StringArray::from_iter_values(
+                c.iter().map(|(r, _)| REGIONS[*r as usize]),
+            ));
+            let id: ArrayRef = Arc::new(Int64Array::from_iter_values(c.iter().map(|(_, i)| *i)));
+            RecordBatch::try_new(schema.clone(), vec![region, id]).unwrap()
+        })
+        .collect()
+}
+
+const REGIONS: [&str; 3] = ["europe-west1", "us-east1", "us-west\"1"];
+
+/// The window's probe of `(region, id)` keys: the first column's values, and every key's text
+/// (`["us-east1",7]`, as serde_json prints it) hashed.
+fn regional_probe(wanted: &[(u8, i64)]) -> KeyProbe {
+    let first = wanted
+        .iter()
+        .map(|(r, _)| serde_json::Value::from(REGIONS[*r as usize]))
+        .collect();
+    let mut hashes: Vec<u64> = wanted
+        .iter()
+        .map(|(r, i)| key_hash(&serde_json::json!([REGIONS[*r as usize], i]).to_string()))
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    KeyProbe::new(first, &ColumnType::Text).with_key_hashes(hashes)
+}
+
+proptest! {
+    /// A key of two columns is held by its text's hash: looking the window's keys up finds the
+    /// rows a scan finds (a hash collision would add a row, which the merge then does not match:
+    /// none occurs among these few keys), and hands back both key columns of those rows.
+    #[test]
+    fn keys_of_two_columns_are_found_as_a_scan_finds_them(
+        values in prop::collection::vec((0u8..3, -20i64..20), 0..400),
+        wanted in prop::collection::vec((0u8..3, -25i64..25), 0..40),
+        hidden in prop::collection::vec(0u32..400, 0..60),
+        cut in 1usize..97,
+    ) {
+        let dv = dv_of(&hidden);
+        let types = [ColumnType::Text, ColumnType::Int64];
+        let keys = FileKeys::build_hashed(&regional(&values, cut), &types);
+        let Some(keys) = keys else {
+            prop_assert!(values.is_empty());
+            return Ok(());
+        };
+        let names = ["crdb_region".to_owned(), "id".to_owned()];
+        prop_assert!(keys.is_of(&names, &types));
+        // Printed in other types, the texts differ: not used.
+        prop_assert!(!keys.is_of(&names, &[ColumnType::Text, ColumnType::Text]));
+        let (batch, positions) = keys
+            .lookup(&regional_probe(&wanted), &dv)
+            .expect("hashed")
+            .expect("batch");
+        prop_assert_eq!(&positions, &scan(&values, &wanted, &dv));
+        let region = batch.column(0).as_string::<i32>();
+        let id = batch.column(1).as_primitive::<Int64Type>();
+        for (j, &p) in positions.iter().enumerate() {
+            let (r, i) = values[p as usize];
+            prop_assert_eq!(region.value(j), REGIONS[r as usize]);
+            prop_assert_eq!(id.value(j), i);
+        }
+        // Without the window's hashes (one integer or text key) nothing is looked up.
+        let first_only = KeyProbe::new(vec!["us-east1".into()], &ColumnType::Text);
+        prop_assert!(keys.lookup(&first_only, &dv).is_none());
+    }
+}
+
+#[test]
+fn hashed_keys_that_cannot_be_indexed_are_refused() {
+    let types = [ColumnType::Text, ColumnType::Int64];
+    // A null key column.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("crdb_region", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, false),
+    ]));
+    let nulls = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec![Some("us-east1"), None])),
+            Arc::new(Int64Array::from(vec![1, 2])),
+        ],
+    )
+    .unwrap();
+    assert!(FileKeys::build_hashed(&[nulls], &types).is_none());
+    // Types of another key.
+    assert!(FileKeys::build_hashed(&regional(&[(0, 1)], 1), &types[..1]).is_none());
+    // A value that does not convert to the layout's type.
+    assert!(
+        FileKeys::build_hashed(
+            &regional(&[(0, 1)], 1),
+            &[ColumnType::Int64, ColumnType::Int64]
+        )
+        .is_none()
+    );
+}
+
+/// A region column (few distinct texts) is held as 2-byte codes: a row of `(region, id)` costs
+/// its hash (8), position (4), code (2) and id (8), not the region's text and offset.
+#[test]
+fn a_region_column_is_held_as_codes_and_handed_back_as_text() {
+    let values: Vec<(u8, i64)> = (0..6400).map(|i| ((i % 3) as u8, i)).collect();
+    let types = [ColumnType::Text, ColumnType::Int64];
+    let keys = FileKeys::build_hashed(&regional(&values, 1000), &types).expect("indexed");
+    assert!(keys.bytes() < 6400 * 24, "{} bytes", keys.bytes());
+    // The last is an id in another region: not found.
+    let wanted = [(1u8, 4i64), (2, 6398), (1, 6399)];
+    let (batch, positions) = keys
+        .lookup(&regional_probe(&wanted), &DeletionVector::new())
+        .expect("hashed")
+        .expect("batch");
+    assert_eq!(positions, vec![4, 6398]);
+    assert_eq!(batch.schema().field(0).data_type(), &DataType::Utf8);
+    let region = batch.column(0).as_string::<i32>();
+    assert_eq!((region.value(0), region.value(1)), (REGIONS[1], REGIONS[2]));
 }

@@ -479,13 +479,31 @@ async fn write(
         let first_type = layout
             .index_of(&first_key)
             .map_or(ColumnType::Json, |i| layout.columns[i].1.clone());
-        let keys = Arc::new(KeyProbe::new(changes.log().first_key_values(), &first_type));
+        let mut keys = KeyProbe::new(changes.log().first_key_values(), &first_type);
+        // Keys a key index holds by their text's hash: of several columns, or of a type other
+        // than integer or text.
+        let hashed = layout.key.len() > 1 || (keys.ints().is_none() && keys.strings().is_none());
+        if hashed && opts.key_cache.enabled() {
+            keys = keys.with_key_hashes(changes.log().key_hashes());
+        }
+        let keys = Arc::new(keys);
+        // The layout's key types: a hashed index converts the file's key columns to them, as
+        // the merge does, before it prints and hashes their text.
+        let key_types: Arc<[ColumnType]> = layout
+            .key
+            .iter()
+            .map(|k| {
+                layout
+                    .index_of(k)
+                    .map_or(ColumnType::Json, |i| layout.columns[i].1.clone())
+            })
+            .collect();
         let probe = changes.probe_columns();
         let candidates = delta::files(table, &first_key)
             .await
             .map_err(delta_err(&name))?;
-        // Key indexes: learned from and used for a key of one integer or text column, whose
-        // column is then the whole probe (see [`super::key_cache`]).
+        // Key indexes: learned from and used for a mode whose probe is the key columns alone
+        // (see [`super::key_cache`]).
         let table_url = Arc::new(table.table_url().to_string());
         let index = opts.key_cache.enabled().then(|| opts.key_cache.clone());
         let seen = index.as_ref().is_some_and(|cache| {
@@ -494,11 +512,7 @@ async fn write(
                 &candidates.iter().map(|f| f.path.as_str()).collect(),
             )
         });
-        let index = index.filter(|_| {
-            probe.len() == 1
-                && probe[0] == first_key
-                && (keys.ints().is_some() || keys.strings().is_some())
-        });
+        let index = index.filter(|_| probe == layout.key);
         // Looked up always; learned from the table's second step in this process on.
         let teach = index.clone().filter(|_| seen);
         pause("before-fetch").await;
@@ -535,13 +549,13 @@ async fn write(
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let (table, probe) = (fetch_from.clone(), probe_shared.clone());
             let decode_ahead = one_pass(&f) && f.num_records.is_some_and(|n| n <= ahead_rows);
-            let (name, index, teach, keys, url, key_column) = (
+            let (name, index, teach, keys, url, key_types) = (
                 name.clone(),
                 index.clone(),
                 teach.clone(),
                 keys.clone(),
                 table_url.clone(),
-                first_key.clone(),
+                key_types.clone(),
             );
             AbortOnDrop(tokio::spawn(async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
@@ -551,7 +565,7 @@ async fn write(
                 let known = index
                     .as_ref()
                     .and_then(|c| c.get(&url, &f.path, f.size))
-                    .filter(|k| k.is_of(&key_column));
+                    .filter(|k| k.is_of(&probe, &key_types));
                 if let Some(found) = known.and_then(|k| k.lookup(&keys, &dv)) {
                     let file = delta::TableFile::deferred(&table, &f.path)?;
                     let decoded = found
@@ -563,7 +577,7 @@ async fn write(
                 if !decode_ahead {
                     return Ok((f, dv, file, None, false));
                 }
-                let mut learn = teach.map(|c| Learn::new(c, &url, &f.path, f.size));
+                let mut learn = teach.map(|c| Learn::new(c, &url, &f.path, f.size, &key_types));
                 let (dv, file, decoded) = AbortOnDrop(tokio::task::spawn_blocking(move || {
                     let decoded = decode_live(&name, &file, &probe, &dv, bs, learn.as_mut());
                     if let (Ok(_), Some(l)) = (&decoded, learn) {
@@ -592,7 +606,7 @@ async fn write(
             let mut learn = teach
                 .as_ref()
                 .filter(|_| !indexed && decoded.is_none())
-                .map(|c| Learn::new(c.clone(), &table_url, &f.path, f.size));
+                .map(|c| Learn::new(c.clone(), &table_url, &f.path, f.size, &key_types));
             let rewrite = rewrites(&f);
             // Deletion vectors, small files piled up: a small file this step probes is
             // rewritten whether or not the window changes it. Rewriting only changed ones
@@ -767,41 +781,55 @@ fn decode_live(
     Ok(out)
 }
 
-/// A file's key column gathered as its batches are decoded (every row, hidden ones too: a
+/// A file's key columns gathered as its batches are decoded (every row, hidden ones too: a
 /// deletion vector is applied at each lookup), kept in the cache once the file is read whole.
 struct Learn {
     cache: KeyCache,
     table: Arc<String>,
     path: String,
     size: i64,
-    field: Option<arrow_schema::FieldRef>,
-    columns: Vec<arrow_array::ArrayRef>,
+    /// The layout's key types (a hashed index converts to them).
+    types: Arc<[ColumnType]>,
+    batches: Vec<arrow_array::RecordBatch>,
 }
 
 impl Learn {
-    fn new(cache: KeyCache, table: &Arc<String>, path: &str, size: i64) -> Self {
+    fn new(
+        cache: KeyCache,
+        table: &Arc<String>,
+        path: &str,
+        size: i64,
+        types: &Arc<[ColumnType]>,
+    ) -> Self {
         Self {
             cache,
             table: table.clone(),
             path: path.to_owned(),
             size,
-            field: None,
-            columns: Vec::new(),
+            types: types.clone(),
+            batches: Vec::new(),
         }
     }
 
-    /// A batch of the file's probe column, in file order.
+    /// A batch of the file's key columns, in file order.
     fn add(&mut self, batch: &arrow_array::RecordBatch) {
-        if batch.num_columns() == 1 {
-            self.field
-                .get_or_insert_with(|| batch.schema().field(0).clone().into());
-            self.columns.push(batch.column(0).clone());
-        }
+        self.batches.push(batch.clone());
     }
 
-    /// Builds and keeps the index (on a blocking thread: it sorts or parses every key).
+    /// Builds and keeps the index (on a blocking thread: it sorts or parses every key). One
+    /// integer or text column is held as its values, any other key by its text's hash.
     fn finish(self) {
-        if let Some(keys) = self.field.and_then(|f| FileKeys::build(f, &self.columns)) {
+        let Some(first) = self.batches.first() else {
+            return;
+        };
+        let single = match first.num_columns() {
+            1 => {
+                let columns: Vec<_> = self.batches.iter().map(|b| b.column(0).clone()).collect();
+                FileKeys::build(first.schema().field(0).clone().into(), &columns)
+            }
+            _ => None,
+        };
+        if let Some(keys) = single.or_else(|| FileKeys::build_hashed(&self.batches, &self.types)) {
             self.cache.put(&self.table, &self.path, self.size, keys);
         }
     }

@@ -94,6 +94,15 @@ impl ChangeLog {
             .collect()
     }
 
+    /// Every changed key's text hashed ([`super::key_hash`]), sorted: what the key index
+    /// looks keys up by when they are not one integer or text column.
+    pub fn key_hashes(&self) -> Vec<u64> {
+        let mut h: Vec<u64> = self.key_texts.iter().map(|k| super::key_hash(k)).collect();
+        h.sort_unstable();
+        h.dedup();
+        h
+    }
+
     pub(crate) fn parts(&self, c: &Change) -> &[Frag] {
         &self.frags[c.parts.start as usize..c.parts.end as usize]
     }

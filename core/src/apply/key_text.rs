@@ -58,6 +58,14 @@ pub(crate) fn key_text_into(
     Ok(())
 }
 
+/// A key text's 64-bit hash, the same in every process run (a fixed seed): what the key
+/// index sorts keys of several columns (or of other types) by. Equal texts hash equal; a
+/// collision only makes the index hand the merge a row whose key it then does not match.
+pub fn key_hash(text: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    foldhash::fast::FixedState::with_seed(0).hash_one(text)
+}
+
 /// The key text of a one-integer key, `[v]`.
 pub(crate) fn int_key_text(v: i64) -> String {
     let mut out = String::with_capacity(22);

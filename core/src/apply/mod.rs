@@ -26,6 +26,8 @@ use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, DataType, Field, TimeUnit};
 
 pub use change_log::ChangeLog;
+pub use key_text::key_hash;
+pub(crate) use key_text::key_text_into;
 pub use layout::Layout;
 pub use slice::slice_of;
 pub use window::{PushOutcome, Window, later_rows};

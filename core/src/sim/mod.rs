@@ -60,6 +60,8 @@ pub struct SimOptions {
     /// `usertable` keyed by random UUIDs (CockroachDB's recommended `gen_random_uuid()`
     /// keys) instead of sequential integers.
     pub uuid_keys: bool,
+    /// `usertable` keyed by `(crdb_region, ycsb_key)`, as a REGIONAL BY ROW table.
+    pub region_keys: bool,
     pub initial_rows: usize,
     pub windows: usize,
     pub events_per_window: usize,
@@ -106,6 +108,7 @@ impl Default for SimOptions {
             tables: vec!["usertable".into(), "orders".into(), "kitchen_sink".into()],
             ycsb_fields: 10,
             uuid_keys: false,
+            region_keys: false,
             initial_rows: 100,
             windows: 6,
             events_per_window: 200,
@@ -400,7 +403,7 @@ pub fn run(opts: &SimOptions, sink: &mut Sink<'_>) -> io::Result<SimSummary> {
     let mut tables = Vec::new();
     for name in &opts.tables {
         let def = match name.as_str() {
-            "usertable" => TableDef::usertable(opts.ycsb_fields, opts.uuid_keys),
+            "usertable" => TableDef::usertable(opts.ycsb_fields, opts.uuid_keys, opts.region_keys),
             "orders" => TableDef::orders(),
             "kitchen_sink" => TableDef::kitchen_sink(),
             other => {
@@ -532,9 +535,11 @@ impl Sim<'_> {
         }
         let mut row = self.random_values(&def);
         // Integer keys are sequential; UUID keys stay as drawn (random, as gen_random_uuid()).
-        let key = &def.columns[def.key_indices()[0]];
-        if def.name != "kitchen_sink" && key.sql != crate::format::types::SqlType::Uuid {
-            row[def.key_indices()[0]] = Datum::Int(self.tables[t].next_id);
+        // The id is the last key column (after a region's).
+        let id = *def.key_indices().last().expect("a key");
+        if def.name != "kitchen_sink" && def.columns[id].sql != crate::format::types::SqlType::Uuid
+        {
+            row[id] = Datum::Int(self.tables[t].next_id);
             self.tables[t].next_id += 1;
         }
         row
@@ -546,6 +551,9 @@ impl Sim<'_> {
             .map(|c: &ColumnDef| {
                 if def.name == "usertable" && c.name.starts_with("field") {
                     ycsb_field(&mut self.rng)
+                } else if c.name == model::REGION {
+                    let r = self.rng.random_range(0..model::REGIONS.len());
+                    Datum::Text(model::REGIONS[r].to_owned())
                 } else {
                     random_datum(&mut self.rng, &c.sql, c.nullable)
                 }

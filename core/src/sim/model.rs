@@ -97,17 +97,23 @@ impl TableDef {
         }
     }
 
-    /// The YCSB `usertable`: `ycsb_key INT8` key (or UUID) and `field0..fieldN STRING`.
-    pub fn usertable(fields: usize, uuid_key: bool) -> Self {
+    /// The YCSB `usertable`: `ycsb_key INT8` key (or UUID) and `field0..fieldN STRING`;
+    /// `regional`: keyed by `(crdb_region, ycsb_key)`, as a REGIONAL BY ROW table is.
+    pub fn usertable(fields: usize, uuid_key: bool, regional: bool) -> Self {
         let key_type = if uuid_key { "UUID" } else { "INT8" };
         let mut columns = vec![col("ycsb_key", key_type, false, "primary")];
+        let mut primary_key = vec!["ycsb_key".to_owned()];
+        if regional {
+            columns.insert(0, col(REGION, "ENUM", false, "primary"));
+            primary_key.insert(0, REGION.to_owned());
+        }
         for i in 0..fields {
             columns.push(col(&format!("field{i}"), "STRING", true, "primary"));
         }
         Self {
             name: "usertable".into(),
             columns,
-            primary_key: vec!["ycsb_key".into()],
+            primary_key,
             families: vec!["primary".into()],
             version: 1,
         }
@@ -174,6 +180,12 @@ impl TableDef {
         }
     }
 }
+
+/// The region column CockroachDB adds to a REGIONAL BY ROW table, first in its primary key.
+pub const REGION: &str = "crdb_region";
+
+/// The regions a simulated `crdb_region` takes.
+pub const REGIONS: [&str; 3] = ["europe-west1", "us-east1", "us-west1"];
 
 fn col(name: &str, sql: &str, nullable: bool, family: &str) -> ColumnDef {
     ColumnDef {
