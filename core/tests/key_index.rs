@@ -217,11 +217,12 @@ fn a_large_file_is_searched_through_its_fence() {
     assert_eq!(positions, expected);
 }
 
-/// `(region, id)` keys as a REGIONAL BY ROW table's, in batches of `cut` rows.
+/// `(region, id)` keys as a REGIONAL BY ROW table's, in batches of `cut` rows. The file has
+/// `crdb_region` last, as CockroachDB adds it, though it comes first in the key.
 fn regional(values: &[(u8, i64)], cut: usize) -> Vec<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
-        Field::new("crdb_region", DataType::Utf8, false),
         Field::new("id", DataType::Int64, false),
+        Field::new("crdb_region", DataType::Utf8, false),
     ]));
     values
         .chunks(cut.max(1))
@@ -230,9 +231,18 @@ fn regional(values: &[(u8, i64)], cut: usize) -> Vec<RecordBatch> {
                 c.iter().map(|(r, _)| REGIONS[*r as usize]),
             ));
             let id: ArrayRef = Arc::new(Int64Array::from_iter_values(c.iter().map(|(_, i)| *i)));
-            RecordBatch::try_new(schema.clone(), vec![region, id]).unwrap()
+            RecordBatch::try_new(schema.clone(), vec![id, region]).unwrap()
         })
         .collect()
+}
+
+/// The key of [`regional`] files, in key order.
+fn region_key() -> [String; 2] {
+    ["crdb_region".to_owned(), "id".to_owned()]
+}
+
+fn hashed(batches: &[RecordBatch], types: &[ColumnType]) -> Option<FileKeys> {
+    FileKeys::build_hashed(batches, &region_key(), types)
 }
 
 const REGIONS: [&str; 3] = ["europe-west1", "us-east1", "us-west\"1"];
@@ -266,12 +276,12 @@ proptest! {
     ) {
         let dv = dv_of(&hidden);
         let types = [ColumnType::Text, ColumnType::Int64];
-        let keys = FileKeys::build_hashed(&regional(&values, cut), &types);
+        let keys = hashed(&regional(&values, cut), &types);
         let Some(keys) = keys else {
             prop_assert!(values.is_empty());
             return Ok(());
         };
-        let names = ["crdb_region".to_owned(), "id".to_owned()];
+        let names = region_key();
         prop_assert!(keys.is_of(&names, &types));
         // Printed in other types, the texts differ: not used.
         prop_assert!(!keys.is_of(&names, &[ColumnType::Text, ColumnType::Text]));
@@ -309,12 +319,15 @@ fn hashed_keys_that_cannot_be_indexed_are_refused() {
         ],
     )
     .unwrap();
-    assert!(FileKeys::build_hashed(&[nulls], &types).is_none());
+    assert!(hashed(&[nulls], &types).is_none());
+    // A file without one of the key's columns.
+    let id_only = regional(&[(0, 1)], 1)[0].project(&[0]).unwrap();
+    assert!(hashed(&[id_only], &types).is_none());
     // Types of another key.
-    assert!(FileKeys::build_hashed(&regional(&[(0, 1)], 1), &types[..1]).is_none());
+    assert!(hashed(&regional(&[(0, 1)], 1), &types[..1]).is_none());
     // A value that does not convert to the layout's type.
     assert!(
-        FileKeys::build_hashed(
+        hashed(
             &regional(&[(0, 1)], 1),
             &[ColumnType::Int64, ColumnType::Int64]
         )
@@ -328,7 +341,7 @@ fn hashed_keys_that_cannot_be_indexed_are_refused() {
 fn a_region_column_is_held_as_codes_and_handed_back_as_text() {
     let values: Vec<(u8, i64)> = (0..6400).map(|i| ((i % 3) as u8, i)).collect();
     let types = [ColumnType::Text, ColumnType::Int64];
-    let keys = FileKeys::build_hashed(&regional(&values, 1000), &types).expect("indexed");
+    let keys = hashed(&regional(&values, 1000), &types).expect("indexed");
     assert!(keys.bytes() < 6400 * 24, "{} bytes", keys.bytes());
     // The last is an id in another region: not found.
     let wanted = [(1u8, 4i64), (2, 6398), (1, 6399)];
@@ -340,4 +353,56 @@ fn a_region_column_is_held_as_codes_and_handed_back_as_text() {
     assert_eq!(batch.schema().field(0).data_type(), &DataType::Utf8);
     let region = batch.column(0).as_string::<i32>();
     assert_eq!((region.value(0), region.value(1)), (REGIONS[1], REGIONS[2]));
+}
+
+/// A large file of hashed keys (many buckets of its directory, duplicate keys, hidden rows):
+/// found as a scan finds them.
+#[test]
+fn a_large_file_of_hashed_keys_is_searched_through_its_directory() {
+    // Every id twice (in two batches' worth apart), in three regions.
+    let values: Vec<(u8, i64)> = (0..200_000i64)
+        .map(|i| ((i % 3) as u8, i % 100_000))
+        .collect();
+    let types = [ColumnType::Text, ColumnType::Int64];
+    let keys = hashed(&regional(&values, 8192), &types).expect("indexed");
+    let wanted: Vec<(u8, i64)> = (-10..100_010i64)
+        .step_by(37)
+        .map(|i| ((i.rem_euclid(3)) as u8, i))
+        .collect();
+    let dv = dv_of(&(0..200_000u32).step_by(11).collect::<Vec<_>>());
+    let (_, positions) = keys
+        .lookup(&regional_probe(&wanted), &dv)
+        .expect("hashed")
+        .expect("batch");
+    let set: std::collections::HashSet<(u8, i64)> = wanted.into_iter().collect();
+    let expected: Vec<u64> = (0..values.len() as u64)
+        .filter(|&p| !dv.contains(p) && set.contains(&values[p as usize]))
+        .collect();
+    assert!(expected.len() > 1000);
+    assert_eq!(positions, expected);
+}
+
+/// A key whose columns the file holds in another order (key `(b, a)`, file `a, b`; both
+/// integers, so texts printed in file order would still convert, and would miss every row).
+#[test]
+fn key_columns_are_taken_in_key_order_not_the_files() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int64, false),
+        Field::new("b", DataType::Int64, false),
+    ]));
+    let a: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+    let b: ArrayRef = Arc::new(Int64Array::from(vec![10, 20, 30]));
+    let file = RecordBatch::try_new(schema, vec![a, b]).unwrap();
+    let key = ["b".to_owned(), "a".to_owned()];
+    let types = [ColumnType::Int64, ColumnType::Int64];
+    let keys = FileKeys::build_hashed(&[file], &key, &types).expect("indexed");
+    assert!(keys.is_of(&key, &types));
+    let probe = KeyProbe::new(vec![20.into()], &ColumnType::Int64)
+        .with_key_hashes(vec![key_hash("[20,2]")]);
+    let (batch, positions) = keys
+        .lookup(&probe, &DeletionVector::new())
+        .expect("hashed")
+        .expect("batch");
+    assert_eq!(positions, vec![1]);
+    assert_eq!(batch.schema().field(0).name(), "b");
 }

@@ -487,17 +487,21 @@ async fn write(
             keys = keys.with_key_hashes(changes.log().key_hashes());
         }
         let keys = Arc::new(keys);
-        // The layout's key types: a hashed index converts the file's key columns to them, as
-        // the merge does, before it prints and hashes their text.
-        let key_types: Arc<[ColumnType]> = layout
-            .key
-            .iter()
-            .map(|k| {
-                layout
-                    .index_of(k)
-                    .map_or(ColumnType::Json, |i| layout.columns[i].1.clone())
-            })
-            .collect();
+        // The layout's key columns and types: a hashed index takes the file's key columns in key
+        // order and converts them to these types, as the merge does, before it prints and
+        // hashes their text.
+        let key_types: (Arc<[String]>, Arc<[ColumnType]>) = (
+            layout.key.iter().cloned().collect(),
+            layout
+                .key
+                .iter()
+                .map(|k| {
+                    layout
+                        .index_of(k)
+                        .map_or(ColumnType::Json, |i| layout.columns[i].1.clone())
+                })
+                .collect(),
+        );
         let probe = changes.probe_columns();
         let candidates = delta::files(table, &first_key)
             .await
@@ -565,7 +569,7 @@ async fn write(
                 let known = index
                     .as_ref()
                     .and_then(|c| c.get(&url, &f.path, f.size))
-                    .filter(|k| k.is_of(&probe, &key_types));
+                    .filter(|k| k.is_of(&probe, &key_types.1));
                 if let Some(found) = known.and_then(|k| k.lookup(&keys, &dv)) {
                     let file = delta::TableFile::deferred(&table, &f.path)?;
                     let decoded = found
@@ -788,7 +792,8 @@ struct Learn {
     table: Arc<String>,
     path: String,
     size: i64,
-    /// The layout's key types (a hashed index converts to them).
+    /// The layout's key columns and their types (a hashed index converts to them).
+    key: Arc<[String]>,
     types: Arc<[ColumnType]>,
     batches: Vec<arrow_array::RecordBatch>,
 }
@@ -799,13 +804,14 @@ impl Learn {
         table: &Arc<String>,
         path: &str,
         size: i64,
-        types: &Arc<[ColumnType]>,
+        (key, types): &(Arc<[String]>, Arc<[ColumnType]>),
     ) -> Self {
         Self {
             cache,
             table: table.clone(),
             path: path.to_owned(),
             size,
+            key: key.clone(),
             types: types.clone(),
             batches: Vec::new(),
         }
@@ -829,7 +835,8 @@ impl Learn {
             }
             _ => None,
         };
-        if let Some(keys) = single.or_else(|| FileKeys::build_hashed(&self.batches, &self.types)) {
+        let hashed = || FileKeys::build_hashed(&self.batches, &self.key, &self.types);
+        if let Some(keys) = single.or_else(hashed) {
             self.cache.put(&self.table, &self.path, self.size, keys);
         }
     }

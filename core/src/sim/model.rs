@@ -98,17 +98,19 @@ impl TableDef {
     }
 
     /// The YCSB `usertable`: `ycsb_key INT8` key (or UUID) and `field0..fieldN STRING`;
-    /// `regional`: keyed by `(crdb_region, ycsb_key)`, as a REGIONAL BY ROW table is.
+    /// `regional`: keyed by `(crdb_region, ycsb_key)`, as a REGIONAL BY ROW table is, with
+    /// `crdb_region` the table's last column.
     pub fn usertable(fields: usize, uuid_key: bool, regional: bool) -> Self {
         let key_type = if uuid_key { "UUID" } else { "INT8" };
         let mut columns = vec![col("ycsb_key", key_type, false, "primary")];
         let mut primary_key = vec!["ycsb_key".to_owned()];
-        if regional {
-            columns.insert(0, col(REGION, "ENUM", false, "primary"));
-            primary_key.insert(0, REGION.to_owned());
-        }
         for i in 0..fields {
             columns.push(col(&format!("field{i}"), "STRING", true, "primary"));
+        }
+        if regional {
+            // The last column (CockroachDB adds it to the table), the first of the key.
+            columns.push(col(REGION, "ENUM", false, "primary"));
+            primary_key.insert(0, REGION.to_owned());
         }
         Self {
             name: "usertable".into(),
