@@ -20,7 +20,10 @@ updates, 10% deletes). Then, per mode and storage, into a fresh target:
   3. the same RESOLVEDs, from a copy of the loaded table, by one `sync --commit-each-resolved`
      process, as a warm function instance applies them (the key index kept between steps): the
      seconds between consecutive commits (from the `committed` log lines), the first one (which
-     learns the index) apart, and the run's bytes and peak RSS.
+     learns the index) apart, and the run's bytes and peak RSS;
+  4. with `--warm-rounds N`, after every size is done: step 3 again N times per size, each
+     from a fresh copy of the loaded table, the sizes in turn (reversed every other round), so
+     that the sizes' warm figures are compared side by side rather than minutes apart.
 Prints a Markdown table (medians over the RESOLVEDs) for docs/benchmarks.md. Uses the release
 build (`cargo build --release` first).
 """
@@ -73,6 +76,8 @@ def main() -> None:
                     help="tables of SIZE x COPIES rows: the simulated feed's initial scan "
                          "copied with shifted keys, its changes spread over the copies "
                          "(bench_common.replicate; the simulator cannot write 20M rows here)")
+    ap.add_argument("--warm-rounds", type=int, default=0,
+                    help="replay the warm process this many rounds per size, sizes alternating")
     ap.add_argument("--keys", default="int", choices=["int", "uuid", "region"],
                     help="usertable's key: sequential INT8, random UUIDs (gen_random_uuid()), or "
                          "(crdb_region, ycsb_key) with three regions (REGIONAL BY ROW)")
@@ -100,6 +105,10 @@ def main() -> None:
                 warm = Path(f"{target}-one-process")
                 shutil.rmtree(warm, ignore_errors=True)
                 shutil.copytree(target, warm)
+                loaded = Path(f"{target}-loaded")
+                shutil.rmtree(loaded, ignore_errors=True)
+                if a.warm_rounds:
+                    shutil.copytree(target, loaded)
                 steps = []
                 for r in resolved[1:]:
                     rep = json.loads(run(*base, "--until", r).stdout)
@@ -123,6 +132,7 @@ def main() -> None:
                     "one_read_mb": ot.get("table_bytes_read", 0) / n / 1e6,
                     "one_indexed": ot.get("table_files_indexed", 0) / max(1, ot.get("table_files_read", 0)),
                     "one_rss": one["report"]["peak_rss_mib"],
+                    "loaded": loaded, "base": base, "last": resolved[-1], "rounds": [],
                 })
                 r = rows[-1]
                 print(f"{size:>9} {mode:<13} {storage:<16} load {r['load_s']:6.1f} s  "
@@ -132,6 +142,17 @@ def main() -> None:
                 print(f"{'':>9} {'':<13} {'one process':<16} first  {r['one_first_s']:6.2f} s  "
                       f"per RESOLVED {r['one_s']:6.3f} s  read {r['one_read_mb']:8.1f} MB  "
                       f"files looked up {r['one_indexed']:.0%}  RSS {r['one_rss']:6.0f} MiB", flush=True)
+    for rnd in range(a.warm_rounds):
+        for r in (rows if rnd % 2 == 0 else rows[::-1]):
+            warm = Path(f"{r['loaded']}-replay")
+            shutil.rmtree(warm, ignore_errors=True)
+            shutil.copytree(r["loaded"], warm)
+            base = r["base"]
+            r["rounds"].append(one_process([*base[:5], str(warm), *base[6:]], r["last"])["s"])
+            shutil.rmtree(warm)
+        print(f"warm round {rnd + 1} of {a.warm_rounds} done", flush=True)
+    for r in rows:
+        shutil.rmtree(r["loaded"], ignore_errors=True)
     print()
     print("| table rows | mode | storage | initial load | s per RESOLVED | table MB read | MB written | window MB (changefeed) | peak RSS per RESOLVED |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -146,6 +167,18 @@ def main() -> None:
     for r in rows:
         print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {r['one_first_s']:.2f} | {r['one_s']:.3f} "
               f"| {r['one_read_mb']:.1f} | {r['one_indexed']:.0%} | {r['one_rss']:.0f} MiB |")
+    if a.warm_rounds:
+        print()
+        print(f"Warm, side by side ({a.warm_rounds} rounds, sizes alternating): s per RESOLVED after the first")
+        print()
+        print("| table rows | mode | storage | each round | median | / smallest table's |")
+        print("|---|---|---|---|---|---|")
+        smallest = {}
+        for r in rows:
+            med = statistics.median(r["rounds"])
+            base_med = smallest.setdefault((r["mode"], r["storage"]), med)
+            rounds = ", ".join(f"{x:.3f}" for x in r["rounds"])
+            print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {rounds} | {med:.3f} | {med / base_med:.2f}x |")
 
 
 if __name__ == "__main__":
