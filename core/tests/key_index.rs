@@ -146,12 +146,14 @@ proptest! {
         let dv = dv_of(&hidden);
         let cols = batches(&values, cut, |c| Arc::new(StringArray::from(c.to_vec())) as ArrayRef);
         let keys = FileKeys::build(field(DataType::Utf8), &cols).expect("indexed");
-        // 16 bytes a row (and a 4-byte position unless in key order), not the text; and every
-        // 64th key again in the fence.
+        // 16 bytes a row (and a 4-byte position unless in key order), not the text; and the
+        // search: every 64th key again (the fence, 16 bytes per 64 keys), or a directory of 4
+        // bytes per bucket of about 8 keys (at most 8 bytes per 8 keys, and its end).
         let n = values.len() as u64;
         let in_order = values.windows(2).all(|w| w[0] <= w[1]);
-        let fence = 16 * n.div_ceil(64);
-        prop_assert_eq!(keys.bytes(), fence + if in_order { 16 * n } else { 20 * n });
+        let rows = if in_order { 16 * n } else { 20 * n };
+        let search = keys.bytes() - rows;
+        prop_assert!(search == 16 * n.div_ceil(64) || search <= n + 4, "{} bytes", search);
         assert_text_lookup(&keys, &values, &wanted, &dv);
     }
 }
@@ -192,17 +194,30 @@ fn window_keys_of_another_kind_are_not_looked_up() {
     assert_eq!(ordered.bytes(), 32);
 }
 
-/// Many blocks of the fence, runs of one key across block boundaries, keys wanted before,
-/// between and after the file's: found as a scan finds them.
+/// A large file searched both ways: keys spread evenly over their range (through a directory
+/// of buckets: runs of one key across bucket boundaries) and keys bunched at one end (the
+/// fence: runs across its 64-key blocks); keys wanted before, between and after the file's:
+/// found as a scan finds them.
 #[test]
-fn a_large_file_is_searched_through_its_fence() {
-    // Keys 0, 0, 0, 3, 3, 3, 6, ...: each run of three crosses a 64-key block boundary often.
-    let values: Vec<i64> = (0..200_000i64).map(|i| (i / 3) * 3).collect();
-    let cols = batches(&values, 8192, |c| {
+fn a_large_file_is_searched_through_its_directory_or_its_fence() {
+    // Keys 0, 0, 0, 3, 3, 3, 6, ...: evenly spread.
+    let even: Vec<i64> = (0..200_000i64).map(|i| (i / 3) * 3).collect();
+    // The same, then one key far above them all: every key but one in the first bucket.
+    let mut bunched = even.clone();
+    *bunched.last_mut().unwrap() = i64::MAX;
+    // 8 bytes a key; a directory of 32,769 buckets (4 bytes each) or every 64th key (8 bytes).
+    for (values, search_bytes) in [(even, 4 * 32_769), (bunched, 8 * 3_125)] {
+        searched_as_a_scan(&values, search_bytes);
+    }
+}
+
+fn searched_as_a_scan(values: &[i64], search_bytes: u64) {
+    let cols = batches(values, 8192, |c| {
         Arc::new(Int64Array::from(c.to_vec())) as ArrayRef
     });
     let keys = FileKeys::build(field(DataType::Int64), &cols).expect("indexed");
-    let wanted: Vec<i64> = (-10..200_010i64).step_by(97).collect();
+    assert_eq!(keys.bytes(), 8 * values.len() as u64 + search_bytes);
+    let wanted: Vec<i64> = (-10..200_010i64).step_by(97).chain([i64::MAX]).collect();
     let dv = dv_of(&(0..200_000u32).step_by(11).collect::<Vec<_>>());
     let probe = KeyProbe::new(
         wanted.iter().map(|&w| w.into()).collect(),
