@@ -23,7 +23,8 @@ updates, 10% deletes). Then, per mode and storage, into a fresh target:
      learns the index) apart, and the run's bytes and peak RSS;
   4. with `--warm-rounds N`, after every size is done: step 3 again N times per size, each
      from a fresh copy of the loaded table, the sizes in turn (reversed every other round), so
-     that the sizes' warm figures are compared side by side rather than minutes apart.
+     that the sizes' warm figures are compared side by side rather than minutes apart. Each
+     `--warm-bin LABEL=PATH` is a binary replayed in the same rounds (A/B of a change).
 Prints a Markdown table (medians over the RESOLVEDs) for docs/benchmarks.md. Uses the release
 build (`cargo build --release` first).
 """
@@ -78,6 +79,8 @@ def main() -> None:
                          "(bench_common.replicate; the simulator cannot write 20M rows here)")
     ap.add_argument("--warm-rounds", type=int, default=0,
                     help="replay the warm process this many rounds per size, sizes alternating")
+    ap.add_argument("--warm-bin", action="append", default=[], metavar="LABEL=PATH",
+                    help="with --warm-rounds: also replay with this binary, in the same rounds")
     ap.add_argument("--keys", default="int", choices=["int", "uuid", "region"],
                     help="usertable's key: sequential INT8, random UUIDs (gen_random_uuid()), or "
                          "(crdb_region, ycsb_key) with three regions (REGIONAL BY ROW)")
@@ -132,7 +135,7 @@ def main() -> None:
                     "one_read_mb": ot.get("table_bytes_read", 0) / n / 1e6,
                     "one_indexed": ot.get("table_files_indexed", 0) / max(1, ot.get("table_files_read", 0)),
                     "one_rss": one["report"]["peak_rss_mib"],
-                    "loaded": loaded, "base": base, "last": resolved[-1], "rounds": [],
+                    "loaded": loaded, "base": base, "last": resolved[-1], "rounds": {},
                 })
                 r = rows[-1]
                 print(f"{size:>9} {mode:<13} {storage:<16} load {r['load_s']:6.1f} s  "
@@ -142,13 +145,16 @@ def main() -> None:
                 print(f"{'':>9} {'':<13} {'one process':<16} first  {r['one_first_s']:6.2f} s  "
                       f"per RESOLVED {r['one_s']:6.3f} s  read {r['one_read_mb']:8.1f} MB  "
                       f"files looked up {r['one_indexed']:.0%}  RSS {r['one_rss']:6.0f} MiB", flush=True)
+    bins = [("this", a.bin)] + [tuple(b.split("=", 1)) for b in a.warm_bin]
     for rnd in range(a.warm_rounds):
-        for r in (rows if rnd % 2 == 0 else rows[::-1]):
+        order = [(r, label, path) for r in rows for label, path in bins]
+        for r, label, path in (order if rnd % 2 == 0 else order[::-1]):
             warm = Path(f"{r['loaded']}-replay")
             shutil.rmtree(warm, ignore_errors=True)
             shutil.copytree(r["loaded"], warm)
             base = r["base"]
-            r["rounds"].append(one_process([*base[:5], str(warm), *base[6:]], r["last"])["s"])
+            s = one_process([path, *base[1:5], str(warm), *base[6:]], r["last"])["s"]
+            r["rounds"].setdefault(label, []).append(s)
             shutil.rmtree(warm)
         print(f"warm round {rnd + 1} of {a.warm_rounds} done", flush=True)
     for r in rows:
@@ -171,14 +177,17 @@ def main() -> None:
         print()
         print(f"Warm, side by side ({a.warm_rounds} rounds, sizes alternating): s per RESOLVED after the first")
         print()
-        print("| table rows | mode | storage | each round | median | / smallest table's |")
-        print("|---|---|---|---|---|---|")
+        print("| binary | table rows | mode | storage | each round | median | / smallest table's | / this binary's |")
+        print("|---|---|---|---|---|---|---|---|")
         smallest = {}
-        for r in rows:
-            med = statistics.median(r["rounds"])
-            base_med = smallest.setdefault((r["mode"], r["storage"]), med)
-            rounds = ", ".join(f"{x:.3f}" for x in r["rounds"])
-            print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {rounds} | {med:.3f} | {med / base_med:.2f}x |")
+        for label, _ in bins:
+            for r in rows:
+                med = statistics.median(r["rounds"][label])
+                base_med = smallest.setdefault((label, r["mode"], r["storage"]), med)
+                this = statistics.median(r["rounds"]["this"])
+                rounds = ", ".join(f"{x:.3f}" for x in r["rounds"][label])
+                print(f"| {label} | {r['rows']:,} | {r['mode']} | {r['storage']} | {rounds} | {med:.3f} "
+                      f"| {med / base_med:.2f}x | {med / this:.2f}x |")
 
 
 if __name__ == "__main__":
