@@ -4,10 +4,10 @@
 //! Ten thousand random keys fall in the key range of every file of a large table, so key-range
 //! pruning leaves every file a candidate and each step would read the whole key column (124 MB
 //! at 20M integer keys). A file's bytes never change once written (Delta adds files under new
-//! names), so what it holds is learned once: the lookup costs the window's keys times the
-//! logarithm of the file's rows, and only the rows it finds are handed to the merge, which
-//! still matches keys exactly. Deletion vectors change between steps, so they are applied at
-//! each lookup, never stored.
+//! names), so what it holds is learned once: the lookup costs each window key a directory
+//! probe (`Directory`; a search of logarithmic cost where the keys bunch), and only the
+//! rows it finds are handed to the merge, which still matches keys exactly. Deletion vectors
+//! change between steps, so they are applied at each lookup, never stored.
 //!
 //! The index is the whole probe of the key (the merge matches rows by their key columns
 //! alone), so the merge's input is built from it without reading the file. One integer or
@@ -27,7 +27,7 @@ use crate::format::types::ColumnType;
 use crate::format::values;
 use crate::plan::KeyProbe;
 
-/// One file's key column, sorted by key (ties by position).
+/// One file's key columns, sorted by key (ties by position).
 #[derive(Debug)]
 pub struct FileKeys {
     /// The key columns, in key order.
