@@ -279,6 +279,20 @@ impl FileKeys {
         Some(Self { schema, keys, rows })
     }
 
+    /// From every row of a file's key columns (`batches`, in file order): one integer or text
+    /// column by its values ([`Self::build`]), any other key by its text's hash
+    /// ([`Self::build_hashed`]). `None` when neither can index it.
+    pub fn learn(batches: &[RecordBatch], key: &[String], types: &[ColumnType]) -> Option<Self> {
+        let single = match batches.first()?.num_columns() {
+            1 => {
+                let columns: Vec<ArrayRef> = batches.iter().map(|b| b.column(0).clone()).collect();
+                Self::build(batches[0].schema().field(0).clone().into(), &columns)
+            }
+            _ => None,
+        };
+        single.or_else(|| Self::build_hashed(batches, key, types))
+    }
+
     /// From every row of a file's key columns (`batches`, in file order, holding the columns
     /// named `key` in whatever order the file has them), for any key: each row's key text
     /// hashed, the text built as the merge builds it (the columns in key order, converted to
@@ -429,6 +443,13 @@ impl FileKeys {
         found.sort_unstable();
         let field_type = self.schema.field(0).data_type();
         let column: ArrayRef = match (&self.keys, field_type) {
+            (Keys::Hashed(h), _) => {
+                let columns = match h.take(&found, &self.schema) {
+                    Ok(columns) => columns,
+                    Err(e) => return Some(Err(e)),
+                };
+                return Some(self.batch(columns, &found));
+            }
             (Keys::Ints(_, k), DataType::Int32) => Arc::new(Int32Array::from_iter_values(
                 found.iter().map(|&(_, i)| k[i] as i32),
             )),
@@ -449,31 +470,37 @@ impl FileKeys {
             (Keys::Strings(k), _) => Arc::new(StringArray::from_iter_values(
                 found.iter().map(|&(_, i)| k.value(i)),
             )),
-            (Keys::Hashed(h), _) => {
-                // The columns are in file order: taken at the rows found, in the file's types.
-                let at = arrow_array::UInt32Array::from_iter_values(found.iter().map(|&(r, _)| r));
-                let positions = found.iter().map(|&(r, _)| u64::from(r)).collect();
-                return Some(
-                    h.columns
-                        .iter()
-                        .zip(self.schema.fields())
-                        .map(|(c, f)| {
-                            let taken = arrow_select::take::take(c.as_ref(), &at, None)?;
-                            match taken.data_type() == f.data_type() {
-                                true => Ok(taken),
-                                false => arrow_cast::cast(&taken, f.data_type()),
-                            }
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                        .and_then(|cols| RecordBatch::try_new(self.schema.clone(), cols))
-                        .map(|b| (b, positions)),
-                );
-            }
         };
-        Some(
-            RecordBatch::try_new(self.schema.clone(), vec![column])
-                .map(|b| (b, found.iter().map(|&(r, _)| u64::from(r)).collect())),
-        )
+        Some(self.batch(vec![column], &found))
+    }
+
+    /// The key columns of the rows found, and their positions.
+    fn batch(
+        &self,
+        columns: Vec<ArrayRef>,
+        found: &[(u32, usize)],
+    ) -> Result<(RecordBatch, Vec<u64>), ArrowError> {
+        let positions = found.iter().map(|&(r, _)| u64::from(r)).collect();
+        RecordBatch::try_new(self.schema.clone(), columns).map(|b| (b, positions))
+    }
+}
+
+impl Hashed {
+    /// The key columns at the rows found (positions in the file: the columns are in file
+    /// order), in the file's types (a compacted column is cast back).
+    fn take(&self, found: &[(u32, usize)], schema: &Schema) -> Result<Vec<ArrayRef>, ArrowError> {
+        let at = arrow_array::UInt32Array::from_iter_values(found.iter().map(|&(r, _)| r));
+        self.columns
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                let taken = arrow_select::take::take(c.as_ref(), &at, None)?;
+                match taken.data_type() == f.data_type() {
+                    true => Ok(taken),
+                    false => arrow_cast::cast(&taken, f.data_type()),
+                }
+            })
+            .collect()
     }
 }
 

@@ -476,32 +476,14 @@ async fn write(
     if changes.reads_table() && exists && !changes.log().is_empty() {
         let layout = changes.log().layout();
         let first_key = layout.key[0].clone();
-        let first_type = layout
-            .index_of(&first_key)
-            .map_or(ColumnType::Json, |i| layout.columns[i].1.clone());
-        let mut keys = KeyProbe::new(changes.log().first_key_values(), &first_type);
-        // Keys a key index holds by their text's hash: of several columns, or of a type other
-        // than integer or text.
-        let hashed = layout.key.len() > 1 || (keys.ints().is_none() && keys.strings().is_none());
-        if hashed && opts.key_cache.enabled() {
-            keys = keys.with_key_hashes(changes.log().key_hashes());
-        }
-        let keys = Arc::new(keys);
         // The layout's key columns and types: a hashed index takes the file's key columns in key
         // order and converts them to these types, as the merge does, before it prints and
         // hashes their text.
         let key_types: (Arc<[String]>, Arc<[ColumnType]>) = (
             layout.key.iter().cloned().collect(),
-            layout
-                .key
-                .iter()
-                .map(|k| {
-                    layout
-                        .index_of(k)
-                        .map_or(ColumnType::Json, |i| layout.columns[i].1.clone())
-                })
-                .collect(),
+            layout.key_types().into(),
         );
+        let mut keys = KeyProbe::new(changes.log().first_key_values(), &key_types.1[0]);
         let probe = changes.probe_columns();
         let candidates = delta::files(table, &first_key)
             .await
@@ -517,6 +499,13 @@ async fn write(
             )
         });
         let index = index.filter(|_| probe == layout.key);
+        // Keys an index holds by their text's hash (several columns, or a type other than
+        // integer or text) are looked up by the window's keys hashed alike.
+        let hashed = layout.key.len() > 1 || (keys.ints().is_none() && keys.strings().is_none());
+        if hashed && index.is_some() {
+            keys = keys.with_key_hashes(changes.log().key_hashes());
+        }
+        let keys = Arc::new(keys);
         // Looked up always; learned from the table's second step in this process on.
         let teach = index.clone().filter(|_| seen);
         pause("before-fetch").await;
@@ -825,18 +814,7 @@ impl Learn {
     /// Builds and keeps the index (on a blocking thread: it sorts or parses every key). One
     /// integer or text column is held as its values, any other key by its text's hash.
     fn finish(self) {
-        let Some(first) = self.batches.first() else {
-            return;
-        };
-        let single = match first.num_columns() {
-            1 => {
-                let columns: Vec<_> = self.batches.iter().map(|b| b.column(0).clone()).collect();
-                FileKeys::build(first.schema().field(0).clone().into(), &columns)
-            }
-            _ => None,
-        };
-        let hashed = || FileKeys::build_hashed(&self.batches, &self.key, &self.types);
-        if let Some(keys) = single.or_else(hashed) {
+        if let Some(keys) = FileKeys::learn(&self.batches, &self.key, &self.types) {
             self.cache.put(&self.table, &self.path, self.size, keys);
         }
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use crdb_delta_core::key_index::FileKeys;
 
-/// Default `key_index_bytes`: 40M integer keys (12 bytes each), 25M UUID keys (20 bytes) or
+/// Default `key_index_bytes`: 40M integer keys (12–13 bytes each), 25M UUID keys (20–21) or
 /// 23M `(crdb_region, INT8)` keys (23 bytes: hash, position, directory, region code, id);
 /// with a step's own peak (under 1 GiB at the default window) within a 2 GB instance.
 pub const DEFAULT_KEY_INDEX_BYTES: u64 = 512 << 20;

@@ -41,6 +41,16 @@ impl Layout {
         self.columns.iter().position(|(n, _)| n == name)
     }
 
+    /// Each key column's type, in key order (JSON for one no file has shown yet).
+    pub fn key_types(&self) -> Vec<ColumnType> {
+        let type_of = |k: &String| self.index_of(k).map(|i| self.columns[i].1.clone());
+        let json = || ColumnType::Json;
+        self.key
+            .iter()
+            .map(|k| type_of(k).unwrap_or_else(json))
+            .collect()
+    }
+
     pub fn data_fields(&self) -> Vec<Field> {
         self.columns
             .iter()
