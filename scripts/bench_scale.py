@@ -64,6 +64,17 @@ def one_process(base: list[str], until: str) -> dict:
 
 
 
+def warm_run(loaded: Path, base: list[str], until: str, binary: str) -> dict:
+    """`one_process` by BINARY from a fresh copy of the LOADED table (removed after)."""
+    warm = Path(f"{loaded}-replay")
+    shutil.rmtree(warm, ignore_errors=True)
+    shutil.copytree(loaded, warm)
+    try:
+        return one_process([binary, *base[1:5], str(warm), *base[6:]], until)
+    finally:
+        shutil.rmtree(warm)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="200000,2000000")
@@ -105,21 +116,16 @@ def main() -> None:
                         "--manifest", str(feed / "truth" / "manifest.json"), "--mode", mode,
                         "--storage", storage, "--json"]
                 load = json.loads(run(*base, "--until", resolved[0]).stdout)
-                warm = Path(f"{target}-one-process")
-                shutil.rmtree(warm, ignore_errors=True)
-                shutil.copytree(target, warm)
                 loaded = Path(f"{target}-loaded")
                 shutil.rmtree(loaded, ignore_errors=True)
-                if a.warm_rounds:
-                    shutil.copytree(target, loaded)
+                shutil.copytree(target, loaded)
                 steps = []
                 for r in resolved[1:]:
                     rep = json.loads(run(*base, "--until", r).stdout)
                     t = rep["tables"]["usertable"]
                     steps.append(rep | {"t": t})
                 med = lambda f: statistics.median(f(s) for s in steps)  # noqa: E731
-                one = one_process([*base[:5], str(warm), *base[6:]], resolved[-1])
-                shutil.rmtree(warm)
+                one = warm_run(loaded, base, resolved[-1], a.bin)
                 n = one["commits"]
                 ot = one["report"]["tables"]["usertable"]
                 rows.append({
@@ -149,13 +155,8 @@ def main() -> None:
     for rnd in range(a.warm_rounds):
         order = [(r, label, path) for r in rows for label, path in bins]
         for r, label, path in (order if rnd % 2 == 0 else order[::-1]):
-            warm = Path(f"{r['loaded']}-replay")
-            shutil.rmtree(warm, ignore_errors=True)
-            shutil.copytree(r["loaded"], warm)
-            base = r["base"]
-            s = one_process([path, *base[1:5], str(warm), *base[6:]], r["last"])["s"]
+            s = warm_run(r["loaded"], r["base"], r["last"], path)["s"]
             r["rounds"].setdefault(label, []).append(s)
-            shutil.rmtree(warm)
         print(f"warm round {rnd + 1} of {a.warm_rounds} done", flush=True)
     for r in rows:
         shutil.rmtree(r["loaded"], ignore_errors=True)

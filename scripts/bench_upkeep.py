@@ -41,7 +41,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 from pathlib import Path
 
 from bench_common import ROOT, hlc_of, run, simulate_usertable  # noqa: E402
