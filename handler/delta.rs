@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::RecordBatch;
 use arrow_schema::Schema;
 use crdb_delta_core::Hlc;
-use crdb_delta_core::apply::{Layout, Mode};
+use crdb_delta_core::apply::{Layout, Mode, SliceTag};
 use crdb_delta_core::deletion_vector::{
     DeletionVector, DeletionVectorDescriptor as DvDescriptor, DvFileBuilder, DvLocation,
 };
@@ -419,6 +419,8 @@ pub struct FileEntry {
     pub num_records: Option<u64>,
     /// `(min, max)` of the first key column from the file statistics, when present.
     pub key_range: Option<(Value, Value)>,
+    /// The key slice whose keys alone the file holds, from its tag ([`SliceTag`]).
+    pub slice: Option<SliceTag>,
 }
 
 pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>, DeltaTableError> {
@@ -447,6 +449,10 @@ pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>
                 s.to_string()
             });
             let dv = v.deletion_vector_descriptor();
+            // Kept on the re-add that attaches a deletion vector: the file's rows stay its own.
+            #[allow(deprecated)]
+            let tags = v.add_action().tags;
+            let slice = tags.as_ref().and_then(SliceTag::from_tags);
             FileEntry {
                 path: v.path().to_string(),
                 size: v.size(),
@@ -458,7 +464,7 @@ pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>
                     modification_time: v.modification_time(),
                     data_change: true,
                     stats: loose,
-                    tags: None,
+                    tags,
                     deletion_vector: dv.clone(),
                     base_row_id: None,
                     default_row_commit_version: None,
@@ -467,6 +473,7 @@ pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>
                 dv,
                 num_records,
                 key_range,
+                slice,
             }
         })
         .collect())

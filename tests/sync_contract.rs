@@ -460,6 +460,128 @@ async fn key_columns_are_looked_up_once_learned(sim: SimOptions) {
     assert_equals_truth(&runs, &f.truth_dir, "usertable").await;
 }
 
+/// A table loaded in key slices: each slice's new files carry a tag naming it, every row of a
+/// tagged file is of that slice, and later steps look a tagged file up by that slice's keys
+/// alone (one file per key instead of every file), keeping the tag when they attach a
+/// deletion vector. The table equals the truth, in both formats and for a key of two columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_a_sliced_load_are_looked_up_by_their_slice_keys() {
+    for (format, region_keys) in [(Format::Parquet, false), (Format::Json, true)] {
+        files_of_a_sliced_load_are_looked_up_by_their_slice_keys_in(SimOptions {
+            tables: vec!["usertable".into()],
+            format,
+            region_keys,
+            initial_rows: 3000,
+            windows: 4,
+            events_per_window: 80,
+            file_size: 64 << 10,
+            // No later scan rewrites every row (a restart, a backfill).
+            restart_at: None,
+            schema_change_at: None,
+            ..SimOptions::default()
+        })
+        .await;
+    }
+}
+
+async fn files_of_a_sliced_load_are_looked_up_by_their_slice_keys_in(sim: SimOptions) {
+    use crdb_delta::engine::key_cache::KeyCache;
+    use crdb_delta_core::apply::slice_of;
+    let label = format!("{:?}, region keys {}", sim.format, sim.region_keys);
+    let dir = tempfile::tempdir().unwrap();
+    let f = straddling_feed_of(dir.path(), sim).await;
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    let cache = KeyCache::default();
+    let run = |until: Option<Hlc>| SyncOptions {
+        config: f.config.clone(),
+        each_resolved: true,
+        until,
+        key_cache: cache.clone(),
+        max_window_bytes: 200_000,
+        min_slice_bytes: 10_000,
+        // Deletion vectors on every touched file, none rewritten (a rewrite drops the tag).
+        rewrite_below: 0,
+        ..SyncOptions::default()
+    };
+    let load = sync(&f.feed, &target, &run(Some(f.resolveds[0])))
+        .await
+        .unwrap();
+    let load = &load.tables["usertable"];
+    assert!(
+        load.slice_commits > 0,
+        "{label}: the scan is sliced: {load:?}"
+    );
+    let open = || async {
+        Target::new(&target, "usertable")
+            .unwrap()
+            .open()
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    // Every row of a tagged file falls into its slice, by the key columns the table holds.
+    let table = open().await;
+    let files = delta::files(&table, "id").await.unwrap();
+    let tagged: Vec<_> = files.iter().filter(|e| e.slice.is_some()).collect();
+    assert_eq!(
+        tagged.len(),
+        files.len(),
+        "{label}: every file of the load holds one slice"
+    );
+    let key = tagged[0].slice.as_ref().unwrap().key.clone();
+    let mut slices = std::collections::BTreeSet::new();
+    for e in &tagged {
+        let tag = e.slice.as_ref().unwrap();
+        assert_eq!(tag.key, key, "{label}");
+        slices.insert(tag.index);
+        for b in delta::read_file(&table, &e.path, 8192).await.unwrap() {
+            let columns: Vec<_> = key
+                .iter()
+                .map(|k| b.column_by_name(k).unwrap().clone())
+                .collect();
+            for r in 0..b.num_rows() {
+                assert_eq!(
+                    slice_of(&columns, r, tag.of),
+                    tag.index,
+                    "{label}: row {r} of {} is of another slice",
+                    e.path
+                );
+            }
+        }
+    }
+    assert_eq!(slices.len() as u64, load.slice_commits + 1, "{label}");
+    // Later steps, one per RESOLVED in one process: tagged files are looked up by their slice.
+    let (mut sliced, mut indexed, mut with_dv) = (0, 0, 0);
+    for r in &f.resolveds[1..] {
+        let report = sync(&f.feed, &target, &run(Some(*r))).await.unwrap();
+        let t = &report.tables["usertable"];
+        sliced += t.table_files_sliced;
+        indexed += t.table_files_indexed;
+        with_dv += t.files_with_deletion_vectors;
+    }
+    assert!(
+        sliced > 0 && indexed > 0 && with_dv > 0,
+        "{label}: {sliced} {indexed} {with_dv}"
+    );
+    // The load's files given deletion vectors kept their tags.
+    let table = open().await;
+    let now = delta::files(&table, "id").await.unwrap();
+    let (mut kept, mut given_dv) = (0, 0);
+    for e in now
+        .iter()
+        .filter(|e| tagged.iter().any(|t| t.path == e.path))
+    {
+        assert!(e.slice.is_some(), "{label}: {} lost its tag", e.path);
+        kept += 1;
+        given_dv += usize::from(e.dv.is_some());
+    }
+    assert!(
+        kept == tagged.len() && given_dv > 0,
+        "{label}: {kept} {given_dv}"
+    );
+    assert_equals_truth(&target, &f.truth_dir, "usertable").await;
+}
+
 /// A compaction between two steps of one process (the handler's CatchUp upkeep between two
 /// RESOLVEDs): the index drops the files it removed, learns the one it wrote, and the table
 /// equals the truth.

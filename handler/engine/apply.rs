@@ -15,7 +15,7 @@ use crdb_delta_core::format::decode::{DecodeError, DecodeOptions, SliceFilter};
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::format::types::ColumnType;
 use crdb_delta_core::key_index::FileKeys;
-use crdb_delta_core::plan::{KeyProbe, Object, Progress, Slices};
+use crdb_delta_core::plan::{Object, Progress, Slices};
 use deltalake_core::kernel::{Add, Remove};
 use futures::StreamExt;
 
@@ -25,6 +25,7 @@ use super::carry::Keeper;
 use super::faults::{fault, pause};
 use super::key_cache::KeyCache;
 use super::read::{Budget, Reuse, derive_key, learn_expansion, read_window};
+use super::slice_keys::{self, SliceKeys};
 use super::table::{TableState, replan};
 use super::{SyncError, SyncOptions, delta_err};
 use crate::config::Storage;
@@ -100,7 +101,7 @@ pub(super) async fn apply_table(
     if !exists && !create_table(state, changes.log()).await? {
         return Ok(());
     }
-    let (adds, removes, new_files) = match write(state, exists, &mut *changes, opts).await? {
+    let (mut adds, removes, new_files) = match write(state, exists, &mut *changes, opts).await? {
         Written::Files {
             adds,
             removes,
@@ -108,6 +109,12 @@ pub(super) async fn apply_table(
         } => (adds, removes, new_files),
         Written::Stale(conflict) => return replan(state, resolved, conflict).await,
     };
+    // A slice's new files hold its keys alone: tagged, later steps look them up by its keys.
+    if let Some(s) = slices {
+        let layout = changes.log().layout();
+        let types = layout.key_types();
+        slice_keys::tag_new_files(&mut adds, &new_files, &layout.key, &types, s.done, s.of);
+    }
     fault("after-write");
     let commit = plan_commit(
         state, exists, &*changes, &before, resolved, pending, slices, adds, removes,
@@ -483,7 +490,6 @@ async fn write(
             layout.key.iter().cloned().collect(),
             layout.key_types().into(),
         );
-        let mut keys = KeyProbe::new(changes.log().first_key_values(), &key_types.1[0]);
         let probe = changes.probe_columns();
         let candidates = delta::files(table, &first_key)
             .await
@@ -501,11 +507,19 @@ async fn write(
         let index = index.filter(|_| probe == layout.key);
         // Keys an index holds by their text's hash (several columns, or a type other than
         // integer or text) are looked up by the window's keys hashed alike.
-        let hashed = layout.key.len() > 1 || (keys.ints().is_none() && keys.strings().is_none());
-        if hashed && index.is_some() {
-            keys = keys.with_key_hashes(changes.log().key_hashes());
-        }
-        let keys = Arc::new(keys);
+        let hashed = index.is_some()
+            && (layout.key.len() > 1
+                || !matches!(
+                    key_types.1[0],
+                    ColumnType::Int32 | ColumnType::Int64 | ColumnType::Text
+                ));
+        let log = changes.log();
+        let keys = Arc::new(log.key_probe(&key_types.1[0], hashed));
+        // A file tagged with the key slice it holds is looked up by that slice's keys alone
+        // (a table loaded in slices: each key in one file instead of every file).
+        let sliced = SliceKeys::new(&candidates, &key_types.0, &key_types.1, |of| {
+            log.key_probes_by_slice(of, &key_types.1[0], hashed)
+        });
         // Looked up always; learned from the table's second step in this process on.
         let teach = index.clone().filter(|_| seen);
         pause("before-fetch").await;
@@ -516,8 +530,15 @@ async fn write(
         let rewrite_small = candidates.iter().filter(|f| small(f)).count() >= SMALL_FILES;
         let candidates: Vec<FileEntry> = candidates
             .into_iter()
-            .filter(|f| keys.may_hold(f.key_range.as_ref()) && !state.slice_files.contains(&f.path))
+            .filter(|f| {
+                sliced
+                    .keys(f, &keys)
+                    .is_some_and(|k| k.may_hold(f.key_range.as_ref()))
+                    && !state.slice_files.contains(&f.path)
+            })
             .collect();
+        state.report.table_files_sliced +=
+            candidates.iter().filter(|f| sliced.tagged(f)).count() as u64;
         // Decided once per step: whether any change needs the old row's values.
         let needs_values = changes.needs_table_values();
         let table: &deltalake_core::DeltaTable = table;
@@ -546,7 +567,7 @@ async fn write(
                 name.clone(),
                 index.clone(),
                 teach.clone(),
-                keys.clone(),
+                sliced.keys(&f, &keys).unwrap_or_else(|| keys.clone()),
                 table_url.clone(),
                 key_types.clone(),
             );

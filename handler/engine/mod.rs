@@ -18,6 +18,7 @@
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
 //! | [`key_cache`] | table files' key columns kept sorted in memory between steps (looked up, not read) |
+//! | [`slice_keys`] | the window's keys per key slice, for table files tagged with the slice they hold |
 //! | [`ahead`] | a table's next step read while this one writes (one RESOLVED per step) |
 //! | [`resolved_log`] | the multi-table `_crdb_delta_resolved` record |
 //! | [`fan_out`] | the tables a RESOLVED covers, and its record, when each table is applied apart |
@@ -42,6 +43,7 @@ pub mod report;
 pub mod resolved_log;
 pub mod run;
 pub mod schema_refresh;
+pub mod slice_keys;
 pub mod table;
 
 pub use listing::list;

@@ -48,6 +48,10 @@ pub struct TableReport {
     /// ([`super::key_cache`]): only their deletion vector was fetched (and their rows, when a
     /// mode needs the superseded rows whole).
     pub table_files_indexed: u64,
+    /// Of the table files read, those tagged with the key slice they hold (written by one slice
+    /// of a sliced interval, [`crdb_delta_core::apply::SliceTag`]): looked for only the window's
+    /// keys of that slice. A tagged file the window has no key of is not read at all.
+    pub table_files_sliced: u64,
     /// Table files rewritten whole (copy-on-write) or given a new deletion vector.
     pub files_rewritten: u64,
     pub files_with_deletion_vectors: u64,

@@ -15,6 +15,8 @@ use super::{ChangeError, Layout};
 use crate::format::batch::Op;
 use crate::format::column;
 use crate::format::hlc::Hlc;
+use crate::format::types::ColumnType;
+use crate::plan::KeyProbe;
 
 /// One change: the fragments of one (key, HLC).
 #[derive(Debug, Clone)]
@@ -80,27 +82,34 @@ impl ChangeLog {
         self.rows_read
     }
 
-    /// The first key column's values as canonical JSON, for min/max file pruning.
-    pub fn first_key_values(&self) -> Vec<Value> {
-        self.key_texts
-            .iter()
-            .filter_map(|k| match single_int(k) {
-                Some(i) => Some(Value::from(i)),
-                None => match serde_json::from_str::<Value>(k) {
-                    Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
-                    _ => None,
-                },
-            })
-            .collect()
+    /// The changed keys as a probe of table files ([`KeyProbe`]), the key's first column of
+    /// type `ty`; with every key's text hashed ([`super::key_hash`]) when `hashed`: what a key
+    /// index looks keys up by when they are not one integer or text column.
+    pub fn key_probe(&self, ty: &ColumnType, hashed: bool) -> KeyProbe {
+        probe_of(self.key_texts.iter().map(|k| &**k), ty, hashed)
     }
 
-    /// Every changed key's text hashed ([`super::key_hash`]), sorted: what the key index
-    /// looks keys up by when they are not one integer or text column.
-    pub fn key_hashes(&self) -> Vec<u64> {
-        let mut h: Vec<u64> = self.key_texts.iter().map(|k| super::key_hash(k)).collect();
-        h.sort_unstable();
-        h.dedup();
-        h
+    /// The same, one probe per key slice of `of` ([`super::slice_of_key_text`]): probe `i`
+    /// holds the changed keys of slice `i`, those a file tagged with that slice
+    /// ([`super::SliceTag`]) can hold; `None` where no changed key falls into the slice.
+    pub fn key_probes_by_slice(
+        &self,
+        of: u32,
+        ty: &ColumnType,
+        hashed: bool,
+    ) -> Vec<Option<KeyProbe>> {
+        let mut parts: Vec<Vec<&str>> = vec![Vec::new(); of.max(1) as usize];
+        for k in &self.key_texts {
+            match super::slice_of_key_text(k, of) {
+                Some(i) => parts[i as usize].push(k),
+                // Never for a text we printed; in every slice, to be safe.
+                None => parts.iter_mut().for_each(|p| p.push(k)),
+            }
+        }
+        parts
+            .into_iter()
+            .map(|p| (!p.is_empty()).then(|| probe_of(p.into_iter(), ty, hashed)))
+            .collect()
     }
 
     pub(crate) fn parts(&self, c: &Change) -> &[Frag] {
@@ -280,6 +289,33 @@ impl ChangeLog {
 
 /// The integer of a one-integer key text (`[42]`, canonical JSON), without a JSON parse: the
 /// common key, looked up once per window key. Anything else is `None` (parsed as JSON).
+/// A probe of the keys `texts`: their first column's values as canonical JSON (for min/max
+/// pruning and by-value lookups), and their whole texts hashed when `hashed`.
+fn probe_of<'a>(
+    texts: impl Iterator<Item = &'a str> + Clone,
+    ty: &ColumnType,
+    hashed: bool,
+) -> KeyProbe {
+    let first = texts
+        .clone()
+        .filter_map(|k| match single_int(k) {
+            Some(i) => Some(Value::from(i)),
+            None => match serde_json::from_str::<Value>(k) {
+                Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
+                _ => None,
+            },
+        })
+        .collect();
+    let probe = KeyProbe::new(first, ty);
+    if !hashed {
+        return probe;
+    }
+    let mut h: Vec<u64> = texts.map(super::key_hash).collect();
+    h.sort_unstable();
+    h.dedup();
+    probe.with_key_hashes(h)
+}
+
 fn single_int(key: &str) -> Option<i64> {
     key.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
