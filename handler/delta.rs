@@ -452,9 +452,10 @@ pub async fn files(table: &DeltaTable, first_key: &str) -> Result<Vec<FileEntry>
             // Kept on the re-add that attaches a deletion vector: the file's rows stay its own.
             #[allow(deprecated)]
             let tags = v.add_action().tags;
-            let slice = tags.as_ref().and_then(SliceTag::from_tags);
+            let path = v.path().to_string();
+            let slice = tags.as_ref().and_then(|t| SliceTag::from_tags(t, &path));
             FileEntry {
-                path: v.path().to_string(),
+                path: path.clone(),
                 size: v.size(),
                 remove: v.remove_action(true),
                 add: Add {

@@ -76,13 +76,11 @@ pub fn tag_new_files(
     index: u32,
     of: u32,
 ) {
-    let Some(tag) = SliceTag::new(key, types, index, of) else {
-        return;
-    };
-    let value = tag.value();
     for a in adds.iter_mut().filter(|a| new_files.contains(&a.path)) {
-        a.tags
-            .get_or_insert_with(Default::default)
-            .insert(SliceTag::NAME.to_owned(), Some(value.clone()));
+        if let Some(tag) = SliceTag::new(key, types, index, of, &a.path) {
+            a.tags
+                .get_or_insert_with(Default::default)
+                .insert(SliceTag::NAME.to_owned(), Some(tag.value()));
+        }
     }
 }

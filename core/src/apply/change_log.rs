@@ -52,6 +52,9 @@ pub struct ChangeLog {
     pub(crate) rows_read: u64,
     /// Integer key → key id (a single INT key column): the window's, or built on first use.
     pub(crate) int_keys: std::sync::OnceLock<foldhash::HashMap<i64, u32>>,
+    /// By key id, the key's first column as canonical JSON and its text's hash, built on
+    /// first use (see [`Self::key_probe`]).
+    pub(crate) probe_parts: std::sync::OnceLock<(Vec<Option<Value>>, Vec<u64>)>,
 }
 
 impl ChangeLog {
@@ -86,30 +89,90 @@ impl ChangeLog {
     /// type `ty`; with every key's text hashed ([`super::key_hash`]) when `hashed`: what a key
     /// index looks keys up by when they are not one integer or text column.
     pub fn key_probe(&self, ty: &ColumnType, hashed: bool) -> KeyProbe {
-        probe_of(self.key_texts.iter().map(|k| &**k), ty, hashed)
+        self.probe_of(0..self.key_texts.len(), ty, hashed)
     }
 
-    /// The same, one probe per key slice of `of` ([`super::slice_of_key_text`]): probe `i`
-    /// holds the changed keys of slice `i`, those a file tagged with that slice
-    /// ([`super::SliceTag`]) can hold; `None` where no changed key falls into the slice.
+    /// The same, one probe per key slice of `of` ([`super::slice_of`]): probe `i` holds the
+    /// changed keys of slice `i`, those a file tagged with that slice ([`super::SliceTag`])
+    /// can hold; `None` where no changed key falls into the slice.
     pub fn key_probes_by_slice(
         &self,
         of: u32,
         ty: &ColumnType,
         hashed: bool,
     ) -> Vec<Option<KeyProbe>> {
-        let mut parts: Vec<Vec<&str>> = vec![Vec::new(); of.max(1) as usize];
-        for k in &self.key_texts {
-            match super::slice_of_key_text(k, of) {
-                Some(i) => parts[i as usize].push(k),
-                // Never for a text we printed; in every slice, to be safe.
-                None => parts.iter_mut().for_each(|p| p.push(k)),
+        let mut parts: Vec<Vec<usize>> = vec![Vec::new(); of.max(1) as usize];
+        for (id, slice) in self.key_slices(of).into_iter().enumerate() {
+            match slice {
+                Some(s) => parts[s as usize].push(id),
+                // Not reached (every stored batch has the key columns); in every slice then.
+                None => parts.iter_mut().for_each(|p| p.push(id)),
             }
         }
         parts
             .into_iter()
-            .map(|p| (!p.is_empty()).then(|| probe_of(p.into_iter(), ty, hashed)))
+            .map(|ids| (!ids.is_empty()).then(|| self.probe_of(ids.into_iter(), ty, hashed)))
             .collect()
+    }
+
+    /// The slice of `of` of each changed key, by key id: [`super::slice_of`] over the key
+    /// columns of its first row, in the layout's types (the slice is the same in the types a
+    /// file decoded them as, see [`super::slice`]).
+    fn key_slices(&self, of: u32) -> Vec<Option<u32>> {
+        let mut slices = vec![None; self.key_texts.len()];
+        let mut columns: Vec<Option<Vec<ArrayRef>>> = vec![None; self.stored.len()];
+        let mut last = None;
+        for c in &self.changes {
+            if last == Some(c.key) {
+                continue;
+            }
+            last = Some(c.key);
+            let f = self.parts(c)[0];
+            let batch = f.batch as usize;
+            let keys = columns[batch].get_or_insert_with(|| {
+                self.key_cols
+                    .iter()
+                    .filter_map(|&col| self.stored[batch].arrays[col].clone())
+                    .collect()
+            });
+            if keys.len() == self.key_cols.len() {
+                slices[c.key as usize] = Some(super::slice_of(keys, f.row as usize, of));
+            }
+        }
+        slices
+    }
+
+    /// A probe of the keys `ids`: their first column's values (for min/max pruning and
+    /// by-value lookups), and their texts' hashes when `hashed`.
+    fn probe_of(
+        &self,
+        ids: impl Iterator<Item = usize> + Clone,
+        ty: &ColumnType,
+        hashed: bool,
+    ) -> KeyProbe {
+        let (first, hashes) = self.probe_parts.get_or_init(|| {
+            let first = self
+                .key_texts
+                .iter()
+                .map(|k| match single_int(k) {
+                    Some(i) => Some(Value::from(i)),
+                    None => match serde_json::from_str::<Value>(k) {
+                        Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
+                        _ => None,
+                    },
+                })
+                .collect();
+            let hashes = self.key_texts.iter().map(|k| super::key_hash(k)).collect();
+            (first, hashes)
+        });
+        let probe = KeyProbe::new(ids.clone().filter_map(|i| first[i].clone()).collect(), ty);
+        if !hashed {
+            return probe;
+        }
+        let mut h: Vec<u64> = ids.map(|i| hashes[i]).collect();
+        h.sort_unstable();
+        h.dedup();
+        probe.with_key_hashes(h)
     }
 
     pub(crate) fn parts(&self, c: &Change) -> &[Frag] {
@@ -289,33 +352,6 @@ impl ChangeLog {
 
 /// The integer of a one-integer key text (`[42]`, canonical JSON), without a JSON parse: the
 /// common key, looked up once per window key. Anything else is `None` (parsed as JSON).
-/// A probe of the keys `texts`: their first column's values as canonical JSON (for min/max
-/// pruning and by-value lookups), and their whole texts hashed when `hashed`.
-fn probe_of<'a>(
-    texts: impl Iterator<Item = &'a str> + Clone,
-    ty: &ColumnType,
-    hashed: bool,
-) -> KeyProbe {
-    let first = texts
-        .clone()
-        .filter_map(|k| match single_int(k) {
-            Some(i) => Some(Value::from(i)),
-            None => match serde_json::from_str::<Value>(k) {
-                Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
-                _ => None,
-            },
-        })
-        .collect();
-    let probe = KeyProbe::new(first, ty);
-    if !hashed {
-        return probe;
-    }
-    let mut h: Vec<u64> = texts.map(super::key_hash).collect();
-    h.sort_unstable();
-    h.dedup();
-    probe.with_key_hashes(h)
-}
-
 fn single_int(key: &str) -> Option<i64> {
     key.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }

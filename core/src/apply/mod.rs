@@ -29,7 +29,7 @@ pub use change_log::ChangeLog;
 pub use key_text::key_hash;
 pub(crate) use key_text::key_text_into;
 pub use layout::Layout;
-pub use slice::{SliceTag, slice_of, slice_of_key_text};
+pub use slice::{SliceTag, slice_of};
 pub use window::{PushOutcome, Window, later_rows};
 
 /// How change events become Delta rows.

@@ -79,46 +79,40 @@ fn feed_value(h: &mut u64, v: &Value) {
     }
 }
 
-/// The slice of a key given by its key text ([`super::key_text_into`]: the key's values in
-/// the layout's types, as canonical JSON): what [`slice_of`] gives the row it was printed
-/// from. `None` for a text that is not a key's (never printed by us).
-pub fn slice_of_key_text(text: &str, of: u32) -> Option<u32> {
-    let values: Vec<Value> = serde_json::from_str(text).ok()?;
-    if of <= 1 || values.iter().any(Value::is_null) {
-        return Some(0);
-    }
-    let mut h = FNV_OFFSET;
-    for v in &values {
-        feed_value(&mut h, v);
-        feed(&mut h, b"|");
-    }
-    Some((h % u64::from(of)) as u32)
-}
-
 /// The Delta file tag ([`SliceTag::NAME`]) on a data file written by one slice of a sliced
 /// interval and holding only that slice's keys: a warm step then looks a file up by the
 /// window's keys of its slice alone, and skips it when the window has none. A file another
-/// writer rewrites loses the tag, and is looked up by every key again.
+/// writer rewrites loses the tag, and is looked up by every key again; the tag names its own
+/// file, so one copied onto another file (a compaction keeping its inputs' tags) is ignored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SliceTag {
     /// The key columns the slice was taken over, in key order.
     pub key: Vec<String>,
     pub index: u32,
     pub of: u32,
+    /// The file's path in the table, as its add action has it.
+    pub file: String,
 }
 
 impl SliceTag {
     pub const NAME: &'static str = "crdb_delta.keySlice";
 
-    /// For a file of slice `index` of `of` of a table keyed by `key` of `types`; `None` where
+    /// For `file`, of slice `index` of `of` of a table keyed by `key` of `types`; `None` where
     /// a key column's type is not one whose slice is the same before and after the window
     /// converts it (the window slices rows as decoded, a lookup slices keys converted):
     /// integers and text (UUIDs and ENUMs included).
-    pub fn new(key: &[String], types: &[ColumnType], index: u32, of: u32) -> Option<Self> {
+    pub fn new(
+        key: &[String],
+        types: &[ColumnType],
+        index: u32,
+        of: u32,
+        file: &str,
+    ) -> Option<Self> {
         (of > 1 && !key.is_empty() && Self::stable(types)).then(|| Self {
             key: key.to_vec(),
             index,
             of,
+            file: file.to_owned(),
         })
     }
 
@@ -133,10 +127,13 @@ impl SliceTag {
         serde_json::to_string(self).expect("a tag serialises")
     }
 
-    /// From a file's tags, when it has a well-formed one.
-    pub fn from_tags(tags: &std::collections::HashMap<String, Option<String>>) -> Option<Self> {
+    /// From the tags of the file at `path`, when it has a well-formed one naming that file.
+    pub fn from_tags(
+        tags: &std::collections::HashMap<String, Option<String>>,
+        path: &str,
+    ) -> Option<Self> {
         let t: Self = serde_json::from_str(tags.get(Self::NAME)?.as_deref()?).ok()?;
-        (t.of > 1 && t.index < t.of).then_some(t)
+        (t.of > 1 && t.index < t.of && t.file == path).then_some(t)
     }
 
     /// Whether it describes a file of a table keyed by `key` of `types` now.
@@ -212,90 +209,36 @@ mod tests {
         assert_eq!(slice_of(&[text], 0, 1000), 776);
     }
 
-    /// A lookup slices a changed key by its text, the window sliced its rows by their arrays:
-    /// the two agree for every key type, so a file tagged with a slice holds no key a lookup
-    /// of that slice misses.
-    #[test]
-    fn a_key_text_falls_into_the_slice_of_the_row_it_was_printed_from() {
-        use arrow_array::{BooleanArray, Date32Array, Decimal128Array};
-        use proptest::prelude::*;
-        let texts = proptest::collection::vec(
-            prop_oneof![
-                any::<String>(),
-                any::<i64>().prop_map(|i| i.to_string()),
-                any::<f64>().prop_map(|f| format!("{f:.3}")),
-                Just("\"q\"\\\n\u{1}é".to_owned()),
-                Just("".to_owned()),
-            ],
-            1..40,
-        );
-        let columns = (
-            proptest::collection::vec(any::<i64>(), 40),
-            proptest::collection::vec(any::<i32>(), 40),
-            proptest::collection::vec(any::<f64>(), 40),
-            texts,
-            1u32..5000,
-        );
-        proptest!(|((ints, int32s, floats, texts, of) in columns)| {
-            let n = texts.len();
-            let keys: Vec<Vec<ArrayRef>> = vec![
-                vec![Arc::new(Int64Array::from(ints[..n].to_vec()))],
-                vec![Arc::new(Int32Array::from(int32s[..n].to_vec()))],
-                vec![Arc::new(StringArray::from(texts.clone()))],
-                vec![Arc::new(Float64Array::from(floats[..n].to_vec()))],
-                vec![Arc::new(BooleanArray::from(ints[..n].iter().map(|i| i % 2 == 0).collect::<Vec<_>>()))],
-                vec![Arc::new(Date32Array::from(int32s[..n].iter().map(|d| d % 1_000_000).collect::<Vec<_>>()))],
-                vec![Arc::new(Decimal128Array::from(ints[..n].iter().map(|&i| i128::from(i)).collect::<Vec<_>>()).with_precision_and_scale(38, 4).unwrap())],
-                // A REGIONAL BY ROW key: region text, then an integer.
-                vec![
-                    Arc::new(StringArray::from(texts.clone())),
-                    Arc::new(Int64Array::from(ints[..n].to_vec())),
-                ],
-            ];
-            let mut text = String::new();
-            for columns in &keys {
-                for r in 0..n {
-                    super::super::key_text_into(columns, r, &mut text).unwrap();
-                    prop_assert_eq!(
-                        slice_of_key_text(&text, of),
-                        Some(slice_of(columns, r, of)),
-                        "{} of {}", text, of
-                    );
-                }
-            }
-        });
-    }
-
     #[test]
     fn a_slice_tag_reads_back_and_holds_only_for_its_key() {
+        use std::collections::HashMap;
         let key = vec!["crdb_region".to_owned(), "id".to_owned()];
         let types = [ColumnType::Text, ColumnType::Int64];
-        let tag = SliceTag::new(&key, &types, 3, 18).unwrap();
-        let tags =
-            std::collections::HashMap::from([(SliceTag::NAME.to_owned(), Some(tag.value()))]);
-        let back = SliceTag::from_tags(&tags).unwrap();
+        let tag = SliceTag::new(&key, &types, 3, 18, "part-1.parquet").unwrap();
+        let tags = HashMap::from([(SliceTag::NAME.to_owned(), Some(tag.value()))]);
+        let back = SliceTag::from_tags(&tags, "part-1.parquet").unwrap();
         assert_eq!(back, tag);
+        assert_eq!(
+            SliceTag::from_tags(&tags, "part-2.parquet"),
+            None,
+            "on another file"
+        );
         assert!(back.holds_for(&key, &types));
         assert!(!back.holds_for(&key[1..], &types[1..]), "another key");
         assert!(!back.holds_for(&key, &[ColumnType::Text, ColumnType::Timestamp]));
         // Types whose converted text may slice apart from their decoded form: no tag.
-        assert_eq!(
-            SliceTag::new(&key, &[ColumnType::Text, ColumnType::Float64], 0, 2),
-            None
-        );
-        assert_eq!(
-            SliceTag::new(&key, &types, 0, 1),
-            None,
-            "one slice: nothing to tell"
-        );
-        let bad = |v: &str| {
-            SliceTag::from_tags(&std::collections::HashMap::from([(
-                SliceTag::NAME.to_owned(),
-                Some(v.to_owned()),
-            )]))
+        let float = [ColumnType::Text, ColumnType::Float64];
+        assert_eq!(SliceTag::new(&key, &float, 0, 2, "f"), None);
+        assert_eq!(SliceTag::new(&key, &types, 0, 1, "f"), None, "one slice");
+        let read = |v: &str| {
+            SliceTag::from_tags(
+                &HashMap::from([(SliceTag::NAME.to_owned(), Some(v.to_owned()))]),
+                "f",
+            )
         };
-        assert_eq!(bad(r#"{"key":["id"],"index":4,"of":4}"#), None);
-        assert_eq!(bad("3/18"), None);
+        assert!(read(r#"{"key":["id"],"index":3,"of":4,"file":"f"}"#).is_some());
+        assert_eq!(read(r#"{"key":["id"],"index":4,"of":4,"file":"f"}"#), None);
+        assert_eq!(read("3/18"), None);
     }
 
     #[test]
