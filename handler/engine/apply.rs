@@ -491,7 +491,7 @@ async fn write(
             layout.key_types().into(),
         );
         let probe = changes.probe_columns();
-        let candidates = delta::files(table, &first_key)
+        let mut candidates = delta::files(table, &first_key)
             .await
             .map_err(delta_err(&name))?;
         // Key indexes: learned from and used for a mode whose probe is the key columns alone
@@ -515,11 +515,6 @@ async fn write(
                 ));
         let log = changes.log();
         let keys = Arc::new(log.key_probe(&key_types.1[0], hashed));
-        // A file tagged with the key slice it holds is looked up by that slice's keys alone
-        // (a table loaded in slices: each key in one file instead of every file).
-        let sliced = SliceKeys::new(&candidates, &key_types.0, &key_types.1, |of| {
-            log.key_probes_by_slice(of, &key_types.1[0], hashed)
-        });
         // Looked up always; learned from the table's second step in this process on.
         let teach = index.clone().filter(|_| seen);
         pause("before-fetch").await;
@@ -528,15 +523,18 @@ async fn write(
         // instead of every later step probing each of them until a compaction.
         let small = |f: &FileEntry| u64::try_from(f.size).unwrap_or(0) < opts.rewrite_below;
         let rewrite_small = candidates.iter().filter(|f| small(f)).count() >= SMALL_FILES;
-        let candidates: Vec<FileEntry> = candidates
-            .into_iter()
-            .filter(|f| {
-                sliced
-                    .keys(f, &keys)
-                    .is_some_and(|k| k.may_hold(f.key_range.as_ref()))
-                    && !state.slice_files.contains(&f.path)
-            })
-            .collect();
+        // Files this interval's earlier slices wrote hold only their slices' keys.
+        candidates.retain(|f| !state.slice_files.contains(&f.path));
+        // A file tagged with the key slice it holds is looked up by that slice's keys alone
+        // (a table loaded in slices: each key in one file instead of every file).
+        let sliced = SliceKeys::new(&candidates, &key_types.0, &key_types.1, |of| {
+            log.key_probes_by_slice(of, &key_types.1[0], hashed)
+        });
+        candidates.retain(|f| {
+            sliced
+                .keys(f, &keys)
+                .is_some_and(|k| k.may_hold(f.key_range.as_ref()))
+        });
         state.report.table_files_sliced +=
             candidates.iter().filter(|f| sliced.tagged(f)).count() as u64;
         // Decided once per step: whether any change needs the old row's values.

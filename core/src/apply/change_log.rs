@@ -13,6 +13,7 @@ use super::key_text::key_text_into;
 use super::window::{Frag, Stored};
 use super::{ChangeError, Layout};
 use crate::format::batch::Op;
+use crate::format::canonical;
 use crate::format::column;
 use crate::format::hlc::Hlc;
 use crate::format::types::ColumnType;
@@ -52,9 +53,6 @@ pub struct ChangeLog {
     pub(crate) rows_read: u64,
     /// Integer key → key id (a single INT key column): the window's, or built on first use.
     pub(crate) int_keys: std::sync::OnceLock<foldhash::HashMap<i64, u32>>,
-    /// By key id, the key's first column as canonical JSON and its text's hash, built on
-    /// first use (see [`Self::key_probe`]).
-    pub(crate) probe_parts: std::sync::OnceLock<(Vec<Option<Value>>, Vec<u64>)>,
 }
 
 impl ChangeLog {
@@ -89,37 +87,33 @@ impl ChangeLog {
     /// type `ty`; with every key's text hashed ([`super::key_hash`]) when `hashed`: what a key
     /// index looks keys up by when they are not one integer or text column.
     pub fn key_probe(&self, ty: &ColumnType, hashed: bool) -> KeyProbe {
-        self.probe_of(0..self.key_texts.len(), ty, hashed)
+        let first = self
+            .key_texts
+            .iter()
+            .filter_map(|k| match single_int(k) {
+                Some(i) => Some(Value::from(i)),
+                None => match serde_json::from_str::<Value>(k) {
+                    Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
+                    _ => None,
+                },
+            })
+            .collect();
+        self.with_hashes(KeyProbe::new(first, ty), 0..self.key_texts.len(), hashed)
     }
 
     /// The same, one probe per key slice of `of` ([`super::slice_of`]): probe `i` holds the
     /// changed keys of slice `i`, those a file tagged with that slice ([`super::SliceTag`])
-    /// can hold; `None` where no changed key falls into the slice.
+    /// can hold; `None` where no changed key falls into the slice. Each key's slice and first
+    /// value come from the key columns of its first row, in the layout's types (a key's slice
+    /// is the same in the types a file decoded it as, see [`super::slice`]).
     pub fn key_probes_by_slice(
         &self,
         of: u32,
         ty: &ColumnType,
         hashed: bool,
     ) -> Vec<Option<KeyProbe>> {
-        let mut parts: Vec<Vec<usize>> = vec![Vec::new(); of.max(1) as usize];
-        for (id, slice) in self.key_slices(of).into_iter().enumerate() {
-            match slice {
-                Some(s) => parts[s as usize].push(id),
-                // Not reached (every stored batch has the key columns); in every slice then.
-                None => parts.iter_mut().for_each(|p| p.push(id)),
-            }
-        }
-        parts
-            .into_iter()
-            .map(|ids| (!ids.is_empty()).then(|| self.probe_of(ids.into_iter(), ty, hashed)))
-            .collect()
-    }
-
-    /// The slice of `of` of each changed key, by key id: [`super::slice_of`] over the key
-    /// columns of its first row, in the layout's types (the slice is the same in the types a
-    /// file decoded them as, see [`super::slice`]).
-    fn key_slices(&self, of: u32) -> Vec<Option<u32>> {
-        let mut slices = vec![None; self.key_texts.len()];
+        // Per slice: the first values and ids of its keys.
+        let mut parts: Vec<(Vec<Value>, Vec<usize>)> = vec![Default::default(); of.max(1) as usize];
         let mut columns: Vec<Option<Vec<ArrayRef>>> = vec![None; self.stored.len()];
         let mut last = None;
         for c in &self.changes {
@@ -128,48 +122,43 @@ impl ChangeLog {
             }
             last = Some(c.key);
             let f = self.parts(c)[0];
-            let batch = f.batch as usize;
+            let (batch, row) = (f.batch as usize, f.row as usize);
             let keys = columns[batch].get_or_insert_with(|| {
                 self.key_cols
                     .iter()
                     .filter_map(|&col| self.stored[batch].arrays[col].clone())
                     .collect()
             });
+            let id = c.key as usize;
             if keys.len() == self.key_cols.len() {
-                slices[c.key as usize] = Some(super::slice_of(keys, f.row as usize, of));
+                let (first, ids) = &mut parts[super::slice_of(keys, row, of) as usize];
+                first.push(canonical::value(keys[0].as_ref(), row));
+                ids.push(id);
+            } else {
+                // Not reached (every stored batch has the key columns); in every slice then.
+                return vec![Some(self.key_probe(ty, hashed)); parts.len()];
             }
         }
-        slices
+        parts
+            .into_iter()
+            .map(|(first, ids)| {
+                (!ids.is_empty())
+                    .then(|| self.with_hashes(KeyProbe::new(first, ty), ids.into_iter(), hashed))
+            })
+            .collect()
     }
 
-    /// A probe of the keys `ids`: their first column's values (for min/max pruning and
-    /// by-value lookups), and their texts' hashes when `hashed`.
-    fn probe_of(
+    /// `probe` with the text hashes of keys `ids` when `hashed`.
+    fn with_hashes(
         &self,
-        ids: impl Iterator<Item = usize> + Clone,
-        ty: &ColumnType,
+        probe: KeyProbe,
+        ids: impl Iterator<Item = usize>,
         hashed: bool,
     ) -> KeyProbe {
-        let (first, hashes) = self.probe_parts.get_or_init(|| {
-            let first = self
-                .key_texts
-                .iter()
-                .map(|k| match single_int(k) {
-                    Some(i) => Some(Value::from(i)),
-                    None => match serde_json::from_str::<Value>(k) {
-                        Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
-                        _ => None,
-                    },
-                })
-                .collect();
-            let hashes = self.key_texts.iter().map(|k| super::key_hash(k)).collect();
-            (first, hashes)
-        });
-        let probe = KeyProbe::new(ids.clone().filter_map(|i| first[i].clone()).collect(), ty);
         if !hashed {
             return probe;
         }
-        let mut h: Vec<u64> = ids.map(|i| hashes[i]).collect();
+        let mut h: Vec<u64> = ids.map(|i| super::key_hash(&self.key_texts[i])).collect();
         h.sort_unstable();
         h.dedup();
         probe.with_key_hashes(h)

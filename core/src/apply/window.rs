@@ -629,7 +629,6 @@ impl Window {
             duplicates,
             rows_read: self.rows_read,
             int_keys: self.int_keys.map(OnceLock::from).unwrap_or_default(),
-            probe_parts: OnceLock::new(),
         })
     }
 }
