@@ -563,7 +563,16 @@ async fn files_of_a_sliced_load_are_looked_up_by_their_slice_keys_in(sim: SimOpt
         sliced > 0 && indexed > 0 && with_dv > 0,
         "{label}: {sliced} {indexed} {with_dv}"
     );
-    // The load's files given deletion vectors kept their tags.
+    // The load's files given deletion vectors kept their tags, read back through a checkpoint.
+    let log = dir.path().join("delta/usertable/_delta_log");
+    assert!(
+        std::fs::read_dir(&log).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".checkpoint.parquet")),
+        "{label}: no checkpoint"
+    );
     let table = open().await;
     let now = delta::files(&table, "id").await.unwrap();
     let (mut kept, mut given_dv) = (0, 0);
