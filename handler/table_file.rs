@@ -305,7 +305,19 @@ impl TableFile {
         positions: &[u64],
         batch_size: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch, DeltaError>> + use<>, DeltaError> {
-        let (builder, bad) = self.reader(batch_size, Some("rows"))?;
+        self.rows_of(None, positions, batch_size)
+    }
+
+    /// [`Self::rows`] of the named columns only (all when `None`: the file must be fetched
+    /// whole); columns the file lacks are skipped.
+    pub fn rows_of(
+        &self,
+        columns: Option<&[String]>,
+        positions: &[u64],
+        batch_size: usize,
+    ) -> Result<impl Iterator<Item = Result<RecordBatch, DeltaError>> + use<>, DeltaError> {
+        let whole = columns.is_none().then_some("rows");
+        let (builder, bad) = self.reader(batch_size, whole)?;
         let total = builder.metadata().file_metadata().num_rows();
         let total = usize::try_from(total).map_err(|e| bad(e.to_string()))?;
         // Consecutive positions as one range each.
@@ -319,7 +331,7 @@ impl TableFile {
             }
         }
         let selection = RowSelection::from_consecutive_ranges(ranges.into_iter(), total);
-        let reader = builder
+        let reader = project(builder, columns)
             .with_row_selection(selection)
             .build()
             .map_err(|e| bad(e.to_string()))?;
@@ -335,19 +347,28 @@ impl TableFile {
     ) -> Result<impl Iterator<Item = Result<RecordBatch, DeltaError>> + use<>, DeltaError> {
         let whole = columns.is_none().then_some("every column");
         let (builder, bad) = self.reader(batch_size, whole)?;
-        let builder = match columns {
-            Some(cols) => {
-                let schema = builder.parquet_schema();
-                let idx: Vec<usize> = (0..schema.num_columns())
-                    .filter(|&i| cols.iter().any(|c| c == schema.column(i).name()))
-                    .collect();
-                let mask = ProjectionMask::leaves(schema, idx);
-                builder.with_projection(mask)
-            }
-            None => builder,
-        };
-        let reader = builder.build().map_err(|e| bad(e.to_string()))?;
+        let reader = project(builder, columns)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
         Ok(reader.map(move |b| b.map_err(|e| bad(e.to_string()))))
+    }
+}
+
+/// A reader of the named columns only (every column when `None`).
+fn project(
+    builder: ParquetRecordBatchReaderBuilder<Sparse>,
+    columns: Option<&[String]>,
+) -> ParquetRecordBatchReaderBuilder<Sparse> {
+    match columns {
+        Some(cols) => {
+            let schema = builder.parquet_schema();
+            let idx: Vec<usize> = (0..schema.num_columns())
+                .filter(|&i| cols.iter().any(|c| c == schema.column(i).name()))
+                .collect();
+            let mask = ProjectionMask::leaves(schema, idx);
+            builder.with_projection(mask)
+        }
+        None => builder,
     }
 }
 

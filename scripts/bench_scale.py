@@ -3,7 +3,7 @@
 
     scripts/bench_scale.py [--sizes 200000,2000000] [--changes 10000] [--resolveds 5]
                            [--modes update_delete,scd2] [--keys int|uuid|region] [--copies N]
-                           [--work target/bench-scale]
+                           [--diff] [--work target/bench-scale]
 
 `--sizes 2000000 --copies 10` gives the 20M-row table: the 2M-row feed scaled
 by `bench_common.replicate`.
@@ -11,7 +11,7 @@ by `bench_common.replicate`.
 For each table size it simulates a YCSB `usertable` (integer key, or random UUIDs with
 `--keys uuid`, or `(crdb_region, ycsb_key)` as a REGIONAL BY ROW table with `--keys region`;
 one short field) whose initial
-scan holds SIZE rows, followed by RESOLVEDS windows of CHANGES random-key changes each (90%
+scan holds SIZE rows (with `--diff`, a changefeed WITH diff: every change carries `before`), followed by RESOLVEDS windows of CHANGES random-key changes each (90%
 updates, 10% deletes). Then, per mode and storage, into a fresh target:
   1. `sync --until <first RESOLVED>` loads the initial scan;
   2. each later RESOLVED is applied by its own `sync --until <it>` (one commit per RESOLVED, in
@@ -95,14 +95,19 @@ def main() -> None:
     ap.add_argument("--keys", default="int", choices=["int", "uuid", "region"],
                     help="usertable's key: sequential INT8, random UUIDs (gen_random_uuid()), or "
                          "(crdb_region, ycsb_key) with three regions (REGIONAL BY ROW)")
+    ap.add_argument("--diff", action="store_true",
+                    help="the changefeed has `diff`: each change carries the row's `before` "
+                         "(scd2 ends a version from it instead of reading the row)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in [int(s) for s in a.sizes.split(",")]:
         feed = work / (f"usertable-{size}" if a.keys == "int" else f"usertable-{a.keys}-{size}")
+        feed = feed.with_name(feed.name + ("-diff" if a.diff else ""))
         simulate_usertable(a.bin, feed, size, a.resolveds + 1, a.changes,
                            "--mix", "0", "0.9", "0.1", "--file-size", str(64 << 20),
+                           *(["--diff"] if a.diff else []),
                            *{"int": [], "uuid": ["--uuid-keys"], "region": ["--region-keys"]}[a.keys])
         if a.copies > 1:
             feed = replicate(feed, a.copies)
@@ -110,7 +115,7 @@ def main() -> None:
         resolved = sorted(hlc_of(p.name) for p in (feed / "changefeed").rglob("*.RESOLVED"))
         for mode in a.modes.split(","):
             for storage in a.storages.split(","):
-                target = work / f"delta-{a.keys}-{size}-{mode}-{storage}"
+                target = work / f"delta-{a.keys}-{size}-{mode}-{storage}{'-diff' if a.diff else ''}"
                 subprocess.run(["rm", "-rf", str(target)], check=True)
                 base = [a.bin, "sync", "--source", str(feed / "changefeed"), "--target", str(target),
                         "--manifest", str(feed / "truth" / "manifest.json"), "--mode", mode,

@@ -148,7 +148,7 @@ pub(super) fn start(
     layout.primary_family = None;
     let layout =
         super::apply::with_primary_family(layout, &state.name, &files, &shared.objects, opts);
-    let dopts = super::apply::decode_options(&state.name, &layout, opts).ok()?;
+    let dopts = super::apply::decode_options(&state.name, state.mode, &layout, opts).ok()?;
     let carried = keeper
         .take()
         .map(|k| k.finish().take(start, &dopts.columns))

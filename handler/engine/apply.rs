@@ -55,7 +55,7 @@ pub(super) async fn apply_table(
     let (objects, source, opts) = (&shared.objects, &shared.source, &shared.opts);
     let layout = step_layout(state, files, objects, source, opts).await?;
     let before = layout.clone();
-    let dopts = decode_options(&state.name, &layout, opts)?;
+    let dopts = decode_options(&state.name, state.mode, &layout, opts)?;
     // Outside a sliced interval (also when another run finished it) this run's slice files
     // may hold keys a window changes.
     if state.progress.slices.is_none() {
@@ -398,6 +398,7 @@ fn type_locked(e: SyncError, table: &str, layout: &Layout, opts: &SyncOptions) -
 /// inferred.
 pub(super) fn decode_options(
     table: &str,
+    mode: Mode,
     layout: &Layout,
     opts: &SyncOptions,
 ) -> Result<DecodeOptions, SyncError> {
@@ -411,6 +412,8 @@ pub(super) fn decode_options(
         primary_key: Some(layout.key.clone()),
         max_line_bytes: opts.max_line_bytes,
         slice: None,
+        // scd2 ends a version from its change's `before` where the changefeed has `diff`.
+        before: mode == Mode::Scd2,
     })
 }
 
@@ -504,7 +507,10 @@ async fn write(
                 &candidates.iter().map(|f| f.path.as_str()).collect(),
             )
         });
-        let index = index.filter(|_| probe == layout.key);
+        let index = index.filter(|_| probe.starts_with(&layout.key));
+        // Probe columns beyond the key (scd2's end and start): read at the rows an index
+        // finds.
+        let extra: Arc<[String]> = probe[layout.key.len().min(probe.len())..].into();
         // Keys an index holds by their text's hash (several columns, or a type other than
         // integer or text) are looked up by the window's keys hashed alike.
         let hashed = index.is_some()
@@ -561,13 +567,14 @@ async fn write(
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let (table, probe) = (fetch_from.clone(), probe_shared.clone());
             let decode_ahead = one_pass(&f) && f.num_records.is_some_and(|n| n <= ahead_rows);
-            let (name, index, teach, keys, url, key_types) = (
+            let (name, index, teach, keys, url, key_types, extra) = (
                 name.clone(),
                 index.clone(),
                 teach.clone(),
                 sliced.keys(&f, &keys).unwrap_or_else(|| keys.clone()),
                 table_url.clone(),
                 key_types.clone(),
+                extra.clone(),
             );
             AbortOnDrop(tokio::spawn(async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
@@ -577,12 +584,23 @@ async fn write(
                 let known = index
                     .as_ref()
                     .and_then(|c| c.get(&url, &f.path, f.size))
-                    .filter(|k| k.is_of(&probe, &key_types.1));
+                    .filter(|k| k.is_of(&key_types.0, &key_types.1));
                 if let Some(found) = known.and_then(|k| k.lookup(&keys, &dv)) {
-                    let file = delta::TableFile::deferred(&table, &f.path)?;
-                    let decoded = found
-                        .map(|b| vec![b])
-                        .map_err(|e| change_err(&name)(ChangeError::Arrow(e)));
+                    let (file, decoded) = match found {
+                        Ok((keys, rows)) if !extra.is_empty() && !rows.is_empty() => {
+                            let file =
+                                delta::TableFile::fetch_columns(&table, &f.path, size, &extra)
+                                    .await?;
+                            let decoded = with_columns_at(&name, &file, keys, &rows, &extra, bs);
+                            (file, decoded.map(|b| vec![(b, rows)]))
+                        }
+                        found => (
+                            delta::TableFile::deferred(&table, &f.path)?,
+                            found
+                                .map(|b| vec![b])
+                                .map_err(|e| change_err(&name)(ChangeError::Arrow(e))),
+                        ),
+                    };
                     return Ok::<_, DeltaError>((f, dv, file, Some(decoded), true));
                 }
                 let file = delta::TableFile::fetch_columns(&table, &f.path, size, &probe).await?;
@@ -647,14 +665,33 @@ async fn write(
                         }))
                     }
                 };
+                // Rows the probe columns do not settle (scd2: a key whose change has no
+                // `before`), by position: merged below from their whole rows.
+                let mut unresolved: Vec<u64> = Vec::new();
                 for b in batches {
                     let (live, positions) = b?;
-                    let merged = changes.merge(&live, keep).map_err(change_err(&name))?;
+                    let merged = changes.merge_probed(&live).map_err(change_err(&name))?;
                     dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
+                    unresolved.extend(merged.unresolved.iter().map(|&r| positions[r as usize]));
                     writer.write(merged.batch).await.map_err(delta_err(&name))?;
                 }
                 if let Some(l) = learn {
                     learning.push(l.finish_aside());
+                }
+                if !unresolved.is_empty() {
+                    let probed = file.stored_bytes();
+                    match file.fetch_all(table).await {
+                        Ok(()) => {}
+                        Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path)),
+                        Err(e) => return Err(e.into()),
+                    }
+                    state.report.table_bytes_read += file.stored_bytes() - probed;
+                    let (merged_dv, batches) =
+                        merge_rows(&name, &f.path, &file, &unresolved, bs, changes)?;
+                    dv.extend(merged_dv);
+                    for b in batches {
+                        writer.write(b).await.map_err(delta_err(&name))?;
+                    }
                 }
                 // Nothing of this file superseded: no new deletion vector.
                 if dv.cardinality() != old_dv.cardinality() {
@@ -712,19 +749,10 @@ async fn write(
             } else {
                 // Merge-on-read keeps the changed rows only: those are all it decodes (each
                 // live, as the probe found them).
-                let mut at = 0usize;
-                for b in file.rows(&hits, bs)? {
-                    let b = b?;
-                    let positions =
-                        hits.get(at..at + b.num_rows())
-                            .ok_or_else(|| SyncError::Table {
-                                table: name.clone(),
-                                message: format!("{}: more rows read than asked", f.path),
-                            })?;
-                    at += b.num_rows();
-                    let merged = changes.merge(&b, keep).map_err(change_err(&name))?;
-                    dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
-                    writer.write(merged.batch).await.map_err(delta_err(&name))?;
+                let (superseded, batches) = merge_rows(&name, &f.path, &file, &hits, bs, changes)?;
+                dv.extend(superseded);
+                for b in batches {
+                    writer.write(b).await.map_err(delta_err(&name))?;
                 }
             }
             if dv.cardinality() == old_dv.cardinality() && !compact {
@@ -769,6 +797,81 @@ async fn write(
         removes,
         new_files,
     })
+}
+
+/// Merges a fetched table file at the given row positions (live rows, in file order) under
+/// [`Keep::Changed`]: the positions superseded, and the merged batches (one per batch of
+/// rows: as many rows as positions at most).
+fn merge_rows(
+    table: &str,
+    path: &str,
+    file: &delta::TableFile,
+    rows: &[u64],
+    batch_size: usize,
+    changes: &mut dyn ModeWriter,
+) -> Result<(Vec<u64>, Vec<arrow_array::RecordBatch>), SyncError> {
+    let mut superseded = Vec::new();
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for b in file.rows(rows, batch_size)? {
+        let b = b?;
+        let positions = rows
+            .get(at..at + b.num_rows())
+            .ok_or_else(|| SyncError::Table {
+                table: table.to_owned(),
+                message: format!("{path}: more rows read than asked"),
+            })?;
+        at += b.num_rows();
+        let merged = changes
+            .merge(&b, Keep::Changed)
+            .map_err(change_err(table))?;
+        superseded.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
+        out.push(merged.batch);
+    }
+    Ok((superseded, out))
+}
+
+/// The key columns an index found at `rows`, joined by the file's `columns` at those rows (the
+/// file fetched with them): the probe columns of the rows, as a probe decodes them.
+fn with_columns_at(
+    table: &str,
+    file: &delta::TableFile,
+    keys: arrow_array::RecordBatch,
+    rows: &[u64],
+    columns: &[String],
+    batch_size: usize,
+) -> Result<arrow_array::RecordBatch, SyncError> {
+    let read = file
+        .rows_of(Some(columns), rows, batch_size)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let arrow = |e| change_err(table)(ChangeError::Arrow(e));
+    let extra = match read.first() {
+        Some(first) => {
+            deltalake_core::arrow::compute::concat_batches(&first.schema(), &read).map_err(arrow)?
+        }
+        None => return Ok(keys),
+    };
+    if extra.num_rows() != keys.num_rows() {
+        return Err(SyncError::Table {
+            table: table.to_owned(),
+            message: format!(
+                "{} rows read at {} positions of an indexed file",
+                extra.num_rows(),
+                keys.num_rows()
+            ),
+        });
+    }
+    let schema = arrow_schema::Schema::new(
+        keys.schema()
+            .fields()
+            .iter()
+            .chain(extra.schema().fields())
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let mut cols = keys.columns().to_vec();
+    cols.extend(extra.columns().iter().cloned());
+    arrow_array::RecordBatch::try_new(Arc::new(schema), cols).map_err(arrow)
 }
 
 /// A table file's probe columns, decoded: each batch's rows its deletion vector does not hide,
@@ -825,9 +928,16 @@ impl Learn {
         }
     }
 
-    /// A batch of the file's key columns, in file order.
+    /// A batch of the file's key columns (others it holds are dropped), in file order.
     fn add(&mut self, batch: &arrow_array::RecordBatch) {
-        self.batches.push(batch.clone());
+        let schema = batch.schema();
+        let key: Vec<usize> = self
+            .key
+            .iter()
+            .filter_map(|k| schema.index_of(k).ok())
+            .collect();
+        self.batches
+            .push(batch.project(&key).unwrap_or_else(|_| batch.clone()));
     }
 
     /// Builds and keeps the index (on a blocking thread: it sorts or parses every key). One
@@ -963,6 +1073,7 @@ fn account(
     r.inserted += counts.inserted;
     r.updated += counts.updated;
     r.deleted += counts.deleted;
+    r.versions_ended_from_before += counts.ended_from_before;
     r.duplicates += log.duplicates() as u64;
     r.seconds += started.elapsed().as_secs_f64();
 }

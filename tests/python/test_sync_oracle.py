@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from deltalake import DeltaTable
 import oracle as o
 
 TABLES = "usertable,orders,kitchen_sink"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def run(bin_path: Path, *args: str, env: dict | None = None, check: bool = True):
@@ -166,6 +168,41 @@ def test_sync_matches_ground_truth(crdb_delta_bin, tmp_path, fmt, mode, storage)
         assert (p.min_reader_version, p.min_writer_version) == (1, 2), p
         assert (k.min_reader_version, k.min_writer_version) == (3, 7), k
         assert k.reader_features == ["timestampNtz"] and k.writer_features == ["timestampNtz"], k
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+@pytest.mark.parametrize("storage", ["deletion_vectors", "copy_on_write"])
+def test_scd2_ends_versions_from_the_changes_before(crdb_delta_bin, tmp_path, fmt, storage):
+    """A changefeed WITH diff: scd2 ends a version from its change's `before`, reading only the
+    key, end and start columns of the table's row. Changes without one (the schema changes'
+    backfills here, as CockroachDB scans them) and column families (a `before` of one family)
+    have their rows read whole. Either way the table equals the truth. Copy-on-write reads
+    every touched row anyway and takes nothing from `before`."""
+    root = simulate(crdb_delta_bin, tmp_path, fmt, 6, "--diff")
+    # One step per RESOLVED; no small-file compaction, so touched files get deletion vectors.
+    report = json.loads(sync(crdb_delta_bin, root, "scd2", "--commit-each-resolved",
+                             "--rewrite-files-below", "0", "--storage", storage).stdout)
+    check_final(root, "scd2")
+    ended = {t: (r["versions_ended_from_before"], r["updated"]) for t, r in report["tables"].items()}
+    if storage == "copy_on_write":
+        assert all(n == 0 for n, _ in ended.values()), ended
+    else:
+        # usertable's schema changes backfill every row (before: null): those are read whole.
+        assert 0 < ended["usertable"][0] < ended["usertable"][1], ended
+        assert 0 < ended["kitchen_sink"][0] <= ended["kitchen_sink"][1], ended
+        assert ended["orders"][0] <= ended["orders"][1], ended
+        # From a process's second step on, rows are found through the key index, and their
+        # end and start read at those rows only.
+        assert all(r["table_files_indexed"] > 0 for r in report["tables"].values()), report
+    # An ended version keeps its start: `__crdb_start_at` is its start HLC's wall time.
+    for r in o.read_table(str(root / "delta" / "usertable")):
+        for hlc, at in [("__crdb_start_hlc", "__crdb_start_at"), ("__crdb_end_hlc", "__crdb_end_at")]:
+            if r[hlc] is None:
+                assert r[at] is None, r
+            else:
+                wall_us = int(r[hlc].split(".")[0]) // 1000
+                at_us = (datetime.fromisoformat(r[at].replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
+                assert at_us == wall_us, r
 
 
 def test_second_run_writes_nothing_and_new_data_continues(crdb_delta_bin, tmp_path):

@@ -41,6 +41,8 @@ pub struct ChangeLog {
     pub(crate) key_cols: Vec<usize>,
     pub(crate) stored: Vec<Stored>,
     pub(crate) frags: Vec<Frag>,
+    /// The changes' `before` rows ([`Op::Before`]), sorted by (key, HLC, family).
+    pub(crate) befores: Vec<Frag>,
     pub(crate) changes: Vec<Change>,
     /// Key id → key text, ids in key order.
     pub(crate) key_texts: Vec<Arc<str>>,
@@ -201,6 +203,36 @@ impl ChangeLog {
             }
         }
         self.set_key(c, image);
+    }
+
+    /// Whether any change carries its `before` (a `diff` changefeed decoded for scd2).
+    pub(crate) fn has_befores(&self) -> bool {
+        !self.befores.is_empty()
+    }
+
+    /// The row as it was before change `c`, from the change's `before` fragments: its families'
+    /// columns (NULL for a column the file does not have, as [`Self::apply`] sets them) and the
+    /// key. `None` unless every column outside the key is set: a change without `before` (no
+    /// `diff`, an insert, a first sight), or one whose fragments do not cover every family.
+    pub(crate) fn before_image(&self, c: &Change) -> Option<Vec<Slot>> {
+        let at = self
+            .befores
+            .partition_point(|f| (f.key, f.updated) < (c.key, c.updated));
+        let mut image: Vec<Option<Slot>> = vec![None; self.layout.columns.len()];
+        for f in self.befores[at..]
+            .iter()
+            .take_while(|f| (f.key, f.updated) == (c.key, c.updated))
+        {
+            let s = &self.stored[f.batch as usize];
+            for &col in &self.family_cols[f.family as usize] {
+                image[col] = Some(match &s.arrays[col] {
+                    Some(_) => (1 + f.batch as usize, f.row as usize),
+                    None => NULL,
+                });
+            }
+        }
+        self.set_key(c, &mut image);
+        image.into_iter().collect()
     }
 
     /// Sets the key columns only (what a delete carries).

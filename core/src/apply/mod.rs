@@ -149,6 +149,9 @@ pub struct Counts {
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
+    /// scd2: versions ended from their change's `before` (`diff`), their rows not read.
+    #[serde(default)]
+    pub ended_from_before: u64,
 }
 
 /// What a table batch becomes once the window is applied to it.
@@ -169,6 +172,9 @@ pub struct Merged {
     pub batch: RecordBatch,
     /// Rows of the table batch (by position) that the window updated, deleted or closed.
     pub superseded: Vec<u32>,
+    /// Rows of a batch of probe columns ([`ModeWriter::merge_probed`]) that need the row's
+    /// other values: merged again once read whole (neither superseded nor written here).
+    pub unresolved: Vec<u32>,
 }
 
 /// What a mode writes for one window. The engine asks, per table file, whether the window
@@ -191,6 +197,13 @@ pub trait ModeWriter: Send {
     fn hits(&self, table: &RecordBatch) -> Result<Vec<u32>, ChangeError>;
     /// A table batch with the window applied (see [`Keep`]).
     fn merge(&mut self, table: &RecordBatch, keep: Keep) -> Result<Merged, ChangeError>;
+    /// [`ModeWriter::merge`] under [`Keep::Changed`] of a batch holding only the
+    /// [`ModeWriter::probe_columns`] (when [`ModeWriter::needs_table_values`] is false). Rows it
+    /// cannot merge from those are returned [`Merged::unresolved`], to be merged again with
+    /// their whole rows.
+    fn merge_probed(&mut self, probe: &RecordBatch) -> Result<Merged, ChangeError> {
+        self.merge(probe, Keep::Changed)
+    }
     /// The next batch of new rows (after every table batch was merged): every change
     /// (append_only), rows of keys the table did not have (update_delete), new versions (scd2);
     /// `None` when done. Built one at a time so the output never exists whole in memory.

@@ -61,6 +61,17 @@ pub fn later_rows(batch: &RecordBatch, after: Hlc) -> Result<Option<RecordBatch>
     }
 }
 
+/// Which rows of a change batch hold a change's `before` ([`Op::Before`]); `None` when none do
+/// (every operation code is one byte, so a batch without a `b` byte has none).
+fn before_rows(batch: &RecordBatch) -> Option<Vec<bool>> {
+    let ops = batch.column_by_name(batch::OP)?.as_string_opt::<i32>()?;
+    let code = Op::Before.code().as_bytes()[0];
+    if !ops.values().contains(&code) {
+        return None;
+    }
+    Some(ops.iter().map(|o| o == Some(Op::Before.code())).collect())
+}
+
 /// Each stored batch's key column as a `T`, when the key is one column of that array type.
 fn single_key<'a, T>(
     key_arrays: &'a [Vec<ArrayRef>],
@@ -242,11 +253,14 @@ impl Window {
         family: Option<&str>,
         file: &str,
     ) -> Result<PushOutcome, ChangeError> {
-        self.rows_read += batch.num_rows() as u64;
         let invalid = |message: String| ChangeError::Invalid {
             file: file.to_owned(),
             message,
         };
+        // Rows holding a change's `before` ([`Op::Before`]) are not changes: not counted.
+        let is_before = before_rows(&batch);
+        let counted = |r: usize| is_before.as_ref().is_none_or(|b| !b[r]);
+        self.rows_read += (0..batch.num_rows()).filter(|&r| counted(r)).count() as u64;
         let updated = batch
             .column_by_name(batch::UPDATED)
             .ok_or_else(|| invalid("no `updated` column".into()))?
@@ -258,19 +272,22 @@ impl Window {
         let mut out = PushOutcome::default();
         let mask: BooleanArray = updated
             .iter()
-            .map(|u| {
+            .enumerate()
+            .map(|(r, u)| {
                 let u = u.unwrap_or(i128::MIN);
-                if u > hi {
-                    out.later += 1;
+                let inside = lo.is_none_or(|lo| u > lo) && u <= hi;
+                if counted(r) {
+                    out.later += usize::from(u > hi);
+                    out.taken += usize::from(inside);
                 }
-                Some(lo.is_none_or(|lo| u > lo) && u <= hi)
+                Some(inside)
             })
             .collect();
-        out.taken = mask.true_count();
-        if out.taken == 0 {
+        let inside = mask.true_count();
+        if inside == 0 {
             return Ok(out);
         }
-        let batch = if out.taken == batch.num_rows() {
+        let batch = if inside == batch.num_rows() {
             batch
         } else {
             filter_record_batch(&batch, &mask)?
@@ -335,7 +352,12 @@ impl Window {
                     .map(|r| Some(super::slice_of(&keys, r, of) == index))
                     .collect();
                 let kept = mask.true_count();
-                out.taken = kept;
+                let ops = batch
+                    .column_by_name(batch::OP)
+                    .map(|o| o.as_string::<i32>());
+                out.taken = (0..batch.num_rows())
+                    .filter(|&r| mask.value(r) && ops.is_none_or(|o| o.value(r) != "b"))
+                    .count();
                 if kept == 0 {
                     return Ok(out);
                 }
@@ -347,7 +369,7 @@ impl Window {
             }
             None => batch,
         };
-        self.rows_kept += batch.num_rows() as u64;
+        self.rows_kept += out.taken as u64;
         let ops = batch
             .column_by_name(batch::OP)
             .ok_or_else(|| invalid("no operation column".into()))?
@@ -522,6 +544,14 @@ impl Window {
             s.arrays = arrays;
         }
         self.assign_keys()?;
+        // A change's `before` rows stand aside, in the changes' order, one per (key, HLC,
+        // family) as the changes' own fragments are.
+        let mut befores: Vec<Frag> = Vec::new();
+        if self.frags.iter().any(|f| f.op == Op::Before) {
+            (befores, self.frags) = self.frags.iter().partition(|f| f.op == Op::Before);
+            befores.sort_unstable_by_key(|f| (f.key, f.updated, f.family, f.batch, f.row));
+            befores.dedup_by(|b, a| (a.key, a.updated, a.family) == (b.key, b.updated, b.family));
+        }
         // Key ids are in key order: the fragments sort on integers (a fragment's batch and row
         // make every tuple distinct).
         self.frags
@@ -620,6 +650,7 @@ impl Window {
             key_cols,
             stored: self.stored,
             frags: self.frags,
+            befores,
             changes,
             text_keys: self.text_keys.map(OnceLock::from).unwrap_or_default(),
             key_texts: self.key_texts,

@@ -13,7 +13,8 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use crate::format::hlc::{HLC_DECIMAL_PRECISION, HLC_DECIMAL_SCALE, Hlc};
 
 /// `c`, `u` or `d`, as Parquet's `__crdb__event_type` (JSON: `d` when `after` is null, `u` when
-/// a non-null `before` is present, `c` otherwise).
+/// a non-null `before` is present, `c` otherwise); `b` for a row holding a change's `before`
+/// ([`Op::Before`]).
 pub const OP: &str = "__crdb_op";
 /// The event's HLC (`updated`) as `DECIMAL(38,10)`: orders exactly like the HLC.
 pub const UPDATED: &str = "__crdb_updated";
@@ -58,6 +59,11 @@ pub enum Op {
     Update,
     #[serde(rename = "d")]
     Delete,
+    /// Not a change: the row's value before the change of the same key and HLC (the `diff`
+    /// option's `before`), emitted only under [`crate::format::decode::DecodeOptions::before`].
+    /// scd2 closes a version from it instead of reading the table's row.
+    #[serde(rename = "b")]
+    Before,
 }
 
 impl Op {
@@ -66,6 +72,7 @@ impl Op {
             Self::Create => "c",
             Self::Update => "u",
             Self::Delete => "d",
+            Self::Before => "b",
         }
     }
 
@@ -74,6 +81,7 @@ impl Op {
             "c" => Some(Self::Create),
             "u" => Some(Self::Update),
             "d" => Some(Self::Delete),
+            "b" => Some(Self::Before),
             _ => None,
         }
     }

@@ -144,6 +144,21 @@ pub struct Message {
     pub backfill: bool,
 }
 
+/// A JSON object of members in the given order, spaced as CockroachDB writes it.
+fn render(fields: &[(&str, String)]) -> String {
+    let mut s = String::from("{");
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        values::write_json_string(&mut s, k);
+        s.push_str(": ");
+        s.push_str(v);
+    }
+    s.push('}');
+    s
+}
+
 impl Message {
     pub fn op_is_delete(&self) -> bool {
         self.op == Op::Delete
@@ -164,10 +179,31 @@ impl Message {
             + 60
     }
 
+    /// The `before` object's JSON text (`diff`), as the NDJSON `before` member and Parquet's
+    /// `__crdb__before` hold it: `None` for no previous row.
+    pub fn before_json(&self) -> Option<String> {
+        self.before.as_ref().map(|b| render(&self.fields(b)))
+    }
+
+    /// `row`'s values in this message's family as JSON members, sorted by name (§3.4).
+    fn fields(&self, row: &[Datum]) -> Vec<(&str, String)> {
+        let t = &self.table;
+        let mut fields: Vec<(&str, String)> = t
+            .family_columns(&self.family, !t.has_families())
+            .iter()
+            .map(|&c| {
+                let mut v = String::new();
+                row[c].write_crdb_json(&t.columns[c].sql, &mut v);
+                (t.columns[c].name.as_str(), v)
+            })
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        fields
+    }
+
     /// The NDJSON line, byte for byte as CockroachDB writes it (format spec §3).
     pub fn json_line(&self, opts: &SimOptions) -> String {
         let t = &self.table;
-        let cols = t.family_columns(&self.family, !t.has_families());
         let mut key = String::from("[");
         for (i, k) in t.key_indices().iter().enumerate() {
             if i > 0 {
@@ -176,47 +212,17 @@ impl Message {
             self.row[*k].write_crdb_json(&t.columns[*k].sql, &mut key);
         }
         key.push(']');
-        let object = |row: &[Datum]| {
-            let mut fields: Vec<(&str, String)> = cols
-                .iter()
-                .map(|&c| {
-                    let mut v = String::new();
-                    row[c].write_crdb_json(&t.columns[c].sql, &mut v);
-                    (t.columns[c].name.as_str(), v)
-                })
-                .collect();
-            fields.sort_by(|a, b| a.0.cmp(b.0));
-            fields
-        };
-        let render = |fields: &[(&str, String)]| {
-            let mut s = String::from("{");
-            for (i, (k, v)) in fields.iter().enumerate() {
-                if i > 0 {
-                    s.push_str(", ");
-                }
-                values::write_json_string(&mut s, k);
-                s.push_str(": ");
-                s.push_str(v);
-            }
-            s.push('}');
-            s
-        };
         let mut top: Vec<(&str, String)> = Vec::new();
         match opts.envelope {
             Envelope::Wrapped => {
                 let after = if self.op == Op::Delete {
                     "null".to_owned()
                 } else {
-                    render(&object(&self.row))
+                    render(&self.fields(&self.row))
                 };
                 top.push(("after", after));
                 if opts.diff {
-                    top.push((
-                        "before",
-                        self.before
-                            .as_ref()
-                            .map_or("null".to_owned(), |b| render(&object(b))),
-                    ));
+                    top.push(("before", self.before_json().unwrap_or("null".to_owned())));
                 }
                 top.push(("key", key));
                 if opts.mvcc_timestamp {
@@ -247,7 +253,7 @@ impl Message {
                     meta.push(("mvcc_timestamp", format!("\"{}\"", self.mvcc)));
                 }
                 meta.push(("updated", format!("\"{}\"", self.updated)));
-                let fields = object(&row);
+                let fields = self.fields(&row);
                 let meta_text = render(&meta);
                 top = fields;
                 top.push(("__crdb__", meta_text));

@@ -212,6 +212,15 @@ pub fn encode(
     if opts.mvcc_timestamp {
         fields.push(leaf("__crdb__mvcc_timestamp", &text, Repetition::OPTIONAL)?);
     }
+    // The previous row as a JSONB object (`diff`), NULL for none: written last, as
+    // CockroachDB's `populateDatums` does.
+    if opts.diff {
+        fields.push(leaf(
+            "__crdb__before",
+            &SqlType::Jsonb,
+            Repetition::OPTIONAL,
+        )?);
+    }
     let schema = Arc::new(
         Type::group_type_builder("schema")
             .with_fields(fields)
@@ -264,6 +273,14 @@ pub fn encode(
         leaves.push(meta(&|m| m.updated.to_string()));
         if opts.mvcc_timestamp {
             leaves.push(meta(&|m| m.mvcc.to_string()));
+        }
+        if opts.diff {
+            leaves.push(column_data(
+                &SqlType::Jsonb,
+                group
+                    .iter()
+                    .map(|m| m.before_json().map_or(Datum::Null, Datum::Json)),
+            ));
         }
         for data in leaves {
             let mut col = rg.next_column()?.expect("a writer per leaf");

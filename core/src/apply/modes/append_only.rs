@@ -134,6 +134,7 @@ impl ModeWriter for AppendOnly {
         Ok(Merged {
             batch,
             superseded: Vec::new(),
+            unresolved: Vec::new(),
         })
     }
 

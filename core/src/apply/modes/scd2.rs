@@ -3,6 +3,11 @@
 //! The open version of each changed key is ended at the key's first change in the window, and
 //! becomes the base of the key's new versions (columns a change does not carry keep the base's
 //! values); each change opens a version, ended by the next one; a delete ends the last.
+//!
+//! Ending a version writes it again whole. Its values come from the table row, or, when the
+//! changefeed has `diff`, from the first change's `before` (the row as CockroachDB had it just
+//! before, which is the version the table holds open): then only the key, end and start
+//! columns of the table are read, as update_delete reads only the key.
 
 use std::collections::HashMap;
 
@@ -30,8 +35,15 @@ type Version = (Vec<Slot>, i128, Option<i128>);
 
 pub struct Scd2 {
     log: ChangeLog,
-    /// Key → its first change in the window (where its open version ends).
-    first_change: HashMap<u32, i128>,
+    /// Key → its first change in the window (where its open version ends), by index.
+    first_change: HashMap<u32, usize>,
+    /// Open versions taken from the changes' `before`: key → its values' sources.
+    before_base: HashMap<u32, Vec<Slot>>,
+    /// Whether versions are ended from `before` ([`ModeWriter::merge_probed`]): some key's
+    /// first change carries a whole one. Not for a window without any (no `diff`; column
+    /// families, whose `before` holds one family), which would pay for the start columns and
+    /// then read the rows anyway.
+    from_before: bool,
     /// Open versions taken from the table: the bases of new versions.
     bases: Vec<RecordBatch>,
     /// Key → (base batch, row): the version that was open in the table.
@@ -44,12 +56,18 @@ pub struct Scd2 {
 impl Scd2 {
     pub fn new(log: ChangeLog) -> Self {
         let mut first_change = HashMap::new();
-        for c in &log.changes {
-            first_change.entry(c.key).or_insert(c.updated);
+        for (i, c) in log.changes.iter().enumerate() {
+            first_change.entry(c.key).or_insert(i);
         }
+        let from_before = log.has_befores()
+            && first_change
+                .values()
+                .any(|&i| log.before_image(&log.changes[i]).is_some());
         Self {
             log,
             first_change,
+            before_base: HashMap::new(),
+            from_before,
             bases: Vec::new(),
             base_of: HashMap::new(),
             counts: Counts::default(),
@@ -77,10 +95,13 @@ impl Scd2 {
         let mut versions: Vec<Version> = Vec::new();
         for r in log.ranges_by_key() {
             let key = log.changes[r.start].key;
-            let mut image: Option<Vec<Option<Slot>>> = self
-                .base_of
-                .get(&key)
-                .map(|&(b, row)| vec![Some((base0 + b, row)); ncols]);
+            let mut image: Option<Vec<Option<Slot>>> = match self.base_of.get(&key) {
+                Some(&(b, row)) => Some(vec![Some((base0 + b, row)); ncols]),
+                None => self
+                    .before_base
+                    .get(&key)
+                    .map(|img| img.iter().copied().map(Some).collect()),
+            };
             let mut open: Option<usize> = None;
             for c in &log.changes[r.clone()] {
                 if let Some(v) = open.take() {
@@ -124,6 +145,13 @@ impl Scd2 {
     }
 }
 
+impl Scd2 {
+    /// The HLC of key `k`'s first change in the window.
+    fn first_updated(&self, k: u32) -> i128 {
+        self.log.changes[self.first_change[&k]].updated
+    }
+}
+
 fn end_column(table: &RecordBatch) -> Option<StringArray> {
     table
         .column_by_name(END_HLC)
@@ -143,15 +171,22 @@ impl ModeWriter for Scd2 {
         true
     }
 
+    /// The key and the end (which version is open); with `before`, also the start, which is
+    /// all an ended version takes from the table then.
     fn probe_columns(&self) -> Vec<String> {
         let mut cols = self.log.layout.key.clone();
         cols.push(END_HLC.to_owned());
+        if self.from_before {
+            cols.extend([START_HLC.to_owned(), START_AT.to_owned()]);
+        }
         cols
     }
 
-    /// Always: a closed version is written again whole, with its end set.
+    /// An ended version is written again whole: its values come from the table, unless the
+    /// changes carry `before` (then [`ModeWriter::merge_probed`] asks for the rows of keys
+    /// whose first change has none).
     fn needs_table_values(&self) -> bool {
-        true
+        !self.from_before
     }
 
     fn hits(&self, table: &RecordBatch) -> Result<Vec<u32>, ChangeError> {
@@ -177,7 +212,7 @@ impl ModeWriter for Scd2 {
         let mut end_at: HashMap<usize, i128> = HashMap::new();
         for (i, (r, k)) in hits.iter().enumerate() {
             self.base_of.insert(*k, (base_idx, i));
-            end_at.insert(*r, self.first_change[k]);
+            end_at.insert(*r, self.first_updated(*k));
             self.counts.updated += 1;
         }
         let kept: Vec<usize> = match keep {
@@ -205,6 +240,47 @@ impl ModeWriter for Scd2 {
         Ok(Merged {
             batch: RecordBatch::try_new(self.log.layout.output_schema(Mode::Scd2), cols)?,
             superseded: hits.iter().map(|(r, _)| *r as u32).collect(),
+            unresolved: Vec::new(),
+        })
+    }
+
+    /// Ends the open versions of changed keys whose first change carries its `before`, from
+    /// it and the table's start columns; other hits are left [`Merged::unresolved`].
+    fn merge_probed(&mut self, probe: &RecordBatch) -> Result<Merged, ChangeError> {
+        if !self.from_before {
+            return self.merge(probe, Keep::Changed);
+        }
+        let mut rows: Vec<Vec<Slot>> = Vec::new();
+        let mut ended: Vec<(usize, i128)> = Vec::new();
+        let mut unresolved = Vec::new();
+        for (r, k) in self.open_hits(probe)? {
+            let first = &self.log.changes[self.first_change[&k]];
+            match self.log.before_image(first) {
+                Some(image) => {
+                    rows.push(image.clone());
+                    self.before_base.insert(k, image);
+                    ended.push((r, first.updated));
+                    self.counts.updated += 1;
+                    self.counts.ended_from_before += 1;
+                }
+                None => unresolved.push(r as u32),
+            }
+        }
+        let mut cols = self.log.gather(&rows, &[])?;
+        let (start_hlc, start_at) = hlc_columns(probe, START_HLC, START_AT);
+        let mut start = HlcColumns::new();
+        let mut end = HlcColumns::new();
+        for &(r, u) in &ended {
+            start.copy(start_hlc.as_ref(), start_at.as_ref(), r);
+            end.push(Some(u))?;
+        }
+        let (sh, sa) = start.finish();
+        let (eh, ea) = end.finish();
+        cols.extend([sh, eh, sa, ea]);
+        Ok(Merged {
+            batch: RecordBatch::try_new(self.log.layout.output_schema(Mode::Scd2), cols)?,
+            superseded: ended.iter().map(|&(r, _)| r as u32).collect(),
+            unresolved,
         })
     }
 

@@ -180,6 +180,7 @@ impl ModeWriter for UpdateDelete {
         Ok(Merged {
             batch: RecordBatch::try_new(self.log.layout.output_schema(Mode::UpdateDelete), cols)?,
             superseded,
+            unresolved: Vec::new(),
         })
     }
 

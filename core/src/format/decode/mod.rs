@@ -34,6 +34,10 @@ pub struct DecodeOptions {
     pub max_line_bytes: usize,
     /// Rows the caller will drop by key slice: a decoder may skip decoding them.
     pub slice: Option<SliceFilter>,
+    /// Also emit each change's `before` (the `diff` option) as a row of its own
+    /// ([`crate::format::batch::Op::Before`]), right after the change's row: what scd2 closes a
+    /// version from. Off for everything else, which never sees such rows.
+    pub before: bool,
 }
 
 /// The rows one key slice of an interval does not need: those inside the interval
@@ -65,6 +69,7 @@ impl Default for DecodeOptions {
             primary_key: None,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             slice: None,
+            before: false,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct NdjsonDecoder<R> {
     slice: Option<SliceFilter>,
     /// Rows left out under `slice`.
     skipped: u64,
+    /// Emit each change's `before` as a row ([`DecodeOptions::before`]).
+    before: bool,
     done: bool,
 }
 
@@ -61,6 +63,8 @@ struct Message<'a> {
     after: Fields<'a>,
     key: Vec<Raw<'a>>,
     key_raw: Option<&'a str>,
+    /// The `before` object, kept only under [`DecodeOptions::before`].
+    before: Option<Fields<'a>>,
 }
 
 impl<R: BufRead> NdjsonDecoder<R> {
@@ -93,6 +97,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
             bare: std::cell::Cell::new(false),
             slice: opts.slice,
             skipped: 0,
+            before: opts.before,
             done: false,
         }
     }
@@ -227,6 +232,16 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let before = meta.is_none().then(|| top.get("before")).flatten();
         self.check_names(line, &after, before)?;
         self.check_depths(line, &after, &key)?;
+        // Kept as a row of its own when asked for (scd2); `null` (no previous row) is none.
+        let before = match before.filter(|b| self.before && b.get() != "null") {
+            Some(b) => {
+                let fields = json_scan::object(b.get())
+                    .map_err(|e| bad(format!("`before` is not an object: {e}")))?;
+                self.check_depths(line, &fields, &[])?;
+                Some(fields)
+            }
+            None => None,
+        };
         Ok(Message {
             line,
             op,
@@ -235,6 +250,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
             after,
             key,
             key_raw,
+            before,
         })
     }
 
@@ -398,10 +414,13 @@ impl<R: BufRead> NdjsonDecoder<R> {
         text: &str,
         lines: &[(u64, Range<usize>)],
     ) -> Result<RecordBatch, DecodeError> {
-        let messages = lines
+        let mut messages = lines
             .iter()
             .map(|(n, r)| self.parse(*n, &text[r.clone()]))
             .collect::<Result<Vec<_>, _>>()?;
+        if self.before {
+            messages = with_befores(messages, self.primary_key.as_deref().unwrap_or_default());
+        }
         for m in &messages {
             for name in m.after.keys() {
                 if let Err(at) = self.known.binary_search_by(|c| c.as_str().cmp(name)) {
@@ -409,7 +428,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
                     self.order.push(name.to_owned());
                 }
             }
-            if m.op != Op::Delete {
+            if matches!(m.op, Op::Create | Op::Update) {
                 let after = m.after.iter().map(|(k, v)| (k, v.get()));
                 self.evidence
                     .observe_json(after, m.key.iter().map(|k| k.get()));
@@ -427,7 +446,9 @@ impl<R: BufRead> NdjsonDecoder<R> {
                     .zip(keep)
                     .filter_map(|(m, k)| k.then_some(m))
                     .collect();
-                self.skipped += (lines.len() - kept.len()) as u64;
+                // Rows of changes: a `before` is not one.
+                let changes = kept.iter().filter(|m| m.op != Op::Before).count();
+                self.skipped += (lines.len() - changes) as u64;
                 kept
             }
             _ => messages,
@@ -494,6 +515,36 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
 
 /// One column's value in each message: from `after`, or for a key column missing there (a
 /// family without it, a delete), from the `key` array when the key is known.
+/// Each message followed by its `before` as a message of its own ([`Op::Before`]): same line,
+/// key and timestamps, the `before` object's members as its columns but the key's, which come
+/// from the message's `key` (as a delete's do): a `before` belongs to its change's key.
+fn with_befores<'a>(messages: Vec<Message<'a>>, key: &[String]) -> Vec<Message<'a>> {
+    let mut out = Vec::with_capacity(messages.len() * 2);
+    for mut m in messages {
+        let before = m.before.take().map(|mut fields| {
+            for k in key {
+                if fields.contains_key(k) {
+                    fields = fields.without(k);
+                }
+            }
+            fields
+        });
+        let before = before.map(|fields| Message {
+            line: m.line,
+            op: Op::Before,
+            updated: m.updated,
+            mvcc: m.mvcc,
+            after: fields,
+            key: m.key.clone(),
+            key_raw: m.key_raw,
+            before: None,
+        });
+        out.push(m);
+        out.extend(before);
+    }
+    out
+}
+
 fn column_values<'m, 'a>(
     name: &'m str,
     primary_key: Option<&[String]>,

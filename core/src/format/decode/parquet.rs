@@ -31,7 +31,7 @@ use crate::format::types::{ColumnType, parquet_decimal_type};
 const EVENT_TYPE: &str = "__crdb__event_type";
 const UPDATED: &str = "__crdb__updated";
 const MVCC: &str = "__crdb__mvcc_timestamp";
-/// The previous row (`diff`): not needed, the event type already says `u`.
+/// The previous row (`diff`), JSON text: read only under [`DecodeOptions::before`].
 const BEFORE: &str = "__crdb__before";
 
 /// Streams a Parquet changefeed file as change batches, one row group slice at a time.
@@ -43,6 +43,9 @@ pub struct ParquetDecoder {
     op: usize,
     updated: Option<usize>,
     mvcc: Option<usize>,
+    /// The `before` column, read under [`DecodeOptions::before`]; and, per data column,
+    /// whether it is a key column (a before row takes the key from its change's row).
+    before: Option<(usize, Vec<bool>)>,
     rows: u64,
     types: BTreeMap<String, ColumnType>,
     evidence: KeyEvidence,
@@ -106,7 +109,7 @@ impl ParquetDecoder {
             .to_vec();
 
         let mut data = Vec::new();
-        let (mut op, mut updated, mut mvcc) = (None, None, None);
+        let (mut op, mut updated, mut mvcc, mut before) = (None, None, None, None);
         let mut types = BTreeMap::new();
         for (i, f) in fields.iter().enumerate() {
             let name = f.name();
@@ -114,7 +117,7 @@ impl ParquetDecoder {
                 EVENT_TYPE => op = Some(i),
                 UPDATED => updated = Some(i),
                 MVCC => mvcc = Some(i),
-                BEFORE => {}
+                BEFORE => before = opts.before.then_some(i),
                 // Any other reserved name is a source column (or a CockroachDB meta column this
                 // decoder does not know): refused rather than confused with ours or dropped.
                 // Every row carries it; the first is named.
@@ -191,6 +194,8 @@ impl ParquetDecoder {
         }
 
         let reader = builder.build().map_err(|e| perr(e.to_string()))?;
+        let key = opts.primary_key.as_deref().unwrap_or_default();
+        let before = before.map(|i| (i, data.iter().map(|(_, n, _)| key.contains(n)).collect()));
         let mut evidence = KeyEvidence::default();
         evidence.observe_columns(&data.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>());
         Ok(Self {
@@ -200,6 +205,7 @@ impl ParquetDecoder {
             op,
             updated,
             mvcc,
+            before,
             rows: 0,
             types,
             evidence,
@@ -261,6 +267,7 @@ impl ParquetDecoder {
                 .is_valid(i)
                 .then(|| Op::from_code(ops.value(i)))
                 .flatten()
+                .filter(|op| *op != Op::Before)
                 .ok_or_else(|| value_err(EVENT_TYPE, i, "expected `c`, `u` or `d`".into()))?;
             let mvcc_ts = hlc_at(&mvcc, MVCC, i)?;
             let updated_ts = hlc_at(&updated, UPDATED, i)?
@@ -277,11 +284,88 @@ impl ParquetDecoder {
             }
             meta.append(op, updated_ts, mvcc_ts, None, &self.file, row_of(i));
         }
+        if let Some((idx, is_key)) = &self.before {
+            let befores = text(Some(*idx), BEFORE)?.expect("before column");
+            let rows: Vec<usize> = (0..n).filter(|&i| befores.is_valid(i)).collect();
+            if !rows.is_empty() {
+                data =
+                    self.with_befores(data, befores.as_string::<i32>(), &rows, is_key, &row_of)?;
+                for &i in &rows {
+                    let mvcc_ts = hlc_at(&mvcc, MVCC, i)?;
+                    let updated_ts = hlc_at(&updated, UPDATED, i)?.or(mvcc_ts);
+                    let updated_ts = updated_ts.expect("checked for its change's row");
+                    meta.append(Op::Before, updated_ts, mvcc_ts, None, &self.file, row_of(i));
+                }
+            }
+        }
         self.rows += n as u64;
         batch::assemble(data, meta.finish()).map_err(|e| DecodeError::Invalid {
             file: self.file.clone(),
             message: e.to_string(),
         })
+    }
+}
+
+impl ParquetDecoder {
+    /// The data columns with a row appended for each of `rows`' `before` ([`Op::Before`]):
+    /// its members decoded as an NDJSON `after` is, into the columns' types; the key columns
+    /// taken from the change's own row.
+    fn with_befores(
+        &self,
+        data: Vec<(Field, ArrayRef)>,
+        befores: &arrow_array::StringArray,
+        rows: &[usize],
+        is_key: &[bool],
+        row_of: &dyn Fn(usize) -> u64,
+    ) -> Result<Vec<(Field, ArrayRef)>, DecodeError> {
+        let objects = rows
+            .iter()
+            .map(|&i| {
+                super::json_scan::object(befores.value(i)).map_err(|e| DecodeError::Value {
+                    file: self.file.clone(),
+                    at: format!("row {}", row_of(i)),
+                    column: BEFORE.to_owned(),
+                    message: format!("not a JSON object: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let take = arrow_array::UInt32Array::from_iter_values(rows.iter().map(|&i| i as u32));
+        let arrow_err = |e: arrow_schema::ArrowError| DecodeError::Invalid {
+            file: self.file.clone(),
+            message: e.to_string(),
+        };
+        let mut out = Vec::with_capacity(data.len());
+        for ((field, main), ((_, name, ty), &key)) in
+            data.into_iter().zip(self.data.iter().zip(is_key))
+        {
+            let added = if key {
+                arrow_select::take::take(&main, &take, None).map_err(arrow_err)?
+            } else {
+                let mut b = column::ColumnBuilder::with_bytes(ty, rows.len(), 0);
+                for (object, &i) in objects.iter().zip(rows) {
+                    let bad = |message: String| DecodeError::Value {
+                        file: self.file.clone(),
+                        at: format!("row {} (`{BEFORE}`)", row_of(i)),
+                        column: name.clone(),
+                        message,
+                    };
+                    match object.get(name) {
+                        Some(raw) if raw.depth() > crate::format::values::MAX_JSON_DEPTH => {
+                            return Err(
+                                bad(crate::format::values::ValueError::TooDeep.to_string()),
+                            );
+                        }
+                        Some(raw) => b.append_json(raw.get()).map_err(|e| bad(e.to_string()))?,
+                        None => b.append_null(),
+                    }
+                }
+                b.finish()
+            };
+            let joined = arrow_select::concat::concat(&[main.as_ref(), added.as_ref()])
+                .map_err(arrow_err)?;
+            out.push((field, joined));
+        }
+        Ok(out)
     }
 }
 
