@@ -219,7 +219,9 @@ impl TableFile {
                 let (start, len) = c.byte_range();
                 start..start + len
             })
-            .filter(|r| r.end <= tail_start)
+            // A chunk inside the tail is there already; one reaching into it is fetched whole
+            // (a read is served from one part).
+            .filter(|r| r.start < tail_start)
             .collect();
         let chunks = store
             .get_ranges(&location, &ranges)
