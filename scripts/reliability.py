@@ -240,11 +240,18 @@ def standard_feed_args(fmt: str, seed: int, windows: int, *extra: str, drop_at: 
             "--duplicate-rate", "0.05", "--drop-column-at", str(drop_at), *extra]
 
 
-def usertable_feed_args(seed: int) -> list[str]:
+def usertable_feed_args(seed: int, *extra: str) -> list[str]:
     """The feed of tests/python/test_concurrent_writers.py: one table, enough rows that every
     step leaves several small files for a compaction to merge."""
     return ["--format", "json", "--seed", str(seed), "--tables", "usertable", "--initial-rows",
-            "1500", "--windows", "4", "--events-per-window", "300", "--duplicate-rate", "0.05"]
+            "1500", "--windows", "4", "--events-per-window", "300", "--duplicate-rate", "0.05",
+            *extra]
+
+
+def diff_for(mode: str) -> list[str]:
+    """scd2 feeds are written WITH diff: scd2 then ends versions from each change's `before`
+    (reading the table's rows only where a change has none), the path worth breaking."""
+    return ["--diff"] if mode == "scd2" else []
 
 
 def steps_of(truth: Path) -> list[str]:
@@ -420,8 +427,8 @@ def kill_case(ctx, mode: str, fmt: str, point: str, n: int, seed: int) -> dict:
     # writes (handler/engine/ahead.rs): the kill lands with a read-ahead under way.
     each = n % 2 == 0
     case = Case("kills", f"{mode}-{fmt}-{point}-{n}{'-each' if each else ''}-s{seed}", ctx.workdir, ctx.bin)
-    feed, sim = ctx.feeds.get(f"std-{fmt}-{seed}-{ctx.preset['kill_windows']}",
-                              standard_feed_args(fmt, seed, ctx.preset["kill_windows"]))
+    feed, sim = ctx.feeds.get(f"std-{fmt}-{seed}-{ctx.preset['kill_windows']}{''.join(diff_for(mode))}",
+                              standard_feed_args(fmt, seed, ctx.preset["kill_windows"], *diff_for(mode)))
     case.commands.append(shlex.join(sim))
     target = case.dir / "delta"
     steps = ["--commit-each-resolved"] if each else ["--max-window-bytes", "60000"]
@@ -491,7 +498,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> bool:
 
 def paused_compaction_case(ctx, mode: str, point: str, n: int, writer: str, seed: int) -> dict:
     case = Case("compactions", f"paused-{mode}-{point}-{n}-{writer}-s{seed}", ctx.workdir, ctx.bin)
-    feed, sim = ctx.feeds.get(f"user-{seed}", usertable_feed_args(seed))
+    feed, sim = ctx.feeds.get(f"user-{seed}{''.join(diff_for(mode))}", usertable_feed_args(seed, *diff_for(mode)))
     case.commands.append(shlex.join(sim))
     truth = feed / "truth"
     s = steps_of(truth)
@@ -569,7 +576,8 @@ def background_case(ctx, rnd: int, mode: str, seed: int, with_vacuum: bool, one_
     style = "steps" if one_step else "run"
     case = Case("compactions", f"background-{rnd}-{mode}-{style}{'-vacuum' if with_vacuum else ''}-s{seed}",
                 ctx.workdir, ctx.bin)
-    feed, sim = ctx.feeds.get(f"std-json-{seed}-12", standard_feed_args("json", seed, 12))
+    feed, sim = ctx.feeds.get(f"std-json-{seed}-12{''.join(diff_for(mode))}",
+                              standard_feed_args("json", seed, 12, *diff_for(mode)))
     case.commands.append(shlex.join(sim))
     truth = feed / "truth"
     _, defs = o.load_truth(truth)
