@@ -384,61 +384,67 @@ async fn deletion_vectors_after_upgrading_a_table() {
     }
 }
 
-/// A column chunk that begins before the footer's tail (the last 64 KiB, fetched first) and
-/// ends inside it is fetched whole: read through either part alone, every value is there.
-#[tokio::test]
-async fn a_column_reaching_into_the_fetched_tail_reads_whole() {
-    let dir = tempfile::tempdir().unwrap();
+/// A table of one file of `rows` rows (ids from 0), each with 96 incompressible hex characters of
+/// `v` beside 8 bytes of `id`: megabytes, well above the whole-file threshold. Returns the table,
+/// its file and the values of `v`.
+async fn one_wide_file(
+    dir: &tempfile::TempDir,
+    rows: i64,
+) -> (DeltaTable, delta::FileEntry, Vec<String>) {
     let root = Location::open(dir.path().to_str().unwrap()).unwrap();
     let mut table = Target::new(&root, "t")
         .unwrap()
         .create_with_deletion_vectors(&schema(), vec![])
         .await
         .unwrap();
-    // `v` is the file's last column: its chunk runs up to the footer, through the tail.
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let v: Vec<String> = (0..40_000)
-        .map(|_| {
-            (0..6)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    format!("{x:016x}")
-                })
-                .collect()
-        })
+    let mut noise = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let v: Vec<String> = (0..rows)
+        .map(|_| (0..6).map(|_| format!("{:016x}", noise())).collect())
         .collect();
     let mut w = Writer::new(&table, u64::MAX).unwrap();
-    w.write(batch_of(0..40_000, v.clone())).await.unwrap();
+    w.write(batch_of(0..rows, v.clone())).await.unwrap();
     let adds = w.finish().await.unwrap();
     commit(&mut table, adds.iter().cloned().map(Action::Add).collect()).await;
-    let f = &delta::files(&table, "id").await.unwrap()[0];
+    let f = delta::files(&table, "id").await.unwrap().remove(0);
+    assert!(f.size > 2 << 20, "{}", f.size);
+    (table, f, v)
+}
+
+/// The first column's values of batches of one text column.
+fn texts(batches: impl Iterator<Item = Result<RecordBatch, delta::DeltaError>>) -> Vec<String> {
+    batches
+        .flat_map(|b| {
+            let b = b.unwrap();
+            let a = b.column(0).as_string::<i32>().clone();
+            a.iter().map(|v| v.unwrap().to_owned()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A column chunk that begins before the footer's tail (the last 64 KiB, fetched first) and
+/// ends inside it is fetched whole: read through either part alone, every value is there.
+#[tokio::test]
+async fn a_column_reaching_into_the_fetched_tail_reads_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // `v` is the file's last column: its chunk runs up to the footer, through the tail.
+    let (table, f, v) = one_wide_file(&dir, 40_000).await;
     let size = u64::try_from(f.size).unwrap();
-    assert!(size > 2 << 20, "{size}");
     let col = vec!["v".to_owned()];
     let part = delta::TableFile::fetch_columns(&table, &f.path, size, &col)
         .await
         .unwrap();
-    let read: Vec<String> = part
-        .batches(Some(&col), 4096)
-        .unwrap()
-        .flat_map(|b| {
-            let b = b.unwrap();
-            let a = b.column(0).as_string::<i32>().clone();
-            a.iter().map(|v| v.unwrap().to_owned()).collect::<Vec<_>>()
-        })
-        .collect();
+    let read = texts(part.batches(Some(&col), 4096).unwrap());
     assert_eq!(read, v);
-    let at: Vec<String> = part
-        .rows_of(Some(&col), &[0, 1, 39_998, 39_999], 4096)
-        .unwrap()
-        .flat_map(|b| {
-            let b = b.unwrap();
-            let a = b.column(0).as_string::<i32>().clone();
-            a.iter().map(|v| v.unwrap().to_owned()).collect::<Vec<_>>()
-        })
-        .collect();
+    let at = texts(
+        part.rows_of(Some(&col), &[0, 1, 39_998, 39_999], 4096)
+            .unwrap(),
+    );
     assert_eq!(
         at,
         [&v[0], &v[1], &v[39_998], &v[39_999]].map(String::clone)
@@ -451,35 +457,8 @@ async fn a_column_reaching_into_the_fetched_tail_reads_whole() {
 #[tokio::test]
 async fn key_columns_are_read_by_byte_ranges() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Location::open(dir.path().to_str().unwrap()).unwrap();
-    let mut table = Target::new(&root, "t")
-        .unwrap()
-        .create_with_deletion_vectors(&schema(), vec![])
-        .await
-        .unwrap();
-    // Megabytes of incompressible `v` beside 8 bytes of `id` per row: well above the
-    // whole-file threshold.
-    let wide = |ids: std::ops::Range<i64>| {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let v: Vec<String> = ids
-            .clone()
-            .map(|_| (0..6).map(|_| format!("{:016x}", noise())).collect())
-            .collect();
-        batch_of(ids, v)
-    };
-    let mut w = Writer::new(&table, u64::MAX).unwrap();
-    w.write(wide(0..60_000)).await.unwrap();
-    let adds = w.finish().await.unwrap();
-    commit(&mut table, adds.iter().cloned().map(Action::Add).collect()).await;
-    let f = &delta::files(&table, "id").await.unwrap()[0];
+    let (table, f, _) = one_wide_file(&dir, 60_000).await;
     let size = u64::try_from(f.size).unwrap();
-    assert!(size > 2 << 20, "{size}");
     let key = vec!["id".to_owned()];
     let mut part = delta::TableFile::fetch_columns(&table, &f.path, size, &key)
         .await

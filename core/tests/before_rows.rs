@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Decimal128Type;
-use crdb_delta_core::format::batch::{self, OP, Op, UPDATED};
+use crdb_delta_core::format::batch::{OP, Op, UPDATED};
 use crdb_delta_core::format::canonical;
 use crdb_delta_core::format::names::{Format, ObjectName};
 use crdb_delta_core::sim::SimOptions;
@@ -42,13 +42,7 @@ fn decode_feed(format: Format, before: bool) -> Decoded {
             ..options_for(def)
         };
         for b in decode_all(&name, &path, bytes, &opts) {
-            let data: Vec<String> = b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|n| !batch::is_meta(n))
-                .collect();
+            let data = data_columns(&b);
             let ops = b.column_by_name(OP).unwrap().as_string::<i32>().clone();
             let updated = b.column_by_name(UPDATED).unwrap();
             let updated = updated.as_primitive::<Decimal128Type>();

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use arrow_array::cast::AsArray;
 use arrow_array::types::Decimal128Type;
 use crdb_delta_core::Hlc;
-use crdb_delta_core::format::batch::{self, OP, UPDATED};
+use crdb_delta_core::format::batch::{OP, UPDATED};
 use crdb_delta_core::format::canonical;
 use crdb_delta_core::format::decode::resolved::decode_resolved;
 use crdb_delta_core::format::names::{Compression, Format, ObjectName, PartitionFormat};
@@ -39,13 +39,7 @@ fn roundtrip(opts: &SimOptions) {
         let def = defs[d.topic.table()];
         let family = d.topic.family().unwrap_or("primary").to_owned();
         for b in decode_all(&name, &path, bytes, &options_for(def)) {
-            let data: Vec<String> = b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|n| !batch::is_meta(n))
-                .collect();
+            let data = data_columns(&b);
             let values = canonical::rows(&b, Some(&data));
             let ops = b.column_by_name(OP).unwrap().as_string::<i32>().clone();
             let upd = b

@@ -79,3 +79,13 @@ pub fn decode_all(
         .collect::<Result<Vec<_>, _>>()
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The data columns of a change batch, by name (its metadata columns left out).
+pub fn data_columns(b: &arrow_array::RecordBatch) -> Vec<String> {
+    b.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| !crdb_delta_core::format::batch::is_meta(n))
+        .collect()
+}
