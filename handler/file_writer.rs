@@ -10,8 +10,7 @@ use std::collections::HashSet;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::SchemaRef;
-#[cfg(test)]
-use crdb_delta_core::apply::{HLC, START_HLC};
+use crdb_delta_core::apply::{END_HLC, HLC, START_HLC};
 use deltalake_core::kernel::Add;
 use deltalake_core::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake_core::{DeltaTable, DeltaTableError};
@@ -87,13 +86,22 @@ fn joined(
 /// mostly distinct: the writer would hash each value into a dictionary until it outgrows its
 /// page limit and then fall back to plain encoding anyway (interning was 8% of a
 /// per-RESOLVED run's CPU, on the encoder's thread). Judged per file from the first batch:
-/// a column of few values (a status, a region) keeps its dictionary. So do the HLC columns of
-/// an initial scan, whose rows all carry the scan's timestamp: one value, a few bytes a page,
-/// where plain text is 30 bytes a row to decompress whenever scd2 reads a row's start.
+/// a column of few values (a status, a region) keeps its dictionary. HLC text is unique per
+/// change, so HLC columns are plain; but scd2's start column keeps its dictionary where the
+/// first batch holds one value (an initial scan's rows all carry the scan's timestamp): a few
+/// bytes a page, where plain text is 30 bytes a row to decompress whenever scd2 reads a row's
+/// start. Only all-equal: a batch mixing one old value with new ones (a rewrite of an initial
+/// scan's file) would grow a dictionary until it overflowed.
 fn properties(first: &RecordBatch) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    for column in [HLC, END_HLC] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    if !first.column_by_name(START_HLC).is_some_and(one_value) {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(START_HLC), false);
+    }
     for (field, column) in first.schema().fields().iter().zip(first.columns()) {
         if mostly_distinct(column) {
             props =
@@ -101,6 +109,15 @@ fn properties(first: &RecordBatch) -> WriterProperties {
         }
     }
     props.build()
+}
+
+/// Whether a text column's first [`SAMPLE_ROWS`] non-null values, 64 at least, are all one.
+fn one_value(column: &ArrayRef) -> bool {
+    let Some(text) = column.as_any().downcast_ref::<StringArray>() else {
+        return false;
+    };
+    let values: Vec<&str> = text.iter().flatten().take(SAMPLE_ROWS).collect();
+    values.len() >= 64 && values.iter().all(|v| *v == values[0])
 }
 
 /// Values sampled from the start of a column to judge its cardinality.
@@ -191,21 +208,23 @@ mod tests {
         assert!(dictionary("half"));
         assert!(dictionary("late"));
         assert!(dictionary("ints"));
+        assert!(!dictionary(HLC));
         // HLC text: a step's changes have one each; an initial scan's rows share the scan's.
+        // Only scd2's start keeps a dictionary, and only for one value.
         let hlc = |f: &dyn Fn(usize) -> String| -> ArrayRef {
             Arc::new(StringArray::from_iter_values((0..n).map(f)))
         };
-        let batch = RecordBatch::try_from_iter([
-            (HLC, hlc(&|i| format!("17147516160274740{i:02}.0000000000"))),
-            (
-                START_HLC,
-                hlc(&|_| "1714751616027474000.0000000000".to_owned()),
-            ),
-        ])
-        .unwrap();
+        let scan = || hlc(&|_| "1714751616027474000.0000000000".to_owned());
+        let mixed = hlc(&|i| match i % 2 {
+            0 => "1714751616027474000.0000000000".to_owned(),
+            _ => format!("17147516160274740{i:02}.0000000000"),
+        });
+        let batch = RecordBatch::try_from_iter([(HLC, scan()), (START_HLC, scan())]).unwrap();
         let props = properties(&batch);
         assert!(!props.dictionary_enabled(&ColumnPath::from(HLC)));
         assert!(props.dictionary_enabled(&ColumnPath::from(START_HLC)));
+        let batch = RecordBatch::try_from_iter([(START_HLC, mixed)]).unwrap();
+        assert!(!properties(&batch).dictionary_enabled(&ColumnPath::from(START_HLC)));
         // Nulls are not values: a column of 1,000 nulls and 10 values says nothing.
         let sparse: ArrayRef = Arc::new(StringArray::from_iter(
             (0..1010).map(|i| (i >= 1000).then(|| format!("{i}"))),
