@@ -352,11 +352,9 @@ impl Window {
                     .map(|r| Some(super::slice_of(&keys, r, of) == index))
                     .collect();
                 let kept = mask.true_count();
-                let ops = batch
-                    .column_by_name(batch::OP)
-                    .map(|o| o.as_string::<i32>());
+                let is_before = before_rows(&batch);
                 out.taken = (0..batch.num_rows())
-                    .filter(|&r| mask.value(r) && ops.is_none_or(|o| o.value(r) != "b"))
+                    .filter(|&r| mask.value(r) && is_before.as_ref().is_none_or(|b| !b[r]))
                     .count();
                 if kept == 0 {
                     return Ok(out);

@@ -75,6 +75,11 @@ impl Scd2 {
         }
     }
 
+    /// The HLC of key `k`'s first change in the window.
+    fn first_updated(&self, k: u32) -> i128 {
+        self.log.changes[self.first_change[&k]].updated
+    }
+
     /// Rows of a table batch that hold the open version of a changed key: (row, key).
     fn open_hits(&self, table: &RecordBatch) -> Result<Vec<(usize, u32)>, ChangeError> {
         let keys = self.log.table_keys(table)?;
@@ -142,13 +147,6 @@ impl Scd2 {
         cols.extend([sh, eh, sa, ea]);
         self.counts.inserted += chunk.len() as u64;
         Ok(RecordBatch::try_new(schema, cols)?)
-    }
-}
-
-impl Scd2 {
-    /// The HLC of key `k`'s first change in the window.
-    fn first_updated(&self, k: u32) -> i128 {
-        self.log.changes[self.first_change[&k]].updated
     }
 }
 

@@ -513,8 +513,6 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
     }
 }
 
-/// One column's value in each message: from `after`, or for a key column missing there (a
-/// family without it, a delete), from the `key` array when the key is known.
 /// Each message followed by its `before` as a message of its own ([`Op::Before`]): same line,
 /// key and timestamps, the `before` object's members as its columns but the key's, which come
 /// from the message's `key` (as a delete's do): a `before` belongs to its change's key.
@@ -545,6 +543,8 @@ fn with_befores<'a>(messages: Vec<Message<'a>>, key: &[String]) -> Vec<Message<'
     out
 }
 
+/// One column's value in each message: from `after`, or for a key column missing there (a
+/// family without it, a delete), from the `key` array when the key is known.
 fn column_values<'m, 'a>(
     name: &'m str,
     primary_key: Option<&[String]>,
