@@ -130,6 +130,22 @@ impl ColumnBuilder {
         Ok(())
     }
 
+    /// [`append_json`](Self::append_json) for a JSON string (`raw`, quotes included) known to
+    /// hold no escapes: NDJSON's scanner has checked it, so the text between its quotes is
+    /// copied (or converted) as it stands instead of being scanned again.
+    pub fn append_plain_json_string(&mut self, raw: &str) -> Result<(), ValueError> {
+        let inner = &raw[1..raw.len() - 1];
+        match self {
+            Self::Text(b) => {
+                b.append_value(inner);
+                Ok(())
+            }
+            // JSONB prints the string as JSON; a list refuses it: both as from any raw text.
+            Self::Json(_) | Self::List { .. } => self.append_json(raw),
+            _ => self.append_text(inner),
+        }
+    }
+
     /// Appends a JSON value given as its raw text (from an NDJSON `after` object). After an
     /// error the builder may hold part of the value: the caller drops it (the batch is refused).
     pub fn append_json(&mut self, raw: &str) -> Result<(), ValueError> {

@@ -15,11 +15,27 @@ use std::fmt;
 pub(crate) struct Raw<'a> {
     text: &'a str,
     depth: usize,
+    /// A string without escapes: what stands between its quotes is its value, so a column
+    /// copies it without scanning it again.
+    plain_string: bool,
 }
 
 impl<'a> Raw<'a> {
     pub(crate) fn new(text: &'a str, depth: usize) -> Self {
-        Self { text, depth }
+        Self {
+            text,
+            depth,
+            plain_string: false,
+        }
+    }
+
+    /// A string value the scanner found free of escapes (`text` with its quotes).
+    pub(crate) fn plain_string(text: &'a str) -> Self {
+        Self {
+            text,
+            depth: 0,
+            plain_string: true,
+        }
     }
 
     pub(crate) fn get(self) -> &'a str {
@@ -28,6 +44,11 @@ impl<'a> Raw<'a> {
 
     pub(crate) fn depth(self) -> usize {
         self.depth
+    }
+
+    /// A string value the scanner found free of escapes.
+    pub(crate) fn is_plain_string(self) -> bool {
+        self.plain_string
     }
 }
 
@@ -166,6 +187,14 @@ mod tests {
         let bare = envelope(r#"{"a": 1, "__crdb__": {}}"#).unwrap();
         assert!(bare.after.is_none());
         assert!(envelope(r#"{"after": {"a": }}"#).is_err());
+    }
+
+    #[test]
+    fn strings_without_escapes_are_told() {
+        let f = object(r#"{"a": "x y", "b": "x\"y", "c": 1, "d": ["x"], "e": ""}"#).unwrap();
+        let plain = |n: &str| f.get(n).unwrap().is_plain_string();
+        assert!(plain("a") && plain("e"));
+        assert!(!plain("b") && !plain("c") && !plain("d"));
     }
 
     #[test]

@@ -217,6 +217,16 @@ impl<'a> Scanner<'a> {
     fn value(&mut self) -> Result<Raw<'a>, ScanError> {
         self.ws();
         let start = self.pos;
+        // Most values are strings: told apart here, whether one holds escapes is known.
+        if self.peek() == Some(b'"') {
+            let escaped = self.string()?;
+            let text = &self.text[start..self.pos];
+            return Ok(if escaped {
+                Raw::new(text, 0)
+            } else {
+                Raw::plain_string(text)
+            });
+        }
         let depth = self.skip_value()?;
         Ok(Raw::new(&self.text[start..self.pos], depth))
     }

@@ -335,17 +335,20 @@ impl<R: BufRead> NdjsonDecoder<R> {
             .sum();
         let mut b = ColumnBuilder::with_bytes(ty, messages.len(), bytes);
         for (m, raw) in values {
-            match raw {
-                Some(raw) => b
-                    .append_json(raw.get())
-                    .map_err(|message| DecodeError::Value {
-                        file: self.file.clone(),
-                        at: format!("line {}", m.line),
-                        column: name.to_owned(),
-                        message: message.to_string(),
-                    })?,
-                None => b.append_null(),
-            }
+            let appended = match raw {
+                Some(raw) if raw.is_plain_string() => b.append_plain_json_string(raw.get()),
+                Some(raw) => b.append_json(raw.get()),
+                None => {
+                    b.append_null();
+                    Ok(())
+                }
+            };
+            appended.map_err(|message| DecodeError::Value {
+                file: self.file.clone(),
+                at: format!("line {}", m.line),
+                column: name.to_owned(),
+                message: message.to_string(),
+            })?;
         }
         Ok((Field::new(name, ty.arrow_type(), true), b.finish()))
     }
@@ -387,6 +390,10 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 continue;
             }
             let mut ty = self.types.get(name).cloned();
+            // Text and JSONB accept every value: nothing to learn from more of them.
+            if matches!(ty, Some(ColumnType::Text | ColumnType::Json)) {
+                continue;
+            }
             let before = ty.clone();
             for (_, raw) in column_values(name, self.primary_key.as_deref(), messages) {
                 let Some(raw) = raw.map(Raw::get) else {
@@ -653,6 +660,52 @@ mod tests {
         assert_eq!(
             col(SOURCE_ROW).as_primitive::<Int64Type>().values(),
             &[1, 2, 3]
+        );
+    }
+
+    /// A string without escapes is copied from the line as it stands; one with escapes is
+    /// decoded. Both end the same in every kind of column, and a bad value is still refused.
+    #[test]
+    fn strings_with_and_without_escapes_decode_alike() {
+        let line = |id: i32, s: &str| {
+            format!(
+                r#"{{"after": {{"d": {s}, "id": {id}, "j": {s}, "t": {s}}}, "key": [{id}], "updated": "1.0000000000"}}"#
+            )
+        };
+        let text = [line(1, r#""2024-05-03""#), line(2, r#""2024-05\u002d03""#)].join("\n");
+        let opts = DecodeOptions {
+            primary_key: Some(vec!["id".into()]),
+            columns: [
+                ("d", ColumnType::Date),
+                ("j", ColumnType::Json),
+                ("t", ColumnType::Text),
+            ]
+            .into_iter()
+            .map(|(n, t)| (n.to_owned(), t))
+            .collect(),
+            ..Default::default()
+        };
+        let b = &decode(&text, &opts).unwrap()[0];
+        for name in ["d", "j", "t"] {
+            let c = b.column_by_name(name).unwrap();
+            let row = |r| arrow_cast::display::array_value_to_string(c, r).unwrap();
+            assert_eq!(row(0), row(1), "{name}");
+        }
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_string::<i32>()
+                .value(0)
+                .to_owned()
+        };
+        assert_eq!(col("t"), "2024-05-03");
+        assert_eq!(col("j"), r#""2024-05-03""#, "JSONB keeps its quotes");
+
+        let bad = line(3, r#""not a date""#);
+        let err = decode(&bad, &opts).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.ndjson: line 1: column `d`: `not a date` is not a date (YYYY-MM-DD)"
         );
     }
 
