@@ -34,6 +34,7 @@ use object_store::path::Path;
 use serde_json::{Value, json};
 use url::Url;
 
+pub use crate::checkpoint::Checkpoints;
 pub use crate::file_writer::Writer;
 use crate::storage::Location;
 pub use crate::table_file::TableFile;
@@ -838,6 +839,7 @@ pub async fn commit(
     table: &mut DeltaTable,
     name: &str,
     c: Commit,
+    checkpoints: &Checkpoints,
 ) -> Result<Committed, DeltaError> {
     let err = DeltaError::of(name);
     let merges_keys = c.mode != Mode::AppendOnly;
@@ -846,7 +848,10 @@ pub async fn commit(
     loop {
         let read = table.version().unwrap_or(0);
         match commit_once(table, name, &c).await {
-            Ok(v) => return Ok(Committed::Version(v)),
+            Ok(v) => {
+                checkpoints.after_commit(name, table).await;
+                return Ok(Committed::Version(v));
+            }
             Err(DeltaError::Delta { source, .. }) if is_lost_race(&source) => {}
             Err(e) => return Err(e),
         }
@@ -947,9 +952,11 @@ async fn commit_once(table: &mut DeltaTable, name: &str, c: &Commit) -> Result<u
     // No log cleanup after each commit: it lists the whole `_delta_log`, a cost that grows with
     // the log for as long as the table's log retention (30 days) keeps it. Upkeep
     // (`maintain`, the CatchUp timer) cleans the log instead.
+    // Nor the checkpoint: [`Checkpoints`] writes it, after the commit or behind the invocation.
     let mut props = CommitProperties::default()
         .with_max_retries(0)
-        .with_cleanup_expired_logs(Some(false));
+        .with_cleanup_expired_logs(Some(false))
+        .with_create_checkpoint(false);
     if c.kind == CommitKind::Apply {
         props = match c.progress.slices {
             // A slice: the RESOLVED applied stays; the slices move.

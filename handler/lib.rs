@@ -7,6 +7,7 @@
 //! module.
 
 pub mod byte_size;
+pub mod checkpoint;
 pub mod config;
 pub mod crdb;
 pub mod delta;

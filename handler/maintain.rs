@@ -308,6 +308,8 @@ async fn compact(
                 target_size: i64::try_from(opts.target_file_size).unwrap_or(i64::MAX),
             },
         },
+        // Maintain writes its own checkpoint once compaction is committed.
+        &delta::Checkpoints::Inline,
     )
     .await?;
     match committed {

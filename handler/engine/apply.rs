@@ -122,7 +122,7 @@ pub(super) async fn apply_table(
     pause("before-commit").await;
     let progress = commit.progress.clone();
     let table = state.table.as_mut().expect("created above");
-    let version = match delta::commit(table, &state.target.path, commit).await? {
+    let version = match delta::commit(table, &state.target.path, commit, &opts.checkpoints).await? {
         Committed::Version(v) => v,
         Committed::Conflict(c) => return replan(state, resolved, c).await,
     };

@@ -14,7 +14,7 @@ use crdb_delta_core::plan;
 use super::listing::{last_record, list, list_from, partition_of};
 use super::resolved_log::{ResolvedLog, record_resolved};
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
-use crate::delta::Target;
+use crate::delta::{Checkpoints, Target};
 use crate::records::PartitionName;
 use crate::storage::Location;
 
@@ -122,8 +122,9 @@ pub async fn record(
     resolved: Hlc,
     rows: &[RecordRow],
     partition: Option<PartitionName>,
+    checkpoints: &Checkpoints,
 ) -> Result<(), SyncError> {
-    let mut log = ResolvedLog::new(Target::new(target, RESOLVED_LOG)?);
+    let mut log = ResolvedLog::new(Target::new(target, RESOLVED_LOG)?, checkpoints.clone());
     let mut rows = rows.to_vec();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     record_resolved(&mut log, resolved, &rows, partition.map(Into::into), false).await

@@ -10,7 +10,8 @@
 //! Points: `before-write`, `before-fetch` (target files listed, none fetched yet),
 //! `after-write` (files uploaded, not committed), `before-commit`, `after-commit` (one table
 //! committed), `before-record` (all tables committed, the `_crdb_delta_resolved` row not yet
-//! written). Unset variables cost one environment lookup.
+//! written), `before-checkpoint` (`serve`: a due checkpoint about to be written behind the
+//! invocation, [`crate::checkpoint`]). Unset variables cost one environment lookup.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

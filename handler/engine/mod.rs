@@ -205,6 +205,8 @@ pub struct SyncOptions {
     /// of a fanned-out RESOLVED ([`fan_out`]): its run sees one table, and the record of all of
     /// them is written by the apply that finds every table there.
     pub record: bool,
+    /// Where a commit's due checkpoint is written: inline, or behind the invocation (`serve`).
+    pub checkpoints: crate::checkpoint::Checkpoints,
 }
 
 /// What a run tells a progress display.
@@ -281,6 +283,7 @@ impl SyncOptions {
             crdb_url: self.crdb_url.clone(),
             progress: self.progress.clone(),
             record: self.record,
+            checkpoints: self.checkpoints.clone(),
             ..Self::from_config(config)
         }
     }
@@ -310,6 +313,7 @@ impl Default for SyncOptions {
             crdb_url: None,
             progress: None,
             record: true,
+            checkpoints: crate::checkpoint::Checkpoints::Inline,
         }
     }
 }

@@ -15,7 +15,7 @@ use super::table::TableState;
 use super::{DEFAULT_TARGET_FILE_SIZE, RESOLVED_LOG, SyncError, delta_err};
 use crate::records::{Figures, ResolvedLogFigures};
 
-use crate::delta::{self, Commit, Committed, Target};
+use crate::delta::{self, Checkpoints, Commit, Committed, Target};
 use deltalake_core::DeltaTable;
 
 pub(super) fn resolved_log_schema() -> Arc<Schema> {
@@ -62,13 +62,15 @@ pub struct ResolvedLog {
     /// As of this run's last record; `None` until opened, and after a failed or stale attempt
     /// (the next one opens it afresh and sees what the other writer did).
     table: Option<DeltaTable>,
+    checkpoints: Checkpoints,
 }
 
 impl ResolvedLog {
-    pub fn new(target: Target) -> Self {
+    pub fn new(target: Target, checkpoints: Checkpoints) -> Self {
         Self {
             target,
             table: None,
+            checkpoints,
         }
     }
 }
@@ -149,12 +151,19 @@ pub async fn record_resolved(
     const ATTEMPTS: u32 = 3;
     for attempt in 1..=ATTEMPTS {
         let table = log.table.take();
-        match record_resolved_once(&log.target, table, resolved, rows, partition, if_missing)
-            .await
-            .map(|(done, table)| {
-                log.table = table;
-                done
-            }) {
+        let attempt_once = record_resolved_once(
+            &log.target,
+            table,
+            resolved,
+            rows,
+            partition,
+            if_missing,
+            &log.checkpoints,
+        );
+        match attempt_once.await.map(|(done, table)| {
+            log.table = table;
+            done
+        }) {
             Ok(true) => return Ok(()),
             Ok(false) => {
                 tracing::warn!(%resolved, attempt, "recording the RESOLVED raced another writer; retrying")
@@ -181,6 +190,7 @@ pub(super) async fn record_resolved_once(
     rows: &[RecordRow],
     partition: Option<PartitionFormat>,
     if_missing: bool,
+    checkpoints: &Checkpoints,
 ) -> Result<(bool, Option<DeltaTable>), SyncError> {
     let schema = resolved_log_schema();
     let mut table = match table {
@@ -255,6 +265,7 @@ pub(super) async fn record_resolved_once(
             mode: Mode::AppendOnly,
             kind: delta::CommitKind::Apply,
         },
+        checkpoints,
     )
     .await?;
     if let Committed::Conflict(conflict) = committed {

@@ -183,7 +183,10 @@ pub(super) async fn sync_known(
             });
         }
     }
-    let mut recorder = Recorder::new(ResolvedLog::new(Target::new(target, RESOLVED_LOG)?));
+    let mut recorder = Recorder::new(ResolvedLog::new(
+        Target::new(target, RESOLVED_LOG)?,
+        opts.checkpoints.clone(),
+    ));
     let late: Vec<String> = plan::late_files(&objects)
         .into_iter()
         .map(|l| {

@@ -22,6 +22,7 @@ use super::fan_out::{OUTPUT_BINDING, TableMessage};
 use super::status;
 use super::store::{Acquire, ErrorRecord, Marker, RunRecord, Store};
 use super::{ServeError, Settings, container_prefix, scope_of};
+use crate::checkpoint::{Checkpoints, InFlight};
 use crate::engine::{SyncOptions, SyncReport, sync};
 use crate::storage::Location;
 
@@ -40,6 +41,8 @@ pub struct App {
     /// `ApplyTable` invocations the host runs side by side: each gets a slot and a share of
     /// the window, so memory stays bounded as without fan-out.
     pub(super) apply_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Invocations in flight: due checkpoints are written between them.
+    in_flight: std::sync::Arc<InFlight>,
 }
 
 /// The outcome of one event or run, as a log line for the host, and the table messages of a
@@ -52,12 +55,15 @@ impl App {
         let target = Location::open(&settings.target)?;
         let scope = scope_of(&source, settings.account.as_deref())?;
         let own = container_prefix(&target).into_iter().collect();
+        let in_flight = std::sync::Arc::new(InFlight::default());
         let opts = SyncOptions {
             mode: settings.mode,
             // One run per RESOLVED event: a file straddling RESOLVEDs is read once.
             carry_cache: Some(crate::engine::carry::CarryCache::default()),
             explicit: Some(settings.config.clone()),
             crdb_url: settings.crdb_url.clone(),
+            // An invocation answers once its commits are in; checkpoints are written after.
+            checkpoints: Checkpoints::behind(in_flight.clone()),
             ..SyncOptions::from_config(settings.config.clone())
         };
         tracing::info!(source = %source.display, target = %target.display, scope = ?scope, "handler configured");
@@ -72,6 +78,7 @@ impl App {
             scope,
             own,
             opts,
+            in_flight,
         })
     }
 
@@ -82,6 +89,7 @@ impl App {
         invocation: &str,
         body: Result<Bytes, super::BodyError>,
     ) -> (StatusCode, InvocationResponse) {
+        let _busy = self.in_flight.enter();
         let span = tracing::info_span!("invocation", function, invocation);
         let _enter = span.enter();
         let started = Instant::now();

@@ -477,7 +477,14 @@ impl App {
             return Ok(None);
         };
         fault("before-fan-out-record");
-        fan_out::record(&self.target, resolved, &rows, plan.partition).await?;
+        fan_out::record(
+            &self.target,
+            resolved,
+            &rows,
+            plan.partition,
+            &self.opts.checkpoints,
+        )
+        .await?;
         self.consume_resolved(resolved).await?;
         let ended = self.store.end_fan_outs(resolved).await?;
         tracing::info!(invocation, %resolved, tables = rows.len(), ended, "RESOLVED recorded");

@@ -96,3 +96,83 @@ def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch
         last = max(r["resolved"] for r in rec)
         want = sorted(t["name"] for t in manifest["tables"])
         assert sorted(r["table_name"] for r in rec if r["resolved"] == last) == want, rec
+
+
+def test_checkpoints_are_written_after_the_invocation_answers(crdb_delta_bin, tmp_path):
+    """A commit that makes a checkpoint due (every 10 versions) does not write it before the
+    RESOLVED's invocation answers: `serve` writes it once no invocation is in flight. Held at
+    `before-checkpoint`, every invocation still answers and no checkpoint exists; released, the
+    checkpoints of every table that reached 10 versions appear, and the tables read back
+    through them equal the truth."""
+    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
+    if not endpoint:
+        if os.environ.get("CRDB_DELTA_SKIP_AZURITE") == "1":
+            pytest.skip("CRDB_DELTA_SKIP_AZURITE=1")
+        pytest.fail("AZURITE_BLOB_ENDPOINT not set: run scripts/test (it starts Azurite), "
+                    "or set CRDB_DELTA_SKIP_AZURITE=1 to skip")
+    base = endpoint.rsplit("/", 1)[0]
+    env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": base}
+    container = "ck" + uuid.uuid4().hex[:12]
+    create_container(endpoint, container)
+    # 12 RESOLVEDs, one invocation each, one commit each per table: versions 0..11 or more.
+    run(crdb_delta_bin, "simulate", "--out", f"azure://{container}/feed", "--truth",
+        str(tmp_path / "truth"), "--tables", "usertable", "--initial-rows", "20", "--windows",
+        "11", "--events-per-window", "20", "--straddle", "0", "--restart-at", "0", env=env)
+    manifest = json.loads((tmp_path / "truth" / "manifest.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config_from_manifest(manifest)))
+    target = tmp_path / "delta"
+    pause_dir = tmp_path / "pause"
+    pause_dir.mkdir()
+    port = o.free_port()
+    serve_env = dict(os.environ, **env,
+                     FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
+                     CRDB_DELTA_SOURCE=f"azure://{container}/feed",
+                     CRDB_DELTA_TARGET=str(target),
+                     CRDB_DELTA_CONFIG=str(tmp_path / "config.json"),
+                     CRDB_DELTA_PAUSE="before-checkpoint",
+                     CRDB_DELTA_PAUSE_DIR=str(pause_dir),
+                     CRDB_DELTA_LOG="info,buoyant_kernel=warn")
+    log = open(tmp_path / "serve.log", "w")
+    handler = subprocess.Popen([str(crdb_delta_bin), "serve"], env=serve_env,
+                               stdout=subprocess.DEVNULL, stderr=log)
+
+    def checkpoints() -> dict[str, list[str]]:
+        return {t.name: sorted(p.name for p in (t / "_delta_log").glob("*.checkpoint.parquet"))
+                for t in target.iterdir() if (t / "_delta_log").is_dir()}
+
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert handler.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "serve did not listen"
+                time.sleep(0.02)
+        p = run(crdb_delta_bin, "pump", "--source", f"azure://{container}", "--handler",
+                f"http://127.0.0.1:{port}", "--function", "BlobCreated", "--once", env=env)
+        assert json.loads(p.stdout)["failed"] == 0
+        # Every invocation answered; the first due checkpoint, started once none is in
+        # flight, is held: none written yet.
+        deadline = time.time() + 30
+        while not (pause_dir / "before-checkpoint.paused").exists():
+            assert time.time() < deadline, (checkpoints(), (tmp_path / "serve.log").read_text())
+            time.sleep(0.05)
+        assert not any(checkpoints().values()), checkpoints()
+        versions = {t: len(list((target / t / "_delta_log").glob("*.json"))) for t in checkpoints()}
+        due = {t for t, n in versions.items() if n >= 10}
+        assert "usertable" in due and "_crdb_delta_resolved" in due, versions
+        (pause_dir / "before-checkpoint.resume").touch()
+        deadline = time.time() + 60
+        while not all(checkpoints()[t] for t in due):
+            assert time.time() < deadline, (checkpoints(), (tmp_path / "serve.log").read_text())
+            time.sleep(0.1)
+        assert all(c == ["00000000000000000009.checkpoint.parquet"]
+                   for t, c in checkpoints().items() if t in due and versions[t] < 20), checkpoints()
+    finally:
+        handler.terminate()
+        handler.wait(timeout=30)
+        log.close()
+    check_final(tmp_path, "update_delete",
+                uri=lambda t: str(target / t))
