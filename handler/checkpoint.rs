@@ -42,6 +42,7 @@ pub struct InFlight(AtomicUsize);
 pub struct Busy(Arc<InFlight>);
 
 impl InFlight {
+    /// An invocation starts: in flight until the guard drops (however it ends).
     pub fn enter(self: &Arc<Self>) -> Busy {
         self.0.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
