@@ -15,11 +15,12 @@ import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 import oracle as o
-from test_sync_oracle import TABLES, check_final, create_container, run
+from test_sync_oracle import TABLES, azurite_endpoint, check_final, create_container, run
 
 
 def config_from_manifest(manifest: dict) -> dict:
@@ -30,16 +31,24 @@ def config_from_manifest(manifest: dict) -> dict:
     }}
 
 
+def wait_listening(handler: subprocess.Popen, port: int, log: Path) -> None:
+    """Until `serve` accepts connections on PORT (at most a minute; its LOG if it exits)."""
+    deadline = time.time() + 60
+    while True:
+        assert handler.poll() is None, log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.time() < deadline, "serve did not listen"
+            time.sleep(0.02)
+
+
 @pytest.mark.parametrize("function,fan_out", [("BlobCreated", False), ("BlobQueue", False),
                                                ("BlobCreated", True)])
 def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch, function,
                                            fan_out):
-    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
-    if not endpoint:
-        if os.environ.get("CRDB_DELTA_SKIP_AZURITE") == "1":
-            pytest.skip("CRDB_DELTA_SKIP_AZURITE=1")
-        pytest.fail("AZURITE_BLOB_ENDPOINT not set: run scripts/test (it starts Azurite), "
-                    "or set CRDB_DELTA_SKIP_AZURITE=1 to skip")
+    endpoint = azurite_endpoint()
     base = endpoint.rsplit("/", 1)[0]
     env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": base}
     container = "fn" + uuid.uuid4().hex[:12]
@@ -65,15 +74,7 @@ def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch
     handler = subprocess.Popen([str(crdb_delta_bin), "serve"], env=serve_env,
                                stdout=subprocess.DEVNULL, stderr=log)
     try:
-        deadline = time.time() + 60
-        while True:
-            assert handler.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "serve did not listen"
-                time.sleep(0.02)
+        wait_listening(handler, port, tmp_path / "serve.log")
         # The whole container (our own writes included), newest first, every event twice.
         p = run(crdb_delta_bin, "pump", "--source", f"azure://{container}", "--handler",
                 f"http://127.0.0.1:{port}", "--function", function, "--once", "--duplicate",
@@ -104,12 +105,7 @@ def test_checkpoints_are_written_after_the_invocation_answers(crdb_delta_bin, tm
     `before-checkpoint`, every invocation still answers and no checkpoint exists; released, the
     checkpoints of every table that reached 10 versions appear, and the tables read back
     through them equal the truth."""
-    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
-    if not endpoint:
-        if os.environ.get("CRDB_DELTA_SKIP_AZURITE") == "1":
-            pytest.skip("CRDB_DELTA_SKIP_AZURITE=1")
-        pytest.fail("AZURITE_BLOB_ENDPOINT not set: run scripts/test (it starts Azurite), "
-                    "or set CRDB_DELTA_SKIP_AZURITE=1 to skip")
+    endpoint = azurite_endpoint()
     base = endpoint.rsplit("/", 1)[0]
     env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": base}
     container = "ck" + uuid.uuid4().hex[:12]
@@ -141,15 +137,7 @@ def test_checkpoints_are_written_after_the_invocation_answers(crdb_delta_bin, tm
                 for t in target.iterdir() if (t / "_delta_log").is_dir()}
 
     try:
-        deadline = time.time() + 60
-        while True:
-            assert handler.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "serve did not listen"
-                time.sleep(0.02)
+        wait_listening(handler, port, tmp_path / "serve.log")
         p = run(crdb_delta_bin, "pump", "--source", f"azure://{container}", "--handler",
                 f"http://127.0.0.1:{port}", "--function", "BlobCreated", "--once", env=env)
         assert json.loads(p.stdout)["failed"] == 0

@@ -321,12 +321,7 @@ def test_corrupt_file_fails_clearly_and_commits_nothing(crdb_delta_bin, tmp_path
 
 
 def test_azurite_source_and_target(crdb_delta_bin, tmp_path, monkeypatch):
-    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
-    if not endpoint:
-        if os.environ.get("CRDB_DELTA_SKIP_AZURITE") == "1":
-            pytest.skip("CRDB_DELTA_SKIP_AZURITE=1")
-        pytest.fail("AZURITE_BLOB_ENDPOINT not set: run scripts/test (it starts Azurite), "
-                    "or set CRDB_DELTA_SKIP_AZURITE=1 to skip")
+    endpoint = azurite_endpoint()
     import uuid
 
     container = "sync" + uuid.uuid4().hex[:12]
@@ -347,6 +342,18 @@ def test_azurite_source_and_target(crdb_delta_bin, tmp_path, monkeypatch):
     opts = {"account_name": "devstoreaccount1", "use_emulator": "true", "allow_http": "true"}
     check_final(tmp_path, "update_delete", reader_options=opts,
                 uri=lambda t: f"az://{container}/delta/{t}")
+
+
+def azurite_endpoint() -> str:
+    """`AZURITE_BLOB_ENDPOINT`; without it the test fails, unless `CRDB_DELTA_SKIP_AZURITE=1`
+    skips it."""
+    endpoint = os.environ.get("AZURITE_BLOB_ENDPOINT")
+    if not endpoint:
+        if os.environ.get("CRDB_DELTA_SKIP_AZURITE") == "1":
+            pytest.skip("CRDB_DELTA_SKIP_AZURITE=1")
+        pytest.fail("AZURITE_BLOB_ENDPOINT not set: run scripts/test (it starts Azurite), "
+                    "or set CRDB_DELTA_SKIP_AZURITE=1 to skip")
+    return endpoint
 
 
 def create_container(endpoint: str, container: str):
