@@ -5,8 +5,7 @@
 //! version and writes it as Parquet before the commit returns. In the handler that made one
 //! RESOLVED in ten (per table, and again for `_crdb_delta_resolved`) about 100 ms slower at 10k
 //! changes, 1.3–1.5× its neighbours (docs/benchmarks.md). A checkpoint is not part of the
-//! commit: readers
-//! replay the commits after the last one. So commits are made without it
+//! commit: readers replay the commits after the last one. So commits are made without it
 //! ([`CommitProperties::with_create_checkpoint`] off) and it is written here: inline (`sync`,
 //! `maintain`), or by a task of the `serve` process once no invocation is in flight. One that
 //! is never written (the process stops first, or writing fails) leaves a longer replay until

@@ -249,6 +249,25 @@ impl SyncOptions {
     /// defaults for the rest: one reading of the config for `sync` (whose flags then override)
     /// and the handler.
     pub fn from_config(config: Config) -> Self {
+        let key_cache = config
+            .key_index_bytes
+            .map_or_else(key_cache::KeyCache::default, key_cache::KeyCache::new);
+        Self {
+            key_cache,
+            ..Self::default().with_config(config)
+        }
+    }
+
+    /// These options with the config's options read again from `config` (e.g. one that now
+    /// includes the target's schema.json); everything no config sets (mode, kept rows, the key
+    /// cache, where checkpoints go) stays.
+    pub fn reconfigured(&self, config: Config) -> Self {
+        self.clone().with_config(config)
+    }
+
+    /// The options a config sets, from `config` (defaults where it is silent); the rest as
+    /// they are. The one list of them: an option added elsewhere is kept by `reconfigured`.
+    fn with_config(self, config: Config) -> Self {
         let d = Self::default();
         Self {
             max_window_bytes: config.max_window_bytes.unwrap_or(d.max_window_bytes),
@@ -261,30 +280,8 @@ impl SyncOptions {
                 .map_or(d.max_resolved_ahead, std::time::Duration::from_secs),
             max_line_bytes: config.max_line_bytes.unwrap_or(d.max_line_bytes),
             tables_at_once: config.tables_at_once.unwrap_or(d.tables_at_once),
-            key_cache: config
-                .key_index_bytes
-                .map_or(d.key_cache, key_cache::KeyCache::new),
             config,
-            ..d
-        }
-    }
-
-    /// These options with the config's options read again from `config` (e.g. one that now
-    /// includes the target's schema.json); what no config sets (mode, kept rows) stays.
-    pub fn reconfigured(&self, config: Config) -> Self {
-        Self {
-            mode: self.mode,
-            batch_size: self.batch_size,
-            until: self.until,
-            deadline: self.deadline,
-            carry_cache: self.carry_cache.clone(),
-            key_cache: self.key_cache.clone(),
-            explicit: self.explicit.clone(),
-            crdb_url: self.crdb_url.clone(),
-            progress: self.progress.clone(),
-            record: self.record,
-            checkpoints: self.checkpoints.clone(),
-            ..Self::from_config(config)
+            ..self
         }
     }
 }
@@ -348,6 +345,35 @@ impl<T> std::future::Future for AbortOnDrop<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reading the config again changes what it sets and keeps the rest, options added
+    /// since included (the checkpoints' destination was lost once).
+    #[test]
+    fn reconfigured_reads_the_config_again_and_keeps_the_rest() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let opts = SyncOptions {
+            mode: Some(Mode::Scd2),
+            record: false,
+            batch_size: 7,
+            checkpoints: crate::checkpoint::Checkpoints::Behind(tx),
+            ..SyncOptions::default()
+        };
+        let config: Config =
+            serde_json::from_str(r#"{"max_window_bytes": "64MiB", "tables_at_once": 3}"#).unwrap();
+        let o = opts.reconfigured(config);
+        assert_eq!((o.max_window_bytes, o.tables_at_once), (64 << 20, 3));
+        assert_eq!(
+            (o.mode, o.record, o.batch_size),
+            (Some(Mode::Scd2), false, 7)
+        );
+        assert!(matches!(
+            o.checkpoints,
+            crate::checkpoint::Checkpoints::Behind(_)
+        ));
+        // What the new config is silent on goes back to its default.
+        let again = o.reconfigured(Config::default());
+        assert_eq!(again.max_window_bytes, DEFAULT_MAX_WINDOW_BYTES);
+    }
 
     #[test]
     fn options_come_from_the_config_defaults_fill_the_rest() {
