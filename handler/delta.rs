@@ -520,6 +520,21 @@ pub async fn enable_deletion_vectors(
     Ok(t)
 }
 
+/// delta-rs' descriptor as ours (the same JSON).
+fn our_descriptor(d: &DeletionVectorDescriptor) -> Result<DvDescriptor, String> {
+    serde_json::from_value(serde_json::to_value(d).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())
+}
+
+/// Delta's unique id of a file's deletion vector (`None`: it has none): a vector is never
+/// rewritten under its id, so it keys a cache.
+pub fn deletion_vector_id(file: &FileEntry) -> Option<String> {
+    file.dv
+        .as_ref()
+        .and_then(|d| our_descriptor(d).ok())
+        .map(|d| d.unique_id())
+}
+
 /// The deleted rows of a file: its deletion vector read (from its `.bin` file or inline), or
 /// none.
 pub async fn read_deletion_vector(
@@ -533,9 +548,7 @@ pub async fn read_deletion_vector(
         table: table.table_url().to_string(),
         message: format!("{}: deletion vector: {message}", file.path),
     };
-    let ours: DvDescriptor =
-        serde_json::from_value(serde_json::to_value(d).map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
+    let ours = our_descriptor(d).map_err(bad)?;
     match ours.location().map_err(|e| bad(e.to_string()))? {
         DvLocation::Inline => ours.read_inline().map_err(|e| bad(e.to_string())),
         DvLocation::Relative(rel) => {
@@ -558,21 +571,31 @@ pub async fn read_deletion_vector(
     }
 }
 
+/// What [`deletion_vector_actions`] made.
+pub struct DvActions {
+    pub adds: Vec<Add>,
+    pub removes: Vec<Remove>,
+    /// Bytes of the `.bin` file written.
+    pub bytes: u64,
+    /// Each file's new deletion vector: (path, Delta unique id, vector), for a cache.
+    pub vectors: Vec<(String, String, DeletionVector)>,
+}
+
 /// Marks rows deleted in live files: one `.bin` file for all of them (written now, referenced
-/// by the commit; its size is returned), and per file `remove(path, old DV)` + `add(path, new DV)`; a file whose
+/// by the commit), and per file `remove(path, old DV)` + `add(path, new DV)`; a file whose
 /// every row is deleted is only removed. `deleted` holds each file's full set (its old deletion
 /// vector included).
 pub async fn deletion_vector_actions(
     table: &DeltaTable,
     name: &str,
     deleted: Vec<(FileEntry, DeletionVector)>,
-) -> Result<(Vec<Add>, Vec<Remove>, u64), DeltaError> {
+) -> Result<DvActions, DeltaError> {
     let bad = |message: String| DeltaError::Table {
         table: name.to_owned(),
         message: format!("deletion vector: {message}"),
     };
     let mut bin = DvFileBuilder::new(uuid::Uuid::new_v4(), "").map_err(|e| bad(e.to_string()))?;
-    let (mut adds, mut removes) = (Vec::new(), Vec::new());
+    let (mut adds, mut removes, mut vectors) = (Vec::new(), Vec::new(), Vec::new());
     for (file, dv) in deleted {
         let all_gone = file.num_records.is_some_and(|n| dv.cardinality() >= n);
         removes.push(file.remove);
@@ -583,23 +606,29 @@ pub async fn deletion_vector_actions(
         let theirs: DeletionVectorDescriptor =
             serde_json::from_value(serde_json::to_value(&d).map_err(|e| bad(e.to_string()))?)
                 .map_err(|e| bad(e.to_string()))?;
+        vectors.push((file.path, d.unique_id(), dv));
         adds.push(Add {
             deletion_vector: Some(theirs),
             ..file.add
         });
     }
-    let mut written = 0;
+    let mut bytes = 0;
     if !bin.is_empty() {
         let path = Path::parse(bin.relative_path()).map_err(|e| bad(e.to_string()))?;
-        let bytes = bin.finish();
-        written = bytes.len() as u64;
+        let written = bin.finish();
+        bytes = written.len() as u64;
         table
             .object_store()
-            .put(&path, bytes.into())
+            .put(&path, written.into())
             .await
             .map_err(|e| bad(e.to_string()))?;
     }
-    Ok((adds, removes, written))
+    Ok(DvActions {
+        adds,
+        removes,
+        bytes,
+        vectors,
+    })
 }
 
 /// The live rows of one data file: its batches minus the rows its deletion vector hides (what

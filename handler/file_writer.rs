@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_array::{RecordBatch, StringArray};
 use arrow_schema::SchemaRef;
 use crdb_delta_core::apply::{END_HLC, HLC, START_HLC};
 use deltalake_core::kernel::Add;
@@ -85,51 +85,73 @@ fn joined(
 /// Snappy, row groups of [`ROW_GROUP_ROWS`], and no dictionary for columns whose values are
 /// mostly distinct: the writer would hash each value into a dictionary until it outgrows its
 /// page limit and then fall back to plain encoding anyway (interning was 8% of a
-/// per-RESOLVED run's CPU, on the encoder's thread). Judged per file from the first batch:
-/// a column of few values (a status, a region) keeps its dictionary. HLC text is unique per
-/// change, so HLC columns are plain; but scd2's start column keeps its dictionary where the
-/// first batch holds one value (an initial scan's rows all carry the scan's timestamp): a few
+/// per-RESOLVED run's CPU, on the encoder's thread). Judged per file from its first
+/// [`SAMPLE_ROWS`] rows (`held`: the batches received so far, in order), not its first batch: a
+/// step's first batch can be a few rows (the changed rows of a small file), too few to tell,
+/// and the dictionary stayed on for the whole file (interning was 5% of a warm step at 20M
+/// rows). A column of few values (a status, a region) keeps its dictionary. HLC text is unique
+/// per change, so HLC columns are plain; but scd2's start column keeps its dictionary where
+/// the sample holds one value (an initial scan's rows all carry the scan's timestamp): a few
 /// bytes a page, where plain text is 30 bytes a row to decompress whenever scd2 reads a row's
 /// start. Only all-equal: a batch mixing one old value with new ones (a rewrite of an initial
 /// scan's file) would grow a dictionary until it overflowed.
-fn properties(first: &RecordBatch) -> WriterProperties {
+fn properties(held: &[RecordBatch]) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     for column in [HLC, END_HLC] {
         props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
     }
-    if !first.column_by_name(START_HLC).is_some_and(one_value) {
+    if !sample(held, START_HLC).is_some_and(|v| one_value(&v)) {
         props = props.set_column_dictionary_enabled(ColumnPath::from(START_HLC), false);
     }
-    for (field, column) in first.schema().fields().iter().zip(first.columns()) {
-        if mostly_distinct(column) {
-            props =
-                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+    let names: Vec<String> = held
+        .iter()
+        .flat_map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut judged = HashSet::new();
+    for name in names {
+        if judged.insert(name.clone()) && sample(held, &name).is_some_and(|v| mostly_distinct(&v)) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(name.as_str()), false);
         }
     }
     props.build()
 }
 
-/// Whether a text column's first [`SAMPLE_ROWS`] non-null values, 64 at least, are all one.
-fn one_value(column: &ArrayRef) -> bool {
-    let Some(text) = column.as_any().downcast_ref::<StringArray>() else {
-        return false;
-    };
-    let values: Vec<&str> = text.iter().flatten().take(SAMPLE_ROWS).collect();
+/// The first [`SAMPLE_ROWS`] non-null values of text column `name` over the `held` batches in
+/// order (`None`: no batch has it as text).
+fn sample<'a>(held: &'a [RecordBatch], name: &str) -> Option<Vec<&'a str>> {
+    let mut texts = held
+        .iter()
+        .filter_map(|b| b.column_by_name(name))
+        .filter_map(|c| c.as_any().downcast_ref::<StringArray>())
+        .peekable();
+    texts.peek()?;
+    Some(
+        texts
+            .flat_map(|t| t.iter().flatten())
+            .take(SAMPLE_ROWS)
+            .collect(),
+    )
+}
+
+/// Whether the sampled `values`, 64 at least, are all one.
+fn one_value(values: &[&str]) -> bool {
     values.len() >= 64 && values.iter().all(|v| *v == values[0])
 }
 
-/// Values sampled from the start of a column to judge its cardinality.
+/// Values sampled from the start of a file's column to judge its cardinality.
 const SAMPLE_ROWS: usize = 1024;
 
-/// Whether more than half of a text column's first [`SAMPLE_ROWS`] non-null values differ (too
-/// few values to tell: no).
-fn mostly_distinct(column: &ArrayRef) -> bool {
-    let Some(text) = column.as_any().downcast_ref::<StringArray>() else {
-        return false;
-    };
-    let values: Vec<&str> = text.iter().flatten().take(SAMPLE_ROWS).collect();
+/// Whether more than half of the sampled `values` differ (fewer than 64 values: too few to
+/// tell, no).
+fn mostly_distinct(values: &[&str]) -> bool {
     if values.len() < 64 {
         return false;
     }
@@ -144,23 +166,39 @@ fn encode(
     mut rx: mpsc::Receiver<Msg>,
 ) -> Result<Vec<Add>, DeltaTableError> {
     let schema: SchemaRef = inner.arrow_schema();
-    let mut configured = false;
+    // Batches held until the file's properties are judged ([`properties`]): a few rows more
+    // than SAMPLE_ROWS at most, plus the batch that crosses it.
+    let mut held: Option<Vec<RecordBatch>> = Some(Vec::new());
+    let write = |inner: &mut RecordBatchWriter, batch: RecordBatch| {
+        // A batch with more columns than the table adds them (the layout grew).
+        let mode = if batch.schema().fields().len() > schema.fields().len() {
+            WriteMode::MergeSchema
+        } else {
+            WriteMode::Default
+        };
+        runtime.block_on(inner.write_with_mode(batch, mode))
+    };
     while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            Msg::Batch(batch) => {
-                if !configured {
-                    inner = inner.with_writer_properties(properties(&batch));
-                    configured = true;
-                }
-                // A batch with more columns than the table adds them (the layout grew).
-                let mode = if batch.schema().fields().len() > schema.fields().len() {
-                    WriteMode::MergeSchema
-                } else {
-                    WriteMode::Default
-                };
-                runtime.block_on(inner.write_with_mode(batch, mode))?;
+        let finish = matches!(msg, Msg::Finish);
+        if let Msg::Batch(batch) = msg {
+            match held.as_mut() {
+                Some(h) => h.push(batch),
+                None => write(&mut inner, batch)?,
             }
-            Msg::Finish => return runtime.block_on(inner.flush()),
+        }
+        let enough = held
+            .as_ref()
+            .is_some_and(|h| h.iter().map(RecordBatch::num_rows).sum::<usize>() >= SAMPLE_ROWS);
+        if (enough || finish)
+            && let Some(h) = held.take()
+        {
+            inner = inner.with_writer_properties(properties(&h));
+            for batch in h {
+                write(&mut inner, batch)?;
+            }
+        }
+        if finish {
+            return runtime.block_on(inner.flush());
         }
     }
     Ok(Vec::new())
@@ -169,6 +207,7 @@ fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::ArrayRef;
     use std::sync::Arc;
 
     #[test]
@@ -201,7 +240,7 @@ mod tests {
             ("ints", ints),
         ])
         .unwrap();
-        let props = properties(&batch);
+        let props = properties(std::slice::from_ref(&batch));
         let dictionary = |c: &str| props.dictionary_enabled(&ColumnPath::from(c));
         assert!(!dictionary("unique"));
         assert!(dictionary("few"));
@@ -220,16 +259,35 @@ mod tests {
             _ => format!("17147516160274740{i:02}.0000000000"),
         });
         let batch = RecordBatch::try_from_iter([(HLC, scan()), (START_HLC, scan())]).unwrap();
-        let props = properties(&batch);
+        let props = properties(std::slice::from_ref(&batch));
         assert!(!props.dictionary_enabled(&ColumnPath::from(HLC)));
         assert!(props.dictionary_enabled(&ColumnPath::from(START_HLC)));
         let batch = RecordBatch::try_from_iter([(START_HLC, mixed)]).unwrap();
-        assert!(!properties(&batch).dictionary_enabled(&ColumnPath::from(START_HLC)));
+        assert!(
+            !properties(std::slice::from_ref(&batch))
+                .dictionary_enabled(&ColumnPath::from(START_HLC))
+        );
         // Nulls are not values: a column of 1,000 nulls and 10 values says nothing.
         let sparse: ArrayRef = Arc::new(StringArray::from_iter(
             (0..1010).map(|i| (i >= 1000).then(|| format!("{i}"))),
         ));
         let batch = RecordBatch::try_from_iter([("sparse", sparse)]).unwrap();
-        assert!(properties(&batch).dictionary_enabled(&ColumnPath::from("sparse")));
+        assert!(
+            properties(std::slice::from_ref(&batch))
+                .dictionary_enabled(&ColumnPath::from("sparse"))
+        );
+        // Judged over the first rows of the batches held, not the first batch: a step's first
+        // batches can be a few rows each (one file's changed rows).
+        let pieces: Vec<RecordBatch> = (0..40)
+            .map(|p| {
+                let values: ArrayRef = Arc::new(StringArray::from_iter_values(
+                    (0..30).map(|i| format!("{p}-{i}")),
+                ));
+                RecordBatch::try_from_iter([("unique", values)]).unwrap()
+            })
+            .collect();
+        let unique = ColumnPath::from("unique");
+        assert!(!properties(&pieces).dictionary_enabled(&unique));
+        assert!(properties(&pieces[..1]).dictionary_enabled(&unique));
     }
 }

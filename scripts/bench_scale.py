@@ -6,7 +6,11 @@
                            [--diff] [--work target/bench-scale]
 
 `--sizes 2000000 --copies 10` gives the 20M-row table: the 2M-row feed scaled
-by `bench_common.replicate`.
+by `bench_common.replicate`. A size written `ROWSxCOPIES` sets its own copies, e.g. `--sizes
+200000,2000000x10`: copies repeat the base feed's changes, so a window of CHANGES events over a
+base of few rows changes fewer keys (10k events over a 20k-row base: about 7.9k keys, against
+9.75k over 200k rows); sizes compared should change as many keys per RESOLVED (printed as "keys
+changed").
 
 For each table size it simulates a YCSB `usertable` (integer key, or random UUIDs with
 `--keys uuid`, or `(crdb_region, ycsb_key)` as a REGIONAL BY ROW table with `--keys region`;
@@ -102,16 +106,17 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for size in [int(s) for s in a.sizes.split(",")]:
+    for token in a.sizes.split(","):
+        size, copies = (int(x) for x in token.split("x")) if "x" in token else (int(token), a.copies)
         feed = work / (f"usertable-{size}" if a.keys == "int" else f"usertable-{a.keys}-{size}")
         feed = feed.with_name(feed.name + ("-diff" if a.diff else ""))
         simulate_usertable(a.bin, feed, size, a.resolveds + 1, a.changes,
                            "--mix", "0", "0.9", "0.1", "--file-size", str(64 << 20),
                            *(["--diff"] if a.diff else []),
                            *{"int": [], "uuid": ["--uuid-keys"], "region": ["--region-keys"]}[a.keys])
-        if a.copies > 1:
-            feed = replicate(feed, a.copies)
-            size *= a.copies
+        if copies > 1:
+            feed = replicate(feed, copies)
+            size *= copies
         resolved = sorted(hlc_of(p.name) for p in (feed / "changefeed").rglob("*.RESOLVED"))
         for mode in a.modes.split(","):
             for storage in a.storages.split(","):
@@ -142,6 +147,7 @@ def main() -> None:
                     "window_mb": med(lambda s: s["bytes_read"] / 1e6),
                     "rss": max(s["peak_rss_mib"] for s in steps),
                     "events": med(lambda s: s["events"]),
+                    "keys": med(lambda s: sum(s["t"].get(k, 0) for k in ("inserted", "updated", "deleted"))),
                     "one_first_s": one["first_s"], "one_s": one["s"],
                     "one_read_mb": ot.get("table_bytes_read", 0) / n / 1e6,
                     "one_indexed": ot.get("table_files_indexed", 0) / max(1, ot.get("table_files_read", 0)),
@@ -166,11 +172,11 @@ def main() -> None:
     for r in rows:
         shutil.rmtree(r["loaded"], ignore_errors=True)
     print()
-    print("| table rows | mode | storage | initial load | s per RESOLVED | table MB read | MB written | window MB (changefeed) | peak RSS per RESOLVED |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| table rows | mode | storage | initial load | keys changed per RESOLVED | s per RESOLVED | table MB read | MB written | window MB (changefeed) | peak RSS per RESOLVED |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['rows']:,} | {r['mode']} | {r['storage']} | {r['load_s']:.1f} s, {r['load_rss']:.0f} MiB "
-              f"| {r['s']:.2f} | {r['read_mb']:.1f} | {r['written_mb']:.1f} | {r['window_mb']:.1f} | {r['rss']:.0f} MiB |")
+              f"| {r['keys']:,.0f} | {r['s']:.2f} | {r['read_mb']:.1f} | {r['written_mb']:.1f} | {r['window_mb']:.1f} | {r['rss']:.0f} MiB |")
     print()
     print("One process (a warm instance), the same RESOLVEDs:")
     print()

@@ -107,9 +107,10 @@ async fn delete_rows(table: &mut DeltaTable, path: &str, rows: &[u64]) -> u64 {
         .unwrap();
     let mut dv: DeletionVector = rows.iter().copied().collect();
     dv.union_with(&delta::read_deletion_vector(table, &file).await.unwrap());
-    let (adds, removes, _) = delta::deletion_vector_actions(table, "t", vec![(file, dv)])
-        .await
-        .unwrap();
+    let delta::DvActions { adds, removes, .. } =
+        delta::deletion_vector_actions(table, "t", vec![(file, dv)])
+            .await
+            .unwrap();
     let mut actions: Vec<Action> = removes.into_iter().map(Action::Remove).collect();
     actions.extend(adds.into_iter().map(Action::Add));
     commit(table, actions).await

@@ -442,6 +442,10 @@ async fn key_columns_are_looked_up_once_learned(sim: SimOptions) {
         one.table_bytes_read < plain.table_bytes_read,
         "{one:?} {plain:?}"
     );
+    // Deletion vectors: a run with the cache fetches only those it did not write itself (none,
+    // here); the other run fetches each one at every step that probes its file.
+    assert!(plain.deletion_vectors_read > 0, "{plain:?}");
+    assert_eq!(one.deletion_vectors_read, 0, "{one:?}");
     assert_equals_truth(&indexed, &f.truth_dir, "usertable").await;
     assert_equals_truth(&none, &f.truth_dir, "usertable").await;
 

@@ -483,6 +483,8 @@ async fn write(
     // Key indexes being built aside ([`Learn::finish_aside`]).
     let mut learning: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let bs = opts.batch_size;
+    // Deletion vectors are kept beside the key indexes (see [`super::key_cache`]).
+    let dv_cache = opts.key_cache.enabled().then(|| opts.key_cache.clone());
     if changes.reads_table() && exists && !changes.log().is_empty() {
         let layout = changes.log().layout();
         let first_key = layout.key[0].clone();
@@ -563,13 +565,16 @@ async fn write(
         // Each file's fetch (and decode) is a task of its own, so it goes on while the loop
         // below merges; dropped with the loop, the tasks are aborted.
         let fetch_from = Arc::new(table.clone());
+        let dvs_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let probe_shared = Arc::new(probe.clone());
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let (table, probe) = (fetch_from.clone(), probe_shared.clone());
             let decode_ahead = one_pass(&f) && f.num_records.is_some_and(|n| n <= ahead_rows);
-            let (name, index, teach, keys, url, key_types, extra) = (
+            let (name, index, dvs, dvs_read, teach, keys, url, key_types, extra) = (
                 name.clone(),
                 index.clone(),
+                dv_cache.clone(),
+                dvs_read.clone(),
                 teach.clone(),
                 sliced.keys(&f, &keys).unwrap_or_else(|| keys.clone()),
                 table_url.clone(),
@@ -578,7 +583,7 @@ async fn write(
             );
             AbortOnDrop(tokio::spawn(async move {
                 let size = u64::try_from(f.size).unwrap_or(0);
-                let dv = delta::read_deletion_vector(&table, &f).await?;
+                let dv = deletion_vector(&table, &f, dvs.as_ref(), &url, &dvs_read).await?;
                 // Indexed: the rows of the window's keys, without reading the file.
                 // Learned under another key (the config changed in between): not used.
                 let known = index
@@ -767,6 +772,7 @@ async fn write(
                 deleted.push((f, dv));
             }
         }
+        state.report.deletion_vectors_read += dvs_read.load(std::sync::atomic::Ordering::Relaxed);
     }
     for l in learning {
         // A build that failed only leaves its file unindexed.
@@ -786,11 +792,17 @@ async fn write(
     };
     state.report.bytes_written += adds.iter().map(|a| a.size.max(0) as u64).sum::<u64>();
     if !deleted.is_empty() {
-        let (dv_adds, dv_removes, dv_bytes) =
-            delta::deletion_vector_actions(table, &name, deleted).await?;
-        state.report.bytes_written += dv_bytes;
-        adds.extend(dv_adds);
-        removes.extend(dv_removes);
+        let dv = delta::deletion_vector_actions(table, &name, deleted).await?;
+        state.report.bytes_written += dv.bytes;
+        adds.extend(dv.adds);
+        removes.extend(dv.removes);
+        // Keyed by their ids: if this commit does not land, nothing asks for them.
+        if let Some(cache) = &dv_cache {
+            let url = table.table_url().to_string();
+            for (path, id, vector) in dv.vectors {
+                cache.put_deletion_vector(&url, &path, id, vector);
+            }
+        }
     }
     Ok(Written::Files {
         adds,
@@ -872,6 +884,33 @@ fn with_columns_at(
     let mut cols = keys.columns().to_vec();
     cols.extend(extra.columns().iter().cloned());
     arrow_array::RecordBatch::try_new(Arc::new(schema), cols).map_err(arrow)
+}
+
+/// A file's deletion vector: the one `cache` holds under the same id, else read (and kept;
+/// counted in `read`).
+async fn deletion_vector(
+    table: &deltalake_core::DeltaTable,
+    f: &FileEntry,
+    cache: Option<&KeyCache>,
+    url: &str,
+    read: &std::sync::atomic::AtomicU64,
+) -> Result<DeletionVector, DeltaError> {
+    let id = delta::deletion_vector_id(f);
+    if let Some(dv) = cache
+        .zip(id.as_deref())
+        .and_then(|(c, id)| c.deletion_vector(url, &f.path, id))
+    {
+        return Ok(dv);
+    }
+    let dv = delta::read_deletion_vector(table, f).await?;
+    if f.dv.is_some() {
+        read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let Some((cache, id)) = cache.zip(id) else {
+        return Ok(dv);
+    };
+    cache.put_deletion_vector(url, &f.path, id, dv.clone());
+    Ok(dv)
 }
 
 /// A table file's probe columns, decoded: each batch's rows its deletion vector does not hide,

@@ -52,6 +52,9 @@ pub struct TableReport {
     /// of a sliced interval, [`crdb_delta_core::apply::SliceTag`]): looked for only the window's
     /// keys of that slice. A tagged file the window has no key of is not read at all.
     pub table_files_sliced: u64,
+    /// Deletion vectors of table files fetched from storage; those a warm process holds from
+    /// its earlier steps (by their unique id, [`super::key_cache`]) are not.
+    pub deletion_vectors_read: u64,
     /// scd2: versions ended from their change's `before` (a `diff` changefeed), so only the
     /// key, end and start columns of their rows were read.
     pub versions_ended_from_before: u64,
