@@ -43,7 +43,7 @@ pub async fn cover(
     // From the last record's RESOLVED on: a table it does not name had no file up to it, so
     // every file of such a table is listed there. No table is opened (a RESOLVED of many
     // tables is dispatched in one listing).
-    let record = last_record(target).await?;
+    let record = last_record(target, opts.table_cache.as_ref()).await?;
     let start = record.as_ref().and_then(|r| {
         let recorded = ObjectName::Resolved(r.resolved?).render(r.partition);
         Some(plan::partition_start(&recorded, r.partition)).filter(|s| !s.is_empty())

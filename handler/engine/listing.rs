@@ -8,11 +8,13 @@ use crdb_delta_core::plan::{self, Object};
 use futures::{StreamExt, TryStreamExt};
 
 use super::table::{TableState, open_table};
+use super::table_cache::{Derived, TableCache};
 use super::{RESOLVED_LOG, SyncError, SyncOptions, delta_err};
 use crate::records::{CommitRecord, Figures, ResolvedLogFigures};
 
 use crate::delta::Target;
 use crate::storage::{Location, StorageError};
+use deltalake_core::DeltaTable;
 
 /// Lists the changefeed root: changefeed objects sorted by name; anything else is reported.
 pub async fn list(source: &Location) -> Result<(Vec<Object>, Vec<String>), SyncError> {
@@ -54,6 +56,7 @@ pub(super) fn collect_objects(
 
 /// The newest `_crdb_delta_resolved` record: its tables, the changefeed's partitioning and the
 /// RESOLVED it recorded.
+#[derive(Clone)]
 pub(super) struct LastRecord {
     pub(super) tables: Vec<String>,
     pub(super) partition: PartitionFormat,
@@ -61,12 +64,36 @@ pub(super) struct LastRecord {
 }
 
 /// The newest record, past commits that are not records (compactions of the record table itself
-/// and VACUUM's start/end commits, or another tool's); `None` without one.
-pub(super) async fn last_record(target: &Location) -> Result<Option<LastRecord>, SyncError> {
+/// and VACUUM's start/end commits, or another tool's); `None` without one. With `cache` (the
+/// handler), the record table is kept open, and its record reused while no commit came since.
+pub(super) async fn last_record(
+    target: &Location,
+    cache: Option<&TableCache>,
+) -> Result<Option<LastRecord>, SyncError> {
     let log = Target::new(target, RESOLVED_LOG)?;
-    let Some(table) = log.open().await? else {
+    let (table, derived) = match cache {
+        Some(c) => c.open(&log).await?,
+        None => (log.open().await?, Derived::default()),
+    };
+    let Some(table) = table else {
         return Ok(None);
     };
+    if let Some(record) = derived.record {
+        return Ok(Some(record));
+    }
+    let record = newest_record(&table).await?;
+    if let Some(c) = cache {
+        let derived = Derived {
+            record: record.clone(),
+            progress: None,
+        };
+        c.keep(&log, &table, derived).await;
+    }
+    Ok(record)
+}
+
+/// [`last_record`] of the record table as opened.
+async fn newest_record(table: &DeltaTable) -> Result<Option<LastRecord>, SyncError> {
     let mut history = table.history(Some(20));
     while let Some(info) = history
         .next()
@@ -110,7 +137,7 @@ pub(super) async fn bounded_listing(
         tables: names,
         partition,
         ..
-    }) = last_record(target).await?
+    }) = last_record(target, opts.table_cache.as_ref()).await?
     else {
         return Ok(None);
     };

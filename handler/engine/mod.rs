@@ -15,6 +15,7 @@
 //! | [`listing`] | listing the root (bounded by the last record), fetching objects |
 //! | [`schema_refresh`] | reading a table's schema again from CockroachDB after a schema change |
 //! | [`table`] | opening a table (mode, layout, progress) and re-planning after a conflict |
+//! | [`table_cache`] | Delta tables kept open between the handler's runs, brought up to date instead of opened |
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
 //! | [`key_cache`] | table files' key columns kept sorted in memory between steps (looked up, not read) |
@@ -45,6 +46,7 @@ pub mod run;
 pub mod schema_refresh;
 pub mod slice_keys;
 pub mod table;
+pub mod table_cache;
 
 pub use listing::list;
 pub use report::{SyncReport, TableReport, peak_rss_mib};
@@ -192,6 +194,9 @@ pub struct SyncOptions {
     /// Table files' key indexes kept from one step (and run) to the next, within
     /// `key_index_bytes`.
     pub key_cache: key_cache::KeyCache,
+    /// Delta tables kept open from one run to the next (the handler's runs); `None`: each run
+    /// opens them.
+    pub table_cache: Option<table_cache::TableCache>,
     /// The config as given, before the target's schema.json went under it: a schema read again
     /// during the run ([`schema_refresh`]) is put under it the same way. `None`: `config` is
     /// taken as the explicit one.
@@ -306,6 +311,7 @@ impl Default for SyncOptions {
             tables_at_once: DEFAULT_TABLES_AT_ONCE,
             carry_cache: None,
             key_cache: key_cache::KeyCache::default(),
+            table_cache: None,
             explicit: None,
             crdb_url: None,
             progress: None,

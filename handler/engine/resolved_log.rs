@@ -12,6 +12,7 @@ use crdb_delta_core::format::names::PartitionFormat;
 use crdb_delta_core::plan::Progress;
 
 use super::table::TableState;
+use super::table_cache::{Derived, TableCache};
 use super::{DEFAULT_TARGET_FILE_SIZE, RESOLVED_LOG, SyncError, delta_err};
 use crate::records::{Figures, ResolvedLogFigures};
 
@@ -63,6 +64,9 @@ pub struct ResolvedLog {
     /// (the next one opens it afresh and sees what the other writer did).
     table: Option<DeltaTable>,
     checkpoints: Checkpoints,
+    /// The handler's tables kept open between runs: the record table's first open in a run
+    /// comes from there, and it goes back after each record.
+    cache: Option<TableCache>,
 }
 
 impl ResolvedLog {
@@ -71,7 +75,13 @@ impl ResolvedLog {
             target,
             table: None,
             checkpoints,
+            cache: None,
         }
+    }
+
+    /// Opened from (and kept in) `cache` when given.
+    pub fn with_cache(self, cache: Option<TableCache>) -> Self {
+        Self { cache, ..self }
     }
 }
 
@@ -151,20 +161,17 @@ pub async fn record_resolved(
     const ATTEMPTS: u32 = 3;
     for attempt in 1..=ATTEMPTS {
         let table = log.table.take();
-        let attempt_once = record_resolved_once(
-            &log.target,
-            table,
-            resolved,
-            rows,
-            partition,
-            if_missing,
-            &log.checkpoints,
-        );
+        let attempt_once = record_resolved_once(log, table, resolved, rows, partition, if_missing);
         match attempt_once.await.map(|(done, table)| {
             log.table = table;
             done
         }) {
-            Ok(true) => return Ok(()),
+            Ok(true) => {
+                if let (Some(cache), Some(table)) = (&log.cache, &log.table) {
+                    cache.keep(&log.target, table, Derived::default()).await;
+                }
+                return Ok(());
+            }
             Ok(false) => {
                 tracing::warn!(%resolved, attempt, "recording the RESOLVED raced another writer; retrying")
             }
@@ -184,21 +191,22 @@ pub async fn record_resolved(
 /// concurrent run's), `false` when another writer's commit made this one stale; with the table
 /// to keep open (none after a stale attempt).
 pub(super) async fn record_resolved_once(
-    log: &Target,
+    log: &ResolvedLog,
     table: Option<DeltaTable>,
     resolved: Hlc,
     rows: &[RecordRow],
     partition: Option<PartitionFormat>,
     if_missing: bool,
-    checkpoints: &Checkpoints,
 ) -> Result<(bool, Option<DeltaTable>), SyncError> {
     let schema = resolved_log_schema();
+    let table = match (table, &log.cache) {
+        (Some(t), _) => Some(t),
+        (None, Some(c)) => c.open(&log.target).await?.0,
+        (None, None) => log.target.open().await?,
+    };
     let mut table = match table {
         Some(t) => t,
-        None => match log.open().await? {
-            Some(t) => t,
-            None => log.create_with(&schema, vec![]).await?,
-        },
+        None => log.target.create_with(&schema, vec![]).await?,
     };
     let done = table
         .snapshot()
@@ -265,7 +273,7 @@ pub(super) async fn record_resolved_once(
             mode: Mode::AppendOnly,
             kind: delta::CommitKind::Apply,
         },
-        checkpoints,
+        &log.checkpoints,
     )
     .await?;
     if let Committed::Conflict(conflict) = committed {

@@ -20,6 +20,7 @@ use super::report::{SyncReport, peak_rss_mib};
 use super::resolved_log::{RecordRow, Recorder, ResolvedLog, record_resolved};
 use super::schema_refresh;
 use super::table::{TableState, open_table};
+use super::table_cache::Derived;
 use super::{RESOLVED_LOG, SyncError, SyncOptions};
 
 use super::faults::fault;
@@ -183,10 +184,10 @@ pub(super) async fn sync_known(
             });
         }
     }
-    let mut recorder = Recorder::new(ResolvedLog::new(
-        Target::new(target, RESOLVED_LOG)?,
-        opts.checkpoints.clone(),
-    ));
+    let mut recorder = Recorder::new(
+        ResolvedLog::new(Target::new(target, RESOLVED_LOG)?, opts.checkpoints.clone())
+            .with_cache(opts.table_cache.clone()),
+    );
     let late: Vec<String> = plan::late_files(&objects)
         .into_iter()
         .map(|l| {
@@ -385,6 +386,14 @@ pub(super) async fn sync_known(
     for mut s in states {
         if let Some(cache) = &opts.carry_cache {
             cache.put(&s.target.path, std::mem::take(&mut s.carry));
+        }
+        // The table as of its last commit here, with its progress at that version.
+        if let (Some(cache), Some(table)) = (&opts.table_cache, &s.table) {
+            let derived = Derived {
+                progress: Some(s.progress.clone()),
+                record: None,
+            };
+            cache.keep(&s.target, table, derived).await;
         }
         let mut t = s.report;
         if t.bare_envelope {

@@ -55,7 +55,11 @@ pub(super) async fn open_table(
         .or(opts.config.mode)
         .unwrap_or(Mode::UpdateDelete);
     let configured = cfg.storage.or(opts.config.storage);
-    let mut table = t.open().await?;
+    let (mut table, derived) = match &opts.table_cache {
+        Some(cache) => cache.open(&t).await?,
+        None => (t.open().await?, Default::default()),
+    };
+    let opened_at = table.as_ref().and_then(DeltaTable::version);
     // A new table gets deletion vectors (as Databricks makes them) unless configured otherwise;
     // an existing one keeps what its protocol says, and gains the feature only when configured.
     let storage = match (&table, configured) {
@@ -89,7 +93,12 @@ pub(super) async fn open_table(
                     ),
                 });
             }
-            (Some(layout), delta::progress(tb, &path).await?)
+            // Kept from the run before, and no commit since (enabling deletion vectors is one).
+            let progress = match derived.progress {
+                Some(p) if tb.version() == opened_at => p,
+                _ => delta::progress(tb, &path).await?,
+            };
+            (Some(layout), progress)
         }
         None => (None, Progress::default()),
     };

@@ -60,6 +60,7 @@ impl App {
             mode: settings.mode,
             // One run per RESOLVED event: a file straddling RESOLVEDs is read once.
             carry_cache: Some(crate::engine::carry::CarryCache::default()),
+            table_cache: Some(crate::engine::table_cache::TableCache::default()),
             explicit: Some(settings.config.clone()),
             crdb_url: settings.crdb_url.clone(),
             // An invocation answers once its commits are in; checkpoints are written after.
