@@ -105,20 +105,13 @@ fn properties(held: &[RecordBatch]) -> WriterProperties {
     if !sample(held, START_HLC).is_some_and(|v| one_value(&v)) {
         props = props.set_column_dictionary_enabled(ColumnPath::from(START_HLC), false);
     }
-    let names: Vec<String> = held
-        .iter()
-        .flat_map(|b| {
-            b.schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect::<Vec<_>>()
-        })
-        .collect();
     let mut judged = HashSet::new();
+    let names = held
+        .iter()
+        .flat_map(|b| b.schema_ref().fields().iter().map(|f| f.name().as_str()));
     for name in names {
-        if judged.insert(name.clone()) && sample(held, &name).is_some_and(|v| mostly_distinct(&v)) {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(name.as_str()), false);
+        if judged.insert(name) && sample(held, name).is_some_and(|v| mostly_distinct(&v)) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
         }
     }
     props.build()
@@ -289,5 +282,54 @@ mod tests {
         let unique = ColumnPath::from("unique");
         assert!(!properties(&pieces).dictionary_enabled(&unique));
         assert!(properties(&pieces[..1]).dictionary_enabled(&unique));
+    }
+
+    /// The encoder holds a file's first rows whatever its batches: 40 batches of 30 distinct
+    /// texts (one step's changed rows, file by file) are written without a dictionary, while a
+    /// column of three values keeps its dictionary.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_first_batches_are_judged_together() {
+        use arrow_schema::{DataType, Field, Schema};
+        use parquet::basic::Encoding;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::storage::Location::open(dir.path().to_str().unwrap()).unwrap();
+        let target = crate::delta::Target::new(&root, "t").unwrap();
+        let schema = Schema::new(vec![
+            Field::new("unique", DataType::Utf8, false),
+            Field::new("few", DataType::Utf8, false),
+        ]);
+        let table = target.create_with(&schema, vec![]).await.unwrap();
+        let mut writer = Writer::new(&table, 1 << 30).unwrap();
+        for p in 0..40 {
+            let unique: ArrayRef = Arc::new(StringArray::from_iter_values(
+                (0..30).map(|i| format!("{p}-{i}")),
+            ));
+            let few: ArrayRef = Arc::new(StringArray::from_iter_values(
+                (0..30).map(|i| ["eu", "us", "asia"][i % 3]),
+            ));
+            let batch = RecordBatch::try_from_iter([("unique", unique), ("few", few)]).unwrap();
+            writer.write(batch).await.unwrap();
+        }
+        let adds = writer.finish().await.unwrap();
+        assert_eq!(adds.len(), 1);
+        let file = std::fs::File::open(dir.path().join("t").join(&adds[0].path)).unwrap();
+        let meta = SerializedFileReader::new(file).unwrap().metadata().clone();
+        let encodings = |column: usize| -> Vec<Encoding> {
+            (0..meta.num_row_groups())
+                .flat_map(|g| {
+                    meta.row_group(g)
+                        .column(column)
+                        .encodings()
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let dictionary = |e: &Vec<Encoding>| {
+            e.iter()
+                .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY))
+        };
+        assert!(!dictionary(&encodings(0)), "{:?}", encodings(0));
+        assert!(dictionary(&encodings(1)), "{:?}", encodings(1));
     }
 }
