@@ -31,6 +31,22 @@ def config_from_manifest(manifest: dict) -> dict:
     }}
 
 
+def simulated_feed(crdb_delta_bin, tmp_path: Path, tag: str, *simulate: str):
+    """A simulated changefeed in a new Azurite container (`simulate` options), its truth in
+    `tmp_path/truth` and the config a user would write in `tmp_path/config.json`. Returns the
+    blob service's base URL, the environment that reaches it, the container and the manifest."""
+    endpoint = azurite_endpoint()
+    base = endpoint.rsplit("/", 1)[0]
+    env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": base}
+    container = tag + uuid.uuid4().hex[:12]
+    create_container(endpoint, container)
+    run(crdb_delta_bin, "simulate", "--out", f"azure://{container}/feed", "--truth",
+        str(tmp_path / "truth"), *simulate, env=env)
+    manifest = json.loads((tmp_path / "truth" / "manifest.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config_from_manifest(manifest)))
+    return base, env, container, manifest
+
+
 def wait_listening(handler: subprocess.Popen, port: int, log: Path) -> None:
     """Until `serve` accepts connections on PORT (at most a minute; its LOG if it exits)."""
     deadline = time.time() + 60
@@ -48,16 +64,9 @@ def wait_listening(handler: subprocess.Popen, port: int, log: Path) -> None:
                                                ("BlobCreated", True)])
 def test_serve_and_pump_match_ground_truth(crdb_delta_bin, tmp_path, monkeypatch, function,
                                            fan_out):
-    endpoint = azurite_endpoint()
-    base = endpoint.rsplit("/", 1)[0]
-    env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": base}
-    container = "fn" + uuid.uuid4().hex[:12]
-    create_container(endpoint, container)
-    run(crdb_delta_bin, "simulate", "--out", f"azure://{container}/feed", "--truth",
-        str(tmp_path / "truth"), "--tables", TABLES, "--initial-rows", "40", "--windows", "4",
-        "--events-per-window", "120", "--straddle", "0.25", "--duplicate-rate", "0.05", env=env)
-    manifest = json.loads((tmp_path / "truth" / "manifest.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(config_from_manifest(manifest)))
+    base, env, container, manifest = simulated_feed(
+        crdb_delta_bin, tmp_path, "fn", "--tables", TABLES, "--initial-rows", "40", "--windows",
+        "4", "--events-per-window", "120", "--straddle", "0.25", "--duplicate-rate", "0.05")
 
     port = o.free_port()
     serve_env = dict(os.environ, **env,
@@ -105,17 +114,10 @@ def test_checkpoints_are_written_after_the_invocation_answers(crdb_delta_bin, tm
     `before-checkpoint`, every invocation still answers and no checkpoint exists; released, the
     checkpoints of every table that reached 10 versions appear, and the tables read back
     through them equal the truth."""
-    endpoint = azurite_endpoint()
-    base = endpoint.rsplit("/", 1)[0]
-    env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": base}
-    container = "ck" + uuid.uuid4().hex[:12]
-    create_container(endpoint, container)
     # 12 RESOLVEDs, one invocation each, one commit each per table: versions 0..11 or more.
-    run(crdb_delta_bin, "simulate", "--out", f"azure://{container}/feed", "--truth",
-        str(tmp_path / "truth"), "--tables", "usertable", "--initial-rows", "20", "--windows",
-        "11", "--events-per-window", "20", "--straddle", "0", "--restart-at", "0", env=env)
-    manifest = json.loads((tmp_path / "truth" / "manifest.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(config_from_manifest(manifest)))
+    _, env, container, _ = simulated_feed(
+        crdb_delta_bin, tmp_path, "ck", "--tables", "usertable", "--initial-rows", "20",
+        "--windows", "11", "--events-per-window", "20", "--straddle", "0", "--restart-at", "0")
     target = tmp_path / "delta"
     pause_dir = tmp_path / "pause"
     pause_dir.mkdir()
