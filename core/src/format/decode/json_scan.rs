@@ -8,7 +8,11 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::json_fields::{After, Envelope, Fields, Raw};
+use std::ops::Range;
+
+#[cfg(test)]
+use super::json_fields::Envelope;
+use super::json_fields::{After, Fields, Member, Raw, sort_tail};
 use crate::format::values;
 
 /// Why a text is not the JSON expected, and where (0-based byte offset).
@@ -26,41 +30,81 @@ impl fmt::Display for ScanError {
     }
 }
 
-/// A changefeed message's top level, `after` read into its members.
+/// A changefeed message's top level, `after` read into its members (owned: tests).
+#[cfg(test)]
 pub(crate) fn envelope(text: &str) -> Result<Envelope<'_>, ScanError> {
+    let (mut members, mut row) = (Vec::new(), Vec::new());
+    let after = envelope_into(text, &mut members, &mut row)?;
+    Ok(Envelope {
+        members: Fields::sorted(members),
+        after: after.map(|a| match a {
+            After::Null => After::Null,
+            // Of a repeated `after` the last: its members are the buffer's last.
+            After::Row(at) => After::Row(Fields::sorted(row.split_off(at.start))),
+            After::Other => After::Other,
+        }),
+    })
+}
+
+/// [`envelope`] into buffers the caller reuses: the top level's members replace `top`'s
+/// (sorted), `after`'s are appended to `rows` (sorted), and where they stand is returned.
+pub(crate) fn envelope_into<'a>(
+    text: &'a str,
+    top: &mut Vec<Member<'a>>,
+    rows: &mut Vec<Member<'a>>,
+) -> Result<Option<After<Range<usize>>>, ScanError> {
     let mut s = Scanner::new(text);
-    let mut members = Vec::with_capacity(8);
+    top.clear();
     let mut after = None;
     s.object(|s, name| {
         if name == "after" {
             // Of a repeated name the last wins, as with the other members.
-            after = Some(s.after()?);
+            after = Some(s.after(rows)?);
         } else {
-            members.push((name, s.value()?));
+            top.push((name, s.value()?));
         }
         Ok(())
     })?;
     s.end()?;
-    Ok(Envelope {
-        members: Fields::sorted(members),
-        after,
-    })
+    sort_tail(top, 0);
+    Ok(after)
 }
 
 /// The members of a JSON object (the whole text).
 pub(crate) fn object(text: &str) -> Result<Fields<'_>, ScanError> {
-    let mut s = Scanner::new(text);
-    let fields = s.fields()?;
-    s.end()?;
-    Ok(fields)
+    let mut members = Vec::with_capacity(8);
+    object_into(text, &mut members)?;
+    Ok(Fields::sorted(members))
 }
 
-/// The items of a JSON array (the whole text).
+/// [`object`] appended to `members` (sorted); where they stand.
+pub(crate) fn object_into<'a>(
+    text: &'a str,
+    members: &mut Vec<Member<'a>>,
+) -> Result<Range<usize>, ScanError> {
+    let mut s = Scanner::new(text);
+    let at = s.fields_into(members)?;
+    s.end()?;
+    Ok(at)
+}
+
+/// The items of a JSON array (the whole text; owned: tests).
+#[cfg(test)]
 pub(crate) fn array(text: &str) -> Result<Vec<Raw<'_>>, ScanError> {
+    let mut items = Vec::new();
+    array_into(text, &mut items)?;
+    Ok(items)
+}
+
+/// [`array`] appended to `items`; where they stand.
+pub(crate) fn array_into<'a>(
+    text: &'a str,
+    items: &mut Vec<Raw<'a>>,
+) -> Result<Range<usize>, ScanError> {
+    let start = items.len();
     let mut s = Scanner::new(text);
     s.ws();
     s.expect(b'[', "expected an array")?;
-    let mut items = Vec::new();
     s.ws();
     if s.peek() == Some(b']') {
         s.pos += 1;
@@ -76,7 +120,7 @@ pub(crate) fn array(text: &str) -> Result<Vec<Raw<'_>>, ScanError> {
         }
     }
     s.end()?;
-    Ok(items)
+    Ok(start..items.len())
 }
 
 struct Scanner<'a> {
@@ -175,20 +219,23 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn fields(&mut self) -> Result<Fields<'a>, ScanError> {
-        let mut members = Vec::with_capacity(8);
+    /// An object's members appended to `members`, sorted; where they stand.
+    fn fields_into(&mut self, members: &mut Vec<Member<'a>>) -> Result<Range<usize>, ScanError> {
+        let start = members.len();
         self.object(|s, name| {
             members.push((name, s.value()?));
             Ok(())
         })?;
-        Ok(Fields::sorted(members))
+        sort_tail(members, start);
+        Ok(start..members.len())
     }
 
-    /// The value of `after`: `null`, an object's members, or anything else (checked, unread).
-    fn after(&mut self) -> Result<After<'a>, ScanError> {
+    /// The value of `after`: `null`, an object's members (appended to `rows`), or anything
+    /// else (checked, unread).
+    fn after(&mut self, rows: &mut Vec<Member<'a>>) -> Result<After<Range<usize>>, ScanError> {
         self.ws();
         match self.peek() {
-            Some(b'{') => self.fields().map(After::Row),
+            Some(b'{') => self.fields_into(rows).map(After::Row),
             Some(b'n') => {
                 self.literal(b"null")?;
                 Ok(After::Null)
@@ -404,6 +451,7 @@ impl<'a> Scanner<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::json_fields::Members;
     use super::*;
     use serde_json::value::RawValue;
 
@@ -465,7 +513,7 @@ mod tests {
             ] {
                 let serde = serde_json::from_str::<serde_json::Value>(&text);
                 let ours = if text.starts_with('{') {
-                    object(&text).map(|f| f.get("m").map(|r| r.get().to_owned()))
+                    object(&text).map(|f| f.field("m").map(|r| r.get().to_owned()))
                 } else {
                     array(&text).map(|a| a.last().map(|r| r.get().to_owned()))
                 };
@@ -555,7 +603,7 @@ mod tests {
         ] {
             let member = format!(r#"{{"m": {value}}}"#);
             let f = object(&member).unwrap();
-            assert_eq!(f.get("m").unwrap().depth(), depth, "{value}");
+            assert_eq!(f.field("m").unwrap().depth(), depth, "{value}");
             let limit = crate::format::values::MAX_JSON_DEPTH;
             let nested = format!(
                 "{}{value}{}",
@@ -577,7 +625,7 @@ mod tests {
         let Some(After::Row(row)) = e.after else {
             panic!()
         };
-        assert_eq!(row.get("doc").unwrap().get().len(), 200_000);
+        assert_eq!(row.field("doc").unwrap().get().len(), 200_000);
         assert!(envelope(&text[..text.len() - 3]).unwrap_err().eof);
     }
 

@@ -9,7 +9,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
 use serde_json::value::RawValue;
 
-use super::json_fields::{After, Envelope, Fields, Raw};
+use super::json_fields::{After, Member, Members, Raw};
 use super::json_scan::{self, ScanError};
 use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter};
 use crate::format::batch::{self, MetaBuilder, Op};
@@ -46,6 +46,8 @@ pub struct NdjsonDecoder<R> {
     slice: Option<SliceFilter>,
     /// Rows left out under `slice`.
     skipped: u64,
+    /// Row members a message had in the last batch: the next batch's [`Store`] is sized by it.
+    members_per_line: usize,
     /// Emit each change's `before` as a row ([`DecodeOptions::before`]).
     before: bool,
     done: bool,
@@ -54,17 +56,51 @@ pub struct NdjsonDecoder<R> {
 /// Lines are gathered into a batch until it holds this many bytes (or `batch_size` lines).
 const BATCH_TEXT_BYTES: usize = 16 << 20;
 
-/// One message, borrowing from its line.
+/// One message, borrowing from its line; its members and key items stand in its batch's
+/// [`Store`].
 struct Message<'a> {
     line: u64,
     op: Op,
     updated: Hlc,
     mvcc: Option<Hlc>,
-    after: Fields<'a>,
-    key: Vec<Raw<'a>>,
+    /// The row's members in [`Store::rows`].
+    after: Range<usize>,
+    /// The `key` array's items in [`Store::keys`].
+    key: Range<usize>,
     key_raw: Option<&'a str>,
-    /// The `before` object, kept only under [`DecodeOptions::before`].
-    before: Option<Fields<'a>>,
+    /// The `before` object's members in [`Store::rows`], kept only under
+    /// [`DecodeOptions::before`].
+    before: Option<Range<usize>>,
+}
+
+/// A batch's parsed members, every message's in one buffer (not three `Vec`s a message).
+#[derive(Default)]
+struct Store<'a> {
+    /// Rows' members (`after`, a bare envelope's columns, `before`), one run per object.
+    rows: Vec<Member<'a>>,
+    /// Items of the messages' `key` arrays.
+    keys: Vec<Raw<'a>>,
+    /// The message being parsed: its top level's members (reused line after line).
+    top: Vec<Member<'a>>,
+}
+
+impl<'a> Store<'a> {
+    /// Room for `lines` messages of `members` row members each, as the last batch had.
+    fn with_capacity(lines: usize, members: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(lines * members),
+            keys: Vec::with_capacity(lines),
+            top: Vec::with_capacity(8),
+        }
+    }
+
+    fn after(&self, m: &Message<'a>) -> &[Member<'a>] {
+        &self.rows[m.after.clone()]
+    }
+
+    fn key(&self, m: &Message<'a>) -> &[Raw<'a>] {
+        &self.keys[m.key.clone()]
+    }
 }
 
 impl<R: BufRead> NdjsonDecoder<R> {
@@ -97,6 +133,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
             bare: std::cell::Cell::new(false),
             slice: opts.slice,
             skipped: 0,
+            members_per_line: 0,
             before: opts.before,
             done: false,
         }
@@ -160,12 +197,15 @@ impl<R: BufRead> NdjsonDecoder<R> {
         Ok(lines)
     }
 
-    fn parse<'a>(&self, line: u64, text: &'a str) -> Result<Message<'a>, DecodeError> {
+    fn parse<'a>(
+        &self,
+        line: u64,
+        text: &'a str,
+        store: &mut Store<'a>,
+    ) -> Result<Message<'a>, DecodeError> {
         let bad = |m: String| self.line_error(line, m);
-        let Envelope {
-            members: top,
-            after,
-        } = json_scan::envelope(text).map_err(|e: ScanError| {
+        let Store { rows, keys, top } = store;
+        let after = json_scan::envelope_into(text, top, rows).map_err(|e: ScanError| {
             let what = if e.eof {
                 "truncated JSON message"
             } else {
@@ -188,22 +228,23 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let (op, after, meta) = if let Some(after) = after {
             // Wrapped envelope.
             let before = top
-                .get("before")
+                .field("before")
                 .map(|b| b.get() != "null")
                 .unwrap_or(false);
             match after {
-                After::Null => (Op::Delete, Fields::default(), None),
-                After::Row(cols) => (if before { Op::Update } else { Op::Create }, cols, None),
+                After::Null => (Op::Delete, rows.len()..rows.len(), None),
+                After::Row(at) => (if before { Op::Update } else { Op::Create }, at, None),
                 After::Other => return Err(bad("`after` is not an object".into())),
             }
-        } else if let Some(meta) = top.get("__crdb__") {
+        } else if let Some(meta) = top.field("__crdb__") {
             // Bare envelope: columns at top level, metadata under `__crdb__`. Deletes cannot be told
             // from updates (format spec §3.3), so every row is an upsert.
             let meta = json_scan::object(meta.get())
                 .map_err(|e| bad(format!("`__crdb__` is not an object: {e}")))?;
-            let cols = top.without("__crdb__");
+            let start = rows.len();
+            rows.extend(top.iter().filter(|(n, _)| n != "__crdb__").cloned());
             self.bare.set(true);
-            (Op::Create, cols, Some(meta))
+            (Op::Create, start..rows.len(), Some(meta))
         } else if top.contains_key("resolved") {
             return Err(bad("a resolved message inside a data file".into()));
         } else {
@@ -211,34 +252,36 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 "neither a wrapped (`after`) nor a bare (`__crdb__`) changefeed message".into(),
             ));
         };
-        let fields = meta.as_ref().unwrap_or(&top);
-        let updated = hlc(fields.get("updated"), "updated")?;
-        let mvcc = hlc(fields.get("mvcc_timestamp"), "mvcc_timestamp")?;
+        let fields: &[Member<'a>] = meta.as_deref().unwrap_or(&top[..]);
+        let updated = hlc(fields.field("updated"), "updated")?;
+        let mvcc = hlc(fields.field("mvcc_timestamp"), "mvcc_timestamp")?;
         let updated = updated.or(mvcc).ok_or_else(|| {
             bad(
                 "message has no `updated` timestamp: create the changefeed WITH updated, resolved"
                     .into(),
             )
         })?;
-        let key_raw = fields.get("key").map(|k| k.get());
+        let key_raw = fields.field("key").map(|k| k.get());
         let key = match key_raw {
-            None | Some("null") => Vec::new(),
-            Some(k) => json_scan::array(k).map_err(|_| bad("`key` is not an array".into()))?,
+            None | Some("null") => keys.len()..keys.len(),
+            Some(k) => {
+                json_scan::array_into(k, keys).map_err(|_| bad("`key` is not an array".into()))?
+            }
         };
         if op == Op::Delete && key.is_empty() {
             return Err(bad("delete without a `key`".into()));
         }
         // Bare envelope: a top-level `before` is a column like any other.
-        let before = meta.is_none().then(|| top.get("before")).flatten();
-        self.check_names(line, &after, before)?;
-        self.check_depths(line, &after, &key)?;
+        let before = meta.is_none().then(|| top.field("before")).flatten();
+        self.check_names(line, &rows[after.clone()], before)?;
+        self.check_depths(line, &rows[after.clone()], &keys[key.clone()])?;
         // Kept as a row of its own when asked for (scd2); `null` (no previous row) is none.
         let before = match before.filter(|b| self.before && b.get() != "null") {
             Some(b) => {
-                let fields = json_scan::object(b.get())
+                let at = json_scan::object_into(b.get(), rows)
                     .map_err(|e| bad(format!("`before` is not an object: {e}")))?;
-                self.check_depths(line, &fields, &[])?;
-                Some(fields)
+                self.check_depths(line, &rows[at.clone()], &[])?;
+                Some(at)
             }
             None => None,
         };
@@ -260,7 +303,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
     fn check_names(
         &self,
         line: u64,
-        after: &Fields<'_>,
+        after: &[Member<'_>],
         before: Option<Raw<'_>>,
     ) -> Result<(), DecodeError> {
         let reserved = |column: &str| DecodeError::ReservedColumn {
@@ -291,12 +334,12 @@ impl<R: BufRead> NdjsonDecoder<R> {
     fn check_depths(
         &self,
         line: u64,
-        after: &Fields<'_>,
+        after: &[Member<'_>],
         key: &[Raw<'_>],
     ) -> Result<(), DecodeError> {
         let too_deep = |raw: &Raw<'_>| raw.depth() > values::MAX_JSON_DEPTH;
         let column = if let Some((name, _)) = after.iter().find(|(_, v)| too_deep(v)) {
-            name.to_owned()
+            name.to_string()
         } else if let Some(i) = key.iter().position(too_deep) {
             match &self.primary_key {
                 Some(k) if i < k.len() => k[i].clone(),
@@ -320,6 +363,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
         &self,
         name: &str,
         messages: &[Message<'_>],
+        store: &Store<'_>,
     ) -> Result<(Field, ArrayRef), DecodeError> {
         let Some(ty) = self.types.get(name) else {
             return Ok((
@@ -327,7 +371,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 arrow_array::new_null_array(&DataType::Null, messages.len()),
             ));
         };
-        let values: Vec<_> = column_values(name, self.primary_key.as_deref(), messages).collect();
+        let values: Vec<_> =
+            column_values(name, self.primary_key.as_deref(), messages, store).collect();
         // A value's text is at most its JSON text.
         let bytes = values
             .iter()
@@ -359,13 +404,13 @@ impl<R: BufRead> NdjsonDecoder<R> {
     /// batch's columns. The key columns are built as the batch builds them, so
     /// [`crate::apply::slice_of`] sees what the window will see. `None` (build every row)
     /// without a filter, or when a key value does not convert: the whole batch then names it.
-    fn slice_keep(&self, messages: &[Message<'_>]) -> Option<Vec<bool>> {
+    fn slice_keep(&self, messages: &[Message<'_>], store: &Store<'_>) -> Option<Vec<bool>> {
         let filter = self.slice?;
         let keys: Vec<ArrayRef> = self
             .primary_key
             .as_deref()?
             .iter()
-            .map(|k| self.column(k, messages).ok().map(|(_, a)| a))
+            .map(|k| self.column(k, messages, store).ok().map(|(_, a)| a))
             .collect::<Option<_>>()?;
         let mut learnt = false;
         let keep = messages
@@ -384,7 +429,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
     }
 
     /// Learns column types from JSON values; configured types never change.
-    fn learn_types(&mut self, messages: &[Message<'_>]) {
+    fn learn_types(&mut self, messages: &[Message<'_>], store: &Store<'_>) {
         for name in &self.order {
             if self.configured.contains_key(name) {
                 continue;
@@ -395,7 +440,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 continue;
             }
             let before = ty.clone();
-            for (_, raw) in column_values(name, self.primary_key.as_deref(), messages) {
+            for (_, raw) in column_values(name, self.primary_key.as_deref(), messages, store) {
                 let Some(raw) = raw.map(Raw::get) else {
                     continue;
                 };
@@ -421,32 +466,35 @@ impl<R: BufRead> NdjsonDecoder<R> {
         text: &str,
         lines: &[(u64, Range<usize>)],
     ) -> Result<RecordBatch, DecodeError> {
+        let mut store = Store::with_capacity(lines.len(), self.members_per_line);
         let mut messages = lines
             .iter()
-            .map(|(n, r)| self.parse(*n, &text[r.clone()]))
+            .map(|(n, r)| self.parse(*n, &text[r.clone()], &mut store))
             .collect::<Result<Vec<_>, _>>()?;
+        self.members_per_line = store.rows.len().div_ceil(lines.len().max(1));
         if self.before {
-            messages = with_befores(messages, self.primary_key.as_deref().unwrap_or_default());
+            let key = self.primary_key.as_deref().unwrap_or_default();
+            messages = with_befores(messages, key, &mut store);
         }
         for m in &messages {
-            for name in m.after.keys() {
+            for name in store.after(m).keys() {
                 if let Err(at) = self.known.binary_search_by(|c| c.as_str().cmp(name)) {
                     self.known.insert(at, name.to_owned());
                     self.order.push(name.to_owned());
                 }
             }
             if matches!(m.op, Op::Create | Op::Update) {
-                let after = m.after.iter().map(|(k, v)| (k, v.get()));
+                let after = store.after(m).iter_raw().map(|(k, v)| (k, v.get()));
                 self.evidence
-                    .observe_json(after, m.key.iter().map(|k| k.get()));
+                    .observe_json(after, store.key(m).iter().map(|k| k.get()));
             }
         }
         self.evidence.observe_columns(&self.order);
-        self.learn_types(&messages);
+        self.learn_types(&messages, &store);
 
         // Every line was parsed, and its columns and types learnt, whatever its slice: each
         // slice's batches carry the same columns and types.
-        let messages = match self.slice_keep(&messages) {
+        let messages = match self.slice_keep(&messages, &store) {
             Some(keep) if keep.iter().any(|k| !k) => {
                 let kept: Vec<_> = messages
                     .into_iter()
@@ -463,7 +511,7 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let data = self
             .order
             .iter()
-            .map(|name| self.column(name, &messages))
+            .map(|name| self.column(name, &messages, &store))
             .collect::<Result<Vec<_>, _>>()?;
         let mut meta = MetaBuilder::new(messages.len());
         for m in &messages {
@@ -523,16 +571,26 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
 /// Each message followed by its `before` as a message of its own ([`Op::Before`]): same line,
 /// key and timestamps, the `before` object's members as its columns but the key's, which come
 /// from the message's `key` (as a delete's do): a `before` belongs to its change's key.
-fn with_befores<'a>(messages: Vec<Message<'a>>, key: &[String]) -> Vec<Message<'a>> {
+fn with_befores<'a>(
+    messages: Vec<Message<'a>>,
+    key: &[String],
+    store: &mut Store<'a>,
+) -> Vec<Message<'a>> {
     let mut out = Vec::with_capacity(messages.len() * 2);
     for mut m in messages {
-        let before = m.before.take().map(|mut fields| {
-            for k in key {
-                if fields.contains_key(k) {
-                    fields = fields.without(k);
+        let before = m.before.take().map(|at| {
+            if !key.iter().any(|k| store.rows[at.clone()].contains_key(k)) {
+                return at;
+            }
+            // The members but the key's, as a run of their own.
+            let start = store.rows.len();
+            for i in at {
+                if !key.iter().any(|k| store.rows[i].0 == k.as_str()) {
+                    let member = store.rows[i].clone();
+                    store.rows.push(member);
                 }
             }
-            fields
+            start..store.rows.len()
         });
         let before = before.map(|fields| Message {
             line: m.line,
@@ -556,15 +614,16 @@ fn column_values<'m, 'a>(
     name: &'m str,
     primary_key: Option<&[String]>,
     messages: &'m [Message<'a>],
+    store: &'m Store<'a>,
 ) -> impl Iterator<Item = (&'m Message<'a>, Option<Raw<'a>>)> + 'm {
     let key_pos = primary_key.and_then(|k| k.iter().position(|c| c == name));
     // Rows of a file share their members: where the name was in the last row is the first guess.
     let mut hint = 0;
     messages.iter().map(move |m| {
-        let raw = m
-            .after
-            .get_hinted(name, &mut hint)
-            .or_else(|| key_pos.and_then(|i| m.key.get(i).copied()));
+        let raw = store
+            .after(m)
+            .field_hinted(name, &mut hint)
+            .or_else(|| key_pos.and_then(|i| store.key(m).get(i).copied()));
         (m, raw)
     })
 }

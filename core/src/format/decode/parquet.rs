@@ -21,6 +21,7 @@ use parquet::basic::{ConvertedType, LogicalType, TimeUnit, Type as PhysicalType}
 use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataReader};
 use parquet::schema::types::{SchemaDescriptor, Type, TypePtr};
 
+use super::json_fields::Members;
 use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column;
@@ -349,7 +350,7 @@ impl ParquetDecoder {
                         column: name.clone(),
                         message,
                     };
-                    match object.get(name) {
+                    match object.field(name) {
                         Some(raw) if raw.depth() > crate::format::values::MAX_JSON_DEPTH => {
                             return Err(
                                 bad(crate::format::values::ValueError::TooDeep.to_string()),
