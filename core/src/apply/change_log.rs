@@ -32,6 +32,57 @@ pub(crate) struct Change {
 pub(crate) type Slot = (usize, usize);
 pub(crate) const NULL: Slot = (0, 0);
 
+/// Output rows as slots, a row's `ncols` one after another in one buffer: a `Vec` per row
+/// was an allocation per output row on the merge thread (freed while other threads
+/// allocated: glibc's arenas are shared).
+pub(crate) struct Rows {
+    ncols: usize,
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl Rows {
+    pub(crate) fn with_capacity(ncols: usize, rows: usize) -> Self {
+        Self {
+            ncols,
+            slots: Vec::with_capacity(ncols * rows),
+            len: 0,
+        }
+    }
+
+    /// Appends a row of `ncols` slots.
+    pub(crate) fn push(&mut self, row: impl IntoIterator<Item = Slot>) {
+        let before = self.slots.len();
+        self.slots.extend(row);
+        debug_assert_eq!(
+            self.slots.len() - before,
+            self.ncols,
+            "a row of every column"
+        );
+        self.len += 1;
+    }
+
+    /// Appends a row whose every column comes from `slot`.
+    pub(crate) fn push_same(&mut self, slot: Slot) {
+        self.slots.extend(std::iter::repeat_n(slot, self.ncols));
+        self.len += 1;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Column `c`'s slot in every row.
+    fn column(&self, c: usize) -> Vec<Slot> {
+        self.slots
+            .iter()
+            .skip(c)
+            .step_by(self.ncols)
+            .copied()
+            .collect()
+    }
+}
+
 /// The merged changes of a window, ready for a mode's writer (see [`super::writer`]).
 pub struct ChangeLog {
     pub(crate) layout: Layout,
@@ -268,9 +319,10 @@ impl ChangeLog {
     /// `extra` sources (table or base batches whose columns follow the layout by name).
     pub(crate) fn gather(
         &self,
-        rows: &[Vec<Slot>],
+        rows: &Rows,
         extra: &[&RecordBatch],
     ) -> Result<Vec<ArrayRef>, ChangeError> {
+        debug_assert_eq!(rows.ncols, self.layout.columns.len());
         let mut out = Vec::with_capacity(self.layout.columns.len());
         for (c, (name, ty)) in self.layout.columns.iter().enumerate() {
             let null = &self.null_arrays[c];
@@ -292,8 +344,7 @@ impl ChangeLog {
             for a in &casted {
                 sources.push(a.as_ref());
             }
-            let idx: Vec<Slot> = rows.iter().map(|r| r[c]).collect();
-            out.push(interleave(&sources, &idx)?);
+            out.push(interleave(&sources, &rows.column(c))?);
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ use arrow_array::RecordBatch;
 use arrow_array::builder::StringBuilder;
 use arrow_schema::{DataType, Field};
 
-use crate::apply::change_log::{HlcColumns, NULL, Slot};
+use crate::apply::change_log::{HlcColumns, NULL, Rows};
 use crate::apply::{
     COMMIT_TS, ChangeError, ChangeLog, Counts, FAMILIES, HLC, Keep, Merged, Mode, ModeWriter, OP,
     SOURCE_FILE, ts_type,
@@ -50,7 +50,7 @@ impl AppendOnly {
     fn build(&mut self, start: usize, end: usize) -> Result<RecordBatch, ChangeError> {
         let log = &self.log;
         let schema = log.layout.output_schema(Mode::AppendOnly);
-        let mut rows = Vec::with_capacity(end - start);
+        let mut rows = Rows::with_capacity(log.layout.columns.len(), end - start);
         let mut op = StringBuilder::new();
         let mut meta = HlcColumns::new();
         let mut file = StringBuilder::new();
@@ -64,12 +64,7 @@ impl AppendOnly {
             } else {
                 log.apply(c, &mut image);
             }
-            rows.push(
-                image
-                    .into_iter()
-                    .map(|s| s.unwrap_or(NULL))
-                    .collect::<Vec<Slot>>(),
-            );
+            rows.push(image.into_iter().map(|s| s.unwrap_or(NULL)));
             let code = log.op_code(c);
             // Every change is a new row; counted by what it did, as a user reads a summary.
             match code {

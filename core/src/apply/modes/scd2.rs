@@ -15,7 +15,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field};
 
-use crate::apply::change_log::{HlcColumns, NULL, Slot, hlc_columns};
+use crate::apply::change_log::{HlcColumns, NULL, Rows, Slot, hlc_columns};
 use crate::apply::{
     ChangeError, ChangeLog, Counts, END_AT, END_HLC, Keep, Merged, Mode, ModeWriter, START_AT,
     START_HLC, ts_type,
@@ -134,7 +134,10 @@ impl Scd2 {
     fn build_versions(&mut self, chunk: &[Version]) -> Result<RecordBatch, ChangeError> {
         let schema = self.log.layout.output_schema(Mode::Scd2);
         let base_refs: Vec<&RecordBatch> = self.bases.iter().collect();
-        let rows: Vec<Vec<Slot>> = chunk.iter().map(|v| v.0.clone()).collect();
+        let mut rows = Rows::with_capacity(self.log.layout.columns.len(), chunk.len());
+        for v in chunk {
+            rows.push(v.0.iter().copied());
+        }
         let mut cols = self.log.gather(&rows, &base_refs)?;
         let mut start = HlcColumns::new();
         let mut end = HlcColumns::new();
@@ -219,7 +222,10 @@ impl ModeWriter for Scd2 {
         };
         let t = self.log.extra_source();
         let ncols = self.log.layout.columns.len();
-        let rows: Vec<Vec<Slot>> = kept.iter().map(|&r| vec![(t, r); ncols]).collect();
+        let mut rows = Rows::with_capacity(ncols, kept.len());
+        for &r in &kept {
+            rows.push_same((t, r));
+        }
         let mut cols = self.log.gather(&rows, &[table])?;
         let (start_hlc, start_at) = hlc_columns(table, START_HLC, START_AT);
         let (end_hlc, end_at_old) = hlc_columns(table, END_HLC, END_AT);
@@ -248,14 +254,14 @@ impl ModeWriter for Scd2 {
         if !self.from_before {
             return self.merge(probe, Keep::Changed);
         }
-        let mut rows: Vec<Vec<Slot>> = Vec::new();
+        let mut rows = Rows::with_capacity(self.log.layout.columns.len(), 0);
         let mut ended: Vec<(usize, i128)> = Vec::new();
         let mut unresolved = Vec::new();
         for (r, k) in self.open_hits(probe)? {
             let first = &self.log.changes[self.first_change[&k]];
             match self.log.before_image(first) {
                 Some(image) => {
-                    rows.push(image.clone());
+                    rows.push(image.iter().copied());
                     self.before_base.insert(k, image);
                     ended.push((r, first.updated));
                     self.counts.updated += 1;

@@ -8,7 +8,7 @@
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field};
 
-use crate::apply::change_log::{HlcColumns, NULL, Slot, hlc_columns};
+use crate::apply::change_log::{HlcColumns, NULL, Rows, Slot, hlc_columns};
 use crate::apply::{
     COMMIT_TS, ChangeError, ChangeLog, Counts, HLC, Keep, Merged, Mode, ModeWriter, ts_type,
 };
@@ -82,11 +82,11 @@ impl UpdateDelete {
     }
 
     fn build_inserts(&mut self, keys: &[u32]) -> Result<RecordBatch, ChangeError> {
-        let mut rows: Vec<Vec<Slot>> = Vec::with_capacity(keys.len());
+        let mut rows = Rows::with_capacity(self.log.layout.columns.len(), keys.len());
         let mut meta = HlcColumns::new();
         for &k in keys {
             if let Some(Final::Image { updated }) = self.finals[k as usize] {
-                rows.push(self.image(k).iter().map(|s| s.unwrap_or(NULL)).collect());
+                rows.push(self.image(k).iter().map(|s| s.unwrap_or(NULL)));
                 meta.push(Some(updated))?;
             }
         }
@@ -139,14 +139,14 @@ impl ModeWriter for UpdateDelete {
         let keys = self.log.table_keys(table)?;
         let t = self.log.extra_source();
         let ncols = self.log.layout.columns.len();
-        let mut rows = Vec::new();
+        let mut rows = Rows::with_capacity(ncols, 0);
         let mut meta_rows: Vec<(usize, Option<i128>)> = Vec::new();
         let mut superseded = Vec::new();
         for (r, k) in keys.iter().enumerate() {
             match k.and_then(|k| self.finals[k as usize].map(|f| (k, f))) {
                 None => {
                     if keep == Keep::All {
-                        rows.push(vec![(t, r); ncols]);
+                        rows.push_same((t, r));
                         meta_rows.push((r, None));
                     }
                 }
@@ -159,7 +159,7 @@ impl ModeWriter for UpdateDelete {
                     self.matched[k as usize] = true;
                     self.counts.updated += 1;
                     superseded.push(r as u32);
-                    rows.push(self.image(k).iter().map(|s| s.unwrap_or((t, r))).collect());
+                    rows.push(self.image(k).iter().map(|s| s.unwrap_or((t, r))));
                     meta_rows.push((r, Some(updated)));
                 }
             }
