@@ -74,7 +74,6 @@ struct Message<'a> {
 }
 
 /// A batch's parsed members, every message's in one buffer (not three `Vec`s a message).
-#[derive(Default)]
 struct Store<'a> {
     /// Rows' members (`after`, a bare envelope's columns, `before`), one run per object.
     rows: Vec<Member<'a>>,
