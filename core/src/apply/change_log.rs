@@ -9,7 +9,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecon
 use arrow_select::interleave::interleave;
 use serde_json::Value;
 
-use super::key_text::key_text_into;
+use super::key_text::{KeyTexts, key_text_into};
 use super::window::{Frag, Stored};
 use super::{ChangeError, Layout};
 use crate::format::batch::Op;
@@ -96,7 +96,7 @@ pub struct ChangeLog {
     pub(crate) befores: Vec<Frag>,
     pub(crate) changes: Vec<Change>,
     /// Key id → key text, ids in key order.
-    pub(crate) key_texts: Vec<Arc<str>>,
+    pub(crate) key_texts: KeyTexts,
     /// Key text → id, built on first use where the window did not look keys up by text.
     pub(crate) text_keys: std::sync::OnceLock<foldhash::HashMap<Arc<str>, u32>>,
     pub(crate) primary: Option<u16>,
@@ -212,7 +212,9 @@ impl ChangeLog {
         if !hashed {
             return probe;
         }
-        let mut h: Vec<u64> = ids.map(|i| super::key_hash(&self.key_texts[i])).collect();
+        let mut h: Vec<u64> = ids
+            .map(|i| super::key_hash(self.key_texts.get(i)))
+            .collect();
         h.sort_unstable();
         h.dedup();
         probe.with_key_hashes(h)
@@ -409,7 +411,7 @@ impl ChangeLog {
             self.key_texts
                 .iter()
                 .enumerate()
-                .map(|(id, k)| (k.clone(), id as u32))
+                .map(|(id, k)| (Arc::from(k), id as u32))
                 .collect()
         });
         let mut text = String::new();

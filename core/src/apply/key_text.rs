@@ -66,22 +66,64 @@ pub fn key_hash(text: &str) -> u64 {
     foldhash::fast::FixedState::with_seed(0).hash_one(text)
 }
 
-/// The key text of a one-integer key, `[v]`.
-pub(crate) fn int_key_text(v: i64) -> String {
-    let mut out = String::with_capacity(22);
+/// Appends the key text of a one-integer key, `[v]`.
+pub(crate) fn push_int_key_text(out: &mut String, v: i64) {
     out.push('[');
-    push_int(&mut out, v);
+    push_int(out, v);
     out.push(']');
-    out
 }
 
-/// The key text of a one-string key, `["v"]`.
-pub(crate) fn string_key_text(v: &str) -> String {
-    let mut out = String::with_capacity(v.len() + 4);
+/// Appends the key text of a one-string key, `["v"]`.
+pub(crate) fn push_string_key_text(out: &mut String, v: &str) {
     out.push('[');
-    push_json_string(&mut out, v);
+    push_json_string(out, v);
     out.push(']');
-    out
+}
+
+/// Key id → key text, every text in one buffer: a `String` and an `Arc<str>` per key were two
+/// allocations per changed key a step, freed while other threads allocated.
+#[derive(Debug, Default)]
+pub(crate) struct KeyTexts {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl KeyTexts {
+    pub(crate) fn with_capacity(keys: usize, bytes: usize) -> Self {
+        Self {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(keys),
+        }
+    }
+
+    /// Appends the next id's text, written by `write`.
+    pub(crate) fn push_with(&mut self, write: impl FnOnce(&mut String)) {
+        write(&mut self.text);
+        self.ends.push(self.text.len());
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn get(&self, id: usize) -> &str {
+        let start = id.checked_sub(1).map_or(0, |i| self.ends[i]);
+        &self.text[start..self.ends[id]]
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).map(|id| self.get(id))
+    }
+}
+
+impl FromIterator<std::sync::Arc<str>> for KeyTexts {
+    fn from_iter<I: IntoIterator<Item = std::sync::Arc<str>>>(texts: I) -> Self {
+        let mut out = Self::default();
+        for t in texts {
+            out.push_with(|s| s.push_str(&t));
+        }
+        out
+    }
 }
 
 /// `v`'s decimal digits, as `Display` (and serde_json) print them.
@@ -201,5 +243,25 @@ mod tests {
         ];
         let mut buf = String::new();
         assert_eq!(key_text_into(&columns, 0, &mut buf), Err(1));
+    }
+
+    #[test]
+    fn key_texts_are_found_by_id_in_their_one_buffer() {
+        let mut texts = KeyTexts::with_capacity(0, 0);
+        texts.push_with(|s| push_int_key_text(s, -7));
+        texts.push_with(|s| push_string_key_text(s, "a\"b"));
+        texts.push_with(|s| push_int_key_text(s, 0));
+        assert_eq!(texts.len(), 3);
+        assert_eq!(texts.get(0), "[-7]");
+        assert_eq!(texts.get(1), r#"["a\"b"]"#);
+        assert_eq!(
+            texts.iter().collect::<Vec<_>>(),
+            ["[-7]", r#"["a\"b"]"#, "[0]"]
+        );
+        let copied: KeyTexts = texts.iter().map(Arc::<str>::from).collect();
+        assert_eq!(
+            copied.iter().collect::<Vec<_>>(),
+            texts.iter().collect::<Vec<_>>()
+        );
     }
 }

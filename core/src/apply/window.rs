@@ -11,7 +11,7 @@ use arrow_schema::{ArrowError, DataType};
 use arrow_select::filter::filter_record_batch;
 
 use super::change_log::{Change, ChangeLog};
-use super::key_text::{int_key_text, key_text_into, string_key_text};
+use super::key_text::{KeyTexts, key_text_into, push_int_key_text, push_string_key_text};
 use super::{ChangeError, Layout};
 use crate::format::batch::{self, Op};
 use crate::format::column;
@@ -157,7 +157,7 @@ pub struct Window {
     stored: Vec<Stored>,
     frags: Vec<Frag>,
     /// Key id → key text, in key order (filled by `finish`).
-    key_texts: Vec<Arc<str>>,
+    key_texts: KeyTexts,
     /// Key text → id, when `finish` looked keys up by text.
     text_keys: Option<foldhash::HashMap<Arc<str>, u32>>,
     /// Integer key → id, when the key is one integer column.
@@ -194,7 +194,7 @@ impl Window {
             family_names,
             stored: Vec::new(),
             frags: Vec::new(),
-            key_texts: Vec::new(),
+            key_texts: KeyTexts::default(),
             text_keys: None,
             int_keys: None,
             rows_read: 0,
@@ -465,7 +465,11 @@ impl Window {
                 ints[f.batch as usize].value(f.row as usize)
             });
             let values = in_key_order(&mut self.frags, &mut ids, &values, int_prefix);
-            self.key_texts = values.into_iter().map(|v| int_key_text(v).into()).collect();
+            let mut texts = KeyTexts::with_capacity(values.len(), values.len() * 10);
+            for v in values {
+                texts.push_with(|s| push_int_key_text(s, v));
+            }
+            self.key_texts = texts;
             self.int_keys = Some(ids);
             return Ok(());
         }
@@ -474,10 +478,12 @@ impl Window {
                 strings[f.batch as usize].value(f.row as usize)
             });
             let values = in_key_order(&mut self.frags, &mut ids, &values, |v| text_prefix(v));
-            self.key_texts = values
-                .into_iter()
-                .map(|v| string_key_text(v).into())
-                .collect();
+            let bytes = values.iter().map(|v| v.len() + 4).sum();
+            let mut texts = KeyTexts::with_capacity(values.len(), bytes);
+            for v in values {
+                texts.push_with(|s| push_string_key_text(s, v));
+            }
+            self.key_texts = texts;
             return Ok(());
         }
         self.assign_text_keys(&key_arrays)
@@ -511,7 +517,9 @@ impl Window {
             };
         }
         // Every text starts with `[`: the eight bytes after it rank most pairs.
-        self.key_texts = in_key_order(&mut self.frags, &mut keys, &texts, |t| text_prefix(&t[1..]));
+        self.key_texts = in_key_order(&mut self.frags, &mut keys, &texts, |t| text_prefix(&t[1..]))
+            .into_iter()
+            .collect();
         self.text_keys = Some(keys);
         Ok(())
     }
