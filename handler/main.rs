@@ -821,8 +821,8 @@ fn prepare_demo_dir(dir: &str) -> Result<()> {
 /// holds (docs/benchmarks.md). Two arenas keep it close, at the same speed.
 /// Threads then share an arena, and one that finds it locked waits in the kernel: hot paths
 /// allocate per batch, not per row (the NDJSON decoder's `Store`, the merge's `Rows`, the
-/// window's `KeyTexts`; per-row
-/// `Vec`s were 0.6–1.5 s of system time in a 2.5 s per-RESOLVED run).
+/// window's `KeyTexts`; per-row `Vec`s were 0.6–1.5 s of system time in a 2.5 s
+/// per-RESOLVED run).
 ///
 /// glibc also maps every block above its mmap threshold (128 KiB, raised only as such blocks
 /// are freed) afresh and returns it at free, so each step's column buffers, Parquet pages and
