@@ -511,6 +511,20 @@ enum Sorted {
     Unknown,
 }
 
+impl Sorted {
+    fn strings(mut v: Vec<String>) -> Self {
+        // The first column of composite keys repeats: each value once.
+        v.sort_unstable();
+        v.dedup();
+        let uuids = v
+            .iter()
+            .filter_map(|t| values::parse_uuid(t.as_bytes()))
+            .map(u128::from_be_bytes)
+            .collect();
+        Sorted::Strings(v, uuids)
+    }
+}
+
 impl KeyProbe {
     /// From the window's first-key values as canonical JSON, of a key column of type `ty`.
     /// Only where the canonical form is what statistics hold: integers, and text compared
@@ -527,24 +541,26 @@ impl KeyProbe {
                     Sorted::Ints(v)
                 }),
             ColumnType::Text => values
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
+                .into_iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => Some(s),
+                    _ => None,
+                })
                 .collect::<Option<Vec<String>>>()
-                .map_or(Sorted::Unknown, |mut v| {
-                    // The first column of composite keys repeats: each value once.
-                    v.sort_unstable();
-                    v.dedup();
-                    let uuids = v
-                        .iter()
-                        .filter_map(|t| values::parse_uuid(t.as_bytes()))
-                        .map(u128::from_be_bytes)
-                        .collect();
-                    Sorted::Strings(v, uuids)
-                }),
+                .map_or(Sorted::Unknown, Sorted::strings),
             _ => Sorted::Unknown,
         };
         Self {
             sorted,
+            hashes: None,
+        }
+    }
+
+    /// From the window's first-key values of a text key column, as they stand (not as JSON):
+    /// no `serde_json::Value` per key.
+    pub fn from_texts(texts: Vec<String>) -> Self {
+        Self {
+            sorted: Sorted::strings(texts),
             hashes: None,
         }
     }

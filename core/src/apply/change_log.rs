@@ -9,7 +9,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecon
 use arrow_select::interleave::interleave;
 use serde_json::Value;
 
-use super::key_text::{KeyTexts, key_text_into};
+use super::key_text::{KeyIds, KeyTexts, key_text_into};
 use super::window::{Frag, Stored};
 use super::{ChangeError, Layout};
 use crate::format::batch::Op;
@@ -98,7 +98,7 @@ pub struct ChangeLog {
     /// Key id → key text, ids in key order.
     pub(crate) key_texts: KeyTexts,
     /// Key text → id, built on first use where the window did not look keys up by text.
-    pub(crate) text_keys: std::sync::OnceLock<foldhash::HashMap<Arc<str>, u32>>,
+    pub(crate) text_keys: std::sync::OnceLock<KeyIds>,
     pub(crate) primary: Option<u16>,
     pub(crate) families_known: Vec<u16>,
     pub(crate) null_arrays: Vec<ArrayRef>,
@@ -407,19 +407,13 @@ impl ChangeLog {
                 .map(|k| k.and_then(|k| ids.get(&k).copied()))
                 .collect());
         }
-        let text_ids = self.text_keys.get_or_init(|| {
-            self.key_texts
-                .iter()
-                .enumerate()
-                .map(|(id, k)| (Arc::from(k), id as u32))
-                .collect()
-        });
+        let text_ids = self.text_keys.get_or_init(|| KeyIds::new(&self.key_texts));
         let mut text = String::new();
         Ok((0..table.num_rows())
             .map(|r| {
                 key_text_into(&key_cols, r, &mut text)
                     .ok()
-                    .and_then(|()| text_ids.get(text.as_str()).copied())
+                    .and_then(|()| text_ids.get(&self.key_texts, text.as_str()))
             })
             .collect())
     }

@@ -116,6 +116,59 @@ impl KeyTexts {
     }
 }
 
+/// Key text → key id over [`KeyTexts`], by the text's hash: no copy of the texts (a map keyed
+/// by text cost an allocation per changed key a step). Texts that share a hash (possible,
+/// never seen) are kept by text, in `shared`.
+#[derive(Debug)]
+pub(crate) struct KeyIds {
+    by_hash: foldhash::HashMap<u64, u32>,
+    shared: foldhash::HashMap<String, u32>,
+    hash: fn(&str) -> u64,
+}
+
+/// In `by_hash`: the texts of this hash are in `shared`.
+const SHARED: u32 = u32::MAX;
+
+impl KeyIds {
+    pub(crate) fn new(texts: &KeyTexts) -> Self {
+        Self::with_hash(texts, key_hash)
+    }
+
+    fn with_hash(texts: &KeyTexts, hash: fn(&str) -> u64) -> Self {
+        let mut by_hash =
+            foldhash::HashMap::with_capacity_and_hasher(texts.len(), Default::default());
+        let mut shared = foldhash::HashMap::default();
+        for (id, text) in texts.iter().enumerate() {
+            let id = id as u32;
+            match by_hash.entry(hash(text)) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(id);
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let other = std::mem::replace(e.get_mut(), SHARED);
+                    if other != SHARED {
+                        shared.insert(texts.get(other as usize).to_owned(), other);
+                    }
+                    shared.insert(text.to_owned(), id);
+                }
+            }
+        }
+        Self {
+            by_hash,
+            shared,
+            hash,
+        }
+    }
+
+    /// The id of key text `text` among `texts` (those it was built from).
+    pub(crate) fn get(&self, texts: &KeyTexts, text: &str) -> Option<u32> {
+        match *self.by_hash.get(&(self.hash)(text))? {
+            SHARED => self.shared.get(text).copied(),
+            id => (texts.get(id as usize) == text).then_some(id),
+        }
+    }
+}
+
 impl FromIterator<std::sync::Arc<str>> for KeyTexts {
     fn from_iter<I: IntoIterator<Item = std::sync::Arc<str>>>(texts: I) -> Self {
         let mut out = Self::default();
@@ -262,6 +315,21 @@ mod tests {
         assert_eq!(
             copied.iter().collect::<Vec<_>>(),
             texts.iter().collect::<Vec<_>>()
+        );
+        // By hash, and by text where texts share a hash (every text, under a constant one).
+        for ids in [KeyIds::new(&texts), KeyIds::with_hash(&texts, |_| 7)] {
+            for (id, text) in texts.iter().enumerate() {
+                assert_eq!(ids.get(&texts, text), Some(id as u32), "{text}");
+            }
+            assert_eq!(ids.get(&texts, "[8]"), None);
+        }
+        let one = KeyIds::with_hash(&texts, |t| u64::from(t == "[0]"));
+        assert_eq!(one.get(&texts, "[0]"), Some(2));
+        assert_eq!(one.get(&texts, "[-7]"), Some(0));
+        assert_eq!(
+            one.get(&texts, "[9]"),
+            None,
+            "same hash as two others, another text"
         );
     }
 }

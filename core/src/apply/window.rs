@@ -158,8 +158,6 @@ pub struct Window {
     frags: Vec<Frag>,
     /// Key id → key text, in key order (filled by `finish`).
     key_texts: KeyTexts,
-    /// Key text → id, when `finish` looked keys up by text.
-    text_keys: Option<foldhash::HashMap<Arc<str>, u32>>,
     /// Integer key → id, when the key is one integer column.
     int_keys: Option<foldhash::HashMap<i64, u32>>,
     rows_read: u64,
@@ -195,7 +193,6 @@ impl Window {
             stored: Vec::new(),
             frags: Vec::new(),
             key_texts: KeyTexts::default(),
-            text_keys: None,
             int_keys: None,
             rows_read: 0,
             slice: None,
@@ -520,7 +517,6 @@ impl Window {
         self.key_texts = in_key_order(&mut self.frags, &mut keys, &texts, |t| text_prefix(&t[1..]))
             .into_iter()
             .collect();
-        self.text_keys = Some(keys);
         Ok(())
     }
 
@@ -658,7 +654,7 @@ impl Window {
             frags: self.frags,
             befores,
             changes,
-            text_keys: self.text_keys.map(OnceLock::from).unwrap_or_default(),
+            text_keys: OnceLock::new(),
             key_texts: self.key_texts,
             primary,
             families_known,
