@@ -8,7 +8,7 @@ use crdb_delta_core::plan::{self, Object};
 use futures::{StreamExt, TryStreamExt};
 
 use super::table::{TableState, open_table};
-use super::table_cache::{Derived, TableCache};
+use super::table_cache::{self, Derived, TableCache};
 use super::{RESOLVED_LOG, SyncError, SyncOptions, delta_err};
 use crate::records::{CommitRecord, Figures, ResolvedLogFigures};
 
@@ -71,10 +71,7 @@ pub(super) async fn last_record(
     cache: Option<&TableCache>,
 ) -> Result<Option<LastRecord>, SyncError> {
     let log = Target::new(target, RESOLVED_LOG)?;
-    let (table, derived) = match cache {
-        Some(c) => c.open(&log).await?,
-        None => (log.open().await?, Derived::default()),
-    };
+    let (table, derived) = table_cache::open(cache, &log).await?;
     let Some(table) = table else {
         return Ok(None);
     };

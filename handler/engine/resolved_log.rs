@@ -12,7 +12,7 @@ use crdb_delta_core::format::names::PartitionFormat;
 use crdb_delta_core::plan::Progress;
 
 use super::table::TableState;
-use super::table_cache::{Derived, TableCache};
+use super::table_cache::{self, Derived, TableCache};
 use super::{DEFAULT_TARGET_FILE_SIZE, RESOLVED_LOG, SyncError, delta_err};
 use crate::records::{Figures, ResolvedLogFigures};
 
@@ -199,10 +199,9 @@ pub(super) async fn record_resolved_once(
     if_missing: bool,
 ) -> Result<(bool, Option<DeltaTable>), SyncError> {
     let schema = resolved_log_schema();
-    let table = match (table, &log.cache) {
-        (Some(t), _) => Some(t),
-        (None, Some(c)) => c.open(&log.target).await?.0,
-        (None, None) => log.target.open().await?,
+    let table = match table {
+        Some(t) => Some(t),
+        None => table_cache::open(log.cache.as_ref(), &log.target).await?.0,
     };
     let mut table = match table {
         Some(t) => t,

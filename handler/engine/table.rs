@@ -55,10 +55,7 @@ pub(super) async fn open_table(
         .or(opts.config.mode)
         .unwrap_or(Mode::UpdateDelete);
     let configured = cfg.storage.or(opts.config.storage);
-    let (mut table, derived) = match &opts.table_cache {
-        Some(cache) => cache.open(&t).await?,
-        None => (t.open().await?, Default::default()),
-    };
+    let (mut table, derived) = super::table_cache::open(opts.table_cache.as_ref(), &t).await?;
     let opened_at = table.as_ref().and_then(DeltaTable::version);
     // A new table gets deletion vectors (as Databricks makes them) unless configured otherwise;
     // an existing one keeps what its protocol says, and gains the feature only when configured.

@@ -101,6 +101,18 @@ impl TableCache {
     }
 }
 
+/// The table at `target` from `cache` ([`TableCache::open`]), or opened afresh without one
+/// (nothing derived).
+pub(super) async fn open(
+    cache: Option<&TableCache>,
+    target: &Target,
+) -> Result<(Option<DeltaTable>, Derived), DeltaError> {
+    match cache {
+        Some(c) => c.open(target).await,
+        None => Ok((target.open().await?, Derived::default())),
+    }
+}
+
 /// The ETag (or, where a store has none, size and time) of the commit file of `table`'s
 /// version.
 async fn version_tag(table: &DeltaTable) -> Option<String> {
