@@ -520,8 +520,8 @@ pub async fn enable_deletion_vectors(
     Ok(t)
 }
 
-/// delta-rs' descriptor as ours (the same JSON).
-fn our_descriptor(d: &DeletionVectorDescriptor) -> Result<DvDescriptor, String> {
+/// A deletion-vector descriptor as the other side's type (delta-rs' and ours are the same JSON).
+fn via_json<T: serde::de::DeserializeOwned>(d: &impl serde::Serialize) -> Result<T, String> {
     serde_json::from_value(serde_json::to_value(d).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())
 }
@@ -531,7 +531,7 @@ fn our_descriptor(d: &DeletionVectorDescriptor) -> Result<DvDescriptor, String> 
 pub fn deletion_vector_id(file: &FileEntry) -> Option<String> {
     file.dv
         .as_ref()
-        .and_then(|d| our_descriptor(d).ok())
+        .and_then(|d| via_json::<DvDescriptor>(d).ok())
         .map(|d| d.unique_id())
 }
 
@@ -548,7 +548,7 @@ pub async fn read_deletion_vector(
         table: table.table_url().to_string(),
         message: format!("{}: deletion vector: {message}", file.path),
     };
-    let ours = our_descriptor(d).map_err(bad)?;
+    let ours: DvDescriptor = via_json(d).map_err(bad)?;
     match ours.location().map_err(|e| bad(e.to_string()))? {
         DvLocation::Inline => ours.read_inline().map_err(|e| bad(e.to_string())),
         DvLocation::Relative(rel) => {
@@ -603,9 +603,7 @@ pub async fn deletion_vector_actions(
             continue;
         }
         let d = bin.push(&dv).map_err(|e| bad(e.to_string()))?;
-        let theirs: DeletionVectorDescriptor =
-            serde_json::from_value(serde_json::to_value(&d).map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
+        let theirs: DeletionVectorDescriptor = via_json(&d).map_err(bad)?;
         vectors.push((file.path, d.unique_id(), dv));
         adds.push(Add {
             deletion_vector: Some(theirs),
