@@ -556,15 +556,6 @@ impl KeyProbe {
         }
     }
 
-    /// From the window's first-key values of a text key column, as they stand (not as JSON):
-    /// no `serde_json::Value` per key.
-    pub fn from_texts(texts: Vec<String>) -> Self {
-        Self {
-            sorted: Sorted::strings(texts),
-            hashes: None,
-        }
-    }
-
     /// With the window's whole keys hashed ([`crate::apply::ChangeLog::key_hashes`]): keys of
     /// several columns (or of another type) are then looked up in a key index by them.
     pub fn with_key_hashes(mut self, hashes: Vec<u64>) -> Self {
