@@ -422,7 +422,7 @@ impl FileKeys {
                 search.find(keys, wanted, &mut found, self.rows.as_deref())
             }
             (Keys::Strings(keys), _, _, Some(wanted)) => {
-                let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+                let wanted: Vec<&str> = wanted.iter().collect();
                 equal_ranges(
                     keys.len(),
                     &[],
@@ -616,7 +616,7 @@ fn equal_ranges<K: Ord + Copy>(
 const LANES: usize = 8;
 
 /// The first index in `0..len` where `less` is false (`less` is true then false).
-fn partition(len: usize, less: impl Fn(usize) -> bool) -> usize {
+pub(crate) fn partition(len: usize, less: impl Fn(usize) -> bool) -> usize {
     let (mut lo, mut hi) = (0usize, len);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::apply::{KeyTexts, int_slice, text_slice};
 use crate::format::hlc::Hlc;
 use crate::format::names::{DataFileName, ObjectName, PartitionFormat};
 use crate::format::types::ColumnType;
@@ -505,23 +506,36 @@ enum Sorted {
     Ints(Vec<i64>),
     /// UTF-8 strings (UUIDs included) compare bytewise, as Parquet and Delta statistics do;
     /// statistics truncated by the writer are still bounds (a truncated max is incremented).
-    /// With them, the 16 bytes of those that are canonical UUID texts, in the same order
-    /// (parsed once per step, not once per file the key index looks them up in).
-    Strings(Vec<String>, Vec<u128>),
+    /// In one buffer (a `String` per key was an allocation per changed key a step, and a
+    /// step splits its probe by key slice). With them, the 16 bytes of those that are
+    /// canonical UUID texts, in the same order (parsed once per step, not once per file the
+    /// key index looks them up in).
+    Strings(KeyTexts, Vec<u128>),
     Unknown,
 }
 
 impl Sorted {
-    fn strings(mut v: Vec<String>) -> Self {
-        // The first column of composite keys repeats: each value once.
+    fn ints(mut v: Vec<i64>) -> Self {
         v.sort_unstable();
         v.dedup();
-        let uuids = v
+        Sorted::Ints(v)
+    }
+
+    fn strings<S: AsRef<str>>(mut v: Vec<S>) -> Self {
+        // The first column of composite keys repeats: each value once.
+        v.sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        v.dedup_by(|a, b| a.as_ref() == b.as_ref());
+        let bytes = v.iter().map(|t| t.as_ref().len()).sum();
+        let mut texts = KeyTexts::with_capacity(v.len(), bytes);
+        for t in &v {
+            texts.push_with(|out| out.push_str(t.as_ref()));
+        }
+        let uuids = texts
             .iter()
             .filter_map(|t| values::parse_uuid(t.as_bytes()))
             .map(u128::from_be_bytes)
             .collect();
-        Sorted::Strings(v, uuids)
+        Sorted::Strings(texts, uuids)
     }
 }
 
@@ -535,11 +549,7 @@ impl KeyProbe {
                 .iter()
                 .map(serde_json::Value::as_i64)
                 .collect::<Option<Vec<i64>>>()
-                .map_or(Sorted::Unknown, |mut v| {
-                    v.sort_unstable();
-                    v.dedup();
-                    Sorted::Ints(v)
-                }),
+                .map_or(Sorted::Unknown, Sorted::ints),
             ColumnType::Text => values
                 .into_iter()
                 .map(|v| match v {
@@ -550,10 +560,82 @@ impl KeyProbe {
                 .map_or(Sorted::Unknown, Sorted::strings),
             _ => Sorted::Unknown,
         };
+        Self::of(sorted)
+    }
+
+    /// Of integer first-key values (a key column of an integer type).
+    pub fn of_ints(values: Vec<i64>) -> Self {
+        Self::of(Sorted::ints(values))
+    }
+
+    /// Of text first-key values (a key column of type [`ColumnType::Text`]).
+    pub fn of_texts<S: AsRef<str>>(values: Vec<S>) -> Self {
+        Self::of(Sorted::strings(values))
+    }
+
+    /// One that prunes nothing (keys of another type).
+    pub fn unknown() -> Self {
+        Self::of(Sorted::Unknown)
+    }
+
+    fn of(sorted: Sorted) -> Self {
         Self {
             sorted,
             hashes: None,
         }
+    }
+
+    /// Split by key slice ([`crate::apply::slice_of`]) of `of`: probe `i` holds the values of
+    /// slice `i` (`None`: none), in the same order. Only for the values of a key of one
+    /// column (a slice is taken over the whole key), and without key hashes (those are of
+    /// whole keys too); `None` otherwise, and for values of another type.
+    pub fn by_slice(&self, of: u32) -> Option<Vec<Option<KeyProbe>>> {
+        if self.hashes.is_some() {
+            return None;
+        }
+        let n = of.max(1) as usize;
+        let split: Vec<Sorted> = match &self.sorted {
+            Sorted::Ints(v) => {
+                let mut parts = vec![Vec::new(); n];
+                for &i in v {
+                    parts[int_slice(i, of) as usize].push(i);
+                }
+                parts.into_iter().map(Sorted::Ints).collect()
+            }
+            Sorted::Strings(texts, uuids) => {
+                // Every text a UUID (the common text key): the two lists pair up.
+                let paired = uuids.len() == texts.len();
+                let mut parts: Vec<(KeyTexts, Vec<u128>)> = vec![Default::default(); n];
+                for (i, t) in texts.iter().enumerate() {
+                    let (p, u) = &mut parts[text_slice(t, of) as usize];
+                    p.push_with(|out| out.push_str(t));
+                    let uuid = if paired {
+                        Some(uuids[i])
+                    } else {
+                        values::parse_uuid(t.as_bytes()).map(u128::from_be_bytes)
+                    };
+                    u.extend(uuid);
+                }
+                parts
+                    .into_iter()
+                    .map(|(t, u)| Sorted::Strings(t, u))
+                    .collect()
+            }
+            Sorted::Unknown => return None,
+        };
+        Some(
+            split
+                .into_iter()
+                .map(|s| {
+                    let empty = match &s {
+                        Sorted::Ints(v) => v.is_empty(),
+                        Sorted::Strings(t, _) => t.len() == 0,
+                        Sorted::Unknown => true,
+                    };
+                    (!empty).then(|| Self::of(s))
+                })
+                .collect(),
+        )
     }
 
     /// With the window's whole keys hashed ([`crate::apply::ChangeLog::key_hashes`]): keys of
@@ -577,7 +659,7 @@ impl KeyProbe {
     }
 
     /// The window's first-key texts, sorted bytewise (when they are text).
-    pub fn strings(&self) -> Option<&[String]> {
+    pub(crate) fn strings(&self) -> Option<&KeyTexts> {
         match &self.sorted {
             Sorted::Strings(v, _) => Some(v),
             _ => None,
@@ -608,8 +690,8 @@ impl KeyProbe {
             },
             Sorted::Strings(keys, _) => match (lo.as_str(), hi.as_str()) {
                 (Some(lo), Some(hi)) => {
-                    let i = keys.partition_point(|k| k.as_str() < lo);
-                    i < keys.len() && keys[i].as_str() <= hi
+                    let i = crate::key_index::partition(keys.len(), |i| keys.get(i) < lo);
+                    i < keys.len() && keys.get(i) <= hi
                 }
                 _ => true,
             },

@@ -300,3 +300,76 @@ fn a_key_that_does_not_convert_under_the_filter_is_named_by_its_line() {
         .to_string();
     assert!(err.starts_with("t.ndjson: line 25: column `id`"), "{err}");
 }
+
+/// A step looks a sliced table's files up by the window's keys of each file's slice. For a key
+/// of one column it splits the window's probe by value (`KeyProbe::by_slice`); the split must
+/// be the one the rows give (a probe that cannot be split, `KeyProbe::unknown()`, makes
+/// `key_probes_by_slice` take each key's slice from its first row), for every table, interval
+/// and slice count, with types from the definition or learnt from NDJSON values.
+#[test]
+fn a_probe_split_by_value_is_the_split_by_rows() {
+    use crdb_delta_core::plan::KeyProbe;
+    let mut split_types = std::collections::BTreeSet::new();
+    for (format, inferred) in [(Format::Parquet, false), (Format::Json, true)] {
+        let sim = simulate(&SimOptions {
+            format,
+            initial_rows: 80,
+            windows: 3,
+            events_per_window: 120,
+            file_size: 8 << 10,
+            seed: 5,
+            ..SimOptions::default()
+        });
+        let resolved: std::collections::BTreeSet<Hlc> = ordered(&sim.objects)
+            .iter()
+            .filter_map(|(n, _, _)| match n {
+                ObjectName::Resolved(ts) => Some(*ts),
+                ObjectName::Data(_) => None,
+            })
+            .collect();
+        for def in &sim.tables {
+            let mut lo = None;
+            for &hi in &resolved {
+                let layout = crdb_delta_core::apply::Layout::new(
+                    def.primary_key.clone(),
+                    def.has_families(),
+                );
+                let mut w = Window::new(layout, lo, hi);
+                for (name, path, bytes) in ordered(&sim.objects) {
+                    let ObjectName::Data(d) = &name else { continue };
+                    if d.topic.table() != def.name {
+                        continue;
+                    }
+                    let opts = base_options(def, inferred);
+                    let bytes = bytes::Bytes::copy_from_slice(bytes);
+                    for b in decode::decode_bytes(d, &path, bytes, &opts).unwrap() {
+                        w.push(b.unwrap(), d.topic.family(), &path).unwrap();
+                    }
+                }
+                let log = w.finish().unwrap();
+                let ty = log.layout().key_types()[0].clone();
+                let whole = log.key_probe(&ty, false);
+                for of in [2, 3, 7] {
+                    let by_value = log.key_probes_by_slice(of, &ty, false, &whole);
+                    let by_rows = log.key_probes_by_slice(of, &ty, false, &KeyProbe::unknown());
+                    assert_eq!(
+                        format!("{by_value:?}"),
+                        format!("{by_rows:?}"),
+                        "{} to {hi}, {of} slices",
+                        def.name
+                    );
+                    if def.primary_key.len() == 1 && whole.by_slice(of).is_some() {
+                        split_types.insert(format!("{ty:?}"));
+                    }
+                }
+                lo = Some(hi);
+            }
+        }
+    }
+    // Split by value: keys of integers and of text (the simulator's UUID keys among them).
+    assert_eq!(
+        split_types.into_iter().collect::<Vec<_>>(),
+        ["Int64", "Text"],
+        "key types split by value"
+    );
+}

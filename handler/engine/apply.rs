@@ -536,7 +536,7 @@ async fn write(
         // A file tagged with the key slice it holds is looked up by that slice's keys alone
         // (a table loaded in slices: each key in one file instead of every file).
         let sliced = SliceKeys::new(&candidates, &key_types.0, &key_types.1, |of| {
-            log.key_probes_by_slice(of, &key_types.1[0], hashed)
+            log.key_probes_by_slice(of, &key_types.1[0], hashed, &keys)
         });
         candidates.retain(|f| {
             sliced

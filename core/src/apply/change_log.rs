@@ -1,6 +1,7 @@
 //! The merged changes of one window: per key, in HLC order, one change per (key, HLC) with its
 //! column-family fragments, duplicates dropped. Shared by every mode; holds no mode's state.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder};
@@ -140,32 +141,55 @@ impl ChangeLog {
     /// type `ty`; with every key's text hashed ([`super::key_hash`]) when `hashed`: what a key
     /// index looks keys up by when they are not one integer or text column.
     pub fn key_probe(&self, ty: &ColumnType, hashed: bool) -> KeyProbe {
-        let first = self
-            .key_texts
-            .iter()
-            .filter_map(|k| match (single_int(k), single_text(k)) {
-                (Some(i), _) => Some(Value::from(i)),
-                (None, Some(t)) => Some(Value::from(t)),
-                (None, None) => match serde_json::from_str::<Value>(k) {
-                    Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
-                    _ => None,
-                },
-            })
-            .collect();
-        self.with_hashes(KeyProbe::new(first, ty), 0..self.key_texts.len(), hashed)
+        // The first value of a key text that is not one integer or one plain text.
+        let first = |k: &str| match serde_json::from_str::<Value>(k) {
+            Ok(Value::Array(mut v)) if !v.is_empty() => Some(v.swap_remove(0)),
+            _ => None,
+        };
+        let texts = self.key_texts.iter();
+        // As [`KeyProbe::new`] of the first values, without a JSON value per key.
+        let probe = match ty {
+            ColumnType::Int32 | ColumnType::Int64 => texts
+                .filter_map(|k| match single_int(k) {
+                    Some(i) => Some(Some(i)),
+                    None => first(k).map(|v| v.as_i64()),
+                })
+                .collect::<Option<Vec<i64>>>()
+                .map_or_else(KeyProbe::unknown, KeyProbe::of_ints),
+            ColumnType::Text => texts
+                .filter_map(|k| match single_text(k) {
+                    Some(t) => Some(Some(Cow::Borrowed(t))),
+                    None => first(k).map(|v| match v {
+                        Value::String(s) => Some(Cow::Owned(s)),
+                        _ => None,
+                    }),
+                })
+                .collect::<Option<Vec<Cow<str>>>>()
+                .map_or_else(KeyProbe::unknown, KeyProbe::of_texts),
+            _ => KeyProbe::unknown(),
+        };
+        self.with_hashes(probe, 0..self.key_texts.len(), hashed)
     }
 
     /// The same, one probe per key slice of `of` ([`super::slice_of`]): probe `i` holds the
     /// changed keys of slice `i`, those a file tagged with that slice ([`super::SliceTag`])
-    /// can hold; `None` where no changed key falls into the slice. Each key's slice and first
-    /// value come from the key columns of its first row, in the layout's types (a key's slice
-    /// is the same in the types a file decoded it as, see [`super::slice`]).
+    /// can hold; `None` where no changed key falls into the slice. `whole` is this window's
+    /// [`Self::key_probe`] of the same `ty` and `hashed`: a key of one column is split from it
+    /// by value. Otherwise each key's slice and first value come from the key columns of its
+    /// first row, in the layout's types (a key's slice is the same in the types a file decoded
+    /// it as, see [`super::slice`]).
     pub fn key_probes_by_slice(
         &self,
         of: u32,
         ty: &ColumnType,
         hashed: bool,
+        whole: &KeyProbe,
     ) -> Vec<Option<KeyProbe>> {
+        if self.key_cols.len() == 1
+            && let Some(split) = whole.by_slice(of)
+        {
+            return split;
+        }
         // Per slice: the first values and ids of its keys.
         let mut parts: Vec<(Vec<Value>, Vec<usize>)> = vec![Default::default(); of.max(1) as usize];
         let mut columns: Vec<Option<Vec<ArrayRef>>> = vec![None; self.stored.len()];

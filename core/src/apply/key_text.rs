@@ -81,8 +81,9 @@ pub(crate) fn push_string_key_text(out: &mut String, v: &str) {
 }
 
 /// Key id → key text, every text in one buffer: a `String` and an `Arc<str>` per key were two
-/// allocations per changed key a step, freed while other threads allocated.
-#[derive(Debug, Default)]
+/// allocations per changed key a step, freed while other threads allocated. Also a key probe's
+/// sorted texts ([`crate::plan::KeyProbe`]), for the same reason.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct KeyTexts {
     text: String,
     ends: Vec<usize>,

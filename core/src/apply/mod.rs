@@ -27,9 +27,9 @@ use arrow_schema::{ArrowError, DataType, Field, TimeUnit};
 
 pub use change_log::ChangeLog;
 pub use key_text::key_hash;
-pub(crate) use key_text::key_text_into;
+pub(crate) use key_text::{KeyTexts, key_text_into};
 pub use layout::Layout;
-pub use slice::{SliceTag, slice_of};
+pub use slice::{SliceTag, int_slice, slice_of, text_slice};
 pub use window::{PushOutcome, Window, later_rows};
 
 /// How change events become Delta rows.

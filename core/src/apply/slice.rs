@@ -68,6 +68,28 @@ pub fn slice_of(key_columns: &[ArrayRef], row: usize, of: u32) -> u32 {
     (h % u64::from(of)) as u32
 }
 
+/// The slice of a one-column key whose value is the integer `v`: [`slice_of`] of it, without
+/// an array (a step splits its probe of the window's keys by slice, see
+/// [`crate::plan::KeyProbe::by_slice`]).
+pub fn int_slice(v: i64, of: u32) -> u32 {
+    one_value_slice(of, |h| feed_number(h, v as f64))
+}
+
+/// The slice of a one-column key whose value is the text `s` ([`slice_of`] of it).
+pub fn text_slice(s: &str, of: u32) -> u32 {
+    one_value_slice(of, |h| feed_text(h, s))
+}
+
+fn one_value_slice(of: u32, feed_value: impl FnOnce(&mut u64)) -> u32 {
+    if of <= 1 {
+        return 0;
+    }
+    let mut h = FNV_OFFSET;
+    feed_value(&mut h);
+    feed(&mut h, b"|");
+    (h % u64::from(of)) as u32
+}
+
 fn feed_value(h: &mut u64, v: &Value) {
     match v {
         Value::Number(n) => feed_number(h, n.as_f64().unwrap_or(f64::NAN)),
@@ -207,6 +229,30 @@ mod tests {
         );
         assert_eq!(slice_of(&[int], 0, 1000), 128);
         assert_eq!(slice_of(&[text], 0, 1000), 776);
+    }
+
+    /// A step splits its probe by these; a table file was tagged by `slice_of` over rows.
+    #[test]
+    fn one_value_slices_are_slice_of() {
+        let ints = [0, 1, -7, 42, i64::MAX, i64::MIN, 1 << 53];
+        let texts = [
+            "user1",
+            "1.50",
+            " 7 ",
+            "8f0c2a4e-0000-4000-8000-000000000000",
+            "",
+            "é",
+        ];
+        for of in [1, 2, 7, 1000, 1 << 30] {
+            let a: ArrayRef = Arc::new(Int64Array::from(ints.to_vec()));
+            for (r, &v) in ints.iter().enumerate() {
+                assert_eq!(int_slice(v, of), slice_of(std::slice::from_ref(&a), r, of));
+            }
+            let a: ArrayRef = Arc::new(StringArray::from(texts.to_vec()));
+            for (r, &v) in texts.iter().enumerate() {
+                assert_eq!(text_slice(v, of), slice_of(std::slice::from_ref(&a), r, of));
+            }
+        }
     }
 
     #[test]
