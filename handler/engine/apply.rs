@@ -503,7 +503,7 @@ async fn write(
         // (see [`super::key_cache`]).
         let table_url = Arc::new(table.table_url().to_string());
         let index = opts.key_cache.enabled().then(|| opts.key_cache.clone());
-        let seen = index.as_ref().is_some_and(|cache| {
+        let learns = index.as_ref().is_some_and(|cache| {
             cache.retain(
                 &table_url,
                 &candidates.iter().map(|f| f.path.as_str()).collect(),
@@ -523,8 +523,9 @@ async fn write(
                 ));
         let log = changes.log();
         let keys = Arc::new(log.key_probe(&key_types.1[0], hashed));
-        // Looked up always; learned from the table's second step in this process on.
-        let teach = index.clone().filter(|_| seen);
+        // Looked up always; learned from the table's second step in this process on (its
+        // first in the handler).
+        let teach = index.clone().filter(|_| learns);
         pause("before-fetch").await;
         // Once small files pile up (the new files of recent steps), the ones this step probes
         // are rewritten even with deletion vectors: their rows merge into this step's new file,

@@ -56,8 +56,11 @@ impl App {
         let scope = scope_of(&source, settings.account.as_deref())?;
         let own = container_prefix(&target).into_iter().collect();
         let in_flight = std::sync::Arc::new(InFlight::default());
+        let configured = SyncOptions::from_config(settings.config.clone());
         let opts = SyncOptions {
             mode: settings.mode,
+            // The process lives for many invocations: key indexes are learned at once.
+            key_cache: configured.key_cache.clone().learning_from_first_step(),
             // One run per RESOLVED event: a file straddling RESOLVEDs is read once.
             carry_cache: Some(crate::engine::carry::CarryCache::default()),
             table_cache: Some(crate::engine::table_cache::TableCache::default()),
@@ -65,7 +68,7 @@ impl App {
             crdb_url: settings.crdb_url.clone(),
             // An invocation answers once its commits are in; checkpoints are written after.
             checkpoints: Checkpoints::behind(in_flight.clone()),
-            ..SyncOptions::from_config(settings.config.clone())
+            ..configured
         };
         tracing::info!(source = %source.display, target = %target.display, scope = ?scope, "handler configured");
         Ok(Self {
