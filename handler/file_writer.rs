@@ -153,62 +153,17 @@ fn mostly_distinct(values: &[&str]) -> bool {
 }
 
 /// The encoder thread: drives delta-rs' async writer (its uploads) on the runtime's handle.
-/// Batches of fewer rows are gathered (of one schema) before they reach the Delta writer: a
-/// step of a large table merges one small batch per file it looks up (fifty of ~200 rows at 20M
-/// rows), and each batch costs the Delta writer a schema check and the Parquet writer a call
-/// per column. Memory: one gathered batch at most, of this many rows.
-const GATHER_ROWS: usize = 8 * 1024;
-
-/// Small batches of one schema, written as one ([`GATHER_ROWS`]).
-#[derive(Default)]
-struct Gathered {
-    batches: Vec<RecordBatch>,
-    rows: usize,
-}
-
-impl Gathered {
-    /// Adds `batch`; returns what is to be written now: the batches gathered before when
-    /// `batch` has another schema, then these once they reach [`GATHER_ROWS`].
-    fn add(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, DeltaTableError> {
-        let mut out = Vec::new();
-        if self
-            .batches
-            .first()
-            .is_some_and(|b| b.schema_ref() != batch.schema_ref())
-        {
-            out.extend(self.take()?);
-        }
-        self.rows += batch.num_rows();
-        self.batches.push(batch);
-        if self.rows >= GATHER_ROWS {
-            out.extend(self.take()?);
-        }
-        Ok(out)
-    }
-
-    /// The gathered batches as one, if any.
-    fn take(&mut self) -> Result<Option<RecordBatch>, DeltaTableError> {
-        self.rows = 0;
-        let batches = std::mem::take(&mut self.batches);
-        match batches.len() {
-            0 => Ok(None),
-            1 => Ok(batches.into_iter().next()),
-            _ => deltalake_core::arrow::compute::concat_batches(batches[0].schema_ref(), &batches)
-                .map(Some)
-                .map_err(|source| DeltaTableError::Arrow { source }),
-        }
-    }
-}
-
 fn encode(
     runtime: &tokio::runtime::Handle,
     mut inner: RecordBatchWriter,
     mut rx: mpsc::Receiver<Msg>,
 ) -> Result<Vec<Add>, DeltaTableError> {
     let schema: SchemaRef = inner.arrow_schema();
+    // Batches held until the file's properties are judged ([`properties`]): a few rows more
+    // than SAMPLE_ROWS at most, plus the batch that crosses it.
     let mut held: Option<Vec<RecordBatch>> = Some(Vec::new());
-    let mut gathered = Gathered::default();
-    let put = |inner: &mut RecordBatchWriter, batch: RecordBatch| {
+    let write = |inner: &mut RecordBatchWriter, batch: RecordBatch| {
+        // A batch with more columns than the table adds them (the layout grew).
         let mode = if batch.schema().fields().len() > schema.fields().len() {
             WriteMode::MergeSchema
         } else {
@@ -218,11 +173,10 @@ fn encode(
     };
     while let Some(msg) = rx.blocking_recv() {
         let finish = matches!(msg, Msg::Finish);
-        let mut ready = Vec::new();
         if let Msg::Batch(batch) = msg {
             match held.as_mut() {
                 Some(h) => h.push(batch),
-                None => ready.push(batch),
+                None => write(&mut inner, batch)?,
             }
         }
         let enough = held
@@ -232,17 +186,11 @@ fn encode(
             && let Some(h) = held.take()
         {
             inner = inner.with_writer_properties(properties(&h));
-            ready.extend(h);
-        }
-        for batch in ready {
-            for batch in gathered.add(batch)? {
-                put(&mut inner, batch)?;
+            for batch in h {
+                write(&mut inner, batch)?;
             }
         }
         if finish {
-            if let Some(batch) = gathered.take()? {
-                put(&mut inner, batch)?;
-            }
             return runtime.block_on(inner.flush());
         }
     }
@@ -254,50 +202,6 @@ mod tests {
     use super::*;
     use arrow_array::ArrayRef;
     use std::sync::Arc;
-
-    /// Small batches reach the Delta writer as one, in order; a batch of another schema first
-    /// lets the earlier ones go; nothing stays behind at the end.
-    #[test]
-    fn small_batches_are_gathered_in_order_and_by_schema() {
-        let ints = |from: i64, n: i64| {
-            RecordBatch::try_from_iter([(
-                "id",
-                Arc::new(arrow_array::Int64Array::from_iter_values(from..from + n)) as ArrayRef,
-            )])
-            .unwrap()
-        };
-        let ids = |b: &RecordBatch| -> Vec<i64> {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<arrow_array::Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        };
-        let mut g = Gathered::default();
-        let small = 200;
-        let mut written = Vec::new();
-        for i in 0..50 {
-            written.extend(g.add(ints(i * small, small)).unwrap());
-        }
-        // 50 × 200 rows: one batch once 8,192 were gathered (41 batches), the rest held.
-        assert_eq!(written.len(), 1);
-        assert_eq!(ids(&written[0]), (0..41 * small).collect::<Vec<_>>());
-        let other = RecordBatch::try_from_iter([(
-            "name",
-            Arc::new(StringArray::from(vec!["a"])) as ArrayRef,
-        )])
-        .unwrap();
-        let out = g.add(other.clone()).unwrap();
-        assert_eq!(out.len(), 1, "the held rows go before another schema's");
-        assert_eq!(ids(&out[0]), (41 * small..50 * small).collect::<Vec<_>>());
-        assert_eq!(g.take().unwrap(), Some(other));
-        assert_eq!(g.take().unwrap(), None);
-        // A large batch goes as it is.
-        let large = ints(0, GATHER_ROWS as i64);
-        assert_eq!(g.add(large.clone()).unwrap(), vec![large]);
-        assert_eq!(g.take().unwrap(), None);
-    }
 
     #[test]
     fn only_mostly_distinct_text_columns_lose_their_dictionary() {
