@@ -512,3 +512,58 @@ fn string_keys_are_one_key_per_value_and_come_out_in_value_order() {
     let deletes = string_keyed(&[(Op::Delete, 150, "a\"q"), (Op::Delete, 151, "ab!")]);
     assert_eq!(later_deletes_merged("k", deletes, &table[0]), (2, 4));
 }
+
+/// The keys of the `table` rows that a later window deleting `deletes` supersedes (in order).
+fn superseded_keys(deletes: &[&str], table: &[&str]) -> Vec<String> {
+    let rows: Vec<(Op, i64, &str)> = (0..deletes.len())
+        .map(|i| (Op::Delete, 150 + i as i64, deletes[i]))
+        .collect();
+    let mut w = Window::new(Layout::new(vec!["k".into()], false), Some(h(100)), h(200));
+    w.push(string_keyed(&rows), None, "later.parquet").unwrap();
+    let mut c = apply::writer(Mode::UpdateDelete, w.finish().unwrap());
+    let keys: ArrayRef = Arc::new(StringArray::from(table.to_vec()));
+    let t = RecordBatch::try_from_iter([("k", keys)]).unwrap();
+    let m = c.merge(&t, Keep::Changed).unwrap();
+    let mut got: Vec<String> = m
+        .superseded
+        .iter()
+        .map(|&r| table[r as usize].to_owned())
+        .collect();
+    got.sort();
+    got
+}
+
+/// A table batch whose one text key column is in order (as the files we write are) is matched
+/// by binary search; one out of order, or a window with a key that needs escaping, by each
+/// row's key text. Both find the same rows: repeated keys, keys before and after the window's,
+/// prefixes (`d` and `d!`), and none of the window's keys the table lacks.
+#[test]
+fn text_keys_in_order_or_not_find_the_same_rows() {
+    let sorted = ["0", "a", "b", "b", "c", "d", "d!", "x", "é"];
+    let mut shuffled = sorted;
+    shuffled.reverse();
+    shuffled.swap(0, 4);
+    let want = ["b", "b", "d!", "x"];
+    for deletes in [
+        &["b", "d!", "x", "q", "zzz", ""][..],
+        &["x", "d!", "b", "a\"q"][..],
+    ] {
+        assert_eq!(
+            superseded_keys(deletes, &sorted),
+            want,
+            "{deletes:?}, in order"
+        );
+        assert_eq!(
+            superseded_keys(deletes, &shuffled),
+            want,
+            "{deletes:?}, shuffled"
+        );
+    }
+    assert_eq!(
+        superseded_keys(&["0", "é"], &sorted),
+        ["0", "é"],
+        "the ends"
+    );
+    assert!(superseded_keys(&["c"], &[]).is_empty());
+    assert!(superseded_keys(&["zzz", "!"], &sorted).is_empty());
+}

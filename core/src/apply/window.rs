@@ -662,6 +662,7 @@ impl Window {
             duplicates,
             rows_read: self.rows_read,
             int_keys: self.int_keys.map(OnceLock::from).unwrap_or_default(),
+            text_order: OnceLock::new(),
         })
     }
 }
