@@ -513,7 +513,7 @@ fn string_keys_are_one_key_per_value_and_come_out_in_value_order() {
     assert_eq!(later_deletes_merged("k", deletes, &table[0]), (2, 4));
 }
 
-/// The keys of the `table` rows that a later window deleting `deletes` supersedes (in order).
+/// The keys of the `table` rows that a later window deleting `deletes` supersedes (sorted).
 fn superseded_keys(deletes: &[&str], table: &[&str]) -> Vec<String> {
     let rows: Vec<(Op, i64, &str)> = (0..deletes.len())
         .map(|i| (Op::Delete, 150 + i as i64, deletes[i]))
@@ -533,31 +533,36 @@ fn superseded_keys(deletes: &[&str], table: &[&str]) -> Vec<String> {
     got
 }
 
-/// A table batch whose one text key column is in order (as the files we write are) is matched
-/// by binary search; one out of order, or a window with a key that needs escaping, by each
-/// row's key text. Both find the same rows: repeated keys, keys before and after the window's,
-/// prefixes (`d` and `d!`), and none of the window's keys the table lacks.
+/// A large table batch whose one text key column is in order (as the files we write are) is
+/// matched by binary search; one out of order, a small one, or any with a window key that
+/// needs escaping, by each row's key text. Both find the same rows: repeated keys, keys
+/// before and after the window's, prefixes (`d` and `d!`), and none of the window's keys the
+/// table lacks.
 #[test]
 fn text_keys_in_order_or_not_find_the_same_rows() {
-    let sorted = ["0", "a", "b", "b", "c", "d", "d!", "x", "é"];
-    let mut shuffled = sorted;
+    let many: Vec<String> = (0..3000).map(|i| format!("k{:05}", i / 2 * 3)).collect();
+    let mut sorted: Vec<&str> = many.iter().map(String::as_str).collect();
+    sorted.extend(["0", "d", "d!", "é", "x"]);
+    sorted.sort_unstable();
+    let mut shuffled = sorted.clone();
     shuffled.reverse();
-    shuffled.swap(0, 4);
-    let want = ["b", "b", "d!", "x"];
+    shuffled.swap(0, 1500);
+    let want = ["d!", "k00003", "k00003", "k04497", "k04497", "x"];
     for deletes in [
-        &["b", "d!", "x", "q", "zzz", ""][..],
-        &["x", "d!", "b", "a\"q"][..],
+        &["k00003", "d!", "x", "k00004", "zzz", "", "k04497"][..],
+        &["x", "d!", "k04497", "k00003", "a\"q"][..],
     ] {
-        assert_eq!(
-            superseded_keys(deletes, &sorted),
-            want,
-            "{deletes:?}, in order"
-        );
-        assert_eq!(
-            superseded_keys(deletes, &shuffled),
-            want,
-            "{deletes:?}, shuffled"
-        );
+        for (table, how) in [(&sorted, "in order"), (&shuffled, "shuffled")] {
+            assert_eq!(superseded_keys(deletes, table), want, "{deletes:?}, {how}");
+            assert_eq!(
+                superseded_keys(deletes, &table[..9]),
+                want.iter()
+                    .filter(|k| table[..9].contains(k))
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>(),
+                "{deletes:?}, {how}, nine rows"
+            );
+        }
     }
     assert_eq!(
         superseded_keys(&["0", "é"], &sorted),

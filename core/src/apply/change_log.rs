@@ -107,9 +107,9 @@ pub struct ChangeLog {
     pub(crate) rows_read: u64,
     /// Integer key → key id (a single INT key column): the window's, or built on first use.
     pub(crate) int_keys: std::sync::OnceLock<foldhash::HashMap<i64, u32>>,
-    /// One-text keys ([`single_text`]): the ids in the order of their texts, built on first
+    /// One-text keys ([`single_text`]): their texts in order, with their ids, built on first
     /// use; `None` when a key is not such a text. See [`Self::sorted_text_keys`].
-    pub(crate) text_order: std::sync::OnceLock<Option<Vec<u32>>>,
+    pub(crate) text_order: std::sync::OnceLock<Option<(KeyTexts, Vec<u32>)>>,
 }
 
 impl ChangeLog {
@@ -451,14 +451,16 @@ impl ChangeLog {
     }
 
     /// [`Self::table_keys`] of a one-text key column in ascending order, as the files we write
-    /// are (by key): the window's keys are found in it by binary search, a few per batch, where
-    /// a key text per row, hashed and looked up, was a third of a cold step's CPU (a 20M-row
-    /// table's key columns read whole, 10k keys found among them). `None` (looked up by text)
-    /// when the column is out of order or holds NULLs, or a window key is not a plain text.
+    /// are (by key): the window's keys within the batch's range are found in it by binary
+    /// search, where a key text per row, hashed and looked up, was a third of a cold step's CPU
+    /// (a 20M-row table's key columns read whole, 10k keys found among them). `None` (looked
+    /// up by text) for a batch of few rows or fewer rows than window keys in its range (the
+    /// rows a key index found), out of order or with NULLs, or when a window key is not a
+    /// plain text.
     fn sorted_text_keys(&self, column: &ArrayRef) -> Option<Vec<Option<u32>>> {
         let texts = column.as_string_opt::<i32>()?;
         let n = texts.len();
-        if texts.null_count() > 0 || (1..n).any(|i| texts.value(i - 1) > texts.value(i)) {
+        if n < MERGED_ROWS || texts.null_count() > 0 {
             return None;
         }
         let order = self
@@ -471,21 +473,25 @@ impl ChangeLog {
                     .map(|(id, k)| single_text(k).map(|t| (t, id as u32)))
                     .collect::<Option<_>>()?;
                 ids.sort_unstable();
-                Some(ids.into_iter().map(|(_, id)| id).collect())
+                let bytes = ids.iter().map(|(t, _)| t.len()).sum();
+                let mut sorted = KeyTexts::with_capacity(ids.len(), bytes);
+                for (t, _) in &ids {
+                    sorted.push_with(|out| out.push_str(t));
+                }
+                Some((sorted, ids.into_iter().map(|(_, id)| id).collect()))
             })
             .as_ref()?;
-        let text = |id: u32| single_text(self.key_texts.get(id as usize)).unwrap_or_default();
-        let mut out = vec![None; n];
-        if n == 0 {
-            return Some(out);
+        let (sorted, ids) = order;
+        let first = crate::key_index::partition(sorted.len(), |i| sorted.get(i) < texts.value(0));
+        let last =
+            crate::key_index::partition(sorted.len(), |i| sorted.get(i) <= texts.value(n - 1));
+        if last.saturating_sub(first) > n || (1..n).any(|i| texts.value(i - 1) > texts.value(i)) {
+            return None;
         }
-        let first = order.partition_point(|&id| text(id) < texts.value(0));
+        let mut out = vec![None; n];
         let mut row = 0;
-        for &id in &order[first..] {
-            let t = text(id);
-            if row == n || t > texts.value(n - 1) {
-                break;
-            }
+        for (i, &id) in ids.iter().enumerate().take(last).skip(first) {
+            let t = sorted.get(i);
             row += crate::key_index::partition(n - row, |j| texts.value(row + j) < t);
             while row < n && texts.value(row) == t {
                 out[row] = Some(id);
@@ -495,6 +501,9 @@ impl ChangeLog {
         Some(out)
     }
 }
+
+/// Table batches of fewer rows are looked up key by key ([`ChangeLog::table_keys`]).
+const MERGED_ROWS: usize = 1024;
 
 /// The integer of a one-integer key text (`[42]`, canonical JSON), without a JSON parse: the
 /// common key, looked up once per window key. Anything else is `None` (parsed as JSON).
