@@ -107,9 +107,10 @@ pub struct ChangeLog {
     pub(crate) rows_read: u64,
     /// Integer key → key id (a single INT key column): the window's, or built on first use.
     pub(crate) int_keys: std::sync::OnceLock<foldhash::HashMap<i64, u32>>,
-    /// One-text keys ([`single_text`]): their texts in order, with their ids, built on first
-    /// use; `None` when a key is not such a text. See [`Self::sorted_text_keys`].
-    pub(crate) text_order: std::sync::OnceLock<Option<(KeyTexts, Vec<u32>)>>,
+    /// Whether every key is one plain text ([`single_text`]) and the ids follow the texts'
+    /// order, as the window numbers a one-text key (by value): checked on first use by
+    /// [`Self::sorted_text_keys`], which relies on it.
+    pub(crate) texts_in_order: std::sync::OnceLock<bool>,
 }
 
 impl ChangeLog {
@@ -455,46 +456,44 @@ impl ChangeLog {
     /// search, where a key text per row, hashed and looked up, was a third of a cold step's CPU
     /// (a 20M-row table's key columns read whole, 10k keys found among them). `None` (looked
     /// up by text) for a batch of few rows or fewer rows than window keys in its range (the
-    /// rows a key index found), out of order or with NULLs, or when a window key is not a
-    /// plain text.
+    /// rows a key index found), out of order or with NULLs, or when the window's keys are not
+    /// plain texts numbered in their order.
     fn sorted_text_keys(&self, column: &ArrayRef) -> Option<Vec<Option<u32>>> {
         let texts = column.as_string_opt::<i32>()?;
         let n = texts.len();
         if n < MERGED_ROWS || texts.null_count() > 0 {
             return None;
         }
-        let order = self
-            .text_order
-            .get_or_init(|| {
-                let mut ids: Vec<(&str, u32)> = self
-                    .key_texts
-                    .iter()
-                    .enumerate()
-                    .map(|(id, k)| single_text(k).map(|t| (t, id as u32)))
-                    .collect::<Option<_>>()?;
-                ids.sort_unstable();
-                let bytes = ids.iter().map(|(t, _)| t.len()).sum();
-                let mut sorted = KeyTexts::with_capacity(ids.len(), bytes);
-                for (t, _) in &ids {
-                    sorted.push_with(|out| out.push_str(t));
-                }
-                Some((sorted, ids.into_iter().map(|(_, id)| id).collect()))
+        let in_order = *self.texts_in_order.get_or_init(|| {
+            let mut last: Option<&str> = None;
+            self.key_texts.iter().all(|k| {
+                let t = single_text(k);
+                let ordered = t.is_some() && last < t;
+                last = t;
+                ordered
             })
-            .as_ref()?;
-        let (sorted, ids) = order;
-        let first = crate::key_index::partition(sorted.len(), |i| sorted.get(i) < texts.value(0));
-        let last =
-            crate::key_index::partition(sorted.len(), |i| sorted.get(i) <= texts.value(n - 1));
+        });
+        if !in_order {
+            return None;
+        }
+        // Key `id`'s text: its key text without `["` and `"]` (every one plain, checked above).
+        let key = |id: usize| {
+            let k = self.key_texts.get(id);
+            &k[2..k.len() - 2]
+        };
+        let keys = self.key_texts.len();
+        let first = crate::key_index::partition(keys, |id| key(id) < texts.value(0));
+        let last = crate::key_index::partition(keys, |id| key(id) <= texts.value(n - 1));
         if last.saturating_sub(first) > n || (1..n).any(|i| texts.value(i - 1) > texts.value(i)) {
             return None;
         }
         let mut out = vec![None; n];
         let mut row = 0;
-        for (i, &id) in ids.iter().enumerate().take(last).skip(first) {
-            let t = sorted.get(i);
+        for id in first..last {
+            let t = key(id);
             row += crate::key_index::partition(n - row, |j| texts.value(row + j) < t);
             while row < n && texts.value(row) == t {
-                out[row] = Some(id);
+                out[row] = Some(id as u32);
                 row += 1;
             }
         }

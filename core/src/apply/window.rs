@@ -662,7 +662,7 @@ impl Window {
             duplicates,
             rows_read: self.rows_read,
             int_keys: self.int_keys.map(OnceLock::from).unwrap_or_default(),
-            text_order: OnceLock::new(),
+            texts_in_order: OnceLock::new(),
         })
     }
 }
