@@ -594,13 +594,25 @@ impl KeyProbe {
             return None;
         }
         let n = of.max(1) as usize;
-        let split: Vec<Sorted> = match &self.sorted {
+        let probe = |s| Some(Self::of(s));
+        match &self.sorted {
             Sorted::Ints(v) => {
                 let mut parts = vec![Vec::new(); n];
                 for &i in v {
                     parts[int_slice(i, of) as usize].push(i);
                 }
-                parts.into_iter().map(Sorted::Ints).collect()
+                Some(
+                    parts
+                        .into_iter()
+                        .map(|v| {
+                            if v.is_empty() {
+                                None
+                            } else {
+                                probe(Sorted::Ints(v))
+                            }
+                        })
+                        .collect(),
+                )
             }
             Sorted::Strings(texts, uuids) => {
                 // Every text a UUID (the common text key): the two lists pair up.
@@ -616,26 +628,18 @@ impl KeyProbe {
                     };
                     u.extend(uuid);
                 }
-                parts
-                    .into_iter()
-                    .map(|(t, u)| Sorted::Strings(t, u))
-                    .collect()
+                Some(
+                    parts
+                        .into_iter()
+                        .map(|(t, u)| match t.len() {
+                            0 => None,
+                            _ => probe(Sorted::Strings(t, u)),
+                        })
+                        .collect(),
+                )
             }
-            Sorted::Unknown => return None,
-        };
-        Some(
-            split
-                .into_iter()
-                .map(|s| {
-                    let empty = match &s {
-                        Sorted::Ints(v) => v.is_empty(),
-                        Sorted::Strings(t, _) => t.len() == 0,
-                        Sorted::Unknown => true,
-                    };
-                    (!empty).then(|| Self::of(s))
-                })
-                .collect(),
-        )
+            Sorted::Unknown => None,
+        }
     }
 
     /// With the window's whole keys hashed ([`crate::apply::ChangeLog::key_hashes`]): keys of
