@@ -14,6 +14,7 @@ use crdb_delta_core::apply::{END_HLC, HLC, START_HLC};
 use deltalake_core::kernel::Add;
 use deltalake_core::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake_core::{DeltaTable, DeltaTableError};
+use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use tokio::sync::mpsc;
@@ -82,8 +83,12 @@ fn joined(
     }
 }
 
-/// Snappy, row groups of [`ROW_GROUP_ROWS`], and no dictionary for columns whose values are
-/// mostly distinct: the writer would hash each value into a dictionary until it outgrows its
+/// ZSTD (level 1): Snappy finds little to repeat in the text columns a step reads of every
+/// file it probes (keys, UUIDs, HLCs) and is slow to undo; ZSTD's entropy coding halves hex
+/// text and decodes it faster (pyarrow, 1M sorted UUID texts: 33.1 MB and 42 ms with Snappy,
+/// 18.3 MB and 24 ms with ZSTD; a cold step at 20M UUID rows reads 367 instead of 677 MB).
+/// Row groups of [`ROW_GROUP_ROWS`], and no dictionary for columns whose values are mostly
+/// distinct: the writer would hash each value into a dictionary until it outgrows its
 /// page limit and then fall back to plain encoding anyway (interning was 8% of a
 /// per-RESOLVED run's CPU, on the encoder's thread). Judged per file from its first
 /// [`SAMPLE_ROWS`] rows (`held`: the batches received so far, in order), not its first batch: a
@@ -97,7 +102,7 @@ fn joined(
 /// scan's file) would grow a dictionary until it overflowed.
 fn properties(held: &[RecordBatch]) -> WriterProperties {
     let mut props = WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     for column in [HLC, END_HLC] {
         props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
