@@ -13,7 +13,9 @@ use deltalake_core::DeltaTable;
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+};
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::{ChunkReader, Length};
 
@@ -271,8 +273,26 @@ impl TableFile {
         self.fetched
     }
 
-    /// A reader of what was fetched, and how its errors name the file. `whole_for`: what is
-    /// asked needs every byte (named in the error when the file was fetched in part).
+    /// How a read's errors name the file, once checked that it was fetched whole where
+    /// `whole_for` (what is asked) needs every byte.
+    fn read_errors(
+        &self,
+        whole_for: Option<&str>,
+    ) -> Result<impl Fn(String) -> DeltaError + Clone + Send + use<>, DeltaError> {
+        let path = self.path.clone();
+        let bad = move |message: String| DeltaError::Table {
+            table: path.clone(),
+            message,
+        };
+        if let Some(asked) = whole_for
+            && !self.whole
+        {
+            return Err(bad(format!("{asked} asked of a file fetched in part")));
+        }
+        Ok(bad)
+    }
+
+    /// A reader of what was fetched, and how its errors name the file ([`Self::read_errors`]).
     fn reader(
         &self,
         batch_size: usize,
@@ -284,16 +304,7 @@ impl TableFile {
         ),
         DeltaError,
     > {
-        let path = self.path.clone();
-        let bad = move |message: String| DeltaError::Table {
-            table: path.clone(),
-            message,
-        };
-        if let Some(asked) = whole_for
-            && !self.whole
-        {
-            return Err(bad(format!("{asked} asked of a file fetched in part")));
-        }
+        let bad = self.read_errors(whole_for)?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(self.data.clone())
             .map_err(|e| bad(e.to_string()))?
             .with_batch_size(batch_size);
@@ -353,6 +364,61 @@ impl TableFile {
             .build()
             .map_err(|e| bad(e.to_string()))?;
         Ok(reader.map(move |b| b.map_err(|e| bad(e.to_string()))))
+    }
+}
+
+#[cfg(test)]
+impl TableFile {
+    /// A file held in memory, whole: tests of what reads table files.
+    pub(crate) fn in_memory(path: &str, bytes: Bytes) -> Self {
+        Self {
+            path: path.to_owned(),
+            location: Path::from(path),
+            fetched: bytes.len() as u64,
+            data: Sparse {
+                len: bytes.len() as u64,
+                parts: vec![(0, bytes)],
+            },
+            whole: true,
+        }
+    }
+}
+
+/// One row group of a file: the position of its first row, and its batches.
+pub struct Group {
+    pub first_row: u64,
+    pub batches: Box<dyn Iterator<Item = Result<RecordBatch, DeltaError>> + Send>,
+}
+
+impl TableFile {
+    /// [`Self::batches`] row group by row group, each a reader of its own (the footer decoded
+    /// once): row groups decode independently, so several threads can share a file's.
+    pub fn groups(
+        &self,
+        columns: Option<&[String]>,
+        batch_size: usize,
+    ) -> Result<Vec<Group>, DeltaError> {
+        let bad = self.read_errors(columns.is_none().then_some("every column"))?;
+        let meta = ArrowReaderMetadata::load(&self.data, ArrowReaderOptions::default())
+            .map_err(|e| bad(e.to_string()))?;
+        let mut first_row = 0u64;
+        let mut out = Vec::new();
+        for (g, rg) in meta.metadata().row_groups().iter().enumerate() {
+            let builder =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(self.data.clone(), meta.clone())
+                    .with_batch_size(batch_size)
+                    .with_row_groups(vec![g]);
+            let reader = project(builder, columns)
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            let named = bad.clone();
+            out.push(Group {
+                first_row,
+                batches: Box::new(reader.map(move |b| b.map_err(|e| named(e.to_string())))),
+            });
+            first_row += u64::try_from(rg.num_rows()).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(out)
     }
 }
 

@@ -14,7 +14,6 @@ use crdb_delta_core::deletion_vector::DeletionVector;
 use crdb_delta_core::format::decode::{DecodeError, DecodeOptions, SliceFilter};
 use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::format::types::ColumnType;
-use crdb_delta_core::key_index::FileKeys;
 use crdb_delta_core::plan::{Object, Progress, Slices};
 use deltalake_core::kernel::{Add, Remove};
 use futures::StreamExt;
@@ -24,6 +23,7 @@ use super::ahead::{self, Read, Shared};
 use super::carry::Keeper;
 use super::faults::{fault, pause};
 use super::key_cache::KeyCache;
+use super::probe_decode::{self, Learn, Probed, live_rows};
 use super::read::{Budget, Reuse, derive_key, learn_expansion, read_window};
 use super::slice_keys::{self, SliceKeys};
 use super::table::{TableState, replan};
@@ -442,10 +442,6 @@ async fn create_table(state: &mut TableState, log: &ChangeLog) -> Result<bool, S
 /// Table files fetched ahead of the one being merged (their probe columns only).
 const FETCH_AHEAD: usize = 4;
 
-/// Decoded bytes per row assumed of a file's probe columns with each row's position (a key of a
-/// few dozen bytes, its offset, the position): what a file decoded ahead is budgeted at.
-const PROBE_ROW_BYTES: u64 = 64;
-
 /// Deletion vectors: from this many files below [`SyncOptions::rewrite_below`] on, the small
 /// files a step probes are rewritten (like Databricks' auto compaction, which also waits for
 /// a minimum number of small files; few here, as each one costs every later step a probe).
@@ -480,7 +476,8 @@ async fn write(
     let mut removes = Vec::new();
     let mut adds = Vec::new();
     let mut deleted: Vec<(FileEntry, DeletionVector)> = Vec::new();
-    // Key indexes being built aside ([`Learn::finish_aside`]).
+    // Key indexes being kept ([`Probed::batches`]): the step waits for them, so the next step
+    // finds every index this one learned.
     let mut learning: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let bs = opts.batch_size;
     // Deletion vectors are kept beside the key indexes (see [`super::key_cache`]).
@@ -558,11 +555,8 @@ async fn write(
         let one_pass = |f: &FileEntry| !rewrites(f) && !needs_values;
         // The footer and the probe columns' chunks only, by byte ranges; a few files ahead, in
         // order, so the store's latency overlaps the merge (memory: FETCH_AHEAD probe sets).
-        // Files merged in one pass (deletion vectors, changes carrying whole rows) also have
-        // their probe columns decoded there, on a blocking thread, while earlier ones merge:
-        // those whose rows fit an eighth of the window shared by the files ahead (larger ones,
-        // and files of unknown row count, are decoded batch by batch as they merge).
-        let ahead_rows = opts.max_window_bytes / 8 / FETCH_AHEAD as u64 / PROBE_ROW_BYTES;
+        // Their probe columns are decoded on blocking threads, a bounded number of rows ahead
+        // of the merge ([`probe_decode`]).
         // Each file's fetch (and decode) is a task of its own, so it goes on while the loop
         // below merges; dropped with the loop, the tasks are aborted.
         let fetch_from = Arc::new(table.clone());
@@ -570,7 +564,6 @@ async fn write(
         let probe_shared = Arc::new(probe.clone());
         let mut fetches = futures::stream::iter(candidates.into_iter().map(|f| {
             let (table, probe) = (fetch_from.clone(), probe_shared.clone());
-            let decode_ahead = one_pass(&f) && f.num_records.is_some_and(|n| n <= ahead_rows);
             let (name, index, dvs, dvs_read, teach, keys, url, key_types, extra) = (
                 name.clone(),
                 index.clone(),
@@ -607,22 +600,21 @@ async fn write(
                                 .map_err(|e| change_err(&name)(ChangeError::Arrow(e))),
                         ),
                     };
-                    return Ok::<_, DeltaError>((f, dv, file, Some(decoded), true));
+                    return Ok::<_, DeltaError>((f, dv, file, Probed::Ahead(decoded), true));
                 }
                 let file = delta::TableFile::fetch_columns(&table, &f.path, size, &probe).await?;
-                if !decode_ahead {
-                    return Ok((f, dv, file, None, false));
-                }
-                let mut learn = teach.map(|c| Learn::new(c, &url, &f.path, f.size, &key_types));
-                let (dv, file, decoded) = AbortOnDrop(tokio::task::spawn_blocking(move || {
-                    let decoded = decode_live(&name, &file, &probe, &dv, bs, learn.as_mut());
-                    if let (Ok(_), Some(l)) = (&decoded, learn) {
-                        l.finish();
-                    }
-                    (dv, file, decoded)
-                }))
-                .await;
-                Ok((f, dv, file, Some(decoded), false))
+                let learn = teach.map(|c| Learn::new(c, &url, &f.path, f.size, &key_types));
+                let probed = probe_decode::decode(
+                    &name,
+                    &file,
+                    &f.path,
+                    &probe,
+                    &dv,
+                    bs,
+                    probe_decode::AHEAD_ROWS,
+                    learn,
+                )?;
+                Ok((f, dv, file, probed, false))
             }))
         }))
         .buffered(FETCH_AHEAD);
@@ -631,18 +623,13 @@ async fn write(
             Written::Stale(Conflict::FileGone { path, version })
         };
         while let Some(fetched) = fetches.next().await {
-            let (f, old_dv, mut file, decoded, indexed) = match fetched {
+            let (f, old_dv, mut file, probed, indexed) = match fetched {
                 Ok(x) => x,
                 Err(DeltaError::FileGone { path, .. }) => return Ok(gone(path)),
                 Err(e) => return Err(e.into()),
             };
             state.report.table_files_read += 1;
             state.report.table_files_indexed += u64::from(indexed);
-            // A file read batch by batch below teaches the index as it goes.
-            let mut learn = teach
-                .as_ref()
-                .filter(|_| !indexed && decoded.is_none())
-                .map(|c| Learn::new(c.clone(), &table_url, &f.path, f.size, &key_types));
             let rewrite = rewrites(&f);
             // Deletion vectors, small files piled up: a small file this step probes is
             // rewritten whether or not the window changes it. Rewriting only changed ones
@@ -657,32 +644,16 @@ async fn write(
             if one_pass(&f) {
                 state.report.table_bytes_read += file.stored_bytes();
                 let mut dv = old_dv.clone();
-                let batches: Box<dyn Iterator<Item = _> + Send> = match decoded {
-                    Some(decoded) => Box::new(decoded?.into_iter().map(Ok)),
-                    None => {
-                        let mut first = 0u64;
-                        let (name, old_dv, learn) = (&name, &old_dv, &mut learn);
-                        Box::new(file.batches(Some(&probe), bs)?.map(move |b| {
-                            let b = b?;
-                            if let Some(l) = learn.as_mut() {
-                                l.add(&b);
-                            }
-                            live_rows(name, &b, old_dv, &mut first)
-                        }))
-                    }
-                };
+                let mut batches = probed.batches(&mut learning)?;
                 // Rows the probe columns do not settle (scd2: a key whose change has no
                 // `before`), by position: merged below from their whole rows.
                 let mut unresolved: Vec<u64> = Vec::new();
-                for b in batches {
+                while let Some(b) = batches.next().await {
                     let (live, positions) = b?;
                     let merged = changes.merge_probed(&live).map_err(change_err(&name))?;
                     dv.extend(merged.superseded.iter().map(|&r| positions[r as usize]));
                     unresolved.extend(merged.unresolved.iter().map(|&r| positions[r as usize]));
                     writer.write(merged.batch).await.map_err(delta_err(&name))?;
-                }
-                if let Some(l) = learn {
-                    learning.push(l.finish_aside());
                 }
                 if !unresolved.is_empty() {
                     let probed = file.stored_bytes();
@@ -709,30 +680,17 @@ async fn write(
             // The positions of the rows the window supersedes; a rewrite needs only to know
             // whether there is one.
             let mut hits: Vec<u64> = Vec::new();
-            let mut first = 0u64;
-            let probed: Box<dyn Iterator<Item = Result<_, SyncError>> + Send> = match decoded {
-                Some(decoded) => Box::new(decoded?.into_iter().map(Ok)),
-                None => Box::new(file.batches(Some(&probe), bs)?.map(|b| {
-                    let b = b?;
-                    if let Some(l) = learn.as_mut() {
-                        l.add(&b);
-                    }
-                    live_rows(&name, &b, &old_dv, &mut first)
-                })),
-            };
-            let mut complete = true;
-            for b in probed {
+            // A rewrite stops at the first hit: its decoder stops with the stream dropped.
+            let mut probed = probed.batches(&mut learning)?;
+            while let Some(b) = probed.next().await {
                 let (live, positions) = b?;
                 let hit = changes.hits(&live).map_err(change_err(&name))?;
                 hits.extend(hit.iter().map(|&r| positions[r as usize]));
                 if rewrite && !hits.is_empty() {
-                    complete = false;
                     break;
                 }
             }
-            if let Some(l) = learn.take().filter(|_| complete) {
-                learning.push(l.finish_aside());
-            }
+            drop(probed);
             if hits.is_empty() && !compact {
                 state.report.table_bytes_read += file.stored_bytes();
                 continue;
@@ -776,8 +734,7 @@ async fn write(
         state.report.deletion_vectors_read += dvs_read.load(std::sync::atomic::Ordering::Relaxed);
     }
     for l in learning {
-        // A build that failed only leaves its file unindexed.
-        let _ = l.await;
+        kept(l).await;
     }
     // New rows (every change, new keys, or new versions), built and written one batch at a time.
     while let Some(b) = changes.next_output(bs).map_err(change_err(&name))? {
@@ -810,6 +767,16 @@ async fn write(
         removes,
         new_files,
     })
+}
+
+/// Waits for a key index being kept ([`Probed::batches`]). A build that failed only leaves its
+/// file unindexed; a panic is a bug, resumed.
+async fn kept(learning: tokio::task::JoinHandle<()>) {
+    if let Err(e) = learning.await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 /// Merges a fetched table file at the given row positions (live rows, in file order) under
@@ -912,102 +879,6 @@ async fn deletion_vector(
     };
     cache.put_deletion_vector(url, &f.path, id, dv.clone());
     Ok(dv)
-}
-
-/// A table file's probe columns, decoded: each batch's rows its deletion vector does not hide,
-/// with their positions in the file.
-fn decode_live(
-    table: &str,
-    file: &delta::TableFile,
-    probe: &[String],
-    dv: &DeletionVector,
-    batch_size: usize,
-    mut learn: Option<&mut Learn>,
-) -> Result<Vec<(arrow_array::RecordBatch, Vec<u64>)>, SyncError> {
-    let mut first = 0u64;
-    let mut out = Vec::new();
-    for b in file.batches(Some(probe), batch_size)? {
-        let b = b?;
-        if let Some(l) = learn.as_deref_mut() {
-            l.add(&b);
-        }
-        out.push(live_rows(table, &b, dv, &mut first)?);
-    }
-    Ok(out)
-}
-
-/// A file's key columns gathered as its batches are decoded (every row, hidden ones too: a
-/// deletion vector is applied at each lookup), kept in the cache once the file is read whole.
-struct Learn {
-    cache: KeyCache,
-    table: Arc<String>,
-    path: String,
-    size: i64,
-    /// The layout's key columns and their types (a hashed index converts to them).
-    key: Arc<[String]>,
-    types: Arc<[ColumnType]>,
-    batches: Vec<arrow_array::RecordBatch>,
-}
-
-impl Learn {
-    fn new(
-        cache: KeyCache,
-        table: &Arc<String>,
-        path: &str,
-        size: i64,
-        (key, types): &(Arc<[String]>, Arc<[ColumnType]>),
-    ) -> Self {
-        Self {
-            cache,
-            table: table.clone(),
-            path: path.to_owned(),
-            size,
-            key: key.clone(),
-            types: types.clone(),
-            batches: Vec::new(),
-        }
-    }
-
-    /// A batch of the file's key columns (others it holds are dropped), in file order.
-    fn add(&mut self, batch: &arrow_array::RecordBatch) {
-        let schema = batch.schema();
-        let key: Vec<usize> = self
-            .key
-            .iter()
-            .filter_map(|k| schema.index_of(k).ok())
-            .collect();
-        self.batches
-            .push(batch.project(&key).unwrap_or_else(|_| batch.clone()));
-    }
-
-    /// Builds and keeps the index (on a blocking thread: it sorts or parses every key). One
-    /// integer or text column is held as its values, any other key by its text's hash.
-    fn finish(self) {
-        if let Some(keys) = FileKeys::learn(&self.batches, &self.key, &self.types) {
-            self.cache.put(&self.table, &self.path, self.size, keys);
-        }
-    }
-
-    /// [`Self::finish`] on a blocking thread (the other core), off the merge's path: sorting or
-    /// parsing a large file's keys takes milliseconds. The step waits for it before it returns,
-    /// so the next step finds every index this one learned.
-    fn finish_aside(self) -> tokio::task::JoinHandle<()> {
-        tokio::task::spawn_blocking(move || self.finish())
-    }
-}
-
-/// The rows of a file batch its deletion vector does not hide, and their positions in the file
-/// (`first`: the position of the batch's first row, advanced past it).
-fn live_rows(
-    table: &str,
-    batch: &arrow_array::RecordBatch,
-    dv: &DeletionVector,
-    first: &mut u64,
-) -> Result<(arrow_array::RecordBatch, Vec<u64>), SyncError> {
-    let start = *first;
-    *first += batch.num_rows() as u64;
-    dv.live_rows(batch, start)
-        .map_err(|e| change_err(table)(ChangeError::Arrow(e)))
 }
 
 /// The commit of a step: its files, the new schema when the layout grew, the progress and the

@@ -19,6 +19,7 @@
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
 //! | [`key_cache`] | table files' key columns kept sorted in memory between steps (looked up, not read) |
+//! | [`probe_decode`] | a table file's key columns decoded on both cores, streamed to the merge in file order |
 //! | [`slice_keys`] | the window's keys per key slice, for table files tagged with the slice they hold |
 //! | [`ahead`] | a table's next step read while this one writes (one RESOLVED per step) |
 //! | [`resolved_log`] | the multi-table `_crdb_delta_resolved` record |
@@ -39,6 +40,7 @@ pub mod fan_out;
 pub mod faults;
 pub mod key_cache;
 pub mod listing;
+pub mod probe_decode;
 pub mod read;
 pub mod report;
 pub mod resolved_log;
