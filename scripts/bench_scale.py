@@ -195,7 +195,7 @@ def main() -> None:
     if a.warm_rounds:
         print()
         print(f"Warm, side by side ({a.warm_rounds} rounds, sizes alternating): s per RESOLVED after the first; "
-              "and the first (cold: the process learns the key index), median of the rounds")
+              "and the first (cold: the process reads every probed file's key columns), median of the rounds")
         print()
         print("| binary | table rows | mode | storage | each round | median | / smallest table's | / this binary's | first RESOLVED s (cold) | / this binary's |")
         print("|---|---|---|---|---|---|---|---|---|---|")
