@@ -62,10 +62,43 @@ pub(super) struct Streamed {
     table: String,
     path: String,
     groups: usize,
+    /// The row group the merge takes next.
+    next: usize,
     /// One per decoder; row group `g` comes from `decoders[g % decoders.len()]`.
     decoders: Vec<mpsc::Receiver<Item>>,
     /// Keeps the file's key index once every row group is decoded.
     learned: Option<JoinHandle<()>>,
+}
+
+impl Streamed {
+    /// The next batch in file order (`None` after the last group, or after an error).
+    async fn next_batch(&mut self) -> Option<LiveBatch> {
+        while self.next < self.groups {
+            let d = self.next % self.decoders.len();
+            match self.decoders[d].recv().await {
+                Some(Item::Batch(b)) => {
+                    if b.is_err() {
+                        // Its decoder stopped there.
+                        self.next = self.groups;
+                    }
+                    return Some(b);
+                }
+                Some(Item::GroupEnd) => self.next += 1,
+                // A decoder ends early only after sending its error, or by a panic.
+                None => {
+                    self.next = self.groups;
+                    return Some(Err(SyncError::Table {
+                        table: self.table.clone(),
+                        message: format!(
+                            "{}: its decoder stopped before the file ended",
+                            self.path
+                        ),
+                    }));
+                }
+            }
+        }
+        None
+    }
 }
 
 impl Probed {
@@ -76,41 +109,17 @@ impl Probed {
         self,
         learning: &mut Vec<JoinHandle<()>>,
     ) -> Result<BoxStream<'static, LiveBatch>, SyncError> {
-        let Streamed {
-            table,
-            path,
-            groups,
-            decoders,
-            learned,
-        } = match self {
+        let mut streamed = match self {
             Probed::Ahead(decoded) => {
                 return Ok(futures::stream::iter(decoded?.into_iter().map(Ok)).boxed());
             }
             Probed::Streamed(streamed) => streamed,
         };
-        learning.extend(learned);
-        let state = (decoders, 0usize);
-        Ok(
-            futures::stream::unfold(state, move |(mut decoders, mut g)| {
-                let stopped = SyncError::Table {
-                    table: table.clone(),
-                    message: format!("{path}: its decoder stopped before the file ended"),
-                };
-                async move {
-                    while g < groups {
-                        let d = g % decoders.len();
-                        match decoders[d].recv().await {
-                            Some(Item::Batch(b)) => return Some((b, (decoders, g))),
-                            Some(Item::GroupEnd) => g += 1,
-                            // A decoder ends early only after sending its error, or by a panic.
-                            None => return Some((Err(stopped), (decoders, groups))),
-                        }
-                    }
-                    None
-                }
-            })
-            .boxed(),
-        )
+        learning.extend(streamed.learned.take());
+        Ok(futures::stream::unfold(streamed, |mut s| async move {
+            s.next_batch().await.map(|b| (b, s))
+        })
+        .boxed())
     }
 }
 
@@ -157,6 +166,7 @@ pub(super) fn decode(
         table: table.to_owned(),
         path: path.to_owned(),
         groups: n,
+        next: 0,
         decoders,
         learned,
     }))
@@ -317,6 +327,10 @@ mod tests {
 
     /// A file of ROWS keys in order, in row groups of 10 rows.
     fn file() -> TableFile {
+        TableFile::in_memory("part-0.parquet", file_bytes())
+    }
+
+    fn file_bytes() -> bytes::Bytes {
         let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..ROWS).map(key)));
         let batch = RecordBatch::try_from_iter([("id", ids)]).unwrap();
         let props = WriterProperties::builder()
@@ -326,7 +340,7 @@ mod tests {
         let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        TableFile::in_memory("part-0.parquet", bytes::Bytes::from(out))
+        bytes::Bytes::from(out)
     }
 
     fn learn(cache: &KeyCache, table: &Arc<String>, path: &str) -> Learn {
@@ -406,5 +420,45 @@ mod tests {
                 .unwrap();
         }
         assert!(cache.get(&table, "part-0.parquet", 1).is_none());
+    }
+
+    /// A row group that fails to decode (its page header overwritten) ends the file's batches
+    /// with an error naming the file, after the groups before it, whichever decoder has it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_group_that_fails_to_decode_names_the_file_and_ends_it() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        for bad_group in [3usize, 4] {
+            let mut bytes = file_bytes().to_vec();
+            let meta = SerializedFileReader::new(bytes::Bytes::from(bytes.clone()))
+                .unwrap()
+                .metadata()
+                .clone();
+            let at = meta.row_group(bad_group).column(0).data_page_offset() as usize;
+            bytes[at..at + 16].fill(0xff);
+            let file = TableFile::in_memory("part-bad.parquet", bytes::Bytes::from(bytes));
+            let (probe, none) = (["id".to_owned()], DeletionVector::new());
+            let probed = decode(
+                "t",
+                &file,
+                "part-bad.parquet",
+                &probe,
+                &none,
+                4,
+                AHEAD_ROWS,
+                None,
+            )
+            .unwrap();
+            let mut batches = probed.batches(&mut Vec::new()).unwrap();
+            let mut seen = Vec::new();
+            let error = loop {
+                match batches.next().await.expect("an error before the end") {
+                    Ok((_, positions)) => seen.extend(positions),
+                    Err(e) => break e.to_string(),
+                }
+            };
+            assert_eq!(seen, (0..bad_group as u64 * 10).collect::<Vec<_>>());
+            assert!(error.contains("part-bad.parquet"), "{error}");
+            assert!(batches.next().await.is_none(), "nothing after the error");
+        }
     }
 }
