@@ -389,6 +389,29 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
         slices <= by_size + 1 && slices < by_prior,
         "{slices} slices; {by_size} by decoded size, {by_prior} by the prior: {t:?}"
     );
+    // The first slice reads every row, the second finds each file's key slices, the later
+    // ones read them instead of each file's key column (the files' 8 KB of slices fit the
+    // budget, an eighth of the window): every Parquet file of the scan's interval.
+    let feed_dir = dir.path().join("feed");
+    let root = format!("{}/", feed_dir.to_string_lossy().replace('\\', "/"));
+    let names: Vec<ObjectName> = walk(&feed_dir)
+        .iter()
+        .filter_map(|p| Some(ObjectName::parse_relative(p.strip_prefix(&root)?).ok()?.0))
+        .collect();
+    let first = names
+        .iter()
+        .filter_map(|n| match n {
+            ObjectName::Resolved(r) => Some(*r),
+            ObjectName::Data(_) => None,
+        })
+        .min()
+        .unwrap();
+    let scan_files = names
+        .iter()
+        .filter(|n| matches!(n, ObjectName::Data(d) if d.ts <= first))
+        .count() as u64;
+    assert!(slices > 2 && scan_files > 0);
+    assert_eq!(t.files_slices_known, (slices - 2) * scan_files, "{t:?}");
     assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
 }
 

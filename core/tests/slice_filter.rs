@@ -9,10 +9,12 @@ mod common;
 use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::{Mode, Window, writer};
 use crdb_delta_core::format::canonical;
-use crdb_delta_core::format::decode::{self, DecodeOptions, SliceFilter};
+use crdb_delta_core::format::decode::{self, DecodeOptions, SliceFilter, SliceRows};
 use crdb_delta_core::format::names::{Format, ObjectName};
 use crdb_delta_core::sim::SimOptions;
 use crdb_delta_core::sim::model::TableDef;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use common::*;
 
@@ -26,6 +28,9 @@ struct Kept {
     changes: Vec<String>,
 }
 
+/// Each file's key slices as a pass found them ([`SliceRows`]), by path.
+type Found = HashMap<String, Arc<SliceRows>>;
+
 fn window_of(
     sim: &Simulated,
     def: &TableDef,
@@ -35,6 +40,24 @@ fn window_of(
     filter: bool,
     inferred: bool,
 ) -> (Kept, u64) {
+    let (kept, skipped, _) = window_known(sim, def, lo, hi, slice, filter, inferred, &Found::new());
+    (kept, skipped)
+}
+
+/// [`window_of`], each file decoded with the slices `known` holds for it; also what each
+/// file's decoder found (or was given).
+#[allow(clippy::too_many_arguments)]
+fn window_known(
+    sim: &Simulated,
+    def: &TableDef,
+    lo: Option<Hlc>,
+    hi: Hlc,
+    slice: (u32, u32),
+    filter: bool,
+    inferred: bool,
+    known: &Found,
+) -> (Kept, u64, Found) {
+    let mut found = Found::new();
     let layout = crdb_delta_core::apply::Layout::new(def.primary_key.clone(), def.has_families());
     let mut w = Window::new(layout, lo, hi).with_slice(slice.0, slice.1);
     let opts = DecodeOptions {
@@ -52,12 +75,20 @@ fn window_of(
         if d.topic.table() != def.name {
             continue;
         }
+        let file_opts = DecodeOptions {
+            slice_rows: known.get(&path).cloned(),
+            ..opts.clone()
+        };
         let mut s =
-            decode::decode_bytes(d, &path, bytes::Bytes::copy_from_slice(bytes), &opts).unwrap();
+            decode::decode_bytes(d, &path, bytes::Bytes::copy_from_slice(bytes), &file_opts)
+                .unwrap();
         for b in s.by_ref() {
             later += w.push(b.unwrap(), d.topic.family(), &path).unwrap().later;
         }
         skipped += s.rows_skipped();
+        if let Some(f) = s.slice_rows() {
+            found.insert(path.clone(), f);
+        }
         w.count_skipped(s.rows_skipped());
     }
     let rows_read = w.rows_read();
@@ -79,7 +110,7 @@ fn window_of(
         later,
         changes,
     };
-    (kept, skipped)
+    (kept, skipped, found)
 }
 
 /// The table's key, and its column types from the definition, or (`inferred`) none: types are
@@ -107,11 +138,15 @@ fn same_with_and_without_the_filter_typed(opts: &SimOptions, inferred: bool) {
         })
         .collect();
     resolved.dedup();
-    let mut skipped_total = 0;
+    let (mut skipped_total, mut known_total) = (0, 0);
     for def in &sim.tables {
         let mut lo = None;
         for &hi in &resolved {
             for of in [2, 3] {
+                // The slices the last slice's pass finds, given to every slice's pass.
+                let last = (of - 1, of);
+                let (_, _, found) =
+                    window_known(&sim, def, lo, hi, last, true, inferred, &Found::new());
                 for index in 0..of {
                     let (plain, none) = window_of(&sim, def, lo, hi, (index, of), false, inferred);
                     let (filtered, skipped) =
@@ -122,6 +157,22 @@ fn same_with_and_without_the_filter_typed(opts: &SimOptions, inferred: bool) {
                         "{} to {hi}, slice {index} of {of}",
                         def.name
                     );
+                    let (known, skipped_known, used) =
+                        window_known(&sim, def, lo, hi, (index, of), true, inferred, &found);
+                    assert_eq!(
+                        known, plain,
+                        "{} to {hi}, slice {index} of {of}, slices known",
+                        def.name
+                    );
+                    assert_eq!(skipped_known, skipped);
+                    for (path, f) in &used {
+                        assert!(Arc::ptr_eq(f, &found[path]), "{path}: found again");
+                        known_total += 1;
+                    }
+                    // Found under another interval or slice count: not used.
+                    let (_, _, again) =
+                        window_known(&sim, def, None, hi, (index, of + 1), true, inferred, &found);
+                    assert!(again.iter().all(|(p, f)| !Arc::ptr_eq(f, &found[p])));
                     skipped_total += skipped;
                 }
             }
@@ -129,6 +180,8 @@ fn same_with_and_without_the_filter_typed(opts: &SimOptions, inferred: bool) {
         }
     }
     assert!(skipped_total > 0, "the filter skipped no row");
+    let parquet = sim.objects.keys().any(|n| n.ends_with(".parquet"));
+    assert_eq!(known_total > 0, parquet, "slices known only for Parquet");
 }
 
 #[test]

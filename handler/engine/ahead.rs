@@ -255,6 +255,7 @@ async fn read_ahead(shared: Arc<Shared>, job: Job) -> Result<Option<Ready>, Sync
         Reuse {
             carried: &mut carried,
             keeper: Some(&mut keeper),
+            slices: None,
         },
         shared.opts.progress.as_ref(),
     )

@@ -60,6 +60,7 @@ pub(super) async fn apply_table(
     // may hold keys a window changes.
     if state.progress.slices.is_none() {
         state.slice_files.clear();
+        state.slice_memo = Default::default();
     }
     let (read, slices) = match ahead::take(
         state,
@@ -132,6 +133,7 @@ pub(super) async fn apply_table(
         state.report.slice_commits += 1;
     } else {
         state.slice_files.clear();
+        state.slice_memo = Default::default();
         if let Some(k) = keeper {
             state.carry = k.finish();
         }
@@ -250,6 +252,7 @@ async fn read_stage(
             Reuse {
                 carried: &mut carried,
                 keeper: keeper.as_mut(),
+                slices: slices.map(|_| (&mut state.slice_memo, max / 8)),
             },
             opts.progress.as_ref(),
         )
@@ -412,6 +415,7 @@ pub(super) fn decode_options(
         primary_key: Some(layout.key.clone()),
         max_line_bytes: opts.max_line_bytes,
         slice: None,
+        slice_rows: None,
         // scd2 ends a version from its change's `before` where the changefeed has `diff`.
         before: mode == Mode::Scd2,
     })

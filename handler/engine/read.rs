@@ -2,11 +2,12 @@
 //! window of changes (one file decoded at a time, on a blocking thread).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::{ChangeError, Window};
-use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions};
+use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions, SliceRows};
 use crdb_delta_core::format::keys::{self, KeyError, KeyEvidence};
 use crdb_delta_core::format::names::{Format, ObjectName};
 use crdb_delta_core::plan::{self, Object};
@@ -87,13 +88,41 @@ struct Decoded {
     bare: bool,
     /// Rows its decoder skipped ([`decode::BatchStream::rows_skipped`]).
     skipped: u64,
+    /// Its rows' key slices ([`decode::BatchStream::slice_rows`]).
+    slices: Option<Arc<SliceRows>>,
+}
+
+/// The key slices of the files of an interval being applied in slices, as a pass over each
+/// found them ([`SliceRows`], two bytes a row): the interval's later slices read them instead
+/// of decoding every file's key and timestamp columns and hashing every key again. Up to a
+/// budget of bytes; files past it are read as before. Entries found under another interval or
+/// slice count are not used ([`SliceRows::fits`]); the table drops them all when its sliced
+/// interval ends.
+#[derive(Default)]
+pub(super) struct SliceMemo {
+    files: HashMap<String, Arc<SliceRows>>,
+    bytes: u64,
+}
+
+impl SliceMemo {
+    fn get(&self, path: &str) -> Option<Arc<SliceRows>> {
+        self.files.get(path).cloned()
+    }
+
+    fn keep(&mut self, path: &str, slices: Arc<SliceRows>, budget: u64) {
+        let old = self.files.get(path).map_or(0, |s| s.bytes());
+        if self.bytes - old + slices.bytes() <= budget {
+            self.bytes = self.bytes - old + slices.bytes();
+            self.files.insert(path.to_owned(), slices);
+        }
+    }
 }
 
 /// What one file's push reads from.
 enum Input {
     /// Batches in memory: kept from the step before, or decoded ahead (with the rows its
-    /// decoder skipped).
-    Batches(carry::Batches, u64),
+    /// decoder skipped, and its rows' key slices).
+    Batches(carry::Batches, u64, Option<Arc<SliceRows>>),
     /// The file's bytes, decoded batch by batch while pushed.
     Stream(bytes::Bytes, DecodeOptions),
 }
@@ -122,6 +151,7 @@ fn decode_ahead(
                 fetched,
                 bare: s.bare_envelope(),
                 skipped: s.rows_skipped(),
+                slices: s.slice_rows(),
             })
         })
         .await?
@@ -171,6 +201,9 @@ pub(super) struct Reuse<'a> {
     pub(super) carried: &'a mut HashMap<String, carry::Batches>,
     /// Keeps this step's rows past its RESOLVED; `None` when nothing is to be kept.
     pub(super) keeper: Option<&'a mut Keeper>,
+    /// A sliced interval's files' key slices, kept up to the budget (bytes) for its later
+    /// slices; `None` outside a sliced interval.
+    pub(super) slices: Option<(&'a mut SliceMemo, u64)>,
 }
 
 /// Decodes the step's files of one table into a window, in file order. While one file is
@@ -202,7 +235,19 @@ pub(super) async fn read_window(
     let Reuse {
         carried,
         mut keeper,
+        mut slices,
     } = reuse;
+    // A file's options: with its key slices when a pass over this interval found them.
+    let file_opts = |slices: &Option<(&mut SliceMemo, u64)>, obj: &Object| -> DecodeOptions {
+        let known = dopts
+            .slice
+            .and(slices.as_ref())
+            .and_then(|(memo, _)| memo.get(&obj.path));
+        DecodeOptions {
+            slice_rows: known,
+            ..dopts.clone()
+        }
+    };
     let keep_after = keeper.as_ref().map(|k| k.after());
     let mut pending = None;
     let mut decoded_total = 0u64;
@@ -218,7 +263,7 @@ pub(super) async fn read_window(
             && !carried.contains_key(&objects[next].path)
             && expansion.weigh(&objects[next]) <= ahead_bytes
         {
-            ahead = decode_ahead(&objects[next], source, dopts);
+            ahead = decode_ahead(&objects[next], source, &file_opts(&slices, &objects[next]));
         }
         let path = obj.path.clone();
         let table = name.to_owned();
@@ -232,21 +277,21 @@ pub(super) async fn read_window(
         let was_reused = reused.is_some();
         // Batches already in memory (kept, or decoded ahead), or the file's bytes to stream.
         let input = match (reused, current) {
-            (Some(batches), _) => Input::Batches(batches, 0),
+            (Some(batches), _) => Input::Batches(batches, 0, None),
             (None, Some(handle)) => {
                 let got = handle.await??;
                 read(got.fetched);
                 report.bytes_read += got.fetched;
                 report.files_read += 1;
                 report.bare_envelope |= got.bare;
-                Input::Batches(got.batches, got.skipped)
+                Input::Batches(got.batches, got.skipped, got.slices)
             }
             (None, None) => {
                 let bytes = fetch(source, obj).await?;
                 read(bytes.len() as u64);
                 report.bytes_read += bytes.len() as u64;
                 report.files_read += 1;
-                Input::Stream(bytes, dopts.clone())
+                Input::Stream(bytes, file_opts(&slices, obj))
             }
         };
         let pushed = tokio::task::spawn_blocking(move || {
@@ -263,24 +308,33 @@ pub(super) async fn read_window(
                         push_err,
                     )
                 };
-            let (mut pushed, bare, skipped) = match input {
-                Input::Batches(batches, skipped) => {
-                    (push(&mut batches.into_iter().map(Ok))?, false, skipped)
-                }
+            let (mut pushed, bare, skipped, found) = match input {
+                Input::Batches(batches, skipped, found) => (
+                    push(&mut batches.into_iter().map(Ok))?,
+                    false,
+                    skipped,
+                    found,
+                ),
                 Input::Stream(bytes, dopts) => {
                     let mut s = decode::decode_bytes(&d, &path, bytes, &dopts)?;
                     let pushed = push(&mut std::iter::from_fn(|| {
                         let b = s.next()?;
                         Some(b.map(|b| (b, s.input_bytes())).map_err(SyncError::from))
                     }))?;
-                    (pushed, s.bare_envelope(), s.rows_skipped())
+                    (pushed, s.bare_envelope(), s.rows_skipped(), s.slice_rows())
                 }
             };
             pushed.window.count_skipped(skipped);
-            Ok::<_, SyncError>((pushed, bare, skipped))
+            Ok::<_, SyncError>((pushed, bare, skipped, found))
         })
         .await??;
-        let (pushed, bare, skipped) = pushed;
+        let (pushed, bare, skipped, found) = pushed;
+        if let (Some((memo, budget)), Some(found)) = (slices.as_mut(), found) {
+            match memo.get(&obj.path) {
+                Some(known) if Arc::ptr_eq(&known, &found) => report.files_slices_known += 1,
+                _ => memo.keep(&obj.path, found, *budget),
+            }
+        }
         report.bare_envelope |= bare;
         report.rows_skipped += skipped;
         window = pushed.window;

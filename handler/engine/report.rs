@@ -67,6 +67,9 @@ pub struct TableReport {
     /// Of the rows read, those of other key slices a decoder skipped without decoding them
     /// (Parquet, slices past an interval's first: [`crdb_delta_core::format::decode::SliceFilter`]).
     pub rows_skipped: u64,
+    /// Files a slice read by the key slices an earlier slice of the interval found in them,
+    /// without decoding their key columns again (Parquet: [`super::read::SliceMemo`]).
+    pub files_slices_known: u64,
     pub seconds: f64,
     /// Files of this run were in the `bare` envelope: a delete cannot be told from an update
     /// to all-NULL there (format spec §3.3), so deletes were applied as such rows.
@@ -82,6 +85,7 @@ impl TableReport {
         self.decoded_bytes += other.decoded_bytes;
         self.rows_read += other.rows_read;
         self.rows_skipped += other.rows_skipped;
+        self.files_slices_known += other.files_slices_known;
         self.bare_envelope |= other.bare_envelope;
     }
 }

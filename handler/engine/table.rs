@@ -35,6 +35,9 @@ pub(super) struct TableState {
     /// those slices' keys only (no copy-on-write rewrite went into them): no later slice
     /// reads them.
     pub(super) slice_files: std::collections::HashSet<String>,
+    /// The key slices of the sliced interval's files, for its later slices
+    /// ([`super::read::SliceMemo`]).
+    pub(super) slice_memo: super::read::SliceMemo,
     /// Rows the last step read past its RESOLVED, for the next step ([`super::carry`]).
     pub(super) carry: super::carry::Carry,
     /// The table's next step, being read while this one was written ([`super::ahead`]).
@@ -112,6 +115,7 @@ pub(super) async fn open_table(
         conflicts: 0,
         skipped: Vec::new(),
         slice_files: Default::default(),
+        slice_memo: Default::default(),
         carry: Default::default(),
         ahead: None,
     })
@@ -149,6 +153,7 @@ pub(super) async fn replan(
     // Another run may have finished the sliced interval, and started slicing the next: files
     // this run wrote for its slices may then hold keys that interval changes.
     state.slice_files.clear();
+    state.slice_memo = Default::default();
     state.carry = Default::default();
     state.ahead = None;
     state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);

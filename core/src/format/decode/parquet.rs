@@ -22,7 +22,7 @@ use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataRead
 use parquet::schema::types::{SchemaDescriptor, Type, TypePtr};
 
 use super::json_fields::Members;
-use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter};
+use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter, SliceRows};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column;
 use crate::format::hlc::Hlc;
@@ -55,6 +55,8 @@ pub struct ParquetDecoder {
     /// Under a [`SliceFilter`]: the file row (0-based) of each row read, in order.
     selected: Option<Vec<u32>>,
     skipped: u64,
+    /// Under a [`SliceFilter`]: each row's slice ([`BatchStream::slice_rows`]).
+    slices: Option<Arc<SliceRows>>,
     done: bool,
 }
 
@@ -160,8 +162,9 @@ impl ParquetDecoder {
 
         let mut selected = None;
         let mut skipped = 0;
-        if let (Some(filter), Some(key)) = (opts.slice, opts.primary_key.as_deref()) {
-            let key: Option<Vec<(usize, &ColumnType)>> = key
+        let mut found_slices = None;
+        if let (Some(filter), Some(names)) = (opts.slice, opts.primary_key.as_deref()) {
+            let key: Option<Vec<(usize, &ColumnType)>> = names
                 .iter()
                 .map(|k| {
                     data.iter()
@@ -169,14 +172,36 @@ impl ParquetDecoder {
                         .map(|(i, _, t)| (*i, t))
                 })
                 .collect();
-            // A second reader over the same footer, already parsed and rewritten.
-            let meta = ArrowReaderMetadata::try_new(builder.metadata().clone(), Default::default())
-                .map_err(|e| perr(e.to_string()))?;
-            let keys_builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
-                .with_batch_size(opts.batch_size.max(1));
-            if let Some(keep) =
-                key.and_then(|key| slice_rows(keys_builder, &key, updated, mvcc, filter))
-            {
+            // The key's names and the types its values are converted to: what slices hash.
+            let named: Vec<(String, ColumnType)> = names
+                .iter()
+                .zip(key.iter().flatten())
+                .map(|(n, &(_, t))| (n.clone(), t.clone()))
+                .collect();
+            let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+            // An earlier pass's slices of this file, or its key and timestamp columns read by a
+            // second reader over the same footer (already parsed and rewritten).
+            let known = opts
+                .slice_rows
+                .clone()
+                .filter(|s| key.is_some() && s.fits(&filter, &named, rows));
+            let slices = match known {
+                Some(known) => Some(known),
+                None => {
+                    let meta = ArrowReaderMetadata::try_new(
+                        builder.metadata().clone(),
+                        Default::default(),
+                    )
+                    .map_err(|e| perr(e.to_string()))?;
+                    let keys_builder =
+                        ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
+                            .with_batch_size(opts.batch_size.max(1));
+                    key.and_then(|key| slice_rows(keys_builder, &key, updated, mvcc, filter, named))
+                        .map(Arc::new)
+                }
+            };
+            found_slices = slices.clone();
+            if let Some(keep) = slices.map(|s| s.keep(filter.index)) {
                 // Row numbers fit u32 in any real file; past that, no filter.
                 let rows: Option<Vec<u32>> = keep
                     .iter()
@@ -213,6 +238,7 @@ impl ParquetDecoder {
             input_bytes,
             selected,
             skipped,
+            slices: found_slices,
             done: false,
         })
     }
@@ -409,18 +435,23 @@ impl BatchStream for ParquetDecoder {
     fn rows_skipped(&self) -> u64 {
         self.skipped
     }
+    fn slice_rows(&self) -> Option<Arc<SliceRows>> {
+        self.slices.clone()
+    }
 }
 
-/// Which rows of the file a slice reads (see [`SliceFilter`]), from its key and timestamp
-/// columns alone; `None` (read every row) when one does not convert or parse: the full decode
-/// then names the row.
+/// Each row's slice under `filter` (see [`SliceFilter`]), from the file's key and timestamp
+/// columns alone; `None` (read every row) when one does not convert or parse (the full decode
+/// then names the row), or when the slices do not fit [`SliceRows`].
 fn slice_rows(
     builder: ParquetRecordBatchReaderBuilder<Bytes>,
     key: &[(usize, &ColumnType)],
     updated: Option<usize>,
     mvcc: Option<usize>,
     filter: SliceFilter,
-) -> Option<Vec<bool>> {
+    named: Vec<(String, ColumnType)>,
+) -> Option<SliceRows> {
+    let mut slices = SliceRows::new(filter, named)?;
     let mut roots: Vec<usize> = key.iter().map(|(i, _)| *i).collect();
     roots.extend(updated.iter().chain(mvcc.iter()));
     let schema = builder.parquet_schema();
@@ -434,8 +465,6 @@ fn slice_rows(
         filter.lo.map(Hlc::to_decimal_i128),
         filter.hi.to_decimal_i128(),
     );
-    let mut keep = Vec::new();
-    let mut learnt = false;
     // The initial scan's rows share one timestamp: parsed once.
     let mut last: Option<(String, i128)> = None;
     for batch in reader {
@@ -469,12 +498,10 @@ fn slice_rows(
                 }
             };
             let inside = lo.is_none_or(|lo| ts > lo) && ts <= hi;
-            let mine = crate::apply::slice_of(&keys, r, filter.of) == filter.index;
-            keep.push(!inside || mine || !learnt);
-            learnt |= inside;
+            slices.push(inside.then(|| crate::apply::slice_of(&keys, r, filter.of)));
         }
     }
-    Some(keep)
+    Some(slices)
 }
 
 /// A Parquet column type CockroachDB does not write (format spec §4.4), described.
