@@ -2,7 +2,8 @@
 //! exactly what it keeps without the filter: the same changes, layout, rows counted and rows
 //! past the RESOLVED, for every table, interval and slice of a simulated Parquet or NDJSON
 //! changefeed (split column families, duplicates, deletes, and `mvcc_timestamp` or the bare
-//! envelope in some of them).
+//! envelope in some of them); and so does a Parquet slice given each file's key slices as
+//! another slice's pass found them ([`SliceRows`]), instead of reading its key columns.
 
 mod common;
 
@@ -31,21 +32,9 @@ struct Kept {
 /// Each file's key slices as a pass found them ([`SliceRows`]), by path.
 type Found = HashMap<String, Arc<SliceRows>>;
 
-fn window_of(
-    sim: &Simulated,
-    def: &TableDef,
-    lo: Option<Hlc>,
-    hi: Hlc,
-    slice: (u32, u32),
-    filter: bool,
-    inferred: bool,
-) -> (Kept, u64) {
-    let (kept, skipped, _) = window_known(sim, def, lo, hi, slice, filter, inferred, &Found::new());
-    (kept, skipped)
-}
-
-/// [`window_of`], each file decoded with the slices `known` holds for it; also what each
-/// file's decoder found (or was given).
+/// What the window keeps of `def`'s rows in `lo..=hi` for `slice` (index, of), each file
+/// decoded with (`filter`) or without the slice filter, and with the slices `known` holds for
+/// it; also the rows skipped and what each file's decoder found (or was given).
 #[allow(clippy::too_many_arguments)]
 fn window_known(
     sim: &Simulated,
@@ -148,9 +137,11 @@ fn same_with_and_without_the_filter_typed(opts: &SimOptions, inferred: bool) {
                 let (_, _, found) =
                     window_known(&sim, def, lo, hi, last, true, inferred, &Found::new());
                 for index in 0..of {
-                    let (plain, none) = window_of(&sim, def, lo, hi, (index, of), false, inferred);
-                    let (filtered, skipped) =
-                        window_of(&sim, def, lo, hi, (index, of), true, inferred);
+                    let none_known = Found::new();
+                    let (plain, none, _) =
+                        window_known(&sim, def, lo, hi, (index, of), false, inferred, &none_known);
+                    let (filtered, skipped, _) =
+                        window_known(&sim, def, lo, hi, (index, of), true, inferred, &none_known);
                     assert_eq!(none, 0);
                     assert_eq!(
                         filtered, plain,
