@@ -390,7 +390,7 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
         "{slices} slices; {by_size} by decoded size, {by_prior} by the prior: {t:?}"
     );
     // The first slice reads every row, the second finds each file's key slices, the later
-    // ones read them instead of each file's key column (the files' 8 KB of slices fit the
+    // ones read them instead of each file's key column (the files' 4 KB of slices fit the
     // budget, an eighth of the window): every Parquet file of the scan's interval.
     let feed_dir = dir.path().join("feed");
     let root = format!("{}/", feed_dir.to_string_lossy().replace('\\', "/"));

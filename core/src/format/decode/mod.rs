@@ -63,7 +63,7 @@ pub struct SliceFilter {
 /// Each row's key slice in one file of a sliced interval, as a pass over it found them (from
 /// its key and timestamp columns): every later slice of the interval needs the same, and
 /// otherwise decodes those columns of every row and hashes every key again (at 20M UUID rows
-/// in 18 slices, a quarter of the load's CPU). Two bytes a row.
+/// in 18 slices, a quarter of the load's CPU). A byte a row up to 254 slices, two past that.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceRows {
     /// What the slices were found under: the filter's `of`, `lo` and `hi` (not its index),
@@ -72,30 +72,70 @@ pub struct SliceRows {
     lo: Option<Hlc>,
     hi: Hlc,
     key: Vec<(String, ColumnType)>,
-    /// Per file row: its slice, or [`SliceRows::OUTSIDE`] the interval.
-    rows: Vec<u16>,
+    rows: Slots,
+}
+
+/// Per file row: its slice, or the width's largest value for a row outside the interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slots {
+    Byte(Vec<u8>),
+    Two(Vec<u16>),
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        match self {
+            Slots::Byte(v) => v.len(),
+            Slots::Two(v) => v.len(),
+        }
+    }
+
+    /// `slice` is below the width's largest value ([`SliceRows::new`] chose the width).
+    fn push(&mut self, slice: Option<u32>) {
+        match self {
+            Slots::Byte(v) => v.push(slice.map_or(u8::MAX, |s| s as u8)),
+            Slots::Two(v) => v.push(slice.map_or(u16::MAX, |s| s as u16)),
+        }
+    }
+
+    /// Row `r`'s slice (`None`: outside the interval).
+    fn get(&self, r: usize) -> Option<u32> {
+        match self {
+            Slots::Byte(v) => (v[r] != u8::MAX).then(|| u32::from(v[r])),
+            Slots::Two(v) => (v[r] != u16::MAX).then(|| u32::from(v[r])),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Slots::Byte(v) => v.len() as u64,
+            Slots::Two(v) => 2 * v.len() as u64,
+        }
+    }
 }
 
 impl SliceRows {
-    /// A row outside the interval: read by every slice.
-    const OUTSIDE: u16 = u16::MAX;
-
-    /// Slices of rows found under `filter` (`None` past `u16::MAX - 1` slices: not kept).
+    /// Slices of rows found under `filter` (`None` from `u16::MAX` slices on: not kept).
     pub(crate) fn new(filter: SliceFilter, key: Vec<(String, ColumnType)>) -> Option<Self> {
-        (filter.of < u32::from(Self::OUTSIDE)).then_some(Self {
+        let rows = if filter.of < u32::from(u8::MAX) {
+            Slots::Byte(Vec::new())
+        } else if filter.of < u32::from(u16::MAX) {
+            Slots::Two(Vec::new())
+        } else {
+            return None;
+        };
+        Some(Self {
             of: filter.of,
             lo: filter.lo,
             hi: filter.hi,
             key,
-            rows: Vec::new(),
+            rows,
         })
     }
 
-    /// The next file row: inside the interval in `slice`, or outside it.
+    /// The next file row: inside the interval in `slice` (below the filter's `of`), or outside it.
     pub(crate) fn push(&mut self, slice: Option<u32>) {
-        // `new` refused counts whose slices do not fit.
-        self.rows
-            .push(slice.map_or(Self::OUTSIDE, |s| u16::try_from(s).unwrap_or(0)));
+        self.rows.push(slice);
     }
 
     /// Whether these are the slices `filter` reads by, for a file of `rows` rows with this key.
@@ -110,17 +150,17 @@ impl SliceRows {
     /// The rows slice `index` decodes: those outside the interval, those of the slice, and the
     /// first row inside the interval whatever its slice (the window learns columns from it).
     pub fn keep(&self, index: u32) -> Vec<bool> {
-        let first_inside = self.rows.iter().position(|&s| s != Self::OUTSIDE);
-        self.rows
-            .iter()
+        let slices = (0..self.rows.len()).map(|r| self.rows.get(r));
+        let first_inside = slices.clone().position(|s| s.is_some());
+        slices
             .enumerate()
-            .map(|(r, &s)| s == Self::OUTSIDE || u32::from(s) == index || Some(r) == first_inside)
+            .map(|(r, s)| s.is_none_or(|s| s == index) || Some(r) == first_inside)
             .collect()
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
-        (self.rows.len() * 2) as u64
+        self.rows.bytes()
     }
 }
 
@@ -261,5 +301,46 @@ pub trait BatchStream:
     /// caller keeps it for the interval's later slices. Parquet only.
     fn slice_rows(&self) -> Option<std::sync::Arc<SliceRows>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte a row below 255 slices, two from there (the value past the last slice marks a
+    /// row outside the interval), none from 65,535; either width keeps the same rows.
+    #[test]
+    fn slice_rows_keep_the_same_rows_in_either_width() {
+        let filter = |of| SliceFilter {
+            index: 0,
+            of,
+            lo: None,
+            hi: Hlc::parse_decimal("1.0").unwrap(),
+        };
+        let rows = |of: u32| {
+            let mut s = SliceRows::new(filter(of), Vec::new()).unwrap();
+            // Outside, then inside in slices 3, 1, 3, 0 and the last, outside again.
+            for slice in [None, Some(3), Some(1), Some(3), Some(0), Some(of - 1), None] {
+                s.push(slice);
+            }
+            s
+        };
+        let (byte, two) = (rows(254), rows(255));
+        assert_eq!((byte.bytes(), two.bytes()), (7, 14));
+        assert!(SliceRows::new(filter(65_535), Vec::new()).is_none());
+        assert!(SliceRows::new(filter(65_534), Vec::new()).is_some());
+        for (s, of) in [(&byte, 254), (&two, 255)] {
+            // Row 1 is the first inside: kept by every slice.
+            let kept = |i| s.keep(i);
+            assert_eq!(kept(3), [true, true, false, true, false, false, true]);
+            assert_eq!(kept(1), [true, true, true, false, false, false, true]);
+            assert_eq!(kept(0), [true, true, false, false, true, false, true]);
+            assert_eq!(kept(of - 1), [true, true, false, false, false, true, true]);
+            assert_eq!(kept(2), [true, true, false, false, false, false, true]);
+        }
+        assert!(byte.fits(&filter(254), &[], 7));
+        assert!(!byte.fits(&filter(255), &[], 7));
+        assert!(!byte.fits(&filter(254), &[], 8));
     }
 }
