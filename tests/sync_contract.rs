@@ -153,20 +153,31 @@ fn straddling_sim(windows: usize) -> SimOptions {
     }
 }
 
-async fn straddling_feed_of(dir: &std::path::Path, sim: SimOptions) -> SmallFeed {
-    let feed_dir = dir.join("feed");
-    let (feed, config) = simulated(dir, sim).await;
+/// The changefeed objects below `feed_dir`, by their names.
+fn feed_objects(feed_dir: &std::path::Path) -> Vec<ObjectName> {
     let root = format!("{}/", feed_dir.to_string_lossy().replace('\\', "/"));
-    let mut resolveds: Vec<Hlc> = walk(&feed_dir)
+    walk(feed_dir)
         .iter()
-        .filter_map(
-            |p| match ObjectName::parse_relative(p.strip_prefix(&root)?) {
-                Ok((ObjectName::Resolved(r), _)) => Some(r),
-                _ => None,
-            },
-        )
+        .filter_map(|p| Some(ObjectName::parse_relative(p.strip_prefix(&root)?).ok()?.0))
+        .collect()
+}
+
+/// The RESOLVEDs among `objects`, in order.
+fn resolveds_of(objects: &[ObjectName]) -> Vec<Hlc> {
+    let mut resolveds: Vec<Hlc> = objects
+        .iter()
+        .filter_map(|n| match n {
+            ObjectName::Resolved(r) => Some(*r),
+            ObjectName::Data(_) => None,
+        })
         .collect();
     resolveds.sort();
+    resolveds
+}
+
+async fn straddling_feed_of(dir: &std::path::Path, sim: SimOptions) -> SmallFeed {
+    let (feed, config) = simulated(dir, sim).await;
+    let resolveds = resolveds_of(&feed_objects(&dir.join("feed")));
     assert!(resolveds.len() >= 5, "{} RESOLVED objects", resolveds.len());
     SmallFeed {
         feed,
@@ -392,20 +403,8 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
     // The first slice reads every row, the second finds each file's key slices, the later
     // ones read them instead of each file's key column (the files' 4 KB of slices fit the
     // budget, an eighth of the window): every Parquet file of the scan's interval.
-    let feed_dir = dir.path().join("feed");
-    let root = format!("{}/", feed_dir.to_string_lossy().replace('\\', "/"));
-    let names: Vec<ObjectName> = walk(&feed_dir)
-        .iter()
-        .filter_map(|p| Some(ObjectName::parse_relative(p.strip_prefix(&root)?).ok()?.0))
-        .collect();
-    let first = names
-        .iter()
-        .filter_map(|n| match n {
-            ObjectName::Resolved(r) => Some(*r),
-            ObjectName::Data(_) => None,
-        })
-        .min()
-        .unwrap();
+    let names = feed_objects(&dir.path().join("feed"));
+    let first = resolveds_of(&names)[0];
     let scan_files = names
         .iter()
         .filter(|n| matches!(n, ObjectName::Data(d) if d.ts <= first))
