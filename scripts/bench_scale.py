@@ -76,7 +76,7 @@ def warm_run(loaded: Path, base: list[str], until: str, binary: str) -> dict:
     shutil.copytree(loaded, warm)
     # The copy's dirty pages (2.7 GB at 20M rows) would otherwise be written back while the
     # replay runs, slowing the large table's steps by whatever the disk and the kernel's
-    # flusher take from the two cores (warm steps at 20M rows: 23-39 ms without, 23-28 with).
+    # flusher take from the two cores (warm steps at 20M rows: 23-39 ms without, 24-28 with).
     os.sync()
     try:
         return one_process([binary, *base[1:5], str(warm), *base[6:]], until)
