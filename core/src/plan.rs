@@ -594,7 +594,6 @@ impl KeyProbe {
             return None;
         }
         let n = of.max(1) as usize;
-        let probe = |s| Some(Self::of(s));
         match &self.sorted {
             Sorted::Ints(v) => {
                 let mut parts = vec![Vec::new(); n];
@@ -604,13 +603,7 @@ impl KeyProbe {
                 Some(
                     parts
                         .into_iter()
-                        .map(|v| {
-                            if v.is_empty() {
-                                None
-                            } else {
-                                probe(Sorted::Ints(v))
-                            }
-                        })
+                        .map(|v| (!v.is_empty()).then(|| Self::of(Sorted::Ints(v))))
                         .collect(),
                 )
             }
@@ -631,10 +624,7 @@ impl KeyProbe {
                 Some(
                     parts
                         .into_iter()
-                        .map(|(t, u)| match t.len() {
-                            0 => None,
-                            _ => probe(Sorted::Strings(t, u)),
-                        })
+                        .map(|(t, u)| (t.len() > 0).then(|| Self::of(Sorted::Strings(t, u))))
                         .collect(),
                 )
             }
