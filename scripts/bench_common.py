@@ -65,6 +65,50 @@ def simulate_usertable(bin_path: str, feed: Path, rows: int, windows: int, chang
         "--duplicate-rate", "0", "--straddle", "0", "--truth-states", "none", *extra)
 
 
+def replicate_ndjson(feed: Path, copies: int) -> Path:
+    """`replicate` for an uncompressed NDJSON `usertable` feed with integer keys: copy k of each
+    initial-scan file has its keys (`ycsb_key` in `after` and the `key` array) shifted by
+    k x (max key + 1) and a file id of its own; the later changes are left on copy 0."""
+    import re
+    out, first_key = _fresh_copy(feed, copies)
+    if first_key is None:
+        return out
+    key = re.compile(rb'("ycsb_key": |"key": \[)(\d+)')
+    stamp = re.compile(rb'"updated": "(\d+)\.(\d+)"')
+    scan = []
+    for f in sorted((out / "changefeed").rglob("*.ndjson")):
+        text = f.read_bytes()
+        last = max(tuple(int(x) for x in m.groups()) for m in stamp.finditer(text))
+        if last <= first_key:
+            scan.append((f, text))
+    span = max(int(m.group(2)) for _, text in scan for m in key.finditer(text)) + 1
+    for f, text in scan:
+        for k in range(1, copies):
+            shift = k * span
+            copy = key.sub(lambda m: m.group(1) + str(int(m.group(2)) + shift).encode(), text)
+            _copy_path(f, k).write_bytes(copy)
+    return out
+
+
+def _fresh_copy(feed: Path, copies: int):
+    """`<feed>x<copies>` as a copy of the feed, and its first RESOLVED as a tuple of ints; no
+    RESOLVED (`None`) when the replica was made before."""
+    out = feed.with_name(f"{feed.name}x{copies}")
+    if (out / "truth" / "manifest.json").exists():
+        return out, None
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    subprocess.run(["cp", "-r", str(feed), str(out)], check=True)
+    first = min((hlc_of(p.name) for p in (out / "changefeed").rglob("*.RESOLVED")),
+                key=lambda h: tuple(int(x) for x in h.split(".")))
+    return out, tuple(int(x) for x in first.split("."))
+
+
+def _copy_path(f: Path, k: int) -> Path:
+    """Copy k's name for data file F: the file id moved to copy k, the rest (timestamp) kept."""
+    parts = f.name.split("-")  # <ts>-<session>-<node>-<sink>-<file id>-<topic>-<schema>.<ext>
+    return f.with_name("-".join(parts[:4] + [f"{k * 0x10000 + int(parts[4], 16):08x}"] + parts[5:]))
+
+
 def replicate(feed: Path, copies: int) -> Path:
     """A simulated Parquet `usertable` feed scaled to COPIES times its table, in
     `<feed>x<copies>` (kept when there): the simulator holds its model in memory and cannot
@@ -77,20 +121,20 @@ def replicate(feed: Path, copies: int) -> Path:
     hash of its key picks (every change of a key to the same copy, so each copy's history stays
     valid): the RESOLVEDs keep their number of changes, spread over the whole table. The truth
     folder is the original's: tables built from this feed are not checked against it.
+
+    An NDJSON feed (uncompressed, integer keys) is replicated by its initial scan alone
+    (`replicate_ndjson`): its later changes stay on copy 0.
     """
+    if any((feed / "changefeed").rglob("*.ndjson")):
+        return replicate_ndjson(feed, copies)
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     if copies > 256:
         sys.exit("replicate: at most 256 copies")
-    out = feed.with_name(f"{feed.name}x{copies}")
-    if (out / "truth" / "manifest.json").exists():
+    out, first_key = _fresh_copy(feed, copies)
+    if first_key is None:
         return out
-    subprocess.run(["rm", "-rf", str(out)], check=True)
-    subprocess.run(["cp", "-r", str(feed), str(out)], check=True)
-    first = min((hlc_of(p.name) for p in (out / "changefeed").rglob("*.RESOLVED")),
-                key=lambda h: tuple(int(x) for x in h.split(".")))
-    first_key = tuple(int(x) for x in first.split("."))
     files = sorted((out / "changefeed").rglob("*.parquet"))
     uuid = not pa.types.is_integer(pq.read_table(files[0], columns=["ycsb_key"]).schema.field("ycsb_key").type)
     if uuid:
@@ -126,9 +170,7 @@ def replicate(feed: Path, copies: int) -> Path:
             copy_of = (hash_of(keys) * np.uint64(copies)) >> np.uint64(32)
             pq.write_table(t.set_column(col, "ycsb_key", moved(keys, copy_of)), f, compression="snappy")
             continue
-        parts = f.name.split("-")  # <ts>-<session>-<node>-<sink>-<file id>-<topic>-<schema>.parquet
         for k in range(1, copies):
             copy = t.set_column(col, "ycsb_key", moved(keys, np.full(len(keys), k, dtype=np.uint64)))
-            name = "-".join(parts[:4] + [f"{k * 0x10000 + int(parts[4], 16):08x}"] + parts[5:])
-            pq.write_table(copy, f.with_name(name), compression="snappy")
+            pq.write_table(copy, _copy_path(f, k), compression="snappy")
     return out

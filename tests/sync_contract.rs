@@ -14,7 +14,7 @@ use crdb_delta::engine::{SyncOptions, sync};
 use crdb_delta::storage::Location;
 use crdb_delta_core::Hlc;
 use crdb_delta_core::format::canonical;
-use crdb_delta_core::format::names::{Format, ObjectName};
+use crdb_delta_core::format::names::{Compression, Format, ObjectName};
 use crdb_delta_core::sim::SimOptions;
 use serde_json::Value;
 
@@ -357,6 +357,34 @@ fn walk(root: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// Applies the `usertable` feed `sim` simulates under `dir` one commit per RESOLVED, in a
+/// window of `max` bytes (slices of at least 10 kB): the table's report, and how many files
+/// its initial scan has (those up to the first RESOLVED).
+async fn sync_sliced(
+    dir: &std::path::Path,
+    sim: SimOptions,
+    max: u64,
+) -> (crdb_delta::engine::TableReport, u64) {
+    let (feed, config) = simulated(dir, sim).await;
+    let opts = SyncOptions {
+        config,
+        max_window_bytes: max,
+        min_slice_bytes: 10_000,
+        each_resolved: true,
+        ..SyncOptions::default()
+    };
+    let target = Location::open(dir.join("delta").to_str().unwrap()).unwrap();
+    let report = sync(&feed, &target, &opts).await.unwrap();
+    assert!(report.complete, "{report:?}");
+    let names = feed_objects(&dir.join("feed"));
+    let first = resolveds_of(&names)[0];
+    let scan_files = names
+        .iter()
+        .filter(|n| matches!(n, ObjectName::Data(d) if d.ts <= first))
+        .count() as u64;
+    (report.tables["usertable"].clone(), scan_files)
+}
+
 /// An initial scan larger than the window is sliced by what its Parquet files decode to (read
 /// from the largest file's footer), not by the planner's prior for Parquet (3× the stored size),
 /// which would make about three times as many passes over the interval here.
@@ -372,19 +400,8 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
         file_size: 64 << 10,
         ..SimOptions::default()
     };
-    let (feed, config) = simulated(dir.path(), sim).await;
     let max = 200_000u64;
-    let opts = SyncOptions {
-        config,
-        max_window_bytes: max,
-        min_slice_bytes: 10_000,
-        each_resolved: true,
-        ..SyncOptions::default()
-    };
-    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
-    let report = sync(&feed, &target, &opts).await.unwrap();
-    assert!(report.complete, "{report:?}");
-    let t = &report.tables["usertable"];
+    let (t, scan_files) = sync_sliced(dir.path(), sim, max).await;
     let slices = t.slice_commits + 1;
     assert!(slices > 1, "the scan is sliced: {t:?}");
     // Every slice decodes the interval once; slices are about half a window each.
@@ -403,15 +420,40 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
     // The first slice reads every row, the second finds each file's key slices, the later
     // ones read them instead of each file's key column (the files' 4 KB of slices fit the
     // budget, an eighth of the window): every Parquet file of the scan's interval.
-    let names = feed_objects(&dir.path().join("feed"));
-    let first = resolveds_of(&names)[0];
-    let scan_files = names
-        .iter()
-        .filter(|n| matches!(n, ObjectName::Data(d) if d.ts <= first))
-        .count() as u64;
     assert!(slices > 2 && scan_files > 0);
     assert_eq!(t.files_slices_known, (slices - 2) * scan_files, "{t:?}");
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
     assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
+}
+
+/// An NDJSON initial scan applied in slices: from the third slice on, each file's lines are
+/// picked by the slices the second slice's pass learnt (with each batch's columns and types),
+/// so only the slice's lines are parsed; gzip and plain files alike. The table equals the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ndjson_initial_scans_later_slices_parse_only_their_lines() {
+    for compression in [Compression::None, Compression::Gzip] {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimOptions {
+            tables: vec!["usertable".into()],
+            format: Format::Json,
+            compression,
+            initial_rows: 3000,
+            windows: 1,
+            events_per_window: 50,
+            file_size: 256 << 10,
+            ..SimOptions::default()
+        };
+        // The files' slices, a byte a line and their batches' types, fit the budget (an eighth).
+        let (t, scan_files) = sync_sliced(dir.path(), sim, 300_000).await;
+        let slices = t.slice_commits + 1;
+        assert!(
+            slices > 2 && scan_files > 1,
+            "{slices} slices, {scan_files} files"
+        );
+        assert_eq!(t.files_slices_known, (slices - 2) * scan_files, "{t:?}");
+        let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+        assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
+    }
 }
 
 /// Once learned (from a table's second step in a process), a table file's key column is looked

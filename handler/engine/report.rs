@@ -65,10 +65,11 @@ pub struct TableReport {
     pub bytes_written: u64,
     pub rows_read: u64,
     /// Of the rows read, those of other key slices a decoder skipped without decoding them
-    /// (Parquet, slices past an interval's first: [`crdb_delta_core::format::decode::SliceFilter`]).
+    /// (slices past an interval's first: [`crdb_delta_core::format::decode::SliceFilter`]).
     pub rows_skipped: u64,
-    /// Files a slice read by the key slices an earlier slice of the interval found in them,
-    /// without decoding their key columns again (Parquet: [`super::read::SliceMemo`]).
+    /// Files a slice read by the key slices an earlier slice of the interval found in them
+    /// ([`super::read::SliceMemo`]): Parquet without decoding their key columns again, NDJSON
+    /// parsing only the slice's lines.
     pub files_slices_known: u64,
     pub seconds: f64,
     /// Files of this run were in the `bare` envelope: a delete cannot be told from an update

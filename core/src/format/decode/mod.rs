@@ -6,6 +6,7 @@
 mod json_fields;
 mod json_scan;
 pub mod ndjson;
+mod ndjson_memo;
 pub mod parquet;
 pub mod resolved;
 
@@ -35,7 +36,8 @@ pub struct DecodeOptions {
     /// Rows the caller will drop by key slice: a decoder may skip decoding them.
     pub slice: Option<SliceFilter>,
     /// This file's rows' slices as an earlier pass over the interval found them
-    /// ([`BatchStream::slice_rows`]): a Parquet decoder then reads no key column to tell them.
+    /// ([`BatchStream::slice_rows`]): a Parquet decoder then reads no key column to tell them,
+    /// an NDJSON decoder parses only the lines it keeps.
     pub slice_rows: Option<std::sync::Arc<SliceRows>>,
     /// Also emit each change's `before` (the `diff` option) as a row of its own
     /// ([`crate::format::batch::Op::Before`]), right after the change's row: what scd2 closes a
@@ -47,9 +49,9 @@ pub struct DecodeOptions {
 /// (`lo < updated ≤ hi`) whose key falls into another slice ([`crate::apply::slice_of`]). The
 /// window drops them anyway ([`crate::apply::Window::with_slice`]), so a decoder skips building
 /// their other columns, and each slice of an interval does not cost a whole decode of it.
-/// Parquet reads only the key and timestamp columns to tell them; NDJSON still parses every
-/// line (to learn every column and type, so each slice commits the same ones) but builds only
-/// the key columns of other slices' rows. Rows outside the interval are always decoded (the
+/// Parquet reads only the key and timestamp columns to tell them; NDJSON parses every line (to
+/// learn every column and type, so each slice commits the same ones) but builds only the key
+/// columns of other slices' rows, and given [`SliceRows`] parses only the lines it keeps. Rows outside the interval are always decoded (the
 /// window counts those past it), and so is a file's (NDJSON: a batch's) first row inside it
 /// (the window learns the columns from it), whatever its slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct SliceFilter {
 /// its key and timestamp columns): every later slice of the interval needs the same, and
 /// otherwise decodes those columns of every row and hashes every key again (at 20M UUID rows
 /// in 18 slices, a quarter of the load's CPU). A byte a row up to 254 slices, two past that.
+/// For NDJSON, a row is a line, and the batches' columns and types come along: a later pass
+/// then parses only its own lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceRows {
     /// What the slices were found under: the filter's `of`, `lo` and `hi` (not its index),
@@ -73,6 +77,9 @@ pub struct SliceRows {
     hi: Hlc,
     key: Vec<(String, ColumnType)>,
     rows: Slots,
+    /// An NDJSON file's batches as the pass learnt them: a later pass parses only the lines
+    /// it keeps ([`NdjsonDecoder`]). `None` for Parquet.
+    lines: Option<ndjson_memo::Batches>,
 }
 
 /// Per file row: its slice, or the width's largest value for a row outside the interval.
@@ -130,7 +137,53 @@ impl SliceRows {
             hi: filter.hi,
             key,
             rows,
+            lines: None,
         })
+    }
+
+    /// Slices of an NDJSON file's lines found under `filter`, with the batches they were read
+    /// in ([`SliceRows::push_batch`]); `configured`: the types the pass was given.
+    pub(crate) fn new_lines(
+        filter: SliceFilter,
+        key: &[String],
+        configured: BTreeMap<String, ColumnType>,
+    ) -> Option<Self> {
+        let mut s = Self::new(filter, Vec::new())?;
+        s.lines = Some(ndjson_memo::Batches::new(key.to_vec(), configured));
+        Some(s)
+    }
+
+    /// Whether these are an NDJSON file's line slices that `filter` reads by, for a file
+    /// decoded with this key and these given types (a file's line count is checked as it is
+    /// read).
+    pub(crate) fn fits_lines(
+        &self,
+        filter: &SliceFilter,
+        key: &[String],
+        configured: &BTreeMap<String, ColumnType>,
+    ) -> bool {
+        self.of == filter.of
+            && self.lo == filter.lo
+            && self.hi == filter.hi
+            && self.lines.as_ref().is_some_and(|l| l.fits(key, configured))
+    }
+
+    pub(crate) fn lines(&self) -> Option<&ndjson_memo::Batches> {
+        self.lines.as_ref()
+    }
+
+    pub(crate) fn lines_mut(&mut self) -> Option<&mut ndjson_memo::Batches> {
+        self.lines.as_mut()
+    }
+
+    /// Row `r`'s slice (`None`: outside the interval).
+    pub(crate) fn slice(&self, r: usize) -> Option<u32> {
+        self.rows.get(r)
+    }
+
+    /// Rows (Parquet) or lines (NDJSON) held.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
     }
 
     /// The next file row: inside the interval in `slice` (below the filter's `of`), or outside it.
@@ -145,6 +198,7 @@ impl SliceRows {
             && self.hi == filter.hi
             && self.key == key
             && self.rows.len() == rows
+            && self.lines.is_none()
     }
 
     /// The rows slice `index` decodes: those outside the interval, those of the slice, and the
@@ -160,7 +214,7 @@ impl SliceRows {
 
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
-        self.rows.bytes()
+        self.rows.bytes() + self.lines.as_ref().map_or(0, ndjson_memo::Batches::bytes)
     }
 }
 
@@ -298,7 +352,7 @@ pub trait BatchStream:
         0
     }
     /// Each row's slice under [`DecodeOptions::slice`], as found (or given) for this file: the
-    /// caller keeps it for the interval's later slices. Parquet only.
+    /// caller keeps it for the interval's later slices. NDJSON: once the whole file was read.
     fn slice_rows(&self) -> Option<std::sync::Arc<SliceRows>> {
         None
     }

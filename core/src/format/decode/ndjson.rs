@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::ops::Range;
+use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
@@ -11,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::json_fields::{After, Member, Members, Raw};
 use super::json_scan::{self, ScanError};
-use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter};
+use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter, SliceRows};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column::ColumnBuilder;
 use crate::format::hlc::Hlc;
@@ -46,6 +47,17 @@ pub struct NdjsonDecoder<R> {
     slice: Option<SliceFilter>,
     /// Rows left out under `slice`.
     skipped: u64,
+    /// Under `slice`, the lines' slices and batches an earlier pass over the file learnt
+    /// ([`DecodeOptions::slice_rows`]): only the lines kept are parsed.
+    known_slices: Option<Arc<SliceRows>>,
+    /// Under `slice`, without them: the lines' slices and batches being learnt, for the
+    /// interval's later slices ([`BatchStream::slice_rows`]); dropped on an error.
+    found: Option<SliceRows>,
+    /// `found` (or `known_slices`) once the whole file was read.
+    slices_done: Option<Arc<SliceRows>>,
+    /// Lines and batches read so far (blank lines not counted): where `known_slices` is.
+    lines_read: usize,
+    batches_read: usize,
     /// Row members a message had in the last batch: the next batch's [`Store`] is sized by it.
     members_per_line: usize,
     /// Emit each change's `before` as a row ([`DecodeOptions::before`]).
@@ -109,6 +121,20 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let mut known = order.clone();
         known.sort();
         known.dedup();
+        let (known_slices, found) = match (opts.slice, opts.primary_key.as_deref()) {
+            (Some(filter), Some(key)) => match &opts.slice_rows {
+                Some(s) if s.fits_lines(&filter, key, &opts.columns) => (Some(s.clone()), None),
+                _ => (
+                    None,
+                    SliceRows::new_lines(filter, key, opts.columns.clone()),
+                ),
+            },
+            _ => (None, None),
+        };
+        let bare = known_slices
+            .as_ref()
+            .and_then(|s| s.lines())
+            .is_some_and(|l| l.bare);
         Self {
             file: file.to_owned(),
             reader,
@@ -129,9 +155,14 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 .cloned(),
             max_line_bytes: opts.max_line_bytes.max(1),
             input_bytes: 0,
-            bare: std::cell::Cell::new(false),
+            bare: std::cell::Cell::new(bare),
             slice: opts.slice,
             skipped: 0,
+            known_slices,
+            found,
+            slices_done: None,
+            lines_read: 0,
+            batches_read: 0,
             members_per_line: 0,
             before: opts.before,
             done: false,
@@ -397,13 +428,11 @@ impl<R: BufRead> NdjsonDecoder<R> {
         Ok((Field::new(name, ty.arrow_type(), true), b.finish()))
     }
 
-    /// Which messages of a batch to build under [`DecodeOptions::slice`], by the rule the
-    /// Parquet decoder follows ([`SliceFilter`]): all but those inside the interval whose key
-    /// is in another slice, keeping the batch's first row inside it, so the window learns the
-    /// batch's columns. The key columns are built as the batch builds them, so
-    /// [`crate::apply::slice_of`] sees what the window will see. `None` (build every row)
-    /// without a filter, or when a key value does not convert: the whole batch then names it.
-    fn slice_keep(&self, messages: &[Message<'_>], store: &Store<'_>) -> Option<Vec<bool>> {
+    /// Each message's slice under [`DecodeOptions::slice`] (`None`: outside the interval). The
+    /// key columns are built as the batch builds them, so [`crate::apply::slice_of`] sees what
+    /// the window will see. `None` without a filter, or when a key value does not convert: the
+    /// whole batch is then built, and names it.
+    fn slices(&self, messages: &[Message<'_>], store: &Store<'_>) -> Option<Vec<Option<u32>>> {
         let filter = self.slice?;
         let keys: Vec<ArrayRef> = self
             .primary_key
@@ -411,20 +440,15 @@ impl<R: BufRead> NdjsonDecoder<R> {
             .iter()
             .map(|k| self.column(k, messages, store).ok().map(|(_, a)| a))
             .collect::<Option<_>>()?;
-        let mut learnt = false;
-        let keep = messages
+        let slices = messages
             .iter()
             .enumerate()
             .map(|(r, m)| {
                 let inside = filter.lo.is_none_or(|lo| m.updated > lo) && m.updated <= filter.hi;
-                let keep = !inside
-                    || !learnt
-                    || crate::apply::slice_of(&keys, r, filter.of) == filter.index;
-                learnt |= inside;
-                keep
+                inside.then(|| crate::apply::slice_of(&keys, r, filter.of))
             })
             .collect();
-        Some(keep)
+        Some(slices)
     }
 
     /// Learns column types from JSON values; configured types never change.
@@ -493,7 +517,24 @@ impl<R: BufRead> NdjsonDecoder<R> {
 
         // Every line was parsed, and its columns and types learnt, whatever its slice: each
         // slice's batches carry the same columns and types.
-        let messages = match self.slice_keep(&messages, &store) {
+        let slices = self.slices(&messages, &store);
+        if let Some(found) = &mut self.found {
+            match &slices {
+                Some(slices) => {
+                    // A line's slice is its change's (a `before` shares its key).
+                    for (m, s) in messages.iter().zip(slices) {
+                        if m.op != Op::Before {
+                            found.push(*s);
+                        }
+                    }
+                    if let Some(batches) = found.lines_mut() {
+                        batches.push(lines.len(), &self.order, &self.types);
+                    }
+                }
+                None => self.found = None,
+            }
+        }
+        let messages = match slices.map(|s| keep(&s, self.slice)) {
             Some(keep) if keep.iter().any(|k| !k) => {
                 let kept: Vec<_> = messages
                     .into_iter()
@@ -507,10 +548,87 @@ impl<R: BufRead> NdjsonDecoder<R> {
             }
             _ => messages,
         };
+        self.build(messages, &store)
+    }
+
+    /// A batch under slices an earlier pass learnt ([`Self::known_slices`]): only its lines
+    /// kept by [`keep`] are parsed; its columns and types are the ones that pass had at the
+    /// batch's end.
+    fn decode_known_batch(
+        &mut self,
+        known: &SliceRows,
+        text: &str,
+        lines: &[(u64, Range<usize>)],
+    ) -> Result<RecordBatch, DecodeError> {
+        let (Some(batches), Some(filter)) = (known.lines(), self.slice) else {
+            return self.decode_batch(text, lines);
+        };
+        let batch = batches
+            .batches
+            .get(self.batches_read)
+            .filter(|b| b.lines == lines.len() && self.lines_read + b.lines <= known.len())
+            .ok_or_else(|| self.changed(lines[0].0))?;
+        let slices: Vec<Option<u32>> = (self.lines_read..self.lines_read + lines.len())
+            .map(|r| known.slice(r))
+            .collect();
+        self.lines_read += lines.len();
+        self.batches_read += 1;
+        let kept = keep(&slices, Some(filter));
+        let mut store = Store::with_capacity(lines.len(), self.members_per_line);
+        let mut messages = Vec::with_capacity(lines.len());
+        for ((n, r), _) in lines.iter().zip(&kept).filter(|(_, k)| **k) {
+            messages.push(self.parse(*n, &text[r.clone()], &mut store)?);
+        }
+        self.members_per_line = store.rows.len().div_ceil(messages.len().max(1));
+        self.skipped += (lines.len() - messages.len()) as u64;
+        if self.before {
+            let key = self.primary_key.as_deref().unwrap_or_default();
+            messages = with_befores(messages, key, &mut store);
+        }
+        self.order.clear();
+        self.order
+            .extend_from_slice(&batches.order[..batch.columns]);
+        self.types.clone_from(&batch.types);
+        self.build(messages, &store)
+    }
+
+    /// The error for a file that does not read as it did in an earlier pass.
+    fn changed(&self, line: u64) -> DecodeError {
+        self.line_error(
+            line,
+            "the file reads differently than in an earlier pass over this interval (changed since?)",
+        )
+    }
+
+    /// The end of the file, read without error: the slices learnt (or given) are complete, and
+    /// those given must have been used up.
+    fn finish(&mut self) -> Result<(), DecodeError> {
+        if let Some(known) = &self.known_slices {
+            let all = known.lines().map_or(0, |b| b.batches.len());
+            if self.batches_read != all || self.lines_read != known.len() {
+                return Err(self.changed(self.line_no));
+            }
+            self.slices_done = Some(known.clone());
+        }
+        if let Some(mut found) = self.found.take() {
+            if let Some(batches) = found.lines_mut() {
+                batches.bare = self.bare.get();
+            }
+            self.slices_done = Some(Arc::new(found));
+        }
+        Ok(())
+    }
+
+    /// A batch's columns from its messages, with the metadata columns.
+    fn build(
+        &self,
+        messages: Vec<Message<'_>>,
+        store: &Store<'_>,
+    ) -> Result<RecordBatch, DecodeError> {
         let data = self
             .order
             .iter()
-            .map(|name| self.column(name, &messages, &store))
+            .map(|name| self.column(name, &messages, store))
             .collect::<Result<Vec<_>, _>>()?;
         let mut meta = MetaBuilder::new(messages.len());
         for m in &messages {
@@ -536,16 +654,24 @@ impl<R: BufRead> Iterator for NdjsonDecoder<R> {
             }
         };
         if lines.is_empty() {
-            return None;
+            return self.finish().err().map(Err);
         }
         // Taken out while the batch borrows from it, then put back to be reused.
         let text = std::mem::take(&mut self.text);
-        let result = self.decode_batch(&text, &lines);
+        let result = match self.known_slices.clone() {
+            Some(known) => self.decode_known_batch(&known, &text, &lines),
+            None => self.decode_batch(&text, &lines),
+        };
         self.text = text;
-        if result.is_err() {
-            self.done = true;
+        match result {
+            Err(e) => {
+                self.done = true;
+                self.found = None;
+                Some(Err(e))
+            }
+            Ok(_) if self.done => Some(self.finish().and(result)),
+            Ok(_) => Some(result),
         }
-        Some(result)
     }
 }
 
@@ -565,6 +691,28 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
     fn rows_skipped(&self) -> u64 {
         self.skipped
     }
+    fn slice_rows(&self) -> Option<Arc<SliceRows>> {
+        self.slices_done.clone()
+    }
+}
+
+/// Which messages of a batch to build, given each one's slice (`None`: outside the interval),
+/// by the rule the Parquet decoder follows ([`SliceFilter`]): all but those inside the interval
+/// in another slice, keeping the batch's first one inside it, so the window learns the batch's
+/// columns.
+fn keep(slices: &[Option<u32>], filter: Option<SliceFilter>) -> Vec<bool> {
+    let Some(filter) = filter else {
+        return vec![true; slices.len()];
+    };
+    let mut learnt = false;
+    slices
+        .iter()
+        .map(|s| {
+            let keep = s.is_none_or(|s| s == filter.index) || !learnt;
+            learnt |= s.is_some();
+            keep
+        })
+        .collect()
 }
 
 /// Each message followed by its `before` as a message of its own ([`Op::Before`]): same line,
@@ -868,5 +1016,89 @@ mod tests {
             batches[1].column_by_name("v").unwrap().data_type(),
             &arrow_schema::DataType::Float64
         );
+    }
+
+    /// A pass given the lines' slices another pass learnt parses only the lines it keeps, yet
+    /// yields the very batches of a pass that parsed them all: each batch's columns and types
+    /// as learnt up to it (`v` widens in the second batch, `w` appears in the third), the same
+    /// rows, the same rows skipped. Slices learnt under another interval are not used; a file
+    /// that no longer reads as it did is refused, naming it.
+    #[test]
+    fn known_line_slices_parse_only_kept_lines_and_yield_the_same_batches() {
+        let line = |i: u32| {
+            let v = if i < 4 {
+                format!("{i}")
+            } else {
+                format!("{i}.5")
+            };
+            let w = if i >= 8 { r#", "w": "x""# } else { "" };
+            format!(
+                r#"{{"after": {{"k": {i}, "v": {v}{w}}}, "key": [{i}], "updated": "{}.0000000000"}}"#,
+                1 + i % 3
+            ) + "\n"
+        };
+        let text: String = (0..11).map(line).collect();
+        let filter = |index, lo| SliceFilter {
+            index,
+            of: 3,
+            lo,
+            hi: Hlc::new(2, 0),
+        };
+        let opts = |f, known: Option<Arc<SliceRows>>| DecodeOptions {
+            batch_size: 4,
+            primary_key: Some(vec!["k".into()]),
+            slice: Some(f),
+            slice_rows: known,
+            ..Default::default()
+        };
+        let pass = |text: &str, opts: &DecodeOptions| {
+            let mut d = NdjsonDecoder::new("t.ndjson", std::io::Cursor::new(text.to_owned()), opts);
+            let batches = d.by_ref().collect::<Result<Vec<_>, _>>();
+            (batches, d.rows_skipped(), d.slice_rows())
+        };
+        let (_, _, found) = pass(&text, &opts(filter(2, None), None));
+        let found = found.expect("a whole file's slices");
+        assert_eq!(found.len(), 11);
+        for index in 0..3 {
+            let (plain, skipped, _) = pass(&text, &opts(filter(index, None), None));
+            let (known, skipped_known, used) =
+                pass(&text, &opts(filter(index, None), Some(found.clone())));
+            let (plain, known) = (plain.unwrap(), known.unwrap());
+            assert_eq!(known, plain, "slice {index}");
+            assert!(skipped > 0 && skipped_known == skipped, "slice {index}");
+            assert!(Arc::ptr_eq(&used.unwrap(), &found));
+            let types: Vec<_> = known
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{:?}",
+                        b.schema()
+                            .fields()
+                            .iter()
+                            .map(|f| f.data_type())
+                            .collect::<Vec<_>>()
+                    )
+                })
+                .collect();
+            assert_ne!(types[0], types[1], "v widens");
+            assert_ne!(types[1], types[2], "w appears");
+        }
+        // Learnt up to another RESOLVED: learnt again.
+        let other = opts(filter(0, Some(Hlc::new(1, 0))), Some(found.clone()));
+        let (_, _, again) = pass(&text, &other);
+        assert!(!Arc::ptr_eq(&again.unwrap(), &found));
+        // One line fewer, or one more: refused, naming the file.
+        for changed in [
+            (0..10).map(line).collect::<String>(),
+            text.clone() + &line(11),
+        ] {
+            let (batches, _, kept) = pass(&changed, &opts(filter(0, None), Some(found.clone())));
+            let err = batches.unwrap_err().to_string();
+            assert!(
+                err.starts_with("t.ndjson: line ") && err.contains("reads differently"),
+                "{err}"
+            );
+            assert!(kept.is_none());
+        }
     }
 }
