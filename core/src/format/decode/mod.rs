@@ -141,31 +141,32 @@ impl SliceRows {
         })
     }
 
-    /// Slices of an NDJSON file's lines found under `filter`, with the batches they were read
-    /// in ([`SliceRows::push_batch`]); `configured`: the types the pass was given.
-    pub(crate) fn new_lines(
-        filter: SliceFilter,
-        key: &[String],
-        configured: BTreeMap<String, ColumnType>,
-    ) -> Option<Self> {
+    /// Slices of an NDJSON file's lines found under `opts`' filter and key, with the batches
+    /// the lines were read in (their columns and types learnt from the types `opts` gives).
+    pub(crate) fn new_lines(opts: &DecodeOptions) -> Option<Self> {
+        let (filter, key) = (opts.slice?, opts.primary_key.clone()?);
         let mut s = Self::new(filter, Vec::new())?;
-        s.lines = Some(ndjson_memo::Batches::new(key.to_vec(), configured));
+        s.lines = Some(ndjson_memo::Batches::new(
+            key,
+            opts.columns.clone(),
+            (opts.batch_size, opts.max_line_bytes),
+        ));
         Some(s)
     }
 
-    /// Whether these are an NDJSON file's line slices that `filter` reads by, for a file
-    /// decoded with this key and these given types (a file's line count is checked as it is
-    /// read).
-    pub(crate) fn fits_lines(
-        &self,
-        filter: &SliceFilter,
-        key: &[String],
-        configured: &BTreeMap<String, ColumnType>,
-    ) -> bool {
+    /// Whether these are an NDJSON file's line slices for a file decoded under `opts`: the
+    /// same filter but its index, key, given types and batch bounds (a file's line count is
+    /// checked as it is read).
+    pub(crate) fn fits_lines(&self, opts: &DecodeOptions) -> bool {
+        let (Some(filter), Some(key), Some(lines)) =
+            (opts.slice, opts.primary_key.as_deref(), self.lines.as_ref())
+        else {
+            return false;
+        };
         self.of == filter.of
             && self.lo == filter.lo
             && self.hi == filter.hi
-            && self.lines.as_ref().is_some_and(|l| l.fits(key, configured))
+            && lines.fits(key, &opts.columns, (opts.batch_size, opts.max_line_bytes))
     }
 
     pub(crate) fn lines(&self) -> Option<&ndjson_memo::Batches> {

@@ -121,15 +121,9 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let mut known = order.clone();
         known.sort();
         known.dedup();
-        let (known_slices, found) = match (opts.slice, opts.primary_key.as_deref()) {
-            (Some(filter), Some(key)) => match &opts.slice_rows {
-                Some(s) if s.fits_lines(&filter, key, &opts.columns) => (Some(s.clone()), None),
-                _ => (
-                    None,
-                    SliceRows::new_lines(filter, key, opts.columns.clone()),
-                ),
-            },
-            _ => (None, None),
+        let (known_slices, found) = match &opts.slice_rows {
+            Some(s) if s.fits_lines(opts) => (Some(s.clone()), None),
+            _ => (None, SliceRows::new_lines(opts)),
         };
         let bare = known_slices
             .as_ref()
@@ -1021,8 +1015,8 @@ mod tests {
     /// A pass given the lines' slices another pass learnt parses only the lines it keeps, yet
     /// yields the very batches of a pass that parsed them all: each batch's columns and types
     /// as learnt up to it (`v` widens in the second batch, `w` appears in the third), the same
-    /// rows, the same rows skipped. Slices learnt under another interval are not used; a file
-    /// that no longer reads as it did is refused, naming it.
+    /// rows, the same rows skipped. Slices learnt under another interval or batch size are not
+    /// used; a file that no longer reads as it did is refused, naming it.
     #[test]
     fn known_line_slices_parse_only_kept_lines_and_yield_the_same_batches() {
         let line = |i: u32| {
@@ -1083,10 +1077,16 @@ mod tests {
             assert_ne!(types[0], types[1], "v widens");
             assert_ne!(types[1], types[2], "w appears");
         }
-        // Learnt up to another RESOLVED: learnt again.
+        // Learnt up to another RESOLVED, or read in other batches: learnt again.
         let other = opts(filter(0, Some(Hlc::new(1, 0))), Some(found.clone()));
-        let (_, _, again) = pass(&text, &other);
-        assert!(!Arc::ptr_eq(&again.unwrap(), &found));
+        let other_batches = DecodeOptions {
+            batch_size: 5,
+            ..opts(filter(0, None), Some(found.clone()))
+        };
+        for other in [other, other_batches] {
+            let (batches, _, again) = pass(&text, &other);
+            assert!(batches.is_ok() && !Arc::ptr_eq(&again.unwrap(), &found));
+        }
         // One line fewer, or one more: refused, naming the file.
         for changed in [
             (0..10).map(line).collect::<String>(),

@@ -28,6 +28,8 @@ pub(crate) struct Batches {
     /// The types the learning pass was given (configured, or the table's): a pass given others
     /// would learn others.
     configured: BTreeMap<String, ColumnType>,
+    /// The batch size and longest line the file was read by: what ends a batch.
+    reads: (usize, usize),
     pub(crate) batches: Vec<Batch>,
     /// Data columns in order of first appearance.
     pub(crate) order: Vec<String>,
@@ -36,18 +38,28 @@ pub(crate) struct Batches {
 }
 
 impl Batches {
-    pub(crate) fn new(key: Vec<String>, configured: BTreeMap<String, ColumnType>) -> Self {
+    pub(crate) fn new(
+        key: Vec<String>,
+        configured: BTreeMap<String, ColumnType>,
+        reads: (usize, usize),
+    ) -> Self {
         Self {
             key,
             configured,
+            reads,
             batches: Vec::new(),
             order: Vec::new(),
             bare: false,
         }
     }
 
-    pub(crate) fn fits(&self, key: &[String], configured: &BTreeMap<String, ColumnType>) -> bool {
-        self.key == key && &self.configured == configured
+    pub(crate) fn fits(
+        &self,
+        key: &[String],
+        configured: &BTreeMap<String, ColumnType>,
+        reads: (usize, usize),
+    ) -> bool {
+        self.key == key && &self.configured == configured && self.reads == reads
     }
 
     /// The next batch: its line count, the columns and types known at its end.
