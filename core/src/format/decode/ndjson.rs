@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::json_fields::{After, Member, Members, Raw};
 use super::json_scan::{self, ScanError};
-use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter, SliceRows};
+use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter, SliceRows, ndjson_memo};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column::ColumnBuilder;
 use crate::format::hlc::Hlc;
@@ -67,6 +67,30 @@ pub struct NdjsonDecoder<R> {
 
 /// Lines are gathered into a batch until it holds this many bytes (or `batch_size` lines).
 const BATCH_TEXT_BYTES: usize = 16 << 20;
+
+/// A failed read of line `line`, named.
+fn read_error(file: &str, line: u64, e: std::io::Error) -> DecodeError {
+    let message = if e.kind() == std::io::ErrorKind::InvalidData {
+        "not UTF-8 (or a corrupt compressed stream)".to_owned()
+    } else {
+        e.to_string()
+    };
+    DecodeError::Line {
+        file: file.to_owned(),
+        line,
+        message,
+    }
+}
+
+/// One line read.
+enum Line {
+    End,
+    /// Empty or white space only: not a message, not counted.
+    Blank,
+    /// Where its text (line end left out) stands in the batch's text; empty for a line passed
+    /// over ([`NdjsonDecoder::skip_line`]).
+    Text(Range<usize>),
+}
 
 /// One message, borrowing from its line; its members and key items stand in its batch's
 /// [`Store`].
@@ -177,46 +201,113 @@ impl<R: BufRead> NdjsonDecoder<R> {
         let mut lines = Vec::with_capacity(self.batch_size.min(1 << 16));
         self.text.clear();
         while lines.len() < self.batch_size && self.text.len() < BATCH_TEXT_BYTES {
-            let start = self.text.len();
-            // One byte past the limit tells an over-long line from one exactly at it.
-            let limit = self.max_line_bytes as u64 + 1;
-            let n = (&mut self.reader)
-                .take(limit)
-                .read_line(&mut self.text)
-                .map_err(|e| {
-                    let message = if e.kind() == std::io::ErrorKind::InvalidData {
-                        "not UTF-8 (or a corrupt compressed stream)".to_owned()
-                    } else {
-                        e.to_string()
-                    };
-                    DecodeError::Line {
-                        file: self.file.clone(),
-                        line: self.line_no + 1,
-                        message,
-                    }
-                })?;
-            if n == 0 {
-                self.done = true;
+            match self.read_line()? {
+                Line::End => {
+                    self.done = true;
+                    break;
+                }
+                Line::Blank => {}
+                Line::Text(at) => lines.push((self.line_no, at)),
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Reads the next line onto `self.text`: where it stands there, without its line end.
+    fn read_line(&mut self) -> Result<Line, DecodeError> {
+        let start = self.text.len();
+        // One byte past the limit tells an over-long line from one exactly at it.
+        let limit = self.max_line_bytes as u64 + 1;
+        let n = (&mut self.reader)
+            .take(limit)
+            .read_line(&mut self.text)
+            .map_err(|e| read_error(&self.file, self.line_no + 1, e))?;
+        if n == 0 {
+            return Ok(Line::End);
+        }
+        self.input_bytes += n as u64;
+        self.line_no += 1;
+        let line = &self.text[start..];
+        if n as u64 >= limit && !line.ends_with('\n') {
+            return Err(self.line_error(
+                self.line_no,
+                format!(
+                    "longer than {} bytes (max_line_bytes; CockroachDB writes no row that large)",
+                    self.max_line_bytes
+                ),
+            ));
+        }
+        if line.trim().is_empty() {
+            self.text.truncate(start);
+            return Ok(Line::Blank);
+        }
+        let end = start + line.trim_end_matches(['\n', '\r']).len();
+        Ok(Line::Text(start..end))
+    }
+
+    /// Passes over the next line without keeping it (a line the slices known say is not kept:
+    /// it was checked when they were learnt), finding its end by SIMD search in the reader's
+    /// buffer rather than copying and checking it as UTF-8.
+    fn skip_line(&mut self) -> Result<Line, DecodeError> {
+        let (mut n, mut blank, mut odd) = (0usize, true, Vec::new());
+        loop {
+            let buf = self
+                .reader
+                .fill_buf()
+                .map_err(|e| read_error(&self.file, self.line_no + 1, e))?;
+            if buf.is_empty() {
                 break;
             }
-            self.input_bytes += n as u64;
-            self.line_no += 1;
-            let line = &self.text[start..];
-            if n as u64 >= limit && !line.ends_with('\n') {
-                return Err(self.line_error(
-                    self.line_no,
-                    format!(
-                        "longer than {} bytes (max_line_bytes; CockroachDB writes no row that large)",
-                        self.max_line_bytes
-                    ),
-                ));
+            let (piece, end) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (&buf[..=i], true),
+                None => (buf, false),
+            };
+            if blank && !piece.iter().all(u8::is_ascii_whitespace) {
+                // Blank only if its other bytes are Unicode white space (`str::trim`'s rule).
+                blank = piece.iter().all(|b| b.is_ascii_whitespace() || *b >= 0x80);
+                if blank {
+                    odd.extend_from_slice(piece);
+                }
             }
-            if line.trim().is_empty() {
-                self.text.truncate(start);
-                continue;
+            let len = piece.len();
+            self.reader.consume(len);
+            n += len;
+            if end {
+                break;
             }
-            let end = start + line.trim_end_matches(['\n', '\r']).len();
-            lines.push((self.line_no, start..end));
+        }
+        if n == 0 {
+            return Ok(Line::End);
+        }
+        self.input_bytes += n as u64;
+        self.line_no += 1;
+        let blank = blank
+            && (odd.is_empty() || std::str::from_utf8(&odd).is_ok_and(|t| t.trim().is_empty()));
+        Ok(if blank { Line::Blank } else { Line::Text(0..0) })
+    }
+
+    /// A batch's lines under slices known: the batch's `kept` lines (blank ones not counted)
+    /// read as [`Self::read_lines`] reads them, the others passed over.
+    fn read_known_lines(&mut self, kept: &[bool]) -> Result<Vec<(u64, Range<usize>)>, DecodeError> {
+        let mut lines = Vec::with_capacity(kept.iter().filter(|k| **k).count());
+        self.text.clear();
+        let mut at = 0;
+        while at < kept.len() {
+            let line = if kept[at] {
+                self.read_line()?
+            } else {
+                self.skip_line()?
+            };
+            match line {
+                Line::End => return Err(self.changed(self.line_no + 1)),
+                Line::Blank => {}
+                Line::Text(r) => {
+                    if kept[at] {
+                        lines.push((self.line_no, r));
+                    }
+                    at += 1;
+                }
+            }
         }
         Ok(lines)
     }
@@ -545,43 +636,68 @@ impl<R: BufRead> NdjsonDecoder<R> {
         self.build(messages, &store)
     }
 
-    /// A batch under slices an earlier pass learnt ([`Self::known_slices`]): only its lines
-    /// kept by [`keep`] are parsed; its columns and types are the ones that pass had at the
-    /// batch's end.
+    /// The next batch under slices an earlier pass learnt ([`Self::known_slices`]): the
+    /// batch's lines that [`keep`] keeps are read and parsed, the others passed over; its
+    /// columns and types are the ones that pass had at the batch's end. Past the last batch,
+    /// only blank lines may follow.
+    fn next_known(&mut self, known: &SliceRows) -> Option<Result<RecordBatch, DecodeError>> {
+        let batches = known.lines()?;
+        let Some(batch) = batches.batches.get(self.batches_read) else {
+            self.done = true;
+            let end = loop {
+                match self.skip_line() {
+                    Ok(Line::Blank) => {}
+                    Ok(Line::End) => break self.finish(),
+                    Ok(Line::Text(_)) => break Err(self.changed(self.line_no)),
+                    Err(e) => break Err(e),
+                }
+            };
+            return end.err().map(Err);
+        };
+        let rows = self.lines_read..self.lines_read + batch.lines;
+        if rows.end > known.len() {
+            self.done = true;
+            return Some(Err(self.changed(self.line_no + 1)));
+        }
+        let slices: Vec<Option<u32>> = rows.map(|r| known.slice(r)).collect();
+        let kept = keep(&slices, self.slice);
+        let result = self.read_known_lines(&kept).and_then(|lines| {
+            // Taken out while the batch borrows from it, then put back to be reused.
+            let text = std::mem::take(&mut self.text);
+            let result = self.decode_known_batch(batch, &batches.order, &text, &lines);
+            self.text = text;
+            result
+        });
+        self.lines_read += batch.lines;
+        self.batches_read += 1;
+        if result.is_err() {
+            self.done = true;
+        }
+        Some(result)
+    }
+
+    /// A batch of `batch.lines` lines under known slices, of which `lines` were kept: those
+    /// parsed, its columns (the first of `order`) and types the batch's.
     fn decode_known_batch(
         &mut self,
-        known: &SliceRows,
+        batch: &ndjson_memo::Batch,
+        order: &[String],
         text: &str,
         lines: &[(u64, Range<usize>)],
     ) -> Result<RecordBatch, DecodeError> {
-        let (Some(batches), Some(filter)) = (known.lines(), self.slice) else {
-            return self.decode_batch(text, lines);
-        };
-        let batch = batches
-            .batches
-            .get(self.batches_read)
-            .filter(|b| b.lines == lines.len() && self.lines_read + b.lines <= known.len())
-            .ok_or_else(|| self.changed(lines[0].0))?;
-        let slices: Vec<Option<u32>> = (self.lines_read..self.lines_read + lines.len())
-            .map(|r| known.slice(r))
-            .collect();
-        self.lines_read += lines.len();
-        self.batches_read += 1;
-        let kept = keep(&slices, Some(filter));
         let mut store = Store::with_capacity(lines.len(), self.members_per_line);
-        let mut messages = Vec::with_capacity(lines.len());
-        for ((n, r), _) in lines.iter().zip(&kept).filter(|(_, k)| **k) {
-            messages.push(self.parse(*n, &text[r.clone()], &mut store)?);
-        }
-        self.members_per_line = store.rows.len().div_ceil(messages.len().max(1));
-        self.skipped += (lines.len() - messages.len()) as u64;
+        let mut messages = lines
+            .iter()
+            .map(|(n, r)| self.parse(*n, &text[r.clone()], &mut store))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.members_per_line = store.rows.len().div_ceil(lines.len().max(1));
+        self.skipped += (batch.lines - lines.len()) as u64;
         if self.before {
             let key = self.primary_key.as_deref().unwrap_or_default();
             messages = with_befores(messages, key, &mut store);
         }
         self.order.clear();
-        self.order
-            .extend_from_slice(&batches.order[..batch.columns]);
+        self.order.extend_from_slice(&order[..batch.columns]);
         self.types.clone_from(&batch.types);
         self.build(messages, &store)
     }
@@ -640,6 +756,9 @@ impl<R: BufRead> Iterator for NdjsonDecoder<R> {
         if self.done {
             return None;
         }
+        if let Some(known) = self.known_slices.clone() {
+            return self.next_known(&known);
+        }
         let lines = match self.read_lines() {
             Ok(lines) => lines,
             Err(e) => {
@@ -652,10 +771,7 @@ impl<R: BufRead> Iterator for NdjsonDecoder<R> {
         }
         // Taken out while the batch borrows from it, then put back to be reused.
         let text = std::mem::take(&mut self.text);
-        let result = match self.known_slices.clone() {
-            Some(known) => self.decode_known_batch(&known, &text, &lines),
-            None => self.decode_batch(&text, &lines),
-        };
+        let result = self.decode_batch(&text, &lines);
         self.text = text;
         match result {
             Err(e) => {
@@ -1031,7 +1147,9 @@ mod tests {
                 1 + i % 3
             ) + "\n"
         };
-        let text: String = (0..11).map(line).collect();
+        // Blank lines (white space, Unicode's too) are no messages, passed over or not.
+        let blanks = ["\n", " \t\r\n", "\u{2003}\u{a0}\n", ""];
+        let text: String = (0..11).map(|i| line(i) + blanks[i as usize % 4]).collect();
         let filter = |index, lo| SliceFilter {
             index,
             of: 3,
@@ -1091,6 +1209,7 @@ mod tests {
         for changed in [
             (0..10).map(line).collect::<String>(),
             text.clone() + &line(11),
+            text.clone() + "\u{2003}x\n",
         ] {
             let (batches, _, kept) = pass(&changed, &opts(filter(0, None), Some(found.clone())));
             let err = batches.unwrap_err().to_string();
