@@ -51,9 +51,10 @@ pub struct DecodeOptions {
 /// their other columns, and each slice of an interval does not cost a whole decode of it.
 /// Parquet reads only the key and timestamp columns to tell them; NDJSON parses every line (to
 /// learn every column and type, so each slice commits the same ones) but builds only the key
-/// columns of other slices' rows, and given [`SliceRows`] parses only the lines it keeps. Rows outside the interval are always decoded (the
-/// window counts those past it), and so is a file's (NDJSON: a batch's) first row inside it
-/// (the window learns the columns from it), whatever its slice.
+/// columns of other slices' rows, and given [`SliceRows`] parses only the lines it keeps. Rows
+/// outside the interval are always decoded (the window counts those past it), and so is a
+/// file's (NDJSON: a batch's) first row inside it (the window learns the columns from it),
+/// whatever its slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SliceFilter {
     pub index: u32,
