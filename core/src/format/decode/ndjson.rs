@@ -569,21 +569,33 @@ impl<R: BufRead> NdjsonDecoder<R> {
         }
     }
 
+    /// The messages of a batch's `lines` (each change followed by its `before` when asked for),
+    /// their members in `store`.
+    fn messages<'a>(
+        &mut self,
+        text: &'a str,
+        lines: &[(u64, Range<usize>)],
+        store: &mut Store<'a>,
+    ) -> Result<Vec<Message<'a>>, DecodeError> {
+        let mut messages = lines
+            .iter()
+            .map(|(n, r)| self.parse(*n, &text[r.clone()], store))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.members_per_line = store.rows.len().div_ceil(lines.len().max(1));
+        if self.before {
+            let key = self.primary_key.as_deref().unwrap_or_default();
+            messages = with_befores(messages, key, store);
+        }
+        Ok(messages)
+    }
+
     fn decode_batch(
         &mut self,
         text: &str,
         lines: &[(u64, Range<usize>)],
     ) -> Result<RecordBatch, DecodeError> {
         let mut store = Store::with_capacity(lines.len(), self.members_per_line);
-        let mut messages = lines
-            .iter()
-            .map(|(n, r)| self.parse(*n, &text[r.clone()], &mut store))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.members_per_line = store.rows.len().div_ceil(lines.len().max(1));
-        if self.before {
-            let key = self.primary_key.as_deref().unwrap_or_default();
-            messages = with_befores(messages, key, &mut store);
-        }
+        let messages = self.messages(text, lines, &mut store)?;
         for m in &messages {
             for name in store.after(m).keys() {
                 if let Err(at) = self.known.binary_search_by(|c| c.as_str().cmp(name)) {
@@ -686,16 +698,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
         lines: &[(u64, Range<usize>)],
     ) -> Result<RecordBatch, DecodeError> {
         let mut store = Store::with_capacity(lines.len(), self.members_per_line);
-        let mut messages = lines
-            .iter()
-            .map(|(n, r)| self.parse(*n, &text[r.clone()], &mut store))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.members_per_line = store.rows.len().div_ceil(lines.len().max(1));
+        let messages = self.messages(text, lines, &mut store)?;
         self.skipped += (batch.lines - lines.len()) as u64;
-        if self.before {
-            let key = self.primary_key.as_deref().unwrap_or_default();
-            messages = with_befores(messages, key, &mut store);
-        }
         self.order.clear();
         self.order.extend_from_slice(&order[..batch.columns]);
         self.types.clone_from(&batch.types);
