@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--windows", default="256,128", help="window sizes in MiB to slice under")
     ap.add_argument("--modes", default="update_delete")
     ap.add_argument("--format", default="parquet", choices=["parquet", "json"])
+    ap.add_argument("--compression", default="none", choices=["none", "gzip", "zstd"],
+                    help="NDJSON files compressed as the sink writes them")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--no-whole", action="store_true", help="skip the one-commit load (it needs memory for the whole table)")
     ap.add_argument("--copies", type=int, default=1,
@@ -52,9 +54,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in [int(s) for s in a.sizes.split(",")]:
-        feed = work / (f"usertable-{size}" + ("-json" if a.format == "json" else ""))
-        simulate_usertable(sim_bin, feed, size, 1, 1, "--file-size", str(64 << 20), fmt=a.format)
+        compressed = a.format == "json" and a.compression != "none"
+        feed = work / (f"usertable-{size}" + ("-json" if a.format == "json" else "")
+                       + (f"-{a.compression}" if compressed else ""))
+        simulate_usertable(sim_bin, feed, size, 1, 1, "--file-size", str(64 << 20),
+                           *(["--compression", a.compression] if compressed else []), fmt=a.format)
         if a.copies > 1:
+            if compressed:
+                raise SystemExit("--copies replicates uncompressed NDJSON feeds only")
             feed = replicate(feed, a.copies)
             size *= a.copies
         stored = sum(p.stat().st_size for p in (feed / "changefeed").rglob("*")

@@ -9,7 +9,7 @@ use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::{ChangeError, Window};
 use crdb_delta_core::format::decode::{self, DecodeError, DecodeOptions, SliceRows};
 use crdb_delta_core::format::keys::{self, KeyError, KeyEvidence};
-use crdb_delta_core::format::names::{Format, ObjectName};
+use crdb_delta_core::format::names::ObjectName;
 use crdb_delta_core::plan::{self, Object};
 
 use super::carry::{self, Keeper};
@@ -159,12 +159,13 @@ fn decode_ahead(
 }
 
 /// Before an interval's slice count is chosen from the planner's estimate: when none of the
-/// interval's files is weighed from experience yet (the first step of a run) and the largest is
-/// Parquet, fetches it and learns its decoded size from its footer (the row groups'
-/// uncompressed size, what the window counts). The Parquet prior (3×) is several times what
-/// typical files decode to, and every slice reads the whole interval again: an initial scan
-/// sliced by the prior takes that many times more passes than it needs. Slice 0 still checks
-/// the estimate against what it decodes.
+/// interval's files of a compressed kind (Parquet, gzip or zstd NDJSON) is weighed from
+/// experience yet (the first step of a run), fetches the largest and learns what it decodes to:
+/// a Parquet file's footer (its row groups' uncompressed size, what the window counts), an
+/// NDJSON file's text decompressed and counted. The priors (3× for Parquet, 10× for gzip and
+/// zstd) are often several times what files decode to, and every slice reads the whole
+/// interval again: an initial scan sliced by a prior takes that many times more passes than it
+/// needs. Slice 0 still checks the estimate against what it decodes.
 pub(super) async fn learn_expansion(
     report: &mut TableReport,
     files: &[usize],
@@ -176,20 +177,20 @@ pub(super) async fn learn_expansion(
     let largest = files
         .iter()
         .map(|&i| &objects[i])
-        .filter(|o| matches!(&o.name, ObjectName::Data(d) if d.format == Format::Parquet))
+        .filter(|o| matches!(&o.name, ObjectName::Data(_)) && !expansion.knows(o))
         .max_by_key(|o| o.size);
     let Some(obj) = largest else {
         return Ok(());
     };
-    let ObjectName::Data(d) = &obj.name else {
+    let ObjectName::Data(d) = obj.name.clone() else {
         return Ok(());
     };
-    if expansion.knows(obj) {
-        return Ok(());
-    }
     let bytes = fetch(source, obj).await?;
     report.bytes_read += bytes.len() as u64;
-    let decoded = decode::decode_bytes(d, &obj.path, bytes, dopts)?.input_bytes();
+    let (path, dopts) = (obj.path.clone(), dopts.clone());
+    let decoded =
+        tokio::task::spawn_blocking(move || decode::decoded_size(&d, &path, bytes, &dopts))
+            .await??;
     expansion.observe(obj, decoded);
     Ok(())
 }

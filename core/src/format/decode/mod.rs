@@ -309,28 +309,53 @@ pub fn decode_bytes(
 ) -> Result<Box<dyn BatchStream>, DecodeError> {
     match name.format {
         Format::Parquet => Ok(Box::new(ParquetDecoder::try_new(path, bytes, opts)?)),
-        Format::Json => {
-            let reader: Box<dyn std::io::Read + Send> = match name.compression {
-                Compression::None => Box::new(std::io::Cursor::new(bytes)),
-                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
-                    std::io::Cursor::new(bytes),
-                )),
-                Compression::Zstd => Box::new(
-                    zstd::stream::read::Decoder::new(std::io::Cursor::new(bytes)).map_err(
-                        |source| DecodeError::Io {
-                            file: path.to_owned(),
-                            source,
-                        },
-                    )?,
-                ),
-            };
-            Ok(Box::new(NdjsonDecoder::new(
-                path,
-                std::io::BufReader::with_capacity(1 << 16, reader),
-                opts,
-            )))
-        }
+        Format::Json => Ok(Box::new(NdjsonDecoder::new(
+            path,
+            std::io::BufReader::with_capacity(1 << 16, text_reader(name, path, bytes)?),
+            opts,
+        ))),
     }
+}
+
+/// What a data file decodes to, in the bytes a window counts ([`BatchStream::input_bytes`]),
+/// without decoding it: a Parquet file's row groups' uncompressed size from its footer, an
+/// NDJSON file's text decompressed and counted (not parsed).
+pub fn decoded_size(
+    name: &DataFileName,
+    path: &str,
+    bytes: bytes::Bytes,
+    opts: &DecodeOptions,
+) -> Result<u64, DecodeError> {
+    match name.format {
+        Format::Parquet => Ok(ParquetDecoder::try_new(path, bytes, opts)?.input_bytes()),
+        Format::Json => std::io::copy(&mut text_reader(name, path, bytes)?, &mut std::io::sink())
+            .map_err(|source| DecodeError::Io {
+                file: path.to_owned(),
+                source,
+            }),
+    }
+}
+
+/// An NDJSON file's text, decompressed as its name says.
+fn text_reader(
+    name: &DataFileName,
+    path: &str,
+    bytes: bytes::Bytes,
+) -> Result<Box<dyn std::io::Read + Send>, DecodeError> {
+    Ok(match name.compression {
+        Compression::None => Box::new(std::io::Cursor::new(bytes)),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(std::io::Cursor::new(
+            bytes,
+        ))),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(std::io::Cursor::new(bytes)).map_err(|source| {
+                DecodeError::Io {
+                    file: path.to_owned(),
+                    source,
+                }
+            })?,
+        ),
+    })
 }
 
 /// A stream of change batches, with what the decoder learnt about the table on the way.
