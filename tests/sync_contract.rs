@@ -385,6 +385,25 @@ async fn sync_sliced(
     (report.tables["usertable"].clone(), scan_files)
 }
 
+/// The slice counts a sliced scan under `dir` would have at `max` bytes a window: by the size
+/// it decoded to (every slice decodes the interval once; slices are about half a window each),
+/// and by the planner's `prior` for its files ending in `ext` (`prior` × their stored size).
+fn slice_counts(
+    dir: &std::path::Path,
+    t: &crdb_delta::engine::TableReport,
+    max: u64,
+    ext: &str,
+    prior: u64,
+) -> (u64, u64) {
+    let by_size = (t.decoded_bytes / (t.slice_commits + 1)).div_ceil(max / 2);
+    let stored: u64 = walk(dir.join("feed").as_path())
+        .iter()
+        .filter(|p| p.ends_with(ext))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    (by_size, (prior * stored).div_ceil(max / 2))
+}
+
 /// An initial scan larger than the window is sliced by what its Parquet files decode to (read
 /// from the largest file's footer), not by the planner's prior for Parquet (3× the stored size),
 /// which would make about three times as many passes over the interval here.
@@ -404,15 +423,7 @@ async fn a_parquet_initial_scan_is_sliced_by_its_decoded_size() {
     let (t, scan_files) = sync_sliced(dir.path(), sim, max).await;
     let slices = t.slice_commits + 1;
     assert!(slices > 1, "the scan is sliced: {t:?}");
-    // Every slice decodes the interval once; slices are about half a window each.
-    let interval = t.decoded_bytes / slices;
-    let by_size = interval.div_ceil(max / 2);
-    let stored: u64 = walk(dir.path().join("feed").as_path())
-        .iter()
-        .filter(|p| p.ends_with(".parquet"))
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
-    let by_prior = (3 * stored).div_ceil(max / 2);
+    let (by_size, by_prior) = slice_counts(dir.path(), &t, max, ".parquet", 3);
     assert!(
         slices <= by_size + 1 && slices < by_prior,
         "{slices} slices; {by_size} by decoded size, {by_prior} by the prior: {t:?}"
@@ -453,14 +464,7 @@ async fn an_ndjson_initial_scans_later_slices_parse_only_their_lines() {
             slices > 2 && scan_files > 1,
             "{slices} slices, {scan_files} files"
         );
-        // Every slice decodes the interval once; slices are about half a window each.
-        let by_size = (t.decoded_bytes / slices).div_ceil(max / 2);
-        let stored: u64 = walk(dir.path().join("feed").as_path())
-            .iter()
-            .filter(|p| p.ends_with(".ndjson.gz"))
-            .map(|p| std::fs::metadata(p).unwrap().len())
-            .sum();
-        let by_prior = (10 * stored).div_ceil(max / 2);
+        let (by_size, by_prior) = slice_counts(dir.path(), &t, max, ".ndjson.gz", 10);
         assert!(
             slices <= by_size + 1,
             "{slices} slices, {by_size} by size: {t:?}"
