@@ -389,6 +389,51 @@ pub trait BatchStream:
 mod tests {
     use super::*;
 
+    use crate::format::names::ObjectName;
+
+    /// An NDJSON file's decoded size is its text's length, plain, gzip (several members, as a
+    /// concatenation is) or zstd; a corrupt stream is an error naming the file.
+    #[test]
+    fn decoded_size_counts_the_text_not_the_stored_bytes() {
+        use std::io::Write;
+        let text =
+            "{\"after\": {\"k\": 1}, \"key\": [1], \"updated\": \"1.0000000000\"}\n".repeat(500);
+        let name = |ext: &str| {
+            let file = format!(
+                "202405031553360274740000000000000-149406d8fc0e8e6b-2-2-00000000-t-1.ndjson{ext}"
+            );
+            match ObjectName::parse_file_name(&file).unwrap() {
+                ObjectName::Data(d) => (d, file),
+                ObjectName::Resolved(_) => unreachable!(),
+            }
+        };
+        let gzip = |part: &str| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(part.as_bytes()).unwrap();
+            e.finish().unwrap()
+        };
+        let (head, tail) = text.split_at(1000);
+        let stored = [
+            ("", text.as_bytes().to_vec()),
+            (".gz", [gzip(head), gzip(tail)].concat()),
+            (".zst", zstd::encode_all(text.as_bytes(), 1).unwrap()),
+        ];
+        for (ext, bytes) in stored {
+            let (d, file) = name(ext);
+            assert!(ext.is_empty() || bytes.len() < text.len() / 4, "{ext}");
+            let size = decoded_size(&d, &file, bytes.into(), &DecodeOptions::default());
+            assert_eq!(size.unwrap(), text.len() as u64, "{ext}");
+        }
+        let (d, file) = name(".gz");
+        let mut corrupt = gzip(&text);
+        let at = corrupt.len() / 2;
+        corrupt[at] ^= 0xff;
+        let err = decoded_size(&d, &file, corrupt.into(), &DecodeOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&file), "{err}");
+    }
+
     /// A byte a row below 255 slices, two from there (the value past the last slice marks a
     /// row outside the interval), none from 65,535; either width keeps the same rows.
     #[test]
