@@ -203,21 +203,30 @@ impl SliceRows {
             && self.lines.is_none()
     }
 
-    /// The rows slice `index` decodes: those outside the interval, those of the slice, and the
-    /// first row inside the interval whatever its slice (the window learns columns from it).
+    /// The rows slice `index` decodes ([`kept_rows`] of the file's rows).
     pub fn keep(&self, index: u32) -> Vec<bool> {
-        let slices = (0..self.rows.len()).map(|r| self.rows.get(r));
-        let first_inside = slices.clone().position(|s| s.is_some());
-        slices
-            .enumerate()
-            .map(|(r, s)| s.is_none_or(|s| s == index) || Some(r) == first_inside)
-            .collect()
+        kept_rows((0..self.rows.len()).map(|r| self.rows.get(r)), index)
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.rows.bytes() + self.lines.as_ref().map_or(0, ndjson_memo::Batches::bytes)
     }
+}
+
+/// The rows slice `index` decodes, given each row's slice (`None`: outside the interval):
+/// those outside the interval, those of the slice, and the first row inside the interval
+/// whatever its slice (the window learns columns from it). The rows of a Parquet file, or of
+/// one NDJSON batch (whose columns may be new).
+pub(crate) fn kept_rows(slices: impl Iterator<Item = Option<u32>>, index: u32) -> Vec<bool> {
+    let mut learnt = false;
+    slices
+        .map(|s| {
+            let keep = s.is_none_or(|s| s == index) || !learnt;
+            learnt |= s.is_some();
+            keep
+        })
+        .collect()
 }
 
 /// Default [`DecodeOptions::max_line_bytes`]: CockroachDB refuses rows over its 64 MiB raft

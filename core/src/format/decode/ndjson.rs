@@ -12,7 +12,9 @@ use serde_json::value::RawValue;
 
 use super::json_fields::{After, Member, Members, Raw};
 use super::json_scan::{self, ScanError};
-use super::{BatchStream, DecodeError, DecodeOptions, SliceFilter, SliceRows, ndjson_memo};
+use super::{
+    BatchStream, DecodeError, DecodeOptions, SliceFilter, SliceRows, kept_rows, ndjson_memo,
+};
 use crate::format::batch::{self, MetaBuilder, Op};
 use crate::format::column::ColumnBuilder;
 use crate::format::hlc::Hlc;
@@ -631,7 +633,10 @@ impl<R: BufRead> NdjsonDecoder<R> {
                 None => self.found = None,
             }
         }
-        let messages = match slices.map(|s| keep(&s, self.slice)) {
+        let keep = slices
+            .zip(self.slice)
+            .map(|(s, f)| kept_rows(s.into_iter(), f.index));
+        let messages = match keep {
             Some(keep) if keep.iter().any(|k| !k) => {
                 let kept: Vec<_> = messages
                     .into_iter()
@@ -649,11 +654,12 @@ impl<R: BufRead> NdjsonDecoder<R> {
     }
 
     /// The next batch under slices an earlier pass learnt ([`Self::known_slices`]): the
-    /// batch's lines that [`keep`] keeps are read and parsed, the others passed over; its
+    /// batch's lines that [`kept_rows`] keeps are read and parsed, the others passed over; its
     /// columns and types are the ones that pass had at the batch's end. Past the last batch,
     /// only blank lines may follow.
     fn next_known(&mut self, known: &SliceRows) -> Option<Result<RecordBatch, DecodeError>> {
-        let batches = known.lines()?;
+        // Known slices fit only a decoder under a filter (`SliceRows::fits_lines`).
+        let (batches, filter) = (known.lines()?, self.slice?);
         let Some(batch) = batches.batches.get(self.batches_read) else {
             self.done = true;
             let end = loop {
@@ -671,8 +677,8 @@ impl<R: BufRead> NdjsonDecoder<R> {
             self.done = true;
             return Some(Err(self.changed(self.line_no + 1)));
         }
-        let slices: Vec<Option<u32>> = rows.map(|r| known.slice(r)).collect();
-        let kept = keep(&slices, self.slice);
+        let slices = rows.map(|r| known.slice(r));
+        let kept = kept_rows(slices, filter.index);
         let result = self.read_known_lines(&kept).and_then(|lines| {
             // Taken out while the batch borrows from it, then put back to be reused.
             let text = std::mem::take(&mut self.text);
@@ -808,25 +814,6 @@ impl<R: BufRead + Send> BatchStream for NdjsonDecoder<R> {
     fn slice_rows(&self) -> Option<Arc<SliceRows>> {
         self.slices_done.clone()
     }
-}
-
-/// Which messages of a batch to build, given each one's slice (`None`: outside the interval),
-/// by the rule the Parquet decoder follows ([`SliceFilter`]): all but those inside the interval
-/// in another slice, keeping the batch's first one inside it, so the window learns the batch's
-/// columns.
-fn keep(slices: &[Option<u32>], filter: Option<SliceFilter>) -> Vec<bool> {
-    let Some(filter) = filter else {
-        return vec![true; slices.len()];
-    };
-    let mut learnt = false;
-    slices
-        .iter()
-        .map(|s| {
-            let keep = s.is_none_or(|s| s == filter.index) || !learnt;
-            learnt |= s.is_some();
-            keep
-        })
-        .collect()
 }
 
 /// Each message followed by its `before` as a message of its own ([`Op::Before`]): same line,
