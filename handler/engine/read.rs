@@ -96,8 +96,9 @@ struct Decoded {
 /// found them ([`SliceRows`], a byte a row or NDJSON line): the interval's later slices read
 /// them instead of decoding every file's key and timestamp columns (NDJSON: parsing every
 /// line) and hashing every key again. Up to a budget of bytes; files past it are read as
-/// before. Entries found under another interval or slice count are not used
-/// ([`SliceRows::fits`]); the table drops them all when its sliced interval ends.
+/// before. Entries found under another interval or slice count are not used (the decoders
+/// check: `SliceRows::fits`, `fits_lines`); the table drops them all when its sliced interval
+/// ends.
 #[derive(Default)]
 pub(super) struct SliceMemo {
     files: HashMap<String, Arc<SliceRows>>,
