@@ -203,7 +203,7 @@ impl SliceRows {
             && self.lines.is_none()
     }
 
-    /// The rows slice `index` decodes ([`kept_rows`] of the file's rows).
+    /// The rows slice `index` decodes: `kept_rows` of the file's rows.
     pub fn keep(&self, index: u32) -> Vec<bool> {
         kept_rows((0..self.rows.len()).map(|r| self.rows.get(r)), index)
     }
