@@ -106,6 +106,16 @@ pub struct Config {
         deserialize_with = "crate::byte_size::deserialize_opt"
     )]
     pub min_slice_bytes: Option<u64>,
+    /// Local disk (below the system's temporary folder, `TMPDIR`) for the files of a RESOLVED
+    /// interval applied in key slices, so its later slices read them from there instead of
+    /// fetching them from storage again (default 0: none). Only where that folder is a disk:
+    /// on a memory file system it would count against the instance's memory.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::byte_size::deserialize_opt"
+    )]
+    pub slice_cache_bytes: Option<u64>,
     /// With deletion vectors, once the table has 8 files smaller than this, a step rewrites the
     /// ones it changes (their rows merge into its new file) instead of marking rows deleted, so
     /// small files do not pile up between compactions (default 4 MiB; 0: never).
@@ -319,6 +329,7 @@ impl Config {
         out.storage = out.storage.or(schema.storage);
         out.max_window_bytes = out.max_window_bytes.or(schema.max_window_bytes);
         out.min_slice_bytes = out.min_slice_bytes.or(schema.min_slice_bytes);
+        out.slice_cache_bytes = out.slice_cache_bytes.or(schema.slice_cache_bytes);
         out.rewrite_files_below = out.rewrite_files_below.or(schema.rewrite_files_below);
         out.key_index_bytes = out.key_index_bytes.or(schema.key_index_bytes);
         out.commit_each_resolved = out.commit_each_resolved.or(schema.commit_each_resolved);

@@ -342,6 +342,11 @@ struct SyncArgs {
     /// (an initial scan) is cut into; default 1MiB
     #[arg(long, value_parser = crdb_delta::byte_size::parse)]
     min_slice_bytes: Option<u64>,
+    /// Local disk (in TMPDIR) for the files of an interval applied in key slices (an initial
+    /// scan larger than the window): later slices read them from there instead of fetching
+    /// them again; default 0, none
+    #[arg(long, value_parser = crdb_delta::byte_size::parse)]
+    slice_cache_bytes: Option<u64>,
     /// With deletion vectors, once the table has 8 files smaller than this, a step rewrites the
     /// ones it changes, so small files do not pile up between compactions; default 4MiB, 0 never
     #[arg(long, value_parser = crdb_delta::byte_size::parse)]
@@ -453,6 +458,9 @@ impl SyncArgs {
         }
         if let Some(v) = self.min_slice_bytes {
             opts.min_slice_bytes = v;
+        }
+        if let Some(v) = self.slice_cache_bytes {
+            opts.slice_cache_bytes = v;
         }
         if let Some(v) = self.rewrite_files_below {
             opts.rewrite_below = v;

@@ -43,8 +43,9 @@ def measured(*args: str, env: dict | None = None) -> tuple[float, float, float, 
     return wall, int(kib) / 1024, float(user) + float(system), p.stdout
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run(args, capture_output=True, text=True, env=QUIET_ENV)
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs a child to completion (QUIET_ENV, plus `env`); exits with its output when it fails."""
+    p = subprocess.run(args, capture_output=True, text=True, env={**QUIET_ENV, **(env or {})})
     if p.returncode != 0:
         sys.exit(f"{' '.join(args[:2])} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p

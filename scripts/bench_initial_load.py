@@ -4,6 +4,7 @@
     scripts/bench_initial_load.py [--sizes 2000000,5000000] [--windows 256,128] [--modes update_delete]
                                   [--format parquet|json] [--no-whole] [--work target/bench-initial-load]
                                   [--bin target/release/crdb-delta] [--runs 1]
+                                  [--azurite [--azurite-rate 1gbit]] [--slice-cache 0,8GiB]
 
 For each size it simulates a YCSB `usertable` (integer key, one field) whose initial scan holds
 SIZE rows — one RESOLVED interval as large as the table — and loads it into fresh targets, side
@@ -14,6 +15,11 @@ by side in one run:
 Seconds, commits and peak RSS come from each run's `--json` report. Prints a Markdown table for
 docs/benchmarks.md. Uses the release build (`cargo build --release --bin crdb-delta` first).
 Several `--bin LABEL=PATH` run side by side, alternating, `--runs` times each (medians).
+`--azurite`: the feed is uploaded to an in-memory Azurite of this run and read from there
+(over HTTP, as from Azure Storage) instead of from the folder; `--azurite-rate` caps what it sends
+to that rate with `tc` on the loopback while the loads run (root; Azure Storage is a network
+away, this machine's Azurite is not). `--slice-cache A,B`: each binary
+also runs with each `--slice-cache-bytes` (0: none), labelled `+cache=B`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 from bench_common import ROOT, replicate, run, simulate_usertable  # noqa: E402
@@ -46,10 +53,45 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "target" / "bench-initial-load"))
     ap.add_argument("--bin", action="append", default=[], metavar="[LABEL=]PATH",
                     help="binary to run (repeatable; default target/release/crdb-delta)")
+    ap.add_argument("--azurite", action="store_true",
+                    help="read the feed from an in-memory Azurite (uploaded first), not the folder")
+    ap.add_argument("--azurite-rate", help="tc rate (e.g. 1gbit) Azurite's answers are capped at")
+    ap.add_argument("--slice-cache", default="0",
+                    help="comma-separated --slice-cache-bytes values each binary runs with (0: none)")
     a = ap.parse_args()
-    bins = dict(b.partition("=")[::2] if "=" in b else ("", b) for b in a.bin) or \
+    given = dict(b.partition("=")[::2] if "=" in b else ("", b) for b in a.bin) or \
         {"": str(ROOT / "target" / "release" / "crdb-delta")}
-    sim_bin = next(iter(bins.values()))
+    sim_bin = next(iter(given.values()))
+    # (label, binary, extra sync flags)
+    bins = {(f"{label}+cache={c}" if c != "0" else label): (path, ["--slice-cache-bytes", c] if c != "0" else [])
+            for label, path in given.items() for c in a.slice_cache.split(",")}
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    azurite, env = None, {}
+    if a.azurite:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from reliability import Azurite  # noqa: E402
+        azurite = Azurite(Path(a.work) / "azurite.log")
+        azurite.start()
+        azurite.create_container("bench")
+        env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": azurite.base}
+    try:
+        bench(a, bins, sim_bin, azurite, env)
+    finally:
+        if a.azurite_rate:
+            subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], check=False)
+        if azurite:
+            azurite.stop()
+
+
+def cap_rate(rate: str) -> None:
+    """Caps the loopback at `rate` (a `tc` token bucket; this kernel has no classful `prio` to
+    single out Azurite's port): only the loads talk over it while they run."""
+    subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], check=False, capture_output=True)
+    subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate, "burst", "1mb",
+                    "latency", "100ms"], check=True)
+
+
+def bench(a, bins: dict, sim_bin: str, azurite, env: dict) -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -66,37 +108,49 @@ def main() -> None:
             size *= a.copies
         stored = sum(p.stat().st_size for p in (feed / "changefeed").rglob("*")
                      if p.is_file() and not p.name.endswith(".RESOLVED"))
+        source = str(feed / "changefeed")
+        if azurite:
+            for p in sorted((feed / "changefeed").rglob("*")):
+                if p.is_file():
+                    rel = p.relative_to(feed / "changefeed").as_posix()
+                    azurite.put_blob("bench", f"{feed.name}/{rel}", p.read_bytes())
+            source = f"azure://bench/{feed.name}"
+            if a.azurite_rate:
+                cap_rate(a.azurite_rate)
         for mode in a.modes.split(","):
             for label, window in ([] if a.no_whole else [("whole", WHOLE)]) + [(f"{w} MiB", int(w) << 20) for w in a.windows.split(",")]:
                 runs = {b: [] for b in bins}
                 for _ in range(a.runs):
-                    for b, path in bins.items():
+                    for b, (path, flags) in bins.items():
                         target = work / f"delta-{size}-{mode}-{window}"
                         subprocess.run(["rm", "-rf", str(target)], check=True)
-                        r = json.loads(run(path, "sync", "--source", str(feed / "changefeed"), "--target", str(target),
+                        r = json.loads(run(path, "sync", "--source", source, "--target", str(target),
                                            "--manifest", str(feed / "truth" / "manifest.json"), "--mode", mode,
-                                           "--max-window-bytes", str(window), "--json").stdout)
+                                           "--max-window-bytes", str(window), "--json", *flags, env=env).stdout)
                         t = r["tables"]["usertable"]
                         assert t["events"] >= size, t
                         runs[b].append(r)
                         print(f"{b or 'bin'}: {size:>9} {mode:<13} {label:<8} {r['seconds']:7.1f} s  commits "
                               f"{t['commits']:3}  decoded {t['decoded_bytes'] / 1e6:8.0f} MB  "
+                              f"fetched {t['bytes_read'] / 1e6:8.0f} MB  "
                               f"peak RSS {r['peak_rss_mib']:6.0f} MiB", flush=True)
                 for b, rs in runs.items():
                     t = rs[0]["tables"]["usertable"]
                     rows.append({"bin": b, "rows": size, "mode": mode, "window": label, "stored_mb": stored / 1e6,
                                  "decoded_mb": t["decoded_bytes"] / 1e6,
+                                 "fetched_mb": t["bytes_read"] / 1e6,
                                  "s": statistics.median(r["seconds"] for r in rs),
                                  "commits": t["commits"],
                                  "rss": statistics.median(r["peak_rss_mib"] for r in rs)})
     print()
     label = "| binary " if len(bins) > 1 else ""
-    print(f"{label}| table rows | mode | window | changefeed MB (stored) | decoded MB read | commits | seconds | peak RSS |")
-    print("|---" * (8 + bool(label)) + "|")
+    print(f"{label}| table rows | mode | window | changefeed MB (stored) | decoded MB read | MB fetched | commits "
+          "| seconds | peak RSS |")
+    print("|---" * (9 + bool(label)) + "|")
     for x in rows:
         cell = f"| {x['bin']} " if label else ""
         print(f"{cell}| {x['rows']:,} | {x['mode']} | {x['window']} | {x['stored_mb']:.0f} | {x['decoded_mb']:.0f} "
-              f"| {x['commits']} | {x['s']:.1f} | {x['rss']:.0f} MiB |")
+              f"| {x['fetched_mb']:.0f} | {x['commits']} | {x['s']:.1f} | {x['rss']:.0f} MiB |")
 
 
 if __name__ == "__main__":

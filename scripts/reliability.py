@@ -433,11 +433,15 @@ def kill_case(ctx, mode: str, fmt: str, point: str, n: int, seed: int) -> dict:
     target = case.dir / "delta"
     # Odd hits run in a small window, their initial scan in slices of 10 kB (dozens of them):
     # a kill lands in the scan's slices, and the runs after it learn each file's key slices
-    # again from the slice they resume at and read the later slices by them.
+    # again from the slice they resume at and read the later slices by them. They keep some of
+    # the sliced intervals' files in a slice cache (40 kB, in a TMPDIR of the case's own).
     steps = (["--commit-each-resolved"] if each
-             else ["--max-window-bytes", "60000", "--min-slice-bytes", "10000"])
+             else ["--max-window-bytes", "60000", "--min-slice-bytes", "10000",
+                   "--slice-cache-bytes", "40000"])
     args = sync_args(feed / "changefeed", target, feed / "truth", mode, *steps)
-    fault = {"CRDB_DELTA_FAULT": f"{point}:{n}"}
+    tmp = case.dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    fault = {"CRDB_DELTA_FAULT": f"{point}:{n}", "TMPDIR": str(tmp)}
     kills = 0
     r1 = case.run(*args, env=fault)
     if r1.aborted:
@@ -449,9 +453,17 @@ def kill_case(ctx, mode: str, fmt: str, point: str, n: int, seed: int) -> dict:
         kills += 1
     elif r2.returncode != 0:
         case.fail(f"second faulted run: {describe(r2)} {r2.tail(600)}")
-    r3 = case.run(*args)
+    # A killed run may leave its tables' slice cache folders (documented); one that ends leaves
+    # none.
+    case.figures["slice_cache_folders_left_by_kills"] = len(list(tmp.iterdir()))
+    shutil.rmtree(tmp)
+    tmp.mkdir()
+    r3 = case.run(*args, env={"TMPDIR": str(tmp)})
     if r3.returncode != 0:
         case.fail(f"clean run: {describe(r3)} {r3.tail(1500)}")
+    left = sorted(p.name for p in tmp.iterdir())
+    if left:
+        case.fail(f"slice cache folders left by a run that ended: {left}")
     tables = check_final(case, feed, target, mode)
     lost, unexpected, dup = lost_and_unexpected(tables)
     tt = check_time_travel(case, feed, target) if mode == "update_delete" and r3.returncode == 0 else None

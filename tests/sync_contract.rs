@@ -119,10 +119,15 @@ async fn simulated(dir: &std::path::Path, sim: SimOptions) -> (Location, Config)
     let truth_dir = dir.join("truth");
     let truth = Location::open(truth_dir.to_str().unwrap()).unwrap();
     simulate(sim, &feed, &truth).await.unwrap();
+    (feed, manifest_config(&truth_dir))
+}
+
+/// The config of the simulator's manifest in `truth_dir` (keys and SQL types).
+fn manifest_config(truth_dir: &std::path::Path) -> Config {
     let manifest: crdb_delta_core::sim::Manifest =
         serde_json::from_str(&std::fs::read_to_string(truth_dir.join("manifest.json")).unwrap())
             .unwrap();
-    (feed, Config::from_manifest(&manifest))
+    Config::from_manifest(&manifest)
 }
 
 /// A one-table feed whose files straddle RESOLVEDs: the feed, the truth folder, the manifest's
@@ -478,6 +483,102 @@ async fn an_ndjson_initial_scans_later_slices_parse_only_their_lines() {
         assert_eq!(t.files_slices_known, (slices - 2) * scan_files, "{t:?}");
         let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
         assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
+    }
+}
+
+/// With a slice cache, a sliced interval's files are fetched once: the first pass keeps them on
+/// local disk and the later slices read them from there (all of them within the budget, some
+/// of them past it). Each run reads and commits what a run without the cache does, the tables
+/// equal the truth, and the cache's folder is gone once the interval is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliced_intervals_files_are_fetched_once_with_a_slice_cache() {
+    for (format, compression) in [
+        (Format::Parquet, Compression::None),
+        (Format::Json, Compression::Gzip),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimOptions {
+            tables: vec!["usertable".into()],
+            format,
+            compression,
+            initial_rows: 3000,
+            windows: 1,
+            events_per_window: 50,
+            file_size: 64 << 10,
+            ..SimOptions::default()
+        };
+        let max = 200_000u64;
+        let (plain, scan_files) = sync_sliced(dir.path(), sim.clone(), max).await;
+        let slices = plain.slice_commits + 1;
+        assert!(slices > 2 && scan_files > 2, "{plain:?}");
+        assert_eq!(plain.files_from_slice_cache, 0);
+        let names = feed_objects(&dir.path().join("feed"));
+        let first = resolveds_of(&names)[0];
+        let scan_bytes: u64 = walk(dir.path().join("feed").as_path())
+            .iter()
+            .filter(|p| {
+                let name = ObjectName::parse_file_name(p.rsplit('/').next().unwrap()).unwrap();
+                matches!(name, ObjectName::Data(d) if d.ts <= first)
+            })
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        let root = dir.path().join("cache");
+        std::fs::create_dir(&root).unwrap();
+        let mut whole_budget = None;
+        for budget in [u64::MAX, scan_bytes / 2] {
+            let target_dir = dir.path().join(format!("delta-{budget}"));
+            let (feed, config) = (
+                Location::open(dir.path().join("feed").to_str().unwrap()).unwrap(),
+                manifest_config(&dir.path().join("truth")),
+            );
+            let opts = SyncOptions {
+                config,
+                max_window_bytes: max,
+                min_slice_bytes: 10_000,
+                each_resolved: true,
+                slice_cache_bytes: budget,
+                slice_cache_dir: Some(root.clone()),
+                ..SyncOptions::default()
+            };
+            let target = Location::open(target_dir.to_str().unwrap()).unwrap();
+            let report = sync(&feed, &target, &opts).await.unwrap();
+            assert!(report.complete, "{report:?}");
+            let t = &report.tables["usertable"];
+            assert_eq!(
+                (t.slice_commits, t.commits, t.files_read, t.decoded_bytes),
+                (
+                    plain.slice_commits,
+                    plain.commits,
+                    plain.files_read,
+                    plain.decoded_bytes
+                ),
+                "{format:?}, budget {budget}: {t:?}"
+            );
+            assert_eq!(
+                t.bytes_read + t.bytes_from_slice_cache,
+                plain.bytes_read,
+                "{t:?}"
+            );
+            match whole_budget {
+                None => {
+                    // Every later slice reads every scan file from the cache.
+                    assert!(
+                        t.files_from_slice_cache >= (slices - 1) * scan_files
+                            && t.bytes_from_slice_cache >= (slices - 1) * scan_bytes,
+                        "{format:?}: {t:?}"
+                    );
+                    whole_budget = Some(t.files_from_slice_cache);
+                }
+                Some(all) => assert!(
+                    t.files_from_slice_cache > 0
+                        && t.files_from_slice_cache < all
+                        && t.bytes_from_slice_cache <= slices * budget,
+                    "{format:?}, budget {budget}: {t:?}"
+                ),
+            }
+            assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
+            assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "folder left");
+        }
     }
 }
 

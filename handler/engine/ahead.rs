@@ -256,6 +256,7 @@ async fn read_ahead(shared: Arc<Shared>, job: Job) -> Result<Option<Ready>, Sync
             carried: &mut carried,
             keeper: Some(&mut keeper),
             slices: None,
+            cache: None,
         },
         shared.opts.progress.as_ref(),
     )

@@ -25,6 +25,7 @@ use super::faults::{fault, pause};
 use super::key_cache::KeyCache;
 use super::probe_decode::{self, Learn, Probed, live_rows};
 use super::read::{Budget, Reuse, derive_key, learn_expansion, read_window};
+use super::slice_cache::SliceCache;
 use super::slice_keys::{self, SliceKeys};
 use super::table::{TableState, replan};
 use super::{SyncError, SyncOptions, delta_err};
@@ -61,6 +62,7 @@ pub(super) async fn apply_table(
     if state.progress.slices.is_none() {
         state.slice_files.clear();
         state.slice_memo = Default::default();
+        state.slice_cache = None;
     }
     let (read, slices) = match ahead::take(
         state,
@@ -134,6 +136,7 @@ pub(super) async fn apply_table(
     } else {
         state.slice_files.clear();
         state.slice_memo = Default::default();
+        state.slice_cache = None;
         if let Some(k) = keeper {
             state.carry = k.finish();
         }
@@ -179,6 +182,7 @@ async fn read_stage(
             // pass of the whole window (its peak memory would be several times the window).
             match planned {
                 Some(p) => {
+                    let cache = slice_cache(state, opts);
                     learn_expansion(
                         &mut state.report,
                         files,
@@ -186,6 +190,7 @@ async fn read_stage(
                         source,
                         dopts,
                         budget.expansion,
+                        cache.as_ref(),
                     )
                     .await?;
                     let of = Slices::count(weigh(budget.expansion), max, opts.min_slice_bytes);
@@ -236,6 +241,7 @@ async fn read_stage(
             }
             _ => dopts,
         };
+        let cache = slices.and_then(|_| slice_cache(state, opts));
         // A file is decoded ahead, while its predecessor is merged in, up to an eighth of the
         // window.
         match read_window(
@@ -252,6 +258,7 @@ async fn read_stage(
             Reuse {
                 carried: &mut carried,
                 keeper: keeper.as_mut(),
+                cache,
                 slices: slices.map(|_| (&mut state.slice_memo, max / 8)),
             },
             opts.progress.as_ref(),
@@ -292,6 +299,25 @@ async fn read_stage(
         },
         slices,
     ))
+}
+
+/// The table's slice cache for its sliced interval, made at the interval's first pass in this
+/// run (`None` without `slice_cache_bytes`, or when its folder cannot be made: the passes then
+/// fetch every file, as without one).
+fn slice_cache(state: &mut TableState, opts: &SyncOptions) -> Option<SliceCache> {
+    if state.slice_cache.is_none() && opts.slice_cache_bytes > 0 {
+        let root = opts
+            .slice_cache_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        match SliceCache::new(&root, opts.slice_cache_bytes) {
+            Ok(c) => state.slice_cache = Some(c),
+            Err(e) => {
+                tracing::warn!(table = %state.name, error = %e, "slice cache: no folder in the temporary folder; every slice fetches the interval's files");
+            }
+        }
+    }
+    state.slice_cache.clone()
 }
 
 /// The layout the step starts from: the table's, or for a new table the key (configured or

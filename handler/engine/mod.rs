@@ -17,6 +17,7 @@
 //! | [`table`] | opening a table (mode, layout, progress) and re-planning after a conflict |
 //! | [`table_cache`] | Delta tables kept open between the handler's runs, brought up to date instead of opened |
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
+//! | [`slice_cache`] | a sliced interval's files on local disk, so its later slices fetch none again |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
 //! | [`key_cache`] | table files' key columns kept sorted in memory between steps (looked up, not read) |
 //! | [`probe_decode`] | a table file's key columns decoded on both cores, streamed to the merge in file order |
@@ -46,6 +47,7 @@ pub mod report;
 pub mod resolved_log;
 pub mod run;
 pub mod schema_refresh;
+pub mod slice_cache;
 pub mod slice_keys;
 pub mod table;
 pub mod table_cache;
@@ -171,6 +173,11 @@ pub struct SyncOptions {
     /// Smallest key slice (decoded bytes) a RESOLVED interval larger than the window is cut
     /// into ([`plan::Slices::count`]).
     pub min_slice_bytes: u64,
+    /// Local disk for a sliced interval's files, so its later slices read them from there
+    /// instead of fetching them again ([`slice_cache`]); 0: none (the default).
+    pub slice_cache_bytes: u64,
+    /// Where the slice cache's folders go; `None`: the system's temporary folder (`TMPDIR`).
+    pub slice_cache_dir: Option<std::path::PathBuf>,
     /// Deletion vectors: once the table has 8 files smaller than this, a step rewrites the ones
     /// it changes (they merge into its new file rather than pile up).
     pub rewrite_below: u64,
@@ -279,6 +286,7 @@ impl SyncOptions {
         Self {
             max_window_bytes: config.max_window_bytes.unwrap_or(d.max_window_bytes),
             min_slice_bytes: config.min_slice_bytes.unwrap_or(d.min_slice_bytes),
+            slice_cache_bytes: config.slice_cache_bytes.unwrap_or(d.slice_cache_bytes),
             rewrite_below: config.rewrite_files_below.unwrap_or(d.rewrite_below),
             target_file_size: config.target_file_size.unwrap_or(d.target_file_size),
             each_resolved: config.commit_each_resolved.unwrap_or(d.each_resolved),
@@ -300,6 +308,8 @@ impl Default for SyncOptions {
             config: Config::default(),
             max_window_bytes: DEFAULT_MAX_WINDOW_BYTES,
             min_slice_bytes: plan::Slices::MIN_BYTES,
+            slice_cache_bytes: 0,
+            slice_cache_dir: None,
             rewrite_below: DEFAULT_REWRITE_BELOW,
             batch_size: 8192,
             target_file_size: DEFAULT_TARGET_FILE_SIZE,

@@ -15,6 +15,7 @@ use crdb_delta_core::plan::{self, Object};
 use super::carry::{self, Keeper};
 use super::listing::fetch;
 use super::report::TableReport;
+use super::slice_cache::SliceCache;
 use super::table::TableState;
 use super::{SyncError, SyncOptions};
 
@@ -90,6 +91,39 @@ struct Decoded {
     skipped: u64,
     /// Its rows' key slices ([`decode::BatchStream::slice_rows`]).
     slices: Option<Arc<SliceRows>>,
+    /// Read from the slice cache, not fetched.
+    cached: bool,
+}
+
+/// Fetches `obj`, or reads it from the slice cache when that holds it (and keeps it there
+/// when not); `true` when it came from the cache.
+async fn fetch_kept(
+    source: &Location,
+    obj: &Object,
+    cache: Option<&SliceCache>,
+) -> Result<(bytes::Bytes, bool), SyncError> {
+    let Some(cache) = cache else {
+        return Ok((fetch(source, obj).await?, false));
+    };
+    let (c, o) = (cache.clone(), obj.clone());
+    if let Some(bytes) = tokio::task::spawn_blocking(move || c.get(&o)).await? {
+        return Ok((bytes, true));
+    }
+    let bytes = fetch(source, obj).await?;
+    let (c, o, b) = (cache.clone(), obj.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || c.put(&o, &b)).await?;
+    Ok((bytes, false))
+}
+
+/// Counts one file read, fetched or from the slice cache.
+fn count_read(report: &mut TableReport, stored: u64, cached: bool) {
+    report.files_read += 1;
+    if cached {
+        report.files_from_slice_cache += 1;
+        report.bytes_from_slice_cache += stored;
+    } else {
+        report.bytes_read += stored;
+    }
 }
 
 /// The key slices of the files of an interval being applied in slices, as a pass over each
@@ -133,13 +167,14 @@ fn decode_ahead(
     obj: &Object,
     source: &Location,
     dopts: &DecodeOptions,
+    cache: Option<SliceCache>,
 ) -> Option<tokio::task::JoinHandle<Result<Decoded, SyncError>>> {
     let ObjectName::Data(d) = obj.name.clone() else {
         return None;
     };
     let (obj, source, dopts) = (obj.clone(), source.clone(), dopts.clone());
     Some(tokio::spawn(async move {
-        let bytes = fetch(&source, &obj).await?;
+        let (bytes, cached) = fetch_kept(&source, &obj, cache.as_ref()).await?;
         let fetched = bytes.len() as u64;
         tokio::task::spawn_blocking(move || -> Result<Decoded, SyncError> {
             let mut s = decode::decode_bytes(&d, &obj.path, bytes, &dopts)?;
@@ -153,6 +188,7 @@ fn decode_ahead(
                 bare: s.bare_envelope(),
                 skipped: s.rows_skipped(),
                 slices: s.slice_rows(),
+                cached,
             })
         })
         .await?
@@ -174,6 +210,7 @@ pub(super) async fn learn_expansion(
     source: &Location,
     dopts: &DecodeOptions,
     expansion: &mut plan::Expansion,
+    cache: Option<&SliceCache>,
 ) -> Result<(), SyncError> {
     let largest = files
         .iter()
@@ -186,8 +223,12 @@ pub(super) async fn learn_expansion(
     let ObjectName::Data(d) = obj.name.clone() else {
         return Ok(());
     };
-    let bytes = fetch(source, obj).await?;
-    report.bytes_read += bytes.len() as u64;
+    let (bytes, cached) = fetch_kept(source, obj, cache).await?;
+    if cached {
+        report.bytes_from_slice_cache += bytes.len() as u64;
+    } else {
+        report.bytes_read += bytes.len() as u64;
+    }
     let (path, dopts) = (obj.path.clone(), dopts.clone());
     let decoded =
         tokio::task::spawn_blocking(move || decode::decoded_size(&d, &path, bytes, &dopts))
@@ -206,6 +247,9 @@ pub(super) struct Reuse<'a> {
     /// A sliced interval's files' key slices, kept up to the budget (bytes) for its later
     /// slices; `None` outside a sliced interval.
     pub(super) slices: Option<(&'a mut SliceMemo, u64)>,
+    /// A sliced interval's files kept on local disk for its later slices; `None` outside one,
+    /// or without `slice_cache_bytes`.
+    pub(super) cache: Option<SliceCache>,
 }
 
 /// Decodes the step's files of one table into a window, in file order. While one file is
@@ -238,6 +282,7 @@ pub(super) async fn read_window(
         carried,
         mut keeper,
         mut slices,
+        cache,
     } = reuse;
     // A file's options: with its key slices when a pass over this interval found them.
     let file_opts = |slices: &Option<(&mut SliceMemo, u64)>, obj: &Object| -> DecodeOptions {
@@ -265,7 +310,12 @@ pub(super) async fn read_window(
             && !carried.contains_key(&objects[next].path)
             && expansion.weigh(&objects[next]) <= ahead_bytes
         {
-            ahead = decode_ahead(&objects[next], source, &file_opts(&slices, &objects[next]));
+            ahead = decode_ahead(
+                &objects[next],
+                source,
+                &file_opts(&slices, &objects[next]),
+                cache.clone(),
+            );
         }
         let path = obj.path.clone();
         let table = name.to_owned();
@@ -283,16 +333,14 @@ pub(super) async fn read_window(
             (None, Some(handle)) => {
                 let got = handle.await??;
                 read(got.fetched);
-                report.bytes_read += got.fetched;
-                report.files_read += 1;
+                count_read(report, got.fetched, got.cached);
                 report.bare_envelope |= got.bare;
                 Input::Batches(got.batches, got.skipped, got.slices)
             }
             (None, None) => {
-                let bytes = fetch(source, obj).await?;
+                let (bytes, cached) = fetch_kept(source, obj, cache.as_ref()).await?;
                 read(bytes.len() as u64);
-                report.bytes_read += bytes.len() as u64;
-                report.files_read += 1;
+                count_read(report, bytes.len() as u64, cached);
                 Input::Stream(bytes, file_opts(&slices, obj))
             }
         };

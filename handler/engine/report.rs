@@ -30,6 +30,7 @@ pub struct TableReport {
     pub duplicates: u64,
     /// Commits of this table that went stale (another writer) and were planned again.
     pub replans: u64,
+    /// Changefeed files read (fetched, or from the slice cache).
     pub files_read: u64,
     /// Files not read again: their rows past the previous step's RESOLVED were kept in memory
     /// ([`super::carry`]).
@@ -37,7 +38,13 @@ pub struct TableReport {
     /// Steps whose window was read while the step before wrote and committed
     /// ([`super::ahead`]; one step per RESOLVED only).
     pub steps_read_ahead: u64,
+    /// Stored bytes fetched from the changefeed's storage.
     pub bytes_read: u64,
+    /// Of the files read, those a sliced interval's later slice read from local disk instead
+    /// of fetching them again ([`super::slice_cache`], `slice_cache_bytes`), and their stored
+    /// bytes (not in `bytes_read`).
+    pub files_from_slice_cache: u64,
+    pub bytes_from_slice_cache: u64,
     /// Input after decompression (what `max_window_bytes` counts).
     pub decoded_bytes: u64,
     /// Delta data files of the table read (their key columns, and whole when touched), and
@@ -83,6 +90,8 @@ impl TableReport {
         self.files_read += other.files_read;
         self.files_reused += other.files_reused;
         self.bytes_read += other.bytes_read;
+        self.files_from_slice_cache += other.files_from_slice_cache;
+        self.bytes_from_slice_cache += other.bytes_from_slice_cache;
         self.decoded_bytes += other.decoded_bytes;
         self.rows_read += other.rows_read;
         self.rows_skipped += other.rows_skipped;

@@ -38,6 +38,10 @@ pub(super) struct TableState {
     /// The key slices of the sliced interval's files, for its later slices
     /// ([`super::read::SliceMemo`]).
     pub(super) slice_memo: super::read::SliceMemo,
+    /// The sliced interval's files on local disk, for its later slices
+    /// ([`super::slice_cache`]); made at its first pass in this run when `slice_cache_bytes`
+    /// allows.
+    pub(super) slice_cache: Option<super::slice_cache::SliceCache>,
     /// Rows the last step read past its RESOLVED, for the next step ([`super::carry`]).
     pub(super) carry: super::carry::Carry,
     /// The table's next step, being read while this one was written ([`super::ahead`]).
@@ -116,6 +120,7 @@ pub(super) async fn open_table(
         skipped: Vec::new(),
         slice_files: Default::default(),
         slice_memo: Default::default(),
+        slice_cache: None,
         carry: Default::default(),
         ahead: None,
     })
@@ -154,6 +159,7 @@ pub(super) async fn replan(
     // this run wrote for its slices may then hold keys that interval changes.
     state.slice_files.clear();
     state.slice_memo = Default::default();
+    state.slice_cache = None;
     state.carry = Default::default();
     state.ahead = None;
     state.layout = Some(delta::layout_of(&fresh, &state.target.path)?.0);
