@@ -433,11 +433,13 @@ def kill_case(ctx, mode: str, fmt: str, point: str, n: int, seed: int) -> dict:
     target = case.dir / "delta"
     # Odd hits run in a small window, their initial scan in slices of 10 kB (dozens of them):
     # a kill lands in the scan's slices, and the runs after it learn each file's key slices
-    # again from the slice they resume at and read the later slices by them. They keep some of
-    # the sliced intervals' files in a slice cache (40 kB, in a TMPDIR of the case's own).
+    # again from the slice they resume at and read the later slices by them. They run with a
+    # slice cache of 150 kB (in a TMPDIR of the case's own): some intervals' rows are spilled by
+    # slice and read back from there, others' spill does not fit and their files are read, some
+    # of them from the cache.
     steps = (["--commit-each-resolved"] if each
              else ["--max-window-bytes", "60000", "--min-slice-bytes", "10000",
-                   "--slice-cache-bytes", "40000"])
+                   "--slice-cache-bytes", "150000"])
     args = sync_args(feed / "changefeed", target, feed / "truth", mode, *steps)
     tmp = case.dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)

@@ -487,11 +487,13 @@ async fn an_ndjson_initial_scans_later_slices_parse_only_their_lines() {
 }
 
 /// With a slice cache, a sliced interval's files are fetched once: the first pass keeps them on
-/// local disk and the later slices read them from there (all of them within the budget, some
-/// of them past it). Each run reads and commits what a run without the cache does, the tables
-/// equal the truth, and the cache's folder is gone once the interval is applied.
+/// local disk, the second reads them from there and writes every later slice's rows to the
+/// spill, and the later slices read only their rows from it. With half the scan's stored size
+/// as the budget the spill does not fit and is given up: the later slices read the files, some
+/// of them from the cache. Either way the run commits what a run without the cache does, the
+/// table equals the truth, and the cache's folder is gone once the interval is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sliced_intervals_files_are_fetched_once_with_a_slice_cache() {
+async fn a_sliced_intervals_files_are_fetched_once_and_its_rows_spilled_by_slice() {
     for (format, compression) in [
         (Format::Parquet, Compression::None),
         (Format::Json, Compression::Gzip),
@@ -524,7 +526,7 @@ async fn a_sliced_intervals_files_are_fetched_once_with_a_slice_cache() {
             .sum();
         let root = dir.path().join("cache");
         std::fs::create_dir(&root).unwrap();
-        let mut whole_budget = None;
+        let mut spilled = None;
         for budget in [u64::MAX, scan_bytes / 2] {
             let target_dir = dir.path().join(format!("delta-{budget}"));
             let (feed, config) = (
@@ -545,40 +547,89 @@ async fn a_sliced_intervals_files_are_fetched_once_with_a_slice_cache() {
             assert!(report.complete, "{report:?}");
             let t = &report.tables["usertable"];
             assert_eq!(
-                (t.slice_commits, t.commits, t.files_read, t.decoded_bytes),
-                (
-                    plain.slice_commits,
-                    plain.commits,
-                    plain.files_read,
-                    plain.decoded_bytes
-                ),
+                (t.slice_commits, t.commits),
+                (plain.slice_commits, plain.commits),
                 "{format:?}, budget {budget}: {t:?}"
             );
-            assert_eq!(
-                t.bytes_read + t.bytes_from_slice_cache,
-                plain.bytes_read,
-                "{t:?}"
-            );
-            match whole_budget {
+            match spilled {
                 None => {
-                    // Every later slice reads every scan file from the cache.
+                    // Every slice past the second reads every scan file's rows from the spill;
+                    // every scan file is fetched once.
                     assert!(
-                        t.files_from_slice_cache >= (slices - 1) * scan_files
-                            && t.bytes_from_slice_cache >= (slices - 1) * scan_bytes,
+                        t.bytes_spilled > budget.min(scan_bytes / 2)
+                            && t.files_from_slice_spill == (slices - 2) * scan_files
+                            && t.bytes_read + (slices - 1) * scan_bytes <= plain.bytes_read,
                         "{format:?}: {t:?}"
                     );
-                    whole_budget = Some(t.files_from_slice_cache);
+                    spilled = Some(t.bytes_spilled);
                 }
-                Some(all) => assert!(
-                    t.files_from_slice_cache > 0
-                        && t.files_from_slice_cache < all
-                        && t.bytes_from_slice_cache <= slices * budget,
-                    "{format:?}, budget {budget}: {t:?}"
-                ),
+                Some(bytes) => {
+                    // The spill (as large as above) does not fit: given up. The cache keeps what
+                    // fits, and the later slices read the rest from storage.
+                    assert!(bytes > budget, "{bytes} spilled, budget {budget}");
+                    assert_eq!(
+                        (
+                            t.files_from_slice_spill,
+                            t.bytes_spilled,
+                            t.files_read,
+                            t.decoded_bytes
+                        ),
+                        (0, 0, plain.files_read, plain.decoded_bytes),
+                        "{format:?}, budget {budget}: {t:?}"
+                    );
+                    assert!(
+                        t.files_from_slice_cache > 0 && t.bytes_from_slice_cache <= slices * budget,
+                        "{format:?}, budget {budget}: {t:?}"
+                    );
+                    assert_eq!(
+                        t.bytes_read + t.bytes_from_slice_cache,
+                        plain.bytes_read,
+                        "{t:?}"
+                    );
+                }
             }
             assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
             assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "folder left");
         }
+    }
+}
+
+/// A table of three column families (`orders`), its initial scan in slices with the spill:
+/// each family's files' rows go to the slices of their keys, and the families of one key meet
+/// again in its slice's window. The table equals the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_interval_of_column_families_equals_the_truth() {
+    for format in [Format::Json, Format::Parquet] {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimOptions {
+            tables: vec!["orders".into()],
+            format,
+            initial_rows: 3000,
+            windows: 2,
+            events_per_window: 100,
+            file_size: 32 << 10,
+            ..SimOptions::default()
+        };
+        let (feed, config) = simulated(dir.path(), sim).await;
+        let root = dir.path().join("cache");
+        std::fs::create_dir(&root).unwrap();
+        let opts = SyncOptions {
+            config,
+            max_window_bytes: 100_000,
+            min_slice_bytes: 10_000,
+            slice_cache_bytes: 1 << 30,
+            slice_cache_dir: Some(root.clone()),
+            ..SyncOptions::default()
+        };
+        let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+        let report = sync(&feed, &target, &opts).await.unwrap();
+        let t = &report.tables["orders"];
+        assert!(
+            t.slice_commits > 2 && t.files_from_slice_spill > 0 && t.bytes_spilled > 0,
+            "{format:?}: {t:?}"
+        );
+        assert_equals_truth(&target, &dir.path().join("truth"), "orders").await;
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "folder left");
     }
 }
 

@@ -257,6 +257,7 @@ async fn read_ahead(shared: Arc<Shared>, job: Job) -> Result<Option<Ready>, Sync
             keeper: Some(&mut keeper),
             slices: None,
             cache: None,
+            spill: None,
         },
         shared.opts.progress.as_ref(),
     )

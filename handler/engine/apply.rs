@@ -3,7 +3,7 @@
 //!
 //! [`apply_table`] reads as its stages: layout → read → merge → create → write → commit.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crdb_delta_core::Hlc;
@@ -24,9 +24,11 @@ use super::carry::Keeper;
 use super::faults::{fault, pause};
 use super::key_cache::KeyCache;
 use super::probe_decode::{self, Learn, Probed, live_rows};
+use super::read::SpillUse;
 use super::read::{Budget, Reuse, derive_key, learn_expansion, read_window};
 use super::slice_cache::SliceCache;
 use super::slice_keys::{self, SliceKeys};
+use super::slice_spill::SpillWriter;
 use super::table::{TableState, replan};
 use super::{SyncError, SyncOptions, delta_err};
 use crate::config::Storage;
@@ -223,11 +225,33 @@ async fn read_stage(
             Some(_) => Some(max),
             None => Some(max.max(opts.min_slice_bytes.saturating_mul(2))),
         };
-        // A slice past the first has its decoder skip building the other slices' rows; the
-        // slice count is fixed by then, so no size is measured from it.
+        let cache = slices.and_then(|_| slice_cache(state, opts));
+        // From the second slice on, with a cache: the later slices' rows on local disk, read
+        // by this pass, or written by it.
+        let spill = match (slices, &cache) {
+            (Some(s), Some(c)) if s.done > 0 => match c.spill() {
+                Some(sp) if sp.holds(&s, dopts) => Some(SpillUse::Read(sp, s.done)),
+                _ if s.done + 1 < s.of && !c.spill_refused() => {
+                    Some(SpillUse::Write(Arc::new(Mutex::new(SpillWriter::new(
+                        c.dir(),
+                        &layout.key,
+                        state.progress.applied,
+                        s,
+                        dopts,
+                        opts.slice_cache_bytes,
+                    )))))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let writes_spill = matches!(spill, Some(SpillUse::Write(_)));
+        // A slice past the first has its decoder skip building the other slices' rows (unless
+        // the pass writes the spill, which takes every row); the slice count is fixed by then,
+        // so no size is measured from it.
         let sliced;
         let dopts = match slices {
-            Some(s) if s.done > 0 => {
+            Some(s) if s.done > 0 && !writes_spill => {
                 sliced = DecodeOptions {
                     slice: Some(SliceFilter {
                         index: s.done,
@@ -241,9 +265,12 @@ async fn read_stage(
             }
             _ => dopts,
         };
-        let cache = slices.and_then(|_| slice_cache(state, opts));
         // A file is decoded ahead, while its predecessor is merged in, up to an eighth of the
         // window.
+        let writer = match &spill {
+            Some(SpillUse::Write(w)) => Some(w.clone()),
+            _ => None,
+        };
         match read_window(
             &state.name,
             &mut state.report,
@@ -258,14 +285,20 @@ async fn read_stage(
             Reuse {
                 carried: &mut carried,
                 keeper: keeper.as_mut(),
-                cache,
+                cache: cache.clone(),
                 slices: slices.map(|_| (&mut state.slice_memo, max / 8)),
+                spill,
             },
             opts.progress.as_ref(),
         )
         .await
         {
-            Ok(read) => break read,
+            Ok(read) => {
+                if let (Some(w), Some(c), Some(s)) = (writer, cache, slices) {
+                    keep_spill(&mut state.report, w, c, s).await?;
+                }
+                break read;
+            }
             Err(SyncError::WindowOverflow { estimate, .. }) if !budget.shrinkable => {
                 // As the estimate says, or twice as fine as before when it says no more; never
                 // finer than min_slice_bytes.
@@ -318,6 +351,28 @@ fn slice_cache(state: &mut TableState, opts: &SyncOptions) -> Option<SliceCache>
         }
     }
     state.slice_cache.clone()
+}
+
+/// Keeps the spill a pass wrote in the table's slice cache, for the interval's later slices.
+async fn keep_spill(
+    report: &mut super::report::TableReport,
+    writer: Arc<Mutex<SpillWriter>>,
+    cache: SliceCache,
+    slices: Slices,
+) -> Result<(), SyncError> {
+    let Ok(writer) = Arc::try_unwrap(writer) else {
+        return Ok(());
+    };
+    let writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
+    let spill = tokio::task::spawn_blocking(move || writer.finish(slices)).await?;
+    match spill {
+        Some(spill) => {
+            report.bytes_spilled += spill.bytes();
+            cache.set_spill(spill);
+        }
+        None => cache.refuse_spill(),
+    }
+    Ok(())
 }
 
 /// The layout the step starts from: the table's, or for a new table the key (configured or

@@ -49,6 +49,7 @@ pub mod run;
 pub mod schema_refresh;
 pub mod slice_cache;
 pub mod slice_keys;
+pub mod slice_spill;
 pub mod table;
 pub mod table_cache;
 

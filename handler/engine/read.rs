@@ -16,6 +16,7 @@ use super::carry::{self, Keeper};
 use super::listing::fetch;
 use super::report::TableReport;
 use super::slice_cache::SliceCache;
+use super::slice_spill::{SliceSpill, SpillWriter};
 use super::table::TableState;
 use super::{SyncError, SyncOptions};
 
@@ -160,6 +161,8 @@ enum Input {
     Batches(carry::Batches, u64, Option<Arc<SliceRows>>),
     /// The file's bytes, decoded batch by batch while pushed.
     Stream(bytes::Bytes, DecodeOptions),
+    /// The file's rows of one slice in the slice spill.
+    Spilled(Arc<SliceSpill>, u32),
 }
 
 /// Fetches and decodes one file on a blocking thread, all of it.
@@ -250,6 +253,33 @@ pub(super) struct Reuse<'a> {
     /// A sliced interval's files kept on local disk for its later slices; `None` outside one,
     /// or without `slice_cache_bytes`.
     pub(super) cache: Option<SliceCache>,
+    /// The interval's rows cut by slice on local disk: written by this pass, or read by it.
+    pub(super) spill: Option<SpillUse>,
+}
+
+/// How a pass of a sliced interval uses the slice spill ([`super::slice_spill`]).
+pub(super) enum SpillUse {
+    /// The pass decodes its files whole and writes the later slices' rows.
+    Write(Arc<std::sync::Mutex<SpillWriter>>),
+    /// The pass reads slice `.1`'s rows of the files the spill covers from there.
+    Read(Arc<SliceSpill>, u32),
+}
+
+impl SpillUse {
+    /// The spill and slice to read `path`'s rows from, when this pass reads it from there.
+    fn reads(&self, path: &str) -> Option<(Arc<SliceSpill>, u32)> {
+        match self {
+            SpillUse::Read(s, slice) if s.has_file(path) => Some((s.clone(), *slice)),
+            _ => None,
+        }
+    }
+
+    fn writer(&self) -> Option<Arc<std::sync::Mutex<SpillWriter>>> {
+        match self {
+            SpillUse::Write(w) => Some(w.clone()),
+            SpillUse::Read(..) => None,
+        }
+    }
 }
 
 /// Decodes the step's files of one table into a window, in file order. While one file is
@@ -283,7 +313,9 @@ pub(super) async fn read_window(
         mut keeper,
         mut slices,
         cache,
+        spill,
     } = reuse;
+    let spilled = |path: &str| spill.as_ref().and_then(|s| s.reads(path));
     // A file's options: with its key slices when a pass over this interval found them.
     let file_opts = |slices: &Option<(&mut SliceMemo, u64)>, obj: &Object| -> DecodeOptions {
         let known = dopts
@@ -308,6 +340,7 @@ pub(super) async fn read_window(
         let current = ahead.take();
         if let Some(&next) = files.get(n + 1)
             && !carried.contains_key(&objects[next].path)
+            && spilled(&objects[next].path).is_none()
             && expansion.weigh(&objects[next]) <= ahead_bytes
         {
             ahead = decode_ahead(
@@ -327,29 +360,52 @@ pub(super) async fn read_window(
         let family = d.topic.family().map(str::to_owned);
         let reused = carried.remove(&path);
         let was_reused = reused.is_some();
-        // Batches already in memory (kept, or decoded ahead), or the file's bytes to stream.
-        let input = match (reused, current) {
-            (Some(batches), _) => Input::Batches(batches, 0, None),
-            (None, Some(handle)) => {
+        let from_spill = if was_reused { None } else { spilled(&path) };
+        let was_spilled = from_spill.is_some();
+        // Written to the spill: a file read whole here (not rows kept from the last step).
+        let writer = spill
+            .as_ref()
+            .and_then(SpillUse::writer)
+            .filter(|_| !was_reused);
+        let mut ahead_bare = false;
+        // Batches already in memory (kept, or decoded ahead), the file's rows of this slice
+        // in the spill, or the file's bytes to stream.
+        let input = match (reused, current, from_spill) {
+            (Some(batches), _, _) => Input::Batches(batches, 0, None),
+            (None, _, Some((s, slice))) => {
+                report.files_from_slice_spill += 1;
+                Input::Spilled(s, slice)
+            }
+            (None, Some(handle), None) => {
                 let got = handle.await??;
                 read(got.fetched);
                 count_read(report, got.fetched, got.cached);
                 report.bare_envelope |= got.bare;
+                ahead_bare = got.bare;
                 Input::Batches(got.batches, got.skipped, got.slices)
             }
-            (None, None) => {
+            (None, None, None) => {
                 let (bytes, cached) = fetch_kept(source, obj, cache.as_ref()).await?;
                 read(bytes.len() as u64);
                 count_read(report, bytes.len() as u64, cached);
                 Input::Stream(bytes, file_opts(&slices, obj))
             }
         };
+        let table = name.to_owned();
         let pushed = tokio::task::spawn_blocking(move || {
             let push =
                 |batches: &mut dyn Iterator<Item = Result<(RecordBatch, u64), SyncError>>| {
+                    // The batches also go to the spill, for the later slices.
+                    let mut tee = batches.inspect(|b| {
+                        if let (Some(w), Ok((batch, upto))) = (&writer, b) {
+                            w.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .add(&path, batch, *upto);
+                        }
+                    });
                     push_file(
                         window,
-                        batches,
+                        &mut tee,
                         family.as_deref(),
                         &path,
                         before,
@@ -359,6 +415,19 @@ pub(super) async fn read_window(
                     )
                 };
             let (mut pushed, bare, skipped, found) = match input {
+                Input::Spilled(s, slice) => {
+                    let (batches, bare) = s
+                        .read(slice, &path)
+                        .expect("a file the spill covers")
+                        .map_err(|e| SyncError::Table {
+                            table: table.clone(),
+                            message: format!(
+                                "reading the slice spill in {}: {e}",
+                                s.dir().display()
+                            ),
+                        })?;
+                    (push(&mut batches.into_iter().map(Ok))?, bare, 0, None)
+                }
                 Input::Batches(batches, skipped, found) => (
                     push(&mut batches.into_iter().map(Ok))?,
                     false,
@@ -375,6 +444,11 @@ pub(super) async fn read_window(
                 }
             };
             pushed.window.count_skipped(skipped);
+            if let Some(w) = &writer {
+                w.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .file_done(&path, bare || ahead_bare);
+            }
             Ok::<_, SyncError>((pushed, bare, skipped, found))
         })
         .await??;
@@ -393,6 +467,8 @@ pub(super) async fn read_window(
         stored_read += obj.size;
         if was_reused {
             report.files_reused += 1;
+        } else if was_spilled {
+            // Rows read back from the spill, not decoded: they teach no size.
         } else {
             report.decoded_bytes += decoded;
             if expansion.observe(obj, decoded) || over {

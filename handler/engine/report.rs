@@ -45,6 +45,11 @@ pub struct TableReport {
     /// bytes (not in `bytes_read`).
     pub files_from_slice_cache: u64,
     pub bytes_from_slice_cache: u64,
+    /// Files whose rows a sliced interval's later slice read from the slice spill (its rows cut
+    /// by slice on local disk, [`super::slice_spill`]) instead of reading the file (not in
+    /// `files_read`), and the bytes one pass wrote there.
+    pub files_from_slice_spill: u64,
+    pub bytes_spilled: u64,
     /// Input after decompression (what `max_window_bytes` counts).
     pub decoded_bytes: u64,
     /// Delta data files of the table read (their key columns, and whole when touched), and
@@ -91,6 +96,8 @@ impl TableReport {
         self.files_reused += other.files_reused;
         self.bytes_read += other.bytes_read;
         self.files_from_slice_cache += other.files_from_slice_cache;
+        self.files_from_slice_spill += other.files_from_slice_spill;
+        self.bytes_spilled += other.bytes_spilled;
         self.bytes_from_slice_cache += other.bytes_from_slice_cache;
         self.decoded_bytes += other.decoded_bytes;
         self.rows_read += other.rows_read;

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use crdb_delta_core::plan::Object;
 
+use super::slice_spill::SliceSpill;
+
 /// Caches created by this process, for unique folder names.
 static CREATED: AtomicU64 = AtomicU64::new(0);
 
@@ -35,6 +37,12 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
+    /// The interval's rows cut by slice, once a pass wrote them ([`SliceSpill`], in the same
+    /// folder): the later slices read those instead of the files, which are then let go.
+    spill: Option<Arc<SliceSpill>>,
+    /// A pass's spill did not fit the budget: no later pass of the interval tries again (each
+    /// try decodes the files whole).
+    spill_refused: bool,
     /// Object path → its kept copy.
     files: HashMap<String, Entry>,
     /// Bytes kept or being written.
@@ -147,6 +155,31 @@ impl SliceCache {
                 self.forget(&obj.path);
             }
         }
+    }
+
+    /// The spill a pass wrote, if any.
+    pub fn spill(&self) -> Option<Arc<SliceSpill>> {
+        self.state().spill.clone()
+    }
+
+    /// Keeps the spill a pass wrote (in [`Self::dir`]); the files kept so far are let go: the
+    /// later slices read the spill.
+    pub fn set_spill(&self, spill: SliceSpill) {
+        let paths: Vec<String> = self.state().files.keys().cloned().collect();
+        for p in paths {
+            self.forget(&p);
+        }
+        self.state().spill = Some(Arc::new(spill));
+    }
+
+    /// Whether a pass's spill did not fit.
+    pub fn spill_refused(&self) -> bool {
+        self.state().spill_refused
+    }
+
+    /// Notes that a pass's spill did not fit.
+    pub fn refuse_spill(&self) {
+        self.state().spill_refused = true;
     }
 
     fn forget(&self, path: &str) {

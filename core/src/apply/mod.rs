@@ -29,7 +29,7 @@ pub use change_log::ChangeLog;
 pub use key_text::key_hash;
 pub(crate) use key_text::{KeyTexts, key_text_into};
 pub use layout::Layout;
-pub use slice::{SliceTag, int_slice, slice_of, text_slice};
+pub use slice::{SliceTag, int_slice, slice_of, split_for_slices, text_slice};
 pub use window::{PushOutcome, Window, later_rows};
 
 /// How change events become Delta rows.

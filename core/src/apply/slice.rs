@@ -12,12 +12,15 @@
 //! slices it started with).
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef};
-use arrow_schema::DataType;
+use arrow_array::types::{Decimal128Type, Int32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow_schema::{ArrowError, DataType};
+use arrow_select::take::take_record_batch;
 use serde_json::Value;
 
+use crate::format::batch;
 use crate::format::canonical;
+use crate::format::hlc::Hlc;
 use crate::format::types::ColumnType;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -164,6 +167,69 @@ impl SliceTag {
     }
 }
 
+/// One batch of a sliced interval's pass cut for the interval's later slices `from..of`: for
+/// each, the rows a window of that slice needs ([`crate::apply::Window::with_slice`] drops the
+/// others): rows of its key slice, every row outside the interval `(lo, hi]` (a window counts
+/// those), and the batch's first row inside it whatever its slice (a window learns the batch's
+/// columns from it), as a decoder under [`crate::format::decode::SliceFilter`] keeps them.
+/// Slices with no such row are left out. A batch whose key columns or timestamp cannot be
+/// read goes whole to every slice (their windows then refuse it as they would have).
+pub fn split_for_slices(
+    batch: &RecordBatch,
+    key: &[String],
+    lo: Option<Hlc>,
+    hi: Hlc,
+    from: u32,
+    of: u32,
+) -> Result<Vec<(u32, RecordBatch)>, ArrowError> {
+    let whole = || (from..of).map(|s| (s, batch.clone())).collect();
+    let keys: Option<Vec<ArrayRef>> = key
+        .iter()
+        .map(|k| batch.column_by_name(k).cloned())
+        .collect();
+    let updated = batch
+        .column_by_name(batch::UPDATED)
+        .and_then(|c| c.as_primitive_opt::<Decimal128Type>());
+    let (Some(keys), Some(updated)) = (keys, updated) else {
+        return Ok(whole());
+    };
+    let (lo, hi) = (lo.map(Hlc::to_decimal_i128), hi.to_decimal_i128());
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); (of - from.min(of)) as usize];
+    let mut first_inside = true;
+    for r in 0..batch.num_rows() {
+        let u = if updated.is_null(r) {
+            i128::MIN
+        } else {
+            updated.value(r)
+        };
+        let to_all = if super::window::inside(u, lo, hi) {
+            std::mem::take(&mut first_inside)
+        } else {
+            true
+        };
+        if to_all {
+            rows.iter_mut().for_each(|v| v.push(r as u32));
+        } else if let Some(v) = slice_of(&keys, r, of)
+            .checked_sub(from)
+            .and_then(|i| rows.get_mut(i as usize))
+        {
+            v.push(r as u32);
+        }
+    }
+    rows.into_iter()
+        .zip(from..of)
+        .filter(|(v, _)| !v.is_empty())
+        .map(|(v, s)| {
+            let b = if v.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                take_record_batch(batch, &UInt32Array::from(v))?
+            };
+            Ok((s, b))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -291,5 +357,65 @@ mod tests {
     fn null_keys_go_to_slice_zero() {
         let a: ArrayRef = Arc::new(Int64Array::from(vec![None, Some(5)]));
         assert_eq!(slice_of(&[a], 0, 9), 0);
+    }
+
+    /// Each later slice gets the rows of its keys, every row outside the interval and the
+    /// batch's first row inside it; slices with none of them are left out; a batch without its
+    /// key column goes whole to every slice.
+    #[test]
+    fn a_batch_is_split_into_what_each_later_slice_keeps() {
+        use arrow_array::Decimal128Array;
+        use arrow_schema::{Field, Schema};
+        let (lo, hi) = (
+            Hlc::parse_decimal("10.0000000000").unwrap(),
+            Hlc::parse_decimal("20.0000000000").unwrap(),
+        );
+        let at = |t: &str| Hlc::parse_decimal(t).unwrap().to_decimal_i128();
+        let keys: Vec<i64> = (0..40).collect();
+        // Row 0 outside (at lo), rows 1.. inside, row 39 past hi.
+        let times: Vec<i128> = (0..40)
+            .map(|r| match r {
+                0 => at("10.0000000000"),
+                39 => at("21.0000000000"),
+                _ => at("15.0000000000"),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new(batch::UPDATED, DataType::Decimal128(38, 10), false),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(keys.clone())),
+                Arc::new(
+                    Decimal128Array::from(times)
+                        .with_precision_and_scale(38, 10)
+                        .unwrap(),
+                ),
+            ],
+        )
+        .unwrap();
+        let key = vec!["id".to_owned()];
+        let parts = split_for_slices(&b, &key, Some(lo), hi, 2, 5).unwrap();
+        let ids = |b: &RecordBatch| -> Vec<i64> {
+            b.column(0).as_primitive::<Int64Type>().values().to_vec()
+        };
+        let id_col: ArrayRef = Arc::new(Int64Array::from(keys));
+        let slice = |r: usize| slice_of(std::slice::from_ref(&id_col), r, 5);
+        assert_eq!(parts.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 3, 4]);
+        for (s, part) in &parts {
+            let want: Vec<i64> = (0..40)
+                .filter(|&r| r == 0 || r == 1 || r == 39 || slice(r as usize) == *s)
+                .collect();
+            assert_eq!(ids(part), want, "slice {s}");
+        }
+        // Earlier slices' rows are in none of them.
+        let all: std::collections::BTreeSet<i64> = parts.iter().flat_map(|(_, p)| ids(p)).collect();
+        assert!((2..39).all(|r| all.contains(&r) == (slice(r as usize) >= 2)));
+        // Without the key column: whole, to every slice.
+        let parts = split_for_slices(&b, &["nope".to_owned()], Some(lo), hi, 3, 5).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|(_, p)| p.num_rows() == 40));
     }
 }

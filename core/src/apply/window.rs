@@ -63,6 +63,12 @@ pub fn later_rows(batch: &RecordBatch, after: Hlc) -> Result<Option<RecordBatch>
 
 /// Which rows of a change batch hold a change's `before` ([`Op::Before`]); `None` when none do
 /// (every operation code is one byte, so a batch without a `b` byte has none).
+/// Whether a row of timestamp `u` (a decimal HLC; NULL as `i128::MIN`) lies in the interval
+/// `(lo, hi]` a window takes.
+pub(crate) fn inside(u: i128, lo: Option<i128>, hi: i128) -> bool {
+    lo.is_none_or(|lo| u > lo) && u <= hi
+}
+
 fn before_rows(batch: &RecordBatch) -> Option<Vec<bool>> {
     let ops = batch.column_by_name(batch::OP)?.as_string_opt::<i32>()?;
     let code = Op::Before.code().as_bytes()[0];
@@ -272,7 +278,7 @@ impl Window {
             .enumerate()
             .map(|(r, u)| {
                 let u = u.unwrap_or(i128::MIN);
-                let inside = lo.is_none_or(|lo| u > lo) && u <= hi;
+                let inside = inside(u, lo, hi);
                 if counted(r) {
                     out.later += usize::from(u > hi);
                     out.taken += usize::from(inside);
