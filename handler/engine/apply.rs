@@ -231,7 +231,10 @@ async fn read_stage(
         let spill = match (slices, &cache) {
             (Some(s), Some(c)) if s.done > 0 => match c.spill() {
                 Some(sp) if sp.holds(&s, dopts) => Some(SpillUse::Read(sp, s.done)),
-                _ if s.done + 1 < s.of && !c.spill_refused() => {
+                _ if s.done + 1 < s.of
+                    && s.of - s.done - 1 <= SpillWriter::MAX_SLICES
+                    && !c.spill_refused() =>
+                {
                     Some(SpillUse::Write(Arc::new(Mutex::new(SpillWriter::new(
                         c.dir(),
                         &layout.key,
@@ -361,6 +364,7 @@ async fn keep_spill(
     slices: Slices,
 ) -> Result<(), SyncError> {
     let Ok(writer) = Arc::try_unwrap(writer) else {
+        cache.refuse_spill();
         return Ok(());
     };
     let writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -101,6 +101,10 @@ fn spill_path(dir: &Path, slice: u32) -> PathBuf {
 }
 
 impl SpillWriter {
+    /// Most slices one pass writes for: each has a file and a write buffer open while it runs.
+    pub const MAX_SLICES: u32 = 256;
+    const BUFFER: usize = 64 << 10;
+
     /// For the pass of slice `slices.done` over the interval `(lo, hi]` of a table keyed by
     /// `key`, decoding under `dopts`: writes the later slices' rows to files in `dir` (a folder
     /// of the slice cache), at most `budget` bytes.
@@ -167,7 +171,7 @@ impl SpillWriter {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let f =
                         File::create(spill_path(&self.dir, slice)).map_err(|e| e.to_string())?;
-                    v.insert((BufWriter::with_capacity(1 << 20, f), 0))
+                    v.insert((BufWriter::with_capacity(Self::BUFFER, f), 0))
                 }
             };
             writer.write_all(&buf).map_err(|e| e.to_string())?;
