@@ -18,6 +18,7 @@
 //! | [`table_cache`] | Delta tables kept open between the handler's runs, brought up to date instead of opened |
 //! | [`read`] | deriving an unconfigured key; decoding a table's files into a window |
 //! | [`slice_cache`] | a sliced interval's files on local disk, so its later slices fetch none again |
+//! | [`slice_spill`] | a sliced interval's rows cut by slice on local disk, so each later slice reads its own |
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
 //! | [`key_cache`] | table files' key columns kept sorted in memory between steps (looked up, not read) |
 //! | [`probe_decode`] | a table file's key columns decoded on both cores, streamed to the merge in file order |

@@ -284,3 +284,138 @@ impl SliceSpill {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use arrow_array::{Decimal128Array, Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use crdb_delta_core::format::batch;
+
+    use super::*;
+
+    fn batch_of(ids: std::ops::Range<i64>, with_name: bool) -> RecordBatch {
+        let n = ids.end - ids.start;
+        let at = Hlc::parse_decimal("15.0000000000")
+            .unwrap()
+            .to_decimal_i128();
+        let mut fields = vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new(batch::UPDATED, DataType::Decimal128(38, 10), false),
+        ];
+        let mut columns: Vec<arrow_array::ArrayRef> = vec![
+            Arc::new(Int64Array::from(ids.clone().collect::<Vec<_>>())),
+            Arc::new(
+                Decimal128Array::from(vec![at; n as usize])
+                    .with_precision_and_scale(38, 10)
+                    .unwrap(),
+            ),
+        ];
+        if with_name {
+            fields.push(Field::new("name", DataType::Utf8, true));
+            columns.push(Arc::new(StringArray::from(
+                ids.map(|i| format!("n{i}")).collect::<Vec<_>>(),
+            )));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    fn ids(b: &RecordBatch) -> Vec<i64> {
+        b.column(0).as_primitive::<Int64Type>().values().to_vec()
+    }
+
+    /// What a pass writes reads back per slice and file, batches of other columns included;
+    /// a file with no row of a slice reads as none, a file the pass did not read is not there;
+    /// the spill holds only the later slices of its interval, decoded alike.
+    #[test]
+    fn a_spill_reads_back_each_slices_rows_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let hi = Hlc::parse_decimal("20.0000000000").unwrap();
+        let slices = Slices {
+            resolved: hi,
+            of: 4,
+            done: 1,
+        };
+        let dopts = DecodeOptions::default();
+        let mut w = SpillWriter::new(dir.path(), &["id".into()], None, slices, &dopts, 1 << 20);
+        let (a, b) = (batch_of(0..50, false), batch_of(50..60, true));
+        w.add("f1", &a, 100);
+        w.add("f1", &b, 200);
+        w.file_done("f1", false);
+        w.file_done("empty", true);
+        let spill = w.finish(slices).unwrap();
+        assert!(spill.bytes() > 0);
+        for slice in 2..4 {
+            let (got, bare) = spill.read(slice, "f1").unwrap().unwrap();
+            assert!(!bare);
+            let want: Vec<(Vec<i64>, u64)> = [(&a, 100), (&b, 200)]
+                .into_iter()
+                .flat_map(|(x, upto)| {
+                    split_for_slices(x, &["id".into()], None, hi, 2, 4)
+                        .unwrap()
+                        .into_iter()
+                        .filter(|(s, _)| *s == slice)
+                        .map(move |(_, p)| (ids(&p), upto))
+                })
+                .collect();
+            let got_ids: Vec<(Vec<i64>, u64)> = got.iter().map(|(x, u)| (ids(x), *u)).collect();
+            assert_eq!(got_ids, want, "slice {slice}");
+            assert_eq!(
+                got.last().unwrap().0.num_columns(),
+                3,
+                "the second batch's columns"
+            );
+        }
+        let (none, bare) = spill.read(2, "empty").unwrap().unwrap();
+        assert!(none.is_empty() && bare);
+        assert!(spill.read(2, "unread").is_none());
+        assert!(spill.holds(&Slices { done: 3, ..slices }, &dopts));
+        assert!(
+            !spill.holds(&Slices { done: 1, ..slices }, &dopts),
+            "written by that pass"
+        );
+        assert!(!spill.holds(
+            &Slices {
+                of: 5,
+                done: 2,
+                ..slices
+            },
+            &dopts
+        ));
+        let other = DecodeOptions {
+            batch_size: 7,
+            ..DecodeOptions::default()
+        };
+        assert!(!spill.holds(&Slices { done: 2, ..slices }, &other));
+    }
+
+    /// Past its budget a spill is given up: nothing results and its files are gone.
+    #[test]
+    fn a_spill_past_its_budget_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let slices = Slices {
+            resolved: Hlc::parse_decimal("20.0000000000").unwrap(),
+            of: 3,
+            done: 1,
+        };
+        let mut w = SpillWriter::new(
+            dir.path(),
+            &["id".into()],
+            None,
+            slices,
+            &DecodeOptions::default(),
+            2000,
+        );
+        w.add("f1", &batch_of(0..10, true), 10);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        for i in 1..20 {
+            w.add("f1", &batch_of(i * 10..i * 10 + 10, true), 10);
+        }
+        w.file_done("f1", false);
+        assert!(w.finish(slices).is_none());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
