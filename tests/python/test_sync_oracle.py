@@ -240,22 +240,35 @@ def test_crash_at_any_point_converges(crdb_delta_bin, tmp_path, mode, fault):
 
 
 # An initial scan is one RESOLVED interval as large as the table: with no smaller step to plan,
-# it is applied in key slices, one commit each, so memory follows the window.
+# it is applied in key slices, one commit each, so memory follows the window. With a slice
+# cache, the second slice spills the later slices' rows to local disk and those read them back.
 @pytest.mark.parametrize("fmt", ["json", "parquet"])
 @pytest.mark.parametrize("mode,storage", [
     ("update_delete", "deletion_vectors"), ("update_delete", "copy_on_write"),
     ("append_only", "deletion_vectors"),
     ("scd2", "deletion_vectors"), ("scd2", "copy_on_write"),
 ])
-def test_an_interval_larger_than_the_window_is_applied_in_key_slices(crdb_delta_bin, tmp_path, fmt, mode, storage):
+@pytest.mark.parametrize("cache", [None, "64MiB"])
+def test_an_interval_larger_than_the_window_is_applied_in_key_slices(crdb_delta_bin, tmp_path, fmt, mode, storage,
+                                                                    cache):
     root = simulate(crdb_delta_bin, tmp_path, fmt, 3, initial_rows=1500)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     report = json.loads(sync(crdb_delta_bin, root, mode, "--max-window-bytes", "150000",
-                             "--min-slice-bytes", "50000", "--storage", storage).stdout)
+                             "--min-slice-bytes", "50000", "--storage", storage,
+                             *(["--slice-cache-bytes", cache] if cache else []),
+                             env={"TMPDIR": str(tmp)}).stdout)
     for t, r in report["tables"].items():
         assert r["slice_commits"] >= 1, (t, r)
         assert r["commits"] == report["steps"] + r["slice_commits"], (t, r)
-        # Slices past the first skip other slices' rows without building them.
-        assert r["rows_skipped"] > 0, (t, r)
+        if cache is None:
+            # Slices past the first skip other slices' rows without building them.
+            assert r["rows_skipped"] > 0, (t, r)
+            assert r["files_from_slice_spill"] == r["bytes_spilled"] == 0, (t, r)
+        elif r["slice_commits"] >= 2:
+            # Slices past the second read their rows from the spill.
+            assert r["files_from_slice_spill"] > 0 and r["bytes_spilled"] > 0, (t, r)
+    assert list(tmp.iterdir()) == [], "slice cache folders left"
     check_final(root, mode)
     if mode == "update_delete":
         # Only whole intervals are recorded: a reader of _crdb_delta_resolved never sees a slice.
