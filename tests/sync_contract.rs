@@ -633,6 +633,92 @@ async fn a_spilled_interval_of_column_families_equals_the_truth() {
     }
 }
 
+/// An interval the time budget left part-way keeps its slice cache for the process's next run
+/// (the handler's next invocation): the next runs' slices read the files kept and then the
+/// rows spilled instead of fetching and decoding the files again. The table equals the truth,
+/// and no folder is left once the interval is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_cache_outlives_a_run_left_part_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimOptions {
+        tables: vec!["usertable".into()],
+        format: Format::Json,
+        initial_rows: 3000,
+        windows: 1,
+        events_per_window: 50,
+        file_size: 64 << 10,
+        ..SimOptions::default()
+    };
+    let (feed, config) = simulated(dir.path(), sim).await;
+    let names = feed_objects(&dir.path().join("feed"));
+    let first = resolveds_of(&names)[0];
+    let scan_files = names
+        .iter()
+        .filter(|n| matches!(n, ObjectName::Data(d) if d.ts <= first))
+        .count() as u64;
+    let root = dir.path().join("cache");
+    std::fs::create_dir(&root).unwrap();
+    let opts = SyncOptions {
+        config,
+        max_window_bytes: 200_000,
+        min_slice_bytes: 10_000,
+        each_resolved: true,
+        slice_cache_bytes: 1 << 30,
+        slice_cache_dir: Some(root.clone()),
+        slice_caches: Some(Default::default()),
+        ..SyncOptions::default()
+    };
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    // A run whose budget is spent once its first step is: one slice each.
+    let budgeted = || SyncOptions {
+        deadline: Some(std::time::Instant::now()),
+        ..opts.clone()
+    };
+    let folders = || std::fs::read_dir(&root).unwrap().count();
+    let run = |o: SyncOptions| {
+        let (feed, target) = (feed.clone(), target.clone());
+        async move {
+            let r = sync(&feed, &target, &o).await.unwrap();
+            (r.complete, r.tables["usertable"].clone())
+        }
+    };
+    // Slice 0 fetches every scan file and keeps it.
+    let (complete, t) = run(budgeted()).await;
+    assert!(!complete && t.slice_commits == 1, "{t:?}");
+    assert_eq!(
+        (t.files_read, t.files_from_slice_cache),
+        (scan_files, 0),
+        "{t:?}"
+    );
+    assert_eq!(folders(), 1, "kept for the next run");
+    // Slice 1, in the next run: every file from the cache, nothing fetched; the rows spilled.
+    let (_, t) = run(budgeted()).await;
+    assert_eq!(
+        (t.slice_commits, t.files_from_slice_cache, t.bytes_read),
+        (1, scan_files, 0),
+        "{t:?}"
+    );
+    assert!(t.bytes_spilled > 0, "{t:?}");
+    // Slice 2: its rows from the spill, no file read.
+    let (_, t) = run(budgeted()).await;
+    assert_eq!(
+        (t.slice_commits, t.files_from_slice_spill, t.files_read),
+        (1, scan_files, 0),
+        "{t:?}"
+    );
+    // The rest in one run (its last slice not counted in `slice_commits`): every slice from
+    // the spill; the folder goes with the interval.
+    let (complete, t) = run(opts.clone()).await;
+    assert!(complete && t.slice_commits > 0, "{t:?}");
+    assert_eq!(
+        t.files_from_slice_spill,
+        (t.slice_commits + 1) * scan_files,
+        "{t:?}"
+    );
+    assert_eq!(folders(), 0, "folder left");
+    assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
+}
+
 /// Once learned (from a table's second step in a process), a table file's key column is looked
 /// up in memory rather than read again, in one run and across the handler's runs (one cache
 /// per process); the tables equal the truth either way, and without the index nothing is

@@ -184,7 +184,7 @@ async fn read_stage(
             // pass of the whole window (its peak memory would be several times the window).
             match planned {
                 Some(p) => {
-                    let cache = slice_cache(state, opts);
+                    let cache = slice_cache(state, opts, resolved);
                     learn_expansion(
                         &mut state.report,
                         files,
@@ -225,7 +225,7 @@ async fn read_stage(
             Some(_) => Some(max),
             None => Some(max.max(opts.min_slice_bytes.saturating_mul(2))),
         };
-        let cache = slices.and_then(|_| slice_cache(state, opts));
+        let cache = slices.and_then(|_| slice_cache(state, opts, resolved));
         // From the second slice on, with a cache: the later slices' rows on local disk, read
         // by this pass, or written by it.
         let spill = match (slices, &cache) {
@@ -337,16 +337,23 @@ async fn read_stage(
     ))
 }
 
-/// The table's slice cache for its sliced interval, made at the interval's first pass in this
-/// run (`None` without `slice_cache_bytes`, or when its folder cannot be made: the passes then
-/// fetch every file, as without one).
-fn slice_cache(state: &mut TableState, opts: &SyncOptions) -> Option<SliceCache> {
+/// The table's slice cache for its sliced interval to `resolved`, made at the interval's first
+/// pass in this process (`None` without `slice_cache_bytes`, or when its folder cannot be made:
+/// the passes then fetch every file, as without one). One kept for another interval is let go.
+fn slice_cache(state: &mut TableState, opts: &SyncOptions, resolved: Hlc) -> Option<SliceCache> {
+    if state
+        .slice_cache
+        .as_ref()
+        .is_some_and(|c| c.interval() != resolved)
+    {
+        state.slice_cache = None;
+    }
     if state.slice_cache.is_none() && opts.slice_cache_bytes > 0 {
         let root = opts
             .slice_cache_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
-        match SliceCache::new(&root, opts.slice_cache_bytes) {
+        match SliceCache::new(&root, opts.slice_cache_bytes, resolved) {
             Ok(c) => state.slice_cache = Some(c),
             Err(e) => {
                 tracing::warn!(table = %state.name, error = %e, "slice cache: no folder in the temporary folder; every slice fetches the interval's files");

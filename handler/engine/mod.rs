@@ -180,6 +180,9 @@ pub struct SyncOptions {
     pub slice_cache_bytes: u64,
     /// Where the slice cache's folders go; `None`: the system's temporary folder (`TMPDIR`).
     pub slice_cache_dir: Option<std::path::PathBuf>,
+    /// Slice caches of intervals a run left part-way, for the next run (the handler's runs);
+    /// `None`: each run starts its own.
+    pub slice_caches: Option<slice_cache::SliceCaches>,
     /// Deletion vectors: once the table has 8 files smaller than this, a step rewrites the ones
     /// it changes (they merge into its new file rather than pile up).
     pub rewrite_below: u64,
@@ -312,6 +315,7 @@ impl Default for SyncOptions {
             min_slice_bytes: plan::Slices::MIN_BYTES,
             slice_cache_bytes: 0,
             slice_cache_dir: None,
+            slice_caches: None,
             rewrite_below: DEFAULT_REWRITE_BELOW,
             batch_size: 8192,
             target_file_size: DEFAULT_TARGET_FILE_SIZE,

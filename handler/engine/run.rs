@@ -167,6 +167,11 @@ pub(super) async fn sync_known(
             s.carry = cache.take(&s.target.path);
         }
     }
+    if let Some(caches) = &opts.slice_caches {
+        for s in &mut states {
+            s.slice_cache = caches.take(&s.target.path);
+        }
+    }
     for s in &mut states {
         s.skipped = skipped.remove(&s.name).unwrap_or_default();
     }
@@ -386,6 +391,12 @@ pub(super) async fn sync_known(
     for mut s in states {
         if let Some(cache) = &opts.carry_cache {
             cache.put(&s.target.path, std::mem::take(&mut s.carry));
+        }
+        // An interval left part-way: its files and spilled rows for the next run's slices.
+        if let (Some(caches), Some(cache), Some(_)) =
+            (&opts.slice_caches, s.slice_cache.take(), s.progress.slices)
+        {
+            caches.put(&s.target.path, cache);
         }
         // The table as of its last commit here, with its progress at that version.
         if let (Some(cache), Some(table)) = (&opts.table_cache, &s.table) {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use crdb_delta_core::Hlc;
 use crdb_delta_core::plan::Object;
 
 use super::slice_spill::SliceSpill;
@@ -32,6 +33,8 @@ pub struct SliceCache {
 struct Inner {
     dir: PathBuf,
     budget: u64,
+    /// The RESOLVED that ends the interval whose files these are.
+    interval: Hlc,
     state: Mutex<State>,
 }
 
@@ -61,9 +64,9 @@ struct Entry {
 }
 
 impl SliceCache {
-    /// An empty cache of at most `budget` bytes in a new folder below `root`, readable by this
-    /// user only (the files are table data).
-    pub fn new(root: &Path, budget: u64) -> std::io::Result<Self> {
+    /// An empty cache of at most `budget` bytes for the interval to `interval`, in a new folder
+    /// below `root`, readable by this user only (the files are table data).
+    pub fn new(root: &Path, budget: u64, interval: Hlc) -> std::io::Result<Self> {
         let dir = loop {
             let n = CREATED.fetch_add(1, Ordering::Relaxed);
             let dir = root.join(format!("crdb-delta-slices-{}-{n}", std::process::id()));
@@ -81,9 +84,15 @@ impl SliceCache {
             inner: Arc::new(Inner {
                 dir,
                 budget,
+                interval,
                 state: Mutex::default(),
             }),
         })
+    }
+
+    /// The RESOLVED that ends its interval.
+    pub fn interval(&self) -> Hlc {
+        self.inner.interval
     }
 
     /// The folder the files are kept in.
@@ -191,6 +200,33 @@ impl SliceCache {
     }
 }
 
+/// The slice caches of tables whose sliced interval a run left part-way (its time budget
+/// spent), kept for the process's next run (the handler's next invocation): that run's slices
+/// read the files and spilled rows the earlier passes kept instead of fetching and decoding
+/// them again. One per table (by target path); taken by the run that opens the table.
+#[derive(Clone, Default)]
+pub struct SliceCaches(Arc<Mutex<HashMap<String, SliceCache>>>);
+
+impl std::fmt::Debug for SliceCaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SliceCaches")
+    }
+}
+
+impl SliceCaches {
+    /// The cache kept for `table`, taken out.
+    pub(super) fn take(&self, table: &str) -> Option<SliceCache> {
+        self.0.lock().ok()?.remove(table)
+    }
+
+    /// Keeps `cache` for `table`'s next run.
+    pub(super) fn put(&self, table: &str, cache: SliceCache) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(table.to_owned(), cache);
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
@@ -221,7 +257,7 @@ mod tests {
     #[test]
     fn kept_files_read_back_while_their_listing_matches_within_the_budget() {
         let root = tempfile::tempdir().unwrap();
-        let cache = SliceCache::new(root.path(), 10).unwrap();
+        let cache = SliceCache::new(root.path(), 10, Hlc::new(1, 0)).unwrap();
         let dir = cache.dir().to_owned();
         let a = Bytes::from_static(b"{\"a\":1}\n");
         cache.put(&object(A, 8, 5), &a);
@@ -259,8 +295,8 @@ mod tests {
     fn each_cache_has_a_private_folder() {
         let root = tempfile::tempdir().unwrap();
         let (one, two) = (
-            SliceCache::new(root.path(), 1).unwrap(),
-            SliceCache::new(root.path(), 1).unwrap(),
+            SliceCache::new(root.path(), 1, Hlc::new(1, 0)).unwrap(),
+            SliceCache::new(root.path(), 1, Hlc::new(1, 0)).unwrap(),
         );
         assert_ne!(one.dir(), two.dir());
         #[cfg(unix)]

@@ -63,6 +63,8 @@ impl App {
             key_cache: configured.key_cache.clone().learning_from_first_step(),
             // One run per RESOLVED event: a file straddling RESOLVEDs is read once.
             carry_cache: Some(crate::engine::carry::CarryCache::default()),
+            // An interval applied in slices over several invocations keeps its slice cache.
+            slice_caches: Some(crate::engine::slice_cache::SliceCaches::default()),
             table_cache: Some(crate::engine::table_cache::TableCache::default()),
             explicit: Some(settings.config.clone()),
             crdb_url: settings.crdb_url.clone(),
