@@ -226,11 +226,17 @@ async fn read_stage(
             None => Some(max.max(opts.min_slice_bytes.saturating_mul(2))),
         };
         let cache = slices.and_then(|_| slice_cache(state, opts, resolved));
-        // From the second slice on, with a cache: the later slices' rows on local disk, read
-        // by this pass, or written by it.
+        // With a cache: the later slices' rows on local disk, read by this pass, or written by
+        // it. The first pass, which decodes every row anyway, writes them; a later pass that
+        // decodes under other options (the table it created took the types it inferred, where
+        // none were configured) cannot use them, and writes them again.
         let spill = match (slices, &cache) {
-            (Some(s), Some(c)) if s.done > 0 => match c.spill() {
-                Some(sp) if sp.holds(&s, dopts) => Some(SpillUse::Read(sp, s.done)),
+            (Some(s), Some(c)) => match c.spill() {
+                Some(sp) if sp.holds(&s, dopts) => {
+                    let c = c.clone();
+                    tokio::task::spawn_blocking(move || c.release_files()).await?;
+                    Some(SpillUse::Read(sp, s.done))
+                }
                 _ if s.done + 1 < s.of
                     && s.of - s.done - 1 <= SpillWriter::MAX_SLICES
                     && !c.spill_refused() =>

@@ -171,14 +171,19 @@ impl SliceCache {
         self.state().spill.clone()
     }
 
-    /// Keeps the spill a pass wrote (in [`Self::dir`]); the files kept so far are let go: the
-    /// later slices read the spill.
+    /// Keeps the spill a pass wrote (in [`Self::dir`]).
     pub fn set_spill(&self, spill: SliceSpill) {
+        self.state().spill = Some(Arc::new(spill));
+    }
+
+    /// Lets the files kept so far go (blocking): a pass reads the spill, so the later ones
+    /// will too. Until then they stay, for a pass that cannot use the spill (it decodes
+    /// under other options) and writes it again from them.
+    pub fn release_files(&self) {
         let paths: Vec<String> = self.state().files.keys().cloned().collect();
         for p in paths {
             self.forget(&p);
         }
-        self.state().spill = Some(Arc::new(spill));
     }
 
     /// Whether a pass's spill did not fit.
