@@ -241,7 +241,8 @@ def test_crash_at_any_point_converges(crdb_delta_bin, tmp_path, mode, fault):
 
 # An initial scan is one RESOLVED interval as large as the table: with no smaller step to plan,
 # it is applied in key slices, one commit each, so memory follows the window. With a slice
-# cache, the second slice spills the later slices' rows to local disk and those read them back.
+# cache, the first slice's pass spills the later slices' rows to local disk and those read them
+# back.
 @pytest.mark.parametrize("fmt", ["json", "parquet"])
 @pytest.mark.parametrize("mode,storage", [
     ("update_delete", "deletion_vectors"), ("update_delete", "copy_on_write"),
@@ -266,7 +267,7 @@ def test_an_interval_larger_than_the_window_is_applied_in_key_slices(crdb_delta_
             assert r["rows_skipped"] > 0, (t, r)
             assert r["files_from_slice_spill"] == r["bytes_spilled"] == 0, (t, r)
         elif r["slice_commits"] >= 2:
-            # Slices past the second read their rows from the spill.
+            # Later slices read their rows from the spill.
             assert r["files_from_slice_spill"] > 0 and r["bytes_spilled"] > 0, (t, r)
     assert list(tmp.iterdir()) == [], "slice cache folders left"
     check_final(root, mode)
