@@ -595,11 +595,11 @@ async fn a_sliced_intervals_files_are_fetched_once_and_its_rows_spilled_by_slice
 }
 
 /// Where no column type is configured, the first pass decodes under the types it infers, and the
-/// later passes under the types the table took from it: the first pass's spill is not theirs,
-/// so the second pass writes it again (from the files the cache kept), and the slices after it
-/// read that one. The table equals the truth.
+/// later passes under the types the table took from it: a spill of the first pass would not be
+/// theirs, so the second pass writes it (from the files the cache kept), and the slices after
+/// it read that one. The table equals the truth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spill_of_inferred_types_is_written_again_under_the_tables() {
+async fn a_spill_of_inferred_types_is_written_by_the_second_pass() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimOptions {
         tables: vec!["usertable".into()],

@@ -229,7 +229,9 @@ async fn read_stage(
         // With a cache: the later slices' rows on local disk, read by this pass, or written by
         // it. The first pass, which decodes every row anyway, writes them; a later pass that
         // decodes under other options (the table it created took the types it inferred, where
-        // none were configured) cannot use them, and writes them again.
+        // none were configured) cannot use them, and writes them again. So a first pass that
+        // will create the table with no type given leaves it to the second.
+        let inferring = state.table.is_none() && dopts.columns.is_empty();
         let spill = match (slices, &cache) {
             (Some(s), Some(c)) => match c.spill() {
                 Some(sp) if sp.holds(&s, dopts) => {
@@ -239,6 +241,7 @@ async fn read_stage(
                 }
                 _ if s.done + 1 < s.of
                     && s.of - s.done - 1 <= SpillWriter::MAX_SLICES
+                    && (s.done > 0 || !inferring)
                     && !c.spill_refused() =>
                 {
                     Some(SpillUse::Write(Arc::new(Mutex::new(SpillWriter::new(
