@@ -594,13 +594,10 @@ async fn a_sliced_intervals_files_are_fetched_once_and_its_rows_spilled_by_slice
     }
 }
 
-/// Where no column type is configured, the first pass decodes under the types it infers, and the
-/// later passes under the types the table took from it: a spill of the first pass would not be
-/// theirs, so the second pass writes it (from the files the cache kept), and the slices after
-/// it read that one. The table equals the truth.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spill_of_inferred_types_is_written_by_the_second_pass() {
-    let dir = tempfile::tempdir().unwrap();
+/// A `usertable` NDJSON feed under `dir` whose initial scan (3000 rows in 64 kB files) is
+/// applied in many slices by [`cached_slices`]: the feed, the manifest's config, and how many
+/// files the scan has.
+async fn sliced_scan_feed(dir: &std::path::Path) -> (Location, Config, u64) {
     let sim = SimOptions {
         tables: vec!["usertable".into()],
         format: Format::Json,
@@ -610,25 +607,42 @@ async fn a_spill_of_inferred_types_is_written_by_the_second_pass() {
         file_size: 64 << 10,
         ..SimOptions::default()
     };
-    let (feed, mut config) = simulated(dir.path(), sim).await;
-    for t in config.tables.values_mut() {
-        t.columns.clear();
-    }
-    let names = feed_objects(&dir.path().join("feed"));
+    let (feed, config) = simulated(dir, sim).await;
+    let names = feed_objects(&dir.join("feed"));
     let first = resolveds_of(&names)[0];
     let scan_files = names
         .iter()
         .filter(|n| matches!(n, ObjectName::Data(d) if d.ts <= first))
         .count() as u64;
-    let opts = SyncOptions {
+    (feed, config, scan_files)
+}
+
+/// One commit per RESOLVED in a 200 kB window (slices of at least 10 kB), with a slice cache of
+/// 1 GiB in `root`.
+fn cached_slices(config: Config, root: &std::path::Path) -> SyncOptions {
+    SyncOptions {
         config,
         max_window_bytes: 200_000,
         min_slice_bytes: 10_000,
         each_resolved: true,
         slice_cache_bytes: 1 << 30,
-        slice_cache_dir: Some(dir.path().to_owned()),
+        slice_cache_dir: Some(root.to_owned()),
         ..SyncOptions::default()
-    };
+    }
+}
+
+/// Where no column type is configured, the first pass decodes under the types it infers, and the
+/// later passes under the types the table took from it: a spill of the first pass would not be
+/// theirs, so the second pass writes it (from the files the cache kept), and the slices after
+/// it read that one. The table equals the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spill_of_inferred_types_is_written_by_the_second_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, mut config, scan_files) = sliced_scan_feed(dir.path()).await;
+    for t in config.tables.values_mut() {
+        t.columns.clear();
+    }
+    let opts = cached_slices(config, dir.path());
     let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
     let report = sync(&feed, &target, &opts).await.unwrap();
     let t = &report.tables["usertable"];
@@ -688,33 +702,12 @@ async fn a_spilled_interval_of_column_families_equals_the_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slice_cache_outlives_a_run_left_part_way() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimOptions {
-        tables: vec!["usertable".into()],
-        format: Format::Json,
-        initial_rows: 3000,
-        windows: 1,
-        events_per_window: 50,
-        file_size: 64 << 10,
-        ..SimOptions::default()
-    };
-    let (feed, config) = simulated(dir.path(), sim).await;
-    let names = feed_objects(&dir.path().join("feed"));
-    let first = resolveds_of(&names)[0];
-    let scan_files = names
-        .iter()
-        .filter(|n| matches!(n, ObjectName::Data(d) if d.ts <= first))
-        .count() as u64;
+    let (feed, config, scan_files) = sliced_scan_feed(dir.path()).await;
     let root = dir.path().join("cache");
     std::fs::create_dir(&root).unwrap();
     let opts = SyncOptions {
-        config,
-        max_window_bytes: 200_000,
-        min_slice_bytes: 10_000,
-        each_resolved: true,
-        slice_cache_bytes: 1 << 30,
-        slice_cache_dir: Some(root.clone()),
         slice_caches: Some(Default::default()),
-        ..SyncOptions::default()
+        ..cached_slices(config, &root)
     };
     let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
     // A run whose budget is spent once its first step is: one slice each.
