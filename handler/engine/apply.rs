@@ -257,13 +257,13 @@ async fn read_stage(
             },
             _ => None,
         };
-        let writes_spill = matches!(spill, Some(SpillUse::Write(_)));
+        let writer = spill.as_ref().and_then(SpillUse::writer);
         // A slice past the first has its decoder skip building the other slices' rows (unless
         // the pass writes the spill, which takes every row); the slice count is fixed by then,
         // so no size is measured from it.
         let sliced;
         let dopts = match slices {
-            Some(s) if s.done > 0 && !writes_spill => {
+            Some(s) if s.done > 0 && writer.is_none() => {
                 sliced = DecodeOptions {
                     slice: Some(SliceFilter {
                         index: s.done,
@@ -279,10 +279,6 @@ async fn read_stage(
         };
         // A file is decoded ahead, while its predecessor is merged in, up to an eighth of the
         // window.
-        let writer = match &spill {
-            Some(SpillUse::Write(w)) => Some(w.clone()),
-            _ => None,
-        };
         match read_window(
             &state.name,
             &mut state.report,
@@ -306,8 +302,8 @@ async fn read_stage(
         .await
         {
             Ok(read) => {
-                if let (Some(w), Some(c), Some(s)) = (writer, cache, slices) {
-                    keep_spill(&mut state.report, w, c, s).await?;
+                if let (Some(w), Some(c)) = (writer, cache) {
+                    keep_spill(&mut state.report, w, c).await?;
                 }
                 break read;
             }
@@ -377,14 +373,13 @@ async fn keep_spill(
     report: &mut super::report::TableReport,
     writer: Arc<Mutex<SpillWriter>>,
     cache: SliceCache,
-    slices: Slices,
 ) -> Result<(), SyncError> {
     let Ok(writer) = Arc::try_unwrap(writer) else {
         cache.refuse_spill();
         return Ok(());
     };
     let writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
-    let spill = tokio::task::spawn_blocking(move || writer.finish(slices)).await?;
+    let spill = tokio::task::spawn_blocking(move || writer.finish()).await?;
     match spill {
         Some(spill) => {
             report.bytes_spilled += spill.bytes();

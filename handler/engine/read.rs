@@ -119,8 +119,13 @@ async fn fetch_kept(
 /// Counts one file read, fetched or from the slice cache.
 fn count_read(report: &mut TableReport, stored: u64, cached: bool) {
     report.files_read += 1;
+    report.files_from_slice_cache += u64::from(cached);
+    count_bytes(report, stored, cached);
+}
+
+/// Counts a file's stored bytes, fetched or from the slice cache.
+fn count_bytes(report: &mut TableReport, stored: u64, cached: bool) {
     if cached {
-        report.files_from_slice_cache += 1;
         report.bytes_from_slice_cache += stored;
     } else {
         report.bytes_read += stored;
@@ -227,11 +232,7 @@ pub(super) async fn learn_expansion(
         return Ok(());
     };
     let (bytes, cached) = fetch_kept(source, obj, cache).await?;
-    if cached {
-        report.bytes_from_slice_cache += bytes.len() as u64;
-    } else {
-        report.bytes_read += bytes.len() as u64;
-    }
+    count_bytes(report, bytes.len() as u64, cached);
     let (path, dopts) = (obj.path.clone(), dopts.clone());
     let decoded =
         tokio::task::spawn_blocking(move || decode::decoded_size(&d, &path, bytes, &dopts))
@@ -274,7 +275,8 @@ impl SpillUse {
         }
     }
 
-    fn writer(&self) -> Option<Arc<std::sync::Mutex<SpillWriter>>> {
+    /// The spill this pass writes, if it writes one.
+    pub(super) fn writer(&self) -> Option<Arc<std::sync::Mutex<SpillWriter>>> {
         match self {
             SpillUse::Write(w) => Some(w.clone()),
             SpillUse::Read(..) => None,

@@ -101,7 +101,8 @@ impl SliceCache {
     }
 
     /// Bytes kept.
-    pub fn bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
         self.state().bytes
     }
 

@@ -12,7 +12,7 @@
 //! columns and types), uncompressed; at most the budget's bytes, past which the spill is given
 //! up (the later slices read the files, as without it). Removed with the folder it lives in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -22,31 +22,8 @@ use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use crdb_delta_core::Hlc;
 use crdb_delta_core::apply::split_for_slices;
-use crdb_delta_core::format::decode::DecodeOptions;
+use crdb_delta_core::format::decode::{DecodeOptions, Reading};
 use crdb_delta_core::plan::Slices;
-
-/// What decoding depends on besides the bytes: a pass decoding under other options (the table
-/// took new column types from an earlier slice) would not have read the rows spilled.
-#[derive(Debug, Clone, PartialEq)]
-struct Reading {
-    columns: std::collections::BTreeMap<String, crdb_delta_core::format::types::ColumnType>,
-    primary_key: Option<Vec<String>>,
-    batch_size: usize,
-    max_line_bytes: usize,
-    before: bool,
-}
-
-impl Reading {
-    fn of(o: &DecodeOptions) -> Self {
-        Self {
-            columns: o.columns.clone(),
-            primary_key: o.primary_key.clone(),
-            batch_size: o.batch_size,
-            max_line_bytes: o.max_line_bytes,
-            before: o.before,
-        }
-    }
-}
 
 /// One file's batches of one slice (each with its decoded bytes up to its end), and whether
 /// the file is in the `bare` envelope.
@@ -69,15 +46,13 @@ struct FileRows {
     bare: bool,
 }
 
-/// Written by one pass of the interval (slice `from - 1`), for slices `from..of`.
+/// Written by the pass of slice `slices.done` for the interval's later slices.
 pub struct SpillWriter {
     dir: PathBuf,
     reading: Reading,
     key: Vec<String>,
     lo: Option<Hlc>,
-    hi: Hlc,
-    from: u32,
-    of: u32,
+    slices: Slices,
     writers: HashMap<u32, (BufWriter<File>, u64)>,
     files: HashMap<String, FileRows>,
     bytes: u64,
@@ -86,12 +61,12 @@ pub struct SpillWriter {
     given_up: bool,
 }
 
-/// The spill of an interval's slices `from..of`, complete: every file of the pass that wrote it.
+/// The spill of an interval's slices past `slices.done` (the pass that wrote it), complete:
+/// every file that pass read.
 pub struct SliceSpill {
     dir: PathBuf,
     reading: Reading,
     slices: Slices,
-    from: u32,
     files: HashMap<String, FileRows>,
     bytes: u64,
 }
@@ -121,12 +96,10 @@ impl SpillWriter {
         }
         Self {
             dir: dir.to_owned(),
-            reading: Reading::of(dopts),
+            reading: dopts.reading(),
             key: key.to_vec(),
             lo,
-            hi: slices.resolved,
-            from: slices.done + 1,
-            of: slices.of,
+            slices,
             writers: HashMap::new(),
             files: HashMap::new(),
             bytes: 0,
@@ -152,7 +125,8 @@ impl SpillWriter {
     }
 
     fn try_add(&mut self, file: &str, batch: &RecordBatch, upto: u64) -> Result<(), String> {
-        let parts = split_for_slices(batch, &self.key, self.lo, self.hi, self.from, self.of)
+        let s = self.slices;
+        let parts = split_for_slices(batch, &self.key, self.lo, s.resolved, s.done + 1, s.of)
             .map_err(|e| e.to_string())?;
         for (slice, part) in parts {
             let mut buf = Vec::new();
@@ -194,13 +168,13 @@ impl SpillWriter {
         self.given_up = true;
         self.writers.clear();
         self.files.clear();
-        for s in self.from..self.of {
+        for s in self.slices.done + 1..self.slices.of {
             let _ = std::fs::remove_file(spill_path(&self.dir, s));
         }
     }
 
     /// The spill, when every batch of the pass went into it (blocking: flushes the files).
-    pub fn finish(mut self, slices: Slices) -> Option<SliceSpill> {
+    pub fn finish(mut self) -> Option<SliceSpill> {
         if self.given_up {
             return None;
         }
@@ -213,8 +187,7 @@ impl SpillWriter {
         Some(SliceSpill {
             dir: self.dir.clone(),
             reading: self.reading.clone(),
-            slices,
-            from: self.from,
+            slices: self.slices,
             files: std::mem::take(&mut self.files),
             bytes: self.bytes,
         })
@@ -227,8 +200,8 @@ impl SliceSpill {
     pub fn holds(&self, slices: &Slices, dopts: &DecodeOptions) -> bool {
         self.slices.resolved == slices.resolved
             && self.slices.of == slices.of
-            && (self.from..slices.of).contains(&slices.done)
-            && self.reading == Reading::of(dopts)
+            && slices.done > self.slices.done
+            && self.reading == dopts.reading()
     }
 
     /// The folder it is in.
@@ -244,11 +217,6 @@ impl SliceSpill {
     /// Whether the pass that wrote it read `file`: only such files are read from here.
     pub fn has_file(&self, file: &str) -> bool {
         self.files.contains_key(file)
-    }
-
-    /// The files the spill covers.
-    pub fn file_names(&self) -> HashSet<&str> {
-        self.files.keys().map(String::as_str).collect()
     }
 
     /// `file`'s batches for `slice` (each with its decoded bytes up to its end) and whether the
@@ -346,7 +314,7 @@ mod tests {
         w.add("f1", &b, 200);
         w.file_done("f1", false);
         w.file_done("empty", true);
-        let spill = w.finish(slices).unwrap();
+        let spill = w.finish().unwrap();
         assert!(spill.bytes() > 0);
         for slice in 2..4 {
             let (got, bare) = spill.read(slice, "f1").unwrap().unwrap();
@@ -415,7 +383,7 @@ mod tests {
             w.add("f1", &batch_of(i * 10..i * 10 + 10, true), 10);
         }
         w.file_done("f1", false);
-        assert!(w.finish(slices).is_none());
+        assert!(w.finish().is_none());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

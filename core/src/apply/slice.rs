@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::format::batch;
 use crate::format::canonical;
+use crate::format::decode::kept_by;
 use crate::format::hlc::Hlc;
 use crate::format::types::ColumnType;
 
@@ -169,9 +170,9 @@ impl SliceTag {
 
 /// One batch of a sliced interval's pass cut for the interval's later slices `from..of`: for
 /// each, the rows a window of that slice needs ([`crate::apply::Window::with_slice`] drops the
-/// others): rows of its key slice, every row outside the interval `(lo, hi]` (a window counts
-/// those), and the batch's first row inside it whatever its slice (a window learns the batch's
-/// columns from it), as a decoder under [`crate::format::decode::SliceFilter`] keeps them.
+/// others), as a decoder under [`crate::format::decode::SliceFilter`] keeps them
+/// ([`crate::format::decode::kept_by`]): rows of its key slice, every row outside the interval
+/// `(lo, hi]`, and the batch's first row inside it.
 /// Slices with no such row are left out. A batch whose key columns or timestamp cannot be
 /// read goes whole to every slice (their windows then refuse it as they would have).
 pub fn split_for_slices(
@@ -195,25 +196,22 @@ pub fn split_for_slices(
     };
     let (lo, hi) = (lo.map(Hlc::to_decimal_i128), hi.to_decimal_i128());
     let mut rows: Vec<Vec<u32>> = vec![Vec::new(); (of - from.min(of)) as usize];
-    let mut first_inside = true;
-    for r in 0..batch.num_rows() {
+    let slices = (0..batch.num_rows()).map(|r| {
         let u = if updated.is_null(r) {
             i128::MIN
         } else {
             updated.value(r)
         };
-        let to_all = if super::window::inside(u, lo, hi) {
-            std::mem::take(&mut first_inside)
-        } else {
-            true
-        };
-        if to_all {
-            rows.iter_mut().for_each(|v| v.push(r as u32));
-        } else if let Some(v) = slice_of(&keys, r, of)
-            .checked_sub(from)
-            .and_then(|i| rows.get_mut(i as usize))
-        {
-            v.push(r as u32);
+        super::window::inside(u, lo, hi).then(|| slice_of(&keys, r, of))
+    });
+    for (r, kept) in kept_by(slices).enumerate() {
+        match kept {
+            None => rows.iter_mut().for_each(|v| v.push(r as u32)),
+            Some(s) => {
+                if let Some(v) = s.checked_sub(from).and_then(|i| rows.get_mut(i as usize)) {
+                    v.push(r as u32);
+                }
+            }
         }
     }
     rows.into_iter()

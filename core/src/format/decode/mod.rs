@@ -45,6 +45,31 @@ pub struct DecodeOptions {
     pub before: bool,
 }
 
+/// What a decoder's batches depend on besides a file's bytes and the slice filter: what one
+/// pass over an interval learnt or kept from a file (an NDJSON file's line slices and batch
+/// types, a spill of its rows) serves a later pass only if that pass reads alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    columns: BTreeMap<String, ColumnType>,
+    primary_key: Option<Vec<String>>,
+    batch_size: usize,
+    max_line_bytes: usize,
+    before: bool,
+}
+
+impl DecodeOptions {
+    /// What these options read a file as ([`Reading`]).
+    pub fn reading(&self) -> Reading {
+        Reading {
+            columns: self.columns.clone(),
+            primary_key: self.primary_key.clone(),
+            batch_size: self.batch_size,
+            max_line_bytes: self.max_line_bytes,
+            before: self.before,
+        }
+    }
+}
+
 /// The rows one key slice of an interval does not need: those inside the interval
 /// (`lo < updated ≤ hi`) whose key falls into another slice ([`crate::apply::slice_of`]). The
 /// window drops them anyway ([`crate::apply::Window::with_slice`]), so a decoder skips building
@@ -145,13 +170,9 @@ impl SliceRows {
     /// Slices of an NDJSON file's lines found under `opts`' filter and key, with the batches
     /// the lines were read in (their columns and types learnt from the types `opts` gives).
     pub(crate) fn new_lines(opts: &DecodeOptions) -> Option<Self> {
-        let (filter, key) = (opts.slice?, opts.primary_key.clone()?);
+        let filter = opts.slice.filter(|_| opts.primary_key.is_some())?;
         let mut s = Self::new(filter, Vec::new())?;
-        s.lines = Some(ndjson_memo::Batches::new(
-            key,
-            opts.columns.clone(),
-            (opts.batch_size, opts.max_line_bytes),
-        ));
+        s.lines = Some(ndjson_memo::Batches::new(opts.reading()));
         Some(s)
     }
 
@@ -159,15 +180,13 @@ impl SliceRows {
     /// same filter but its index, key, given types and batch bounds (a file's line count is
     /// checked as it is read).
     pub(crate) fn fits_lines(&self, opts: &DecodeOptions) -> bool {
-        let (Some(filter), Some(key), Some(lines)) =
-            (opts.slice, opts.primary_key.as_deref(), self.lines.as_ref())
-        else {
+        let (Some(filter), Some(lines)) = (opts.slice, self.lines.as_ref()) else {
             return false;
         };
         self.of == filter.of
             && self.lo == filter.lo
             && self.hi == filter.hi
-            && lines.fits(key, &opts.columns, (opts.batch_size, opts.max_line_bytes))
+            && lines.fits(&opts.reading())
     }
 
     pub(crate) fn lines(&self) -> Option<&ndjson_memo::Batches> {
@@ -214,18 +233,25 @@ impl SliceRows {
     }
 }
 
-/// The rows slice `index` decodes, given each row's slice (`None`: outside the interval):
-/// those outside the interval, those of the slice, and the first row inside the interval
-/// whatever its slice (the window learns columns from it). The rows of a Parquet file, or of
-/// one NDJSON batch (whose columns may be new).
-pub(crate) fn kept_rows(slices: impl Iterator<Item = Option<u32>>, index: u32) -> Vec<bool> {
+/// Which slices keep each row, given each row's slice (`None`: outside the interval): `None`
+/// for a row every slice keeps — one outside the interval (the window counts those), or the
+/// first inside it whatever its slice (the window learns columns from it) — and `Some(s)` for
+/// a row only slice `s` keeps. Over the rows of a Parquet file, or of one NDJSON batch (whose
+/// columns may be new). The one rule for a decoder under a slice filter ([`kept_rows`]) and for
+/// a spill of later slices' rows ([`crate::apply::split_for_slices`]).
+pub fn kept_by(slices: impl Iterator<Item = Option<u32>>) -> impl Iterator<Item = Option<u32>> {
     let mut learnt = false;
-    slices
-        .map(|s| {
-            let keep = s.is_none_or(|s| s == index) || !learnt;
-            learnt |= s.is_some();
-            keep
-        })
+    slices.map(move |s| {
+        let first_inside = s.is_some() && !learnt;
+        learnt |= s.is_some();
+        s.filter(|_| !first_inside)
+    })
+}
+
+/// The rows slice `index` decodes ([`kept_by`]).
+pub(crate) fn kept_rows(slices: impl Iterator<Item = Option<u32>>, index: u32) -> Vec<bool> {
+    kept_by(slices)
+        .map(|k| k.is_none_or(|s| s == index))
         .collect()
 }
 

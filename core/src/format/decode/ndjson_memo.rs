@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::Reading;
 use crate::format::types::ColumnType;
 
 /// One batch as the learning pass read it.
@@ -23,13 +24,10 @@ pub(crate) struct Batch {
 /// An NDJSON file's batches, and what they were learnt under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Batches {
-    /// The key the lines' slices hash.
-    key: Vec<String>,
-    /// The types the learning pass was given (configured, or the table's): a pass given others
-    /// would learn others.
-    configured: BTreeMap<String, ColumnType>,
-    /// The batch size and longest line the file was read by: what ends a batch.
-    reads: (usize, usize),
+    /// What the learning pass read the file as: its key (what the lines' slices hash), the
+    /// types it was given (a pass given others would learn others), the batch size and longest
+    /// line (what ends a batch).
+    reading: Reading,
     pub(crate) batches: Vec<Batch>,
     /// Data columns in order of first appearance.
     pub(crate) order: Vec<String>,
@@ -38,28 +36,17 @@ pub(crate) struct Batches {
 }
 
 impl Batches {
-    pub(crate) fn new(
-        key: Vec<String>,
-        configured: BTreeMap<String, ColumnType>,
-        reads: (usize, usize),
-    ) -> Self {
+    pub(crate) fn new(reading: Reading) -> Self {
         Self {
-            key,
-            configured,
-            reads,
+            reading,
             batches: Vec::new(),
             order: Vec::new(),
             bare: false,
         }
     }
 
-    pub(crate) fn fits(
-        &self,
-        key: &[String],
-        configured: &BTreeMap<String, ColumnType>,
-        reads: (usize, usize),
-    ) -> bool {
-        self.key == key && &self.configured == configured && self.reads == reads
+    pub(crate) fn fits(&self, reading: &Reading) -> bool {
+        &self.reading == reading
     }
 
     /// The next batch: its line count, the columns and types known at its end.
