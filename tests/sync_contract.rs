@@ -639,6 +639,12 @@ fn cached_slices(config: Config, root: &std::path::Path) -> SyncOptions {
 async fn a_spill_of_inferred_types_is_written_by_the_second_pass() {
     let dir = tempfile::tempdir().unwrap();
     let (feed, mut config, scan_files) = sliced_scan_feed(dir.path()).await;
+    // The same feed with its types configured: the first pass spills every later slice's rows.
+    let typed = Location::open(dir.path().join("typed").to_str().unwrap()).unwrap();
+    let report = sync(&feed, &typed, &cached_slices(config.clone(), dir.path()))
+        .await
+        .unwrap();
+    let once = report.tables["usertable"].bytes_spilled;
     for t in config.tables.values_mut() {
         t.columns.clear();
     }
@@ -652,6 +658,11 @@ async fn a_spill_of_inferred_types_is_written_by_the_second_pass() {
     assert_eq!(
         t.files_from_slice_cache, scan_files,
         "the second pass: {t:?}"
+    );
+    // One spill, of one slice fewer than the typed run's: the first pass wrote none.
+    assert!(
+        t.bytes_spilled > 0 && t.bytes_spilled < once,
+        "{once} typed: {t:?}"
     );
     assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
 }
