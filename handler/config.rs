@@ -165,6 +165,11 @@ pub struct Config {
     /// VACUUM retention of that upkeep, hours (default 168).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retain_hours: Option<u64>,
+    /// The handler learns a table's key indexes when it first hears of the table's files,
+    /// before the RESOLVED that applies them (`engine::warm`; default true; never with
+    /// fan-out, where another instance may apply the table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_up: Option<bool>,
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
     /// Apply only these tables (the changefeed's table names); other tables' files are left
@@ -341,6 +346,7 @@ impl Config {
         out.max_line_bytes = out.max_line_bytes.or(schema.max_line_bytes);
         out.upkeep = out.upkeep.or(schema.upkeep);
         out.retain_hours = out.retain_hours.or(schema.retain_hours);
+        out.warm_up = out.warm_up.or(schema.warm_up);
         out.only_tables = out
             .only_tables
             .take()

@@ -1188,6 +1188,22 @@ HANDLER_FEED_ARGS = ["--windows", "5", "--events-per-window", "150", "--initial-
                      "--straddle", "0.25", "--duplicate-rate", "0.05"]
 
 
+def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
+    """Waits (60 s at most) until `serve` process PROC accepts on PORT; its LOG tells why not."""
+    import socket
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited: {log.read_text()[-1500:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("serve not listening after 60 s")
+            time.sleep(0.02)
+
+
 class Serve:
     """A running `crdb-delta serve` (env as tests/function_e2e.rs `Handler::start`)."""
 
@@ -1206,18 +1222,7 @@ class Serve:
         with open(log, "a") as f:
             self.proc = subprocess.Popen(argv, env=full_env(self.env), stdout=subprocess.DEVNULL,
                                          stderr=f, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        import socket
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {log.read_text()[-1500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("serve not listening after 60 s")
-                time.sleep(0.02)
+        wait_listening(self.proc, self.port, log)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

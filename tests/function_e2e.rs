@@ -274,3 +274,114 @@ async fn tables_kept_open_follow_other_writers_commits() {
 
     assert_equals_sync(&f, &["--mode", "append_only"]).await;
 }
+
+/// A new instance learns a table's key indexes when it first hears of the table's files, so
+/// the RESOLVED that follows looks every table file up instead of reading its key columns;
+/// with `warm_up: false` in the config, it reads them. The tables equal `sync`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_learns_key_indexes_before_the_resolved() {
+    let Some(f) = feed("wu").await else {
+        return;
+    };
+    let (base, container, dir, blobs) = (&f.base, &f.container, &f.dir, &f.blobs);
+    let post = |addr: String, blob: (String, u64, bool)| async move {
+        let (status, reply) = post_blob(&addr, container, &blob.0, blob.1).await.unwrap();
+        assert_eq!(status, 200, "{}: {reply}", blob.0);
+        reply
+    };
+    // The data files of the window ending at the `n`th RESOLVED, and that RESOLVED.
+    let window = |n: usize| {
+        let ends: Vec<usize> = (0..blobs.len()).filter(|&i| blobs[i].2).collect();
+        let from = if n == 0 { 0 } else { ends[n - 1] + 1 };
+        (blobs[from..ends[n]].to_vec(), blobs[ends[n]].clone())
+    };
+    let log = || std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+    let warmed = || log().matches("key index warmed").count();
+    // Where the indexes are looked up, from a RESOLVED's reply: (looked up, table files).
+    let looked_up = |reply: &Value| -> (u64, u64) {
+        let line = reply["Logs"][0].as_str().unwrap_or_default().to_owned();
+        let Some(i) = line.find(" table file(s) looked up in the key index") else {
+            return (0, 0);
+        };
+        let words: Vec<u64> = line[..i]
+            .rsplit("; ")
+            .next()
+            .unwrap()
+            .split(" of ")
+            .map(|n| n.parse().unwrap())
+            .collect();
+        (words[0], words[1])
+    };
+
+    // An instance loads the tables and applies a window; no table to warm before the load.
+    let (a, _) = Handler::start(base, dir.path(), container, None);
+    for n in 0..2 {
+        let (files, resolved) = window(n);
+        for b in files {
+            post(a.addr(), b).await;
+        }
+        post(a.addr(), resolved).await;
+    }
+    assert_eq!(warmed(), 0, "{}", log());
+    drop(a);
+
+    // A new instance hears of the next window's files: it learns each table's indexes, and
+    // the RESOLVED finds every table file it probes there.
+    let (b, _) = Handler::start(base, dir.path(), container, None);
+    let (files, resolved) = window(2);
+    let tables: std::collections::BTreeSet<String> = files
+        .iter()
+        // `<…>-<topic>-<schema id>.<ext>`; a column family's topic is `table+family`.
+        .map(|(name, _, _)| {
+            let topic = name.rsplit('-').nth(1).unwrap();
+            topic.split('+').next().unwrap().to_owned()
+        })
+        .collect();
+    for file in files {
+        post(b.addr(), file).await;
+    }
+    let started = Instant::now();
+    while warmed() < tables.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{tables:?}: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = post(b.addr(), resolved).await;
+    let (indexed, read) = looked_up(&reply);
+    assert!(read > 0 && indexed == read, "{reply}");
+    drop(b);
+
+    // A new instance with warm-ups off reads the key columns at its first RESOLVED.
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    config["warm_up"] = json!(false);
+    let off = dir.path().join("config-off.json");
+    std::fs::write(&off, config.to_string()).unwrap();
+    let (c, _) = Handler::start_with(
+        base,
+        dir.path(),
+        container,
+        None,
+        &[("CRDB_DELTA_CONFIG", off.to_str().unwrap())],
+    );
+    let before = warmed();
+    let (files, resolved) = window(3);
+    for file in files {
+        post(c.addr(), file).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reply = post(c.addr(), resolved).await;
+    let (indexed, read) = looked_up(&reply);
+    assert!(read > 0 && indexed == 0, "{reply}");
+    assert_eq!(warmed(), before, "{}", log());
+    // The rest, then the same tables as `sync`'s.
+    for b in blobs.iter().skip_while(|b| b.0 != window(3).1.0).skip(1) {
+        post(c.addr(), b.clone()).await;
+    }
+    drop(c);
+    assert_equals_sync(&f, &["--json"]).await;
+}

@@ -860,6 +860,96 @@ async fn key_columns_are_looked_up_once_learned(sim: SimOptions) {
     }
 }
 
+/// A warm-up (a new handler instance, between a table's first data file and its RESOLVED)
+/// learns every table file's key index and deletion vector: the step after it, in the same
+/// process, looks every file it probes up and fetches no deletion vector. Again before a step:
+/// nothing read; after one: skipped. Over its budget it stops, and the step reads the key
+/// columns itself. The table equals the truth; for a key of two columns (a hashed index) too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_up_indexes_every_table_file_before_the_first_step() {
+    for sim in [
+        straddling_sim(5),
+        SimOptions {
+            region_keys: true,
+            format: Format::Parquet,
+            ..straddling_sim(5)
+        },
+    ] {
+        warm_up_indexes_every_table_file(sim).await;
+    }
+}
+
+async fn warm_up_indexes_every_table_file(sim: SimOptions) {
+    use crdb_delta::engine::key_cache::KeyCache;
+    use crdb_delta::engine::warm::warm;
+    let dir = tempfile::tempdir().unwrap();
+    let f = straddling_feed_of(dir.path(), sim).await;
+    let target = Location::open(dir.path().join("delta").to_str().unwrap()).unwrap();
+    // Each RESOLVED by a process of its own (a new cache), as a new instance applies it.
+    let opts = |cache: KeyCache, until: Hlc| SyncOptions {
+        config: f.config.clone(),
+        until: Some(until),
+        key_cache: cache.learning_from_first_step(),
+        ..SyncOptions::default()
+    };
+    let new_table = warm(
+        &target,
+        "usertable",
+        &opts(KeyCache::default(), f.resolveds[0]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(new_table.skipped, Some("no table yet"));
+    sync(&f.feed, &target, &opts(KeyCache::default(), f.resolveds[1]))
+        .await
+        .unwrap();
+    let mut looked_up = 0;
+    for (i, r) in f.resolveds[2..].iter().enumerate() {
+        // The last RESOLVED with an index too small for any file.
+        let small = i == f.resolveds.len() - 3;
+        let cache = KeyCache::new(if small { 64 } else { 64 << 20 });
+        let o = opts(cache.clone(), *r);
+        let w = warm(&target, "usertable", &o).await.unwrap();
+        let t = sync(&f.feed, &target, &o).await.unwrap().tables["usertable"].clone();
+        if small {
+            assert!(w.full && w.files_learned == 0 && w.bytes_read > 0, "{w:?}");
+            assert_eq!(t.table_files_indexed, 0, "{t:?}");
+            continue;
+        }
+        assert!(w.skipped.is_none() && w.files > 0, "{w:?}");
+        assert_eq!((w.files_learned, w.files_indexed), (w.files, 0), "{w:?}");
+        assert!(w.bytes_read > 0 && !w.full, "{w:?}");
+        // Every file the step probes was found in the index, and no deletion vector fetched.
+        assert!(t.table_files_read > 0, "{t:?}");
+        assert_eq!(t.table_files_indexed, t.table_files_read, "{t:?}");
+        assert_eq!(t.deletion_vectors_read, 0, "{t:?}");
+        looked_up += t.table_files_indexed;
+        let after = warm(&target, "usertable", &o).await.unwrap();
+        assert_eq!(after.skipped, Some("stepped in this process"), "{after:?}");
+    }
+    assert!(looked_up > 0);
+    // Before any step, a second warm-up finds every file indexed and reads nothing.
+    let cache = KeyCache::default();
+    let o = opts(cache, *f.resolveds.last().unwrap());
+    let first = warm(&target, "usertable", &o).await.unwrap();
+    let again = warm(&target, "usertable", &o).await.unwrap();
+    assert_eq!(
+        (again.files_indexed, again.files_learned, again.bytes_read),
+        (first.files, 0, 0),
+        "{again:?}"
+    );
+    assert_equals_truth(&target, &f.truth_dir, "usertable").await;
+    // append_only reads no table file: nothing to learn.
+    let mut config = f.config.clone();
+    config.mode = Some(crdb_delta_core::apply::Mode::AppendOnly);
+    let append = SyncOptions {
+        config,
+        ..opts(KeyCache::default(), f.resolveds[0])
+    };
+    let skipped = warm(&target, "usertable", &append).await.unwrap();
+    assert_eq!(skipped.skipped, Some("append_only reads no table files"));
+}
+
 /// A table loaded in key slices: each slice's new files carry a tag naming it, every row of a
 /// tagged file is of that slice, and later steps look a tagged file up by that slice's keys
 /// alone (one file per key instead of every file), keeping the tag when they attach a

@@ -956,7 +956,7 @@ fn with_columns_at(
 
 /// A file's deletion vector: the one `cache` holds under the same id, else read (and kept;
 /// counted in `read`).
-async fn deletion_vector(
+pub(super) async fn deletion_vector(
     table: &deltalake_core::DeltaTable,
     f: &FileEntry,
     cache: Option<&KeyCache>,

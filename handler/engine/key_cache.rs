@@ -72,6 +72,26 @@ impl Inner {
         self.clock += 1;
         self.clock
     }
+
+    /// Drops `table`'s entries for files not in `live`.
+    fn drop_gone(&mut self, table: &str, live: &HashSet<&str>) {
+        let mut freed = 0;
+        self.files.retain(|id, (keys, _)| {
+            let keep = id.table != table || live.contains(id.path.as_str());
+            if !keep {
+                freed += keys.bytes();
+            }
+            keep
+        });
+        self.dvs.retain(|(t, path), (_, _, bytes)| {
+            let keep = t != table || live.contains(path.as_str());
+            if !keep {
+                freed += *bytes;
+            }
+            keep
+        });
+        self.used -= freed;
+    }
 }
 
 /// Shared by clones (one per process: `sync` keeps it for its run, the handler for its life).
@@ -212,23 +232,20 @@ impl KeyCache {
         let mut inner = self.lock();
         inner.step_start = inner.tick();
         let learns = !inner.tables.insert(table.to_owned()) || inner.from_first_step;
-        let mut freed = 0;
-        inner.files.retain(|id, (keys, _)| {
-            let keep = id.table != table || live.contains(id.path.as_str());
-            if !keep {
-                freed += keys.bytes();
-            }
-            keep
-        });
-        inner.dvs.retain(|(t, path), (_, _, bytes)| {
-            let keep = t != table || live.contains(path.as_str());
-            if !keep {
-                freed += *bytes;
-            }
-            keep
-        });
-        inner.used -= freed;
+        inner.drop_gone(table, live);
         learns
+    }
+
+    /// Whether `table` (by its URL) made a step with this cache: its indexes were learned, or
+    /// are being kept, by its steps.
+    pub fn stepped(&self, table: &str) -> bool {
+        self.lock().tables.contains(table)
+    }
+
+    /// Before a warm-up of `table` ([`super::warm`]): drops its entries for files it no longer
+    /// has, as a step's [`Self::retain`] does, without counting as a step.
+    pub(super) fn forget_gone(&self, table: &str, live: &HashSet<&str>) {
+        self.lock().drop_gone(table, live);
     }
 }
 

@@ -22,6 +22,7 @@
 //! | [`apply`] | one table, one step: window → mode writer → files → commit |
 //! | [`key_cache`] | table files' key columns kept sorted in memory between steps (looked up, not read) |
 //! | [`probe_decode`] | a table file's key columns decoded on both cores, streamed to the merge in file order |
+//! | [`warm`] | a table's key indexes learned before its next step (a new handler instance, between a table's first event and its RESOLVED) |
 //! | [`slice_keys`] | the window's keys per key slice, for table files tagged with the slice they hold |
 //! | [`ahead`] | a table's next step read while this one writes (one RESOLVED per step) |
 //! | [`resolved_log`] | the multi-table `_crdb_delta_resolved` record |
@@ -53,6 +54,7 @@ pub mod slice_keys;
 pub mod slice_spill;
 pub mod table;
 pub mod table_cache;
+pub mod warm;
 
 pub use listing::list;
 pub use report::{SyncReport, TableReport, peak_rss_mib};

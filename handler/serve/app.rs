@@ -21,6 +21,7 @@ use warp::http::StatusCode;
 use super::fan_out::{OUTPUT_BINDING, TableMessage};
 use super::status;
 use super::store::{Acquire, ErrorRecord, Marker, RunRecord, Store};
+use super::warm_up::WarmUps;
 use super::{ServeError, Settings, container_prefix, scope_of};
 use crate::checkpoint::{Checkpoints, InFlight};
 use crate::engine::{SyncOptions, SyncReport, sync};
@@ -43,6 +44,8 @@ pub struct App {
     pub(super) apply_slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// Invocations in flight: due checkpoints are written between them.
     in_flight: std::sync::Arc<InFlight>,
+    /// Tables' key indexes learned ahead of their RESOLVED, never beside an apply.
+    pub(super) warm_ups: std::sync::Arc<WarmUps>,
 }
 
 /// The outcome of one event or run, as a log line for the host, and the table messages of a
@@ -85,6 +88,7 @@ impl App {
             own,
             opts,
             in_flight,
+            warm_ups: Default::default(),
         })
     }
 
@@ -300,6 +304,7 @@ impl App {
         match name {
             ObjectName::Data(d) => {
                 tracing::info!(invocation, table = d.topic.table(), file = %rel, "buffered");
+                self.warm_up(d.topic.table());
                 Ok((format!("buffered {rel}"), Vec::new()))
             }
             ObjectName::Resolved(r) if self.settings.fan_out => {
@@ -379,6 +384,29 @@ impl App {
         }
     }
 
+    /// Starts learning `table`'s key indexes ahead of its RESOLVED ([`super::warm_up`]), where
+    /// this process will apply it: not with fan-out (any instance may take a table's message),
+    /// nor when `warm_up` or the key index is off.
+    fn warm_up(&self, table: &str) {
+        let config = &self.opts.config;
+        if self.settings.fan_out
+            || !config.warm_up.unwrap_or(true)
+            || !self.opts.key_cache.enabled()
+            || config
+                .only_tables
+                .as_ref()
+                .is_some_and(|t| !t.contains(table))
+        {
+            return;
+        }
+        let (target, opts, name) = (self.target.clone(), self.opts.clone(), table.to_owned());
+        self.warm_ups.start(table, async move {
+            if let Err(e) = crate::engine::warm::warm(&target, &name, &opts).await {
+                tracing::warn!(table = %name, error = %e, "key index warm-up failed; the table's step reads its key columns itself");
+            }
+        });
+    }
+
     /// Whether the marker of RESOLVED `r` is still buffered (not yet consumed by an apply).
     async fn is_buffered(&self, r: Hlc) -> Result<bool, ServeError> {
         Ok(self
@@ -397,6 +425,7 @@ impl App {
         invocation: &str,
         until: Option<Hlc>,
     ) -> Result<(Option<Hlc>, String, bool), ServeError> {
+        let _applying = self.warm_ups.applying();
         let out = async {
             let buffered = self.store.buffered().await?;
             // The newest RESOLVED announced so far: one run covers every waiting RESOLVED.
@@ -433,8 +462,13 @@ impl App {
             }
             let refused: String = report.refused.iter().map(|r| format!("; REFUSED {r}")).collect();
             let upkeep = if upkept > 0 { format!("; upkeep of {upkept} table(s)") } else { String::new() };
+            // Table files a step found in the key index instead of reading their key columns.
+            let (read, indexed) = report.tables.values().fold((0, 0), |(r, i), t| {
+                (r + t.table_files_read, i + t.table_files_indexed)
+            });
+            let index = if read > 0 { format!("; {indexed} of {read} table file(s) looked up in the key index") } else { String::new() };
             let line = format!(
-                "applied up to {} ({} step(s), {} events, {} tables, {:.2} s); {removed} buffer marker(s) consumed{refused}{upkeep}",
+                "applied up to {} ({} step(s), {} events, {} tables, {:.2} s); {removed} buffer marker(s) consumed{refused}{upkeep}{index}",
                 report.resolved.map_or("nothing".into(), |h| h.to_string()),
                 report.steps,
                 report.events,

@@ -403,6 +403,7 @@ impl App {
         upkeep: bool,
         invocation: &str,
     ) -> Result<String, ServeError> {
+        let _applying = self.warm_ups.applying();
         let out = async {
             // Recorded (and ended) while this message waited for the lease: a duplicate.
             if self.store.plan(resolved).await?.is_none() {

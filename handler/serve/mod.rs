@@ -11,6 +11,7 @@ pub mod fan_out;
 pub mod http;
 pub mod status;
 pub mod store;
+mod warm_up;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
