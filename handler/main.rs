@@ -230,6 +230,10 @@ struct CreateArgs {
     /// Start from now, without an initial scan of the existing rows.
     #[arg(long)]
     no_initial_scan: bool,
+    /// `WITH diff`: each change carries the row as it was, so scd2 tables end versions without
+    /// reading them from the Delta table (README "scd2 at scale"); the files grow by those rows.
+    #[arg(long)]
+    diff: bool,
     /// Record the job id in `<target>/_crdb_delta/changefeed.json`.
     #[arg(long)]
     target: Option<String>,
@@ -658,6 +662,7 @@ async fn run_changefeed(action: ChangefeedCmd) -> Result<String> {
                 resolved: a.resolved,
                 compression: a.compression,
                 initial_scan: !a.no_initial_scan,
+                diff: a.diff,
                 target: a.target,
                 dry_run: a.dry_run,
             })

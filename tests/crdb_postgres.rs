@@ -635,6 +635,17 @@ async fn changefeed_create_on_postgres_fails_clearly_and_records_nothing() {
         )
     );
     assert!(clean(&stdout) && clean(&stderr));
+    // --diff (for scd2 at scale): each change's previous row too.
+    let a = args(&["--dry-run", "--diff", "--format", "parquet"]);
+    let o = bin(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.trim().ends_with(
+            "WITH format = 'parquet', updated, resolved = '10s', diff, initial_scan = 'yes';"
+        ),
+        "{stdout}"
+    );
 
     // For real: PostgreSQL has no CREATE CHANGEFEED. Clear error, no key, nothing recorded.
     let a = args(&[]);

@@ -6,12 +6,14 @@
 //! ```sql
 //! CREATE CHANGEFEED FOR TABLE "db"."public"."orders", …
 //!   INTO 'azure://<container>/<path>?AZURE_ACCOUNT_NAME=<account>&AZURE_ACCOUNT_KEY=<url-encoded key>'
-//!   WITH format = 'json', updated, resolved = '10s', split_column_families,
+//!   WITH format = 'json', updated, resolved = '10s', diff, split_column_families,
 //!        compression = 'gzip', initial_scan = 'yes'
 //! ```
 //!
 //! - `updated` and `resolved` are what `sync` needs (row versions, and the RESOLVED files that
 //!   close each step);
+//! - `diff` when asked (`--diff`): each change's previous row (`before` in JSON,
+//!   `__crdb__before` in Parquet), which scd2 ends a version from;
 //! - `split_column_families` only when a watched table has several families (a changefeed on
 //!   such a table fails without it; on single-family tables it is not needed);
 //! - `compression = 'gzip'` for JSON only (files `.ndjson.gz`); Parquet files carry their codec;
@@ -233,6 +235,9 @@ pub struct ChangefeedSpec {
     /// JSON only: `gzip` (default), `zstd` or none.
     pub compression: Option<String>,
     pub initial_scan: InitialScan,
+    /// `diff`: each change carries the row as it was (`before`), so scd2 ends a version
+    /// without reading it from the table (README "scd2 at scale").
+    pub diff: bool,
 }
 
 impl ChangefeedSpec {
@@ -310,6 +315,9 @@ impl ChangefeedSpec {
             "updated".to_owned(),
             format!("resolved = {}", quote_literal(&self.resolved)),
         ];
+        if self.diff {
+            o.push("diff".to_owned());
+        }
         if self.tables.iter().any(|t| t.families > 1) {
             o.push("split_column_families".to_owned());
         }
@@ -544,6 +552,7 @@ mod tests {
             resolved: "10s".into(),
             compression: compression.map(str::to_owned),
             initial_scan: InitialScan::Yes,
+            diff: false,
         }
     }
 
@@ -562,6 +571,16 @@ mod tests {
             "CREATE CHANGEFEED FOR TABLE \"shop\".\"public\".\"t0\" INTO \
              'azure://feeds/crdb/shop?AZURE_ACCOUNT_NAME=acct&AZURE_ACCOUNT_KEY=<redacted>' \
              WITH format = 'json', updated, resolved = '10s', compression = 'gzip', initial_scan = 'yes'"
+        );
+        // `diff` asked for: right after `resolved`.
+        let mut d = spec(&[1], FeedFormat::Parquet, None);
+        d.diff = true;
+        assert!(
+            d.display_statement().ends_with(
+                "WITH format = 'parquet', updated, resolved = '10s', diff, initial_scan = 'yes'"
+            ),
+            "{}",
+            d.display_statement()
         );
         // Several families somewhere: split_column_families; Parquet: no compression option.
         let mut p = spec(&[1, 3], FeedFormat::Parquet, None);

@@ -223,6 +223,8 @@ pub struct CreateOptions {
     /// `None`: gzip for JSON, nothing for Parquet; `Some("none")`: no compression.
     pub compression: Option<String>,
     pub initial_scan: bool,
+    /// `WITH diff` ([`ChangefeedSpec::diff`]).
+    pub diff: bool,
     pub target: Option<String>,
     pub dry_run: bool,
 }
@@ -259,6 +261,7 @@ pub async fn changefeed_create(opts: &CreateOptions) -> Result<String, CrdbError
         } else {
             InitialScan::No
         },
+        diff: opts.diff,
     };
     let conn = connect(&opts.url).await?;
     // Keys are checked too: a table `sync` could not merge is refused before the feed exists.
