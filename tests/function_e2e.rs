@@ -385,3 +385,78 @@ async fn a_new_instance_learns_key_indexes_before_the_resolved() {
     drop(c);
     assert_equals_sync(&f, &["--json"]).await;
 }
+
+/// An initial scan larger than the window, applied in key slices by the handler, whose config
+/// sizes no slice cache: with its temporary folder on disk the handler sizes one, and the later
+/// slices read their rows from the spill; with it on a memory file system (`/dev/shm`) there is
+/// none, and every slice reads the files. Neither leaves its folder. (Sliced loads equal the
+/// truth with and without a cache: tests/sync_contract.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_sizes_a_slice_cache_on_disk_and_none_in_memory() {
+    let Some(f) = feed("sc").await else {
+        return;
+    };
+    let (base, container, dir, blobs) = (&f.base, &f.container, &f.dir, &f.blobs);
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    config["max_window_bytes"] = json!(16_000);
+    config["min_slice_bytes"] = json!(1_000);
+    let sliced = dir.path().join("config-sliced.json");
+    std::fs::write(&sliced, config.to_string()).unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let memory = tempfile::tempdir_in("/dev/shm").unwrap();
+    let scan_end = blobs.iter().position(|b| b.2).unwrap();
+    let mut spilled = Vec::new();
+    for (tmp, target) in [(disk.path(), "delta-disk"), (memory.path(), "delta-memory")] {
+        let log_dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join("config.json"),
+            log_dir.path().join("config.json"),
+        )
+        .unwrap();
+        // Each handler its own target (tables, buffer and lease) over the one feed.
+        let target_url = format!("azure://{container}/{target}");
+        let (h, _) = Handler::start_with(
+            base,
+            log_dir.path(),
+            container,
+            None,
+            &[
+                ("CRDB_DELTA_CONFIG", sliced.to_str().unwrap()),
+                ("CRDB_DELTA_TARGET", target_url.as_str()),
+                ("TMPDIR", tmp.to_str().unwrap()),
+            ],
+        );
+        for (name, size, _) in &blobs[..=scan_end] {
+            let (status, reply) = post_blob(&h.addr(), container, name, *size).await.unwrap();
+            assert_eq!(status, 200, "{name}: {reply}");
+        }
+        drop(h);
+        let log = std::fs::read_to_string(log_dir.path().join("serve.log")).unwrap();
+        let field = |name: &str| -> u64 {
+            log.lines()
+                .filter(|l| l.contains("table applied"))
+                .filter_map(|l| {
+                    l.split(&format!("{name}="))
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()
+        };
+        spilled.push((field("files_from_slice_spill"), field("commits"), log));
+        assert_eq!(
+            std::fs::read_dir(tmp).unwrap().count(),
+            0,
+            "folder left in {}",
+            tmp.display()
+        );
+    }
+    let (on_disk, in_memory) = (&spilled[0], &spilled[1]);
+    assert!(on_disk.1 > 3, "not sliced: {}", on_disk.2);
+    assert!(on_disk.0 > 0, "{}", on_disk.2);
+    assert_eq!(in_memory.0, 0, "{}", in_memory.2);
+}

@@ -631,6 +631,79 @@ fn cached_slices(config: Config, root: &std::path::Path) -> SyncOptions {
     }
 }
 
+/// Unsized (`slice_cache_auto`, the handler's default when the config sets no
+/// `slice_cache_bytes`): a cache in a folder on disk is sized from its free space and used as a
+/// sized one is; in a folder on a memory file system (`/dev/shm`, where the copies would count
+/// against the instance's memory) there is none, and every slice fetches the files. The table
+/// equals the truth either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsized_slice_cache_is_sized_from_its_folders_disk() {
+    use crdb_delta::engine::slice_cache::{Backing, backing};
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, config, scan_files) = sliced_scan_feed(dir.path()).await;
+    let disk = dir.path().join("cache");
+    std::fs::create_dir(&disk).unwrap();
+    assert_eq!(
+        backing(&disk).0,
+        Backing::Disk,
+        "the test's temporary folder is on disk"
+    );
+    let shm = std::path::Path::new("/dev/shm");
+    assert_eq!(backing(shm).0, Backing::Memory, "/dev/shm is a tmpfs");
+    let memory = tempfile::tempdir_in(shm).unwrap();
+    let mut reports = Vec::new();
+    for (root, on_disk) in [(disk.as_path(), true), (memory.path(), false)] {
+        let opts = SyncOptions {
+            slice_cache_bytes: 0,
+            slice_cache_auto: true,
+            ..cached_slices(config.clone(), root)
+        };
+        let target = Location::open(
+            dir.path()
+                .join(format!("delta-{on_disk}"))
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let report = sync(&feed, &target, &opts).await.unwrap();
+        reports.push(report.tables["usertable"].clone());
+        assert_equals_truth(&target, &dir.path().join("truth"), "usertable").await;
+        assert_eq!(std::fs::read_dir(root).unwrap().count(), 0, "folder left");
+    }
+    let (on_disk, in_memory) = (&reports[0], &reports[1]);
+    let later = in_memory.slice_commits;
+    assert!(later > 1 && on_disk.slice_commits == later, "{reports:?}");
+    // On disk, every slice after the first reads every scan file's rows from the spill, and
+    // fetches none of them; in memory, no cache: every slice fetches them.
+    assert_eq!(
+        on_disk.files_from_slice_spill,
+        later * scan_files,
+        "{on_disk:?}"
+    );
+    assert_eq!(
+        on_disk.files_read + later * scan_files,
+        in_memory.files_read,
+        "{reports:?}"
+    );
+    assert_eq!(
+        (
+            in_memory.files_from_slice_spill,
+            in_memory.files_from_slice_cache
+        ),
+        (0, 0),
+        "{in_memory:?}"
+    );
+    // An explicit size wins, 0 included: the config turns the handler's sizing off.
+    let mut sized = config.clone();
+    sized.slice_cache_bytes = Some(0);
+    let handler = SyncOptions {
+        slice_cache_auto: true,
+        ..SyncOptions::default()
+    };
+    assert!(!handler.reconfigured(sized).slice_cache_auto);
+    assert!(handler.reconfigured(config).slice_cache_auto);
+}
+
 /// Where no column type is configured, the first pass decodes under the types it infers, and the
 /// later passes under the types the table took from it: a spill of the first pass would not be
 /// theirs, so the second pass writes it (from the files the cache kept), and the slices after

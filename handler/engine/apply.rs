@@ -250,7 +250,7 @@ async fn read_stage(
                         state.progress.applied,
                         s,
                         dopts,
-                        opts.slice_cache_bytes,
+                        c.budget(),
                     )))))
                 }
                 _ => None,
@@ -343,8 +343,9 @@ async fn read_stage(
 }
 
 /// The table's slice cache for its sliced interval to `resolved`, made at the interval's first
-/// pass in this process (`None` without `slice_cache_bytes`, or when its folder cannot be made:
-/// the passes then fetch every file, as without one). One kept for another interval is let go.
+/// pass in this process (`None` without `slice_cache_bytes` or, when it is sized from the
+/// folder's file system, with nothing to size it from; or when its folder cannot be made: the
+/// passes then fetch every file, as without one). One kept for another interval is let go.
 fn slice_cache(state: &mut TableState, opts: &SyncOptions, resolved: Hlc) -> Option<SliceCache> {
     if state
         .slice_cache
@@ -353,12 +354,20 @@ fn slice_cache(state: &mut TableState, opts: &SyncOptions, resolved: Hlc) -> Opt
     {
         state.slice_cache = None;
     }
-    if state.slice_cache.is_none() && opts.slice_cache_bytes > 0 {
+    if state.slice_cache.is_none() && (opts.slice_cache_bytes > 0 || opts.slice_cache_auto) {
         let root = opts
             .slice_cache_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
-        match SliceCache::new(&root, opts.slice_cache_bytes, resolved) {
+        let budget = match opts.slice_cache_bytes {
+            0 => super::slice_cache::auto_budget(&root),
+            b => b,
+        };
+        if budget == 0 {
+            tracing::debug!(table = %state.name, folder = %root.display(), "slice cache: none (the folder is in memory, or has little free space); every slice fetches the interval's files");
+            return None;
+        }
+        match SliceCache::new(&root, budget, resolved) {
             Ok(c) => state.slice_cache = Some(c),
             Err(e) => {
                 tracing::warn!(table = %state.name, error = %e, "slice cache: no folder in the temporary folder; every slice fetches the interval's files");

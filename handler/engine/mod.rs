@@ -180,6 +180,11 @@ pub struct SyncOptions {
     /// Local disk for a sliced interval's files, so its later slices read them from there
     /// instead of fetching them again ([`slice_cache`]); 0: none (the default).
     pub slice_cache_bytes: u64,
+    /// With `slice_cache_bytes` 0: size the slice cache from the folder's file system when a
+    /// sliced interval starts ([`slice_cache::auto_budget`]: half its free space on a disk,
+    /// none in memory). The handler's default; set by no config value (an explicit
+    /// `slice_cache_bytes`, 0 included, turns it off).
+    pub slice_cache_auto: bool,
     /// Where the slice cache's folders go; `None`: the system's temporary folder (`TMPDIR`).
     pub slice_cache_dir: Option<std::path::PathBuf>,
     /// Slice caches of intervals a run left part-way, for the next run (the handler's runs);
@@ -294,6 +299,7 @@ impl SyncOptions {
             max_window_bytes: config.max_window_bytes.unwrap_or(d.max_window_bytes),
             min_slice_bytes: config.min_slice_bytes.unwrap_or(d.min_slice_bytes),
             slice_cache_bytes: config.slice_cache_bytes.unwrap_or(d.slice_cache_bytes),
+            slice_cache_auto: self.slice_cache_auto && config.slice_cache_bytes.is_none(),
             rewrite_below: config.rewrite_files_below.unwrap_or(d.rewrite_below),
             target_file_size: config.target_file_size.unwrap_or(d.target_file_size),
             each_resolved: config.commit_each_resolved.unwrap_or(d.each_resolved),
@@ -316,6 +322,7 @@ impl Default for SyncOptions {
             max_window_bytes: DEFAULT_MAX_WINDOW_BYTES,
             min_slice_bytes: plan::Slices::MIN_BYTES,
             slice_cache_bytes: 0,
+            slice_cache_auto: false,
             slice_cache_dir: None,
             slice_caches: None,
             rewrite_below: DEFAULT_REWRITE_BELOW,

@@ -24,6 +24,60 @@ use super::slice_spill::SliceSpill;
 /// Caches created by this process, for unique folder names.
 static CREATED: AtomicU64 = AtomicU64::new(0);
 
+/// Least free space a cache is sized from when `slice_cache_bytes` is unset in the handler
+/// ([`auto_budget`]): below it, none.
+pub const AUTO_MIN_FREE: u64 = 256 << 20;
+
+/// What holds a folder's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// A memory file system (`tmpfs`, `ramfs`): its files count against the instance's memory.
+    Memory,
+    Disk,
+    /// Not told (another system, or the query failed).
+    Unknown,
+}
+
+/// The cache budget where `slice_cache_bytes` is unset in the handler: half the free space of
+/// a disk (the spill and the copies of one interval at most; the rest for everything else);
+/// none on a memory file system, where it would count against the instance's memory, nor
+/// where the file system cannot be told.
+pub fn auto_budget_of(backing: Backing, free: u64) -> u64 {
+    match backing {
+        Backing::Disk if free >= AUTO_MIN_FREE => free / 2,
+        _ => 0,
+    }
+}
+
+/// [`auto_budget_of`] for the folder `root`, as its file system reports itself now.
+pub fn auto_budget(root: &Path) -> u64 {
+    let (backing, free) = backing(root);
+    auto_budget_of(backing, free)
+}
+
+/// The file system holding `root`, and the bytes free there for this process.
+#[cfg(target_os = "linux")]
+pub fn backing(root: &Path) -> (Backing, u64) {
+    // statfs(2)'s f_type of the memory file systems.
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let Ok(st) = rustix::fs::statfs(root) else {
+        return (Backing::Unknown, 0);
+    };
+    let backing = match st.f_type as u64 {
+        TMPFS_MAGIC | RAMFS_MAGIC => Backing::Memory,
+        _ => Backing::Disk,
+    };
+    let block = u64::try_from(st.f_bsize).unwrap_or(0);
+    (backing, st.f_bavail.saturating_mul(block))
+}
+
+/// The file system holding `root`: not told off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn backing(_root: &Path) -> (Backing, u64) {
+    (Backing::Unknown, 0)
+}
+
 /// Shared by a table's passes and the tasks that fetch ahead; cheap to clone.
 #[derive(Clone)]
 pub struct SliceCache {
@@ -93,6 +147,11 @@ impl SliceCache {
     /// The RESOLVED that ends its interval.
     pub fn interval(&self) -> Hlc {
         self.inner.interval
+    }
+
+    /// Its budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.inner.budget
     }
 
     /// The folder the files are kept in.
@@ -244,6 +303,47 @@ impl Drop for Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Half the free space of a disk; nothing in memory, unknown, or with little room.
+    #[test]
+    fn an_unsized_cache_takes_half_a_disks_free_space_and_nothing_in_memory() {
+        let gib = 1u64 << 30;
+        assert_eq!(auto_budget_of(Backing::Disk, 10 * gib), 5 * gib);
+        assert_eq!(
+            auto_budget_of(Backing::Disk, AUTO_MIN_FREE),
+            AUTO_MIN_FREE / 2
+        );
+        assert_eq!(auto_budget_of(Backing::Disk, AUTO_MIN_FREE - 1), 0);
+        assert_eq!(auto_budget_of(Backing::Memory, 10 * gib), 0);
+        assert_eq!(auto_budget_of(Backing::Unknown, 10 * gib), 0);
+    }
+
+    /// What `backing` says of a folder agrees with the mount table's file system type.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_folders_backing_is_its_mounts_file_system() {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let fstype = |p: &Path| {
+            let p = p.canonicalize().unwrap();
+            mounts
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    Some((Path::new(f.get(1)?).to_owned(), f.get(2)?.to_string()))
+                })
+                .filter(|(m, _)| p.starts_with(m))
+                .max_by_key(|(m, _)| m.as_os_str().len())
+                .map(|(_, t)| t)
+                .unwrap()
+        };
+        for p in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+            let (b, free) = backing(&p);
+            let memory = matches!(fstype(&p).as_str(), "tmpfs" | "ramfs");
+            assert_eq!(b == Backing::Memory, memory, "{}", p.display());
+            assert_ne!(b, Backing::Unknown, "{}", p.display());
+            assert!(free > 0, "{}", p.display());
+        }
+    }
     use crdb_delta_core::format::names::ObjectName;
 
     fn object(path: &str, size: u64, modified: i64) -> Object {

@@ -66,8 +66,10 @@ impl App {
             key_cache: configured.key_cache.clone().learning_from_first_step(),
             // One run per RESOLVED event: a file straddling RESOLVEDs is read once.
             carry_cache: Some(crate::engine::carry::CarryCache::default()),
-            // An interval applied in slices over several invocations keeps its slice cache.
+            // An interval applied in slices over several invocations keeps its slice cache,
+            // sized from the temporary folder's disk unless the config sizes it.
             slice_caches: Some(crate::engine::slice_cache::SliceCaches::default()),
+            slice_cache_auto: settings.config.slice_cache_bytes.is_none(),
             table_cache: Some(crate::engine::table_cache::TableCache::default()),
             explicit: Some(settings.config.clone()),
             crdb_url: settings.crdb_url.clone(),
@@ -458,7 +460,7 @@ impl App {
             let removed = self.cleanup(&report, asked, None).await?;
             self.record_run(invocation, &report).await;
             for (t, r) in &report.tables {
-                tracing::info!(invocation, table = %t, resolved = ?r.resolved.map(|h| h.to_string()), version = ?r.version, commits = r.commits, events = r.events, inserted = r.inserted, updated = r.updated, deleted = r.deleted, files_read = r.files_read, seconds = r.seconds, "table applied");
+                tracing::info!(invocation, table = %t, resolved = ?r.resolved.map(|h| h.to_string()), version = ?r.version, commits = r.commits, events = r.events, inserted = r.inserted, updated = r.updated, deleted = r.deleted, files_read = r.files_read, files_from_slice_cache = r.files_from_slice_cache, files_from_slice_spill = r.files_from_slice_spill, seconds = r.seconds, "table applied");
             }
             let refused: String = report.refused.iter().map(|r| format!("; REFUSED {r}")).collect();
             let upkeep = if upkept > 0 { format!("; upkeep of {upkept} table(s)") } else { String::new() };
