@@ -52,15 +52,18 @@ def upload(az: Azurite, container: str, folder: Path, prefix: str, keep=lambda p
     return sent
 
 
-def windows_of(feed: Path) -> list[tuple[list[tuple[str, int]], tuple[str, int]]]:
-    """The feed's windows after its first RESOLVED: (data files, RESOLVED), names relative to
-    the feed root, in order. A data file's name starts with its timestamp (33 digits), as a
-    RESOLVED's does."""
+def windows_of(feed: Path, include_first: bool = False) -> list[tuple[list[tuple[str, int]], tuple[str, int]]]:
+    """The feed's windows after its first RESOLVED (from the start with INCLUDE_FIRST): (data
+    files, RESOLVED), names relative to the feed root, in order. A data file's name starts with
+    its timestamp (33 digits), as a RESOLVED's does."""
     files = sorted((p.relative_to(feed).as_posix(), p.stat().st_size)
                    for p in feed.rglob("*") if p.is_file())
     ts = lambda rel: Path(rel).name[:33]  # noqa: E731
     resolved = sorted((f for f in files if f[0].endswith(".RESOLVED")), key=lambda f: ts(f[0]))
     out = []
+    if include_first:
+        data = [f for f in files if not f[0].endswith(".RESOLVED") and ts(f[0]) <= ts(resolved[0][0])]
+        out.append((data, resolved[0]))
     for prev, r in zip(resolved, resolved[1:]):
         data = [f for f in files if not f[0].endswith(".RESOLVED") and ts(prev[0]) < ts(f[0]) <= ts(r[0])]
         out.append((data, r))
@@ -70,13 +73,14 @@ def windows_of(feed: Path) -> list[tuple[list[tuple[str, int]], tuple[str, int]]
 class Serve:
     """`crdb-delta serve` on the Azurite container, its log in LOG."""
 
-    def __init__(self, binary: str, az: Azurite, container: str, config: Path, log: Path):
+    def __init__(self, binary: str, az: Azurite, container: str, config: Path, log: Path,
+                 target: str = "delta"):
         self.port = o.free_port()
         self.log = log
         self.offset = log.stat().st_size if log.exists() else 0
         env = {"FUNCTIONS_CUSTOMHANDLER_PORT": str(self.port),
                "CRDB_DELTA_SOURCE": f"azure://{container}/feed",
-               "CRDB_DELTA_TARGET": f"azure://{container}/delta",
+               "CRDB_DELTA_TARGET": f"azure://{container}/{target}",
                "CRDB_DELTA_CONFIG": str(config),
                "CRDB_DELTA_LOG": "info,buoyant_kernel=warn",
                "AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": az.base}
