@@ -359,8 +359,9 @@ fn slice_cache(state: &mut TableState, opts: &SyncOptions, resolved: Hlc) -> Opt
             .slice_cache_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
+        // Sized from the disk: shared by the tables a step applies side by side.
         let budget = match opts.slice_cache_bytes {
-            0 => super::slice_cache::auto_budget(&root),
+            0 => super::slice_cache::auto_budget(&root) / opts.tables_at_once.max(1) as u64,
             b => b,
         };
         if budget == 0 {
