@@ -182,8 +182,8 @@ pub struct SyncOptions {
     pub slice_cache_bytes: u64,
     /// With `slice_cache_bytes` 0: size the slice cache from the folder's file system when a
     /// sliced interval starts ([`slice_cache::auto_budget`]: half its free space on a disk,
-    /// shared by the `tables_at_once` tables; none in memory). The handler's default; set by no config value (an explicit
-    /// `slice_cache_bytes`, 0 included, turns it off).
+    /// shared by the `tables_at_once` tables; none in memory). The handler's default; set by
+    /// no config value (an explicit `slice_cache_bytes`, 0 included, turns it off).
     pub slice_cache_auto: bool,
     /// Where the slice cache's folders go; `None`: the system's temporary folder (`TMPDIR`).
     pub slice_cache_dir: Option<std::path::PathBuf>,

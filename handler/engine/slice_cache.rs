@@ -303,6 +303,7 @@ impl Drop for Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crdb_delta_core::format::names::ObjectName;
 
     /// Half the free space of a disk; nothing in memory, unknown, or with little room.
     #[test]
@@ -344,7 +345,6 @@ mod tests {
             assert!(free > 0, "{}", p.display());
         }
     }
-    use crdb_delta_core::format::names::ObjectName;
 
     fn object(path: &str, size: u64, modified: i64) -> Object {
         Object {
