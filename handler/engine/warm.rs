@@ -7,10 +7,10 @@
 //! the key columns (and deletion vectors) in that gap, and the RESOLVED finds them indexed.
 //!
 //! The table itself is kept open for the step too, when the process keeps tables
-//! ([`super::table_cache`]). It reads, never writes: no lease, nothing committed. A file's index is kept whole or not
-//! at all, so a warm-up dropped part-way (an apply starting, [`crate::serve`]) leaves the
-//! files it finished indexed and the step reads the rest itself. It stops at the key index
-//! budget. Not for a table whose interval is being applied in key slices (an initial load in
+//! ([`super::table_cache`]). It reads, never writes: no lease, nothing committed. A file's
+//! index is kept whole or not at all, so a warm-up dropped part-way (an apply starting,
+//! [`crate::serve`]) leaves the files it finished indexed and the step reads the rest itself.
+//! It stops at the key index budget. Not for a table whose interval is being applied in key slices (an initial load in
 //! progress: its files are probed by slice, and indexes would crowd its memory), a mode that
 //! reads no table files (append_only), or a table this process already stepped (its steps keep
 //! the indexes).
