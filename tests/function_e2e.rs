@@ -460,3 +460,91 @@ async fn the_handler_sizes_a_slice_cache_on_disk_and_none_in_memory() {
     assert!(on_disk.0 > 0, "{}", on_disk.2);
     assert_eq!(in_memory.0, 0, "{}", in_memory.2);
 }
+
+/// A compaction and a VACUUM (another writer) between a warm-up's listing and its reads: the
+/// files gone are passed over, nothing fails, and the RESOLVED after it applies as `sync` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_up_passes_over_files_compacted_away_meanwhile() {
+    let Some(f) = feed("wv").await else {
+        return;
+    };
+    let (base, container, dir, blobs) = (&f.base, &f.container, &f.dir, &f.blobs);
+    let resolved: Vec<usize> = (0..blobs.len()).filter(|&i| blobs[i].2).collect();
+    let post = |addr: String, i: usize| async move {
+        let (name, size, _) = &blobs[i];
+        let (status, reply) = post_blob(&addr, container, name, *size).await.unwrap();
+        assert_eq!(status, 200, "{name}: {reply}");
+    };
+    // Loaded, and two windows applied: each table has several small files.
+    let (a, _) = Handler::start(base, dir.path(), container, None);
+    for i in 0..=resolved[2] {
+        post(a.addr(), i).await;
+    }
+    drop(a);
+    let log = || std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+    let pauses = tempfile::tempdir().unwrap();
+    let (b, _) = Handler::start_with(
+        base,
+        dir.path(),
+        container,
+        None,
+        &[
+            ("CRDB_DELTA_PAUSE", "warm-before-fetch"),
+            ("CRDB_DELTA_PAUSE_DIR", pauses.path().to_str().unwrap()),
+        ],
+    );
+    // A data file of the next window: its table's warm-up lists the files and pauses.
+    let next = resolved[2] + 1;
+    assert!(!blobs[next].2);
+    post(b.addr(), next).await;
+    let paused = pauses.path().join("warm-before-fetch.paused");
+    let started = Instant::now();
+    while !paused.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{}", log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another writer compacts every table and vacuums what it removed at once.
+    let out = run(
+        base,
+        &[
+            "maintain",
+            "--target",
+            &format!("azure://{container}/delta"),
+            "--retain-hours",
+            "0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = log().matches("key index warmed").count();
+    std::fs::write(pauses.path().join("warm-before-fetch.resume"), b"").unwrap();
+    while log().matches("key index warmed").count() == before {
+        assert!(started.elapsed() < Duration::from_secs(120), "{}", log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = log()
+        .lines()
+        .rfind(|l| l.contains("key index warmed"))
+        .unwrap()
+        .to_owned();
+    let number = |name: &str| -> u64 {
+        line.split(&format!(" {name}="))
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    // Every listed file was compacted away: none learned, and that is no failure.
+    assert!(number("files") > 1, "{line}");
+    assert_eq!(number("files_learned"), 0, "{line}");
+    assert!(!log().contains("warm-up failed"), "{}", log());
+    // The rest, applied as `sync` applies it.
+    for i in next + 1..blobs.len() {
+        post(b.addr(), i).await;
+    }
+    drop(b);
+    assert_equals_sync(&f, &["--json"]).await;
+}

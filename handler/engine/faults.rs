@@ -11,7 +11,8 @@
 //! `after-write` (files uploaded, not committed), `before-commit`, `after-commit` (one table
 //! committed), `before-record` (all tables committed, the `_crdb_delta_resolved` row not yet
 //! written), `before-checkpoint` (`serve`: a due checkpoint about to be written behind the
-//! invocation, [`crate::checkpoint`]). Unset variables cost one environment lookup.
+//! invocation, [`crate::checkpoint`]), `warm-before-fetch` (a key-index warm-up's files listed,
+//! none fetched yet, [`super::warm`]). Unset variables cost one environment lookup.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

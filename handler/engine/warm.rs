@@ -128,6 +128,7 @@ pub async fn warm(
             !known
         })
         .collect();
+    super::faults::pause("warm-before-fetch").await;
     let table = Arc::new(table);
     let dvs_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut learned = futures::stream::iter(unknown.into_iter().map(|f| {
