@@ -340,15 +340,13 @@ async fn a_new_instance_learns_key_indexes_before_the_resolved() {
     for file in files {
         post(b.addr(), file).await;
     }
-    let started = Instant::now();
-    while warmed() < tables.len() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{tables:?}: {}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        Instant::now(),
+        Duration::from_secs(60),
+        || warmed() >= tables.len(),
+        || format!("{tables:?}: {}", log()),
+    )
+    .await;
     let reply = post(b.addr(), resolved).await;
     let (indexed, read) = looked_up(&reply);
     assert!(read > 0 && indexed == read, "{reply}");
@@ -410,11 +408,6 @@ async fn the_handler_sizes_a_slice_cache_on_disk_and_none_in_memory() {
     let mut spilled = Vec::new();
     for (tmp, target) in [(disk.path(), "delta-disk"), (memory.path(), "delta-memory")] {
         let log_dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            dir.path().join("config.json"),
-            log_dir.path().join("config.json"),
-        )
-        .unwrap();
         // Each handler its own target (tables, buffer and lease) over the one feed.
         let target_url = format!("azure://{container}/{target}");
         let (h, _) = Handler::start_with(
@@ -435,17 +428,8 @@ async fn the_handler_sizes_a_slice_cache_on_disk_and_none_in_memory() {
         drop(h);
         let log = std::fs::read_to_string(log_dir.path().join("serve.log")).unwrap();
         let field = |name: &str| -> u64 {
-            log.lines()
-                .filter(|l| l.contains("table applied"))
-                .filter_map(|l| {
-                    l.split(&format!("{name}="))
-                        .nth(1)?
-                        .split(' ')
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .sum()
+            let applied = log.lines().filter(|l| l.contains("table applied"));
+            applied.filter_map(|l| log_field(l, name)).sum()
         };
         spilled.push((field("files_from_slice_spill"), field("commits"), log));
         assert_eq!(
@@ -499,10 +483,7 @@ async fn a_warm_up_passes_over_files_compacted_away_meanwhile() {
     post(b.addr(), next).await;
     let paused = pauses.path().join("warm-before-fetch.paused");
     let started = Instant::now();
-    while !paused.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "{}", log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(started, Duration::from_secs(60), || paused.exists(), log).await;
     // Another writer compacts every table and vacuums what it removed at once.
     let out = run(
         base,
@@ -521,22 +502,14 @@ async fn a_warm_up_passes_over_files_compacted_away_meanwhile() {
     );
     let before = log().matches("key index warmed").count();
     std::fs::write(pauses.path().join("warm-before-fetch.resume"), b"").unwrap();
-    while log().matches("key index warmed").count() == before {
-        assert!(started.elapsed() < Duration::from_secs(120), "{}", log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let warmed = || log().matches("key index warmed").count() > before;
+    wait_until(started, Duration::from_secs(120), warmed, log).await;
     let line = log()
         .lines()
         .rfind(|l| l.contains("key index warmed"))
         .unwrap()
         .to_owned();
-    let number = |name: &str| -> u64 {
-        line.split(&format!(" {name}="))
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
+    let number = |name: &str| log_field(&line, name).unwrap();
     // Every listed file was compacted away: none learned, and that is no failure.
     assert!(number("files") > 1, "{line}");
     assert_eq!(number("files_learned"), 0, "{line}");
@@ -547,4 +520,27 @@ async fn a_warm_up_passes_over_files_compacted_away_meanwhile() {
     }
     drop(b);
     assert_equals_sync(&f, &["--json"]).await;
+}
+
+/// `name`'s number among a log line's `name=value` fields.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    line.split(&format!(" {name}="))
+        .nth(1)?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits until `ready()` holds; fails with `log()` once `limit` has passed since `started`.
+async fn wait_until(
+    started: Instant,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    while !ready() {
+        assert!(started.elapsed() < limit, "{}", log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -238,7 +238,7 @@ impl KeyCache {
 
     /// Whether `table` (by its URL) made a step with this cache: its indexes were learned, or
     /// are being kept, by its steps.
-    pub fn stepped(&self, table: &str) -> bool {
+    pub(super) fn stepped(&self, table: &str) -> bool {
         self.lock().tables.contains(table)
     }
 

@@ -48,6 +48,16 @@ pub(super) struct TableState {
     pub(super) ahead: Option<super::ahead::Ahead>,
 }
 
+/// The mode `name` is applied in as configured: its table's, the run's, the config's, else
+/// update_delete.
+pub(super) fn configured_mode(name: &str, opts: &SyncOptions) -> Mode {
+    let table = opts.config.table(name).mode;
+    table
+        .or(opts.mode)
+        .or(opts.config.mode)
+        .unwrap_or(Mode::UpdateDelete)
+}
+
 pub(super) async fn open_table(
     target: &Location,
     name: &str,
@@ -56,11 +66,7 @@ pub(super) async fn open_table(
     let cfg = opts.config.table(name);
     let path = opts.config.target_path(name)?;
     let t = Target::new(target, &path)?;
-    let mode = cfg
-        .mode
-        .or(opts.mode)
-        .or(opts.config.mode)
-        .unwrap_or(Mode::UpdateDelete);
+    let mode = configured_mode(name, opts);
     let configured = cfg.storage.or(opts.config.storage);
     let (mut table, derived) = super::table_cache::open(opts.table_cache.as_ref(), &t).await?;
     let opened_at = table.as_ref().and_then(DeltaTable::version);

@@ -71,18 +71,12 @@ pub async fn warm(
             "no key index budget (key_index_bytes 0)",
         ));
     }
-    let configured = opts
-        .config
-        .table(name)
-        .mode
-        .or(opts.mode)
-        .or(opts.config.mode);
-    if configured == Some(Mode::AppendOnly) {
+    if super::table::configured_mode(name, opts) == Mode::AppendOnly {
         return Ok(WarmReport::skipped("append_only reads no table files"));
     }
     let path = opts.config.target_path(name)?;
     let t = Target::new(target, &path)?;
-    let (table, _) = super::table_cache::open(opts.table_cache.as_ref(), &t).await?;
+    let (table, derived) = super::table_cache::open(opts.table_cache.as_ref(), &t).await?;
     let Some(table) = table else {
         return Ok(WarmReport::skipped("no table yet"));
     };
@@ -94,7 +88,11 @@ pub async fn warm(
     if cache.stepped(&url) {
         return Ok(WarmReport::skipped("stepped in this process"));
     }
-    let progress = delta::progress(&table, &path).await?;
+    // Kept with the table when no commit came since; else read from the log.
+    let progress = match derived.progress {
+        Some(p) => p,
+        None => delta::progress(&table, &path).await?,
+    };
     if progress.slices.is_some() {
         return Ok(WarmReport::skipped(
             "an interval is being applied in key slices",
